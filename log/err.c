@@ -1,0 +1,49 @@
+/*
+ * err.c: the table of error names built from CS_ERRORS, the SPEC section 6 exit codes, and the
+ * assertion failure path. Owns nothing.
+ */
+#include "log/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static const char *const err_names[] = {
+#define CS_ERR_NAME(code, name) name,
+    CS_ERRORS(CS_ERR_NAME)
+#undef CS_ERR_NAME
+};
+
+_Static_assert(sizeof(err_names) / sizeof(err_names[0]) == CS_ERR_COUNT, "one name per code");
+
+const char *cs_err_name(cs_err err)
+{
+    if ((unsigned)err >= CS_ERR_COUNT) return "unknown";
+    return err_names[err];
+}
+
+int cs_err_exit_code(cs_err err)
+{
+    switch (err) {
+    case CS_OK:
+        return 0;
+    case CS_USAGE:
+        return 1;
+    case CS_STORAGE_FULL:
+    case CS_CORRUPT:
+    case CS_IO:
+    case CS_NO_MEMORY:
+        return 3;
+    case CS_AUTH_FAILED:
+    case CS_PROTOCOL_MISMATCH:
+    case CS_NETWORK:
+        return 4;
+    default:
+        return 2;
+    }
+}
+
+void cs__assert_fail(const char *cond, const char *file, int line)
+{
+    fprintf(stderr, "chainsync: assertion failed: %s (%s:%d)\n", cond, file, line);
+    abort();
+}

@@ -1,0 +1,315 @@
+/*
+ * event.c: the msgpack form of an event (docs/storage.md, "event") and the bounds check that
+ * every decoder of untrusted msgpack runs first.
+ *
+ * Why the check exists: msgpack-c's unpacker allocates a container's elements from the length
+ * it reads, before it knows the input holds them, so six bytes can ask for ~128 GiB. We walk
+ * the bytes first and refuse any container that claims more elements than bytes remain, or
+ * that nests deeper than the caller allows; after that msgpack-c's allocation is bounded by a
+ * small multiple of the input's size.
+ *
+ * Encoding writes into a buffer the caller owns and we grow, so the hot append path allocates
+ * only when an event is larger than any before it.
+ */
+#include "log/log_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- bounds check ------------------------------------------------------------------------ */
+
+/* Reads the header of the value at buf[0..len): its total header+payload size for scalars and
+ * strings, or its header size and child count for containers. */
+static cs_err check_header(const uint8_t *p, size_t len, size_t *hdr, uint64_t *payload,
+                           uint64_t *children)
+{
+    uint8_t b = p[0];
+    *payload = 0;
+    *children = 0;
+    *hdr = 1;
+    if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) return CS_OK;
+    if ((b & 0xf0) == 0x80) {
+        *children = 2u * (b & 0x0f);
+        return CS_OK;
+    }
+    if ((b & 0xf0) == 0x90) {
+        *children = b & 0x0f;
+        return CS_OK;
+    }
+    if ((b & 0xe0) == 0xa0) {
+        *payload = b & 0x1f;
+        return CS_OK;
+    }
+    /* Fixed-size scalars: the payload length follows from the type byte. */
+    static const uint8_t fixed[32] = {
+        [0x0a] = 4, [0x0b] = 8,                                     /* float 32/64 */
+        [0x0c] = 1, [0x0d] = 2, [0x0e] = 4, [0x0f] = 8,             /* uint 8..64 */
+        [0x10] = 1, [0x11] = 2, [0x12] = 4, [0x13] = 8,             /* int 8..64 */
+        [0x14] = 2, [0x15] = 3, [0x16] = 5, [0x17] = 9, [0x18] = 17 /* fixext 1..16 */
+    };
+    uint8_t f = b - 0xc0;
+    if (f < 32 && fixed[f]) {
+        *payload = fixed[f];
+        return CS_OK;
+    }
+    /* Variable sizes: n bytes of big-endian length after the type byte. */
+    unsigned n;
+    unsigned extra = 0; /* ext carries a type byte after its length */
+    int kind;           /* 0 bytes payload, 1 array, 2 map */
+    switch (b) {
+    case 0xc4:
+    case 0xd9:
+        n = 1;
+        kind = 0;
+        break;
+    case 0xc5:
+    case 0xda:
+        n = 2;
+        kind = 0;
+        break;
+    case 0xc6:
+    case 0xdb:
+        n = 4;
+        kind = 0;
+        break;
+    case 0xc7:
+        n = 1;
+        extra = 1;
+        kind = 0;
+        break;
+    case 0xc8:
+        n = 2;
+        extra = 1;
+        kind = 0;
+        break;
+    case 0xc9:
+        n = 4;
+        extra = 1;
+        kind = 0;
+        break;
+    case 0xdc:
+        n = 2;
+        kind = 1;
+        break;
+    case 0xdd:
+        n = 4;
+        kind = 1;
+        break;
+    case 0xde:
+        n = 2;
+        kind = 2;
+        break;
+    case 0xdf:
+        n = 4;
+        kind = 2;
+        break;
+    default:
+        return CS_CORRUPT; /* 0xc1 is never used */
+    }
+    if (len < 1 + n) return CS_CORRUPT;
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++)
+        v = (v << 8) | p[1 + i];
+    *hdr = 1 + n;
+    if (kind == 0)
+        *payload = v + extra;
+    else
+        *children = kind == 2 ? 2 * v : v;
+    return CS_OK;
+}
+
+cs_err cs_msgpack_check(const uint8_t *buf, size_t len, unsigned depth_max, size_t *value_len)
+{
+    uint64_t pending[CS_MSGPACK_DEPTH_MAX + 1];
+    unsigned depth = 0;
+    size_t pos = 0;
+    if (depth_max > CS_MSGPACK_DEPTH_MAX) depth_max = CS_MSGPACK_DEPTH_MAX;
+    pending[0] = 1;
+    for (;;) {
+        while (pending[depth] == 0) {
+            if (depth == 0) {
+                *value_len = pos;
+                return CS_OK;
+            }
+            depth--;
+        }
+        pending[depth]--;
+        if (pos >= len) return CS_CORRUPT;
+        size_t hdr;
+        uint64_t payload, children;
+        if (check_header(buf + pos, len - pos, &hdr, &payload, &children) != CS_OK)
+            return CS_CORRUPT;
+        if (payload > len - pos - hdr) return CS_CORRUPT;
+        pos += hdr + (size_t)payload;
+        if (children == 0) continue;
+        /* Each element needs at least one byte: a claim beyond the input is a lie. */
+        if (children > len - pos || depth + 1 > depth_max) return CS_CORRUPT;
+        pending[++depth] = children;
+    }
+}
+
+/* ---- encoding ---------------------------------------------------------------------------- */
+
+typedef struct enc_buf {
+    uint8_t **buf; /* the caller's buffer, grown here */
+    size_t *cap;
+    size_t len;
+} enc_buf;
+
+static int enc_write(void *data, const char *src, size_t n)
+{
+    enc_buf *b = data;
+    if (b->len + n > *b->cap) {
+        size_t cap = *b->cap ? *b->cap : 1024;
+        while (cap < b->len + n)
+            cap *= 2;
+        uint8_t *p = realloc(*b->buf, cap);
+        if (!p) return -1;
+        *b->buf = p;
+        *b->cap = cap;
+    }
+    memcpy(*b->buf + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+static void pack_key(msgpack_packer *pk, const char *key)
+{
+    msgpack_pack_str_with_body(pk, key, strlen(key));
+}
+
+cs_err cs__event_check(const cs_event *ev)
+{
+    if (ev->actor.len > CS_EVENT_STR_BYTES_MAX || ev->kind.len > CS_EVENT_STR_BYTES_MAX ||
+        ev->type.len > CS_EVENT_STR_BYTES_MAX || ev->kind.len == 0)
+        return CS_INVALID_INPUT;
+    if (ev->fields == NULL) return CS_OK;
+    size_t vlen;
+    if (ev->fields_len == 0 || ev->fields_len > CS_EVENT_BYTES_MAX) return CS_INVALID_INPUT;
+    if (cs_msgpack_check(ev->fields, ev->fields_len, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK ||
+        vlen != ev->fields_len)
+        return CS_INVALID_INPUT;
+    uint8_t b = ev->fields[0];
+    if ((b & 0xf0) != 0x80 && b != 0xde && b != 0xdf)
+        return CS_INVALID_INPUT; /* fields must be a map */
+    return CS_OK;
+}
+
+cs_err cs__event_encode(const cs_event *ev, uint64_t seq, uint64_t time_ms, uint8_t **buf,
+                        size_t *cap, size_t offset, size_t *len_out)
+{
+    enc_buf b = {buf, cap, offset};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, enc_write);
+    static const uint8_t empty_map = 0x80;
+    int rc = 0;
+    rc |= msgpack_pack_map(&pk, 9);
+    pack_key(&pk, "seq");
+    rc |= msgpack_pack_uint64(&pk, seq);
+    pack_key(&pk, "time");
+    rc |= msgpack_pack_uint64(&pk, time_ms);
+    pack_key(&pk, "shop");
+    rc |= msgpack_pack_uint64(&pk, ev->shop);
+    pack_key(&pk, "actor");
+    rc |= msgpack_pack_str_with_body(&pk, ev->actor.ptr, ev->actor.len);
+    pack_key(&pk, "kind");
+    rc |= msgpack_pack_str_with_body(&pk, ev->kind.ptr, ev->kind.len);
+    pack_key(&pk, "type");
+    rc |= msgpack_pack_str_with_body(&pk, ev->type.ptr, ev->type.len);
+    pack_key(&pk, "id");
+    rc |= msgpack_pack_uint64(&pk, ev->id);
+    pack_key(&pk, "version");
+    rc |= msgpack_pack_uint64(&pk, ev->version);
+    pack_key(&pk, "fields");
+    /* The fields are already msgpack (checked by cs__event_check): copy them as they are. */
+    if (ev->fields)
+        rc |= enc_write(&b, (const char *)ev->fields, ev->fields_len);
+    else
+        rc |= enc_write(&b, (const char *)&empty_map, 1);
+    if (rc != 0) return CS_NO_MEMORY;
+    if (b.len - offset > CS_EVENT_BYTES_MAX) return CS_INVALID_INPUT;
+    *len_out = b.len - offset;
+    return CS_OK;
+}
+
+/* ---- decoding ---------------------------------------------------------------------------- */
+
+struct cs_event_decoder {
+    msgpack_zone zone; /* owned: holds the objects of the last decode */
+};
+
+cs_err cs_event_decoder_new(cs_event_decoder **out)
+{
+    cs_event_decoder *d = malloc(sizeof(*d));
+    if (!d) return CS_NO_MEMORY;
+    if (!msgpack_zone_init(&d->zone, 4096)) {
+        free(d);
+        return CS_NO_MEMORY;
+    }
+    *out = d;
+    return CS_OK;
+}
+
+void cs_event_decoder_free(cs_event_decoder *dec)
+{
+    if (!dec) return;
+    msgpack_zone_destroy(&dec->zone);
+    free(dec);
+}
+
+static bool key_is(const msgpack_object *k, const char *name)
+{
+    size_t n = strlen(name);
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+           memcmp(k->via.str.ptr, name, n) == 0;
+}
+
+/* Stores one known key's value; returns the bit it sets in the "seen" mask, 0 when unknown. */
+static unsigned decode_key(const msgpack_object_kv *kv, cs_event_view *ev, bool *bad)
+{
+    static const char *const u64_keys[] = {"seq", "time", "shop", "id", "version"};
+    uint64_t *u64_dst[] = {&ev->seq, &ev->time_ms, &ev->shop, &ev->id, &ev->version};
+    static const char *const str_keys[] = {"actor", "kind", "type"};
+    cs_str *str_dst[] = {&ev->actor, &ev->kind, &ev->type};
+    for (unsigned i = 0; i < 5; i++) {
+        if (!key_is(&kv->key, u64_keys[i])) continue;
+        if (kv->val.type != MSGPACK_OBJECT_POSITIVE_INTEGER) *bad = true;
+        *u64_dst[i] = kv->val.via.u64;
+        return 1u << i;
+    }
+    for (unsigned i = 0; i < 3; i++) {
+        if (!key_is(&kv->key, str_keys[i])) continue;
+        if (kv->val.type != MSGPACK_OBJECT_STR) *bad = true;
+        str_dst[i]->ptr = kv->val.via.str.ptr;
+        str_dst[i]->len = kv->val.via.str.size;
+        return 1u << (5 + i);
+    }
+    if (key_is(&kv->key, "fields")) {
+        if (kv->val.type != MSGPACK_OBJECT_MAP) *bad = true;
+        ev->fields = kv->val;
+        return 1u << 8;
+    }
+    return 0; /* unknown keys are ignored: a later format-1 writer may add some */
+}
+
+cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs_event_view *out)
+{
+    size_t vlen, off = 0;
+    if (len == 0 || len > CS_EVENT_BYTES_MAX) return CS_CORRUPT;
+    if (cs_msgpack_check(buf, len, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK || vlen != len)
+        return CS_CORRUPT;
+    msgpack_zone_clear(&dec->zone);
+    msgpack_object obj;
+    msgpack_unpack_return rc = msgpack_unpack((const char *)buf, len, &off, &dec->zone, &obj);
+    if (rc == MSGPACK_UNPACK_NOMEM_ERROR) return CS_NO_MEMORY;
+    if (rc != MSGPACK_UNPACK_SUCCESS || obj.type != MSGPACK_OBJECT_MAP) return CS_CORRUPT;
+    cs_event_view ev;
+    memset(&ev, 0, sizeof(ev));
+    unsigned seen = 0;
+    bool bad = false;
+    for (uint32_t i = 0; i < obj.via.map.size; i++)
+        seen |= decode_key(&obj.via.map.ptr[i], &ev, &bad);
+    if (bad || seen != 0x1ffu) return CS_CORRUPT;
+    *out = ev;
+    return CS_OK;
+}

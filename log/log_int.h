@@ -1,0 +1,96 @@
+/*
+ * log_int.h: what the files of the log module share and nobody else may use: the handle
+ * structs, the big-endian helpers and the record layout (docs/storage.md, "events").
+ */
+#ifndef CS_LOG_INT_H
+#define CS_LOG_INT_H
+
+#include "log/log.h"
+
+#include <stdio.h>
+
+#define CS__LOG_FORMAT_VERSION 1u
+#define CS__ERRMSG_BYTES 256
+
+struct cs_log {
+    MDB_env *env;
+    MDB_dbi events; /* seq (u64 BE) -> checksum u64 BE, chain u64 BE, msgpack event */
+    MDB_dbi times;  /* time_ms (u64 BE) -> first seq (u64 BE) with that time */
+    MDB_dbi meta;   /* "format" -> u32 BE */
+    size_t map_bytes;
+    size_t map_bytes_max;
+    unsigned flags;
+    unsigned readers_open; /* the map may grow only while this is 0 */
+    bool in_write;
+    uint8_t *scratch; /* owned: reused encode buffer for appends */
+    size_t scratch_cap;
+    char errmsg[CS__ERRMSG_BYTES];
+};
+
+struct cs_log_txn {
+    cs_log *log;
+    MDB_txn *txn;
+    cs_err failed; /* CS_OK while usable; the first error otherwise */
+    bool map_full; /* the failure was MDB_MAP_FULL: cs_log_write grows and retries */
+    bool tail_loaded;
+    uint64_t next_seq;
+    uint64_t last_chain;
+    uint64_t last_time_ms;
+};
+
+struct cs_log_reader {
+    cs_log *log;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    bool positioned;     /* the cursor sits on the record last returned */
+    uint64_t from;       /* where the next un-positioned call starts */
+    uint64_t expect_seq; /* the sequence the next record must have, 0 = any */
+    uint64_t prev_chain;
+    bool prev_chain_known;
+    uint64_t bad_seq; /* the sequence the last CS_CORRUPT was about */
+    char errmsg[CS__ERRMSG_BYTES];
+};
+
+static inline void cs__put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+static inline uint64_t cs__get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static inline void cs__put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static inline uint32_t cs__get_u32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* Maps an LMDB return code to ours. */
+cs_err cs__mdb_err(int rc);
+
+/* Splits a stored value into a record and verifies its checksum. */
+cs_err cs__record_parse(uint64_t seq, const uint8_t *val, size_t len, cs_log_record *out);
+
+/* Encodes one event (with its seq and final time) into buf as msgpack. */
+cs_err cs__event_encode(const cs_event *ev, uint64_t seq, uint64_t time_ms, uint8_t **buf,
+                        size_t *cap, size_t offset, size_t *len_out);
+
+/* Validates an event's caller-supplied parts against the limits. */
+cs_err cs__event_check(const cs_event *ev);
+
+#endif

@@ -1,0 +1,383 @@
+/*
+ * store.c: the LMDB environment of a data directory, and the write path: one write transaction
+ * per cs_log_write, durable group-committed appends, the hash chain, the time index, and map
+ * growth on MDB_MAP_FULL.
+ *
+ * Invariants (checked by cs_log_reader_verify, described in docs/storage.md):
+ *   1. `events` holds sequences 1..head with no gap; a value is never changed once committed.
+ *   2. value = checksum(8) chain(8) event; checksum = XXH3_64bits_withSeed(event, seq);
+ *      chain(seq) = cs_log_chain(chain(seq - 1), checksum), chain(0) = 0.
+ *   3. event times never decrease; `times` maps each distinct time to its first sequence.
+ *   4. a write that fails leaves nothing: the transaction aborts whole (LMDB's atomicity), and a
+ *      full map is grown only with no transaction of this process open (LMDB's rule).
+ */
+#include "log/log_int.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <xxhash.h>
+
+/* A write is retried after growth at most this often; doubling 40 times covers any map. */
+#define WRITE_ATTEMPTS_MAX 48
+
+cs_err cs__mdb_err(int rc)
+{
+    switch (rc) {
+    case MDB_SUCCESS:
+        return CS_OK;
+    case MDB_NOTFOUND:
+        return CS_NOT_FOUND;
+    case MDB_MAP_FULL:
+        return CS_STORAGE_FULL;
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+        return CS_CORRUPT;
+    case ENOMEM:
+        return CS_NO_MEMORY;
+    case ENOSPC:
+        return CS_STORAGE_FULL;
+    default:
+        return CS_IO;
+    }
+}
+
+static cs_err log_fail(cs_log *log, cs_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(log->errmsg, sizeof(log->errmsg), fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+uint64_t cs_log_checksum(const uint8_t *event, size_t len, uint64_t seq)
+{
+    return XXH3_64bits_withSeed(event, len, seq);
+}
+
+uint64_t cs_log_chain(uint64_t prev_chain, uint64_t checksum)
+{
+    uint8_t b[16];
+    cs__put_u64(b, prev_chain);
+    cs__put_u64(b + 8, checksum);
+    return XXH3_64bits(b, sizeof(b));
+}
+
+/* ---- open / close ------------------------------------------------------------------------ */
+
+static cs_err open_dbis(cs_log *log)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
+    if (rc) return log_fail(log, cs__mdb_err(rc), "begin: %s", mdb_strerror(rc));
+    if ((rc = mdb_dbi_open(txn, "events", MDB_CREATE, &log->events)) ||
+        (rc = mdb_dbi_open(txn, "times", MDB_CREATE, &log->times)) ||
+        (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &log->meta))) {
+        mdb_txn_abort(txn);
+        return log_fail(log, cs__mdb_err(rc), "open databases: %s", mdb_strerror(rc));
+    }
+    MDB_val k = {6, "format"}, v;
+    rc = mdb_get(txn, log->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        uint8_t fmt[4];
+        cs__put_u32(fmt, CS__LOG_FORMAT_VERSION);
+        v.mv_size = 4;
+        v.mv_data = fmt;
+        rc = mdb_put(txn, log->meta, &k, &v, 0);
+    } else if (rc == 0 && (v.mv_size != 4 || cs__get_u32(v.mv_data) != CS__LOG_FORMAT_VERSION)) {
+        mdb_txn_abort(txn);
+        return log_fail(log, CS_CORRUPT, "data directory has an unknown log format");
+    }
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (rc) return log_fail(log, cs__mdb_err(rc), "initialise: %s", mdb_strerror(rc));
+    return CS_OK;
+}
+
+static cs_err open_env(cs_log *log, const char *dir)
+{
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return log_fail(log, CS_IO, "cannot create %s: %s", dir, strerror(errno));
+    int rc = mdb_env_create(&log->env);
+    if (rc) return log_fail(log, cs__mdb_err(rc), "mdb_env_create: %s", mdb_strerror(rc));
+    /* The engine and projections keep their own databases beside the log's. */
+    if ((rc = mdb_env_set_maxdbs(log->env, 32)) ||
+        (rc = mdb_env_set_mapsize(log->env, log->map_bytes)))
+        return log_fail(log, cs__mdb_err(rc), "configure: %s", mdb_strerror(rc));
+    /* Never MDB_WRITEMAP: a full disk would then kill us with SIGBUS (SPEC 4). */
+    unsigned flags = (log->flags & CS_LOG_NOSYNC) ? MDB_NOSYNC : 0;
+    rc = mdb_env_open(log->env, dir, flags, 0600);
+    if (rc) return log_fail(log, cs__mdb_err(rc), "cannot open %s: %s", dir, mdb_strerror(rc));
+    MDB_envinfo info;
+    if ((rc = mdb_env_info(log->env, &info)))
+        return log_fail(log, cs__mdb_err(rc), "env info: %s", mdb_strerror(rc));
+    log->map_bytes = info.me_mapsize; /* an existing, larger map wins */
+    return open_dbis(log);
+}
+
+cs_err cs_log_open(const char *dir, const cs_log_options *opts, cs_log **out)
+{
+    cs_log *log = calloc(1, sizeof(*log));
+    if (!log) return CS_NO_MEMORY;
+    log->map_bytes = opts && opts->map_bytes ? opts->map_bytes : CS_LOG_MAP_BYTES_DEFAULT;
+    log->map_bytes_max =
+        opts && opts->map_bytes_max ? opts->map_bytes_max : CS_LOG_MAP_BYTES_MAX_DEFAULT;
+    log->flags = opts ? opts->flags : 0;
+    if (log->map_bytes_max < log->map_bytes) log->map_bytes_max = log->map_bytes;
+    cs_err err = open_env(log, dir);
+    if (err != CS_OK) {
+        cs_log_close(log);
+        return err;
+    }
+    *out = log;
+    return CS_OK;
+}
+
+void cs_log_close(cs_log *log)
+{
+    if (!log) return;
+    cs_assert(log->readers_open == 0);
+    cs_assert(!log->in_write);
+    if (log->env) mdb_env_close(log->env);
+    free(log->scratch);
+    free(log);
+}
+
+const char *cs_log_errmsg(const cs_log *log)
+{
+    return log->errmsg;
+}
+
+MDB_env *cs_log_env(cs_log *log)
+{
+    return log->env;
+}
+
+cs_err cs_log_dbi_open(cs_log *log, const char *name, unsigned mdb_flags, MDB_dbi *out)
+{
+    cs_assert(!log->in_write);
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
+    if (rc == 0 && (rc = mdb_dbi_open(txn, name, mdb_flags | MDB_CREATE, out)) != 0)
+        mdb_txn_abort(txn);
+    else if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    if (rc) return log_fail(log, cs__mdb_err(rc), "open database %s: %s", name, mdb_strerror(rc));
+    return CS_OK;
+}
+
+/* ---- the write transaction --------------------------------------------------------------- */
+
+static cs_err txn_fail(cs_log_txn *t, int rc, const char *what)
+{
+    if (rc == MDB_MAP_FULL) t->map_full = true;
+    cs_err err = cs__mdb_err(rc);
+    log_fail(t->log, err, "%s: %s", what, mdb_strerror(rc));
+    if (t->failed == CS_OK) t->failed = err;
+    return t->failed;
+}
+
+static cs_err grow_map(cs_log *log)
+{
+    if (log->readers_open > 0)
+        return log_fail(log, CS_STORAGE_FULL, "map full while a reader is open");
+    if (log->map_bytes >= log->map_bytes_max)
+        return log_fail(log, CS_STORAGE_FULL, "data directory reached its maximum size (%zu bytes)",
+                        log->map_bytes_max);
+    size_t next = log->map_bytes * 2;
+    if (next < log->map_bytes || next > log->map_bytes_max) next = log->map_bytes_max;
+    int rc = mdb_env_set_mapsize(log->env, next);
+    if (rc) return log_fail(log, CS_STORAGE_FULL, "cannot grow the map: %s", mdb_strerror(rc));
+    log->map_bytes = next;
+    return CS_OK;
+}
+
+cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
+{
+    cs_assert(!log->in_write);
+    log->errmsg[0] = '\0';
+    for (int attempt = 0; attempt < WRITE_ATTEMPTS_MAX; attempt++) {
+        cs_log_txn t = {.log = log};
+        int rc = mdb_txn_begin(log->env, NULL, 0, &t.txn);
+        if (rc == MDB_MAP_RESIZED) { /* another process grew it: adopt its size */
+            if ((rc = mdb_env_set_mapsize(log->env, 0)) == 0) continue;
+        }
+        if (rc) return log_fail(log, cs__mdb_err(rc), "begin write: %s", mdb_strerror(rc));
+        log->in_write = true;
+        cs_err err = fn(&t, ctx);
+        if (err == CS_OK && t.failed != CS_OK)
+            err = t.failed; /* fn ignored a failure: never commit half-done work */
+        if (err == CS_OK) {
+            rc = mdb_txn_commit(t.txn); /* frees the txn whatever it returns */
+            log->in_write = false;
+            if (rc == 0) return CS_OK;
+            if (rc != MDB_MAP_FULL)
+                return log_fail(log, cs__mdb_err(rc), "commit: %s", mdb_strerror(rc));
+            t.map_full = true;
+        } else {
+            mdb_txn_abort(t.txn);
+            log->in_write = false;
+        }
+        if (!t.map_full) return err;
+        cs_err gerr = grow_map(log);
+        if (gerr != CS_OK) return gerr;
+    }
+    return log_fail(log, CS_STORAGE_FULL, "map kept filling after %d growths", WRITE_ATTEMPTS_MAX);
+}
+
+MDB_txn *cs_log_txn_mdb(cs_log_txn *txn)
+{
+    return txn->txn;
+}
+
+cs_err cs_log_txn_put(cs_log_txn *t, MDB_dbi dbi, MDB_val *key, MDB_val *val, unsigned flags)
+{
+    if (t->failed != CS_OK) return t->failed;
+    int rc = mdb_put(t->txn, dbi, key, val, flags);
+    if (rc == MDB_KEYEXIST)
+        return CS_INVALID_INPUT; /* the caller asked for NOOVERWRITE: its answer, not a failure */
+    return rc ? txn_fail(t, rc, "put") : CS_OK;
+}
+
+cs_err cs_log_txn_del(cs_log_txn *t, MDB_dbi dbi, MDB_val *key)
+{
+    if (t->failed != CS_OK) return t->failed;
+    int rc = mdb_del(t->txn, dbi, key, NULL);
+    if (rc == MDB_NOTFOUND) return CS_NOT_FOUND;
+    return rc ? txn_fail(t, rc, "del") : CS_OK;
+}
+
+/* Reads the last sequence, chain and time once per transaction. */
+static cs_err txn_load_tail(cs_log_txn *t)
+{
+    if (t->tail_loaded) return CS_OK;
+    cs_log *log = t->log;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(t->txn, log->events, &cur);
+    if (rc) return txn_fail(t, rc, "cursor");
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    mdb_cursor_close(cur);
+    t->next_seq = 1;
+    t->last_chain = 0;
+    t->last_time_ms = 0;
+    if (rc == 0) {
+        uint64_t seq = k.mv_size == 8 ? cs__get_u64(k.mv_data) : 0;
+        cs_log_record rec;
+        if (seq == 0 || cs__record_parse(seq, v.mv_data, v.mv_size, &rec) != CS_OK) {
+            t->failed =
+                log_fail(log, CS_CORRUPT, "event %llu: the log's last event does not verify",
+                         (unsigned long long)seq);
+            return t->failed;
+        }
+        t->next_seq = seq + 1;
+        t->last_chain = rec.chain;
+    } else if (rc != MDB_NOTFOUND) {
+        return txn_fail(t, rc, "read tail");
+    }
+    if ((rc = mdb_cursor_open(t->txn, log->times, &cur))) return txn_fail(t, rc, "cursor");
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    mdb_cursor_close(cur);
+    if (rc == 0 && k.mv_size == 8)
+        t->last_time_ms = cs__get_u64(k.mv_data);
+    else if (rc != 0 && rc != MDB_NOTFOUND)
+        return txn_fail(t, rc, "read time index");
+    t->tail_loaded = true;
+    return CS_OK;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Encodes, checksums, chains and puts one event at t->next_seq. */
+static cs_err append_one(cs_log_txn *t, const cs_event *ev, uint64_t now)
+{
+    cs_log *log = t->log;
+    uint64_t seq = t->next_seq;
+    uint64_t time_ms = ev->time_ms ? ev->time_ms : now;
+    if (time_ms < t->last_time_ms)
+        time_ms = t->last_time_ms; /* times never go back: as-of by time relies on it */
+    size_t len;
+    cs_err err = cs__event_encode(ev, seq, time_ms, &log->scratch, &log->scratch_cap,
+                                  CS_RECORD_HEADER_BYTES, &len);
+    if (err != CS_OK) return t->failed = err;
+    uint8_t *val = log->scratch;
+    uint64_t sum = cs_log_checksum(val + CS_RECORD_HEADER_BYTES, len, seq);
+    uint64_t chain = cs_log_chain(t->last_chain, sum);
+    cs__put_u64(val, sum);
+    cs__put_u64(val + 8, chain);
+    uint8_t kb[8];
+    cs__put_u64(kb, seq);
+    MDB_val k = {8, kb}, v = {CS_RECORD_HEADER_BYTES + len, val};
+    int rc = mdb_put(t->txn, log->events, &k, &v, MDB_APPEND);
+    if (rc) return txn_fail(t, rc, "append");
+    if (time_ms > t->last_time_ms || seq == 1) {
+        uint8_t tb[8];
+        cs__put_u64(tb, time_ms);
+        MDB_val tk = {8, tb}, tv = {8, kb};
+        if ((rc = mdb_put(t->txn, log->times, &tk, &tv, MDB_APPEND)))
+            return txn_fail(t, rc, "time index");
+    }
+    t->next_seq = seq + 1;
+    t->last_chain = chain;
+    t->last_time_ms = time_ms;
+    return CS_OK;
+}
+
+cs_err cs_log_txn_append(cs_log_txn *t, const cs_event *events, size_t n, uint64_t *first_seq_out)
+{
+    if (t->failed != CS_OK) return t->failed;
+    if (n == 0 || n > CS_LOG_BATCH_EVENTS_MAX)
+        return t->failed = log_fail(t->log, CS_INVALID_INPUT, "a batch holds 1 to %u events",
+                                    CS_LOG_BATCH_EVENTS_MAX);
+    for (size_t i = 0; i < n; i++) /* refuse the whole batch before writing any of it */
+        if (cs__event_check(&events[i]) != CS_OK)
+            return t->failed = log_fail(t->log, CS_INVALID_INPUT,
+                                        "event %zu of the batch is over a limit or malformed", i);
+    cs_err err = txn_load_tail(t);
+    if (err != CS_OK) return err;
+    uint64_t first = t->next_seq;
+    uint64_t now = now_ms();
+    for (size_t i = 0; i < n; i++)
+        if ((err = append_one(t, &events[i], now)) != CS_OK) return err;
+    if (first_seq_out) *first_seq_out = first;
+    return CS_OK;
+}
+
+uint64_t cs_log_txn_next_seq(cs_log_txn *t)
+{
+    if (txn_load_tail(t) != CS_OK) return 0;
+    return t->next_seq;
+}
+
+typedef struct append_ctx {
+    const cs_event *events;
+    size_t n;
+    uint64_t first;
+} append_ctx;
+
+static cs_err append_fn(cs_log_txn *txn, void *ctx)
+{
+    append_ctx *a = ctx;
+    return cs_log_txn_append(txn, a->events, a->n, &a->first);
+}
+
+cs_err cs_log_append(cs_log *log, const cs_event *events, size_t n, uint64_t *first_seq_out)
+{
+    append_ctx a = {events, n, 0};
+    cs_err err = cs_log_write(log, append_fn, &a);
+    if (err == CS_OK && first_seq_out) *first_seq_out = a.first;
+    return err;
+}

@@ -1,0 +1,77 @@
+/*
+ * harness.h: the small test harness every tests/test_*.c uses over ctest. A test is a void
+ * function; CHECK stops it at the first failed condition. Each test prints PASS or FAIL with its
+ * name (named after the SPEC rule it checks), and the file ends with "N passed, N failed" and
+ * exits non-zero when anything failed. Also: temporary data directories that clean up after
+ * themselves.
+ */
+#ifndef CS_TEST_HARNESS_H
+#define CS_TEST_HARNESS_H
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct cs_test_state {
+    int passed;
+    int failed;
+    int current_failed;
+} cs_test_state;
+
+static cs_test_state cs_test_st; /* test programs only: one per process */
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "  %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);             \
+            cs_test_st.current_failed = 1;                                                         \
+            return;                                                                                \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_OK(expr) CHECK((expr) == CS_OK)
+
+#define RUN(fn)                                                                                    \
+    do {                                                                                           \
+        cs_test_st.current_failed = 0;                                                             \
+        fn();                                                                                      \
+        if (cs_test_st.current_failed) {                                                           \
+            cs_test_st.failed++;                                                                   \
+            printf("FAIL %s\n", #fn);                                                              \
+        } else {                                                                                   \
+            cs_test_st.passed++;                                                                   \
+            printf("PASS %s\n", #fn);                                                              \
+        }                                                                                          \
+        fflush(stdout);                                                                            \
+    } while (0)
+
+static inline int cs_test_finish(void)
+{
+    printf("%d passed, %d failed\n", cs_test_st.passed, cs_test_st.failed);
+    return cs_test_st.failed ? 1 : 0;
+}
+
+static int cs_test_rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* Removes a directory tree (a test's data directory). */
+static inline void cs_test_rmtree(const char *dir)
+{
+    nftw(dir, cs_test_rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Makes a fresh empty directory under /tmp; the caller owns the returned string. */
+static inline char *cs_test_tmpdir(const char *tag)
+{
+    char tmpl[256];
+    snprintf(tmpl, sizeof(tmpl), "/tmp/cs-test-%s-XXXXXX", tag);
+    char *d = mkdtemp(tmpl);
+    return d ? strdup(d) : NULL;
+}
+
+#endif
