@@ -1,0 +1,333 @@
+/*
+ * apply.c: the engine handle, the event vocabulary and the one state transition (cs__apply),
+ * plus the digest and replay that prove state and log agree.
+ *
+ * Event kinds (the `kind` of a log event; docs/design.md lists their fields):
+ *   init, network, put, delete, shop_add, shop_switch, shop_unlink, shop_password,
+ *   network_types, network_mode, network_whatsapp, shop_whatsapp, sync.
+ * Apply trusts what it reads: commands validated it before it was logged, and the log's
+ * checksums and chain guard it since. An event apply cannot understand is CS_CORRUPT.
+ */
+#include "engine/engine_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#define REPLAY_BATCH_EVENTS 10000u /* events applied per write transaction during replay */
+
+const char *cs_role_name(cs_role role)
+{
+    static const char *const names[] = {"none", "single", "head", "branch"};
+    return (unsigned)role < 4 ? names[role] : "none";
+}
+
+cs_err cs_engine_open(const char *dir, const cs_log_options *opts, cs_engine **out)
+{
+    cs_engine *e = calloc(1, sizeof(*e));
+    if (!e) return CS_NO_MEMORY;
+    snprintf(e->actor, sizeof(e->actor), "cli");
+    if (!msgpack_zone_init(&e->zone, 4096)) {
+        free(e);
+        return CS_NO_MEMORY;
+    }
+    cs_err err = cs_log_open(dir, opts, &e->log);
+    if (err == CS_OK) err = cs_event_decoder_new(&e->dec);
+    if (err == CS_OK) err = cs_log_dbi_open(e->log, "items", 0, &e->items);
+    if (err == CS_OK) err = cs_log_dbi_open(e->log, "network", 0, &e->network);
+    if (err == CS_OK) err = cs_log_dbi_open(e->log, "local", 0, &e->local);
+    if (err == CS_OK) err = cs_log_dbi_open(e->log, "secrets", 0, &e->secrets);
+    if (err != CS_OK) {
+        cs_engine_close(e);
+        return err;
+    }
+    *out = e;
+    return CS_OK;
+}
+
+void cs_engine_close(cs_engine *e)
+{
+    if (!e) return;
+    cs_event_decoder_free(e->dec);
+    cs_log_close(e->log);
+    msgpack_zone_destroy(&e->zone);
+    free(e);
+}
+
+const char *cs_engine_errmsg(const cs_engine *e)
+{
+    return e->errmsg;
+}
+
+cs_log *cs_engine_log(cs_engine *e)
+{
+    return e->log;
+}
+
+void cs_engine_set_actor(cs_engine *e, const char *actor)
+{
+    snprintf(e->actor, sizeof(e->actor), "%s", actor ? actor : "cli");
+}
+
+/* ---- apply ------------------------------------------------------------------------------- */
+
+static bool kind_is(const cs_event_view *ev, const char *k)
+{
+    return ev->kind.len == strlen(k) && memcmp(ev->kind.ptr, k, ev->kind.len) == 0;
+}
+
+static cs_err put_record(cs_engine *e, cs_log_txn *txn, const cs_type *t, uint64_t id,
+                         const cs__item *hdr, const msgpack_object *fields)
+{
+    cs__pack p;
+    cs__pack_init(&p);
+    msgpack_pack_array(&p.pk, 5);
+    msgpack_pack_uint64(&p.pk, hdr->version);
+    hdr->archived ? msgpack_pack_true(&p.pk) : msgpack_pack_false(&p.pk);
+    msgpack_pack_nil(&p.pk); /* head-office items have no origin */
+    msgpack_pack_nil(&p.pk);
+    msgpack_pack_object(&p.pk, *fields);
+    cs_err err = CS_NO_MEMORY;
+    if (!p.failed) {
+        uint8_t kb[9];
+        cs__item_key(kb, t, id);
+        MDB_val k = {9, kb}, v = {p.sb.size, p.sb.data};
+        err = cs_log_txn_put(txn, e->items, &k, &v, 0);
+    }
+    cs__pack_destroy(&p);
+    return err;
+}
+
+static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev, bool del)
+{
+    const cs_type *t = cs__schema_find_len(ev->type.ptr, ev->type.len);
+    if (!t || t->cls == CS_CLASS_LOCAL)
+        return cs__fail(e, CS_CORRUPT, "event %llu: an item of an unknown or local type",
+                        (unsigned long long)ev->seq);
+    cs__item hdr = {.version = ev->version};
+    if (!del) return put_record(e, txn, t, ev->id, &hdr, &ev->fields);
+    cs__item old;
+    cs_err err = cs__item_read(cs_log_txn_mdb(txn), e->items, t, ev->id, &e->zone, &old);
+    if (err != CS_OK)
+        return cs__fail(e, err == CS_NOT_FOUND ? CS_CORRUPT : err,
+                        "event %llu: delete of an item that does not exist",
+                        (unsigned long long)ev->seq);
+    hdr.archived = true;
+    return put_record(e, txn, t, ev->id, &hdr, &old.fields);
+}
+
+/* Updates the shop the event names (its id), or for a sync with id 0 every linked shop. */
+static cs_err update_shops(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev,
+                           const json_t *fields)
+{
+    MDB_txn *m = cs_log_txn_mdb(txn);
+    char key[13];
+    cs_err err = CS_OK;
+    MDB_cursor *cur;
+    if (mdb_cursor_open(m, e->network, &cur)) return CS_IO;
+    MDB_val k = {5, "shop:"}, v;
+    int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    for (; rc == 0 && err == CS_OK; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 13 || memcmp(k.mv_data, "shop:", 5) != 0) break;
+        memcpy(key, k.mv_data, 13);
+        json_t *shop = json_loadb(v.mv_data, v.mv_size, 0, NULL);
+        if (!shop) {
+            err = CS_CORRUPT;
+            break;
+        }
+        uint64_t id = (uint64_t)json_integer_value(json_object_get(shop, "id"));
+        if ((ev->id == 0 || id == ev->id) && kind_is(ev, "sync")) {
+            /* R6: a sync point does not cover a branch whose switch is off. */
+            if (json_is_true(json_object_get(shop, "linked")) &&
+                json_is_true(json_object_get(shop, "switch")))
+                json_object_set_new(shop, "sync_seq", json_integer((json_int_t)ev->seq));
+        } else if (id == ev->id) {
+            json_object_update(shop, (json_t *)fields);
+        } else {
+            json_decref(shop);
+            continue;
+        }
+        err = cs__net_put(txn, e->network, key, 13, shop);
+        json_decref(shop);
+    }
+    mdb_cursor_close(cur);
+    return err;
+}
+
+static cs_err apply_network(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev, json_t *f)
+{
+    MDB_txn *m = cs_log_txn_mdb(txn);
+    json_t *self = NULL, *net = NULL;
+    cs_err err = CS_OK;
+    if (kind_is(ev, "init")) {
+        self = json_pack("{s:I,s:O,s:s}", "id", (json_int_t)ev->shop, "name",
+                         json_object_get(f, "name"), "role", "single");
+        return self ? (err = cs__net_put(txn, e->network, "self", 4, self), json_decref(self), err)
+                    : CS_NO_MEMORY;
+    }
+    if ((err = cs__net_get(m, e->network, "self", 4, &self)) != CS_OK) return err;
+    if (kind_is(ev, "network")) {
+        json_object_set_new(self, "role", json_string("head"));
+        err = cs__net_put(txn, e->network, "self", 4, self);
+        if (err == CS_OK) err = cs__net_put(txn, e->network, "net", 3, f);
+    } else if ((err = cs__net_get(m, e->network, "net", 3, &net)) == CS_OK) {
+        json_object_update(net, f);
+        err = cs__net_put(txn, e->network, "net", 3, net);
+    }
+    json_decref(self);
+    json_decref(net);
+    return err;
+}
+
+cs_err cs__apply(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev)
+{
+    if (kind_is(ev, "put") || kind_is(ev, "delete"))
+        return apply_item(e, txn, ev, kind_is(ev, "delete"));
+    json_t *f = cs__json_from_msgpack(&ev->fields);
+    if (!f) return CS_NO_MEMORY;
+    cs_err err = CS_OK;
+    if (kind_is(ev, "init") || kind_is(ev, "network") || kind_is(ev, "network_types") ||
+        kind_is(ev, "network_mode") || kind_is(ev, "network_whatsapp")) {
+        err = apply_network(e, txn, ev, f);
+    } else if (kind_is(ev, "shop_add")) {
+        char key[13];
+        cs__shop_key(key, ev->id);
+        json_object_set_new(f, "id", json_integer((json_int_t)ev->id));
+        json_object_set_new(f, "linked", json_true());
+        json_object_set_new(f, "switch", json_true());
+        json_object_set_new(f, "sync_seq", json_integer((json_int_t)ev->seq));
+        err = cs__net_put(txn, e->network, key, 13, f);
+    } else if (kind_is(ev, "shop_switch") || kind_is(ev, "shop_unlink") ||
+               kind_is(ev, "shop_whatsapp") || kind_is(ev, "sync")) {
+        err = update_shops(e, txn, ev, f);
+    } else if (!kind_is(ev, "shop_password")) { /* R9: a password change leaves no state */
+        err = cs__fail(e, CS_CORRUPT, "event %llu: unknown kind '%.*s'",
+                       (unsigned long long)ev->seq, (int)ev->kind.len, ev->kind.ptr);
+    }
+    json_decref(f);
+    return err;
+}
+
+cs_err cs__emit(cs_engine *e, cs_log_txn *txn, const cs_event *evs, size_t n, uint64_t *last_seq)
+{
+    uint64_t first;
+    cs_err err = cs_log_txn_append(txn, evs, n, &first);
+    if (err != CS_OK) return cs__fail(e, err, "%s", cs_log_errmsg(e->log));
+    static const uint8_t empty_map = 0x80;
+    for (size_t i = 0; i < n; i++) {
+        cs_event_view v = {.seq = first + i,
+                           .shop = evs[i].shop,
+                           .id = evs[i].id,
+                           .version = evs[i].version,
+                           .actor = evs[i].actor,
+                           .kind = evs[i].kind,
+                           .type = evs[i].type};
+        const uint8_t *f = evs[i].fields ? evs[i].fields : &empty_map;
+        size_t flen = evs[i].fields ? evs[i].fields_len : 1, off = 0;
+        if (msgpack_unpack((const char *)f, flen, &off, &e->zone, &v.fields) !=
+            MSGPACK_UNPACK_SUCCESS)
+            return CS_NO_MEMORY; /* the bytes were checked by the append: only memory fails */
+        if ((err = cs__apply(e, txn, &v)) != CS_OK) return err;
+    }
+    if (last_seq) *last_seq = first + n - 1;
+    return CS_OK;
+}
+
+/* ---- digest and replay ------------------------------------------------------------------- */
+
+static cs_err digest_db(MDB_txn *txn, MDB_dbi dbi, XXH3_state_t *st)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    if (mdb_cursor_open(txn, dbi, &cur)) return CS_IO;
+    int rc;
+    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+        uint64_t lens[2] = {k.mv_size, v.mv_size};
+        XXH3_64bits_update(st, lens, sizeof(lens));
+        XXH3_64bits_update(st, k.mv_data, k.mv_size);
+        XXH3_64bits_update(st, v.mv_data, v.mv_size);
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? CS_OK : CS_IO;
+}
+
+cs_err cs_engine_digest(cs_engine *e, uint64_t *out)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &txn)) return CS_IO;
+    XXH3_state_t *st = XXH3_createState();
+    cs_err err = st ? CS_OK : CS_NO_MEMORY;
+    if (err == CS_OK) XXH3_64bits_reset(st);
+    if (err == CS_OK) err = digest_db(txn, e->items, st);
+    if (err == CS_OK) err = digest_db(txn, e->network, st);
+    if (err == CS_OK) *out = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    mdb_txn_abort(txn);
+    return err;
+}
+
+typedef struct replay_ctx {
+    cs_engine *dst;
+    cs_log_reader *r;
+    cs_event_decoder *dec;
+    uint64_t next;    /* first sequence of the batch */
+    uint64_t reached; /* first sequence after the batch, once it applied */
+    bool at_end;
+    bool done;
+} replay_ctx;
+
+/* One batch. It seeks to its own start each time because cs_log_write may run it again after
+ * growing the map, and the reader has moved on by then. */
+static cs_err replay_batch(cs_log_txn *txn, void *ctx)
+{
+    replay_ctx *rc = ctx;
+    cs_log_record rec;
+    cs_event_view ev;
+    cs_err err = cs_log_reader_seek(rc->r, rc->next);
+    if (err != CS_OK) return err;
+    rc->reached = rc->next;
+    rc->at_end = false;
+    for (unsigned i = 0; i < REPLAY_BATCH_EVENTS; i++, rc->reached++) {
+        err = cs_log_reader_next(rc->r, &rec);
+        if (err == CS_NOT_FOUND) {
+            rc->at_end = true;
+            return CS_OK;
+        }
+        if (err == CS_OK) err = cs_event_decode(rc->dec, rec.event, rec.event_len, &ev);
+        if (err == CS_OK) err = cs__apply(rc->dst, txn, &ev);
+        if (err != CS_OK) return err;
+    }
+    return CS_OK;
+}
+
+cs_err cs_engine_replay_digest(cs_engine *e, const char *scratch_dir, uint64_t *out)
+{
+    replay_ctx rc = {0};
+    cs_err err = cs_engine_open(scratch_dir, NULL, &rc.dst);
+    if (err != CS_OK)
+        return cs__fail(e, err, "cannot create the scratch directory %s", scratch_dir);
+    err = cs_log_reader_open(e->log, &rc.r);
+    if (err == CS_OK) err = cs_event_decoder_new(&rc.dec);
+    rc.next = 1;
+    while (err == CS_OK && !rc.done) {
+        err = cs_log_write(rc.dst->log, replay_batch, &rc);
+        rc.next = rc.reached;
+        rc.done = rc.at_end;
+    }
+    if (err == CS_OK)
+        err = cs_engine_digest(rc.dst, out);
+    else
+        cs__fail(e, err, "replay stopped: %s", cs_log_reader_errmsg(rc.r));
+    cs_event_decoder_free(rc.dec);
+    cs_log_reader_close(rc.r);
+    cs_engine_close(rc.dst);
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/data.mdb", scratch_dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/lock.mdb", scratch_dir);
+    unlink(path);
+    rmdir(scratch_dir);
+    return err;
+}

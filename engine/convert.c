@@ -1,0 +1,411 @@
+/*
+ * convert.c: everything that walks item fields by the schema table: JSON -> canonical msgpack
+ * with validation, msgpack -> JSON, visiting references, and packing a copy with remapped
+ * references (R2).
+ *
+ * Canonical form: a map whose keys follow the schema's field order, absent optional fields
+ * left out, integers in msgpack-c's smallest encoding. Two equal items therefore have equal
+ * bytes, which is what makes state digests and replay comparisons meaningful.
+ */
+#include "engine/engine_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define PATH_BYTES 160
+#define INT_LIST_MAX_ITEMS 64
+
+typedef struct conv {
+    msgpack_packer pk;
+    char *msg;
+    size_t msg_len;
+} conv;
+
+static cs_err conv_fail(conv *c, const char *path, const char *fmt, ...)
+{
+    char what[200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    int n = path[0] ? snprintf(c->msg, c->msg_len, "field '%s': %s", path, what)
+                    : snprintf(c->msg, c->msg_len, "%s", what);
+    if (n < 0 && c->msg_len > 0) /* a cut sentence is still a sentence; none at all is not */
+        c->msg[0] = '\0';
+    return CS_INVALID_INPUT;
+}
+
+/* Paths name a field in messages ("price_table[0].tier"); a cut path still points the way. */
+static void path_join(char *out, const char *prefix, const char *name)
+{
+    int n = prefix[0] ? snprintf(out, PATH_BYTES, "%s.%s", prefix, name)
+                      : snprintf(out, PATH_BYTES, "%s", name);
+    if (n < 0 || n >= PATH_BYTES) out[PATH_BYTES - 1] = '\0';
+}
+
+static void path_index(char *out, const char *prefix, size_t i)
+{
+    int n = snprintf(out, PATH_BYTES, "%s[%zu]", prefix, i);
+    if (n < 0 || n >= PATH_BYTES) out[PATH_BYTES - 1] = '\0';
+}
+
+static cs_err pack_object(conv *c, const cs_field *fields, unsigned n, const json_t *obj,
+                          const char *prefix);
+
+static cs_err pack_ref(conv *c, const json_t *v, const char *path)
+{
+    if (!json_is_integer(v) || json_integer_value(v) <= 0)
+        return conv_fail(c, path, "expected an item id (a positive integer)");
+    msgpack_pack_uint64(&c->pk, (uint64_t)json_integer_value(v));
+    return CS_OK;
+}
+
+static cs_err pack_list(conv *c, const cs_field *f, const json_t *v, const char *path)
+{
+    if (!json_is_array(v)) return conv_fail(c, path, "expected a list");
+    size_t n = json_array_size(v);
+    int64_t most = f->kind == CS_FIELD_INT_LIST ? INT_LIST_MAX_ITEMS : f->max;
+    int64_t fewest = f->kind == CS_FIELD_INT_LIST ? 0 : f->min;
+    if ((int64_t)n < fewest)
+        return conv_fail(c, path, "needs at least %lld entries", (long long)fewest);
+    if ((int64_t)n > most) return conv_fail(c, path, "holds at most %lld entries", (long long)most);
+    msgpack_pack_array(&c->pk, n);
+    char sub[PATH_BYTES];
+    for (size_t i = 0; i < n; i++) {
+        const json_t *e = json_array_get(v, i);
+        path_index(sub, path, i);
+        cs_err err = CS_OK;
+        if (f->kind == CS_FIELD_REF_LIST) {
+            err = pack_ref(c, e, sub);
+        } else if (f->kind == CS_FIELD_OBJECT_LIST) {
+            err = pack_object(c, f->sub, f->nsub, e, sub);
+        } else if (f->kind == CS_FIELD_STRING_LIST) {
+            if (!json_is_string(e) || json_string_length(e) == 0 || json_string_length(e) > 200)
+                return conv_fail(c, sub, "expected a non-empty string of at most 200 bytes");
+            msgpack_pack_str_with_body(&c->pk, json_string_value(e), json_string_length(e));
+        } else {
+            if (!json_is_integer(e) || json_integer_value(e) < f->min ||
+                json_integer_value(e) > f->max)
+                return conv_fail(c, sub, "expected an integer from %lld to %lld", (long long)f->min,
+                                 (long long)f->max);
+            msgpack_pack_int64(&c->pk, json_integer_value(e));
+        }
+        if (err != CS_OK) return err;
+    }
+    return CS_OK;
+}
+
+static cs_err pack_enum(conv *c, const cs_field *f, const json_t *v, const char *path)
+{
+    if (json_is_string(v))
+        for (const char *const *e = f->enum_values; *e; e++)
+            if (strcmp(*e, json_string_value(v)) == 0) {
+                msgpack_pack_str_with_body(&c->pk, *e, strlen(*e));
+                return CS_OK;
+            }
+    char allowed[160] = "";
+    for (const char *const *e = f->enum_values; *e; e++) {
+        strncat(allowed, *e, sizeof(allowed) - strlen(allowed) - 3);
+        if (e[1]) strncat(allowed, ", ", sizeof(allowed) - strlen(allowed) - 1);
+    }
+    return conv_fail(c, path, "expected one of %s", allowed);
+}
+
+static cs_err pack_value(conv *c, const cs_field *f, const json_t *v, const char *path)
+{
+    switch (f->kind) {
+    case CS_FIELD_STRING: {
+        if (!json_is_string(v)) return conv_fail(c, path, "expected a string");
+        size_t len = json_string_length(v);
+        if ((int64_t)len > f->max)
+            return conv_fail(c, path, "longer than %lld bytes", (long long)f->max);
+        if ((int64_t)len < f->min) return conv_fail(c, path, "must not be empty");
+        msgpack_pack_str_with_body(&c->pk, json_string_value(v), len);
+        return CS_OK;
+    }
+    case CS_FIELD_INT:
+        if (!json_is_integer(v)) return conv_fail(c, path, "expected an integer");
+        if (json_integer_value(v) < f->min || json_integer_value(v) > f->max)
+            return conv_fail(c, path, "must be from %lld to %lld", (long long)f->min,
+                             (long long)f->max);
+        msgpack_pack_int64(&c->pk, json_integer_value(v));
+        return CS_OK;
+    case CS_FIELD_BOOL:
+        if (!json_is_boolean(v)) return conv_fail(c, path, "expected true or false");
+        json_is_true(v) ? msgpack_pack_true(&c->pk) : msgpack_pack_false(&c->pk);
+        return CS_OK;
+    case CS_FIELD_ENUM:
+        return pack_enum(c, f, v, path);
+    case CS_FIELD_REF:
+        return pack_ref(c, v, path);
+    case CS_FIELD_OBJECT:
+        return pack_object(c, f->sub, f->nsub, v, path);
+    default:
+        return pack_list(c, f, v, path);
+    }
+}
+
+static const cs_field *field_find(const cs_field *fields, unsigned n, const char *name)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (strcmp(fields[i].name, name) == 0) return &fields[i];
+    return NULL;
+}
+
+static cs_err pack_object(conv *c, const cs_field *fields, unsigned n, const json_t *obj,
+                          const char *prefix)
+{
+    if (!json_is_object(obj)) return conv_fail(c, prefix, "expected an object");
+    const char *key;
+    const json_t *val;
+    char path[PATH_BYTES];
+    unsigned present = 0;
+    json_object_foreach((json_t *)obj, key, val)
+    {
+        path_join(path, prefix, key);
+        if (!field_find(fields, n, key)) return conv_fail(c, "", "unknown field '%s'", path);
+        if (!json_is_null(val)) present++;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        const json_t *v = json_object_get(obj, fields[i].name);
+        if (fields[i].required && (!v || json_is_null(v))) {
+            path_join(path, prefix, fields[i].name);
+            return conv_fail(c, "", "field '%s' is required", path);
+        }
+    }
+    msgpack_pack_map(&c->pk, present);
+    for (unsigned i = 0; i < n; i++) {
+        const json_t *v = json_object_get(obj, fields[i].name);
+        if (!v || json_is_null(v)) continue;
+        path_join(path, prefix, fields[i].name);
+        msgpack_pack_str_with_body(&c->pk, fields[i].name, strlen(fields[i].name));
+        cs_err err = pack_value(c, &fields[i], v, path);
+        if (err != CS_OK) return err;
+    }
+    return CS_OK;
+}
+
+static int pack_write(void *data, const char *buf, size_t len)
+{
+    cs__pack *p = data;
+    if (msgpack_sbuffer_write(&p->sb, buf, len) != 0) p->failed = true;
+    return p->failed ? -1 : 0;
+}
+
+void cs__pack_init(cs__pack *p)
+{
+    msgpack_sbuffer_init(&p->sb);
+    p->failed = false;
+    msgpack_packer_init(&p->pk, p, pack_write);
+}
+
+void cs__pack_destroy(cs__pack *p)
+{
+    msgpack_sbuffer_destroy(&p->sb);
+}
+
+cs_err cs_schema_from_json(const cs_type *t, const json_t *obj, uint8_t **out, size_t *out_len,
+                           char *msg, size_t msg_len)
+{
+    cs__pack p;
+    cs__pack_init(&p);
+    conv c = {.pk = p.pk, .msg = msg, .msg_len = msg_len};
+    cs_err err = pack_object(&c, t->fields, t->nfields, obj, "");
+    if (err == CS_OK && p.failed) err = CS_NO_MEMORY;
+    if (err == CS_OK && p.sb.size > CS_ITEM_FIELDS_BYTES_MAX)
+        err = conv_fail(&c, "", "the item is larger than %u bytes", CS_ITEM_FIELDS_BYTES_MAX);
+    if (err != CS_OK) {
+        cs__pack_destroy(&p);
+        return err;
+    }
+    *out = (uint8_t *)p.sb.data; /* transferred: sbuffer memory is malloc'd */
+    *out_len = p.sb.size;
+    return CS_OK;
+}
+
+/* ---- msgpack -> JSON --------------------------------------------------------------------- */
+
+json_t *cs__json_from_msgpack(const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
+        return json_null();
+    case MSGPACK_OBJECT_BOOLEAN:
+        return json_boolean(o->via.boolean);
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        if (o->via.u64 > (uint64_t)INT64_MAX) return json_real((double)o->via.u64);
+        return json_integer((json_int_t)o->via.u64);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        return json_integer((json_int_t)o->via.i64);
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        return json_real(o->via.f64);
+    case MSGPACK_OBJECT_STR:
+        return json_stringn_nocheck(o->via.str.ptr, o->via.str.size);
+    case MSGPACK_OBJECT_BIN:
+        return json_stringn_nocheck(o->via.bin.ptr, o->via.bin.size);
+    case MSGPACK_OBJECT_ARRAY: {
+        json_t *a = json_array();
+        for (uint32_t i = 0; a && i < o->via.array.size; i++)
+            if (json_array_append_new(a, cs__json_from_msgpack(&o->via.array.ptr[i])) != 0) {
+                json_decref(a);
+                return NULL;
+            }
+        return a;
+    }
+    case MSGPACK_OBJECT_MAP: {
+        json_t *m = json_object();
+        for (uint32_t i = 0; m && i < o->via.map.size; i++) {
+            const msgpack_object *k = &o->via.map.ptr[i].key;
+            char key[PATH_BYTES];
+            if (k->type != MSGPACK_OBJECT_STR || k->via.str.size >= sizeof(key)) continue;
+            memcpy(key, k->via.str.ptr, k->via.str.size);
+            key[k->via.str.size] = '\0';
+            if (json_object_set_new(m, key, cs__json_from_msgpack(&o->via.map.ptr[i].val))) {
+                json_decref(m);
+                return NULL;
+            }
+        }
+        return m;
+    }
+    default:
+        return json_null();
+    }
+}
+
+cs_err cs_schema_to_json(const cs_type *t, const msgpack_object *fields, json_t **out)
+{
+    (void)t; /* the canonical form already carries the schema's names and kinds */
+    if (fields->type != MSGPACK_OBJECT_MAP) return CS_CORRUPT;
+    json_t *j = cs__json_from_msgpack(fields);
+    if (!j) return CS_NO_MEMORY;
+    *out = j;
+    return CS_OK;
+}
+
+/* ---- references -------------------------------------------------------------------------- */
+
+typedef struct ref_walk {
+    cs_schema_ref_fn visit; /* visit mode */
+    cs_schema_map_fn map;   /* remap mode: also packs */
+    msgpack_packer *pk;
+    void *ctx;
+} ref_walk;
+
+static cs_err walk_map(ref_walk *w, const cs_field *fields, unsigned n, const msgpack_object *o,
+                       const char *prefix);
+
+static cs_err walk_ref(ref_walk *w, const cs_field *f, const msgpack_object *v, const char *path)
+{
+    const cs_type *target = cs_schema_find(f->ref_type);
+    cs_assert(target != NULL);
+    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER) return CS_CORRUPT;
+    if (w->visit) return w->visit(target, v->via.u64, path, w->ctx);
+    uint64_t mapped;
+    cs_err err = w->map(target, v->via.u64, &mapped, w->ctx);
+    if (err == CS_OK) msgpack_pack_uint64(w->pk, mapped);
+    return err;
+}
+
+static cs_err walk_value(ref_walk *w, const cs_field *f, const msgpack_object *v, const char *path)
+{
+    bool is_list = f->kind == CS_FIELD_REF_LIST || f->kind == CS_FIELD_OBJECT_LIST;
+    if (f->kind == CS_FIELD_REF) return walk_ref(w, f, v, path);
+    if (f->kind == CS_FIELD_OBJECT) return walk_map(w, f->sub, f->nsub, v, path);
+    if (!is_list || v->type != MSGPACK_OBJECT_ARRAY) {
+        if (w->pk) msgpack_pack_object(w->pk, *v);
+        return CS_OK;
+    }
+    if (w->pk) msgpack_pack_array(w->pk, v->via.array.size);
+    char sub[PATH_BYTES];
+    for (uint32_t i = 0; i < v->via.array.size; i++) {
+        path_index(sub, path, i);
+        cs_err err = f->kind == CS_FIELD_REF_LIST
+                         ? walk_ref(w, f, &v->via.array.ptr[i], sub)
+                         : walk_map(w, f->sub, f->nsub, &v->via.array.ptr[i], sub);
+        if (err != CS_OK) return err;
+    }
+    return CS_OK;
+}
+
+static cs_err walk_map(ref_walk *w, const cs_field *fields, unsigned n, const msgpack_object *o,
+                       const char *prefix)
+{
+    if (o->type != MSGPACK_OBJECT_MAP) return CS_CORRUPT;
+    if (w->pk) msgpack_pack_map(w->pk, o->via.map.size);
+    char path[PATH_BYTES], name[PATH_BYTES];
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+        const msgpack_object *k = &o->via.map.ptr[i].key;
+        const msgpack_object *v = &o->via.map.ptr[i].val;
+        if (w->pk) msgpack_pack_object(w->pk, *k);
+        if (k->type != MSGPACK_OBJECT_STR || k->via.str.size >= sizeof(name)) return CS_CORRUPT;
+        memcpy(name, k->via.str.ptr, k->via.str.size);
+        name[k->via.str.size] = '\0';
+        const cs_field *f = field_find(fields, n, name);
+        if (!f) return CS_CORRUPT;
+        path_join(path, prefix, name);
+        cs_err err = walk_value(w, f, v, path);
+        if (err != CS_OK) return err;
+    }
+    return CS_OK;
+}
+
+cs_err cs_schema_refs(const cs_type *t, const msgpack_object *fields, cs_schema_ref_fn fn,
+                      void *ctx)
+{
+    ref_walk w = {.visit = fn, .ctx = ctx};
+    return walk_map(&w, t->fields, t->nfields, fields, "");
+}
+
+cs_err cs_schema_remap(const cs_type *t, const msgpack_object *fields, cs_schema_map_fn map,
+                       void *ctx, msgpack_sbuffer *out)
+{
+    cs__pack p = {.sb = *out};
+    msgpack_packer_init(&p.pk, &p, pack_write);
+    ref_walk w = {.map = map, .pk = &p.pk, .ctx = ctx};
+    cs_err err = walk_map(&w, t->fields, t->nfields, fields, "");
+    *out = p.sb; /* the buffer may have moved */
+    return err == CS_OK && p.failed ? CS_NO_MEMORY : err;
+}
+
+/* ---- JSON -> msgpack, generic (network events' small payloads) --------------------------- */
+
+void cs__pack_json(msgpack_packer *pk, const json_t *j)
+{
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+        const char *key;
+        json_t *val;
+        msgpack_pack_map(pk, json_object_size(j));
+        json_object_foreach((json_t *)j, key, val)
+        {
+            msgpack_pack_str_with_body(pk, key, strlen(key));
+            cs__pack_json(pk, val);
+        }
+        return;
+    }
+    case JSON_ARRAY:
+        msgpack_pack_array(pk, json_array_size(j));
+        for (size_t i = 0; i < json_array_size(j); i++)
+            cs__pack_json(pk, json_array_get(j, i));
+        return;
+    case JSON_STRING:
+        msgpack_pack_str_with_body(pk, json_string_value(j), json_string_length(j));
+        return;
+    case JSON_INTEGER:
+        msgpack_pack_int64(pk, json_integer_value(j));
+        return;
+    case JSON_REAL:
+        msgpack_pack_double(pk, json_real_value(j));
+        return;
+    case JSON_TRUE:
+        msgpack_pack_true(pk);
+        return;
+    case JSON_FALSE:
+        msgpack_pack_false(pk);
+        return;
+    default:
+        msgpack_pack_nil(pk);
+    }
+}

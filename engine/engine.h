@@ -1,0 +1,194 @@
+/*
+ * engine.h: the public contract of chainsync's engine: the schema table of every item type,
+ * the network model (shops, roles, synced types, modes), and the commands that turn a request
+ * into validated events. A command is checked against the current state and, when accepted,
+ * its events and the new state commit in one LMDB transaction (SPEC 4), through log/log.h.
+ *
+ * State is a pure function of the log: every change goes through one apply step that replays
+ * identically (cs_engine_replay_digest proves it). What the log must not carry (R9: password
+ * hashes, staff and shop info) lives in databases outside that digest.
+ *
+ * Items cross this API as jansson objects (SPEC 7 shapes); the engine converts JSON <-> msgpack
+ * by the schema table. Every refusal returns a code and leaves a sentence in
+ * cs_engine_errmsg naming the field, item or shop (SPEC 6).
+ */
+#ifndef CS_ENGINE_H
+#define CS_ENGINE_H
+
+#include "log/log.h"
+
+#include <jansson.h>
+
+/* ---- schema ------------------------------------------------------------------------------ */
+
+typedef enum cs_type_class {
+    CS_CLASS_SYNCED, /* head-office catalog, mirrored to branches as copies */
+    CS_CLASS_SHARED, /* one record network-wide, written at any shop (R8) */
+    CS_CLASS_LOCAL,  /* never leaves its shop (R9) */
+} cs_type_class;
+
+typedef enum cs_field_kind {
+    CS_FIELD_STRING,
+    CS_FIELD_INT,
+    CS_FIELD_BOOL,
+    CS_FIELD_ENUM,
+    CS_FIELD_REF,         /* an item id of ref_type */
+    CS_FIELD_REF_LIST,    /* a list of item ids of ref_type */
+    CS_FIELD_STRING_LIST, /* a list of strings */
+    CS_FIELD_INT_LIST,    /* a list of integers */
+    CS_FIELD_OBJECT,      /* a map with sub-fields */
+    CS_FIELD_OBJECT_LIST, /* a list of maps with sub-fields */
+} cs_field_kind;
+
+typedef struct cs_field {
+    const char *name;
+    cs_field_kind kind;
+    bool required;
+    int64_t min; /* INT: smallest value; lists: fewest items; STRING: fewest bytes */
+    int64_t max; /* INT: largest value; lists: most items; STRING: most bytes */
+    const char *const *enum_values; /* ENUM: NULL-terminated */
+    const char *ref_type;           /* REF, REF_LIST: the referenced type's name */
+    const struct cs_field *sub;     /* OBJECT, OBJECT_LIST */
+    unsigned nsub;
+} cs_field;
+
+typedef struct cs_type {
+    const char *name;
+    uint8_t code; /* stable on disk: the first byte of an item key */
+    cs_type_class cls;
+    const cs_field *fields;
+    unsigned nfields;
+} cs_type;
+
+/* The static schema table (SPEC 2). Borrowed, lives forever. */
+const cs_type *cs_schema_types(unsigned *count_out);
+/* NULL when unknown. */
+const cs_type *cs_schema_find(const char *name);
+const cs_type *cs_schema_by_code(uint8_t code);
+
+/* JSON object -> canonical msgpack map (fields in schema order). Validates kinds, required
+ * fields, unknown fields, limits and enum values; not references (that needs state).
+ * *out is owned by the caller (free()). Errors: CS_INVALID_INPUT with msg (NUL-terminated,
+ * msg_len bytes at most) naming the field; CS_NO_MEMORY. */
+cs_err cs_schema_from_json(const cs_type *t, const json_t *obj, uint8_t **out, size_t *out_len,
+                           char *msg, size_t msg_len);
+
+/* msgpack map (as stored) -> JSON object of the fields. New reference, owned by the caller. */
+cs_err cs_schema_to_json(const cs_type *t, const msgpack_object *fields, json_t **out);
+
+/* Calls fn for every reference in fields, with the referenced type and id and the field's path
+ * ("services[1]"). Stops at and returns the first error fn returns. */
+typedef cs_err (*cs_schema_ref_fn)(const cs_type *target, uint64_t id, const char *path, void *ctx);
+cs_err cs_schema_refs(const cs_type *t, const msgpack_object *fields, cs_schema_ref_fn fn,
+                      void *ctx);
+
+/* Packs fields with every reference replaced by map(target, id) — how a copy on a branch points
+ * at the branch's own copies (R2). Appends to the caller's sbuffer. Errors: whatever map
+ * returns, CS_NO_MEMORY. */
+typedef cs_err (*cs_schema_map_fn)(const cs_type *target, uint64_t id, uint64_t *mapped, void *ctx);
+cs_err cs_schema_remap(const cs_type *t, const msgpack_object *fields, cs_schema_map_fn map,
+                       void *ctx, msgpack_sbuffer *out);
+
+/* ---- the engine -------------------------------------------------------------------------- */
+
+typedef struct cs_engine cs_engine;
+
+typedef enum cs_role {
+    CS_ROLE_NONE,   /* directory not initialised */
+    CS_ROLE_SINGLE, /* a single store (R10) */
+    CS_ROLE_HEAD,   /* the head office */
+    CS_ROLE_BRANCH, /* a branch (its catalog is kept by projections/) */
+} cs_role;
+
+const char *cs_role_name(cs_role role); /* "single", "head", "branch", "none" */
+
+/* Opens (creating) the data directory. Owned by the caller; close with cs_engine_close.
+ * Errors: as cs_log_open. */
+cs_err cs_engine_open(const char *dir, const cs_log_options *opts, cs_engine **out);
+void cs_engine_close(cs_engine *e); /* accepts NULL */
+
+/* The sentence for the last refusal or failure ("service 12: field 'name' is required").
+ * Borrowed until the next call on the engine. */
+const char *cs_engine_errmsg(const cs_engine *e);
+cs_log *cs_engine_log(cs_engine *e); /* borrowed for the engine's lifetime */
+
+/* Who is acting: recorded in every event as `actor` (default "cli"). Copied. */
+void cs_engine_set_actor(cs_engine *e, const char *actor);
+
+typedef struct cs_shop_info {
+    uint64_t id;
+    char name[128];
+    cs_role role;
+} cs_shop_info;
+
+/* This directory's own shop. Errors: CS_NOT_FOUND before init. */
+cs_err cs_engine_self(cs_engine *e, cs_shop_info *out);
+
+/* What a write returns (SPEC 7: put and del print {"id","version","seq"}). seq is the log
+ * position of the write's last event; 0 for shop-local types, which are not logged (R9). */
+typedef struct cs_write_result {
+    uint64_t id;
+    uint64_t version;
+    uint64_t seq;
+} cs_write_result;
+
+/* init: makes this directory a single store named `name`; *shop_out gets its id.
+ * Errors: CS_INVALID_INPUT (empty or long name), CS_FORBIDDEN (already initialised). */
+cs_err cs_engine_init(cs_engine *e, const char *name, uint64_t *shop_out);
+
+/* Items. put creates when id == 0, else updates item `id`; expect_version != 0 refuses with
+ * CS_VERSION_CONFLICT when the item is at another version. Errors: CS_UNKNOWN_TYPE,
+ * CS_INVALID_INPUT, CS_DANGLING_REFERENCE, CS_NOT_FOUND, CS_VERSION_CONFLICT, CS_FORBIDDEN
+ * (a role may not write that type), CS_READ_ONLY_COPY, storage errors. */
+cs_err cs_engine_put(cs_engine *e, const char *type, uint64_t id, const json_t *fields,
+                     uint64_t expect_version, cs_write_result *out);
+/* del archives the item (R4: kept, resolvable by id, left out of normal listings). */
+cs_err cs_engine_del(cs_engine *e, const char *type, uint64_t id, uint64_t expect_version,
+                     cs_write_result *out);
+/* get: the SPEC 7 item object (type, id, version, fields, archived, origin[, detached_from]).
+ * New reference owned by the caller. Errors: CS_UNKNOWN_TYPE, CS_NOT_FOUND. */
+cs_err cs_engine_get(cs_engine *e, const char *type, uint64_t id, json_t **out);
+/* list: a JSON array of item objects, by id; archived ones only when `archived` is true
+ * (then only archived ones). New reference owned by the caller. */
+cs_err cs_engine_list(cs_engine *e, const char *type, bool archived, json_t **out);
+
+/* Network commands (R10, R11, R12). A single store may only create a network
+ * (else CS_NOT_IN_NETWORK); a branch may run none of them (CS_FORBIDDEN). */
+cs_err cs_engine_network_create(cs_engine *e, const char *name);
+/* types == NULL: leave unchanged. *out (may be NULL) gets a JSON array of the synced types. */
+cs_err cs_engine_network_types(cs_engine *e, const char *const *types, size_t n, json_t **out);
+/* mode == NULL: leave unchanged; "on-trigger" or "continuous". *out gets the mode name. */
+cs_err cs_engine_network_mode(cs_engine *e, const char *mode, const char **out);
+/* mode/number NULL: leave unchanged. *out gets {"mode","number"}. */
+cs_err cs_engine_network_whatsapp(cs_engine *e, const char *mode, const char *number, json_t **out);
+
+/* Shops. add links a new branch (a sync point for it, R5a); the password is stored only as an
+ * argon2id hash, outside the log (R9). */
+cs_err cs_engine_shop_add(cs_engine *e, const char *name, const char *password, uint64_t *shop_out);
+/* A JSON array of {id,name,role,switch,cursor,lag,last_seen,linked}. */
+cs_err cs_engine_shop_list(cs_engine *e, json_t **out);
+cs_err cs_engine_shop_switch(cs_engine *e, uint64_t shop, bool on);
+cs_err cs_engine_shop_password(cs_engine *e, uint64_t shop, const char *password);
+/* Checks a shop's password against the stored hash: CS_OK or CS_AUTH_FAILED. */
+cs_err cs_engine_shop_auth(cs_engine *e, uint64_t shop, const char *password);
+cs_err cs_engine_shop_unlink(cs_engine *e, uint64_t shop);
+cs_err cs_engine_shop_whatsapp(cs_engine *e, uint64_t shop, const char *number);
+/* The number a shop answers with (R12). *out owned by the caller (free()).
+ * Errors: CS_NOT_FOUND (unknown shop or no number set). */
+cs_err cs_engine_whatsapp_resolve(cs_engine *e, uint64_t shop, char **out);
+
+/* A sync point for every branch (shop == 0) or one (R5b, R5c). *seq_out (may be NULL) gets
+ * its log position. */
+cs_err cs_engine_sync(cs_engine *e, uint64_t shop, uint64_t *seq_out);
+
+/* A decoded log event as JSON {seq,time,actor,shop,kind,type,id,version,fields}, fields
+ * converted by the schema when the type is known. New reference owned by the caller. */
+cs_err cs_engine_event_json(const cs_event_view *ev, json_t **out);
+
+/* XXH3 of every database derived from the log (items, network), in key order. */
+cs_err cs_engine_digest(cs_engine *e, uint64_t *out);
+/* Replays this directory's log into a fresh state under scratch_dir (created, then removed)
+ * and returns that state's digest: equal to cs_engine_digest when state and log agree. */
+cs_err cs_engine_replay_digest(cs_engine *e, const char *scratch_dir, uint64_t *out);
+
+#endif

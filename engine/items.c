@@ -1,0 +1,212 @@
+/*
+ * items.c: the item commands of a head office or single store: init, put, del, get, list.
+ *
+ * A write runs inside cs_log_write: it reads the current state, refuses with a code and a
+ * sentence when a rule or the schema says no (nothing is written then), else emits its event,
+ * which appends it and applies it in the same transaction. Shop-local types (staff, shop_info)
+ * are written to `local` without an event: they never enter the log (R9).
+ *
+ * Decisions (docs/design.md): a delete archives (R4 at the head office too), so references
+ * to the item keep resolving; a new reference to an archived item is a dangling_reference.
+ * Ids are (shop id << 32) | a per-shop counter: unique in the network without coordination,
+ * because shop ids are unique 31-bit numbers and each shop counts its own.
+ */
+#include "engine/engine_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define SHOP_NAME_MAX_BYTES 120
+#define ID_COUNTER_MAX 0xffffffffu
+
+typedef struct write_ctx {
+    cs_engine *e;
+    const cs_type *t;
+    uint64_t id;
+    const uint8_t *fields; /* borrowed: canonical msgpack map */
+    size_t fields_len;
+    uint64_t expect;
+    bool del;
+    cs_write_result res;
+} write_ctx;
+
+typedef struct ref_ctx {
+    cs_engine *e;
+    MDB_txn *txn;
+    msgpack_zone zone;
+} ref_ctx;
+
+static cs_err check_ref(const cs_type *target, uint64_t id, const char *path, void *ctx)
+{
+    ref_ctx *rc = ctx;
+    cs__item it;
+    msgpack_zone_clear(&rc->zone);
+    cs_err err = cs__item_read(rc->txn, rc->e->items, target, id, &rc->zone, &it);
+    if (err == CS_NOT_FOUND)
+        return cs__fail(rc->e, CS_DANGLING_REFERENCE, "field '%s': %s %llu does not exist", path,
+                        target->name, (unsigned long long)id);
+    if (err == CS_OK && it.archived)
+        return cs__fail(rc->e, CS_DANGLING_REFERENCE, "field '%s': %s %llu was deleted", path,
+                        target->name, (unsigned long long)id);
+    return err;
+}
+
+static cs_err check_refs(cs_engine *e, MDB_txn *txn, const write_ctx *w)
+{
+    size_t off = 0;
+    msgpack_object fields;
+    if (msgpack_unpack((const char *)w->fields, w->fields_len, &off, &e->zone, &fields) !=
+        MSGPACK_UNPACK_SUCCESS)
+        return CS_NO_MEMORY; /* we packed these bytes ourselves */
+    ref_ctx rc = {.e = e, .txn = txn};
+    if (!msgpack_zone_init(&rc.zone, 1024)) return CS_NO_MEMORY;
+    cs_err err = cs_schema_refs(w->t, &fields, check_ref, &rc);
+    msgpack_zone_destroy(&rc.zone);
+    return err;
+}
+
+static cs_err alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t self, uint64_t *out)
+{
+    MDB_val k = {7, "next_id"}, v;
+    uint64_t next = 1;
+    int rc = mdb_get(cs_log_txn_mdb(txn), e->local, &k, &v);
+    if (rc == 0 && v.mv_size == sizeof(next))
+        memcpy(&next, v.mv_data, sizeof(next));
+    else if (rc != MDB_NOTFOUND)
+        return CS_CORRUPT;
+    if (next > ID_COUNTER_MAX)
+        return cs__fail(e, CS_STORAGE_FULL, "this shop has used all of its item ids");
+    *out = (self << 32) | next;
+    next++;
+    v.mv_size = sizeof(next);
+    v.mv_data = &next;
+    return cs_log_txn_put(txn, e->local, &k, &v, 0);
+}
+
+/* Reads the item being updated and checks it may be: exists, not archived, expected version. */
+static cs_err check_existing(cs_engine *e, MDB_txn *m, MDB_dbi dbi, write_ctx *w)
+{
+    cs__item old;
+    cs_err err = cs__item_read(m, dbi, w->t, w->id, &e->zone, &old);
+    if (err == CS_NOT_FOUND)
+        return cs__fail(e, err, "%s %llu does not exist", w->t->name, (unsigned long long)w->id);
+    if (err != CS_OK)
+        return cs__fail(e, err, "%s %llu cannot be read", w->t->name, (unsigned long long)w->id);
+    if (old.archived)
+        return cs__fail(e, CS_NOT_FOUND, "%s %llu was deleted", w->t->name,
+                        (unsigned long long)w->id);
+    if (w->expect && w->expect != old.version)
+        return cs__fail(e, CS_VERSION_CONFLICT, "%s %llu is at version %llu, not %llu", w->t->name,
+                        (unsigned long long)w->id, (unsigned long long)old.version,
+                        (unsigned long long)w->expect);
+    w->res.version = old.version + 1;
+    if (w->del) { /* a delete keeps the fields: the archived item stays readable (R4) */
+        cs__pack p;
+        cs__pack_init(&p);
+        msgpack_pack_object(&p.pk, old.fields);
+        if (p.failed) {
+            cs__pack_destroy(&p);
+            return CS_NO_MEMORY;
+        }
+        w->fields = (const uint8_t *)msgpack_zone_malloc(&e->zone, p.sb.size);
+        if (w->fields) memcpy((void *)w->fields, p.sb.data, p.sb.size);
+        w->fields_len = p.sb.size;
+        cs__pack_destroy(&p);
+        if (!w->fields) return CS_NO_MEMORY;
+    }
+    return CS_OK;
+}
+
+static cs_err write_local(cs_engine *e, cs_log_txn *txn, write_ctx *w)
+{
+    cs__item hdr = {.version = w->res.version, .archived = w->del};
+    cs__pack p;
+    cs__pack_init(&p);
+    cs_err err = cs__item_pack(&p, &hdr, w->fields, w->fields_len);
+    if (err == CS_OK) {
+        uint8_t kb[9];
+        cs__item_key(kb, w->t, w->res.id);
+        MDB_val k = {9, kb}, v = {p.sb.size, p.sb.data};
+        err = cs_log_txn_put(txn, e->local, &k, &v, 0);
+    }
+    cs__pack_destroy(&p);
+    return err;
+}
+
+static cs_err write_fn(cs_log_txn *txn, void *ctx)
+{
+    write_ctx *w = ctx;
+    cs_engine *e = w->e;
+    MDB_txn *m = cs_log_txn_mdb(txn);
+    uint64_t self = 0;
+    msgpack_zone_clear(&e->zone);
+    cs_role role = cs__role(m, e, &self);
+    if (role == CS_ROLE_NONE)
+        return cs__fail(e, CS_NOT_FOUND, "this directory is not initialised: run chainsync init");
+    if (role == CS_ROLE_BRANCH)
+        return cs__fail(e, CS_FORBIDDEN, "this is a branch: use its projection to write items");
+    MDB_dbi dbi = w->t->cls == CS_CLASS_LOCAL ? e->local : e->items;
+    cs_err err;
+    w->res.id = w->id;
+    w->res.version = 1;
+    if (w->id)
+        err = check_existing(e, m, dbi, w);
+    else if (w->expect)
+        err = cs__fail(e, CS_VERSION_CONFLICT, "a new %s has no version to expect", w->t->name);
+    else
+        err = alloc_id(e, txn, self, &w->res.id);
+    if (err == CS_OK && !w->del) err = check_refs(e, m, w);
+    if (err != CS_OK) return err;
+    if (w->t->cls == CS_CLASS_LOCAL) {
+        w->res.seq = 0; /* R9: never logged */
+        return write_local(e, txn, w);
+    }
+    cs_event ev = {.shop = self,
+                   .id = w->res.id,
+                   .version = w->res.version,
+                   .actor = {e->actor, strlen(e->actor)},
+                   .kind = w->del ? CS_STR("delete") : CS_STR("put"),
+                   .type = {w->t->name, strlen(w->t->name)},
+                   .fields = w->fields,
+                   .fields_len = w->fields_len};
+    return cs__emit(e, txn, &ev, 1, &w->res.seq);
+}
+
+static cs_err find_type(cs_engine *e, const char *type, const cs_type **out)
+{
+    e->errmsg[0] = '\0';
+    *out = type ? cs_schema_find(type) : NULL;
+    if (!*out)
+        return cs__fail(e, CS_UNKNOWN_TYPE, "'%s' is not a type (see chainsync put --help)",
+                        type ? type : "");
+    return CS_OK;
+}
+
+cs_err cs_engine_put(cs_engine *e, const char *type, uint64_t id, const json_t *fields,
+                     uint64_t expect_version, cs_write_result *out)
+{
+    write_ctx w = {.e = e, .id = id, .expect = expect_version};
+    cs_err err = find_type(e, type, &w.t);
+    if (err != CS_OK) return err;
+    char msg[256];
+    uint8_t *packed = NULL;
+    err = cs_schema_from_json(w.t, fields, &packed, &w.fields_len, msg, sizeof(msg));
+    if (err != CS_OK) return cs__fail(e, err, "%s: %s", type, msg);
+    w.fields = packed;
+    err = cs_log_write(e->log, write_fn, &w);
+    free(packed);
+    if (err == CS_OK && out) *out = w.res;
+    return err;
+}
+
+cs_err cs_engine_del(cs_engine *e, const char *type, uint64_t id, uint64_t expect_version,
+                     cs_write_result *out)
+{
+    write_ctx w = {.e = e, .id = id, .expect = expect_version, .del = true};
+    cs_err err = find_type(e, type, &w.t);
+    if (err != CS_OK) return err;
+    if (id == 0) return cs__fail(e, CS_INVALID_INPUT, "del needs the id of the %s to delete", type);
+    err = cs_log_write(e->log, write_fn, &w);
+    if (err == CS_OK && out) *out = w.res;
+    return err;
+}

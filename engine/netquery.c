@@ -1,0 +1,135 @@
+/*
+ * netquery.c: read-only questions about the network: this shop, the list of shops (the
+ * Managing shops view) and which WhatsApp number a shop answers with (R12).
+ */
+#include "engine/engine_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+cs_err cs_engine_self(cs_engine *e, cs_shop_info *out)
+{
+    MDB_txn *m;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    json_t *self;
+    cs_err err = cs__net_get(m, e->network, "self", 4, &self);
+    if (err == CS_OK) {
+        cs_shop_info s = {.id = (uint64_t)json_integer_value(json_object_get(self, "id"))};
+        const char *name = json_string_value(json_object_get(self, "name"));
+        snprintf(s.name, sizeof(s.name), "%s", name ? name : "");
+        s.role = cs__role(m, e, NULL);
+        *out = s;
+        json_decref(self);
+    } else if (err == CS_NOT_FOUND) {
+        cs__fail(e, err, "this directory is not initialised: run chainsync init");
+    }
+    mdb_txn_abort(m);
+    return err;
+}
+
+/* The head office's own line, then one per branch ever added (unlinked ones say so). */
+static cs_err list_shops(cs_engine *e, MDB_txn *m, json_t *arr)
+{
+    json_t *self;
+    cs_err err = cs__net_get(m, e->network, "self", 4, &self);
+    if (err != CS_OK) return err;
+    json_array_append_new(arr, json_pack("{s:O,s:O,s:s,s:n,s:n,s:n,s:n,s:b}", "id",
+                                         json_object_get(self, "id"), "name",
+                                         json_object_get(self, "name"), "role", "head", "switch",
+                                         "cursor", "lag", "last_seen", "linked", 1));
+    json_decref(self);
+    MDB_cursor *cur;
+    if (mdb_cursor_open(m, e->network, &cur)) return CS_IO;
+    MDB_val k = {5, "shop:"}, v;
+    int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 13 || memcmp(k.mv_data, "shop:", 5) != 0) break;
+        json_t *s = json_loadb(v.mv_data, v.mv_size, 0, NULL);
+        if (!s) {
+            err = CS_CORRUPT;
+            break;
+        }
+        /* cursor, lag and last_seen come from the branch's acknowledgements (net/): null
+         * until a branch has reported over a connection. */
+        json_t *row =
+            json_pack("{s:O,s:O,s:s,s:O,s:n,s:n,s:n,s:O,s:O}", "id", json_object_get(s, "id"),
+                      "name", json_object_get(s, "name"), "role", "branch", "switch",
+                      json_object_get(s, "switch"), "cursor", "lag", "last_seen", "linked",
+                      json_object_get(s, "linked"), "sync_seq", json_object_get(s, "sync_seq"));
+        json_decref(s);
+        if (!row || json_array_append_new(arr, row)) {
+            err = CS_NO_MEMORY;
+            break;
+        }
+    }
+    mdb_cursor_close(cur);
+    return err;
+}
+
+cs_err cs_engine_shop_list(cs_engine *e, json_t **out)
+{
+    e->errmsg[0] = '\0';
+    MDB_txn *m;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    cs_role role = cs__role(m, e, NULL);
+    cs_err err = CS_OK;
+    if (role == CS_ROLE_NONE)
+        err = cs__fail(e, CS_NOT_FOUND, "this directory is not initialised: run chainsync init");
+    else if (role == CS_ROLE_SINGLE)
+        err = cs__fail(e, CS_NOT_IN_NETWORK, "this shop is a single store: it has no branches");
+    else if (role == CS_ROLE_BRANCH)
+        err = cs__fail(e, CS_FORBIDDEN, "only the head office sees the network's shops");
+    json_t *arr = err == CS_OK ? json_array() : NULL;
+    if (err == CS_OK && !arr) err = CS_NO_MEMORY;
+    if (err == CS_OK) err = list_shops(e, m, arr);
+    mdb_txn_abort(m);
+    if (err != CS_OK) {
+        json_decref(arr);
+        return err;
+    }
+    *out = arr;
+    return CS_OK;
+}
+
+static cs_err resolve(cs_engine *e, MDB_txn *m, uint64_t shop, char **out)
+{
+    json_t *net, *s = NULL;
+    uint64_t self;
+    if (cs__role(m, e, &self) != CS_ROLE_HEAD)
+        return cs__fail(e, CS_NOT_IN_NETWORK, "only a network's head office resolves numbers");
+    cs_err err = cs__net_get(m, e->network, "net", 3, &net);
+    if (err != CS_OK) return err;
+    const char *mode = json_string_value(json_object_get(net, "whatsapp_mode"));
+    const char *number = json_string_value(json_object_get(net, "whatsapp_number"));
+    bool shared = mode && strcmp(mode, "shared") == 0;
+    if (shop != self) {
+        char key[13];
+        cs__shop_key(key, shop);
+        err = cs__net_get(m, e->network, key, 13, &s);
+        if (err == CS_NOT_FOUND)
+            err = cs__fail(e, err, "shop %llu is not in this network", (unsigned long long)shop);
+        if (err == CS_OK && !shared)
+            number = json_string_value(json_object_get(s, "whatsapp_number"));
+    }
+    if (err == CS_OK && !number)
+        err = shared ? cs__fail(e, CS_NOT_FOUND,
+                                "the network's shared WhatsApp number is not set "
+                                "(network whatsapp --number N)")
+                     : cs__fail(e, CS_NOT_FOUND, "shop %llu has no WhatsApp number of its own",
+                                (unsigned long long)shop);
+    if (err == CS_OK && !(*out = strdup(number))) err = CS_NO_MEMORY;
+    json_decref(s);
+    json_decref(net);
+    return err;
+}
+
+cs_err cs_engine_whatsapp_resolve(cs_engine *e, uint64_t shop, char **out)
+{
+    e->errmsg[0] = '\0';
+    MDB_txn *m;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    cs_err err = resolve(e, m, shop, out);
+    mdb_txn_abort(m);
+    return err;
+}

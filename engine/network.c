@@ -1,0 +1,435 @@
+/*
+ * network.c: the shop and network commands (SPEC R5, R6, R7, R9-R12): init, network create,
+ * synced types, mode, WhatsApp, shops (add, switch, password, unlink, WhatsApp), sync points.
+ *
+ * Every command is a net_cmd: a check of the caller's role and the arguments against the state,
+ * then one event. Roles (R11): a single store may run only `init` and `network create`
+ * (else not_in_network); a branch runs none of them (forbidden); the head office runs all.
+ * Passwords are hashed with argon2id before the write transaction (it may run twice) and the
+ * hash goes to `secrets`, never to the log (R9).
+ */
+#include "engine/engine_int.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NAME_MAX_BYTES 120
+#define PASSWORD_MIN_BYTES 8
+#define PASSWORD_MAX_BYTES 128
+#define PHONE_MIN_BYTES 4
+#define PHONE_MAX_BYTES 32
+#define SHOP_ID_TRIES_MAX 64
+
+typedef struct net_cmd net_cmd;
+typedef cs_err (*net_check_fn)(net_cmd *c, cs_log_txn *txn);
+
+struct net_cmd {
+    cs_engine *e;
+    net_check_fn check; /* validates; may fill the event's id and fields */
+    cs_role need;       /* CS_ROLE_HEAD, or CS_ROLE_SINGLE for network create */
+    const char *kind;
+    uint64_t id;
+    json_t *fields;   /* owned by the caller of run() */
+    const char *hash; /* argon2id string to store in secrets for `id`, or NULL */
+    uint64_t self;
+    uint64_t seq;
+};
+
+static cs_err check_role(net_cmd *c, cs_role role)
+{
+    cs_engine *e = c->e;
+    if (c->need == CS_ROLE_NONE) /* init: the one command for an empty directory */
+        return role == CS_ROLE_NONE ? CS_OK
+                                    : cs__fail(e, CS_FORBIDDEN, "this directory is already a shop");
+    if (role == CS_ROLE_NONE)
+        return cs__fail(e, CS_NOT_FOUND, "this directory is not initialised: run chainsync init");
+    if (role == CS_ROLE_BRANCH)
+        return cs__fail(e, CS_FORBIDDEN, "only the head office can do this; this shop is a branch");
+    if (c->need == CS_ROLE_HEAD && role == CS_ROLE_SINGLE)
+        return cs__fail(e, CS_NOT_IN_NETWORK,
+                        "this shop is a single store: create a network first (network create)");
+    if (c->need == CS_ROLE_SINGLE && role == CS_ROLE_HEAD)
+        return cs__fail(e, CS_FORBIDDEN, "this shop is already the head office of a network");
+    return CS_OK;
+}
+
+static cs_err put_secret(net_cmd *c, cs_log_txn *txn)
+{
+    uint8_t kb[8];
+    uint64_t id = c->id ? c->id : c->self;
+    for (int i = 7; i >= 0; i--, id >>= 8)
+        kb[i] = (uint8_t)id;
+    MDB_val k = {8, kb}, v = {strlen(c->hash), (void *)c->hash};
+    return cs_log_txn_put(txn, c->e->secrets, &k, &v, 0);
+}
+
+static cs_err net_fn(cs_log_txn *txn, void *ctx)
+{
+    net_cmd *c = ctx;
+    cs_engine *e = c->e;
+    msgpack_zone_clear(&e->zone);
+    cs_err err = check_role(c, cs__role(cs_log_txn_mdb(txn), e, &c->self));
+    if (err == CS_OK && c->check) err = c->check(c, txn);
+    if (err == CS_OK && c->hash) err = put_secret(c, txn);
+    if (err != CS_OK) return err;
+    cs__pack p;
+    cs__pack_init(&p);
+    cs__pack_json(&p.pk, c->fields);
+    cs_event ev = {.shop = c->self,
+                   .id = c->id,
+                   .actor = {e->actor, strlen(e->actor)},
+                   .kind = {c->kind, strlen(c->kind)},
+                   .fields = (const uint8_t *)p.sb.data,
+                   .fields_len = p.sb.size};
+    err = p.failed ? CS_NO_MEMORY : cs__emit(e, txn, &ev, 1, &c->seq);
+    cs__pack_destroy(&p);
+    return err;
+}
+
+static cs_err run(net_cmd *c)
+{
+    c->e->errmsg[0] = '\0';
+    if (!c->fields) return CS_NO_MEMORY;
+    return cs_log_write(cs_engine_log(c->e), net_fn, c);
+}
+
+static cs_err check_name(cs_engine *e, const char *what, const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > NAME_MAX_BYTES)
+        return cs__fail(e, CS_INVALID_INPUT, "%s name must be 1 to %d bytes", what, NAME_MAX_BYTES);
+    return CS_OK;
+}
+
+/* A linked branch of this network, as stored; CS_NOT_FOUND otherwise. *out owned by caller. */
+static cs_err get_shop(cs_engine *e, MDB_txn *m, uint64_t shop, json_t **out)
+{
+    char key[13];
+    cs__shop_key(key, shop);
+    cs_err err = cs__net_get(m, e->network, key, 13, out);
+    if (err == CS_NOT_FOUND)
+        return cs__fail(e, err, "shop %llu is not a branch of this network",
+                        (unsigned long long)shop);
+    if (err == CS_OK && !json_is_true(json_object_get(*out, "linked"))) {
+        json_decref(*out);
+        return cs__fail(e, CS_NOT_FOUND, "shop %llu was unlinked from this network",
+                        (unsigned long long)shop);
+    }
+    return err;
+}
+
+static cs_err check_linked_shop(net_cmd *c, cs_log_txn *txn)
+{
+    json_t *shop;
+    cs_err err = get_shop(c->e, cs_log_txn_mdb(txn), c->id, &shop);
+    if (err == CS_OK) json_decref(shop);
+    return err;
+}
+
+/* ---- init and network create ------------------------------------------------------------- */
+
+static uint64_t random_shop_id(void)
+{
+    return 1 + randombytes_uniform(0x7ffffffeu); /* 31 bits: ids stay below 2^63 */
+}
+
+static cs_err check_init(net_cmd *c, cs_log_txn *txn)
+{
+    (void)txn;
+    c->self = c->id; /* the event's shop is the new shop itself */
+    return CS_OK;
+}
+
+cs_err cs_engine_init(cs_engine *e, const char *name, uint64_t *shop_out)
+{
+    e->errmsg[0] = '\0';
+    cs_err err = check_name(e, "a shop", name);
+    if (err != CS_OK) return err;
+    MDB_txn *m;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    cs_role role = cs__role(m, e, NULL);
+    mdb_txn_abort(m);
+    if (role != CS_ROLE_NONE)
+        return cs__fail(e, CS_FORBIDDEN, "this directory is already a %s shop", cs_role_name(role));
+    if (sodium_init() < 0) return CS_NO_MEMORY;
+    net_cmd c = {.e = e,
+                 .kind = "init",
+                 .id = random_shop_id(),
+                 .check = check_init,
+                 .fields = json_pack("{s:s}", "name", name)};
+    err = run(&c);
+    json_decref(c.fields);
+    if (err == CS_OK && shop_out) *shop_out = c.id;
+    return err;
+}
+
+cs_err cs_engine_network_create(cs_engine *e, const char *name)
+{
+    e->errmsg[0] = '\0';
+    cs_err err = check_name(e, "a network", name);
+    if (err != CS_OK) return err;
+    json_t *types = json_array();
+    unsigned n;
+    const cs_type *t = cs_schema_types(&n);
+    for (unsigned i = 0; types && i < n; i++)
+        if (t[i].cls == CS_CLASS_SYNCED) json_array_append_new(types, json_string(t[i].name));
+    net_cmd c = {.e = e,
+                 .need = CS_ROLE_SINGLE,
+                 .kind = "network",
+                 .fields = json_pack("{s:s,s:s,s:o,s:s,s:n}", "name", name, "mode", "on-trigger",
+                                     "types", types, "whatsapp_mode", "shared", "whatsapp_number")};
+    err = run(&c);
+    json_decref(c.fields);
+    return err;
+}
+
+/* Reads the network record for a query; only the head office has one. */
+static cs_err read_net(cs_engine *e, json_t **out)
+{
+    MDB_txn *m;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    net_cmd c = {.e = e, .need = CS_ROLE_HEAD};
+    cs_err err = check_role(&c, cs__role(m, e, NULL));
+    if (err == CS_OK) err = cs__net_get(m, e->network, "net", 3, out);
+    mdb_txn_abort(m);
+    return err;
+}
+
+/* Runs a network-settings change, or only reads when fields is NULL; then reads back. */
+static cs_err net_setting(cs_engine *e, const char *kind, json_t *fields, json_t **net_out)
+{
+    e->errmsg[0] = '\0';
+    cs_err err = CS_OK;
+    if (fields) {
+        net_cmd c = {.e = e, .need = CS_ROLE_HEAD, .kind = kind, .fields = fields};
+        err = run(&c);
+    }
+    if (err == CS_OK) err = read_net(e, net_out);
+    return err;
+}
+
+cs_err cs_engine_network_types(cs_engine *e, const char *const *types, size_t n, json_t **out)
+{
+    json_t *set = NULL;
+    if (types) {
+        unsigned count;
+        const cs_type *all = cs_schema_types(&count);
+        for (size_t i = 0; i < n; i++) {
+            const cs_type *t = cs_schema_find(types[i]);
+            if (!t) return cs__fail(e, CS_UNKNOWN_TYPE, "'%s' is not a type", types[i]);
+            if (t->cls != CS_CLASS_SYNCED)
+                return cs__fail(e, CS_INVALID_INPUT, "%s is not a catalog type: %s", types[i],
+                                t->cls == CS_CLASS_SHARED ? "shared records reach every shop"
+                                                          : "it never leaves its shop");
+        }
+        set = json_array(); /* schema order, each once, whatever order the caller used */
+        for (unsigned i = 0; set && i < count; i++)
+            for (size_t j = 0; j < n; j++)
+                if (strcmp(all[i].name, types[j]) == 0) {
+                    json_array_append_new(set, json_string(all[i].name));
+                    break;
+                }
+        if (!set) return CS_NO_MEMORY;
+    }
+    json_t *fields = set ? json_pack("{s:o}", "types", set) : NULL;
+    json_t *net = NULL;
+    cs_err err = net_setting(e, "network_types", fields, &net);
+    json_decref(fields);
+    if (err == CS_OK && out) *out = json_incref(json_object_get(net, "types"));
+    json_decref(net);
+    return err;
+}
+
+cs_err cs_engine_network_mode(cs_engine *e, const char *mode, const char **out)
+{
+    if (mode && strcmp(mode, "on-trigger") != 0 && strcmp(mode, "continuous") != 0)
+        return cs__fail(e, CS_INVALID_INPUT, "mode must be on-trigger or continuous, not '%s'",
+                        mode);
+    json_t *fields = mode ? json_pack("{s:s}", "mode", mode) : NULL;
+    json_t *net = NULL;
+    cs_err err = net_setting(e, "network_mode", fields, &net);
+    json_decref(fields);
+    if (err == CS_OK && out)
+        *out = strcmp(json_string_value(json_object_get(net, "mode")), "continuous") == 0
+                   ? "continuous"
+                   : "on-trigger";
+    json_decref(net);
+    return err;
+}
+
+static cs_err check_phone(cs_engine *e, const char *number)
+{
+    size_t n = strlen(number);
+    if (n < PHONE_MIN_BYTES || n > PHONE_MAX_BYTES || strspn(number, "+0123456789 -()") != n)
+        return cs__fail(e, CS_INVALID_INPUT,
+                        "'%s' is not a phone number (%d to %d digits, +, spaces, dashes)", number,
+                        PHONE_MIN_BYTES, PHONE_MAX_BYTES);
+    return CS_OK;
+}
+
+cs_err cs_engine_network_whatsapp(cs_engine *e, const char *mode, const char *number, json_t **out)
+{
+    if (mode && strcmp(mode, "shared") != 0 && strcmp(mode, "individual") != 0)
+        return cs__fail(e, CS_INVALID_INPUT, "WhatsApp mode must be shared or individual");
+    if (number && check_phone(e, number) != CS_OK) return CS_INVALID_INPUT;
+    json_t *fields = NULL;
+    if (mode || number) {
+        fields = json_object();
+        if (mode) json_object_set_new(fields, "whatsapp_mode", json_string(mode));
+        if (number) json_object_set_new(fields, "whatsapp_number", json_string(number));
+    }
+    json_t *net = NULL;
+    cs_err err = net_setting(e, "network_whatsapp", fields, &net);
+    json_decref(fields);
+    if (err == CS_OK && out)
+        *out = json_pack("{s:O,s:O}", "mode", json_object_get(net, "whatsapp_mode"), "number",
+                         json_object_get(net, "whatsapp_number"));
+    json_decref(net);
+    return err;
+}
+
+/* ---- shops ------------------------------------------------------------------------------- */
+
+static cs_err hash_password(cs_engine *e, const char *password, char hash[crypto_pwhash_STRBYTES])
+{
+    size_t n = password ? strlen(password) : 0;
+    if (n < PASSWORD_MIN_BYTES || n > PASSWORD_MAX_BYTES)
+        return cs__fail(e, CS_INVALID_INPUT, "a password has %d to %d bytes", PASSWORD_MIN_BYTES,
+                        PASSWORD_MAX_BYTES);
+    if (sodium_init() < 0 ||
+        crypto_pwhash_str_alg(hash, password, n, crypto_pwhash_OPSLIMIT_INTERACTIVE,
+                              crypto_pwhash_MEMLIMIT_INTERACTIVE, crypto_pwhash_ALG_ARGON2ID13))
+        return cs__fail(e, CS_NO_MEMORY, "cannot hash the password (out of memory)");
+    return CS_OK;
+}
+
+static cs_err check_shop_add(net_cmd *c, cs_log_txn *txn)
+{
+    for (int i = 0; i < SHOP_ID_TRIES_MAX; i++) {
+        c->id = random_shop_id();
+        json_t *old;
+        char key[13];
+        cs__shop_key(key, c->id);
+        cs_err err = cs__net_get(cs_log_txn_mdb(txn), c->e->network, key, 13, &old);
+        if (err == CS_NOT_FOUND && c->id != c->self) return CS_OK;
+        if (err == CS_OK) json_decref(old);
+    }
+    return cs__fail(c->e, CS_STORAGE_FULL, "no free shop id found");
+}
+
+cs_err cs_engine_shop_add(cs_engine *e, const char *name, const char *password, uint64_t *shop_out)
+{
+    e->errmsg[0] = '\0';
+    char hash[crypto_pwhash_STRBYTES];
+    cs_err err = check_name(e, "a shop", name);
+    if (err == CS_OK) err = hash_password(e, password, hash);
+    if (err != CS_OK) return err;
+    net_cmd c = {.e = e,
+                 .need = CS_ROLE_HEAD,
+                 .kind = "shop_add",
+                 .check = check_shop_add,
+                 .hash = hash,
+                 .fields =
+                     json_pack("{s:s,s:s,s:n}", "name", name, "role", "branch", "whatsapp_number")};
+    err = run(&c);
+    json_decref(c.fields);
+    if (err == CS_OK && shop_out) *shop_out = c.id;
+    return err;
+}
+
+static cs_err shop_event(cs_engine *e, uint64_t shop, const char *kind, json_t *fields)
+{
+    net_cmd c = {.e = e,
+                 .need = CS_ROLE_HEAD,
+                 .kind = kind,
+                 .id = shop,
+                 .check = check_linked_shop,
+                 .fields = fields};
+    cs_err err = run(&c);
+    json_decref(fields);
+    return err;
+}
+
+cs_err cs_engine_shop_switch(cs_engine *e, uint64_t shop, bool on)
+{
+    return shop_event(e, shop, "shop_switch", json_pack("{s:b}", "switch", on));
+}
+
+cs_err cs_engine_shop_unlink(cs_engine *e, uint64_t shop)
+{
+    return shop_event(e, shop, "shop_unlink", json_pack("{s:b}", "linked", 0));
+}
+
+cs_err cs_engine_shop_whatsapp(cs_engine *e, uint64_t shop, const char *number)
+{
+    e->errmsg[0] = '\0';
+    if (!number || check_phone(e, number) != CS_OK) return CS_INVALID_INPUT;
+    cs_shop_info self;
+    if (cs_engine_self(e, &self) == CS_OK && self.id == shop) /* the head office's own */
+        return cs_engine_network_whatsapp(e, NULL, number, NULL);
+    return shop_event(e, shop, "shop_whatsapp", json_pack("{s:s}", "whatsapp_number", number));
+}
+
+static cs_err check_password_target(net_cmd *c, cs_log_txn *txn)
+{
+    if (c->id == c->self) return CS_OK; /* the head office's own password */
+    return check_linked_shop(c, txn);
+}
+
+cs_err cs_engine_shop_password(cs_engine *e, uint64_t shop, const char *password)
+{
+    e->errmsg[0] = '\0';
+    char hash[crypto_pwhash_STRBYTES];
+    cs_err err = hash_password(e, password, hash);
+    if (err != CS_OK) return err;
+    /* R9: the event says that it changed, never what to. */
+    net_cmd c = {.e = e,
+                 .need = CS_ROLE_HEAD,
+                 .kind = "shop_password",
+                 .id = shop,
+                 .check = check_password_target,
+                 .hash = hash,
+                 .fields = json_object()};
+    err = run(&c);
+    json_decref(c.fields);
+    return err;
+}
+
+cs_err cs_engine_shop_auth(cs_engine *e, uint64_t shop, const char *password)
+{
+    MDB_txn *m;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    uint8_t kb[8];
+    uint64_t id = shop;
+    for (int i = 7; i >= 0; i--, id >>= 8)
+        kb[i] = (uint8_t)id;
+    MDB_val k = {8, kb}, v;
+    char hash[crypto_pwhash_STRBYTES];
+    int rc = mdb_get(m, e->secrets, &k, &v);
+    bool ok = rc == 0 && v.mv_size < sizeof(hash);
+    if (ok) {
+        memcpy(hash, v.mv_data, v.mv_size);
+        hash[v.mv_size] = '\0';
+    }
+    mdb_txn_abort(m);
+    if (!ok || sodium_init() < 0 || crypto_pwhash_str_verify(hash, password, strlen(password)) != 0)
+        return cs__fail(e, CS_AUTH_FAILED, "shop %llu: wrong password or unknown shop",
+                        (unsigned long long)shop);
+    return CS_OK;
+}
+
+cs_err cs_engine_sync(cs_engine *e, uint64_t shop, uint64_t *seq_out)
+{
+    e->errmsg[0] = '\0';
+    net_cmd c = {.e = e,
+                 .need = CS_ROLE_HEAD,
+                 .kind = "sync",
+                 .id = shop,
+                 .check = shop ? check_linked_shop : NULL,
+                 .fields = json_object()};
+    cs_err err = run(&c);
+    json_decref(c.fields);
+    if (err == CS_OK && seq_out) *seq_out = c.seq;
+    return err;
+}

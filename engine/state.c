@@ -1,0 +1,183 @@
+/*
+ * state.c: the engine's state databases and the one transition that changes them, cs__apply.
+ * Commands (items.c, network.c) validate, then emit events through cs__emit, which appends
+ * them and applies each; replay applies the same events from the log. Because nothing else
+ * writes `items` or `network`, the state is a pure function of the log, and
+ * cs_engine_replay_digest checks exactly that.
+ */
+#include "engine/engine_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+cs_err cs__fail(cs_engine *e, cs_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->errmsg, sizeof(e->errmsg), fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+/* ---- item records ------------------------------------------------------------------------ */
+
+void cs__item_key(uint8_t key[9], const cs_type *t, uint64_t id)
+{
+    key[0] = t->code;
+    for (int i = 8; i >= 1; i--) {
+        key[i] = (uint8_t)id;
+        id >>= 8;
+    }
+}
+
+static void pack_link(msgpack_packer *pk, bool has, const uint64_t v[3])
+{
+    if (!has) {
+        msgpack_pack_nil(pk);
+        return;
+    }
+    msgpack_pack_array(pk, 3);
+    for (int i = 0; i < 3; i++)
+        msgpack_pack_uint64(pk, v[i]);
+}
+
+cs_err cs__item_pack(cs__pack *p, const cs__item *hdr, const uint8_t *fields, size_t fields_len)
+{
+    msgpack_pack_array(&p->pk, 5);
+    msgpack_pack_uint64(&p->pk, hdr->version);
+    hdr->archived ? msgpack_pack_true(&p->pk) : msgpack_pack_false(&p->pk);
+    pack_link(&p->pk, hdr->has_origin, hdr->origin);
+    pack_link(&p->pk, hdr->has_detached, hdr->detached);
+    if (msgpack_sbuffer_write(&p->sb, (const char *)fields, fields_len) != 0) p->failed = true;
+    return p->failed ? CS_NO_MEMORY : CS_OK;
+}
+
+static bool read_link(const msgpack_object *o, bool *has, uint64_t v[3])
+{
+    *has = false;
+    if (o->type == MSGPACK_OBJECT_NIL) return true;
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 3) return false;
+    for (int i = 0; i < 3; i++) {
+        if (o->via.array.ptr[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER) return false;
+        v[i] = o->via.array.ptr[i].via.u64;
+    }
+    *has = true;
+    return true;
+}
+
+cs_err cs__item_read(MDB_txn *txn, MDB_dbi dbi, const cs_type *t, uint64_t id, msgpack_zone *z,
+                     cs__item *out)
+{
+    uint8_t kb[9];
+    cs__item_key(kb, t, id);
+    MDB_val k = {9, kb}, v;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == MDB_NOTFOUND) return CS_NOT_FOUND;
+    if (rc) return CS_IO;
+    return cs__item_parse(&v, z, out);
+}
+
+cs_err cs__item_parse(const MDB_val *v, msgpack_zone *z, cs__item *out)
+{
+    size_t vlen, off = 0;
+    if (cs_msgpack_check(v->mv_data, v->mv_size, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK)
+        return CS_CORRUPT;
+    msgpack_object o;
+    if (msgpack_unpack(v->mv_data, v->mv_size, &off, z, &o) != MSGPACK_UNPACK_SUCCESS)
+        return CS_CORRUPT;
+    const msgpack_object *a = o.via.array.ptr;
+    if (o.type != MSGPACK_OBJECT_ARRAY || o.via.array.size != 5 ||
+        a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[1].type != MSGPACK_OBJECT_BOOLEAN ||
+        a[4].type != MSGPACK_OBJECT_MAP)
+        return CS_CORRUPT;
+    cs__item it = {.version = a[0].via.u64, .archived = a[1].via.boolean, .fields = a[4]};
+    if (!read_link(&a[2], &it.has_origin, it.origin) ||
+        !read_link(&a[3], &it.has_detached, it.detached))
+        return CS_CORRUPT;
+    *out = it;
+    return CS_OK;
+}
+
+static json_t *link_json(bool has, const uint64_t v[3])
+{
+    if (!has) return json_null();
+    return json_pack("{s:I,s:I,s:I}", "shop", (json_int_t)v[0], "id", (json_int_t)v[1], "version",
+                     (json_int_t)v[2]);
+}
+
+cs_err cs__item_json(const cs_type *t, uint64_t id, const cs__item *it, json_t **out)
+{
+    json_t *fields;
+    cs_err err = cs_schema_to_json(t, &it->fields, &fields);
+    if (err != CS_OK) return err;
+    json_t *j = json_pack("{s:s,s:I,s:I}", "type", t->name, "id", (json_int_t)id, "version",
+                          (json_int_t)it->version);
+    int rc = j ? json_object_update(j, fields) : -1;
+    json_decref(fields);
+    if (rc == 0) {
+        rc |= json_object_set_new(j, "archived", json_boolean(it->archived));
+        rc |= json_object_set_new(j, "origin", link_json(it->has_origin, it->origin));
+        if (it->has_detached)
+            rc |= json_object_set_new(j, "detached_from", link_json(true, it->detached));
+    }
+    if (rc) {
+        json_decref(j);
+        return CS_NO_MEMORY;
+    }
+    *out = j;
+    return CS_OK;
+}
+
+/* ---- network state (small, JSON) --------------------------------------------------------- */
+
+void cs__shop_key(char key[13], uint64_t shop)
+{
+    memcpy(key, "shop:", 5);
+    for (int i = 12; i >= 5; i--) {
+        key[i] = (char)(uint8_t)shop;
+        shop >>= 8;
+    }
+}
+
+cs_err cs__net_get(MDB_txn *txn, MDB_dbi dbi, const char *key, size_t key_len, json_t **out)
+{
+    MDB_val k = {key_len, (void *)key}, v;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == MDB_NOTFOUND) return CS_NOT_FOUND;
+    if (rc) return CS_IO;
+    json_t *j = json_loadb(v.mv_data, v.mv_size, 0, NULL);
+    if (!j) return CS_CORRUPT;
+    *out = j;
+    return CS_OK;
+}
+
+cs_err cs__net_put(cs_log_txn *txn, MDB_dbi dbi, const char *key, size_t key_len, json_t *val)
+{
+    /* Sorted, compact: equal states have equal bytes, so digests compare. */
+    char *s = json_dumps(val, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!s) return CS_NO_MEMORY;
+    MDB_val k = {key_len, (void *)key}, v = {strlen(s), s};
+    cs_err err = cs_log_txn_put(txn, dbi, &k, &v, 0);
+    free(s);
+    return err;
+}
+
+cs_role cs__role(MDB_txn *txn, cs_engine *e, uint64_t *self_id)
+{
+    json_t *self;
+    if (cs__net_get(txn, e->network, "self", 4, &self) != CS_OK) return CS_ROLE_NONE;
+    const char *role = json_string_value(json_object_get(self, "role"));
+    cs_role r = CS_ROLE_NONE;
+    if (role && strcmp(role, "single") == 0)
+        r = CS_ROLE_SINGLE;
+    else if (role && strcmp(role, "head") == 0)
+        r = CS_ROLE_HEAD;
+    else if (role && strcmp(role, "branch") == 0)
+        r = CS_ROLE_BRANCH;
+    if (self_id) *self_id = (uint64_t)json_integer_value(json_object_get(self, "id"));
+    json_decref(self);
+    return r;
+}
