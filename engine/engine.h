@@ -142,6 +142,11 @@ cs_err cs_engine_init(cs_engine *e, const char *name, uint64_t *shop_out);
  * (a role may not write that type), CS_READ_ONLY_COPY, storage errors. */
 cs_err cs_engine_put(cs_engine *e, const char *type, uint64_t id, const json_t *fields,
                      uint64_t expect_version, cs_write_result *out);
+/* Creates one item per element of the JSON array `fields_array`, all in one transaction (one
+ * fsync): all are created or, on the first refusal, none (errmsg names the element). results
+ * (may be NULL) holds json_array_size(fields_array) entries. For bulk loads and benchmarks. */
+cs_err cs_engine_put_many(cs_engine *e, const char *type, const json_t *fields_array,
+                          cs_write_result *results);
 /* del archives the item (R4: kept, resolvable by id, left out of normal listings). */
 cs_err cs_engine_del(cs_engine *e, const char *type, uint64_t id, uint64_t expect_version,
                      cs_write_result *out);

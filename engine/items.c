@@ -13,6 +13,7 @@
  */
 #include "engine/engine_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -208,5 +209,54 @@ cs_err cs_engine_del(cs_engine *e, const char *type, uint64_t id, uint64_t expec
     if (id == 0) return cs__fail(e, CS_INVALID_INPUT, "del needs the id of the %s to delete", type);
     err = cs_log_write(e->log, write_fn, &w);
     if (err == CS_OK && out) *out = w.res;
+    return err;
+}
+
+typedef struct many_ctx {
+    write_ctx *w; /* one per element; fields owned here */
+    size_t n;
+} many_ctx;
+
+static cs_err many_fn(cs_log_txn *txn, void *ctx)
+{
+    many_ctx *m = ctx;
+    for (size_t i = 0; i < m->n; i++) {
+        cs_err err = write_fn(txn, &m->w[i]);
+        if (err != CS_OK) {
+            char why[CS__ERRMSG_BYTES];
+            snprintf(why, sizeof(why), "%s", m->w[i].e->errmsg);
+            return cs__fail(m->w[i].e, err, "element %zu: %s", i, why);
+        }
+    }
+    return CS_OK;
+}
+
+cs_err cs_engine_put_many(cs_engine *e, const char *type, const json_t *fields_array,
+                          cs_write_result *results)
+{
+    const cs_type *t;
+    cs_err err = find_type(e, type, &t);
+    if (err != CS_OK) return err;
+    size_t n = json_array_size(fields_array);
+    if (!json_is_array(fields_array) || n == 0 || n > CS_LOG_BATCH_EVENTS_MAX)
+        return cs__fail(e, CS_INVALID_INPUT, "expected a list of 1 to %u items",
+                        CS_LOG_BATCH_EVENTS_MAX);
+    many_ctx m = {.w = calloc(n, sizeof(write_ctx)), .n = n};
+    if (!m.w) return CS_NO_MEMORY;
+    char msg[256];
+    for (size_t i = 0; i < n && err == CS_OK; i++) {
+        uint8_t *packed = NULL;
+        m.w[i] = (write_ctx){.e = e, .t = t};
+        err = cs_schema_from_json(t, json_array_get(fields_array, i), &packed, &m.w[i].fields_len,
+                                  msg, sizeof(msg));
+        if (err != CS_OK) cs__fail(e, err, "%s, element %zu: %s", type, i, msg);
+        m.w[i].fields = packed;
+    }
+    if (err == CS_OK) err = cs_log_write(e->log, many_fn, &m);
+    for (size_t i = 0; i < n; i++) {
+        if (err == CS_OK && results) results[i] = m.w[i].res;
+        free((void *)m.w[i].fields);
+    }
+    free(m.w);
     return err;
 }
