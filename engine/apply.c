@@ -27,18 +27,26 @@ const char *cs_role_name(cs_role role)
 cs_err cs_engine_open(const char *dir, const cs_log_options *opts, cs_engine **out)
 {
     cs_engine *e = calloc(1, sizeof(*e));
-    if (!e) return CS_NO_MEMORY;
+    if (!e)
+        return CS_NO_MEMORY;
     snprintf(e->actor, sizeof(e->actor), "cli");
     if (!msgpack_zone_init(&e->zone, 4096)) {
         free(e);
         return CS_NO_MEMORY;
     }
     cs_err err = cs_log_open(dir, opts, &e->log);
-    if (err == CS_OK) err = cs_event_decoder_new(&e->dec);
-    if (err == CS_OK) err = cs_log_dbi_open(e->log, "items", 0, &e->items);
-    if (err == CS_OK) err = cs_log_dbi_open(e->log, "network", 0, &e->network);
-    if (err == CS_OK) err = cs_log_dbi_open(e->log, "local", 0, &e->local);
-    if (err == CS_OK) err = cs_log_dbi_open(e->log, "secrets", 0, &e->secrets);
+    if (err == CS_OK)
+        err = cs_event_decoder_new(&e->dec);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(e->log, "items", 0, &e->items);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(e->log, "network", 0, &e->network);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(e->log, "local", 0, &e->local);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(e->log, "secrets", 0, &e->secrets);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(e->log, "outbox", 0, &e->outbox);
     if (err != CS_OK) {
         cs_engine_close(e);
         return err;
@@ -49,7 +57,8 @@ cs_err cs_engine_open(const char *dir, const cs_log_options *opts, cs_engine **o
 
 void cs_engine_close(cs_engine *e)
 {
-    if (!e) return;
+    if (!e)
+        return;
     cs_event_decoder_free(e->dec);
     cs_log_close(e->log);
     msgpack_zone_destroy(&e->zone);
@@ -66,6 +75,11 @@ cs_log *cs_engine_log(cs_engine *e)
     return e->log;
 }
 
+MDB_dbi cs_engine_items_dbi(cs_engine *e)
+{
+    return e->items;
+}
+
 void cs_engine_set_actor(cs_engine *e, const char *actor)
 {
     snprintf(e->actor, sizeof(e->actor), "%s", actor ? actor : "cli");
@@ -79,25 +93,11 @@ static bool kind_is(const cs_event_view *ev, const char *k)
 }
 
 static cs_err put_record(cs_engine *e, cs_log_txn *txn, const cs_type *t, uint64_t id,
-                         const cs__item *hdr, const msgpack_object *fields)
+                         const cs_item *hdr, const msgpack_object *fields)
 {
-    cs__pack p;
-    cs__pack_init(&p);
-    msgpack_pack_array(&p.pk, 5);
-    msgpack_pack_uint64(&p.pk, hdr->version);
-    hdr->archived ? msgpack_pack_true(&p.pk) : msgpack_pack_false(&p.pk);
-    msgpack_pack_nil(&p.pk); /* head-office items have no origin */
-    msgpack_pack_nil(&p.pk);
-    msgpack_pack_object(&p.pk, *fields);
-    cs_err err = CS_NO_MEMORY;
-    if (!p.failed) {
-        uint8_t kb[9];
-        cs__item_key(kb, t, id);
-        MDB_val k = {9, kb}, v = {p.sb.size, p.sb.data};
-        err = cs_log_txn_put(txn, e->items, &k, &v, 0);
-    }
-    cs__pack_destroy(&p);
-    return err;
+    cs_item it = *hdr; /* head-office items and shared records carry no origin */
+    it.fields = *fields;
+    return cs_item_write(txn, e->items, t, id, &it);
 }
 
 static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev, bool del)
@@ -106,10 +106,11 @@ static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev,
     if (!t || t->cls == CS_CLASS_LOCAL)
         return cs__fail(e, CS_CORRUPT, "event %llu: an item of an unknown or local type",
                         (unsigned long long)ev->seq);
-    cs__item hdr = {.version = ev->version};
-    if (!del) return put_record(e, txn, t, ev->id, &hdr, &ev->fields);
-    cs__item old;
-    cs_err err = cs__item_read(cs_log_txn_mdb(txn), e->items, t, ev->id, &e->zone, &old);
+    cs_item hdr = {.version = ev->version};
+    if (!del)
+        return put_record(e, txn, t, ev->id, &hdr, &ev->fields);
+    cs_item old;
+    cs_err err = cs_item_read(cs_log_txn_mdb(txn), e->items, t, ev->id, &e->zone, &old);
     if (err != CS_OK)
         return cs__fail(e, err == CS_NOT_FOUND ? CS_CORRUPT : err,
                         "event %llu: delete of an item that does not exist",
@@ -126,11 +127,13 @@ static cs_err update_shops(cs_engine *e, cs_log_txn *txn, const cs_event_view *e
     char key[13];
     cs_err err = CS_OK;
     MDB_cursor *cur;
-    if (mdb_cursor_open(m, e->network, &cur)) return CS_IO;
+    if (mdb_cursor_open(m, e->network, &cur))
+        return CS_IO;
     MDB_val k = {5, "shop:"}, v;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     for (; rc == 0 && err == CS_OK; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 13 || memcmp(k.mv_data, "shop:", 5) != 0) break;
+        if (k.mv_size != 13 || memcmp(k.mv_data, "shop:", 5) != 0)
+            break;
         memcpy(key, k.mv_data, 13);
         json_t *shop = json_loadb(v.mv_data, v.mv_size, 0, NULL);
         if (!shop) {
@@ -167,11 +170,13 @@ static cs_err apply_network(cs_engine *e, cs_log_txn *txn, const cs_event_view *
         return self ? (err = cs__net_put(txn, e->network, "self", 4, self), json_decref(self), err)
                     : CS_NO_MEMORY;
     }
-    if ((err = cs__net_get(m, e->network, "self", 4, &self)) != CS_OK) return err;
+    if ((err = cs__net_get(m, e->network, "self", 4, &self)) != CS_OK)
+        return err;
     if (kind_is(ev, "network")) {
         json_object_set_new(self, "role", json_string("head"));
         err = cs__net_put(txn, e->network, "self", 4, self);
-        if (err == CS_OK) err = cs__net_put(txn, e->network, "net", 3, f);
+        if (err == CS_OK)
+            err = cs__net_put(txn, e->network, "net", 3, f);
     } else if ((err = cs__net_get(m, e->network, "net", 3, &net)) == CS_OK) {
         json_object_update(net, f);
         err = cs__net_put(txn, e->network, "net", 3, net);
@@ -186,7 +191,8 @@ cs_err cs__apply(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev)
     if (kind_is(ev, "put") || kind_is(ev, "delete"))
         return apply_item(e, txn, ev, kind_is(ev, "delete"));
     json_t *f = cs__json_from_msgpack(&ev->fields);
-    if (!f) return CS_NO_MEMORY;
+    if (!f)
+        return CS_NO_MEMORY;
     cs_err err = CS_OK;
     if (kind_is(ev, "init") || kind_is(ev, "network") || kind_is(ev, "network_types") ||
         kind_is(ev, "network_mode") || kind_is(ev, "network_whatsapp")) {
@@ -214,7 +220,8 @@ cs_err cs__emit(cs_engine *e, cs_log_txn *txn, const cs_event *evs, size_t n, ui
 {
     uint64_t first;
     cs_err err = cs_log_txn_append(txn, evs, n, &first);
-    if (err != CS_OK) return cs__fail(e, err, "%s", cs_log_errmsg(e->log));
+    if (err != CS_OK)
+        return cs__fail(e, err, "%s", cs_log_errmsg(e->log));
     static const uint8_t empty_map = 0x80;
     for (size_t i = 0; i < n; i++) {
         cs_event_view v = {.seq = first + i,
@@ -229,9 +236,11 @@ cs_err cs__emit(cs_engine *e, cs_log_txn *txn, const cs_event *evs, size_t n, ui
         if (msgpack_unpack((const char *)f, flen, &off, &e->zone, &v.fields) !=
             MSGPACK_UNPACK_SUCCESS)
             return CS_NO_MEMORY; /* the bytes were checked by the append: only memory fails */
-        if ((err = cs__apply(e, txn, &v)) != CS_OK) return err;
+        if ((err = cs__apply(e, txn, &v)) != CS_OK)
+            return err;
     }
-    if (last_seq) *last_seq = first + n - 1;
+    if (last_seq)
+        *last_seq = first + n - 1;
     return CS_OK;
 }
 
@@ -241,7 +250,8 @@ static cs_err digest_db(MDB_txn *txn, MDB_dbi dbi, XXH3_state_t *st)
 {
     MDB_cursor *cur;
     MDB_val k, v;
-    if (mdb_cursor_open(txn, dbi, &cur)) return CS_IO;
+    if (mdb_cursor_open(txn, dbi, &cur))
+        return CS_IO;
     int rc;
     while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
         uint64_t lens[2] = {k.mv_size, v.mv_size};
@@ -256,13 +266,18 @@ static cs_err digest_db(MDB_txn *txn, MDB_dbi dbi, XXH3_state_t *st)
 cs_err cs_engine_digest(cs_engine *e, uint64_t *out)
 {
     MDB_txn *txn;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &txn)) return CS_IO;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &txn))
+        return CS_IO;
     XXH3_state_t *st = XXH3_createState();
     cs_err err = st ? CS_OK : CS_NO_MEMORY;
-    if (err == CS_OK) XXH3_64bits_reset(st);
-    if (err == CS_OK) err = digest_db(txn, e->items, st);
-    if (err == CS_OK) err = digest_db(txn, e->network, st);
-    if (err == CS_OK) *out = XXH3_64bits_digest(st);
+    if (err == CS_OK)
+        XXH3_64bits_reset(st);
+    if (err == CS_OK)
+        err = digest_db(txn, e->items, st);
+    if (err == CS_OK)
+        err = digest_db(txn, e->network, st);
+    if (err == CS_OK)
+        *out = XXH3_64bits_digest(st);
     XXH3_freeState(st);
     mdb_txn_abort(txn);
     return err;
@@ -286,7 +301,8 @@ static cs_err replay_batch(cs_log_txn *txn, void *ctx)
     cs_log_record rec;
     cs_event_view ev;
     cs_err err = cs_log_reader_seek(rc->r, rc->next);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     rc->reached = rc->next;
     rc->at_end = false;
     for (unsigned i = 0; i < REPLAY_BATCH_EVENTS; i++, rc->reached++) {
@@ -295,9 +311,12 @@ static cs_err replay_batch(cs_log_txn *txn, void *ctx)
             rc->at_end = true;
             return CS_OK;
         }
-        if (err == CS_OK) err = cs_event_decode(rc->dec, rec.event, rec.event_len, &ev);
-        if (err == CS_OK) err = cs__apply(rc->dst, txn, &ev);
-        if (err != CS_OK) return err;
+        if (err == CS_OK)
+            err = cs_event_decode(rc->dec, rec.event, rec.event_len, &ev);
+        if (err == CS_OK)
+            err = cs__apply(rc->dst, txn, &ev);
+        if (err != CS_OK)
+            return err;
     }
     return CS_OK;
 }
@@ -309,7 +328,8 @@ cs_err cs_engine_replay_digest(cs_engine *e, const char *scratch_dir, uint64_t *
     if (err != CS_OK)
         return cs__fail(e, err, "cannot create the scratch directory %s", scratch_dir);
     err = cs_log_reader_open(e->log, &rc.r);
-    if (err == CS_OK) err = cs_event_decoder_new(&rc.dec);
+    if (err == CS_OK)
+        err = cs_event_decoder_new(&rc.dec);
     rc.next = 1;
     while (err == CS_OK && !rc.done) {
         err = cs_log_write(rc.dst->log, replay_batch, &rc);

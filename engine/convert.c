@@ -41,13 +41,15 @@ static void path_join(char *out, const char *prefix, const char *name)
 {
     int n = prefix[0] ? snprintf(out, PATH_BYTES, "%s.%s", prefix, name)
                       : snprintf(out, PATH_BYTES, "%s", name);
-    if (n < 0 || n >= PATH_BYTES) out[PATH_BYTES - 1] = '\0';
+    if (n < 0 || n >= PATH_BYTES)
+        out[PATH_BYTES - 1] = '\0';
 }
 
 static void path_index(char *out, const char *prefix, size_t i)
 {
     int n = snprintf(out, PATH_BYTES, "%s[%zu]", prefix, i);
-    if (n < 0 || n >= PATH_BYTES) out[PATH_BYTES - 1] = '\0';
+    if (n < 0 || n >= PATH_BYTES)
+        out[PATH_BYTES - 1] = '\0';
 }
 
 static cs_err pack_object(conv *c, const cs_field *fields, unsigned n, const json_t *obj,
@@ -63,13 +65,15 @@ static cs_err pack_ref(conv *c, const json_t *v, const char *path)
 
 static cs_err pack_list(conv *c, const cs_field *f, const json_t *v, const char *path)
 {
-    if (!json_is_array(v)) return conv_fail(c, path, "expected a list");
+    if (!json_is_array(v))
+        return conv_fail(c, path, "expected a list");
     size_t n = json_array_size(v);
     int64_t most = f->kind == CS_FIELD_INT_LIST ? INT_LIST_MAX_ITEMS : f->max;
     int64_t fewest = f->kind == CS_FIELD_INT_LIST ? 0 : f->min;
     if ((int64_t)n < fewest)
         return conv_fail(c, path, "needs at least %lld entries", (long long)fewest);
-    if ((int64_t)n > most) return conv_fail(c, path, "holds at most %lld entries", (long long)most);
+    if ((int64_t)n > most)
+        return conv_fail(c, path, "holds at most %lld entries", (long long)most);
     msgpack_pack_array(&c->pk, n);
     char sub[PATH_BYTES];
     for (size_t i = 0; i < n; i++) {
@@ -91,7 +95,8 @@ static cs_err pack_list(conv *c, const cs_field *f, const json_t *v, const char 
                                  (long long)f->max);
             msgpack_pack_int64(&c->pk, json_integer_value(e));
         }
-        if (err != CS_OK) return err;
+        if (err != CS_OK)
+            return err;
     }
     return CS_OK;
 }
@@ -107,7 +112,8 @@ static cs_err pack_enum(conv *c, const cs_field *f, const json_t *v, const char 
     char allowed[160] = "";
     for (const char *const *e = f->enum_values; *e; e++) {
         strncat(allowed, *e, sizeof(allowed) - strlen(allowed) - 3);
-        if (e[1]) strncat(allowed, ", ", sizeof(allowed) - strlen(allowed) - 1);
+        if (e[1])
+            strncat(allowed, ", ", sizeof(allowed) - strlen(allowed) - 1);
     }
     return conv_fail(c, path, "expected one of %s", allowed);
 }
@@ -116,23 +122,27 @@ static cs_err pack_value(conv *c, const cs_field *f, const json_t *v, const char
 {
     switch (f->kind) {
     case CS_FIELD_STRING: {
-        if (!json_is_string(v)) return conv_fail(c, path, "expected a string");
+        if (!json_is_string(v))
+            return conv_fail(c, path, "expected a string");
         size_t len = json_string_length(v);
         if ((int64_t)len > f->max)
             return conv_fail(c, path, "longer than %lld bytes", (long long)f->max);
-        if ((int64_t)len < f->min) return conv_fail(c, path, "must not be empty");
+        if ((int64_t)len < f->min)
+            return conv_fail(c, path, "must not be empty");
         msgpack_pack_str_with_body(&c->pk, json_string_value(v), len);
         return CS_OK;
     }
     case CS_FIELD_INT:
-        if (!json_is_integer(v)) return conv_fail(c, path, "expected an integer");
+        if (!json_is_integer(v))
+            return conv_fail(c, path, "expected an integer");
         if (json_integer_value(v) < f->min || json_integer_value(v) > f->max)
             return conv_fail(c, path, "must be from %lld to %lld", (long long)f->min,
                              (long long)f->max);
         msgpack_pack_int64(&c->pk, json_integer_value(v));
         return CS_OK;
     case CS_FIELD_BOOL:
-        if (!json_is_boolean(v)) return conv_fail(c, path, "expected true or false");
+        if (!json_is_boolean(v))
+            return conv_fail(c, path, "expected true or false");
         json_is_true(v) ? msgpack_pack_true(&c->pk) : msgpack_pack_false(&c->pk);
         return CS_OK;
     case CS_FIELD_ENUM:
@@ -149,14 +159,16 @@ static cs_err pack_value(conv *c, const cs_field *f, const json_t *v, const char
 static const cs_field *field_find(const cs_field *fields, unsigned n, const char *name)
 {
     for (unsigned i = 0; i < n; i++)
-        if (strcmp(fields[i].name, name) == 0) return &fields[i];
+        if (strcmp(fields[i].name, name) == 0)
+            return &fields[i];
     return NULL;
 }
 
 static cs_err pack_object(conv *c, const cs_field *fields, unsigned n, const json_t *obj,
                           const char *prefix)
 {
-    if (!json_is_object(obj)) return conv_fail(c, prefix, "expected an object");
+    if (!json_is_object(obj))
+        return conv_fail(c, prefix, "expected an object");
     const char *key;
     const json_t *val;
     char path[PATH_BYTES];
@@ -164,8 +176,10 @@ static cs_err pack_object(conv *c, const cs_field *fields, unsigned n, const jso
     json_object_foreach((json_t *)obj, key, val)
     {
         path_join(path, prefix, key);
-        if (!field_find(fields, n, key)) return conv_fail(c, "", "unknown field '%s'", path);
-        if (!json_is_null(val)) present++;
+        if (!field_find(fields, n, key))
+            return conv_fail(c, "", "unknown field '%s'", path);
+        if (!json_is_null(val))
+            present++;
     }
     for (unsigned i = 0; i < n; i++) {
         const json_t *v = json_object_get(obj, fields[i].name);
@@ -177,11 +191,13 @@ static cs_err pack_object(conv *c, const cs_field *fields, unsigned n, const jso
     msgpack_pack_map(&c->pk, present);
     for (unsigned i = 0; i < n; i++) {
         const json_t *v = json_object_get(obj, fields[i].name);
-        if (!v || json_is_null(v)) continue;
+        if (!v || json_is_null(v))
+            continue;
         path_join(path, prefix, fields[i].name);
         msgpack_pack_str_with_body(&c->pk, fields[i].name, strlen(fields[i].name));
         cs_err err = pack_value(c, &fields[i], v, path);
-        if (err != CS_OK) return err;
+        if (err != CS_OK)
+            return err;
     }
     return CS_OK;
 }
@@ -189,7 +205,8 @@ static cs_err pack_object(conv *c, const cs_field *fields, unsigned n, const jso
 static int pack_write(void *data, const char *buf, size_t len)
 {
     cs__pack *p = data;
-    if (msgpack_sbuffer_write(&p->sb, buf, len) != 0) p->failed = true;
+    if (msgpack_sbuffer_write(&p->sb, buf, len) != 0)
+        p->failed = true;
     return p->failed ? -1 : 0;
 }
 
@@ -212,7 +229,8 @@ cs_err cs_schema_from_json(const cs_type *t, const json_t *obj, uint8_t **out, s
     cs__pack_init(&p);
     conv c = {.pk = p.pk, .msg = msg, .msg_len = msg_len};
     cs_err err = pack_object(&c, t->fields, t->nfields, obj, "");
-    if (err == CS_OK && p.failed) err = CS_NO_MEMORY;
+    if (err == CS_OK && p.failed)
+        err = CS_NO_MEMORY;
     if (err == CS_OK && p.sb.size > CS_ITEM_FIELDS_BYTES_MAX)
         err = conv_fail(&c, "", "the item is larger than %u bytes", CS_ITEM_FIELDS_BYTES_MAX);
     if (err != CS_OK) {
@@ -234,7 +252,8 @@ json_t *cs__json_from_msgpack(const msgpack_object *o)
     case MSGPACK_OBJECT_BOOLEAN:
         return json_boolean(o->via.boolean);
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        if (o->via.u64 > (uint64_t)INT64_MAX) return json_real((double)o->via.u64);
+        if (o->via.u64 > (uint64_t)INT64_MAX)
+            return json_real((double)o->via.u64);
         return json_integer((json_int_t)o->via.u64);
     case MSGPACK_OBJECT_NEGATIVE_INTEGER:
         return json_integer((json_int_t)o->via.i64);
@@ -259,7 +278,8 @@ json_t *cs__json_from_msgpack(const msgpack_object *o)
         for (uint32_t i = 0; m && i < o->via.map.size; i++) {
             const msgpack_object *k = &o->via.map.ptr[i].key;
             char key[PATH_BYTES];
-            if (k->type != MSGPACK_OBJECT_STR || k->via.str.size >= sizeof(key)) continue;
+            if (k->type != MSGPACK_OBJECT_STR || k->via.str.size >= sizeof(key))
+                continue;
             memcpy(key, k->via.str.ptr, k->via.str.size);
             key[k->via.str.size] = '\0';
             if (json_object_set_new(m, key, cs__json_from_msgpack(&o->via.map.ptr[i].val))) {
@@ -277,9 +297,11 @@ json_t *cs__json_from_msgpack(const msgpack_object *o)
 cs_err cs_schema_to_json(const cs_type *t, const msgpack_object *fields, json_t **out)
 {
     (void)t; /* the canonical form already carries the schema's names and kinds */
-    if (fields->type != MSGPACK_OBJECT_MAP) return CS_CORRUPT;
+    if (fields->type != MSGPACK_OBJECT_MAP)
+        return CS_CORRUPT;
     json_t *j = cs__json_from_msgpack(fields);
-    if (!j) return CS_NO_MEMORY;
+    if (!j)
+        return CS_NO_MEMORY;
     *out = j;
     return CS_OK;
 }
@@ -300,31 +322,39 @@ static cs_err walk_ref(ref_walk *w, const cs_field *f, const msgpack_object *v, 
 {
     const cs_type *target = cs_schema_find(f->ref_type);
     cs_assert(target != NULL);
-    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER) return CS_CORRUPT;
-    if (w->visit) return w->visit(target, v->via.u64, path, w->ctx);
+    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return CS_CORRUPT;
+    if (w->visit)
+        return w->visit(target, v->via.u64, path, w->ctx);
     uint64_t mapped;
     cs_err err = w->map(target, v->via.u64, &mapped, w->ctx);
-    if (err == CS_OK) msgpack_pack_uint64(w->pk, mapped);
+    if (err == CS_OK)
+        msgpack_pack_uint64(w->pk, mapped);
     return err;
 }
 
 static cs_err walk_value(ref_walk *w, const cs_field *f, const msgpack_object *v, const char *path)
 {
     bool is_list = f->kind == CS_FIELD_REF_LIST || f->kind == CS_FIELD_OBJECT_LIST;
-    if (f->kind == CS_FIELD_REF) return walk_ref(w, f, v, path);
-    if (f->kind == CS_FIELD_OBJECT) return walk_map(w, f->sub, f->nsub, v, path);
+    if (f->kind == CS_FIELD_REF)
+        return walk_ref(w, f, v, path);
+    if (f->kind == CS_FIELD_OBJECT)
+        return walk_map(w, f->sub, f->nsub, v, path);
     if (!is_list || v->type != MSGPACK_OBJECT_ARRAY) {
-        if (w->pk) msgpack_pack_object(w->pk, *v);
+        if (w->pk)
+            msgpack_pack_object(w->pk, *v);
         return CS_OK;
     }
-    if (w->pk) msgpack_pack_array(w->pk, v->via.array.size);
+    if (w->pk)
+        msgpack_pack_array(w->pk, v->via.array.size);
     char sub[PATH_BYTES];
     for (uint32_t i = 0; i < v->via.array.size; i++) {
         path_index(sub, path, i);
         cs_err err = f->kind == CS_FIELD_REF_LIST
                          ? walk_ref(w, f, &v->via.array.ptr[i], sub)
                          : walk_map(w, f->sub, f->nsub, &v->via.array.ptr[i], sub);
-        if (err != CS_OK) return err;
+        if (err != CS_OK)
+            return err;
     }
     return CS_OK;
 }
@@ -332,21 +362,27 @@ static cs_err walk_value(ref_walk *w, const cs_field *f, const msgpack_object *v
 static cs_err walk_map(ref_walk *w, const cs_field *fields, unsigned n, const msgpack_object *o,
                        const char *prefix)
 {
-    if (o->type != MSGPACK_OBJECT_MAP) return CS_CORRUPT;
-    if (w->pk) msgpack_pack_map(w->pk, o->via.map.size);
+    if (o->type != MSGPACK_OBJECT_MAP)
+        return CS_CORRUPT;
+    if (w->pk)
+        msgpack_pack_map(w->pk, o->via.map.size);
     char path[PATH_BYTES], name[PATH_BYTES];
     for (uint32_t i = 0; i < o->via.map.size; i++) {
         const msgpack_object *k = &o->via.map.ptr[i].key;
         const msgpack_object *v = &o->via.map.ptr[i].val;
-        if (w->pk) msgpack_pack_object(w->pk, *k);
-        if (k->type != MSGPACK_OBJECT_STR || k->via.str.size >= sizeof(name)) return CS_CORRUPT;
+        if (w->pk)
+            msgpack_pack_object(w->pk, *k);
+        if (k->type != MSGPACK_OBJECT_STR || k->via.str.size >= sizeof(name))
+            return CS_CORRUPT;
         memcpy(name, k->via.str.ptr, k->via.str.size);
         name[k->via.str.size] = '\0';
         const cs_field *f = field_find(fields, n, name);
-        if (!f) return CS_CORRUPT;
+        if (!f)
+            return CS_CORRUPT;
         path_join(path, prefix, name);
         cs_err err = walk_value(w, f, v, path);
-        if (err != CS_OK) return err;
+        if (err != CS_OK)
+            return err;
     }
     return CS_OK;
 }

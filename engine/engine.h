@@ -89,6 +89,34 @@ typedef cs_err (*cs_schema_map_fn)(const cs_type *target, uint64_t id, uint64_t 
 cs_err cs_schema_remap(const cs_type *t, const msgpack_object *fields, cs_schema_map_fn map,
                        void *ctx, msgpack_sbuffer *out);
 
+/* ---- item records ------------------------------------------------------------------------ */
+
+/* An item as stored in an `items` database (docs/storage.md, "engine"): the record is the
+ * msgpack array [version, archived, origin, detached_from, fields], origin and detached_from
+ * nil or [shop, id, version]. Shared by the head office and the branch projections. */
+typedef struct cs_item {
+    uint64_t version;
+    bool archived;
+    bool has_origin;
+    uint64_t origin[3]; /* shop, id, version of the head-office item a copy mirrors */
+    bool has_detached;
+    uint64_t detached[3];  /* the origin a copy had before its branch was unlinked (R13) */
+    msgpack_object fields; /* borrowed from the zone given to the read */
+} cs_item;
+
+/* The 9-byte key: type code, then the id big-endian. */
+void cs_item_key(uint8_t key[9], const cs_type *t, uint64_t id);
+/* Reads and parses a record. Errors: CS_NOT_FOUND, CS_CORRUPT, CS_IO. */
+cs_err cs_item_read(MDB_txn *txn, MDB_dbi dbi, const cs_type *t, uint64_t id, msgpack_zone *z,
+                    cs_item *out);
+/* Parses a stored record, checking lengths before msgpack-c allocates. Errors: CS_CORRUPT. */
+cs_err cs_item_parse(const MDB_val *v, msgpack_zone *z, cs_item *out);
+/* Writes a record with it->fields packed as they are. Errors: storage errors, CS_NO_MEMORY. */
+cs_err cs_item_write(cs_log_txn *txn, MDB_dbi dbi, const cs_type *t, uint64_t id,
+                     const cs_item *it);
+/* The SPEC 7 JSON object of an item. New reference owned by the caller. */
+cs_err cs_item_json(const cs_type *t, uint64_t id, const cs_item *it, json_t **out);
+
 /* ---- the engine -------------------------------------------------------------------------- */
 
 typedef struct cs_engine cs_engine;
@@ -111,6 +139,18 @@ void cs_engine_close(cs_engine *e); /* accepts NULL */
  * Borrowed until the next call on the engine. */
 const char *cs_engine_errmsg(const cs_engine *e);
 cs_log *cs_engine_log(cs_engine *e); /* borrowed for the engine's lifetime */
+/* The `items` database (the shop's catalog and shared records), for projections/ which keep a
+ * branch's copies in it beside the branch's local items. */
+MDB_dbi cs_engine_items_dbi(cs_engine *e);
+/* Sets this directory's own shop record inside txn: how a projection makes a directory a branch
+ * (R10) or, after an unlink, a single store again (R13). name NULL keeps the current name. */
+cs_err cs_engine_set_self(cs_engine *e, cs_log_txn *txn, uint64_t shop, const char *name,
+                          cs_role role);
+/* The outbox of a branch (R8): a JSON array of {seq,kind,type,id,version,expect}, oldest first.
+ * New reference owned by the caller. */
+cs_err cs_engine_outbox(cs_engine *e, json_t **out);
+/* Allocates the next item id of this shop inside txn (see items.c for the scheme). */
+cs_err cs_engine_alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t *out);
 
 /* Who is acting: recorded in every event as `actor` (default "cli"). Copied. */
 void cs_engine_set_actor(cs_engine *e, const char *actor);

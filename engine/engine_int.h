@@ -7,6 +7,7 @@
  *   network  "self" | "net" | "shop:" + id u64 BE -> compact JSON, sorted keys [from the log]
  *   local    shop-local items (staff, shop_info) and the id counter        [never logged, R9]
  *   secrets  shop id u64 BE -> argon2id hash string                        [never logged, R9]
+ *   outbox   u64 BE counter -> msgpack {kind,type,id,version,expect,fields} [a branch's, R8]
  * An item record is the msgpack array [version, archived, origin, detached_from, fields] where
  * origin and detached_from are nil or [shop, id, version].
  */
@@ -29,22 +30,12 @@ struct cs_engine {
     MDB_dbi network;
     MDB_dbi local;
     MDB_dbi secrets;
+    MDB_dbi outbox;        /* a branch's shared-record writes waiting for the head office (R8) */
     cs_event_decoder *dec; /* owned: decodes events for apply and replay */
     msgpack_zone zone;     /* owned: scratch objects of one command */
     char actor[CS__ACTOR_BYTES];
     char errmsg[CS__ERRMSG_BYTES];
 };
-
-/* An item record as read from `items` or `local`; fields live in the zone given to the read. */
-typedef struct cs__item {
-    uint64_t version;
-    bool archived;
-    bool has_origin;
-    uint64_t origin[3]; /* shop, id, version */
-    bool has_detached;
-    uint64_t detached[3];
-    msgpack_object fields;
-} cs__item;
 
 /* A msgpack_sbuffer packer that remembers an allocation failure instead of losing it. */
 typedef struct cs__pack {
@@ -59,14 +50,8 @@ void cs__pack_destroy(cs__pack *p);
 cs_err cs__fail(cs_engine *e, cs_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-void cs__item_key(uint8_t key[9], const cs_type *t, uint64_t id);
 /* Packs a record; fields are raw msgpack bytes (a map). */
-cs_err cs__item_pack(cs__pack *p, const cs__item *hdr, const uint8_t *fields, size_t fields_len);
-cs_err cs__item_read(MDB_txn *txn, MDB_dbi dbi, const cs_type *t, uint64_t id, msgpack_zone *z,
-                     cs__item *out);
-/* Parses a stored record (checked against hostile lengths first). */
-cs_err cs__item_parse(const MDB_val *v, msgpack_zone *z, cs__item *out);
-cs_err cs__item_json(const cs_type *t, uint64_t id, const cs__item *it, json_t **out);
+cs_err cs__item_pack(cs__pack *p, const cs_item *hdr, const uint8_t *fields, size_t fields_len);
 
 /* JSON values in `network`. *out is a new reference; CS_NOT_FOUND when absent. */
 cs_err cs__net_get(MDB_txn *txn, MDB_dbi dbi, const char *key, size_t key_len, json_t **out);

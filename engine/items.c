@@ -31,6 +31,8 @@ typedef struct write_ctx {
     cs_write_result res;
 } write_ctx;
 
+static cs_err alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t self, uint64_t *out);
+
 typedef struct ref_ctx {
     cs_engine *e;
     MDB_txn *txn;
@@ -40,9 +42,9 @@ typedef struct ref_ctx {
 static cs_err check_ref(const cs_type *target, uint64_t id, const char *path, void *ctx)
 {
     ref_ctx *rc = ctx;
-    cs__item it;
+    cs_item it;
     msgpack_zone_clear(&rc->zone);
-    cs_err err = cs__item_read(rc->txn, rc->e->items, target, id, &rc->zone, &it);
+    cs_err err = cs_item_read(rc->txn, rc->e->items, target, id, &rc->zone, &it);
     if (err == CS_NOT_FOUND)
         return cs__fail(rc->e, CS_DANGLING_REFERENCE, "field '%s': %s %llu does not exist", path,
                         target->name, (unsigned long long)id);
@@ -60,10 +62,19 @@ static cs_err check_refs(cs_engine *e, MDB_txn *txn, const write_ctx *w)
         MSGPACK_UNPACK_SUCCESS)
         return CS_NO_MEMORY; /* we packed these bytes ourselves */
     ref_ctx rc = {.e = e, .txn = txn};
-    if (!msgpack_zone_init(&rc.zone, 1024)) return CS_NO_MEMORY;
+    if (!msgpack_zone_init(&rc.zone, 1024))
+        return CS_NO_MEMORY;
     cs_err err = cs_schema_refs(w->t, &fields, check_ref, &rc);
     msgpack_zone_destroy(&rc.zone);
     return err;
+}
+
+cs_err cs_engine_alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t *out)
+{
+    uint64_t self = 0;
+    if (cs__role(cs_log_txn_mdb(txn), e, &self) == CS_ROLE_NONE)
+        return cs__fail(e, CS_NOT_FOUND, "this directory is not initialised");
+    return alloc_id(e, txn, self, out);
 }
 
 static cs_err alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t self, uint64_t *out)
@@ -87,8 +98,8 @@ static cs_err alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t self, uint64_t *o
 /* Reads the item being updated and checks it may be: exists, not archived, expected version. */
 static cs_err check_existing(cs_engine *e, MDB_txn *m, MDB_dbi dbi, write_ctx *w)
 {
-    cs__item old;
-    cs_err err = cs__item_read(m, dbi, w->t, w->id, &e->zone, &old);
+    cs_item old;
+    cs_err err = cs_item_read(m, dbi, w->t, w->id, &e->zone, &old);
     if (err == CS_NOT_FOUND)
         return cs__fail(e, err, "%s %llu does not exist", w->t->name, (unsigned long long)w->id);
     if (err != CS_OK)
@@ -110,23 +121,87 @@ static cs_err check_existing(cs_engine *e, MDB_txn *m, MDB_dbi dbi, write_ctx *w
             return CS_NO_MEMORY;
         }
         w->fields = (const uint8_t *)msgpack_zone_malloc(&e->zone, p.sb.size);
-        if (w->fields) memcpy((void *)w->fields, p.sb.data, p.sb.size);
+        if (w->fields)
+            memcpy((void *)w->fields, p.sb.data, p.sb.size);
         w->fields_len = p.sb.size;
         cs__pack_destroy(&p);
-        if (!w->fields) return CS_NO_MEMORY;
+        if (!w->fields)
+            return CS_NO_MEMORY;
     }
     return CS_OK;
 }
 
+/* R1, R11 on a branch: copies are read-only, advanced settings belong to the head office. */
+static cs_err branch_rules(cs_engine *e, MDB_txn *m, write_ctx *w)
+{
+    if (strcmp(w->t->name, "advanced_setting") == 0)
+        return cs__fail(e, CS_FORBIDDEN, "only the head office edits advanced settings");
+    if (!w->id || w->t->cls == CS_CLASS_LOCAL)
+        return CS_OK;
+    cs_item it;
+    cs_err err = cs_item_read(m, e->items, w->t, w->id, &e->zone, &it);
+    if (err == CS_OK && it.has_origin)
+        return cs__fail(e, CS_READ_ONLY_COPY,
+                        "%s %llu is a copy of head-office item %llu: change it at the head office",
+                        w->t->name, (unsigned long long)w->id, (unsigned long long)it.origin[1]);
+    return CS_OK;
+}
+
+/* R8: a shared record written on a branch waits in the durable outbox until the head office
+ * has it. Key: u64 BE, one more than the last; value: msgpack
+ * {kind, type, id, version, expect, fields}. */
+static cs_err outbox_put(cs_engine *e, cs_log_txn *txn, const write_ctx *w)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    uint64_t next = 1;
+    if (mdb_cursor_open(cs_log_txn_mdb(txn), e->outbox, &cur))
+        return CS_IO;
+    int rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    mdb_cursor_close(cur);
+    if (rc == 0 && k.mv_size == 8)
+        for (int i = 0; i < 8; i++)
+            next = (i ? next << 8 : 0) | ((const uint8_t *)k.mv_data)[i];
+    if (rc == 0)
+        next++;
+    uint8_t kb[8];
+    for (int i = 7; i >= 0; i--, next >>= 8)
+        kb[i] = (uint8_t)next;
+    cs__pack p;
+    cs__pack_init(&p);
+    msgpack_pack_map(&p.pk, 6);
+    msgpack_pack_str_with_body(&p.pk, "kind", 4);
+    msgpack_pack_str_with_body(&p.pk, w->del ? "delete" : "put", w->del ? 6 : 3);
+    msgpack_pack_str_with_body(&p.pk, "type", 4);
+    msgpack_pack_str_with_body(&p.pk, w->t->name, strlen(w->t->name));
+    msgpack_pack_str_with_body(&p.pk, "id", 2);
+    msgpack_pack_uint64(&p.pk, w->res.id);
+    msgpack_pack_str_with_body(&p.pk, "version", 7);
+    msgpack_pack_uint64(&p.pk, w->res.version);
+    msgpack_pack_str_with_body(&p.pk, "expect", 6);
+    msgpack_pack_uint64(&p.pk, w->expect);
+    msgpack_pack_str_with_body(&p.pk, "fields", 6);
+    if (msgpack_sbuffer_write(&p.sb, (const char *)w->fields, w->fields_len))
+        p.failed = true;
+    cs_err err = CS_NO_MEMORY;
+    if (!p.failed) {
+        k = (MDB_val){8, kb};
+        v = (MDB_val){p.sb.size, p.sb.data};
+        err = cs_log_txn_put(txn, e->outbox, &k, &v, MDB_APPEND);
+    }
+    cs__pack_destroy(&p);
+    return err;
+}
+
 static cs_err write_local(cs_engine *e, cs_log_txn *txn, write_ctx *w)
 {
-    cs__item hdr = {.version = w->res.version, .archived = w->del};
+    cs_item hdr = {.version = w->res.version, .archived = w->del};
     cs__pack p;
     cs__pack_init(&p);
     cs_err err = cs__item_pack(&p, &hdr, w->fields, w->fields_len);
     if (err == CS_OK) {
         uint8_t kb[9];
-        cs__item_key(kb, w->t, w->res.id);
+        cs_item_key(kb, w->t, w->res.id);
         MDB_val k = {9, kb}, v = {p.sb.size, p.sb.data};
         err = cs_log_txn_put(txn, e->local, &k, &v, 0);
     }
@@ -144,8 +219,6 @@ static cs_err write_fn(cs_log_txn *txn, void *ctx)
     cs_role role = cs__role(m, e, &self);
     if (role == CS_ROLE_NONE)
         return cs__fail(e, CS_NOT_FOUND, "this directory is not initialised: run chainsync init");
-    if (role == CS_ROLE_BRANCH)
-        return cs__fail(e, CS_FORBIDDEN, "this is a branch: use its projection to write items");
     MDB_dbi dbi = w->t->cls == CS_CLASS_LOCAL ? e->local : e->items;
     cs_err err;
     w->res.id = w->id;
@@ -156,8 +229,12 @@ static cs_err write_fn(cs_log_txn *txn, void *ctx)
         err = cs__fail(e, CS_VERSION_CONFLICT, "a new %s has no version to expect", w->t->name);
     else
         err = alloc_id(e, txn, self, &w->res.id);
-    if (err == CS_OK && !w->del) err = check_refs(e, m, w);
-    if (err != CS_OK) return err;
+    if (err == CS_OK && role == CS_ROLE_BRANCH)
+        err = branch_rules(e, m, w);
+    if (err == CS_OK && !w->del)
+        err = check_refs(e, m, w);
+    if (err != CS_OK)
+        return err;
     if (w->t->cls == CS_CLASS_LOCAL) {
         w->res.seq = 0; /* R9: never logged */
         return write_local(e, txn, w);
@@ -170,7 +247,10 @@ static cs_err write_fn(cs_log_txn *txn, void *ctx)
                    .type = {w->t->name, strlen(w->t->name)},
                    .fields = w->fields,
                    .fields_len = w->fields_len};
-    return cs__emit(e, txn, &ev, 1, &w->res.seq);
+    err = cs__emit(e, txn, &ev, 1, &w->res.seq);
+    if (err == CS_OK && role == CS_ROLE_BRANCH && w->t->cls == CS_CLASS_SHARED)
+        err = outbox_put(e, txn, w);
+    return err;
 }
 
 static cs_err find_type(cs_engine *e, const char *type, const cs_type **out)
@@ -188,15 +268,18 @@ cs_err cs_engine_put(cs_engine *e, const char *type, uint64_t id, const json_t *
 {
     write_ctx w = {.e = e, .id = id, .expect = expect_version};
     cs_err err = find_type(e, type, &w.t);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     char msg[256];
     uint8_t *packed = NULL;
     err = cs_schema_from_json(w.t, fields, &packed, &w.fields_len, msg, sizeof(msg));
-    if (err != CS_OK) return cs__fail(e, err, "%s: %s", type, msg);
+    if (err != CS_OK)
+        return cs__fail(e, err, "%s: %s", type, msg);
     w.fields = packed;
     err = cs_log_write(e->log, write_fn, &w);
     free(packed);
-    if (err == CS_OK && out) *out = w.res;
+    if (err == CS_OK && out)
+        *out = w.res;
     return err;
 }
 
@@ -205,10 +288,13 @@ cs_err cs_engine_del(cs_engine *e, const char *type, uint64_t id, uint64_t expec
 {
     write_ctx w = {.e = e, .id = id, .expect = expect_version, .del = true};
     cs_err err = find_type(e, type, &w.t);
-    if (err != CS_OK) return err;
-    if (id == 0) return cs__fail(e, CS_INVALID_INPUT, "del needs the id of the %s to delete", type);
+    if (err != CS_OK)
+        return err;
+    if (id == 0)
+        return cs__fail(e, CS_INVALID_INPUT, "del needs the id of the %s to delete", type);
     err = cs_log_write(e->log, write_fn, &w);
-    if (err == CS_OK && out) *out = w.res;
+    if (err == CS_OK && out)
+        *out = w.res;
     return err;
 }
 
@@ -236,25 +322,30 @@ cs_err cs_engine_put_many(cs_engine *e, const char *type, const json_t *fields_a
 {
     const cs_type *t;
     cs_err err = find_type(e, type, &t);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     size_t n = json_array_size(fields_array);
     if (!json_is_array(fields_array) || n == 0 || n > CS_LOG_BATCH_EVENTS_MAX)
         return cs__fail(e, CS_INVALID_INPUT, "expected a list of 1 to %u items",
                         CS_LOG_BATCH_EVENTS_MAX);
     many_ctx m = {.w = calloc(n, sizeof(write_ctx)), .n = n};
-    if (!m.w) return CS_NO_MEMORY;
+    if (!m.w)
+        return CS_NO_MEMORY;
     char msg[256];
     for (size_t i = 0; i < n && err == CS_OK; i++) {
         uint8_t *packed = NULL;
         m.w[i] = (write_ctx){.e = e, .t = t};
         err = cs_schema_from_json(t, json_array_get(fields_array, i), &packed, &m.w[i].fields_len,
                                   msg, sizeof(msg));
-        if (err != CS_OK) cs__fail(e, err, "%s, element %zu: %s", type, i, msg);
+        if (err != CS_OK)
+            cs__fail(e, err, "%s, element %zu: %s", type, i, msg);
         m.w[i].fields = packed;
     }
-    if (err == CS_OK) err = cs_log_write(e->log, many_fn, &m);
+    if (err == CS_OK)
+        err = cs_log_write(e->log, many_fn, &m);
     for (size_t i = 0; i < n; i++) {
-        if (err == CS_OK && results) results[i] = m.w[i].res;
+        if (err == CS_OK && results)
+            results[i] = m.w[i].res;
         free((void *)m.w[i].fields);
     }
     free(m.w);

@@ -11,7 +11,8 @@
 cs_err cs_engine_self(cs_engine *e, cs_shop_info *out)
 {
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
+        return CS_IO;
     json_t *self;
     cs_err err = cs__net_get(m, e->network, "self", 4, &self);
     if (err == CS_OK) {
@@ -33,18 +34,21 @@ static cs_err list_shops(cs_engine *e, MDB_txn *m, json_t *arr)
 {
     json_t *self;
     cs_err err = cs__net_get(m, e->network, "self", 4, &self);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     json_array_append_new(arr, json_pack("{s:O,s:O,s:s,s:n,s:n,s:n,s:n,s:b}", "id",
                                          json_object_get(self, "id"), "name",
                                          json_object_get(self, "name"), "role", "head", "switch",
                                          "cursor", "lag", "last_seen", "linked", 1));
     json_decref(self);
     MDB_cursor *cur;
-    if (mdb_cursor_open(m, e->network, &cur)) return CS_IO;
+    if (mdb_cursor_open(m, e->network, &cur))
+        return CS_IO;
     MDB_val k = {5, "shop:"}, v;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 13 || memcmp(k.mv_data, "shop:", 5) != 0) break;
+        if (k.mv_size != 13 || memcmp(k.mv_data, "shop:", 5) != 0)
+            break;
         json_t *s = json_loadb(v.mv_data, v.mv_size, 0, NULL);
         if (!s) {
             err = CS_CORRUPT;
@@ -71,7 +75,8 @@ cs_err cs_engine_shop_list(cs_engine *e, json_t **out)
 {
     e->errmsg[0] = '\0';
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
+        return CS_IO;
     cs_role role = cs__role(m, e, NULL);
     cs_err err = CS_OK;
     if (role == CS_ROLE_NONE)
@@ -81,8 +86,10 @@ cs_err cs_engine_shop_list(cs_engine *e, json_t **out)
     else if (role == CS_ROLE_BRANCH)
         err = cs__fail(e, CS_FORBIDDEN, "only the head office sees the network's shops");
     json_t *arr = err == CS_OK ? json_array() : NULL;
-    if (err == CS_OK && !arr) err = CS_NO_MEMORY;
-    if (err == CS_OK) err = list_shops(e, m, arr);
+    if (err == CS_OK && !arr)
+        err = CS_NO_MEMORY;
+    if (err == CS_OK)
+        err = list_shops(e, m, arr);
     mdb_txn_abort(m);
     if (err != CS_OK) {
         json_decref(arr);
@@ -99,7 +106,8 @@ static cs_err resolve(cs_engine *e, MDB_txn *m, uint64_t shop, char **out)
     if (cs__role(m, e, &self) != CS_ROLE_HEAD)
         return cs__fail(e, CS_NOT_IN_NETWORK, "only a network's head office resolves numbers");
     cs_err err = cs__net_get(m, e->network, "net", 3, &net);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     const char *mode = json_string_value(json_object_get(net, "whatsapp_mode"));
     const char *number = json_string_value(json_object_get(net, "whatsapp_number"));
     bool shared = mode && strcmp(mode, "shared") == 0;
@@ -118,7 +126,8 @@ static cs_err resolve(cs_engine *e, MDB_txn *m, uint64_t shop, char **out)
                                 "(network whatsapp --number N)")
                      : cs__fail(e, CS_NOT_FOUND, "shop %llu has no WhatsApp number of its own",
                                 (unsigned long long)shop);
-    if (err == CS_OK && !(*out = strdup(number))) err = CS_NO_MEMORY;
+    if (err == CS_OK && !(*out = strdup(number)))
+        err = CS_NO_MEMORY;
     json_decref(s);
     json_decref(net);
     return err;
@@ -128,8 +137,80 @@ cs_err cs_engine_whatsapp_resolve(cs_engine *e, uint64_t shop, char **out)
 {
     e->errmsg[0] = '\0';
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
+        return CS_IO;
     cs_err err = resolve(e, m, shop, out);
     mdb_txn_abort(m);
     return err;
+}
+
+cs_err cs_engine_set_self(cs_engine *e, cs_log_txn *txn, uint64_t shop, const char *name,
+                          cs_role role)
+{
+    json_t *self = NULL;
+    cs_err err = cs__net_get(cs_log_txn_mdb(txn), e->network, "self", 4, &self);
+    if (err == CS_NOT_FOUND)
+        self = json_object();
+    else if (err != CS_OK)
+        return err;
+    if (!self)
+        return CS_NO_MEMORY;
+    json_object_set_new(self, "id", json_integer((json_int_t)shop));
+    json_object_set_new(self, "role", json_string(cs_role_name(role)));
+    if (name || !json_object_get(self, "name"))
+        json_object_set_new(self, "name", json_string(name ? name : ""));
+    err = cs__net_put(txn, e->network, "self", 4, self);
+    json_decref(self);
+    return err;
+}
+
+static cs_err outbox_entry(const MDB_val *k, const MDB_val *v, msgpack_zone *z, json_t **out)
+{
+    size_t vlen, off = 0;
+    msgpack_object o;
+    if (k->mv_size != 8 ||
+        cs_msgpack_check(v->mv_data, v->mv_size, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK ||
+        msgpack_unpack(v->mv_data, v->mv_size, &off, z, &o) != MSGPACK_UNPACK_SUCCESS)
+        return CS_CORRUPT;
+    json_t *j = cs__json_from_msgpack(&o);
+    uint64_t seq = 0;
+    for (int i = 0; i < 8; i++)
+        seq = (seq << 8) | ((const uint8_t *)k->mv_data)[i];
+    if (!j || json_object_set_new(j, "seq", json_integer((json_int_t)seq))) {
+        json_decref(j);
+        return CS_NO_MEMORY;
+    }
+    *out = j;
+    return CS_OK;
+}
+
+cs_err cs_engine_outbox(cs_engine *e, json_t **out)
+{
+    MDB_txn *m;
+    MDB_cursor *cur;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
+        return CS_IO;
+    if (mdb_cursor_open(m, e->outbox, &cur)) {
+        mdb_txn_abort(m);
+        return CS_IO;
+    }
+    json_t *arr = json_array();
+    cs_err err = arr ? CS_OK : CS_NO_MEMORY;
+    MDB_val k, v;
+    int rc;
+    while (err == CS_OK && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+        json_t *j;
+        msgpack_zone_clear(&e->zone);
+        err = outbox_entry(&k, &v, &e->zone, &j);
+        if (err == CS_OK && json_array_append_new(arr, j))
+            err = CS_NO_MEMORY;
+    }
+    mdb_cursor_close(cur);
+    mdb_txn_abort(m);
+    if (err != CS_OK) {
+        json_decref(arr);
+        return err;
+    }
+    *out = arr;
+    return CS_OK;
 }

@@ -70,9 +70,12 @@ static cs_err net_fn(cs_log_txn *txn, void *ctx)
     cs_engine *e = c->e;
     msgpack_zone_clear(&e->zone);
     cs_err err = check_role(c, cs__role(cs_log_txn_mdb(txn), e, &c->self));
-    if (err == CS_OK && c->check) err = c->check(c, txn);
-    if (err == CS_OK && c->hash) err = put_secret(c, txn);
-    if (err != CS_OK) return err;
+    if (err == CS_OK && c->check)
+        err = c->check(c, txn);
+    if (err == CS_OK && c->hash)
+        err = put_secret(c, txn);
+    if (err != CS_OK)
+        return err;
     cs__pack p;
     cs__pack_init(&p);
     cs__pack_json(&p.pk, c->fields);
@@ -90,7 +93,8 @@ static cs_err net_fn(cs_log_txn *txn, void *ctx)
 static cs_err run(net_cmd *c)
 {
     c->e->errmsg[0] = '\0';
-    if (!c->fields) return CS_NO_MEMORY;
+    if (!c->fields)
+        return CS_NO_MEMORY;
     return cs_log_write(cs_engine_log(c->e), net_fn, c);
 }
 
@@ -123,7 +127,8 @@ static cs_err check_linked_shop(net_cmd *c, cs_log_txn *txn)
 {
     json_t *shop;
     cs_err err = get_shop(c->e, cs_log_txn_mdb(txn), c->id, &shop);
-    if (err == CS_OK) json_decref(shop);
+    if (err == CS_OK)
+        json_decref(shop);
     return err;
 }
 
@@ -145,14 +150,17 @@ cs_err cs_engine_init(cs_engine *e, const char *name, uint64_t *shop_out)
 {
     e->errmsg[0] = '\0';
     cs_err err = check_name(e, "a shop", name);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
+        return CS_IO;
     cs_role role = cs__role(m, e, NULL);
     mdb_txn_abort(m);
     if (role != CS_ROLE_NONE)
         return cs__fail(e, CS_FORBIDDEN, "this directory is already a %s shop", cs_role_name(role));
-    if (sodium_init() < 0) return CS_NO_MEMORY;
+    if (sodium_init() < 0)
+        return CS_NO_MEMORY;
     net_cmd c = {.e = e,
                  .kind = "init",
                  .id = random_shop_id(),
@@ -160,7 +168,8 @@ cs_err cs_engine_init(cs_engine *e, const char *name, uint64_t *shop_out)
                  .fields = json_pack("{s:s}", "name", name)};
     err = run(&c);
     json_decref(c.fields);
-    if (err == CS_OK && shop_out) *shop_out = c.id;
+    if (err == CS_OK && shop_out)
+        *shop_out = c.id;
     return err;
 }
 
@@ -168,12 +177,14 @@ cs_err cs_engine_network_create(cs_engine *e, const char *name)
 {
     e->errmsg[0] = '\0';
     cs_err err = check_name(e, "a network", name);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     json_t *types = json_array();
     unsigned n;
     const cs_type *t = cs_schema_types(&n);
     for (unsigned i = 0; types && i < n; i++)
-        if (t[i].cls == CS_CLASS_SYNCED) json_array_append_new(types, json_string(t[i].name));
+        if (t[i].cls == CS_CLASS_SYNCED)
+            json_array_append_new(types, json_string(t[i].name));
     net_cmd c = {.e = e,
                  .need = CS_ROLE_SINGLE,
                  .kind = "network",
@@ -188,10 +199,12 @@ cs_err cs_engine_network_create(cs_engine *e, const char *name)
 static cs_err read_net(cs_engine *e, json_t **out)
 {
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
+        return CS_IO;
     net_cmd c = {.e = e, .need = CS_ROLE_HEAD};
     cs_err err = check_role(&c, cs__role(m, e, NULL));
-    if (err == CS_OK) err = cs__net_get(m, e->network, "net", 3, out);
+    if (err == CS_OK)
+        err = cs__net_get(m, e->network, "net", 3, out);
     mdb_txn_abort(m);
     return err;
 }
@@ -205,7 +218,8 @@ static cs_err net_setting(cs_engine *e, const char *kind, json_t *fields, json_t
         net_cmd c = {.e = e, .need = CS_ROLE_HEAD, .kind = kind, .fields = fields};
         err = run(&c);
     }
-    if (err == CS_OK) err = read_net(e, net_out);
+    if (err == CS_OK)
+        err = read_net(e, net_out);
     return err;
 }
 
@@ -217,7 +231,8 @@ cs_err cs_engine_network_types(cs_engine *e, const char *const *types, size_t n,
         const cs_type *all = cs_schema_types(&count);
         for (size_t i = 0; i < n; i++) {
             const cs_type *t = cs_schema_find(types[i]);
-            if (!t) return cs__fail(e, CS_UNKNOWN_TYPE, "'%s' is not a type", types[i]);
+            if (!t)
+                return cs__fail(e, CS_UNKNOWN_TYPE, "'%s' is not a type", types[i]);
             if (t->cls != CS_CLASS_SYNCED)
                 return cs__fail(e, CS_INVALID_INPUT, "%s is not a catalog type: %s", types[i],
                                 t->cls == CS_CLASS_SHARED ? "shared records reach every shop"
@@ -230,13 +245,15 @@ cs_err cs_engine_network_types(cs_engine *e, const char *const *types, size_t n,
                     json_array_append_new(set, json_string(all[i].name));
                     break;
                 }
-        if (!set) return CS_NO_MEMORY;
+        if (!set)
+            return CS_NO_MEMORY;
     }
     json_t *fields = set ? json_pack("{s:o}", "types", set) : NULL;
     json_t *net = NULL;
     cs_err err = net_setting(e, "network_types", fields, &net);
     json_decref(fields);
-    if (err == CS_OK && out) *out = json_incref(json_object_get(net, "types"));
+    if (err == CS_OK && out)
+        *out = json_incref(json_object_get(net, "types"));
     json_decref(net);
     return err;
 }
@@ -272,12 +289,15 @@ cs_err cs_engine_network_whatsapp(cs_engine *e, const char *mode, const char *nu
 {
     if (mode && strcmp(mode, "shared") != 0 && strcmp(mode, "individual") != 0)
         return cs__fail(e, CS_INVALID_INPUT, "WhatsApp mode must be shared or individual");
-    if (number && check_phone(e, number) != CS_OK) return CS_INVALID_INPUT;
+    if (number && check_phone(e, number) != CS_OK)
+        return CS_INVALID_INPUT;
     json_t *fields = NULL;
     if (mode || number) {
         fields = json_object();
-        if (mode) json_object_set_new(fields, "whatsapp_mode", json_string(mode));
-        if (number) json_object_set_new(fields, "whatsapp_number", json_string(number));
+        if (mode)
+            json_object_set_new(fields, "whatsapp_mode", json_string(mode));
+        if (number)
+            json_object_set_new(fields, "whatsapp_number", json_string(number));
     }
     json_t *net = NULL;
     cs_err err = net_setting(e, "network_whatsapp", fields, &net);
@@ -312,8 +332,10 @@ static cs_err check_shop_add(net_cmd *c, cs_log_txn *txn)
         char key[13];
         cs__shop_key(key, c->id);
         cs_err err = cs__net_get(cs_log_txn_mdb(txn), c->e->network, key, 13, &old);
-        if (err == CS_NOT_FOUND && c->id != c->self) return CS_OK;
-        if (err == CS_OK) json_decref(old);
+        if (err == CS_NOT_FOUND && c->id != c->self)
+            return CS_OK;
+        if (err == CS_OK)
+            json_decref(old);
     }
     return cs__fail(c->e, CS_STORAGE_FULL, "no free shop id found");
 }
@@ -323,8 +345,10 @@ cs_err cs_engine_shop_add(cs_engine *e, const char *name, const char *password, 
     e->errmsg[0] = '\0';
     char hash[crypto_pwhash_STRBYTES];
     cs_err err = check_name(e, "a shop", name);
-    if (err == CS_OK) err = hash_password(e, password, hash);
-    if (err != CS_OK) return err;
+    if (err == CS_OK)
+        err = hash_password(e, password, hash);
+    if (err != CS_OK)
+        return err;
     net_cmd c = {.e = e,
                  .need = CS_ROLE_HEAD,
                  .kind = "shop_add",
@@ -334,7 +358,8 @@ cs_err cs_engine_shop_add(cs_engine *e, const char *name, const char *password, 
                      json_pack("{s:s,s:s,s:n}", "name", name, "role", "branch", "whatsapp_number")};
     err = run(&c);
     json_decref(c.fields);
-    if (err == CS_OK && shop_out) *shop_out = c.id;
+    if (err == CS_OK && shop_out)
+        *shop_out = c.id;
     return err;
 }
 
@@ -364,7 +389,8 @@ cs_err cs_engine_shop_unlink(cs_engine *e, uint64_t shop)
 cs_err cs_engine_shop_whatsapp(cs_engine *e, uint64_t shop, const char *number)
 {
     e->errmsg[0] = '\0';
-    if (!number || check_phone(e, number) != CS_OK) return CS_INVALID_INPUT;
+    if (!number || check_phone(e, number) != CS_OK)
+        return CS_INVALID_INPUT;
     cs_shop_info self;
     if (cs_engine_self(e, &self) == CS_OK && self.id == shop) /* the head office's own */
         return cs_engine_network_whatsapp(e, NULL, number, NULL);
@@ -373,7 +399,8 @@ cs_err cs_engine_shop_whatsapp(cs_engine *e, uint64_t shop, const char *number)
 
 static cs_err check_password_target(net_cmd *c, cs_log_txn *txn)
 {
-    if (c->id == c->self) return CS_OK; /* the head office's own password */
+    if (c->id == c->self)
+        return CS_OK; /* the head office's own password */
     return check_linked_shop(c, txn);
 }
 
@@ -382,7 +409,8 @@ cs_err cs_engine_shop_password(cs_engine *e, uint64_t shop, const char *password
     e->errmsg[0] = '\0';
     char hash[crypto_pwhash_STRBYTES];
     cs_err err = hash_password(e, password, hash);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     /* R9: the event says that it changed, never what to. */
     net_cmd c = {.e = e,
                  .need = CS_ROLE_HEAD,
@@ -399,7 +427,8 @@ cs_err cs_engine_shop_password(cs_engine *e, uint64_t shop, const char *password
 cs_err cs_engine_shop_auth(cs_engine *e, uint64_t shop, const char *password)
 {
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m)) return CS_IO;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
+        return CS_IO;
     uint8_t kb[8];
     uint64_t id = shop;
     for (int i = 7; i >= 0; i--, id >>= 8)
@@ -430,6 +459,7 @@ cs_err cs_engine_sync(cs_engine *e, uint64_t shop, uint64_t *seq_out)
                  .fields = json_object()};
     cs_err err = run(&c);
     json_decref(c.fields);
-    if (err == CS_OK && seq_out) *seq_out = c.seq;
+    if (err == CS_OK && seq_out)
+        *seq_out = c.seq;
     return err;
 }

@@ -9,7 +9,8 @@
 static cs_err read_begin(cs_engine *e, MDB_txn **txn)
 {
     int rc = mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, txn);
-    if (rc) return cs__fail(e, CS_IO, "cannot read the data directory: %s", mdb_strerror(rc));
+    if (rc)
+        return cs__fail(e, CS_IO, "cannot read the data directory: %s", mdb_strerror(rc));
     return CS_OK;
 }
 
@@ -17,22 +18,25 @@ static const cs_type *find(cs_engine *e, const char *type)
 {
     e->errmsg[0] = '\0';
     const cs_type *t = type ? cs_schema_find(type) : NULL;
-    if (!t) cs__fail(e, CS_UNKNOWN_TYPE, "'%s' is not a type", type ? type : "");
+    if (!t)
+        cs__fail(e, CS_UNKNOWN_TYPE, "'%s' is not a type", type ? type : "");
     return t;
 }
 
 cs_err cs_engine_get(cs_engine *e, const char *type, uint64_t id, json_t **out)
 {
     const cs_type *t = find(e, type);
-    if (!t) return CS_UNKNOWN_TYPE;
+    if (!t)
+        return CS_UNKNOWN_TYPE;
     MDB_txn *txn;
     cs_err err = read_begin(e, &txn);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     msgpack_zone_clear(&e->zone);
-    cs__item it;
-    err = cs__item_read(txn, t->cls == CS_CLASS_LOCAL ? e->local : e->items, t, id, &e->zone, &it);
+    cs_item it;
+    err = cs_item_read(txn, t->cls == CS_CLASS_LOCAL ? e->local : e->items, t, id, &e->zone, &it);
     if (err == CS_OK)
-        err = cs__item_json(t, id, &it, out);
+        err = cs_item_json(t, id, &it, out);
     else if (err == CS_NOT_FOUND)
         cs__fail(e, err, "%s %llu does not exist", t->name, (unsigned long long)id);
     mdb_txn_abort(txn);
@@ -42,25 +46,29 @@ cs_err cs_engine_get(cs_engine *e, const char *type, uint64_t id, json_t **out)
 static cs_err list_append(cs_engine *e, const cs_type *t, const MDB_val *k, const MDB_val *v,
                           bool archived, json_t *arr)
 {
-    cs__item it;
+    cs_item it;
     msgpack_zone_clear(&e->zone);
-    cs_err err = cs__item_parse(v, &e->zone, &it);
-    if (err != CS_OK || it.archived != archived) return err;
+    cs_err err = cs_item_parse(v, &e->zone, &it);
+    if (err != CS_OK || it.archived != archived)
+        return err;
     uint64_t id = 0;
     for (int i = 1; i < 9; i++)
         id = (id << 8) | ((const uint8_t *)k->mv_data)[i];
     json_t *j;
-    if ((err = cs__item_json(t, id, &it, &j)) != CS_OK) return err;
+    if ((err = cs_item_json(t, id, &it, &j)) != CS_OK)
+        return err;
     return json_array_append_new(arr, j) ? CS_NO_MEMORY : CS_OK;
 }
 
 cs_err cs_engine_list(cs_engine *e, const char *type, bool archived, json_t **out)
 {
     const cs_type *t = find(e, type);
-    if (!t) return CS_UNKNOWN_TYPE;
+    if (!t)
+        return CS_UNKNOWN_TYPE;
     MDB_txn *txn;
     cs_err err = read_begin(e, &txn);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     json_t *arr = json_array();
     MDB_cursor *cur;
     if (!arr || mdb_cursor_open(txn, t->cls == CS_CLASS_LOCAL ? e->local : e->items, &cur)) {
@@ -69,14 +77,16 @@ cs_err cs_engine_list(cs_engine *e, const char *type, bool archived, json_t **ou
         return arr ? CS_IO : CS_NO_MEMORY;
     }
     uint8_t kb[9];
-    cs__item_key(kb, t, 0);
+    cs_item_key(kb, t, 0);
     MDB_val k = {9, kb}, v;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     for (; rc == 0 && err == CS_OK; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 9 || ((const uint8_t *)k.mv_data)[0] != t->code) break;
+        if (k.mv_size != 9 || ((const uint8_t *)k.mv_data)[0] != t->code)
+            break;
         err = list_append(e, t, &k, &v, archived, arr);
     }
-    if (err == CS_OK && rc != 0 && rc != MDB_NOTFOUND) err = CS_IO;
+    if (err == CS_OK && rc != 0 && rc != MDB_NOTFOUND)
+        err = CS_IO;
     mdb_cursor_close(cur);
     mdb_txn_abort(txn);
     if (err != CS_OK) {
@@ -95,7 +105,8 @@ cs_err cs_engine_event_json(const cs_event_view *ev, json_t **out)
                           "shop", (json_int_t)ev->shop, "kind", ev->kind.ptr, ev->kind.len, "type",
                           ev->type.ptr, ev->type.len, "id", (json_int_t)ev->id, "version",
                           (json_int_t)ev->version, "fields", fields);
-    if (!j) return CS_NO_MEMORY;
+    if (!j)
+        return CS_NO_MEMORY;
     *out = j;
     return CS_OK;
 }

@@ -228,20 +228,23 @@ const cs_type *cs_schema_types(unsigned *count_out)
 const cs_type *cs_schema_find(const char *name)
 {
     for (unsigned i = 0; i < COUNT(types); i++)
-        if (strcmp(types[i].name, name) == 0) return &types[i];
+        if (strcmp(types[i].name, name) == 0)
+            return &types[i];
     return NULL;
 }
 
 const cs_type *cs_schema_by_code(uint8_t code)
 {
     for (unsigned i = 0; i < COUNT(types); i++)
-        if (types[i].code == code) return &types[i];
+        if (types[i].code == code)
+            return &types[i];
     return NULL;
 }
 
 const cs_type *cs__schema_find_len(const char *name, size_t len)
 {
     for (unsigned i = 0; i < COUNT(types); i++)
-        if (strlen(types[i].name) == len && memcmp(types[i].name, name, len) == 0) return &types[i];
+        if (strlen(types[i].name) == len && memcmp(types[i].name, name, len) == 0)
+            return &types[i];
     return NULL;
 }

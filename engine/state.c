@@ -24,7 +24,7 @@ cs_err cs__fail(cs_engine *e, cs_err err, const char *fmt, ...)
 
 /* ---- item records ------------------------------------------------------------------------ */
 
-void cs__item_key(uint8_t key[9], const cs_type *t, uint64_t id)
+void cs_item_key(uint8_t key[9], const cs_type *t, uint64_t id)
 {
     key[0] = t->code;
     for (int i = 8; i >= 1; i--) {
@@ -44,43 +44,70 @@ static void pack_link(msgpack_packer *pk, bool has, const uint64_t v[3])
         msgpack_pack_uint64(pk, v[i]);
 }
 
-cs_err cs__item_pack(cs__pack *p, const cs__item *hdr, const uint8_t *fields, size_t fields_len)
+cs_err cs__item_pack(cs__pack *p, const cs_item *hdr, const uint8_t *fields, size_t fields_len)
 {
     msgpack_pack_array(&p->pk, 5);
     msgpack_pack_uint64(&p->pk, hdr->version);
     hdr->archived ? msgpack_pack_true(&p->pk) : msgpack_pack_false(&p->pk);
     pack_link(&p->pk, hdr->has_origin, hdr->origin);
     pack_link(&p->pk, hdr->has_detached, hdr->detached);
-    if (msgpack_sbuffer_write(&p->sb, (const char *)fields, fields_len) != 0) p->failed = true;
+    if (msgpack_sbuffer_write(&p->sb, (const char *)fields, fields_len) != 0)
+        p->failed = true;
     return p->failed ? CS_NO_MEMORY : CS_OK;
+}
+
+cs_err cs_item_write(cs_log_txn *txn, MDB_dbi dbi, const cs_type *t, uint64_t id, const cs_item *it)
+{
+    cs__pack p;
+    cs__pack_init(&p);
+    msgpack_pack_array(&p.pk, 5);
+    msgpack_pack_uint64(&p.pk, it->version);
+    it->archived ? msgpack_pack_true(&p.pk) : msgpack_pack_false(&p.pk);
+    pack_link(&p.pk, it->has_origin, it->origin);
+    pack_link(&p.pk, it->has_detached, it->detached);
+    msgpack_pack_object(&p.pk, it->fields);
+    cs_err err = CS_NO_MEMORY;
+    if (!p.failed) {
+        uint8_t kb[9];
+        cs_item_key(kb, t, id);
+        MDB_val k = {9, kb}, v = {p.sb.size, p.sb.data};
+        err = cs_log_txn_put(txn, dbi, &k, &v, 0);
+    }
+    cs__pack_destroy(&p);
+    return err;
 }
 
 static bool read_link(const msgpack_object *o, bool *has, uint64_t v[3])
 {
     *has = false;
-    if (o->type == MSGPACK_OBJECT_NIL) return true;
-    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 3) return false;
+    if (o->type == MSGPACK_OBJECT_NIL)
+        return true;
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 3)
+        return false;
     for (int i = 0; i < 3; i++) {
-        if (o->via.array.ptr[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER) return false;
+        if (o->via.array.ptr[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            return false;
         v[i] = o->via.array.ptr[i].via.u64;
     }
     *has = true;
     return true;
 }
 
-cs_err cs__item_read(MDB_txn *txn, MDB_dbi dbi, const cs_type *t, uint64_t id, msgpack_zone *z,
-                     cs__item *out)
+cs_err cs_item_read(MDB_txn *txn, MDB_dbi dbi, const cs_type *t, uint64_t id, msgpack_zone *z,
+                    cs_item *out)
 {
     uint8_t kb[9];
-    cs__item_key(kb, t, id);
+    cs_item_key(kb, t, id);
     MDB_val k = {9, kb}, v;
     int rc = mdb_get(txn, dbi, &k, &v);
-    if (rc == MDB_NOTFOUND) return CS_NOT_FOUND;
-    if (rc) return CS_IO;
-    return cs__item_parse(&v, z, out);
+    if (rc == MDB_NOTFOUND)
+        return CS_NOT_FOUND;
+    if (rc)
+        return CS_IO;
+    return cs_item_parse(&v, z, out);
 }
 
-cs_err cs__item_parse(const MDB_val *v, msgpack_zone *z, cs__item *out)
+cs_err cs_item_parse(const MDB_val *v, msgpack_zone *z, cs_item *out)
 {
     size_t vlen, off = 0;
     if (cs_msgpack_check(v->mv_data, v->mv_size, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK)
@@ -93,7 +120,7 @@ cs_err cs__item_parse(const MDB_val *v, msgpack_zone *z, cs__item *out)
         a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[1].type != MSGPACK_OBJECT_BOOLEAN ||
         a[4].type != MSGPACK_OBJECT_MAP)
         return CS_CORRUPT;
-    cs__item it = {.version = a[0].via.u64, .archived = a[1].via.boolean, .fields = a[4]};
+    cs_item it = {.version = a[0].via.u64, .archived = a[1].via.boolean, .fields = a[4]};
     if (!read_link(&a[2], &it.has_origin, it.origin) ||
         !read_link(&a[3], &it.has_detached, it.detached))
         return CS_CORRUPT;
@@ -103,16 +130,18 @@ cs_err cs__item_parse(const MDB_val *v, msgpack_zone *z, cs__item *out)
 
 static json_t *link_json(bool has, const uint64_t v[3])
 {
-    if (!has) return json_null();
+    if (!has)
+        return json_null();
     return json_pack("{s:I,s:I,s:I}", "shop", (json_int_t)v[0], "id", (json_int_t)v[1], "version",
                      (json_int_t)v[2]);
 }
 
-cs_err cs__item_json(const cs_type *t, uint64_t id, const cs__item *it, json_t **out)
+cs_err cs_item_json(const cs_type *t, uint64_t id, const cs_item *it, json_t **out)
 {
     json_t *fields;
     cs_err err = cs_schema_to_json(t, &it->fields, &fields);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     json_t *j = json_pack("{s:s,s:I,s:I}", "type", t->name, "id", (json_int_t)id, "version",
                           (json_int_t)it->version);
     int rc = j ? json_object_update(j, fields) : -1;
@@ -146,10 +175,13 @@ cs_err cs__net_get(MDB_txn *txn, MDB_dbi dbi, const char *key, size_t key_len, j
 {
     MDB_val k = {key_len, (void *)key}, v;
     int rc = mdb_get(txn, dbi, &k, &v);
-    if (rc == MDB_NOTFOUND) return CS_NOT_FOUND;
-    if (rc) return CS_IO;
+    if (rc == MDB_NOTFOUND)
+        return CS_NOT_FOUND;
+    if (rc)
+        return CS_IO;
     json_t *j = json_loadb(v.mv_data, v.mv_size, 0, NULL);
-    if (!j) return CS_CORRUPT;
+    if (!j)
+        return CS_CORRUPT;
     *out = j;
     return CS_OK;
 }
@@ -158,7 +190,8 @@ cs_err cs__net_put(cs_log_txn *txn, MDB_dbi dbi, const char *key, size_t key_len
 {
     /* Sorted, compact: equal states have equal bytes, so digests compare. */
     char *s = json_dumps(val, JSON_COMPACT | JSON_SORT_KEYS);
-    if (!s) return CS_NO_MEMORY;
+    if (!s)
+        return CS_NO_MEMORY;
     MDB_val k = {key_len, (void *)key}, v = {strlen(s), s};
     cs_err err = cs_log_txn_put(txn, dbi, &k, &v, 0);
     free(s);
@@ -168,7 +201,8 @@ cs_err cs__net_put(cs_log_txn *txn, MDB_dbi dbi, const char *key, size_t key_len
 cs_role cs__role(MDB_txn *txn, cs_engine *e, uint64_t *self_id)
 {
     json_t *self;
-    if (cs__net_get(txn, e->network, "self", 4, &self) != CS_OK) return CS_ROLE_NONE;
+    if (cs__net_get(txn, e->network, "self", 4, &self) != CS_OK)
+        return CS_ROLE_NONE;
     const char *role = json_string_value(json_object_get(self, "role"));
     cs_role r = CS_ROLE_NONE;
     if (role && strcmp(role, "single") == 0)
@@ -177,7 +211,8 @@ cs_role cs__role(MDB_txn *txn, cs_engine *e, uint64_t *self_id)
         r = CS_ROLE_HEAD;
     else if (role && strcmp(role, "branch") == 0)
         r = CS_ROLE_BRANCH;
-    if (self_id) *self_id = (uint64_t)json_integer_value(json_object_get(self, "id"));
+    if (self_id)
+        *self_id = (uint64_t)json_integer_value(json_object_get(self, "id"));
     json_decref(self);
     return r;
 }
