@@ -1,12 +1,303 @@
 /*
- * main.c: the `chainsync` program's entry point: finds the command and runs it.
+ * main.c: the `chainsync` program's entry point: the command table and the dispatch through it
+ * (git-style: `chainsync [common options] COMMAND [SUBCOMMAND] [options] [args]`), and the
+ * overview that `chainsync --help` prints.
+ *
+ * The table is the one place a command exists: its words, its handler, its one-line summary, its
+ * synopsis and its --help text. Dispatch tries the two-word form first ("log export") and then
+ * the one-word form ("log"), so a group can grow subcommands beside a one-word command. Words
+ * not in the table (serve, branch, audit, demo, log export for now) are usage errors.
+ * The full reference is docs/cli.md.
  */
-#include "log/log.h"
+#include "tools/cli.h"
 
 #include <stdio.h>
+#include <string.h>
+
+static const cs_cli_cmd commands[] = {
+    {"init", NULL, cs_cmd_init, "make the data directory a single store; prints its shop id",
+     "init --data DIR --name NAME",
+     "Makes DIR (created if needed) a single store named NAME: no network, every type local\n"
+     "(R10). Prints the new shop's id. A store is initialised once.\n\n"
+     "Options:\n  --name NAME    the shop's name (1 to 120 bytes)\n\n"
+     "Example:\n  chainsync init --data /tmp/hq --name \"Pets HQ\"\n",
+     NULL},
+    {"network", "create", cs_cmd_network_create,
+     "this single store becomes the head office of a new network", "network create --name NAME",
+     "Turns this single store into the head office (the master account) of a network named\n"
+     "NAME. Its items stay; from now on its catalog types are synced to the branches it adds\n"
+     "with `chainsync shop add`.\n\n"
+     "Options:\n  --name NAME    the network's name\n\n"
+     "Example:\n  chainsync network create --data /tmp/hq --name \"Pets Chain\"\n",
+     NULL},
+    {"network", "types", cs_cmd_network_types, "show or set which types are synced to branches",
+     "network types [--set T,T,...|all|none]",
+     "Without --set, prints the synced types. With --set, makes exactly those types synced\n"
+     "(R7): a type taken out stops changing on branches (its copies stay); a type put back is\n"
+     "brought up to date at the next sync point. `all` means every synced catalog type (the\n"
+     "default), `none` the empty set. Head office only.\n\n"
+     "Options:\n  --set LIST     comma-separated type names, or all, or none\n\n"
+     "Example:\n  chainsync network types --set service_category,service,combo\n",
+     NULL},
+    {"network", "mode", cs_cmd_network_mode, "show or set when branches sync",
+     "network mode [on-trigger|continuous]",
+     "Without an argument, prints the sync mode. on-trigger (the default): branches change only\n"
+     "at sync points made by `chainsync sync`. continuous: every catalog change is a sync\n"
+     "point (R5). Head office only.\n\n"
+     "Example:\n  chainsync network mode continuous\n",
+     NULL},
+    {"network", "whatsapp", cs_cmd_network_whatsapp,
+     "show or set the WhatsApp mode and the head office's number",
+     "network whatsapp [shared|individual] [--number N]",
+     "shared: every shop answers with the head office's number. individual: each shop with its\n"
+     "own, set by `chainsync shop whatsapp` (R12). Prints the mode and the head office's\n"
+     "number. Head office only.\n\n"
+     "Options:\n  --number N     the head office's WhatsApp number\n\n"
+     "Example:\n  chainsync network whatsapp shared --number +5511999990000\n",
+     NULL},
+    {"shop", "add", cs_cmd_shop_add, "add and link a branch; prints its shop id",
+     "shop add --name NAME --password-stdin",
+     "Adds a branch named NAME to the network and links it: it gets the whole catalog at once\n"
+     "(R5a). Its password is read as one line from standard input and stored only as an\n"
+     "argon2id hash, never in the log (R9). Prints the branch's shop id, which the branch uses\n"
+     "to join. Head office only.\n\n"
+     "Options:\n  --name NAME        the branch's name\n"
+     "  --password-stdin   read the branch's password from standard input (required)\n\n"
+     "Example:\n  echo 's3cret-pass' | chainsync shop add --name \"Downtown\" --password-stdin\n",
+     NULL},
+    {"shop", "list", cs_cmd_shop_list,
+     "list the shops: id, name, role, switch, cursor, lag, last seen", "shop list",
+     "Lists every shop of the network: the head office and its branches, with each branch's\n"
+     "sync switch, its cursor (the last log position it applied), its lag behind the head of\n"
+     "the log, whether it is linked, and when it was last seen. With --json-out, one object per\n"
+     "shop per line.\n\n"
+     "Example:\n  chainsync shop list\n",
+     NULL},
+    {"shop", "switch", cs_cmd_shop_switch, "turn a branch's sync switch on or off",
+     "shop switch SHOP on|off",
+     "While a branch's switch is off no sync point covers it and its copies stay as they are;\n"
+     "when turned on again, the next sync point brings every copy up to date (R6). SHOP is a\n"
+     "shop id from `chainsync shop list`. Head office only.\n\n"
+     "Example:\n  chainsync shop switch 8589934592 off\n",
+     NULL},
+    {"shop", "password", cs_cmd_shop_password, "set a shop's password (read from standard input)",
+     "shop password SHOP --password-stdin",
+     "Sets the password of SHOP (the head office's own or a branch's), read as one line from\n"
+     "standard input. The log records that it changed, never the password or its hash (R9).\n"
+     "Head office only: a branch cannot change its own password (forbidden).\n\n"
+     "Options:\n  --password-stdin   read the new password from standard input (required)\n\n"
+     "Example:\n  echo 'n3w-s3cret' | chainsync shop password 8589934592 --password-stdin\n",
+     NULL},
+    {"shop", "unlink", cs_cmd_shop_unlink, "unlink a branch: it becomes a single store",
+     "shop unlink SHOP",
+     "Unlinks a branch (R13): it becomes a single store, and its copies become local items that\n"
+     "remember where they came from (detached_from). Head office only.\n\n"
+     "Example:\n  chainsync shop unlink 8589934592\n",
+     NULL},
+    {"shop", "whatsapp", cs_cmd_shop_whatsapp, "set a shop's own WhatsApp number",
+     "shop whatsapp SHOP NUMBER",
+     "Sets the WhatsApp number SHOP answers with in individual mode (R12). Head office only.\n\n"
+     "Example:\n  chainsync shop whatsapp 8589934592 +5511988880000\n",
+     NULL},
+    {"whatsapp", "resolve", cs_cmd_whatsapp_resolve,
+     "print the WhatsApp number a shop answers with", "whatsapp resolve SHOP",
+     "Prints the number SHOP answers with: the head office's in shared mode, its own in\n"
+     "individual mode (R12). A shop with no number to answer with is an error (not_found).\n\n"
+     "Example:\n  chainsync whatsapp resolve 8589934592\n",
+     NULL},
+    {"put", NULL, cs_cmd_put, "create or update an item; prints id, version, seq",
+     "put TYPE [ID] [--expect-version V] [--json '{...}']",
+     "Creates an item of TYPE (without ID) or replaces the fields of item ID (with ID). The\n"
+     "fields are one JSON object, read from standard input or given with --json; all the\n"
+     "item's fields each time (full state, not a patch). References are item ids. Prints\n"
+     "`created TYPE ID version V at seq S`, or {\"id\",\"version\",\"seq\"} with --json-out.\n"
+     "On a branch, a synced type makes a local item and a copy is refused (read_only_copy).\n\n"
+     "Options:\n  --json JSON           the fields, instead of standard input\n"
+     "  --expect-version V    refuse (version_conflict) unless item ID is at version V\n\n"
+     "Examples:\n"
+     "  chainsync put service_category --json '{\"name\":\"Grooming\"}'\n"
+     "  echo '{\"name\":\"Bath\",\"category\":4294967297,\"price_table\":"
+     "[{\"tier\":\"small\",\"price_cents\":3000}]}' \\\n"
+     "      | chainsync put service\n"
+     "  chainsync put service 4294967298 --expect-version 1 --json '{...}'\n",
+     cs_cli_print_schema_help},
+    {"get", NULL, cs_cmd_get, "show one item, with its origin link and archived flag",
+     "get TYPE ID",
+     "Shows item ID of TYPE: its fields, archived, and origin (the head-office item a copy\n"
+     "mirrors, or none). Archived items are still shown (R4). With --json-out, one object:\n"
+     "type, id, version, the fields, archived, origin and, after an unlink, detached_from.\n\n"
+     "Example:\n  chainsync get service 4294967298\n",
+     NULL},
+    {"list", NULL, cs_cmd_list, "list the items of a type (or only the archived ones)",
+     "list TYPE [--archived]",
+     "Lists the items of TYPE by id: id, version, name (key for advanced_setting), archived and\n"
+     "origin. Archived items are left out unless --archived, which lists only them. With\n"
+     "--json-out, one item object per line.\n\n"
+     "Options:\n  --archived     list only archived items\n\n"
+     "Example:\n  chainsync list service --json-out\n",
+     NULL},
+    {"del", NULL, cs_cmd_del, "delete (archive) an item; prints id, version, seq",
+     "del TYPE ID [--expect-version V]",
+     "Deletes item ID: it is archived, not erased: kept, resolvable by id, left out of normal\n"
+     "listings; branches archive their copies at their next sync point (R4).\n\n"
+     "Options:\n  --expect-version V    refuse (version_conflict) unless the item is at version "
+     "V\n\n"
+     "Example:\n  chainsync del service 4294967298\n",
+     NULL},
+    {"sync", NULL, cs_cmd_sync, "make a sync point for every branch, or for one",
+     "sync [--shop SHOP]",
+     "Makes a sync point (R5b, R5c): every branch whose switch is on (or only SHOP) is to be\n"
+     "brought to the head office's catalog as of this log position. Prints the position.\n"
+     "Head office only.\n\n"
+     "Options:\n  --shop SHOP    only this branch\n\n"
+     "Example:\n  chainsync sync --shop 8589934592\n",
+     NULL},
+    {"log", NULL, cs_cmd_log, "print the event log as JSON lines", "log [--from N] [--limit K]",
+     "Prints the events of the log in order, one JSON object per line:\n"
+     "{seq,time,actor,shop,kind,type,id,version,fields}. Every event's checksum and the hash\n"
+     "chain are verified as it is read; a damaged log stops with `error: corrupt` (exit 3).\n"
+     "Always JSON.\n\n"
+     "Options:\n  --from N       start at sequence N (default 1)\n"
+     "  --limit K      print at most K events\n\n"
+     "Example:\n  chainsync log --from 10 --limit 5\n",
+     NULL},
+};
+
+#define COMMAND_COUNT (sizeof(commands) / sizeof(commands[0]))
+
+static void print_overview(void)
+{
+    printf("usage: chainsync [--data DIR] [--json-out] [--actor NAME] COMMAND [ARGS]\n\n"
+           "chainsync keeps the catalog of a chain of pet shops (a head office and its branches)\n"
+           "in step by event sourcing: every change is an event in an append-only log.\n\n"
+           "Commands:\n");
+    for (size_t i = 0; i < COMMAND_COUNT; i++)
+        printf("  %-52s %s\n", commands[i].usage, commands[i].summary);
+    printf("\nCommon options: --data DIR (default $CHAINSYNC_DATA), --json-out (JSON lines),\n"
+           "--actor NAME (recorded in the log; default cli), --help. `chainsync COMMAND --help`\n"
+           "explains a command with an example; `chainsync put --help` lists every type and its\n"
+           "fields.\n\n"
+           "Exit codes: 0 ok, 1 usage, 2 refused by a rule or validation, 3 storage, 4 network.\n"
+           "Errors go to standard error as `error: <code>: <sentence>`.\n\n"
+           "A small network by hand:\n"
+           "  export CHAINSYNC_DATA=/tmp/hq\n"
+           "  chainsync init --name \"Pets HQ\"                # a single store\n"
+           "  chainsync network create --name \"Pets Chain\"    # it becomes the head office\n"
+           "  echo s3cret-pass | chainsync shop add --name Downtown --password-stdin  # a branch\n"
+           "  chainsync put service_category --json '{\"name\":\"Grooming\"}'   # prints its id\n"
+           "  chainsync put service --json '{\"name\":\"Bath\",\"category\":ID,\n"
+           "      \"price_table\":[{\"tier\":\"small\",\"price_cents\":3000}]}'\n"
+           "  chainsync list service\n"
+           "  chainsync sync                                 # a sync point for the branches\n"
+           "  chainsync shop list\n"
+           "  chainsync log                                  # every event, as JSON lines\n");
+}
+
+/* Lists a group's subcommands, for `chainsync network` and `chainsync network --help`. */
+static void print_group(FILE *f, const char *name)
+{
+    fprintf(f, "usage: chainsync %s SUBCOMMAND ...\n\nSubcommands:\n", name);
+    for (size_t i = 0; i < COMMAND_COUNT; i++)
+        if (strcmp(commands[i].name, name) == 0 && commands[i].subname)
+            fprintf(f, "  %-52s %s\n", commands[i].usage, commands[i].summary);
+    fprintf(f, "\n`chainsync %s SUBCOMMAND --help` explains one.\n", name);
+}
+
+static const cs_cli_cmd *find(const char *name, const char *subname)
+{
+    for (size_t i = 0; i < COMMAND_COUNT; i++) {
+        const cs_cli_cmd *c = &commands[i];
+        if (strcmp(c->name, name) != 0)
+            continue;
+        if (!subname && !c->subname)
+            return c;
+        if (subname && c->subname && strcmp(c->subname, subname) == 0)
+            return c;
+    }
+    return NULL;
+}
+
+static bool is_group(const char *name)
+{
+    for (size_t i = 0; i < COMMAND_COUNT; i++)
+        if (strcmp(commands[i].name, name) == 0 && commands[i].subname)
+            return true;
+    return false;
+}
+
+static bool is_help_word(const char *s)
+{
+    return strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0 || strcmp(s, "help") == 0;
+}
+
+/* `chainsync help [COMMAND [SUBCOMMAND]]`: the same text as --help. */
+static int help_command(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_overview();
+        return 0;
+    }
+    const cs_cli_cmd *c = argc >= 3 ? find(argv[1], argv[2]) : NULL;
+    if (!c)
+        c = find(argv[1], NULL);
+    if (c) {
+        char help[] = "--help";
+        char *args[] = {argv[argc >= 3 && c->subname ? 2 : 1], help, NULL};
+        return c->handler(c, 2, args);
+    }
+    if (is_group(argv[1])) {
+        print_group(stdout, argv[1]);
+        return 0;
+    }
+    return cs_cli_usage(NULL, "unknown command '%s'", argv[1]);
+}
+
+static int dispatch(int argc, char **argv)
+{
+    const char *name = argv[0], *sub = argc > 1 ? argv[1] : NULL;
+    if (strcmp(name, "help") == 0)
+        return help_command(argc, argv);
+    const cs_cli_cmd *c = sub ? find(name, sub) : NULL;
+    if (c)
+        return c->handler(c, argc - 1, argv + 1);
+    c = find(name, NULL);
+    if (c)
+        return c->handler(c, argc, argv);
+    if (!is_group(name))
+        return cs_cli_usage(NULL, "unknown command '%s'", name);
+    if (sub && is_help_word(sub)) {
+        print_group(stdout, name);
+        return 0;
+    }
+    if (!sub) {
+        cs_cli_usage(NULL, "%s needs a subcommand", name);
+    } else {
+        cs_cli_usage(NULL, "unknown command '%s %s'", name, sub);
+    }
+    print_group(stderr, name);
+    return 1;
+}
 
 int main(int argc, char **argv)
 {
-    (void)argc, (void)argv;
-    return 0;
+    int first = 0;
+    bool help = false;
+    int rc = cs_cli_parse_globals(argc, argv, &first, &help);
+    if (rc != CS_CLI_GO)
+        return rc;
+    if (help) {
+        print_overview();
+        return 0;
+    }
+    if (first >= argc)
+        return cs_cli_usage(NULL, "no command given");
+    rc = dispatch(argc - first, argv + first);
+    if (rc == CS_CLI_GO)
+        rc = 0;
+    /* Output that never reached its destination (a full disk, a closed pipe) is a failure. */
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        if (rc == 0)
+            rc = cs_cli_fail(CS_IO, "cannot write the output");
+    }
+    return rc;
 }

@@ -1,0 +1,867 @@
+/*
+ * test_cli.c: drives the real `chainsync` binary (path in $CS_BIN) on temporary data
+ * directories and checks SPEC 6 and 7 from the outside: output shapes (--json-out parsed by
+ * jansson), the `error: <code>:` line and exit code of every refusal, and that a refused command
+ * leaves the log byte-identical (SPEC 6: bad input changes nothing).
+ *
+ * Every child is bounded: its output is drained with poll() under a deadline and it is killed
+ * and reaped when the deadline passes (RUN_DEADLINE_MS), so a hung command fails its test
+ * instead of hanging the suite.
+ */
+#include "log/log.h"
+#include "tests/harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+
+/* A CLI command is one short LMDB transaction; a minute means it is stuck. */
+#define RUN_DEADLINE_MS 60000
+/* Output one command may print in these tests. */
+#define RUN_OUTPUT_BYTES_MAX (4u * 1024u * 1024u)
+#define ARGS_MAX 32
+
+/* Temporary directories made by this run; whatever a failed CHECK left is removed at exit. */
+#define TMPDIRS_MAX 64
+static char *tmpdirs[TMPDIRS_MAX];
+
+static char *tmpdir_new(void)
+{
+    for (unsigned i = 0; i < TMPDIRS_MAX; i++) {
+        if (tmpdirs[i])
+            continue;
+        tmpdirs[i] = cs_test_tmpdir("cli");
+        return tmpdirs[i];
+    }
+    return NULL;
+}
+
+/* Removes dir and forgets it. */
+static void store_free(char *dir)
+{
+    for (unsigned i = 0; dir && i < TMPDIRS_MAX; i++)
+        if (tmpdirs[i] == dir)
+            tmpdirs[i] = NULL;
+    if (!dir)
+        return;
+    cs_test_rmtree(dir);
+    free(dir);
+}
+
+static void tmpdirs_cleanup(void)
+{
+    for (unsigned i = 0; i < TMPDIRS_MAX; i++)
+        store_free(tmpdirs[i]);
+}
+
+typedef struct run_result {
+    int exit_code; /* -1 when killed or not exited */
+    char *out;     /* NUL-terminated, owned */
+    size_t out_len;
+    char *err; /* NUL-terminated, owned */
+} run_result;
+
+static void run_free(run_result *r)
+{
+    free(r->out);
+    free(r->err);
+    memset(r, 0, sizeof(*r));
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+typedef struct sink {
+    char *buf;
+    size_t len;
+    size_t cap;
+} sink;
+
+/* Reads what is available on fd into s; false at EOF or error. */
+static bool sink_read(int fd, sink *s)
+{
+    if (s->len + 4096 + 1 > s->cap) {
+        size_t ncap = s->cap ? s->cap * 2 : 8192;
+        if (ncap > RUN_OUTPUT_BYTES_MAX)
+            return false;
+        char *nb = realloc(s->buf, ncap);
+        if (!nb)
+            return false;
+        s->buf = nb, s->cap = ncap;
+    }
+    ssize_t n = read(fd, s->buf + s->len, s->cap - s->len - 1);
+    if (n < 0 && errno == EINTR)
+        return true;
+    if (n <= 0)
+        return false;
+    s->len += (size_t)n;
+    s->buf[s->len] = '\0';
+    return true;
+}
+
+static void child_exec(const char *const *args, int in_fd, int out_fd, int err_fd, bool env_data,
+                       const char *data)
+{
+    dup2(in_fd, 0);
+    dup2(out_fd, 1);
+    dup2(err_fd, 2);
+    if (env_data)
+        setenv("CHAINSYNC_DATA", data, 1);
+    else
+        unsetenv("CHAINSYNC_DATA");
+    const char *bin = getenv("CS_BIN");
+    char *argv[ARGS_MAX + 2];
+    argv[0] = (char *)bin;
+    size_t i = 0;
+    for (; args[i] && i < ARGS_MAX; i++)
+        argv[i + 1] = (char *)args[i];
+    argv[i + 1] = NULL;
+    execv(bin, argv);
+    _exit(127);
+}
+
+/* Waits for pid until the deadline, killing it past that. */
+static int reap(pid_t pid, uint64_t deadline)
+{
+    int status = 0;
+    for (;;) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            break;
+        if (w < 0 && errno != EINTR)
+            return -1;
+        if (now_ms() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return -1;
+        }
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Drains the child's stdout and stderr until both close or the deadline passes. */
+static void drain(int out_fd, int err_fd, sink *o, sink *e, uint64_t deadline)
+{
+    struct pollfd p[2] = {{out_fd, POLLIN, 0}, {err_fd, POLLIN, 0}};
+    while ((p[0].fd >= 0 || p[1].fd >= 0) && now_ms() < deadline) {
+        int n = poll(p, 2, 100);
+        if (n < 0 && errno != EINTR)
+            break;
+        for (int i = 0; i < 2 && n > 0; i++) {
+            if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            if (!sink_read(p[i].fd, i == 0 ? o : e))
+                p[i].fd = -1;
+        }
+    }
+}
+
+/* Runs chainsync with args (NULL-terminated) and input on stdin (NULL = empty). With env_data,
+ * CHAINSYNC_DATA is set to data; else it is unset. */
+static bool run_env(run_result *r, const char *input, bool env_data, const char *data,
+                    const char *const *args)
+{
+    memset(r, 0, sizeof(*r));
+    r->exit_code = -1;
+    int in[2], out[2], err[2];
+    if (pipe(in) || pipe(out) || pipe(err))
+        return false;
+    pid_t pid = fork();
+    if (pid < 0)
+        return false;
+    if (pid == 0) {
+        close(in[1]), close(out[0]), close(err[0]);
+        child_exec(args, in[0], out[1], err[1], env_data, data);
+    }
+    close(in[0]), close(out[1]), close(err[1]);
+    /* Inputs here are far below a pipe's buffer, so writing all first cannot deadlock. A child
+     * that exits without reading (a usage error) closes the pipe: EPIPE is not a failure. */
+    size_t len = input ? strlen(input) : 0;
+    bool wrote = len == 0 || write(in[1], input, len) == (ssize_t)len || errno == EPIPE;
+    close(in[1]);
+    uint64_t deadline = now_ms() + RUN_DEADLINE_MS;
+    sink o = {0}, e = {0};
+    drain(out[0], err[0], &o, &e, deadline);
+    close(out[0]), close(err[0]);
+    r->exit_code = reap(pid, deadline);
+    r->out = o.buf ? o.buf : strdup("");
+    r->out_len = o.len;
+    r->err = e.buf ? e.buf : strdup("");
+    return wrote && r->out && r->err;
+}
+
+static bool run(run_result *r, const char *input, const char *const *args)
+{
+    return run_env(r, input, false, NULL, args);
+}
+
+#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+/* True when stderr starts with `error: <code>: ` and the exit code is want_exit. */
+static bool refused(const run_result *r, const char *code, int want_exit)
+{
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "error: %s: ", code);
+    if (r->exit_code != want_exit || strncmp(r->err, prefix, strlen(prefix)) != 0) {
+        fprintf(stderr, "  exit %d, stderr: %s", r->exit_code, r->err);
+        return false;
+    }
+    return true;
+}
+
+/* A data directory initialised as a single store, or as a head office when head. */
+static char *store_new(bool head)
+{
+    char *dir = tmpdir_new();
+    if (!dir)
+        return NULL;
+    run_result r;
+    bool ok = run(&r, NULL, ARGS("init", "--data", dir, "--name", "Pets HQ")) && r.exit_code == 0;
+    run_free(&r);
+    if (ok && head)
+        ok = run(&r, NULL, ARGS("network", "create", "--data", dir, "--name", "Pets Chain")) &&
+             r.exit_code == 0;
+    if (head)
+        run_free(&r);
+    if (!ok) {
+        store_free(dir);
+        return NULL;
+    }
+    return dir;
+}
+
+/* Runs a put/del with --json-out and returns its id (0 on failure); *version_out gets its
+ * version when not NULL. */
+static uint64_t write_id(const char *input, const char *const *args, uint64_t *version_out)
+{
+    run_result r;
+    uint64_t id = 0;
+    if (run(&r, input, args) && r.exit_code == 0) {
+        json_t *o = json_loads(r.out, 0, NULL);
+        if (json_is_integer(json_object_get(o, "id")) && json_is_integer(json_object_get(o, "seq")))
+            id = (uint64_t)json_integer_value(json_object_get(o, "id"));
+        if (version_out)
+            *version_out = (uint64_t)json_integer_value(json_object_get(o, "version"));
+        json_decref(o);
+    } else {
+        fprintf(stderr, "  write failed: exit %d: %s", r.exit_code, r.err);
+    }
+    run_free(&r);
+    return id;
+}
+
+/* A service_category; returns its id as text in buf. */
+static bool category_new(const char *dir, char *buf, size_t len)
+{
+    uint64_t id = write_id(NULL,
+                           ARGS("put", "service_category", "--data", dir, "--json-out", "--json",
+                                "{\"name\":\"Grooming\"}"),
+                           NULL);
+    snprintf(buf, len, "%llu", (unsigned long long)id);
+    return id != 0;
+}
+
+/* A valid service's fields, in buf (SERVICE_JSON_BYTES). */
+#define SERVICE_JSON_BYTES 512
+static char *service_json(char *buf, const char *category, const char *name)
+{
+    snprintf(buf, SERVICE_JSON_BYTES,
+             "{\"name\":\"%s\",\"category\":%s,\"price_table\":[{\"tier\":\"small\","
+             "\"price_cents\":3000}]}",
+             name, category);
+    return buf;
+}
+
+/* The whole `chainsync log` output (owned), or NULL. */
+static char *log_text(const char *dir)
+{
+    run_result r;
+    char *text = NULL;
+    if (run(&r, NULL, ARGS("log", "--data", dir)) && r.exit_code == 0) {
+        text = r.out;
+        r.out = NULL;
+    }
+    run_free(&r);
+    return text;
+}
+
+/* ---- SPEC 7: init, network create ------------------------------------------------------- */
+
+/* SPEC 7 `init`: a single store; prints its shop id (human and --json-out). */
+static void test_spec7_init_prints_shop_id(void)
+{
+    char *dir = tmpdir_new();
+    CHECK(dir);
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("init", "--data", dir, "--name", "Pets HQ", "--json-out")));
+    CHECK(r.exit_code == 0);
+    json_t *o = json_loads(r.out, 0, NULL);
+    CHECK(o);
+    CHECK(json_integer_value(json_object_get(o, "id")) > 0);
+    CHECK(strcmp(json_string_value(json_object_get(o, "role")), "single") == 0);
+    json_decref(o);
+    run_free(&r);
+    /* A second init is refused: the store keeps its identity. */
+    CHECK(run(&r, NULL, ARGS("init", "--data", dir, "--name", "Other")));
+    CHECK(refused(&r, "forbidden", 2));
+    run_free(&r);
+    /* Human output names the id too. */
+    char *dir2 = tmpdir_new();
+    CHECK(dir2);
+    CHECK(run(&r, NULL, ARGS("init", "--data", dir2, "--name", "Second")));
+    CHECK(r.exit_code == 0 && strstr(r.out, "shop id "));
+    run_free(&r);
+    store_free(dir2);
+    store_free(dir);
+}
+
+/* SPEC 7 `network create` (R10): a single store becomes the head office. */
+static void test_spec7_network_create_makes_head_office(void)
+{
+    char *dir = store_new(false);
+    CHECK(dir);
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("network", "create", "--data", dir, "--name", "Chain", "--json-out")));
+    CHECK(r.exit_code == 0);
+    json_t *o = json_loads(r.out, 0, NULL);
+    CHECK(o && strcmp(json_string_value(json_object_get(o, "role")), "head") == 0);
+    json_decref(o);
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("shop", "list", "--data", dir, "--json-out")));
+    CHECK(r.exit_code == 0);
+    o = json_loads(r.out, JSON_DISABLE_EOF_CHECK, NULL);
+    CHECK(o && strcmp(json_string_value(json_object_get(o, "role")), "head") == 0);
+    json_decref(o);
+    run_free(&r);
+    store_free(dir);
+}
+
+/* SPEC 7 `shop list`: one object per shop with id, name, role, switch, cursor, lag, last_seen;
+ * --password-stdin reads one line. */
+static void test_spec7_shop_add_and_list_shapes(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    run_result r;
+    CHECK(run(&r, "branch-password\n",
+              ARGS("shop", "add", "--data", dir, "--name", "Downtown", "--password-stdin",
+                   "--json-out")));
+    CHECK(r.exit_code == 0);
+    json_t *added = json_loads(r.out, 0, NULL);
+    json_int_t branch_id = json_integer_value(json_object_get(added, "id"));
+    json_decref(added);
+    CHECK(branch_id > 0);
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("shop", "list", "--data", dir, "--json-out")));
+    CHECK(r.exit_code == 0);
+    int lines = 0, branches = 0;
+    static const char *const keys[] = {"id",     "name", "role",     "switch",
+                                       "cursor", "lag",  "last_seen"};
+    for (char *save = NULL, *line = strtok_r(r.out, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save), lines++) {
+        json_t *o = json_loads(line, 0, NULL);
+        CHECK(o);
+        for (unsigned k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+            CHECK(json_object_get(o, keys[k]));
+        if (strcmp(json_string_value(json_object_get(o, "role")), "branch") == 0) {
+            branches++;
+            CHECK(json_integer_value(json_object_get(o, "id")) == branch_id);
+            CHECK(strcmp(json_string_value(json_object_get(o, "name")), "Downtown") == 0);
+        }
+        json_decref(o);
+    }
+    CHECK(lines == 2 && branches == 1);
+    run_free(&r);
+    store_free(dir);
+}
+
+/* SPEC 7 --password-stdin: an empty line is refused, nothing is added. */
+static void test_spec7_password_stdin_refuses_empty(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    char *before = log_text(dir);
+    CHECK(before);
+    run_result r;
+    CHECK(run(&r, "\n", ARGS("shop", "add", "--data", dir, "--name", "X", "--password-stdin")));
+    CHECK(refused(&r, "invalid_input", 2));
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("shop", "add", "--data", dir, "--name", "X", "--password-stdin")));
+    CHECK(refused(&r, "invalid_input", 2));
+    run_free(&r);
+    CHECK(run(&r, "pw-long-enough\n", ARGS("shop", "add", "--data", dir, "--name", "X")));
+    CHECK(refused(&r, "usage", 1));
+    run_free(&r);
+    char *after = log_text(dir);
+    CHECK(after && strcmp(before, after) == 0);
+    free(before);
+    free(after);
+    store_free(dir);
+}
+
+/* ---- SPEC 7: items ----------------------------------------------------------------------- */
+
+/* Parses `get TYPE ID --json-out`. */
+static json_t *get_json(const char *dir, const char *type, const char *id)
+{
+    run_result r;
+    json_t *o = NULL;
+    if (run(&r, NULL, ARGS("get", type, id, "--data", dir, "--json-out")) && r.exit_code == 0)
+        o = json_loads(r.out, 0, NULL);
+    run_free(&r);
+    return o;
+}
+
+static int count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* SPEC 7 put/get/list/del with --json-out; R4: a deleted item is archived, left out of lists,
+ * still resolvable by id. */
+static void test_spec7_put_get_list_del_round_trip(void)
+{
+    char js[SERVICE_JSON_BYTES];
+    char *dir = store_new(true);
+    CHECK(dir);
+    char cat[32], sid[32];
+    CHECK(category_new(dir, cat, sizeof(cat)));
+    uint64_t v = 0;
+    uint64_t id = write_id(service_json(js, cat, "Bath"),
+                           ARGS("put", "service", "--data", dir, "--json-out"), &v);
+    CHECK(id && v == 1);
+    snprintf(sid, sizeof(sid), "%llu", (unsigned long long)id);
+    json_t *o = get_json(dir, "service", sid);
+    CHECK(o);
+    CHECK(strcmp(json_string_value(json_object_get(o, "type")), "service") == 0);
+    CHECK((uint64_t)json_integer_value(json_object_get(o, "id")) == id);
+    CHECK(strcmp(json_string_value(json_object_get(o, "name")), "Bath") == 0);
+    CHECK(json_is_false(json_object_get(o, "archived")));
+    CHECK(json_is_null(json_object_get(o, "origin")));
+    json_decref(o);
+    /* Update with the right expected version. */
+    CHECK(
+        write_id(service_json(js, cat, "Bath & Brush"),
+                 ARGS("put", "service", sid, "--expect-version", "1", "--data", dir, "--json-out"),
+                 &v) == id);
+    CHECK(v == 2);
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("list", "service", "--data", dir, "--json-out")));
+    CHECK(r.exit_code == 0 && count_lines(r.out) == 1);
+    o = json_loads(r.out, 0, NULL);
+    CHECK(o && strcmp(json_string_value(json_object_get(o, "name")), "Bath & Brush") == 0);
+    json_decref(o);
+    run_free(&r);
+    CHECK(write_id(NULL, ARGS("del", "service", sid, "--data", dir, "--json-out"), &v) == id);
+    CHECK(v == 3);
+    CHECK(run(&r, NULL, ARGS("list", "service", "--data", dir, "--json-out")));
+    CHECK(r.exit_code == 0 && r.out_len == 0);
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("list", "service", "--archived", "--data", dir, "--json-out")));
+    CHECK(r.exit_code == 0 && count_lines(r.out) == 1);
+    run_free(&r);
+    o = get_json(dir, "service", sid);
+    CHECK(o && json_is_true(json_object_get(o, "archived")));
+    json_decref(o);
+    store_free(dir);
+}
+
+/* SPEC 7 human output: put prints "created TYPE ID version V at seq S", get prints field
+ * lines with origin and archived, list prints a table with a header. */
+static void test_spec7_human_output_shapes(void)
+{
+    char *dir = store_new(false);
+    CHECK(dir);
+    run_result r;
+    CHECK(run(&r, "{\"name\":\"Dogs\"}", ARGS("put", "species", "--data", dir)));
+    CHECK(r.exit_code == 0 && strncmp(r.out, "created species ", 16) == 0);
+    CHECK(strstr(r.out, " version 1 at seq "));
+    char id[32];
+    CHECK(sscanf(r.out, "created species %31s", id) == 1);
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("get", "species", id, "--data", dir)));
+    CHECK(r.exit_code == 0 && strstr(r.out, "name:") && strstr(r.out, "Dogs"));
+    CHECK(strstr(r.out, "archived:") && strstr(r.out, "origin:"));
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("list", "species", "--data", dir)));
+    CHECK(r.exit_code == 0 && strncmp(r.out, "id ", 3) == 0 && strstr(r.out, "Dogs"));
+    CHECK(strstr(r.out, "archived") && strstr(r.out, "origin"));
+    run_free(&r);
+    store_free(dir);
+}
+
+/* ---- SPEC 6: refusals -------------------------------------------------------------------- */
+
+/* SPEC 6 unknown_type: a type outside the schema is refused with exit 2. */
+static void test_spec6_unknown_type(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("put", "hamster", "--data", dir, "--json", "{\"name\":\"x\"}")));
+    CHECK(refused(&r, "unknown_type", 2));
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("list", "hamster", "--data", dir)));
+    CHECK(refused(&r, "unknown_type", 2));
+    run_free(&r);
+    store_free(dir);
+}
+
+/* SPEC 6 invalid_input: unknown field, missing required field, wrong kind, malformed JSON,
+ * and a non-object. */
+static void test_spec6_invalid_input_shapes(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    char cat[32];
+    CHECK(category_new(dir, cat, sizeof(cat)));
+    char unknown[256], wrong[256], missing[256];
+    snprintf(unknown, sizeof(unknown),
+             "{\"name\":\"x\",\"colour\":\"red\",\"category\":%s,\"price_table\":"
+             "[{\"tier\":\"s\",\"price_cents\":1}]}",
+             cat);
+    snprintf(wrong, sizeof(wrong),
+             "{\"name\":7,\"category\":%s,\"price_table\":[{\"tier\":\"s\",\"price_cents\":1}]}",
+             cat);
+    snprintf(missing, sizeof(missing), "{\"name\":\"x\",\"category\":%s}", cat);
+    const char *inputs[] = {unknown, wrong, missing, "[1,2]", "{\"name\":\"x\",}"};
+    run_result r;
+    for (unsigned i = 0; i < sizeof(inputs) / sizeof(inputs[0]); i++) {
+        CHECK(run(&r, inputs[i], ARGS("put", "service", "--data", dir)));
+        CHECK(refused(&r, "invalid_input", 2));
+        run_free(&r);
+    }
+    CHECK(run(&r, "{\"name\":\"x\",}", ARGS("put", "service", "--data", dir)));
+    CHECK(strstr(r.err, "malformed JSON at line 1 column "));
+    run_free(&r);
+    store_free(dir);
+}
+
+/* SPEC 6 invalid_input, limits: a name is 1..120 bytes: 120 is accepted, 121 refused, 0 refused. */
+static void test_spec6_oversize_string_is_invalid_input(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    char name[200], json[300];
+    run_result r;
+    static const size_t sizes[] = {119, 120, 121, 0};
+    static const int want[] = {0, 0, 2, 2};
+    for (unsigned i = 0; i < 4; i++) {
+        memset(name, 'a', sizes[i]);
+        name[sizes[i]] = '\0';
+        snprintf(json, sizeof(json), "{\"name\":\"%s\"}", name);
+        CHECK(run(&r, json, ARGS("put", "petcare_category", "--data", dir)));
+        CHECK(r.exit_code == want[i]);
+        if (want[i])
+            CHECK(refused(&r, "invalid_input", 2));
+        run_free(&r);
+    }
+    store_free(dir);
+}
+
+/* SPEC 6 dangling_reference: a reference to an item that does not exist. */
+static void test_spec6_dangling_reference(void)
+{
+    char js[SERVICE_JSON_BYTES];
+    char *dir = store_new(true);
+    CHECK(dir);
+    run_result r;
+    CHECK(run(&r, service_json(js, "999999", "Bath"), ARGS("put", "service", "--data", dir)));
+    CHECK(refused(&r, "dangling_reference", 2));
+    run_free(&r);
+    store_free(dir);
+}
+
+/* SPEC 6 / R8 version_conflict: --expect-version that does not match, on put and del. */
+static void test_spec6_expect_version_mismatch_is_version_conflict(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    uint64_t id =
+        write_id("{\"name\":\"Dogs\"}", ARGS("put", "species", "--data", dir, "--json-out"), NULL);
+    CHECK(id);
+    char sid[32];
+    snprintf(sid, sizeof(sid), "%llu", (unsigned long long)id);
+    run_result r;
+    CHECK(run(&r, "{\"name\":\"Cats\"}",
+              ARGS("put", "species", sid, "--expect-version", "2", "--data", dir)));
+    CHECK(refused(&r, "version_conflict", 2));
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("del", "species", sid, "--expect-version", "9", "--data", dir)));
+    CHECK(refused(&r, "version_conflict", 2));
+    run_free(&r);
+    json_t *o = get_json(dir, "species", sid);
+    CHECK(o && json_integer_value(json_object_get(o, "version")) == 1);
+    CHECK(strcmp(json_string_value(json_object_get(o, "name")), "Dogs") == 0);
+    json_decref(o);
+    store_free(dir);
+}
+
+/* R10/R11 not_in_network: a single store may only create a network. */
+static void test_r10_network_command_on_single_store_is_not_in_network(void)
+{
+    char *dir = store_new(false);
+    CHECK(dir);
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("network", "mode", "continuous", "--data", dir)));
+    CHECK(refused(&r, "not_in_network", 2));
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("sync", "--data", dir)));
+    CHECK(refused(&r, "not_in_network", 2));
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("network", "types", "--data", dir)));
+    CHECK(refused(&r, "not_in_network", 2));
+    run_free(&r);
+    store_free(dir);
+}
+
+/* SPEC 7 --data: missing both --data and $CHAINSYNC_DATA is a usage error (exit 1); the
+ * environment variable alone is enough. */
+static void test_spec7_missing_data_is_usage_error(void)
+{
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("list", "service")));
+    CHECK(refused(&r, "usage", 1));
+    CHECK(strstr(r.err, "--help"));
+    run_free(&r);
+    char *dir = store_new(false);
+    CHECK(dir);
+    CHECK(run_env(&r, NULL, true, dir, ARGS("list", "service")));
+    CHECK(r.exit_code == 0);
+    run_free(&r);
+    store_free(dir);
+}
+
+/* SPEC 6 exit 1: unknown command, missing argument, bad option, garbage numbers. */
+static void test_spec6_usage_errors_exit_1(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    const char *const *cases[] = {
+        ARGS("frobnicate", "--data", dir),
+        ARGS("network", "--data", dir),
+        ARGS("network", "frob", "--data", dir),
+        ARGS("get", "service", "--data", dir),
+        ARGS("get", "service", "12x", "--data", dir),
+        ARGS("get", "service", "0", "--data", dir),
+        ARGS("get", "service", "18446744073709551616", "--data", dir),
+        ARGS("list", "service", "--bogus", "--data", dir),
+        ARGS("log", "--from", "--data", dir),
+        ARGS("log", "--limit", "ten", "--data", dir),
+        ARGS("shop", "switch", "1", "maybe", "--data", dir),
+        ARGS("network", "mode", "sometimes", "--data", dir),
+        ARGS("put", "species", "--expect-version", "1", "--data", dir),
+        ARGS("log", "export", "--data", dir),
+        ARGS("serve", "--data", dir),
+    };
+    run_result r;
+    for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        CHECK(run(&r, NULL, cases[i]));
+        CHECK(refused(&r, "usage", 1));
+        CHECK(strstr(r.err, "--help"));
+        CHECK(r.out_len == 0); /* usage text goes to stderr: stdout carries only results */
+        run_free(&r);
+    }
+    store_free(dir);
+}
+
+/* SPEC 7: a command on a directory that holds no store is refused and creates nothing. */
+static void test_spec7_command_on_missing_store_creates_nothing(void)
+{
+    char *dir = tmpdir_new();
+    CHECK(dir);
+    char sub[512];
+    snprintf(sub, sizeof(sub), "%s/none", dir);
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("list", "service", "--data", sub)));
+    CHECK(refused(&r, "not_found", 2));
+    run_free(&r);
+    struct stat st;
+    CHECK(stat(sub, &st) != 0);
+    store_free(dir);
+}
+
+/* SPEC 6 "Bad input changes nothing": every refused command leaves `chainsync log` output
+ * byte-identical. */
+static void test_spec6_refused_command_leaves_log_unchanged(void)
+{
+    char js[SERVICE_JSON_BYTES], js2[SERVICE_JSON_BYTES];
+    char *dir = store_new(true);
+    CHECK(dir);
+    char cat[32];
+    CHECK(category_new(dir, cat, sizeof(cat)));
+    uint64_t id = write_id(service_json(js, cat, "Bath"),
+                           ARGS("put", "service", "--data", dir, "--json-out"), NULL);
+    CHECK(id);
+    char sid[32];
+    snprintf(sid, sizeof(sid), "%llu", (unsigned long long)id);
+    char *before = log_text(dir);
+    CHECK(before && count_lines(before) >= 4);
+    struct {
+        const char *input;
+        const char *const *args;
+    } cases[] = {
+        {"{\"name\":\"x\"}", ARGS("put", "hamster", "--data", dir)},
+        {"{\"name\":\"x\",\"bogus\":1}", ARGS("put", "service_category", "--data", dir)},
+        {"{\"name\":", ARGS("put", "service_category", "--data", dir)},
+        {service_json(js, "424242", "x"), ARGS("put", "service", "--data", dir)},
+        {service_json(js2, cat, "x"),
+         ARGS("put", "service", sid, "--expect-version", "7", "--data", dir)},
+        {NULL, ARGS("del", "service", sid, "--expect-version", "7", "--data", dir)},
+        {NULL, ARGS("del", "service", "77", "--data", dir)},
+        {NULL, ARGS("network", "create", "--name", "Again", "--data", dir)},
+        {NULL, ARGS("network", "types", "--set", "hamster", "--data", dir)},
+        {NULL, ARGS("shop", "switch", "12345", "off", "--data", dir)},
+        {NULL, ARGS("frobnicate", "--data", dir)},
+    };
+    run_result r;
+    for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        CHECK(run(&r, cases[i].input, cases[i].args));
+        if (r.exit_code != 1 && r.exit_code != 2)
+            fprintf(stderr, "  case %u accepted\n", i);
+        CHECK(r.exit_code == 1 || r.exit_code == 2);
+        CHECK(strncmp(r.err, "error: ", 7) == 0);
+        run_free(&r);
+        char *after = log_text(dir);
+        CHECK(after);
+        bool same = strcmp(before, after) == 0;
+        free(after);
+        CHECK(same);
+    }
+    free(before);
+    store_free(dir);
+}
+
+/* SPEC 7 `log`: events as JSON lines in sequence order; --from and --limit select a range. */
+static void test_spec7_log_prints_json_lines(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    char cat[32];
+    CHECK(category_new(dir, cat, sizeof(cat)));
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("log", "--data", dir)));
+    CHECK(r.exit_code == 0);
+    int n = 0;
+    for (char *save = NULL, *line = strtok_r(r.out, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save)) {
+        json_t *o = json_loads(line, 0, NULL);
+        CHECK(o);
+        n++;
+        CHECK(json_integer_value(json_object_get(o, "seq")) == n);
+        CHECK(json_is_string(json_object_get(o, "kind")));
+        CHECK(json_is_object(json_object_get(o, "fields")));
+        json_decref(o);
+    }
+    CHECK(n >= 3);
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("log", "--from", "2", "--limit", "1", "--data", dir)));
+    CHECK(r.exit_code == 0 && count_lines(r.out) == 1);
+    json_t *o = json_loads(r.out, 0, NULL);
+    CHECK(o && json_integer_value(json_object_get(o, "seq")) == 2);
+    json_decref(o);
+    run_free(&r);
+    CHECK(run(&r, NULL, ARGS("log", "--from", "1000", "--data", dir)));
+    CHECK(r.exit_code == 0 && r.out_len == 0);
+    run_free(&r);
+    store_free(dir);
+}
+
+/* SPEC 7 --actor: recorded in the events the command causes. */
+static void test_spec7_actor_is_recorded(void)
+{
+    char *dir = store_new(false);
+    CHECK(dir);
+    CHECK(write_id("{\"name\":\"Dogs\"}",
+                   ARGS("put", "species", "--data", dir, "--json-out", "--actor", "ana"), NULL));
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("log", "--from", "2", "--data", dir)));
+    CHECK(r.exit_code == 0);
+    json_t *o = json_loads(r.out, JSON_DISABLE_EOF_CHECK, NULL);
+    CHECK(o && strcmp(json_string_value(json_object_get(o, "actor")), "ana") == 0);
+    json_decref(o);
+    run_free(&r);
+    store_free(dir);
+}
+
+/* SPEC 7: `chainsync --help` lists every command; each command's --help has an example. */
+static void test_spec7_help_lists_every_command(void)
+{
+    static const char *const cmds[][2] = {
+        {"init", NULL},      {"network", "create"},   {"network", "types"},
+        {"network", "mode"}, {"network", "whatsapp"}, {"shop", "add"},
+        {"shop", "list"},    {"shop", "switch"},      {"shop", "password"},
+        {"shop", "unlink"},  {"shop", "whatsapp"},    {"whatsapp", "resolve"},
+        {"put", NULL},       {"get", NULL},           {"list", NULL},
+        {"del", NULL},       {"sync", NULL},          {"log", NULL},
+    };
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("--help")));
+    CHECK(r.exit_code == 0);
+    char *overview = r.out;
+    r.out = NULL;
+    run_free(&r);
+    for (unsigned i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        char want[64];
+        snprintf(want, sizeof(want), "  %s%s%s", cmds[i][0], cmds[i][1] ? " " : "",
+                 cmds[i][1] ? cmds[i][1] : "");
+        bool listed = strstr(overview, want) != NULL;
+        if (!listed)
+            free(overview);
+        CHECK(listed);
+        bool ok = cmds[i][1] ? run(&r, NULL, ARGS(cmds[i][0], cmds[i][1], "--help"))
+                             : run(&r, NULL, ARGS(cmds[i][0], "--help"));
+        ok = ok && r.exit_code == 0 && strstr(r.out, "Example") && strstr(r.out, "usage: ");
+        run_free(&r);
+        if (!ok)
+            free(overview);
+        CHECK(ok);
+    }
+    free(overview);
+}
+
+int main(void)
+{
+    if (!getenv("CS_BIN")) {
+        fprintf(stderr, "CS_BIN is not set: run through ctest\n");
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN); /* a child that exits early must not kill the test */
+    RUN(test_spec7_init_prints_shop_id);
+    RUN(test_spec7_network_create_makes_head_office);
+    RUN(test_spec7_shop_add_and_list_shapes);
+    RUN(test_spec7_password_stdin_refuses_empty);
+    RUN(test_spec7_put_get_list_del_round_trip);
+    RUN(test_spec7_human_output_shapes);
+    RUN(test_spec6_unknown_type);
+    RUN(test_spec6_invalid_input_shapes);
+    RUN(test_spec6_oversize_string_is_invalid_input);
+    RUN(test_spec6_dangling_reference);
+    RUN(test_spec6_expect_version_mismatch_is_version_conflict);
+    RUN(test_r10_network_command_on_single_store_is_not_in_network);
+    RUN(test_spec7_missing_data_is_usage_error);
+    RUN(test_spec6_usage_errors_exit_1);
+    RUN(test_spec7_command_on_missing_store_creates_nothing);
+    RUN(test_spec6_refused_command_leaves_log_unchanged);
+    RUN(test_spec7_log_prints_json_lines);
+    RUN(test_spec7_actor_is_recorded);
+    RUN(test_spec7_help_lists_every_command);
+    tmpdirs_cleanup();
+    return cs_test_finish();
+}
