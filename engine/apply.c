@@ -263,22 +263,28 @@ static cs_err digest_db(MDB_txn *txn, MDB_dbi dbi, XXH3_state_t *st)
     return rc == MDB_NOTFOUND ? CS_OK : CS_IO;
 }
 
+cs_err cs_digest_dbs(MDB_txn *txn, const MDB_dbi *dbis, size_t n, uint64_t *out)
+{
+    XXH3_state_t *st = XXH3_createState();
+    if (!st)
+        return CS_NO_MEMORY;
+    XXH3_64bits_reset(st);
+    cs_err err = CS_OK;
+    for (size_t i = 0; i < n && err == CS_OK; i++)
+        err = digest_db(txn, dbis[i], st);
+    if (err == CS_OK)
+        *out = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    return err;
+}
+
 cs_err cs_engine_digest(cs_engine *e, uint64_t *out)
 {
     MDB_txn *txn;
     if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &txn))
         return CS_IO;
-    XXH3_state_t *st = XXH3_createState();
-    cs_err err = st ? CS_OK : CS_NO_MEMORY;
-    if (err == CS_OK)
-        XXH3_64bits_reset(st);
-    if (err == CS_OK)
-        err = digest_db(txn, e->items, st);
-    if (err == CS_OK)
-        err = digest_db(txn, e->network, st);
-    if (err == CS_OK)
-        *out = XXH3_64bits_digest(st);
-    XXH3_freeState(st);
+    MDB_dbi dbis[2] = {e->items, e->network};
+    cs_err err = cs_digest_dbs(txn, dbis, 2, out);
     mdb_txn_abort(txn);
     return err;
 }

@@ -163,6 +163,8 @@ typedef struct cs_shop_info {
 
 /* This directory's own shop. Errors: CS_NOT_FOUND before init. */
 cs_err cs_engine_self(cs_engine *e, cs_shop_info *out);
+/* The same inside a transaction the caller holds (LMDB: one transaction per thread). */
+cs_err cs_engine_self_txn(cs_engine *e, MDB_txn *txn, cs_shop_info *out);
 
 /* What a write returns (SPEC 7: put and del print {"id","version","seq"}). seq is the log
  * position of the write's last event; 0 for shop-local types, which are not logged (R9). */
@@ -232,6 +234,9 @@ cs_err cs_engine_event_json(const cs_event_view *ev, json_t **out);
 
 /* XXH3 of every database derived from the log (items, network), in key order. */
 cs_err cs_engine_digest(cs_engine *e, uint64_t *out);
+/* XXH3 over the given databases' keys and values in key order, within txn (a projection's
+ * digest uses it over its own databases). */
+cs_err cs_digest_dbs(MDB_txn *txn, const MDB_dbi *dbis, size_t n, uint64_t *out);
 /* Replays this directory's log into a fresh state under scratch_dir (created, then removed)
  * and returns that state's digest: equal to cs_engine_digest when state and log agree. */
 cs_err cs_engine_replay_digest(cs_engine *e, const char *scratch_dir, uint64_t *out);

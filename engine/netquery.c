@@ -8,11 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-cs_err cs_engine_self(cs_engine *e, cs_shop_info *out)
+cs_err cs_engine_self_txn(cs_engine *e, MDB_txn *m, cs_shop_info *out)
 {
-    MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
-        return CS_IO;
     json_t *self;
     cs_err err = cs__net_get(m, e->network, "self", 4, &self);
     if (err == CS_OK) {
@@ -25,6 +22,15 @@ cs_err cs_engine_self(cs_engine *e, cs_shop_info *out)
     } else if (err == CS_NOT_FOUND) {
         cs__fail(e, err, "this directory is not initialised: run chainsync init");
     }
+    return err;
+}
+
+cs_err cs_engine_self(cs_engine *e, cs_shop_info *out)
+{
+    MDB_txn *m;
+    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
+        return CS_IO;
+    cs_err err = cs_engine_self_txn(e, m, out);
     mdb_txn_abort(m);
     return err;
 }

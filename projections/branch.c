@@ -1,0 +1,245 @@
+/*
+ * branch.c: the branch handle: opening its directory, binding it to a network (R10), and
+ * loading and saving its projection state. The state is small (a dozen numbers and the synced
+ * set) and kept as compact JSON with sorted keys so equal states have equal bytes.
+ */
+#include "projections/projection_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+cs_err cs__branch_fail(cs_branch *b, cs_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b->errmsg, sizeof(b->errmsg), fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+cs_err cs_branch_open(const char *dir, const cs_log_options *opts, cs_branch **out)
+{
+    cs_branch *b = calloc(1, sizeof(*b));
+    if (!b)
+        return CS_NO_MEMORY;
+    if (!msgpack_zone_init(&b->zone, 4096)) {
+        free(b);
+        return CS_NO_MEMORY;
+    }
+    cs_err err = cs_engine_open(dir, opts, &b->engine);
+    if (err == CS_OK)
+        err = cs_event_decoder_new(&b->dec);
+    cs_log *log = b->engine ? cs_engine_log(b->engine) : NULL;
+    if (err == CS_OK)
+        err = cs_log_dbi_open(log, "mirror", 0, &b->mirror);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(log, "origin", 0, &b->origin);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(log, "dirty", 0, &b->dirty);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(log, "branch", 0, &b->meta);
+    if (err != CS_OK) {
+        cs_branch_close(b);
+        return err;
+    }
+    b->items = cs_engine_items_dbi(b->engine);
+    *out = b;
+    return CS_OK;
+}
+
+void cs_branch_close(cs_branch *b)
+{
+    if (!b)
+        return;
+    cs_event_decoder_free(b->dec);
+    cs_engine_close(b->engine);
+    msgpack_zone_destroy(&b->zone);
+    free(b);
+}
+
+const char *cs_branch_errmsg(const cs_branch *b)
+{
+    return b->errmsg;
+}
+
+cs_engine *cs_branch_engine(cs_branch *b)
+{
+    return b->engine;
+}
+
+/* ---- state ------------------------------------------------------------------------------- */
+
+static uint64_t types_from_json(const json_t *arr)
+{
+    uint64_t mask = 0;
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        const cs_type *t = cs_schema_find(json_string_value(json_array_get(arr, i)));
+        if (t && t->cls == CS_CLASS_SYNCED && t->code < 64)
+            mask |= (uint64_t)1 << t->code;
+    }
+    return mask;
+}
+
+static json_t *types_to_json(uint64_t mask)
+{
+    unsigned n;
+    const cs_type *t = cs_schema_types(&n);
+    json_t *arr = json_array();
+    for (unsigned i = 0; arr && i < n; i++)
+        if (t[i].code < 64 && (mask & ((uint64_t)1 << t[i].code)))
+            json_array_append_new(arr, json_string(t[i].name));
+    return arr;
+}
+
+/* Before a network event names them, every catalog type is synced (R7's default). */
+static uint64_t all_synced_types(void)
+{
+    unsigned n;
+    const cs_type *t = cs_schema_types(&n);
+    uint64_t mask = 0;
+    for (unsigned i = 0; i < n; i++)
+        if (t[i].cls == CS_CLASS_SYNCED && t[i].code < 64)
+            mask |= (uint64_t)1 << t[i].code;
+    return mask;
+}
+
+cs_err cs__state_load(cs_branch *b, MDB_txn *txn, cs__bstate *out)
+{
+    cs__bstate st = {.types_mask = all_synced_types(), .sync_on = true};
+    MDB_val k = {5, "state"}, v;
+    int rc = mdb_get(txn, b->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        *out = st;
+        return CS_OK;
+    }
+    if (rc)
+        return CS_IO;
+    json_t *j = json_loadb(v.mv_data, v.mv_size, 0, NULL);
+    if (!j)
+        return cs__branch_fail(b, CS_CORRUPT, "the branch state does not read back");
+    st.shop = (uint64_t)json_integer_value(json_object_get(j, "shop"));
+    st.head = (uint64_t)json_integer_value(json_object_get(j, "head"));
+    st.cursor = (uint64_t)json_integer_value(json_object_get(j, "cursor"));
+    st.sync_seq = (uint64_t)json_integer_value(json_object_get(j, "sync_seq"));
+    st.types_mask = types_from_json(json_object_get(j, "types"));
+    st.linked = json_is_true(json_object_get(j, "linked"));
+    st.sync_on = json_is_true(json_object_get(j, "switch"));
+    st.continuous = json_is_true(json_object_get(j, "continuous"));
+    st.unlinked = json_is_true(json_object_get(j, "unlinked"));
+    json_decref(j);
+    k = (MDB_val){5, "chain"};
+    if ((rc = mdb_get(txn, b->meta, &k, &v)) == 0 && v.mv_size == 8)
+        st.chain = cs__u64_be(v.mv_data);
+    else if (rc != MDB_NOTFOUND)
+        return cs__branch_fail(b, CS_CORRUPT, "the branch's chain value does not read back");
+    *out = st;
+    return CS_OK;
+}
+
+cs_err cs__state_save(cs_branch *b, cs_log_txn *txn, const cs__bstate *st)
+{
+    json_t *j = json_pack("{s:I,s:I,s:I,s:I,s:o,s:b,s:b,s:b,s:b}", "shop", (json_int_t)st->shop,
+                          "head", (json_int_t)st->head, "cursor", (json_int_t)st->cursor,
+                          "sync_seq", (json_int_t)st->sync_seq, "types",
+                          types_to_json(st->types_mask), "linked", st->linked, "switch",
+                          st->sync_on, "continuous", st->continuous, "unlinked", st->unlinked);
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(j);
+    if (!s)
+        return CS_NO_MEMORY;
+    MDB_val k = {5, "state"}, v = {strlen(s), s};
+    cs_err err = cs_log_txn_put(txn, b->meta, &k, &v, 0);
+    free(s);
+    uint8_t cb[8];
+    uint64_t c = st->chain;
+    for (int i = 7; i >= 0; i--, c >>= 8)
+        cb[i] = (uint8_t)c;
+    k = (MDB_val){5, "chain"};
+    v = (MDB_val){8, cb};
+    if (err == CS_OK)
+        err = cs_log_txn_put(txn, b->meta, &k, &v, 0);
+    return err;
+}
+
+cs_err cs_branch_state_get(cs_branch *b, cs_branch_state *out)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin(cs_log_env(cs_engine_log(b->engine)), NULL, MDB_RDONLY, &txn))
+        return CS_IO;
+    cs__bstate st;
+    cs_err err = cs__state_load(b, txn, &st);
+    MDB_stat ms;
+    if (err == CS_OK && mdb_stat(txn, b->dirty, &ms))
+        err = CS_IO;
+    mdb_txn_abort(txn);
+    if (err != CS_OK)
+        return err;
+    *out = (cs_branch_state){.shop = st.shop,
+                             .head = st.head,
+                             .cursor = st.cursor,
+                             .sync_seq = st.sync_seq,
+                             .dirty = ms.ms_entries,
+                             .linked = st.linked,
+                             .sync_on = st.sync_on,
+                             .continuous = st.continuous,
+                             .unlinked = st.unlinked};
+    return CS_OK;
+}
+
+cs_err cs_branch_digest(cs_branch *b, uint64_t *out)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin(cs_log_env(cs_engine_log(b->engine)), NULL, MDB_RDONLY, &txn))
+        return CS_IO;
+    MDB_dbi dbis[5] = {b->items, b->origin, b->mirror, b->dirty, b->meta};
+    cs_err err = cs_digest_dbs(txn, dbis, 5, out);
+    mdb_txn_abort(txn);
+    return err;
+}
+
+/* ---- bind -------------------------------------------------------------------------------- */
+
+typedef struct bind_ctx {
+    cs_branch *b;
+    uint64_t shop;
+} bind_ctx;
+
+static cs_err bind_fn(cs_log_txn *txn, void *ctx)
+{
+    bind_ctx *c = ctx;
+    cs_branch *b = c->b;
+    cs__bstate st;
+    cs_err err = cs__state_load(b, cs_log_txn_mdb(txn), &st);
+    if (err != CS_OK)
+        return err;
+    if (st.unlinked && st.shop == c->shop)
+        return cs__branch_fail(b, CS_NOT_IN_NETWORK,
+                               "shop %llu was unlinked from its network: it is a single store now",
+                               (unsigned long long)c->shop);
+    if (st.shop == c->shop)
+        return CS_OK;
+    if (st.shop != 0 && !st.unlinked)
+        return cs__branch_fail(b, CS_INVALID_INPUT, "this directory is branch %llu, not %llu",
+                               (unsigned long long)st.shop, (unsigned long long)c->shop);
+    char name[32];
+    snprintf(name, sizeof(name), "branch %llu", (unsigned long long)c->shop);
+    cs_shop_info self;
+    bool named = cs_engine_self_txn(b->engine, cs_log_txn_mdb(txn), &self) == CS_OK;
+    if (named && self.role == CS_ROLE_HEAD)
+        return cs__branch_fail(b, CS_FORBIDDEN, "this directory is a head office");
+    /* A single store keeps its name and its items, which stay local items (R10). */
+    err = cs_engine_set_self(b->engine, txn, c->shop, named ? NULL : name, CS_ROLE_BRANCH);
+    cs__bstate fresh = {.shop = c->shop, .types_mask = st.types_mask, .sync_on = true};
+    return err == CS_OK ? cs__state_save(b, txn, &fresh) : err;
+}
+
+cs_err cs_branch_bind(cs_branch *b, uint64_t shop)
+{
+    b->errmsg[0] = '\0';
+    if (shop == 0)
+        return cs__branch_fail(b, CS_INVALID_INPUT, "a branch needs its shop id (--shop)");
+    bind_ctx c = {b, shop};
+    return cs_log_write(cs_engine_log(b->engine), bind_fn, &c);
+}

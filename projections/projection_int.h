@@ -1,0 +1,76 @@
+/*
+ * projection_int.h: what the projection's files share: the handle, its databases and the
+ * in-memory copy of the branch's state that one apply transaction loads, changes and saves.
+ *
+ * Databases (beside the engine's, in the branch's environment; docs/storage.md, "branch"):
+ *   mirror  type code u8 + head id u64 BE -> item record of the head-office item as of the
+ *           cursor (same layout as `items`, origin nil)
+ *   origin  type code u8 + head id u64 BE -> this branch's copy id u64 BE
+ *   dirty   type code u8 + head id u64 BE -> empty: mirror entries changed since a sync point
+ *           last covered them
+ *   branch  "state" -> compact JSON of cs__bstate; "chain" -> u64 BE chain at the cursor
+ */
+#ifndef CS_PROJECTION_INT_H
+#define CS_PROJECTION_INT_H
+
+#include "projections/projection.h"
+
+#define CS__BRANCH_ERRMSG_BYTES 320
+
+typedef struct cs__bstate {
+    uint64_t shop;
+    uint64_t head;
+    uint64_t cursor;
+    uint64_t chain;
+    uint64_t sync_seq;
+    uint64_t types_mask; /* bit (1 << type code) for each synced type (codes < 64) */
+    bool linked;
+    bool sync_on;
+    bool continuous;
+    bool unlinked;
+} cs__bstate;
+
+struct cs_branch {
+    cs_engine *engine; /* owned */
+    MDB_dbi mirror;
+    MDB_dbi origin;
+    MDB_dbi dirty;
+    MDB_dbi meta;
+    MDB_dbi items;         /* the engine's */
+    cs_event_decoder *dec; /* owned */
+    msgpack_zone zone;     /* owned: one item's scratch objects */
+    cs__bstate st;         /* the state inside the current apply transaction */
+    char errmsg[CS__BRANCH_ERRMSG_BYTES];
+};
+
+cs_err cs__branch_fail(cs_branch *b, cs_err err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+cs_err cs__state_load(cs_branch *b, MDB_txn *txn, cs__bstate *out);
+cs_err cs__state_save(cs_branch *b, cs_log_txn *txn, const cs__bstate *st);
+
+/* One event, in the apply transaction (apply.c). */
+cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev);
+
+/* A sync point covering this branch (syncpoint.c): brings every dirty entry of a synced type
+ * to the mirror's state (R2, R4, R7). */
+cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq);
+/* R13: copies become local items that remember their origin; the branch a single store. */
+cs_err cs__unlink(cs_branch *b, cs_log_txn *txn);
+
+static inline void cs__key9(uint8_t key[9], uint8_t code, uint64_t id)
+{
+    key[0] = code;
+    for (int i = 8; i >= 1; i--, id >>= 8)
+        key[i] = (uint8_t)id;
+}
+
+static inline uint64_t cs__u64_be(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+#endif
