@@ -152,6 +152,8 @@ int cs_cmd_get(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_list(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_del(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_log(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_branch_import(const cs_cli_cmd *cmd, int argc, char **argv);
 
 /* Prints the schema (types, classes, fields) for `put --help`. */
 void cs_cli_print_schema_help(void);

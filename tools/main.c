@@ -6,7 +6,7 @@
  * The table is the one place a command exists: its words, its handler, its one-line summary, its
  * synopsis and its --help text. Dispatch tries the two-word form first ("log export") and then
  * the one-word form ("log"), so a group can grow subcommands beside a one-word command. Words
- * not in the table (serve, branch, audit, demo, log export for now) are usage errors.
+ * not in the table (serve, branch join/follow/pull, audit, demo for now) are usage errors.
  * The full reference is docs/cli.md.
  */
 #include "tools/cli.h"
@@ -160,6 +160,26 @@ static const cs_cli_cmd commands[] = {
      "Options:\n  --from N       start at sequence N (default 1)\n"
      "  --limit K      print at most K events\n\n"
      "Example:\n  chainsync log --from 10 --limit 5\n",
+     NULL},
+    {"log", "export", cs_cmd_log_export, "write the log's events to a file, for offline transfer",
+     "log export --from N --out FILE",
+     "Writes events N to the head of the log into FILE as checksummed segments (replacing\n"
+     "FILE atomically). Carry the file to a branch and apply it with `chainsync branch\n"
+     "import`. Exporting from 1 again is harmless: a branch skips what it already applied.\n\n"
+     "Options:\n  --from N       the first event to export (default 1)\n"
+     "  --out FILE     where to write the segments (required)\n\n"
+     "Example:\n  chainsync log export --data /tmp/hq --from 1 --out /tmp/hq.seg\n",
+     NULL},
+    {"branch", "import", cs_cmd_branch_import, "apply an exported file to a branch directory",
+     "branch import FILE --data DIR --shop ID",
+     "Applies the segments of FILE (from `chainsync log export`) to the branch directory DIR,\n"
+     "creating it on first use. ID is the branch's shop id from `chainsync shop add`. A single\n"
+     "store's directory becomes a branch: its own items stay local items and the head office's\n"
+     "catalog arrives as copies (R10). Each segment is verified (checksums, hash chain) and\n"
+     "applied with the cursor in one transaction; a file that does not start right after the\n"
+     "branch's cursor is refused (invalid_input), events already applied are skipped.\n\n"
+     "Options:\n  --shop ID      this branch's shop id (required)\n\n"
+     "Example:\n  chainsync branch import /tmp/hq.seg --data /tmp/branch1 --shop 123456\n",
      NULL},
 };
 

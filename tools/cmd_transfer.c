@@ -1,0 +1,93 @@
+/*
+ * cmd_transfer.c: offline transfer of the log (SPEC 7): `log export` at the head office writes
+ * segments to a file, `branch import` applies them to a branch directory, creating it on first
+ * use or turning a single store into a branch (R10). The network layer will reuse the same
+ * apply code (projections/).
+ */
+#include "projections/projection.h"
+#include "tools/cli.h"
+
+#include <stdio.h>
+
+int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
+{
+    const char *from_s = NULL, *out = NULL, *dir = NULL;
+    const cs_cli_opt opts[] = {{"from", true, &from_s, NULL}, {"out", true, &out, NULL}};
+    char *pos[CS_CLI_POS_MAX];
+    unsigned npos = 0;
+    uint64_t from = 1;
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 2, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO && from_s)
+        rc = cs_cli_parse_id(cmd, "--from", from_s, &from);
+    if (rc == CS_CLI_GO && !out)
+        rc = cs_cli_usage(cmd, "--out FILE is required");
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_data_dir(cmd, &dir);
+    cs_engine *e = NULL;
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_open(dir, true, &e);
+    if (rc != CS_CLI_GO)
+        return rc;
+    uint64_t events = 0;
+    cs_err err = cs_export_file(cs_engine_log(e), from, out, &events);
+    if (err == CS_NOT_FOUND)
+        rc = cs_cli_fail(err, "the log has no event %llu to export from", (unsigned long long)from);
+    else if (err != CS_OK)
+        rc = cs_cli_fail(err, "cannot export to %s", out);
+    else if (cs_cli_g.json_out)
+        printf("{\"from\":%llu,\"events\":%llu,\"out\":\"%s\"}\n", (unsigned long long)from,
+               (unsigned long long)events, out);
+    else
+        printf("exported events %llu to %llu (%llu events) to %s\n", (unsigned long long)from,
+               (unsigned long long)(from + events - 1), (unsigned long long)events, out);
+    cs_engine_close(e);
+    return err == CS_OK ? 0 : rc;
+}
+
+static int import_into(const char *dir, uint64_t shop, const char *file)
+{
+    cs_branch *b = NULL;
+    cs_err err = cs_branch_open(dir, NULL, &b);
+    if (err != CS_OK)
+        return cs_cli_fail(err, "cannot open the data directory %s", dir);
+    if (cs_cli_g.actor)
+        cs_engine_set_actor(cs_branch_engine(b), cs_cli_g.actor);
+    uint64_t applied = 0;
+    err = cs_branch_bind(b, shop);
+    if (err == CS_OK)
+        err = cs_branch_import_file(b, file, &applied);
+    cs_branch_state st = {0};
+    if (err == CS_OK)
+        err = cs_branch_state_get(b, &st);
+    int rc = 0;
+    if (err != CS_OK)
+        rc = cs_cli_fail(err, "%s", cs_branch_errmsg(b));
+    else if (cs_cli_g.json_out)
+        printf("{\"applied\":%llu,\"cursor\":%llu,\"sync_seq\":%llu,\"linked\":%s}\n",
+               (unsigned long long)applied, (unsigned long long)st.cursor,
+               (unsigned long long)st.sync_seq, st.linked ? "true" : "false");
+    else
+        printf("applied %llu events; branch %llu is at event %llu (last sync point %llu)%s\n",
+               (unsigned long long)applied, (unsigned long long)shop, (unsigned long long)st.cursor,
+               (unsigned long long)st.sync_seq,
+               st.unlinked ? "; it was unlinked and is a single store now" : "");
+    cs_branch_close(b);
+    return rc;
+}
+
+int cs_cmd_branch_import(const cs_cli_cmd *cmd, int argc, char **argv)
+{
+    const char *shop_s = NULL, *dir = NULL;
+    const cs_cli_opt opts[] = {{"shop", true, &shop_s, NULL}};
+    char *pos[CS_CLI_POS_MAX];
+    unsigned npos = 0;
+    uint64_t shop = 0;
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 1, 1, 1, pos, &npos);
+    if (rc == CS_CLI_GO && !shop_s)
+        rc = cs_cli_usage(cmd, "--shop ID is required (the id `shop add` printed)");
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_parse_id(cmd, "--shop", shop_s, &shop);
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_data_dir(cmd, &dir);
+    return rc == CS_CLI_GO ? import_into(dir, shop, pos[0]) : rc;
+}
