@@ -131,6 +131,26 @@ static cs_err check_existing(cs_engine *e, MDB_txn *m, MDB_dbi dbi, write_ctx *w
     return CS_OK;
 }
 
+static cs_err read_only_copy(cs_engine *e, const cs_type *t, uint64_t id)
+{
+    return cs__fail(e, CS_READ_ONLY_COPY,
+                    "%s %llu is a copy of a head-office item: change it at the head office",
+                    t->name, (unsigned long long)id);
+}
+
+/* True when item id is a copy on this branch (read in its own snapshot). */
+static bool is_copy(cs_engine *e, const cs_type *t, uint64_t id)
+{
+    MDB_txn *m;
+    if (t->cls == CS_CLASS_LOCAL || mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
+        return false;
+    cs_item it;
+    msgpack_zone_clear(&e->zone);
+    bool copy = cs_item_read(m, e->items, t, id, &e->zone, &it) == CS_OK && it.has_origin;
+    mdb_txn_abort(m);
+    return copy;
+}
+
 /* R1, R11 on a branch: copies are read-only, advanced settings belong to the head office. */
 static cs_err branch_rules(cs_engine *e, MDB_txn *m, write_ctx *w)
 {
@@ -273,6 +293,8 @@ cs_err cs_engine_put(cs_engine *e, const char *type, uint64_t id, const json_t *
     char msg[256];
     uint8_t *packed = NULL;
     err = cs_schema_from_json(w.t, fields, &packed, &w.fields_len, msg, sizeof(msg));
+    if (err != CS_OK && id && is_copy(e, w.t, id))
+        return read_only_copy(e, w.t, id); /* R1 first: no fields make a copy writable */
     if (err != CS_OK)
         return cs__fail(e, err, "%s: %s", type, msg);
     w.fields = packed;

@@ -15,7 +15,7 @@
 #include <time.h>
 
 /* A table cell is shortened past this many characters: a list is for scanning, get shows all. */
-#define CELL_CHARS_MAX 40u
+#define CELL_CHARS_MAX 60u
 /* Columns in one table: the widest is shop list (8). */
 #define TABLE_COLS_MAX 10u
 
