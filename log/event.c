@@ -27,7 +27,8 @@ static cs_err check_header(const uint8_t *p, size_t len, size_t *hdr, uint64_t *
     *payload = 0;
     *children = 0;
     *hdr = 1;
-    if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) return CS_OK;
+    if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3)
+        return CS_OK;
     if ((b & 0xf0) == 0x80) {
         *children = 2u * (b & 0x0f);
         return CS_OK;
@@ -106,7 +107,8 @@ static cs_err check_header(const uint8_t *p, size_t len, size_t *hdr, uint64_t *
     default:
         return CS_CORRUPT; /* 0xc1 is never used */
     }
-    if (len < 1 + n) return CS_CORRUPT;
+    if (len < 1 + n)
+        return CS_CORRUPT;
     uint64_t v = 0;
     for (unsigned i = 0; i < n; i++)
         v = (v << 8) | p[1 + i];
@@ -118,64 +120,166 @@ static cs_err check_header(const uint8_t *p, size_t len, size_t *hdr, uint64_t *
     return CS_OK;
 }
 
+/* The whole size in bytes of a value that the first byte alone determines (positive and negative
+ * fixint, nil, bool, fixstr, fixed-width numbers, fixext); 0 for containers, variable-length
+ * values and the unused 0xc1, which check_header handles. Must agree with check_header. */
+/* clang-format off */
+static const uint8_t scalar_bytes[256] = {
+    [0x00 ... 0x7f] = 1,                                            /* positive fixint */
+    [0xa0] = 1,  [0xa1] = 2,  [0xa2] = 3,  [0xa3] = 4,  [0xa4] = 5,  [0xa5] = 6,  [0xa6] = 7,
+    [0xa7] = 8,  [0xa8] = 9,  [0xa9] = 10, [0xaa] = 11, [0xab] = 12, [0xac] = 13, [0xad] = 14,
+    [0xae] = 15, [0xaf] = 16, [0xb0] = 17, [0xb1] = 18, [0xb2] = 19, [0xb3] = 20, [0xb4] = 21,
+    [0xb5] = 22, [0xb6] = 23, [0xb7] = 24, [0xb8] = 25, [0xb9] = 26, [0xba] = 27, [0xbb] = 28,
+    [0xbc] = 29, [0xbd] = 30, [0xbe] = 31, [0xbf] = 32,             /* fixstr: 1 + 0..31 */
+    [0xc0] = 1,  [0xc2] = 1,  [0xc3] = 1,                           /* nil, false, true */
+    [0xca] = 5,  [0xcb] = 9,                                        /* float 32, 64 */
+    [0xcc] = 2,  [0xcd] = 3,  [0xce] = 5,  [0xcf] = 9,              /* uint 8..64 */
+    [0xd0] = 2,  [0xd1] = 3,  [0xd2] = 5,  [0xd3] = 9,              /* int 8..64 */
+    [0xd4] = 3,  [0xd5] = 4,  [0xd6] = 6,  [0xd7] = 10, [0xd8] = 18, /* fixext 1..16 */
+    [0xe0 ... 0xff] = 1,                                            /* negative fixint */
+};
+/* clang-format on */
+
 cs_err cs_msgpack_check(const uint8_t *buf, size_t len, unsigned depth_max, size_t *value_len)
 {
-    uint64_t pending[CS_MSGPACK_DEPTH_MAX + 1];
+    /* `left` counts the values still to read in the innermost open container (1 for the top
+     * value); `outer[d]` holds that count for the container enclosing depth d + 1, so the
+     * innermost one stays in a register on the hot path. */
+    uint64_t outer[CS_MSGPACK_DEPTH_MAX];
+    uint64_t left = 1;
     unsigned depth = 0;
     size_t pos = 0;
-    if (depth_max > CS_MSGPACK_DEPTH_MAX) depth_max = CS_MSGPACK_DEPTH_MAX;
-    pending[0] = 1;
+    if (depth_max > CS_MSGPACK_DEPTH_MAX)
+        depth_max = CS_MSGPACK_DEPTH_MAX;
     for (;;) {
-        while (pending[depth] == 0) {
+        if (left == 0) {
             if (depth == 0) {
                 *value_len = pos;
                 return CS_OK;
             }
-            depth--;
+            left = outer[--depth];
+            continue;
         }
-        pending[depth]--;
-        if (pos >= len) return CS_CORRUPT;
+        left--;
+        if (pos >= len)
+            return CS_CORRUPT;
+        /* The fast path, for what catalog fields are mostly made of: a value whose size the
+         * first byte gives. One table load instead of a branch per kind keeps the walk cheap. */
+        size_t sz = scalar_bytes[buf[pos]];
+        if (sz != 0) {
+            if (sz > len - pos)
+                return CS_CORRUPT;
+            pos += sz;
+            continue;
+        }
         size_t hdr;
         uint64_t payload, children;
         if (check_header(buf + pos, len - pos, &hdr, &payload, &children) != CS_OK)
             return CS_CORRUPT;
-        if (payload > len - pos - hdr) return CS_CORRUPT;
+        if (payload > len - pos - hdr)
+            return CS_CORRUPT;
         pos += hdr + (size_t)payload;
-        if (children == 0) continue;
+        if (children == 0)
+            continue;
         /* Each element needs at least one byte: a claim beyond the input is a lie. */
-        if (children > len - pos || depth + 1 > depth_max) return CS_CORRUPT;
-        pending[++depth] = children;
+        if (children > len - pos || depth + 1 > depth_max)
+            return CS_CORRUPT;
+        outer[depth++] = left;
+        left = children;
     }
 }
 
 /* ---- encoding ---------------------------------------------------------------------------- */
 
-typedef struct enc_buf {
-    uint8_t **buf; /* the caller's buffer, grown here */
-    size_t *cap;
-    size_t len;
-} enc_buf;
+/* The encoder writes the bytes itself rather than through msgpack-c's packer, which calls a
+ * write callback (an indirect call, a capacity check and a memcpy) for every one of the ~20
+ * tokens of an event: on the append path that cost more than LMDB's put. The output is byte for
+ * byte what msgpack-c's packer writes (its smallest form for each integer and string length), so
+ * the stored format is unchanged; the buffer is sized once per event from an upper bound. */
 
-static int enc_write(void *data, const char *src, size_t n)
+/* The envelope without its strings and fields: map header, the nine keys with their fixstr
+ * headers (48 bytes, spelled out in encode_envelope), five uint64 at most 9 bytes each, and three
+ * string headers at most 2 bytes each (the strings are <= CS_EVENT_STR_BYTES_MAX). */
+#define ENVELOPE_BYTES_MAX (1u + 48u + 5u * 9u + 3u * 2u)
+_Static_assert(CS_EVENT_STR_BYTES_MAX <= 255, "event strings fit a str8 header");
+
+/* A key of fewer than 32 bytes: its fixstr header, then its bytes. */
+#define PUT_KEY(p, lit)                                                                            \
+    (*(p) = (uint8_t)(0xa0u | (sizeof(lit) - 1)), memcpy((p) + 1, (lit), sizeof(lit) - 1),         \
+     (p) + sizeof(lit))
+
+/* msgpack-c's msgpack_pack_uint64: the smallest of fixint, uint 8, 16, 32, 64. */
+static uint8_t *put_uint(uint8_t *p, uint64_t v)
 {
-    enc_buf *b = data;
-    if (b->len + n > *b->cap) {
-        size_t cap = *b->cap ? *b->cap : 1024;
-        while (cap < b->len + n)
-            cap *= 2;
-        uint8_t *p = realloc(*b->buf, cap);
-        if (!p) return -1;
-        *b->buf = p;
-        *b->cap = cap;
+    if (v < 0x80) {
+        *p = (uint8_t)v;
+        return p + 1;
     }
-    memcpy(*b->buf + b->len, src, n);
-    b->len += n;
-    return 0;
+    if (v < 0x100) {
+        p[0] = 0xcc;
+        p[1] = (uint8_t)v;
+        return p + 2;
+    }
+    if (v < 0x10000) {
+        p[0] = 0xcd;
+        p[1] = (uint8_t)(v >> 8);
+        p[2] = (uint8_t)v;
+        return p + 3;
+    }
+    if (v < 0x100000000u) {
+        p[0] = 0xce;
+        cs__put_u32(p + 1, (uint32_t)v);
+        return p + 5;
+    }
+    p[0] = 0xcf;
+    cs__put_u64(p + 1, v);
+    return p + 9;
 }
 
-static void pack_key(msgpack_packer *pk, const char *key)
+/* msgpack-c's msgpack_pack_str_with_body for a string of at most 255 bytes: fixstr or str 8. */
+static uint8_t *put_str(uint8_t *p, cs_str s)
 {
-    msgpack_pack_str_with_body(pk, key, strlen(key));
+    cs_assert(s.len <= 255);
+    if (s.len < 32) {
+        *p++ = (uint8_t)(0xa0 | s.len);
+    } else {
+        *p++ = 0xd9;
+        *p++ = (uint8_t)s.len;
+    }
+    if (s.len)
+        memcpy(p, s.ptr, s.len);
+    return p + s.len;
+}
+
+/* Makes buf hold at least `need` bytes, keeping its contents. */
+static cs_err enc_reserve(uint8_t **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return CS_OK;
+    size_t next = *cap ? *cap : 1024;
+    while (next < need)
+        next *= 2;
+    uint8_t *p = realloc(*buf, next);
+    if (!p)
+        return CS_NO_MEMORY;
+    *buf = p;
+    *cap = next;
+    return CS_OK;
+}
+
+/* The keys in their documented order (docs/storage.md); `fields` is written by the caller. */
+static uint8_t *encode_envelope(uint8_t *p, const cs_event *ev, uint64_t seq, uint64_t time_ms)
+{
+    *p++ = 0x89; /* fixmap of 9 */
+    p = put_uint(PUT_KEY(p, "seq"), seq);
+    p = put_uint(PUT_KEY(p, "time"), time_ms);
+    p = put_uint(PUT_KEY(p, "shop"), ev->shop);
+    p = put_str(PUT_KEY(p, "actor"), ev->actor);
+    p = put_str(PUT_KEY(p, "kind"), ev->kind);
+    p = put_str(PUT_KEY(p, "type"), ev->type);
+    p = put_uint(PUT_KEY(p, "id"), ev->id);
+    p = put_uint(PUT_KEY(p, "version"), ev->version);
+    return PUT_KEY(p, "fields");
 }
 
 cs_err cs__event_check(const cs_event *ev)
@@ -183,9 +287,11 @@ cs_err cs__event_check(const cs_event *ev)
     if (ev->actor.len > CS_EVENT_STR_BYTES_MAX || ev->kind.len > CS_EVENT_STR_BYTES_MAX ||
         ev->type.len > CS_EVENT_STR_BYTES_MAX || ev->kind.len == 0)
         return CS_INVALID_INPUT;
-    if (ev->fields == NULL) return CS_OK;
+    if (ev->fields == NULL)
+        return CS_OK;
     size_t vlen;
-    if (ev->fields_len == 0 || ev->fields_len > CS_EVENT_BYTES_MAX) return CS_INVALID_INPUT;
+    if (ev->fields_len == 0 || ev->fields_len > CS_EVENT_BYTES_MAX)
+        return CS_INVALID_INPUT;
     if (cs_msgpack_check(ev->fields, ev->fields_len, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK ||
         vlen != ev->fields_len)
         return CS_INVALID_INPUT;
@@ -198,37 +304,28 @@ cs_err cs__event_check(const cs_event *ev)
 cs_err cs__event_encode(const cs_event *ev, uint64_t seq, uint64_t time_ms, uint8_t **buf,
                         size_t *cap, size_t offset, size_t *len_out)
 {
-    enc_buf b = {buf, cap, offset};
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, enc_write);
-    static const uint8_t empty_map = 0x80;
-    int rc = 0;
-    rc |= msgpack_pack_map(&pk, 9);
-    pack_key(&pk, "seq");
-    rc |= msgpack_pack_uint64(&pk, seq);
-    pack_key(&pk, "time");
-    rc |= msgpack_pack_uint64(&pk, time_ms);
-    pack_key(&pk, "shop");
-    rc |= msgpack_pack_uint64(&pk, ev->shop);
-    pack_key(&pk, "actor");
-    rc |= msgpack_pack_str_with_body(&pk, ev->actor.ptr, ev->actor.len);
-    pack_key(&pk, "kind");
-    rc |= msgpack_pack_str_with_body(&pk, ev->kind.ptr, ev->kind.len);
-    pack_key(&pk, "type");
-    rc |= msgpack_pack_str_with_body(&pk, ev->type.ptr, ev->type.len);
-    pack_key(&pk, "id");
-    rc |= msgpack_pack_uint64(&pk, ev->id);
-    pack_key(&pk, "version");
-    rc |= msgpack_pack_uint64(&pk, ev->version);
-    pack_key(&pk, "fields");
+    /* cs__event_check ran first: the strings fit their headers and the fields are one map. */
+    cs_assert(ev->actor.len <= CS_EVENT_STR_BYTES_MAX);
+    cs_assert(ev->kind.len <= CS_EVENT_STR_BYTES_MAX);
+    cs_assert(ev->type.len <= CS_EVENT_STR_BYTES_MAX);
+    cs_assert(ev->fields == NULL || ev->fields_len <= CS_EVENT_BYTES_MAX);
+    size_t fields_len = ev->fields ? ev->fields_len : 1;
+    size_t need =
+        offset + ENVELOPE_BYTES_MAX + ev->actor.len + ev->kind.len + ev->type.len + fields_len;
+    if (enc_reserve(buf, cap, need) != CS_OK)
+        return CS_NO_MEMORY;
+    uint8_t *start = *buf + offset;
+    uint8_t *p = encode_envelope(start, ev, seq, time_ms);
     /* The fields are already msgpack (checked by cs__event_check): copy them as they are. */
     if (ev->fields)
-        rc |= enc_write(&b, (const char *)ev->fields, ev->fields_len);
+        memcpy(p, ev->fields, fields_len);
     else
-        rc |= enc_write(&b, (const char *)&empty_map, 1);
-    if (rc != 0) return CS_NO_MEMORY;
-    if (b.len - offset > CS_EVENT_BYTES_MAX) return CS_INVALID_INPUT;
-    *len_out = b.len - offset;
+        *p = 0x80; /* empty map */
+    size_t len = (size_t)(p - start) + fields_len;
+    cs_assert(offset + len <= need);
+    if (len > CS_EVENT_BYTES_MAX)
+        return CS_INVALID_INPUT;
+    *len_out = len;
     return CS_OK;
 }
 
@@ -241,7 +338,8 @@ struct cs_event_decoder {
 cs_err cs_event_decoder_new(cs_event_decoder **out)
 {
     cs_event_decoder *d = malloc(sizeof(*d));
-    if (!d) return CS_NO_MEMORY;
+    if (!d)
+        return CS_NO_MEMORY;
     if (!msgpack_zone_init(&d->zone, 4096)) {
         free(d);
         return CS_NO_MEMORY;
@@ -252,7 +350,8 @@ cs_err cs_event_decoder_new(cs_event_decoder **out)
 
 void cs_event_decoder_free(cs_event_decoder *dec)
 {
-    if (!dec) return;
+    if (!dec)
+        return;
     msgpack_zone_destroy(&dec->zone);
     free(dec);
 }
@@ -272,20 +371,25 @@ static unsigned decode_key(const msgpack_object_kv *kv, cs_event_view *ev, bool 
     static const char *const str_keys[] = {"actor", "kind", "type"};
     cs_str *str_dst[] = {&ev->actor, &ev->kind, &ev->type};
     for (unsigned i = 0; i < 5; i++) {
-        if (!key_is(&kv->key, u64_keys[i])) continue;
-        if (kv->val.type != MSGPACK_OBJECT_POSITIVE_INTEGER) *bad = true;
+        if (!key_is(&kv->key, u64_keys[i]))
+            continue;
+        if (kv->val.type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            *bad = true;
         *u64_dst[i] = kv->val.via.u64;
         return 1u << i;
     }
     for (unsigned i = 0; i < 3; i++) {
-        if (!key_is(&kv->key, str_keys[i])) continue;
-        if (kv->val.type != MSGPACK_OBJECT_STR) *bad = true;
+        if (!key_is(&kv->key, str_keys[i]))
+            continue;
+        if (kv->val.type != MSGPACK_OBJECT_STR)
+            *bad = true;
         str_dst[i]->ptr = kv->val.via.str.ptr;
         str_dst[i]->len = kv->val.via.str.size;
         return 1u << (5 + i);
     }
     if (key_is(&kv->key, "fields")) {
-        if (kv->val.type != MSGPACK_OBJECT_MAP) *bad = true;
+        if (kv->val.type != MSGPACK_OBJECT_MAP)
+            *bad = true;
         ev->fields = kv->val;
         return 1u << 8;
     }
@@ -295,21 +399,25 @@ static unsigned decode_key(const msgpack_object_kv *kv, cs_event_view *ev, bool 
 cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs_event_view *out)
 {
     size_t vlen, off = 0;
-    if (len == 0 || len > CS_EVENT_BYTES_MAX) return CS_CORRUPT;
+    if (len == 0 || len > CS_EVENT_BYTES_MAX)
+        return CS_CORRUPT;
     if (cs_msgpack_check(buf, len, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK || vlen != len)
         return CS_CORRUPT;
     msgpack_zone_clear(&dec->zone);
     msgpack_object obj;
     msgpack_unpack_return rc = msgpack_unpack((const char *)buf, len, &off, &dec->zone, &obj);
-    if (rc == MSGPACK_UNPACK_NOMEM_ERROR) return CS_NO_MEMORY;
-    if (rc != MSGPACK_UNPACK_SUCCESS || obj.type != MSGPACK_OBJECT_MAP) return CS_CORRUPT;
+    if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
+        return CS_NO_MEMORY;
+    if (rc != MSGPACK_UNPACK_SUCCESS || obj.type != MSGPACK_OBJECT_MAP)
+        return CS_CORRUPT;
     cs_event_view ev;
     memset(&ev, 0, sizeof(ev));
     unsigned seen = 0;
     bool bad = false;
     for (uint32_t i = 0; i < obj.via.map.size; i++)
         seen |= decode_key(&obj.via.map.ptr[i], &ev, &bad);
-    if (bad || seen != 0x1ffu) return CS_CORRUPT;
+    if (bad || seen != 0x1ffu)
+        return CS_CORRUPT;
     *out = ev;
     return CS_OK;
 }
