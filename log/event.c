@@ -292,7 +292,10 @@ cs_err cs__event_check(const cs_event *ev)
     size_t vlen;
     if (ev->fields_len == 0 || ev->fields_len > CS_EVENT_BYTES_MAX)
         return CS_INVALID_INPUT;
-    if (cs_msgpack_check(ev->fields, ev->fields_len, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK ||
+    /* The event map around the fields adds a level, and readers bound the whole event at
+     * CS_MSGPACK_DEPTH_MAX: deeper fields would be stored as an event that verify calls corrupt
+     * (docs/storage.md, "Nesting"). */
+    if (cs_msgpack_check(ev->fields, ev->fields_len, CS_MSGPACK_DEPTH_MAX - 1, &vlen) != CS_OK ||
         vlen != ev->fields_len)
         return CS_INVALID_INPUT;
     uint8_t b = ev->fields[0];

@@ -69,9 +69,15 @@ const char *cs_log_reader_errmsg(const cs_log_reader *r)
 
 cs_err cs_log_reader_head(cs_log_reader *r, uint64_t *seq_out)
 {
+    /* A cursor of its own: moving r->cur would make the next `next` restart at r->from and
+     * report the records it already returned as a jump in the sequence. */
+    MDB_cursor *cur;
     MDB_val k, v;
-    int rc = mdb_cursor_get(r->cur, &k, &v, MDB_LAST);
-    r->positioned = false; /* the cursor moved: the next `next` seeks again */
+    int rc = mdb_cursor_open(r->txn, r->log->events, &cur);
+    if (rc)
+        return reader_fail(r, cs__mdb_err(rc), "head: %s", mdb_strerror(rc));
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    mdb_cursor_close(cur);
     if (rc == MDB_NOTFOUND) {
         *seq_out = 0;
         return CS_OK;

@@ -312,7 +312,11 @@ static cs_err append_one(cs_log_txn *t, const cs_event *ev, uint64_t now)
     size_t len;
     cs_err err = cs__event_encode(ev, seq, time_ms, &log->scratch, &log->scratch_cap,
                                   CS_RECORD_HEADER_BYTES, &len);
-    if (err != CS_OK) return t->failed = err;
+    if (err == CS_INVALID_INPUT) /* SPEC 6: a refusal says why, not just its code */
+        return t->failed = log_fail(log, err, "an event of the batch is over %u bytes encoded",
+                                    CS_EVENT_BYTES_MAX);
+    if (err != CS_OK)
+        return t->failed = err;
     uint8_t *val = log->scratch;
     uint64_t sum = cs_log_checksum(val + CS_RECORD_HEADER_BYTES, len, seq);
     uint64_t chain = cs_log_chain(t->last_chain, sum);
