@@ -389,7 +389,10 @@ cs_err cs_engine_shop_unlink(cs_engine *e, uint64_t shop)
 cs_err cs_engine_shop_whatsapp(cs_engine *e, uint64_t shop, const char *number)
 {
     e->errmsg[0] = '\0';
-    if (!number || check_phone(e, number) != CS_OK)
+    if (!number)
+        return cs__fail(e, CS_INVALID_INPUT, "shop %llu: a WhatsApp number is required",
+                        (unsigned long long)shop);
+    if (check_phone(e, number) != CS_OK)
         return CS_INVALID_INPUT;
     cs_shop_info self;
     if (cs_engine_self(e, &self) == CS_OK && self.id == shop) /* the head office's own */
