@@ -121,6 +121,8 @@ static cs_err resolve(cs_engine *e, MDB_txn *m, uint64_t shop, char **out)
         char key[13];
         cs__shop_key(key, shop);
         err = cs__net_get(m, e->network, key, 13, &s);
+        if (err == CS_OK && !json_is_true(json_object_get(s, "linked")))
+            err = CS_NOT_FOUND; /* an unlinked shop is a single store now: not ours to answer */
         if (err == CS_NOT_FOUND)
             err = cs__fail(e, err, "shop %llu is not in this network", (unsigned long long)shop);
         if (err == CS_OK && !shared)

@@ -445,6 +445,8 @@ cs_err cs_engine_shop_auth(cs_engine *e, uint64_t shop, const char *password)
         hash[v.mv_size] = '\0';
     }
     mdb_txn_abort(m);
+    if (!password)
+        ok = false;
     if (!ok || sodium_init() < 0 || crypto_pwhash_str_verify(hash, password, strlen(password)) != 0)
         return cs__fail(e, CS_AUTH_FAILED, "shop %llu: wrong password or unknown shop",
                         (unsigned long long)shop);

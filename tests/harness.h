@@ -50,6 +50,7 @@ static cs_test_state cs_test_st; /* test programs only: one per process */
 static inline int cs_test_finish(void)
 {
     printf("%d passed, %d failed\n", cs_test_st.passed, cs_test_st.failed);
+    fflush(stdout); /* before any sanitizer report at exit can cut it off */
     return cs_test_st.failed ? 1 : 0;
 }
 
