@@ -143,7 +143,11 @@ cs_err cs_log_reader_next(cs_log_reader *r, cs_log_record *out)
         rc = mdb_cursor_get(r->cur, &k, &v, MDB_SET_RANGE);
     }
     if (rc == MDB_NOTFOUND) return CS_NOT_FOUND;
-    if (rc) return reader_fail(r, cs__mdb_err(rc), "next: %s", mdb_strerror(rc));
+    if (rc) {
+        /* LMDB failed on the record after the last good one: that is the bad one. */
+        r->bad_seq = r->expect_seq ? r->expect_seq : r->from;
+        return reader_fail(r, cs__mdb_err(rc), "next: %s", mdb_strerror(rc));
+    }
     r->positioned = true;
     if (k.mv_size != 8)
         return reader_fail(r, CS_CORRUPT, "a key of the log is not a sequence number");

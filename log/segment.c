@@ -88,6 +88,8 @@ cs_err cs_segment_size(const uint8_t *header, size_t len, size_t *size_out)
 {
     if (len < CS_SEGMENT_HEADER_BYTES || memcmp(header, segment_magic, 4) != 0) return CS_CORRUPT;
     if (((uint32_t)header[4] << 8 | header[5]) != SEGMENT_VERSION) return CS_PROTOCOL_MISMATCH;
+    /* No flag is defined: one set means a newer writer whose meaning we cannot know. */
+    if (header[6] != 0 || header[7] != 0) return CS_PROTOCOL_MISMATCH;
     uint32_t body = cs__get_u32(header + 28);
     if (body > CS_SEGMENT_BYTES_MAX - CS_SEGMENT_HEADER_BYTES) return CS_CORRUPT;
     *size_out = CS_SEGMENT_HEADER_BYTES + body;
