@@ -300,8 +300,8 @@ static void test_segment_open_refuses_flipped_byte(void)
             seg[at] ^= (uint8_t)(1u << bit);
             cs_err err = cs_segment_open(seg, len, &v);
             seg[at] ^= (uint8_t)(1u << bit);
-            /* docs/storage.md: a version other than 1 is protocol_mismatch */
-            bool ok = err == (at == 4 || at == 5 ? CS_PROTOCOL_MISMATCH : CS_CORRUPT);
+            /* docs/storage.md: a version other than 1, or any flag, is protocol_mismatch */
+            bool ok = err == (at >= 4 && at <= 7 ? CS_PROTOCOL_MISMATCH : CS_CORRUPT);
             if (!ok)
                 fprintf(stderr, "  byte %zu bit %d: %s\n", at, bit, cs_err_name(err));
             CHECK(ok);
@@ -461,6 +461,29 @@ static void test_segment_newer_version_is_protocol_mismatch(void)
     fx_close(&f);
 }
 
+/* SPEC 5 / docs/storage.md: no segment flag is defined, so one set (a newer writer's) is refused
+ * as protocol_mismatch even when the checksum matches. */
+static void test_segment_unknown_flags_are_protocol_mismatch(void)
+{
+    fx f;
+    CHECK(fx_open(&f, "segflags", 3));
+    uint8_t *seg = NULL;
+    size_t len = 0, size = 4242;
+    uint64_t last = 0;
+    cs_segment_view v;
+    CHECK_OK(cs_segment_encode(f.r, 1, 3, CS_SEGMENT_BYTES_MAX, &seg, &len, &last));
+    CHECK(seg[6] == 0 && seg[7] == 0);
+    seg[7] = 1;
+    reseal(seg, len);
+    CHECK(cs_segment_size(seg, CS_SEGMENT_HEADER_BYTES, &size) == CS_PROTOCOL_MISMATCH);
+    CHECK(cs_segment_open(seg, len, &v) == CS_PROTOCOL_MISMATCH);
+    seg[7] = 0;
+    reseal(seg, len);
+    CHECK_OK(cs_segment_open(seg, len, &v));
+    free(seg);
+    fx_close(&f);
+}
+
 int main(void)
 {
     RUN(test_segment_round_trips_log_records);
@@ -472,6 +495,7 @@ int main(void)
     RUN(test_segment_refuses_record_not_chaining_onto_prev_chain);
     RUN(test_segment_next_verifies_records_behind_a_valid_frame);
     RUN(test_segment_newer_version_is_protocol_mismatch);
+    RUN(test_segment_unknown_flags_are_protocol_mismatch);
     int rc = cs_test_finish();
     /* A failed test leaks what it held when its CHECK returned: skip the leak report, which
      * would only bury the failure. A passing run still exits normally and is leak-checked. */
