@@ -80,6 +80,11 @@ MDB_dbi cs_engine_items_dbi(cs_engine *e)
     return e->items;
 }
 
+MDB_dbi cs_engine_network_dbi(cs_engine *e)
+{
+    return e->network;
+}
+
 void cs_engine_set_actor(cs_engine *e, const char *actor)
 {
     snprintf(e->actor, sizeof(e->actor), "%s", actor ? actor : "cli");
@@ -293,11 +298,23 @@ typedef struct replay_ctx {
     cs_engine *dst;
     cs_log_reader *r;
     cs_event_decoder *dec;
-    uint64_t next;    /* first sequence of the batch */
-    uint64_t reached; /* first sequence after the batch, once it applied */
+    uint64_t next;       /* first sequence of the batch */
+    uint64_t reached;    /* first sequence after the batch, once it applied */
+    uint64_t to;         /* the last sequence to apply (UINT64_MAX: the head) */
+    const cs_type *only; /* NULL, or: skip put/delete events of every other type */
     bool at_end;
     bool done;
 } replay_ctx;
+
+/* True when the event changes nothing a replay restricted to `only` keeps: an item of another
+ * type. Network events are always applied (they are small and every state has them). */
+static bool replay_skips(const replay_ctx *rc, const cs_event_view *ev)
+{
+    if (!rc->only || !(kind_is(ev, "put") || kind_is(ev, "delete")))
+        return false;
+    return ev->type.len != strlen(rc->only->name) ||
+           memcmp(ev->type.ptr, rc->only->name, ev->type.len) != 0;
+}
 
 /* One batch. It seeks to its own start each time because cs_log_write may run it again after
  * growing the map, and the reader has moved on by then. */
@@ -312,6 +329,10 @@ static cs_err replay_batch(cs_log_txn *txn, void *ctx)
     rc->reached = rc->next;
     rc->at_end = false;
     for (unsigned i = 0; i < REPLAY_BATCH_EVENTS; i++, rc->reached++) {
+        if (rc->reached > rc->to) {
+            rc->at_end = true;
+            return CS_OK;
+        }
         err = cs_log_reader_next(rc->r, &rec);
         if (err == CS_NOT_FOUND) {
             rc->at_end = true;
@@ -319,12 +340,33 @@ static cs_err replay_batch(cs_log_txn *txn, void *ctx)
         }
         if (err == CS_OK)
             err = cs_event_decode(rc->dec, rec.event, rec.event_len, &ev);
-        if (err == CS_OK)
+        if (err == CS_OK && ev.seq != rec.seq)
+            err = cs__fail(rc->dst, CS_CORRUPT, "event %llu: its seq field says %llu",
+                           (unsigned long long)rec.seq, (unsigned long long)ev.seq);
+        if (err == CS_OK && !replay_skips(rc, &ev))
             err = cs__apply(rc->dst, txn, &ev);
         if (err != CS_OK)
             return err;
     }
     return CS_OK;
+}
+
+cs_err cs_engine_replay_range(cs_engine *dst, cs_log_reader *r, uint64_t from, uint64_t to,
+                              const cs_type *only)
+{
+    cs_assert(from >= 1);
+    dst->errmsg[0] = '\0';
+    replay_ctx rc = {.dst = dst, .r = r, .next = from, .to = to, .only = only};
+    cs_err err = cs_event_decoder_new(&rc.dec);
+    while (err == CS_OK && !rc.done && rc.next <= to) {
+        err = cs_log_write(dst->log, replay_batch, &rc);
+        rc.next = rc.reached;
+        rc.done = rc.at_end;
+    }
+    cs_event_decoder_free(rc.dec);
+    if (err != CS_OK && !dst->errmsg[0])
+        cs__fail(dst, err, "replay stopped: %s", cs_log_reader_errmsg(r));
+    return err;
 }
 
 cs_err cs_engine_replay_digest(cs_engine *e, const char *scratch_dir, uint64_t *out)
@@ -337,6 +379,7 @@ cs_err cs_engine_replay_digest(cs_engine *e, const char *scratch_dir, uint64_t *
     if (err == CS_OK)
         err = cs_event_decoder_new(&rc.dec);
     rc.next = 1;
+    rc.to = UINT64_MAX;
     while (err == CS_OK && !rc.done) {
         err = cs_log_write(rc.dst->log, replay_batch, &rc);
         rc.next = rc.reached;

@@ -142,6 +142,10 @@ cs_log *cs_engine_log(cs_engine *e); /* borrowed for the engine's lifetime */
 /* The `items` database (the shop's catalog and shared records), for projections/ which keep a
  * branch's copies in it beside the branch's local items. */
 MDB_dbi cs_engine_items_dbi(cs_engine *e);
+/* The `network` database (docs/storage.md, "engine"): with `items`, the state derived from the
+ * log, in the order cs_engine_digest hashes them. For projections/audit.c, which copies and
+ * compares states. */
+MDB_dbi cs_engine_network_dbi(cs_engine *e);
 /* Sets this directory's own shop record inside txn: how a projection makes a directory a branch
  * (R10) or, after an unlink, a single store again (R13). name NULL keeps the current name. */
 cs_err cs_engine_set_self(cs_engine *e, cs_log_txn *txn, uint64_t shop, const char *name,
@@ -240,5 +244,15 @@ cs_err cs_digest_dbs(MDB_txn *txn, const MDB_dbi *dbis, size_t n, uint64_t *out)
 /* Replays this directory's log into a fresh state under scratch_dir (created, then removed)
  * and returns that state's digest: equal to cs_engine_digest when state and log agree. */
 cs_err cs_engine_replay_digest(cs_engine *e, const char *scratch_dir, uint64_t *out);
+/* Applies the events from..to (inclusive; stopping early at the head) read through r, which
+ * may belong to another directory's log, to dst's state (items, network) with the same apply
+ * step as commands, in write transactions of dst of at most 10,000 events, without appending
+ * them to dst's log: how audit rebuilds a past state in a scratch directory from a checkpoint.
+ * When only is not NULL, put and delete events of other types are skipped (the state then holds
+ * only that type's items, exactly as a full replay would have them). dst's state must be the
+ * state as of from - 1. Errors: CS_CORRUPT (an event does not verify, decode or apply; errmsg
+ * of dst names it), storage errors of dst. What applied before an error stays applied. */
+cs_err cs_engine_replay_range(cs_engine *dst, cs_log_reader *r, uint64_t from, uint64_t to,
+                              const cs_type *only);
 
 #endif

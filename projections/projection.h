@@ -74,4 +74,134 @@ cs_err cs_export_file(cs_log *log, uint64_t from, const char *path, uint64_t *ev
 #define CS_EXPORT_SEGMENT_BYTES (4u * 1024u * 1024u)
 _Static_assert(CS_EXPORT_SEGMENT_BYTES <= CS_SEGMENT_BYTES_MAX, "export segments are segments");
 
+/* ==== audit (projections/audit*.c; docs/design.md "Audit", docs/storage.md "audit") ========= */
+/*
+ * R14: the log is the network's memory. The audit rebuilds the state of a data directory at
+ * any log position or time from periodic checkpoints, what a branch should hold at any position
+ * from a replay of the projection, and every version of an item from a history index; and it
+ * verifies a directory (checksums, hash chain, state equal to a replay) and a branch against the
+ * head office. Checkpoints and the history index are kept lazily in the audited directory's own
+ * environment, derived from its log: they cost nothing on the write path.
+ *
+ * On a head office or single store, "the state" is the catalog and network its log produces. On
+ * a branch directory the log holds only the branch's own writes (its local items, and shared
+ * records written there): copies come from the head office's log, so ask the head office about
+ * them (cs_audit_branch_at, cs_audit_verify with branch_dir).
+ */
+
+/* Events between two checkpoints when none is configured: a point-in-time query replays at most
+ * this many events after loading the nearest checkpoint. */
+#define CS_AUDIT_EVERY_DEFAULT 10000u
+/* Checkpoints are full copies of the state: fewer than one per event is never useful, and more
+ * than 2^32 events between them is no checkpointing at all. */
+#define CS_AUDIT_EVERY_MAX ((uint64_t)1 << 32)
+/* Differences one verification lists (it counts them all): bounds the report's memory when a
+ * directory is badly damaged. */
+#define CS_AUDIT_DIFFS_MAX 10000u
+/* Versions one history lists: bounds memory for an item edited millions of times. */
+#define CS_AUDIT_HISTORY_VERSIONS_MAX 1000000u
+
+typedef struct cs_audit cs_audit;
+
+/* Opens the audit of the directory e has open (borrowed: e must outlive the audit), creating
+ * the audit's databases in it when needed. Owned by the caller: cs_audit_close. Errors:
+ * CS_IO, CS_STORAGE_FULL, CS_NO_MEMORY. */
+cs_err cs_audit_open(cs_engine *e, cs_audit **out);
+void cs_audit_close(cs_audit *a); /* accepts NULL */
+/* The sentence of the last failure or, after cs_audit_verify, of the first problem found.
+ * Borrowed until the next call on the audit. */
+const char *cs_audit_errmsg(const cs_audit *a);
+
+typedef struct cs_audit_ckpt_info {
+    uint64_t every; /* events between checkpoints */
+    uint64_t last;  /* the greatest checkpointed sequence, 0 when none */
+    uint64_t count; /* checkpoints kept */
+    uint64_t built; /* checkpoints this call added */
+    uint64_t head;  /* the log's head when the call looked */
+} cs_audit_ckpt_info;
+
+/* Extends the checkpoints up to the head: replays from the last one into a scratch directory
+ * and stores a copy of the state at every multiple of `every`. every == 0 keeps the stored
+ * interval (CS_AUDIT_EVERY_DEFAULT before any); a different one, or rebuild, drops every
+ * checkpoint and the history index first (they are rebuilt from the log). Also brings the
+ * history index up to the head. info may be NULL. Errors: CS_INVALID_INPUT (every above
+ * CS_AUDIT_EVERY_MAX), CS_CORRUPT (the log does not verify, or no longer matches the
+ * checkpoints: errmsg says which; run cs_audit_verify), storage errors. */
+cs_err cs_audit_checkpoint(cs_audit *a, uint64_t every, bool rebuild, cs_audit_ckpt_info *info);
+
+/* The position "as of" a time: the last event whose time is <= time_ms (times never go back in
+ * the log), 0 when every event is later. Errors: CS_IO, CS_CORRUPT. */
+cs_err cs_audit_seq_at_time(cs_audit *a, uint64_t time_ms, uint64_t *seq_out);
+
+typedef struct cs_audit_state cs_audit_state;
+
+typedef struct cs_audit_state_info {
+    uint64_t seq;             /* the state is as of (after) this event; 0 = before the first */
+    uint64_t time_ms;         /* event seq's time, 0 when seq is 0 */
+    uint64_t from_checkpoint; /* where the replay started from (0: the beginning) */
+    uint64_t replayed;        /* events applied after the checkpoint */
+    uint64_t shop;            /* the branch, for cs_audit_branch_at; 0 otherwise */
+} cs_audit_state_info;
+
+/* Flags of cs_audit_state_at. */
+#define CS_AUDIT_FULL_REPLAY 0x1u /* ignore checkpoints, replay from event 1 (benchmarks) */
+#define CS_AUDIT_NO_EXTEND 0x2u   /* use the checkpoints there are; do not build new ones */
+
+/* The directory's state as of event seq (0..head), rebuilt in a scratch directory: the nearest
+ * checkpoint <= seq is loaded and the events after it applied with the engine's own apply step,
+ * so the cost follows the distance to that checkpoint, not the log's length. Checkpoints are
+ * first extended to the head (unless CS_AUDIT_NO_EXTEND). With type != NULL only that type's
+ * items (and the network records) are rebuilt. Owned by the caller: cs_audit_state_free.
+ * Errors: CS_UNKNOWN_TYPE, CS_NOT_FOUND (seq past the head), CS_CORRUPT, storage errors. */
+cs_err cs_audit_state_at(cs_audit *a, uint64_t seq, const char *type, unsigned flags,
+                         cs_audit_state **out);
+
+/* What branch `shop` should have held as of event seq of this head office's log: a scratch
+ * branch bound to shop replays the log from event 1 to seq through the projection (sync points,
+ * switch, synced types, unlink). Costs a replay of seq events. Errors: CS_NOT_FOUND (seq past
+ * the head, or shop is no branch of this network), CS_FORBIDDEN (this directory is a branch:
+ * ask its head office), CS_CORRUPT, storage errors. */
+cs_err cs_audit_branch_at(cs_audit *a, uint64_t seq, uint64_t shop, cs_audit_state **out);
+
+void cs_audit_state_free(cs_audit_state *s); /* accepts NULL; removes the scratch directory */
+const cs_audit_state_info *cs_audit_state_info_get(const cs_audit_state *s);
+/* The rebuilt engine, to query with cs_engine_get/list (for a branch state: the branch's,
+ * whose copy ids are the scratch branch's own). Borrowed until cs_audit_state_free. */
+cs_engine *cs_audit_state_engine(cs_audit_state *s);
+
+/* The state as one JSON object, new reference owned by the caller:
+ *   {"seq","time","from_checkpoint","replayed",
+ *    "network": {"self","net","shops":[...]}            (an engine's state)
+ *    "branch": {"shop","cursor","sync_seq","linked","switch","continuous","unlinked","types"}
+ *                                                       (a branch's state)
+ *    "items": [item objects (SPEC 7 shape), archived ones included, by type then id]}
+ * A branch's copies are shown under the head office's ids (their origin's), with references
+ * translated back to head-office ids: a branch's own copy ids depend on its local writes and
+ * are not the log's to decide. type (may be NULL) keeps one type's items. Errors:
+ * CS_UNKNOWN_TYPE, CS_CORRUPT, CS_NO_MEMORY. */
+cs_err cs_audit_state_json(cs_audit_state *s, const char *type, json_t **out);
+
+/* Every version of item `id` of `type` in this directory's log, oldest first, as a JSON array of
+ * {"seq","time","actor","shop","kind","change","type","id","version","changes","fields"}:
+ * change is "created", "updated" or "deleted"; changes lists each field that differs from the
+ * previous version as {"field","op","old","new"} (op "added", "changed", "removed"). The
+ * history index is first brought up to the head (a scan of the events it has not seen).
+ * Errors: CS_UNKNOWN_TYPE, CS_INVALID_INPUT (a shop-local type: never logged, R9),
+ * CS_NOT_FOUND (no version in this log; the errmsg says when the item is a copy whose history
+ * is the head office's), CS_CORRUPT, storage errors. */
+cs_err cs_audit_history(cs_audit *a, const char *type, uint64_t id, json_t **out);
+
+/* Verifies the directory: every checksum and the whole hash chain (naming the first bad
+ * sequence), that its state equals a replay of its log (naming each differing item), that its
+ * checkpoints and history index match the log; and, when branch_dir is not NULL, that the branch
+ * directory there holds what a replay of this log says it should at its cursor (copies compared
+ * by origin, with references translated back to head-office ids; shared records by id; local
+ * items counted, not checked). *report (new reference, owned by the caller) is set whenever the
+ * checks ran: {"ok", "log", "state", "checkpoints", "history", "branch"?}, each part with its
+ * own "ok" and a "differences" list ({"type","id","what",...}, at most CS_AUDIT_DIFFS_MAX).
+ * Returns CS_OK when everything holds and CS_CORRUPT when anything does not (errmsg names the
+ * first problem); other errors (CS_IO, CS_NOT_FOUND for a missing branch_dir, CS_INVALID_INPUT
+ * for a branch_dir that is no branch, or this directory itself) when the checks could not run. */
+cs_err cs_audit_verify(cs_audit *a, const char *branch_dir, json_t **report);
+
 #endif

@@ -154,6 +154,10 @@ int cs_cmd_del(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_log(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_branch_import(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_audit_history(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_audit_as_of(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_audit_verify(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_audit_checkpoint(const cs_cli_cmd *cmd, int argc, char **argv);
 
 /* Prints the schema (types, classes, fields) for `put --help`. */
 void cs_cli_print_schema_help(void);

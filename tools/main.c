@@ -6,7 +6,7 @@
  * The table is the one place a command exists: its words, its handler, its one-line summary, its
  * synopsis and its --help text. Dispatch tries the two-word form first ("log export") and then
  * the one-word form ("log"), so a group can grow subcommands beside a one-word command. Words
- * not in the table (serve, branch join/follow/pull, audit, demo for now) are usage errors.
+ * not in the table (serve, branch join/follow/pull, demo for now) are usage errors.
  * The full reference is docs/cli.md.
  */
 #include "tools/cli.h"
@@ -180,6 +180,67 @@ static const cs_cli_cmd commands[] = {
      "branch's cursor is refused (invalid_input), events already applied are skipped.\n\n"
      "Options:\n  --shop ID      this branch's shop id (required)\n\n"
      "Example:\n  chainsync branch import /tmp/hq.seg --data /tmp/branch1 --shop 123456\n",
+     NULL},
+    {"audit", "history", cs_cmd_audit_history,
+     "every version of an item: who, when, at which event, what changed", "audit history TYPE ID",
+     "Lists every version of item ID of TYPE in this directory's log, oldest first: its event\n"
+     "sequence, time (ISO 8601 UTC), actor, shop, the kind of change (created, updated,\n"
+     "deleted) and each field that changed, old -> new (+ added, - removed). With --json-out,\n"
+     "one object per version: seq, time (ms), actor, shop, kind, change, type, id, version,\n"
+     "changes [{field, op, old, new}], fields. A history index is kept beside the log and\n"
+     "brought up to date on each call (docs/design.md, Audit). On a branch, a copy's history is\n"
+     "the head office's: ask there with the origin id.\n\n"
+     "Example:\n  chainsync audit history service 4294967298\n",
+     NULL},
+    {"audit", "as-of", cs_cmd_audit_as_of,
+     "the catalog at a past event or time, or what a branch should have held",
+     "audit as-of (--seq N | --time ISO8601) [TYPE] [--branch SHOP]",
+     "Rebuilds this directory's catalog as it was after event N, or after the last event at\n"
+     "or before a time (ISO 8601: 2024-03-03, 2024-03-03T10:15:00Z, ...-03:00; no zone means\n"
+     "UTC; or milliseconds since the epoch). --seq 0 is before the first event. Only TYPE's\n"
+     "items with TYPE. Archived items are included (archived: yes).\n"
+     "The state is rebuilt from the nearest checkpoint, so the cost follows the distance to it,\n"
+     "not the log's length; checkpoints are first brought up to the head (see audit\n"
+     "checkpoint). With --branch SHOP (at the head office), shows what branch SHOP should have\n"
+     "held then: its copies (under the head office's ids), its last sync point, switch, mode\n"
+     "and synced types; that replays events 1 to N through the projection.\n"
+     "With --json-out, one object: seq, time, from_checkpoint, replayed, network or branch,\n"
+     "items.\n\n"
+     "Options:\n  --seq N          after event N\n"
+     "  --time T         after the last event at or before time T\n"
+     "  --branch SHOP    what branch SHOP should have held (head office only)\n"
+     "  --every N        checkpoint interval, when setting it (see audit checkpoint)\n\n"
+     "Examples:\n  chainsync audit as-of --time 2024-03-03T18:00:00Z service\n"
+     "  chainsync audit as-of --seq 120 --branch 8589934592\n",
+     NULL},
+    {"audit", "verify", cs_cmd_audit_verify,
+     "check checksums, the hash chain, state against a replay, and a branch",
+     "audit verify [--branch DIR]",
+     "Checks every event's checksum and the whole hash chain (naming the first bad event),\n"
+     "then that this directory's state equals a replay of its log (naming every differing\n"
+     "item by type and id, with the fields that differ), that its checkpoints and history\n"
+     "index match the log. With --branch DIR (at the head office), also that the branch\n"
+     "directory DIR holds what a replay of this log says it should at its cursor: copies\n"
+     "compared by origin with references translated back, shared records by id; local items\n"
+     "are counted, not checked. On a branch directory itself, only its own log and local\n"
+     "items are checked. Prints a report; exits 0 only when everything holds, else prints\n"
+     "`error: corrupt: <the first problem>` and exits 3. --json-out prints the report as one\n"
+     "object.\n\n"
+     "Options:\n  --branch DIR     also check the branch directory DIR\n\n"
+     "Examples:\n  chainsync audit verify --data /tmp/hq\n"
+     "  chainsync audit verify --data /tmp/hq --branch /tmp/branch1\n",
+     NULL},
+    {"audit", "checkpoint", cs_cmd_audit_checkpoint,
+     "bring the audit's checkpoints and history index up to the head",
+     "audit checkpoint [--every N] [--rebuild]",
+     "Stores a copy of the state every N events of the log (default 10000; the interval is\n"
+     "kept), replaying only from the last checkpoint, and brings the history index up to date.\n"
+     "as-of and history do this themselves on first use; run it ahead to keep them fast.\n"
+     "A different --every, or --rebuild, drops the checkpoints and the index and rebuilds them\n"
+     "from the log. They cost disk space: one copy of the state per N events.\n\n"
+     "Options:\n  --every N        events between checkpoints\n"
+     "  --rebuild        drop and rebuild everything from the log\n\n"
+     "Example:\n  chainsync audit checkpoint --every 10000\n",
      NULL},
 };
 
