@@ -638,7 +638,7 @@ static cs_err ckpt_build(cs_audit *a, uint64_t every, uint64_t last, uint64_t he
 
 static cs_err ckpt_extend(cs_audit *a, uint64_t every_req, bool rebuild, cs_audit_ckpt_info *info)
 {
-    uint64_t every, last, head;
+    uint64_t every = 0, last = 0, head = 0;
     cs_err err = ckpt_settle(a, every_req, rebuild, &every, &last);
     if (err == CS_OK)
         err = cs__audit_log_point(a, 0, &head, NULL, NULL);
