@@ -179,7 +179,10 @@ static void print_history(const char *type, uint64_t id, const json_t *versions)
                (uint64_t)json_integer_value(json_object_get(v, "shop")));
         size_t j;
         const json_t *c;
-        json_array_foreach(json_object_get(v, "changes"), j, c) print_change(c);
+        json_array_foreach(json_object_get(v, "changes"), j, c)
+        {
+            print_change(c);
+        }
         if (json_array_size(json_object_get(v, "changes")) == 0)
             printf("    (no field changed)\n");
     }
@@ -208,7 +211,11 @@ int cs_cmd_audit_history(const cs_cli_cmd *cmd, int argc, char **argv)
     } else if (cs_cli_g.json_out) {
         size_t i;
         json_t *v;
-        json_array_foreach(versions, i, v) if (rc == CS_CLI_GO) rc = cs_cli_print_json(v);
+        json_array_foreach(versions, i, v)
+        {
+            if (rc == CS_CLI_GO)
+                rc = cs_cli_print_json(v);
+        }
     } else {
         print_history(pos[0], id, versions);
     }
@@ -298,7 +305,7 @@ static int print_items_by_type(const json_t *items, const char *only)
     return rc;
 }
 
-static void print_asof_header(const json_t *st, const asof_args *x)
+static void print_asof_header(const json_t *st, const asof_args *x, bool branch_dir)
 {
     char when[48];
     uint64_t seq = (uint64_t)json_integer_value(json_object_get(st, "seq"));
@@ -314,22 +321,36 @@ static void print_asof_header(const json_t *st, const asof_args *x)
         printf(", the last event at or before %s", iso_time(x->time_ms, when, sizeof(when)));
     printf("\n");
     if (b) {
-        char *types = value_text(json_object_get(b, "types"));
+        char types[1024] = "";
+        size_t i, n = 0;
+        const json_t *ty;
+        json_array_foreach(json_object_get(b, "types"), i, ty)
+        {
+            if (n < sizeof(types))
+                n += (size_t)snprintf(types + n, sizeof(types) - n, "%s%s", i ? ", " : "",
+                                      json_string_value(ty));
+        }
         printf("linked: %s, switch: %s, mode: %s, last sync point: event %" PRIu64
                ", synced types: %s\n",
                json_is_true(json_object_get(b, "linked")) ? "yes" : "no",
                json_is_true(json_object_get(b, "switch")) ? "on" : "off",
                json_is_true(json_object_get(b, "continuous")) ? "continuous" : "on-trigger",
-               (uint64_t)json_integer_value(json_object_get(b, "sync_seq")), types ? types : "?");
-        free(types);
+               (uint64_t)json_integer_value(json_object_get(b, "sync_seq")), n ? types : "none");
         printf("(replayed events 1 to %" PRIu64 " through the projection; copies are shown "
                "under the head office's ids)\n",
                seq);
     } else {
-        printf("(rebuilt from the checkpoint at event %" PRIu64 " and %" PRIu64
-               " events after it)\n",
-               (uint64_t)json_integer_value(json_object_get(st, "from_checkpoint")),
-               (uint64_t)json_integer_value(json_object_get(st, "replayed")));
+        uint64_t cp = (uint64_t)json_integer_value(json_object_get(st, "from_checkpoint"));
+        uint64_t n = (uint64_t)json_integer_value(json_object_get(st, "replayed"));
+        if (cp)
+            printf("(rebuilt from the checkpoint at event %" PRIu64 ", then %" PRIu64
+                   " event%s replayed)\n",
+                   cp, n, n == 1 ? "" : "s");
+        else
+            printf("(no checkpoint at or before it: replayed events 1 to %" PRIu64 ")\n", seq);
+        if (branch_dir)
+            printf("(a branch's own log holds only its local writes: what it should hold from "
+                   "the head office is asked there, with --branch)\n");
     }
 }
 
@@ -367,7 +388,8 @@ int cs_cmd_audit_as_of(const cs_cli_cmd *cmd, int argc, char **argv)
     } else if (cs_cli_g.json_out) {
         rc = cs_cli_print_json(st);
     } else {
-        print_asof_header(st, &x);
+        cs_shop_info self;
+        print_asof_header(st, &x, cs_engine_self(e, &self) == CS_OK && self.role == CS_ROLE_BRANCH);
         rc = print_items_by_type(json_object_get(st, "items"), x.type);
     }
     json_decref(st);
@@ -396,7 +418,10 @@ static void print_differences(const json_t *part)
         printf(" %s\n", json_string_value(json_object_get(d, "what")) ?: "");
         size_t j;
         const json_t *c;
-        json_array_foreach(json_object_get(d, "changes"), j, c) print_change(c);
+        json_array_foreach(json_object_get(d, "changes"), j, c)
+        {
+            print_change(c);
+        }
     }
     json_int_t count = json_integer_value(json_object_get(part, "count"));
     if ((size_t)count > json_array_size(json_object_get(part, "differences")))
@@ -431,8 +456,9 @@ static uint64_t jget(const json_t *report, const char *part, const char *key)
 static void print_verify(const json_t *r)
 {
     char s[512];
-    snprintf(s, sizeof(s), "%" PRIu64 " events, every checksum and the hash chain verify",
-             jget(r, "log", "events"));
+    uint64_t events = jget(r, "log", "events");
+    snprintf(s, sizeof(s), "%" PRIu64 " event%s, every checksum and the hash chain verify", events,
+             events == 1 ? "" : "s");
     print_part(r, "log", s);
     const json_t *st = json_object_get(r, "state");
     snprintf(s, sizeof(s), "%s a replay of the log (digest %s)",
