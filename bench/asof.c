@@ -94,30 +94,32 @@ typedef struct builder {
     uint64_t *versions; /* per item */
 } builder;
 
-static void pack_str(msgpack_packer *pk, const char *s)
+static int pack_str(msgpack_packer *pk, const char *s)
 {
-    msgpack_pack_str_with_body(pk, s, strlen(s));
+    return msgpack_pack_str_with_body(pk, s, strlen(s));
 }
 
-/* A service's fields in schema order: name, category, duration_min, price_table. */
-static void pack_service(msgpack_packer *pk, uint64_t item, uint64_t seq, uint64_t category)
+/* A service's fields in schema order: name, category, duration_min, price_table. Returns 0, or
+ * non-zero when the buffer could not grow. One statement per value: the order matters. */
+static int pack_service(msgpack_packer *pk, uint64_t item, uint64_t seq, uint64_t category)
 {
     char name[48];
     snprintf(name, sizeof(name), "Service %" PRIu64, item);
-    msgpack_pack_map(pk, 4);
-    pack_str(pk, "name");
-    pack_str(pk, name);
-    pack_str(pk, "category");
-    msgpack_pack_uint64(pk, category);
-    pack_str(pk, "duration_min");
-    msgpack_pack_uint64(pk, 15 + seq % 120);
-    pack_str(pk, "price_table");
-    msgpack_pack_array(pk, 1);
-    msgpack_pack_map(pk, 2);
-    pack_str(pk, "tier");
-    pack_str(pk, "small");
-    pack_str(pk, "price_cents");
-    msgpack_pack_uint64(pk, 1000 + seq % 9000);
+    int rc = msgpack_pack_map(pk, 4);
+    rc |= pack_str(pk, "name");
+    rc |= pack_str(pk, name);
+    rc |= pack_str(pk, "category");
+    rc |= msgpack_pack_uint64(pk, category);
+    rc |= pack_str(pk, "duration_min");
+    rc |= msgpack_pack_uint64(pk, 15 + seq % 120);
+    rc |= pack_str(pk, "price_table");
+    rc |= msgpack_pack_array(pk, 1);
+    rc |= msgpack_pack_map(pk, 2);
+    rc |= pack_str(pk, "tier");
+    rc |= pack_str(pk, "small");
+    rc |= pack_str(pk, "price_cents");
+    rc |= msgpack_pack_uint64(pk, 1000 + seq % 9000);
+    return rc;
 }
 
 /* Appends events first..first+n-1, each a put of item (seq % items). */
@@ -127,7 +129,8 @@ static cs_err build_batch(cs_engine *e, builder *b, const cs_shop_info *self, ui
     b->sb.size = 0;
     for (size_t i = 0; i < n; i++) {
         uint64_t seq = first + i, item = seq % items;
-        pack_service(&b->pk, item, seq, category);
+        if (pack_service(&b->pk, item, seq, category) != 0)
+            return CS_NO_MEMORY;
         b->ends[i] = b->sb.size;
         b->evs[i] = (cs_event){.time_ms = BASE_TIME_MS + seq,
                                .shop = self->id,

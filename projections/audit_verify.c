@@ -37,7 +37,9 @@
 typedef struct verify_ctx {
     cs_audit *a;
     json_t *report;
-    bool first_found; /* a->errmsg holds the first problem */
+    bool first_found; /* `first` holds the first problem, a->errmsg's at the end */
+    bool oom;         /* a report key could not be set: the verification fails with no_memory */
+    char first[CS__AUDIT_ERRMSG_BYTES];
 } verify_ctx;
 
 static void put_u64(uint8_t *p, uint64_t v)
@@ -58,6 +60,13 @@ static json_t *jhex(uint64_t v)
     return json_string(b);
 }
 
+/* Sets a report key, taking v; a failure is remembered and fails the verification. */
+static void vset(verify_ctx *vc, json_t *o, const char *key, json_t *v)
+{
+    if (!o || !v || json_object_set_new(o, key, v))
+        vc->oom = true;
+}
+
 /* Records a problem: the first one becomes the errmsg (the CLI's `error: corrupt:` line). */
 static void problem(verify_ctx *vc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void problem(verify_ctx *vc, const char *fmt, ...)
@@ -66,7 +75,7 @@ static void problem(verify_ctx *vc, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(vc->a->errmsg, sizeof(vc->a->errmsg), fmt, ap);
+    vsnprintf(vc->first, sizeof(vc->first), fmt, ap);
     va_end(ap);
     vc->first_found = true;
 }
@@ -86,9 +95,9 @@ static cs_err part_diff(verify_ctx *vc, json_t *part, json_t *d)
     if (!d)
         return CS_NO_MEMORY;
     json_int_t count = json_integer_value(json_object_get(part, "count")) + 1;
-    json_object_set_new(part, "count", json_integer(count));
-    json_object_set_new(part, "ok", json_false());
-    json_object_set_new(vc->report, "ok", json_false());
+    vset(vc, part, "count", json_integer(count));
+    vset(vc, part, "ok", json_false());
+    vset(vc, vc->report, "ok", json_false());
     if (count > (json_int_t)CS_AUDIT_DIFFS_MAX) {
         json_decref(d);
         return CS_OK;
@@ -287,9 +296,10 @@ static cs_err state_net_differ(const MDB_val *k, const MDB_val *va, const MDB_va
                        : !vb ? "is not in a replay of the log: written behind its back"
                              : "differs from a replay of the log";
     json_t *d = json_pack("{s:s,s:s,s:s}", "type", "network", "key", key, "what", what);
-    if (d && va && vb)
-        json_object_set_new(d, "held", json_stringn(va->mv_data, va->mv_size)),
-            json_object_set_new(d, "replay", json_stringn(vb->mv_data, vb->mv_size));
+    if (d && va && vb) {
+        vset(sc->vc, d, "held", json_stringn(va->mv_data, va->mv_size));
+        vset(sc->vc, d, "replay", json_stringn(vb->mv_data, vb->mv_size));
+    }
     return part_diff(sc->vc, sc->part, d);
 }
 
@@ -435,7 +445,7 @@ static cs_err replay_with_checkpoints(verify_ctx *vc, json_t *ckpart, cs_audit_s
             break;
         checked++;
     }
-    json_object_set_new(ckpart, "checked", ju64(checked));
+    vset(vc, ckpart, "checked", ju64(checked));
     return err;
 }
 
@@ -472,13 +482,20 @@ static cs_err verify_state(verify_ctx *vc)
         err = cs__audit_scratch(a, 0, &s);
     if (err == CS_OK)
         err = replay_with_checkpoints(vc, ckpart, s, head);
+    if (err == CS_CORRUPT) { /* the log verified, but an event makes no sense to the engine */
+        char what[CS__AUDIT_ERRMSG_BYTES + 32];
+        snprintf(what, sizeof(what), "stopped: %s", a->errmsg);
+        err = part_diff(vc, part, json_pack("{s:s,s:s}", "type", "replay", "what", what));
+        cs_audit_state_free(s);
+        return err;
+    }
     if (err == CS_OK)
         err = cs_engine_digest(s->e, &replayed);
     if (err == CS_OK) {
-        json_object_set_new(part, "events", ju64(head));
-        json_object_set_new(part, "checked", json_string(a->branch_dir ? "local items" : "all"));
-        json_object_set_new(part, "digest", jhex(held));
-        json_object_set_new(part, "replay_digest", jhex(replayed));
+        vset(vc, part, "events", ju64(head));
+        vset(vc, part, "checked", json_string(a->branch_dir ? "local items" : "all"));
+        vset(vc, part, "digest", jhex(held));
+        vset(vc, part, "replay_digest", jhex(replayed));
     }
     /* A branch's digest covers its copies, which its own log never wrote: walk its local items
      * instead. Elsewhere equal digests mean equal states, and the walk only names differences. */
@@ -507,7 +524,7 @@ static cs_err verify_history(verify_ctx *vc)
     uint64_t seen = cs__audit_meta_get(t, a->meta, "history_seq");
     uint64_t seen_chain = cs__audit_meta_get(t, a->meta, "history_chain");
     mdb_txn_abort(t);
-    json_object_set_new(part, "indexed", ju64(seen));
+    vset(vc, part, "indexed", ju64(seen));
     uint64_t head = 0, chain = 0;
     cs_err err = cs__audit_log_point(a, 0, &head, NULL, NULL);
     if (err != CS_OK || seen == 0)
@@ -542,11 +559,11 @@ static cs_err verify_log(verify_ctx *vc, bool *ok)
     *ok = err == CS_OK;
     if (err == CS_OK)
         err = cs_log_reader_head(r, &head);
-    json_object_set_new(part, "events", ju64(head));
+    vset(vc, part, "events", ju64(head));
     if (err == CS_CORRUPT) {
         char what[300];
         snprintf(what, sizeof(what), "does not verify: %s", cs_log_reader_errmsg(r));
-        json_object_set_new(part, "bad_seq", ju64(bad));
+        vset(vc, part, "bad_seq", ju64(bad));
         err = part_diff(
             vc, part,
             json_pack("{s:s,s:I,s:s}", "type", "event", "id", (json_int_t)bad, "what", what));
@@ -579,8 +596,10 @@ cs_err cs_audit_verify(cs_audit *a, const char *branch_dir, json_t **report)
         for (const char *const *p = (const char *const[]){"state", "checkpoints", "history",
                                                           branch_dir ? "branch" : NULL, NULL};
              *p; p++)
-            json_object_set_new(vc.report, *p,
-                                json_pack("{s:n,s:s}", "ok", "skipped", "the log does not verify"));
+            vset(&vc, vc.report, *p,
+                 json_pack("{s:n,s:s}", "ok", "skipped", "the log does not verify"));
+    if (err == CS_OK && vc.oom)
+        err = cs__audit_fail(a, CS_NO_MEMORY, "out of memory while writing the report");
     if (err != CS_OK) {
         json_decref(vc.report);
         if (!a->errmsg[0])
@@ -588,7 +607,10 @@ cs_err cs_audit_verify(cs_audit *a, const char *branch_dir, json_t **report)
         return err;
     }
     *report = vc.report;
-    return json_is_true(json_object_get(vc.report, "ok")) ? CS_OK : CS_CORRUPT;
+    if (json_is_true(json_object_get(vc.report, "ok")))
+        return CS_OK;
+    snprintf(a->errmsg, sizeof(a->errmsg), "%s", vc.first);
+    return CS_CORRUPT;
 }
 
 typedef struct branch_cmp {
@@ -921,8 +943,8 @@ static cs_err branch_prepare(branch_cmp *bc, const char *real, cs__bstate *st)
     if (err != CS_OK)
         return a->errmsg[0] ? err : cs__audit_fail(a, err, "cannot read the branch's state");
     bc->shop = st->shop;
-    json_object_set_new(bc->part, "shop", ju64(st->shop));
-    json_object_set_new(bc->part, "cursor", ju64(st->cursor));
+    vset(bc->vc, bc->part, "shop", ju64(st->shop));
+    vset(bc->vc, bc->part, "cursor", ju64(st->cursor));
     uint64_t head = 0, chain = 0;
     err = cs__audit_log_point(a, 0, &head, NULL, NULL);
     if (err == CS_OK && st->cursor > head) {
@@ -958,7 +980,7 @@ static cs_err verify_branch(verify_ctx *vc, const char *dir)
     branch_cmp bc = {.vc = vc, .part = part_new(vc, "branch")};
     if (!bc.part)
         return CS_NO_MEMORY;
-    json_object_set_new(bc.part, "dir", json_string(dir));
+    vset(vc, bc.part, "dir", json_string(dir));
     cs_err err = branch_dir_check(a, dir, real);
     cs__bstate st;
     if (err == CS_OK)
@@ -979,10 +1001,10 @@ static cs_err verify_branch(verify_ctx *vc, const char *dir)
     }
     if (err == CS_CORRUPT && !json_is_true(json_object_get(bc.part, "ok")))
         err = CS_OK; /* a reported difference, not a failure to check */
-    json_object_set_new(bc.part, "copies_checked", ju64(bc.copies));
-    json_object_set_new(bc.part, "shared_checked", ju64(bc.shared));
-    json_object_set_new(bc.part, "local_not_checked", ju64(bc.local));
-    json_object_set_new(bc.part, "pending_not_checked", ju64(bc.pending));
+    vset(vc, bc.part, "copies_checked", ju64(bc.copies));
+    vset(vc, bc.part, "shared_checked", ju64(bc.shared));
+    vset(vc, bc.part, "local_not_checked", ju64(bc.local));
+    vset(vc, bc.part, "pending_not_checked", ju64(bc.pending));
     json_decref(bc.outbox);
     cs_audit_state_free(bc.s);
     cs_branch_close(bc.rb);

@@ -573,6 +573,29 @@ static void test_r14_verify_finds_a_damaged_checkpoint_and_rebuild_repairs_it(vo
     head_free(&h);
 }
 
+/* A log that verifies but holds an event the engine cannot apply (written around the engine):
+ * the replay stops there and verify says so, naming the event, instead of failing to run. */
+static void test_r14_verify_reports_an_event_the_engine_cannot_apply(void)
+{
+    head h;
+    CHECK(head_open(&h, "audit-bogus"));
+    cs_event ev = {.shop = h.shop, .actor = CS_STR("tool"), .kind = CS_STR("bogus")};
+    uint64_t seq = 0;
+    CHECK_OK(cs_log_append(cs_engine_log(h.e), &ev, 1, &seq));
+    head_close_engine(&h);
+    json_t *rep;
+    char msg[512], want[32];
+    CHECK(lib_verify(h.dir, NULL, &rep, msg, sizeof(msg)) == CS_CORRUPT);
+    CHECK(json_is_true(json_object_get(json_object_get(rep, "log"), "ok")));
+    json_t *d = part_diff0(rep, "state");
+    CHECK(d && strcmp(json_string_value(json_object_get(d, "type")), "replay") == 0);
+    snprintf(want, sizeof(want), "event %llu", (unsigned long long)seq);
+    CHECK(strstr(json_string_value(json_object_get(d, "what")), want));
+    json_decref(rep);
+    CHECK(cli_verify(h.dir, NULL, 3, want));
+    head_free(&h);
+}
+
 /* ---- history ----------------------------------------------------------------------------- */
 
 /* The time of event seq, from the log. */
@@ -1031,6 +1054,7 @@ int main(void)
     RUN(test_r14_verify_names_swapped_events);
     RUN(test_r14_verify_names_an_item_edited_behind_the_logs_back);
     RUN(test_r14_verify_finds_a_damaged_checkpoint_and_rebuild_repairs_it);
+    RUN(test_r14_verify_reports_an_event_the_engine_cannot_apply);
     RUN(test_r14_history_lists_each_version_with_actor_time_and_changes);
     RUN(test_r14_cli_history_prints_versions);
     RUN(test_r14_as_of_seq_returns_the_states_recorded_then);
