@@ -382,6 +382,7 @@ static cs_err ckpt_copy_db(cs_log_txn *txn, MDB_dbi ckpt, MDB_txn *src, MDB_dbi 
 static cs_err ckpt_write_fn(cs_log_txn *txn, void *ctx)
 {
     ckpt_write_ctx *c = ctx;
+    cs_assert(c->h.seq > 0);
     uint8_t kb[9], hb[CS__CKPT_HEADER_BYTES];
     put_u64(kb, c->h.seq);
     kb[8] = CS__CKPT_TAG_HEADER;
@@ -610,6 +611,8 @@ static cs_err ckpt_settle(cs_audit *a, uint64_t every_req, bool rebuild, uint64_
  * multiple of every. *built gets how many were stored. */
 static cs_err ckpt_build(cs_audit *a, uint64_t every, uint64_t last, uint64_t head, uint64_t *built)
 {
+    cs_assert(every > 0);
+    cs_assert(last % every == 0); /* invariant 2: a new interval drops every checkpoint */
     cs_audit_state *s = NULL;
     cs_err err = cs__audit_scratch(a, 0, &s);
     if (err == CS_OK && last > 0)
@@ -693,6 +696,7 @@ cs_err cs_audit_state_at(cs_audit *a, uint64_t seq, const char *type, unsigned f
         err = cs__audit_log_point(a, seq, &head, NULL, &time_ms);
     if (err == CS_OK && seq > 0 && !(flags & CS_AUDIT_FULL_REPLAY))
         err = ckpt_nearest(a, seq, &cp);
+    cs_assert(cp <= seq);
     cs_audit_state *s = NULL;
     if (err == CS_OK)
         err = cs__audit_scratch(a, 0, &s);

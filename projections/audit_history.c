@@ -62,6 +62,9 @@ static int key_cmp(const void *x, const void *y)
 /* Collects the index keys of events from..to (at most HISTORY_SCAN_EVENTS of them). */
 static cs_err history_scan(cs_audit *a, uint64_t from, uint64_t to, hist_batch *hb)
 {
+    cs_assert(from >= 1);
+    cs_assert(to >= from);
+    cs_assert(to - from < HISTORY_SCAN_EVENTS); /* the keys array holds one batch */
     cs_log_reader *r = NULL;
     cs_event_decoder *dec = NULL;
     cs_err err = cs_log_reader_open(a->log, &r);
