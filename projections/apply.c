@@ -5,7 +5,8 @@
  *   put/delete of a catalog type   -> the mirror, and the entry is marked dirty; in continuous
  *                                     mode also a sync point (R5d)
  *   put/delete of a shared record  -> straight into the catalog, same id (R8: not gated)
- *   network, network_types, _mode  -> the branch's view of the network (R7)
+ *   network, network_types, _mode  -> the branch's view of the network (R7); types put back
+ *                                     make their referrers dirty (syncpoint.c, invariant 2)
  *   shop_add of this branch        -> linked, switch on, and a sync point (R5a)
  *   shop_switch of this branch     -> the switch (R6)
  *   sync for all or this branch    -> a sync point, when linked and switched on (R5b, R5c, R6)
@@ -105,11 +106,14 @@ cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view
         return CS_OK; /* a single store now: the network's events are no longer ours */
     if (kind_is(ev, "put") || kind_is(ev, "delete"))
         return apply_item_event(b, txn, ev);
-    if (kind_is(ev, "network")) {
-        st->head = ev->shop;
+    if (kind_is(ev, "network") || kind_is(ev, "network_types") || kind_is(ev, "network_mode")) {
+        uint64_t before = st->types_mask;
+        if (kind_is(ev, "network"))
+            st->head = ev->shop;
         apply_network_fields(st, ev);
-    } else if (kind_is(ev, "network_types") || kind_is(ev, "network_mode")) {
-        apply_network_fields(st, ev);
+        uint64_t gained = st->types_mask & ~before;
+        if (gained)
+            return cs__mark_referrers(b, txn, gained);
     } else if (kind_is(ev, "shop_add") && mine) {
         st->linked = true;
         st->sync_on = true;

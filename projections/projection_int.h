@@ -55,6 +55,10 @@ cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view
 /* A sync point covering this branch (syncpoint.c): brings every dirty entry of a synced type
  * to the mirror's state (R2, R4, R7). */
 cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq);
+/* R2, R7: `gained` types were put back into the synced set; marks dirty every mirror entry of
+ * a type that references one of them, so the next sync point names this branch's copies of the
+ * items of those types instead of the head-office ids kept while they were out (syncpoint.c). */
+cs_err cs__mark_referrers(cs_branch *b, cs_log_txn *txn, uint64_t gained);
 /* R13: copies become local items that remember their origin; the branch a single store. */
 cs_err cs__unlink(cs_branch *b, cs_log_txn *txn);
 

@@ -10,6 +10,16 @@
  * Two passes, because a copy's references must name this branch's copies (R2) and a combo may
  * arrive in the same sync point as the services it lists: pass 1 gives every new copy its id,
  * pass 2 writes each copy with its references remapped through the origin index.
+ *
+ * Invariants after a sync point (tests/test_projection.c checks them against a model):
+ *   1. every mirror entry of a synced type has a copy, archived ones included: an item deleted
+ *      at the head office before this branch ever had it still gets an archived copy, because a
+ *      live item may reference it and R4 promises that nothing referencing it breaks;
+ *   2. a reference inside a copy names this branch's copy of its target whenever one exists.
+ *      It keeps the head-office id only while the target's type is not synced and no copy of
+ *      the target exists. When such a type is put back, cs__mark_referrers makes every item
+ *      that may reference it dirty, so the next sync point rewrites those references;
+ *   3. a copy is rewritten (and its version bumped) only when its record would change.
  */
 #include "projections/projection_int.h"
 
@@ -34,7 +44,8 @@ static cs_err origin_get(cs_branch *b, MDB_txn *m, uint8_t code, uint64_t head_i
     return CS_OK;
 }
 
-/* Pass 1: an id for every live mirror entry of a synced type that has no copy yet. */
+/* Pass 1: an id for every mirror entry of a synced type that has no copy yet, archived ones
+ * included (invariant 1). */
 static cs_err assign_ids(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur)
 {
     MDB_txn *m = cs_log_txn_mdb(txn);
@@ -50,12 +61,8 @@ static cs_err assign_ids(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur)
             origin_get(b, m, kb[0], cs__u64_be(kb + 1), &id) == CS_OK)
             continue;
         MDB_val mv;
-        cs_item it;
-        msgpack_zone_clear(&b->zone);
-        if (mdb_get(m, b->mirror, &k, &mv) || cs_item_parse(&mv, &b->zone, &it) != CS_OK)
+        if (mdb_get(m, b->mirror, &k, &mv))
             return cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no mirror record");
-        if (it.archived)
-            continue; /* deleted before this branch ever had it: nothing to archive */
         cs_err err = cs_engine_alloc_id(b->engine, txn, &id);
         uint8_t idb[8];
         for (int i = 7; i >= 0; i--)
@@ -99,6 +106,7 @@ static cs_err write_copy(cs_branch *b, cs_log_txn *txn, const cs_type *t, uint64
         it.version = old.version + 1;
     else if (err != CS_NOT_FOUND)
         return err;
+    bool had_copy = err == CS_OK;
     it.archived = m_it->archived; /* R4 */
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
@@ -108,7 +116,11 @@ static cs_err write_copy(cs_branch *b, cs_log_txn *txn, const cs_type *t, uint64
     if (err == CS_OK &&
         msgpack_unpack(sb.data, sb.size, &off, &b->zone, &it.fields) != MSGPACK_UNPACK_SUCCESS)
         err = CS_NO_MEMORY;
-    if (err == CS_OK)
+    /* Invariant 3: an entry made dirty only to refresh its references (cs__mark_referrers)
+     * whose references were already right keeps its record and its version. */
+    bool same = had_copy && old.has_origin && old.origin[2] == m_it->version &&
+                old.archived == it.archived && !old.has_detached;
+    if (err == CS_OK && !(same && msgpack_object_equal(old.fields, it.fields)))
         err = cs_item_write(txn, b->items, t, copy_id, &it);
     msgpack_sbuffer_destroy(&sb);
     return err;
@@ -135,8 +147,8 @@ static cs_err write_copies(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur)
         cs_err err = origin_get(b, m, kb[0], head_id, &copy_id);
         if (err == CS_OK)
             err = write_copy(b, txn, t, head_id, &it, copy_id);
-        else if (err == CS_NOT_FOUND)
-            err = CS_OK; /* archived before this branch had a copy */
+        else if (err == CS_NOT_FOUND) /* pass 1 gave every synced entry a copy */
+            err = cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no copy after pass 1");
         if (err == CS_OK && mdb_cursor_del(cur, 0))
             err = CS_IO;
         if (err != CS_OK)
@@ -156,6 +168,61 @@ cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq)
     mdb_cursor_close(cur);
     if (err == CS_OK)
         b->st.sync_seq = seq;
+    return err;
+}
+
+/* The synced types that fields of `fs` reference, sub-fields included. */
+static uint64_t fields_ref_mask(const cs_field *fs, unsigned n)
+{
+    uint64_t mask = 0;
+    for (unsigned i = 0; i < n; i++) {
+        const cs_field *f = &fs[i];
+        if (f->kind == CS_FIELD_REF || f->kind == CS_FIELD_REF_LIST) {
+            const cs_type *target = cs_schema_find(f->ref_type);
+            if (target && target->cls == CS_CLASS_SYNCED && target->code < 64)
+                mask |= (uint64_t)1 << target->code;
+        } else if (f->kind == CS_FIELD_OBJECT || f->kind == CS_FIELD_OBJECT_LIST) {
+            mask |= fields_ref_mask(f->sub, f->nsub);
+        }
+    }
+    return mask;
+}
+
+/* Marks dirty every mirror entry of one type (a key prefix of the mirror). */
+static cs_err mark_type_dirty(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, uint8_t code)
+{
+    uint8_t kb[9];
+    cs__key9(kb, code, 0);
+    MDB_val k = {9, kb}, v, e = {0, ""};
+    int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 9 || ((const uint8_t *)k.mv_data)[0] != code)
+            return CS_OK;
+        MDB_val dk = k; /* a copy: k points into a mirror page, not ours to hand to a put */
+        uint8_t dkb[9];
+        memcpy(dkb, k.mv_data, 9);
+        dk.mv_data = dkb;
+        cs_err err = cs_log_txn_put(txn, b->dirty, &dk, &e, 0);
+        if (err != CS_OK)
+            return err;
+    }
+    return rc == MDB_NOTFOUND ? CS_OK : CS_IO;
+}
+
+cs_err cs__mark_referrers(cs_branch *b, cs_log_txn *txn, uint64_t gained)
+{
+    unsigned n;
+    const cs_type *types = cs_schema_types(&n);
+    MDB_cursor *cur;
+    if (mdb_cursor_open(cs_log_txn_mdb(txn), b->mirror, &cur))
+        return CS_IO;
+    cs_err err = CS_OK;
+    for (unsigned i = 0; i < n && err == CS_OK; i++) {
+        const cs_type *t = &types[i];
+        if (t->cls == CS_CLASS_SYNCED && (fields_ref_mask(t->fields, t->nfields) & gained))
+            err = mark_type_dirty(b, txn, cur, t->code);
+    }
+    mdb_cursor_close(cur);
     return err;
 }
 
