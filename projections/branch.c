@@ -28,6 +28,9 @@ cs_err cs_branch_open(const char *dir, const cs_log_options *opts, cs_branch **o
         free(b);
         return CS_NO_MEMORY;
     }
+    msgpack_sbuffer_init(&b->rec);
+    msgpack_sbuffer_init(&b->flds);
+    msgpack_packer_init(&b->rec_pk, &b->rec, msgpack_sbuffer_write);
     cs_err err = cs_engine_open(dir, opts, &b->engine);
     if (err == CS_OK)
         err = cs_event_decoder_new(&b->dec);
@@ -56,6 +59,9 @@ void cs_branch_close(cs_branch *b)
     cs_event_decoder_free(b->dec);
     cs_engine_close(b->engine);
     msgpack_zone_destroy(&b->zone);
+    msgpack_sbuffer_destroy(&b->rec);
+    msgpack_sbuffer_destroy(&b->flds);
+    free(b->ids);
     free(b);
 }
 
@@ -67,6 +73,99 @@ const char *cs_branch_errmsg(const cs_branch *b)
 cs_engine *cs_branch_engine(cs_branch *b)
 {
     return b->engine;
+}
+
+/* ---- item records ------------------------------------------------------------------------ */
+
+cs_err cs__rec_put(cs_branch *b, cs_log_txn *txn, MDB_dbi dbi, const uint8_t key[9],
+                   uint64_t version, bool archived, const uint64_t *origin, const uint8_t *fields,
+                   size_t fields_len)
+{
+    msgpack_packer *pk = &b->rec_pk;
+    msgpack_sbuffer_clear(&b->rec);
+    /* The same encoding cs_item_write gives: msgpack-c's packer for the header, then the
+     * fields' bytes, which msgpack-c packed at the head office (or in cs_schema_remap). */
+    int rc = msgpack_pack_array(pk, 5) | msgpack_pack_uint64(pk, version) |
+             (archived ? msgpack_pack_true(pk) : msgpack_pack_false(pk));
+    if (origin) {
+        rc |= msgpack_pack_array(pk, 3);
+        for (int i = 0; i < 3; i++)
+            rc |= msgpack_pack_uint64(pk, origin[i]);
+    } else {
+        rc |= msgpack_pack_nil(pk);
+    }
+    rc |= msgpack_pack_nil(pk) | msgpack_sbuffer_write(&b->rec, (const char *)fields, fields_len);
+    if (rc != 0)
+        return CS_NO_MEMORY;
+    MDB_val k = {9, (void *)key}, v = {b->rec.size, b->rec.data};
+    return cs_log_txn_put(txn, dbi, &k, &v, 0);
+}
+
+/* A msgpack unsigned integer at p (positive fixint, uint 8/16/32/64); its size, 0 if none. */
+static size_t rec_uint(const uint8_t *p, size_t len, uint64_t *out)
+{
+    static const size_t width[4] = {1, 2, 4, 8};
+    if (len >= 1 && p[0] <= 0x7f) {
+        *out = p[0];
+        return 1;
+    }
+    if (len < 1 || p[0] < 0xcc || p[0] > 0xcf || len < 1 + width[p[0] - 0xcc])
+        return 0;
+    size_t w = width[p[0] - 0xcc];
+    uint64_t v = 0;
+    for (size_t i = 1; i <= w; i++)
+        v = (v << 8) | p[i];
+    *out = v;
+    return 1 + w;
+}
+
+/* nil or [shop, id, version]; its size, 0 if neither. */
+static size_t rec_link(const uint8_t *p, size_t len, bool *has, uint64_t v[3])
+{
+    *has = false;
+    if (len >= 1 && p[0] == 0xc0)
+        return 1;
+    if (len < 1 || p[0] != 0x93)
+        return 0;
+    size_t off = 1;
+    for (int i = 0; i < 3; i++) {
+        size_t n = rec_uint(p + off, len - off, &v[i]);
+        if (n == 0)
+            return 0;
+        off += n;
+    }
+    *has = true;
+    return off;
+}
+
+cs_err cs__rec_view_parse(const MDB_val *v, cs__rec_view *out)
+{
+    const uint8_t *p = v->mv_data;
+    size_t len = v->mv_size, off = 1, n;
+    cs__rec_view r = {0};
+    if (len < 1 || p[0] != 0x95)
+        return CS_CORRUPT;
+    if ((n = rec_uint(p + off, len - off, &r.version)) == 0)
+        return CS_CORRUPT;
+    off += n;
+    if (off >= len || (p[off] != 0xc2 && p[off] != 0xc3))
+        return CS_CORRUPT;
+    r.archived = p[off++] == 0xc3;
+    if ((n = rec_link(p + off, len - off, &r.has_origin, r.origin)) == 0)
+        return CS_CORRUPT;
+    off += n;
+    uint64_t detached[3];
+    if ((n = rec_link(p + off, len - off, &r.has_detached, detached)) == 0)
+        return CS_CORRUPT;
+    off += n;
+    /* The rest is the fields' map. Not walked: callers compare it as bytes or copy it, and
+     * cs_item_parse checks it whenever it is decoded. */
+    if (off >= len || ((p[off] & 0xf0) != 0x80 && p[off] != 0xde && p[off] != 0xdf))
+        return CS_CORRUPT;
+    r.fields = p + off;
+    r.fields_len = len - off;
+    *out = r;
+    return CS_OK;
 }
 
 /* ---- state ------------------------------------------------------------------------------- */

@@ -39,7 +39,16 @@ struct cs_branch {
     MDB_dbi items;         /* the engine's */
     cs_event_decoder *dec; /* owned */
     msgpack_zone zone;     /* owned: one item's scratch objects */
-    cs__bstate st;         /* the state inside the current apply transaction */
+    msgpack_sbuffer rec;   /* owned: one item record being written, reused (no malloc per item) */
+    msgpack_packer rec_pk; /* packs into rec */
+    msgpack_sbuffer flds;  /* owned: a copy's remapped fields, reused */
+    uint64_t *ids;         /* owned: a sync point's copy id per dirty entry (syncpoint.c) */
+    size_t ids_cap;
+    /* The encoded event being applied (borrowed from the segment while apply_record runs; NULL
+     * otherwise): the mirror stores its fields' bytes as they are, without re-encoding. */
+    const uint8_t *ev_bytes;
+    size_t ev_len;
+    cs__bstate st; /* the state inside the current apply transaction */
     char errmsg[CS__BRANCH_ERRMSG_BYTES];
 };
 
@@ -48,6 +57,27 @@ cs_err cs__branch_fail(cs_branch *b, cs_err err, const char *fmt, ...)
 
 cs_err cs__state_load(cs_branch *b, MDB_txn *txn, cs__bstate *out);
 cs_err cs__state_save(cs_branch *b, cs_log_txn *txn, const cs__bstate *st);
+
+/* Item records (docs/storage.md, "engine": [version, archived, origin, detached_from, fields])
+ * written and read from bytes, without msgpack-c's object tree: the apply path writes one per
+ * event and the sync point one per copy, and packing objects was a fifth of a branch's time. */
+typedef struct cs__rec_view {
+    uint64_t version;
+    bool archived;
+    bool has_origin;
+    uint64_t origin[3];
+    bool has_detached;
+    const uint8_t *fields; /* the fields' encoded map, borrowed from the record's bytes */
+    size_t fields_len;
+} cs__rec_view;
+
+/* Writes key -> [version, archived, origin or nil, nil, fields bytes] into dbi through b->rec.
+ * origin NULL = nil. Errors: storage errors, CS_NO_MEMORY. */
+cs_err cs__rec_put(cs_branch *b, cs_log_txn *txn, MDB_dbi dbi, const uint8_t key[9],
+                   uint64_t version, bool archived, const uint64_t *origin, const uint8_t *fields,
+                   size_t fields_len);
+/* Splits a stored record without decoding (or walking) its fields. Errors: CS_CORRUPT. */
+cs_err cs__rec_view_parse(const MDB_val *v, cs__rec_view *out);
 
 /* One event, in the apply transaction (apply.c). */
 cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev);

@@ -9,7 +9,9 @@
  *
  * Two passes, because a copy's references must name this branch's copies (R2) and a combo may
  * arrive in the same sync point as the services it lists: pass 1 gives every new copy its id,
- * pass 2 writes each copy with its references remapped through the origin index.
+ * pass 2 writes each copy with its references remapped through the origin index. Pass 1
+ * remembers each entry's copy id (b->ids) for pass 2; then the written entries leave the dirty
+ * set, in one mdb_drop when no entry of an unsynced type stays.
  *
  * Invariants after a sync point (tests/test_projection.c checks them against a model):
  *   1. every mirror entry of a synced type has a copy, archived ones included: an item deleted
@@ -44,41 +46,78 @@ static cs_err origin_get(cs_branch *b, MDB_txn *m, uint8_t code, uint64_t head_i
     return CS_OK;
 }
 
+/* Room for a copy id per dirty entry in b->ids (grown by doubling; never shrunk). */
+static cs_err ids_reserve(cs_branch *b, size_t n)
+{
+    if (n <= b->ids_cap)
+        return CS_OK;
+    size_t cap = b->ids_cap ? b->ids_cap : 1024;
+    while (cap < n)
+        cap *= 2;
+    uint64_t *p = realloc(b->ids, cap * sizeof(*p));
+    if (!p)
+        return CS_NO_MEMORY;
+    b->ids = p;
+    b->ids_cap = cap;
+    return CS_OK;
+}
+
 /* Pass 1: an id for every mirror entry of a synced type that has no copy yet, archived ones
- * included (invariant 1). */
-static cs_err assign_ids(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur)
+ * included (invariant 1). b->ids[i] gets the copy id of the i-th dirty entry (0: its type is
+ * not synced), so pass 2, which walks the same entries in the same order, looks none up. */
+static cs_err assign_ids(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_t *n_out)
 {
     MDB_txn *m = cs_log_txn_mdb(txn);
     MDB_val k, v;
+    MDB_stat ms;
+    size_t i = 0;
+    if (mdb_stat(m, b->dirty, &ms))
+        return CS_IO;
+    cs_err err = ids_reserve(b, ms.ms_entries);
     int rc;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && err == CS_OK;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), i++) {
         const uint8_t *kb = k.mv_data;
-        uint64_t id;
-        if (k.mv_size != 9)
+        uint64_t id = 0;
+        if (k.mv_size != 9 || i >= ms.ms_entries)
             return CS_CORRUPT;
-        if (!synced_code(&b->st, kb[0]) ||
-            origin_get(b, m, kb[0], cs__u64_be(kb + 1), &id) == CS_OK)
+        b->ids[i] = 0;
+        if (!synced_code(&b->st, kb[0]))
             continue;
+        if ((err = origin_get(b, m, kb[0], cs__u64_be(kb + 1), &id)) != CS_NOT_FOUND) {
+            b->ids[i] = id;
+            continue;
+        }
         MDB_val mv;
         if (mdb_get(m, b->mirror, &k, &mv))
             return cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no mirror record");
-        cs_err err = cs_engine_alloc_id(b->engine, txn, &id);
+        err = cs_engine_alloc_id(b->engine, txn, &id);
         uint8_t idb[8];
-        for (int i = 7; i >= 0; i--)
-            idb[i] = (uint8_t)(id >> (8 * (7 - i)));
+        for (int j = 7; j >= 0; j--)
+            idb[j] = (uint8_t)(id >> (8 * (7 - j)));
         MDB_val ik = {9, k.mv_data}, iv = {8, idb};
         if (err == CS_OK)
             err = cs_log_txn_put(txn, b->origin, &ik, &iv, 0);
-        if (err != CS_OK)
-            return err;
+        b->ids[i] = id;
     }
+    *n_out = i;
+    if (err != CS_OK)
+        return err;
     return rc == MDB_NOTFOUND ? CS_OK : CS_IO;
 }
+
+/* References looked up during one pass 2 (the origin index does not change in it): a combo's
+ * services and a service's category repeat across the copies of one sync point. */
+#define REMAP_CACHE_SLOTS 64u
 
 typedef struct remap_ctx {
     cs_branch *b;
     MDB_txn *m;
+    struct {
+        uint64_t head_id; /* 0: empty (head ids are never 0) */
+        uint64_t mapped;
+        uint8_t code;
+    } cache[REMAP_CACHE_SLOTS];
 } remap_ctx;
 
 /* A reference to a catalog item becomes this branch's copy of it; shared records keep their id
@@ -90,81 +129,119 @@ static cs_err remap_ref(const cs_type *target, uint64_t id, uint64_t *mapped, vo
     *mapped = id;
     if (target->cls != CS_CLASS_SYNCED)
         return CS_OK;
+    unsigned slot = (unsigned)((id ^ (id >> 32) ^ target->code) % REMAP_CACHE_SLOTS);
+    if (rc->cache[slot].head_id == id && rc->cache[slot].code == target->code) {
+        *mapped = rc->cache[slot].mapped;
+        return CS_OK;
+    }
     cs_err err = origin_get(rc->b, rc->m, target->code, id, mapped);
-    return err == CS_NOT_FOUND ? CS_OK : err;
+    if (err != CS_OK && err != CS_NOT_FOUND)
+        return err;
+    rc->cache[slot].head_id = id;
+    rc->cache[slot].mapped = *mapped;
+    rc->cache[slot].code = target->code;
+    return CS_OK;
 }
 
-/* Brings one copy to its mirror entry's state. */
-static cs_err write_copy(cs_branch *b, cs_log_txn *txn, const cs_type *t, uint64_t head_id,
-                         const cs_item *m_it, uint64_t copy_id)
+/* Brings one copy to its mirror entry's state. The remapped fields are compared with the
+ * copy's as bytes: both come from msgpack-c's packer over the same values. */
+static cs_err write_copy(cs_branch *b, cs_log_txn *txn, remap_ctx *rctx, const cs_type *t,
+                         uint64_t head_id, const cs_item *m_it, uint64_t copy_id)
 {
     MDB_txn *m = cs_log_txn_mdb(txn);
-    cs_item old,
-        it = {.version = 1, .has_origin = true, .origin = {b->st.head, head_id, m_it->version}};
-    cs_err err = cs_item_read(m, b->items, t, copy_id, &b->zone, &old);
-    if (err == CS_OK)
-        it.version = old.version + 1;
-    else if (err != CS_NOT_FOUND)
+    uint8_t kb[9];
+    cs__key9(kb, t->code, copy_id);
+    MDB_val k = {9, kb}, v;
+    cs__rec_view old = {0};
+    int rc = mdb_get(m, b->items, &k, &v);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return CS_IO;
+    if (rc == 0 && cs__rec_view_parse(&v, &old) != CS_OK)
+        return cs__branch_fail(b, CS_CORRUPT, "copy %llu does not read back",
+                               (unsigned long long)copy_id);
+    const uint64_t origin[3] = {b->st.head, head_id, m_it->version};
+    msgpack_sbuffer_clear(&b->flds);
+    cs_err err = cs_schema_remap(t, &m_it->fields, remap_ref, rctx, &b->flds);
+    if (err != CS_OK)
         return err;
-    bool had_copy = err == CS_OK;
-    it.archived = m_it->archived; /* R4 */
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    remap_ctx rc = {b, m};
-    err = cs_schema_remap(t, &m_it->fields, remap_ref, &rc, &sb);
-    size_t off = 0;
-    if (err == CS_OK &&
-        msgpack_unpack(sb.data, sb.size, &off, &b->zone, &it.fields) != MSGPACK_UNPACK_SUCCESS)
-        err = CS_NO_MEMORY;
     /* Invariant 3: an entry made dirty only to refresh its references (cs__mark_referrers)
      * whose references were already right keeps its record and its version. */
-    bool same = had_copy && old.has_origin && old.origin[2] == m_it->version &&
-                old.archived == it.archived && !old.has_detached;
-    if (err == CS_OK && !(same && msgpack_object_equal(old.fields, it.fields)))
-        err = cs_item_write(txn, b->items, t, copy_id, &it);
-    msgpack_sbuffer_destroy(&sb);
-    return err;
+    bool same = rc == 0 && old.has_origin && !old.has_detached && old.archived == m_it->archived &&
+                memcmp(old.origin, origin, sizeof(origin)) == 0 && old.fields_len == b->flds.size &&
+                memcmp(old.fields, b->flds.data, b->flds.size) == 0;
+    if (same)
+        return CS_OK;
+    return cs__rec_put(b, txn, b->items, kb, rc == 0 ? old.version + 1 : 1, m_it->archived /* R4 */,
+                       origin, (const uint8_t *)b->flds.data, b->flds.size);
 }
 
-/* Pass 2: every dirty entry of a synced type is written and leaves the dirty set. */
-static cs_err write_copies(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur)
+/* Pass 2: every dirty entry of a synced type is written. *kept gets how many entries of other
+ * types stay dirty (R7). */
+static cs_err write_copies(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_t n, size_t *kept)
 {
     MDB_txn *m = cs_log_txn_mdb(txn);
     MDB_val k, v;
+    remap_ctx *rctx = calloc(1, sizeof(*rctx));
+    if (!rctx)
+        return CS_NO_MEMORY;
+    *rctx = (remap_ctx){.b = b, .m = m};
+    cs_err err = CS_OK;
+    size_t i = 0;
     int rc;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    *kept = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && err == CS_OK;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), i++) {
         const uint8_t *kb = k.mv_data;
-        if (!synced_code(&b->st, kb[0]))
+        cs_assert(i < n); /* pass 1 saw the same entries */
+        if (b->ids[i] == 0) {
+            (*kept)++;
             continue;
+        }
         const cs_type *t = cs_schema_by_code(kb[0]);
-        uint64_t head_id = cs__u64_be(kb + 1), copy_id;
         MDB_val mv;
         cs_item it;
         msgpack_zone_clear(&b->zone);
         if (!t || mdb_get(m, b->mirror, &k, &mv) || cs_item_parse(&mv, &b->zone, &it) != CS_OK)
-            return cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no mirror record");
-        cs_err err = origin_get(b, m, kb[0], head_id, &copy_id);
-        if (err == CS_OK)
-            err = write_copy(b, txn, t, head_id, &it, copy_id);
-        else if (err == CS_NOT_FOUND) /* pass 1 gave every synced entry a copy */
-            err = cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no copy after pass 1");
-        if (err == CS_OK && mdb_cursor_del(cur, 0))
-            err = CS_IO;
-        if (err != CS_OK)
-            return err;
+            err = cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no mirror record");
+        else
+            err = write_copy(b, txn, rctx, t, cs__u64_be(kb + 1), &it, b->ids[i]);
     }
+    free(rctx);
+    if (err != CS_OK)
+        return err;
+    return rc == MDB_NOTFOUND && i == n ? CS_OK : CS_IO;
+}
+
+/* The written entries leave the dirty set: all at once when no other type stays dirty. */
+static cs_err clear_dirty(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_t kept)
+{
+    MDB_txn *m = cs_log_txn_mdb(txn);
+    if (kept == 0) {
+        int rc = mdb_drop(m, b->dirty, 0);
+        return rc == MDB_MAP_FULL ? CS_STORAGE_FULL : rc ? CS_IO : CS_OK;
+    }
+    MDB_val k, v;
+    size_t i = 0;
+    int rc;
+    /* After mdb_cursor_del the cursor stands on the next entry and MDB_NEXT does not skip it. */
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        if (b->ids[i++] != 0 && mdb_cursor_del(cur, 0))
+            return CS_IO;
     return rc == MDB_NOTFOUND ? CS_OK : CS_IO;
 }
 
 cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq)
 {
     MDB_cursor *cur;
+    size_t n = 0, kept = 0;
     if (mdb_cursor_open(cs_log_txn_mdb(txn), b->dirty, &cur))
         return CS_IO;
-    cs_err err = assign_ids(b, txn, cur);
+    cs_err err = assign_ids(b, txn, cur, &n);
     if (err == CS_OK)
-        err = write_copies(b, txn, cur);
+        err = write_copies(b, txn, cur, n, &kept);
+    if (err == CS_OK)
+        err = clear_dirty(b, txn, cur, kept);
     mdb_cursor_close(cur);
     if (err == CS_OK)
         b->st.sync_seq = seq;
