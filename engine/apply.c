@@ -100,7 +100,7 @@ static bool kind_is(const cs_event_view *ev, const char *k)
 static cs_err put_record(cs_engine *e, cs_log_txn *txn, const cs_type *t, uint64_t id,
                          const cs_item *hdr, const msgpack_object *fields)
 {
-    cs_item it = *hdr; /* head-office items and shared records carry no origin */
+    cs_item it = *hdr; /* logged items carry no origin: copies are the projection's */
     it.fields = *fields;
     return cs_item_write(txn, e->items, t, id, &it);
 }
@@ -112,16 +112,19 @@ static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev,
         return cs__fail(e, CS_CORRUPT, "event %llu: an item of an unknown or local type",
                         (unsigned long long)ev->seq);
     cs_item hdr = {.version = ev->version};
-    if (!del)
+    if (!del && ev->version <= 1)
         return put_record(e, txn, t, ev->id, &hdr, &ev->fields);
     cs_item old;
     cs_err err = cs_item_read(cs_log_txn_mdb(txn), e->items, t, ev->id, &e->zone, &old);
     if (err != CS_OK)
         return cs__fail(e, err == CS_NOT_FOUND ? CS_CORRUPT : err,
-                        "event %llu: delete of an item that does not exist",
-                        (unsigned long long)ev->seq);
-    hdr.archived = true;
-    return put_record(e, txn, t, ev->id, &hdr, &old.fields);
+                        "event %llu: %s of an item that does not exist",
+                        (unsigned long long)ev->seq, del ? "delete" : "update");
+    /* R13: a former copy edited after its branch was unlinked still remembers its origin. */
+    hdr.has_detached = old.has_detached;
+    memcpy(hdr.detached, old.detached, sizeof(hdr.detached));
+    hdr.archived = del;
+    return put_record(e, txn, t, ev->id, &hdr, del ? &old.fields : &ev->fields);
 }
 
 /* Updates the shop the event names (its id), or for a sync with id 0 every linked shop. */

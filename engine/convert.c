@@ -368,9 +368,10 @@ static cs_err walk_value(ref_walk *w, const cs_field *f, const msgpack_object *v
     }
     if (w->pk)
         msgpack_pack_array(w->pk, v->via.array.size);
-    char sub[PATH_BYTES];
+    char sub[PATH_BYTES] = "";
     for (uint32_t i = 0; i < v->via.array.size; i++) {
-        path_index(sub, path, i);
+        if (w->visit) /* paths are for the visitor's messages; remapping needs none */
+            path_index(sub, path, i);
         cs_err err = f->kind == CS_FIELD_REF_LIST
                          ? walk_ref(w, f, &v->via.array.ptr[i], sub)
                          : walk_map(w, f->sub, f->nsub, &v->via.array.ptr[i], sub);
@@ -387,7 +388,7 @@ static cs_err walk_map(ref_walk *w, const cs_field *fields, unsigned n, const ms
         return CS_CORRUPT;
     if (w->pk)
         msgpack_pack_map(w->pk, o->via.map.size);
-    char path[PATH_BYTES], name[PATH_BYTES];
+    char path[PATH_BYTES] = "", name[PATH_BYTES];
     for (uint32_t i = 0; i < o->via.map.size; i++) {
         const msgpack_object *k = &o->via.map.ptr[i].key;
         const msgpack_object *v = &o->via.map.ptr[i].val;
@@ -400,7 +401,8 @@ static cs_err walk_map(ref_walk *w, const cs_field *fields, unsigned n, const ms
         const cs_field *f = field_find(fields, n, name);
         if (!f)
             return CS_CORRUPT;
-        path_join(path, prefix, name);
+        if (w->visit)
+            path_join(path, prefix, name);
         cs_err err = walk_value(w, f, v, path);
         if (err != CS_OK)
             return err;

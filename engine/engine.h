@@ -153,8 +153,9 @@ cs_err cs_engine_set_self(cs_engine *e, cs_log_txn *txn, uint64_t shop, const ch
 /* The outbox of a branch (R8): a JSON array of {seq,kind,type,id,version,expect}, oldest first.
  * New reference owned by the caller. */
 cs_err cs_engine_outbox(cs_engine *e, json_t **out);
-/* Allocates the next item id of this shop inside txn (see items.c for the scheme). */
-cs_err cs_engine_alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t *out);
+/* Allocates the next item id of shop `shop` (this directory's own; 0 = read it from the
+ * directory, which costs a parse per call) inside txn (see items.c for the scheme). */
+cs_err cs_engine_alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t shop, uint64_t *out);
 
 /* Who is acting: recorded in every event as `actor` (default "cli"). Copied. */
 void cs_engine_set_actor(cs_engine *e, const char *actor);

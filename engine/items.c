@@ -69,12 +69,11 @@ static cs_err check_refs(cs_engine *e, MDB_txn *txn, const write_ctx *w)
     return err;
 }
 
-cs_err cs_engine_alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t *out)
+cs_err cs_engine_alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t shop, uint64_t *out)
 {
-    uint64_t self = 0;
-    if (cs__role(cs_log_txn_mdb(txn), e, &self) == CS_ROLE_NONE)
+    if (shop == 0 && cs__role(cs_log_txn_mdb(txn), e, &shop) == CS_ROLE_NONE)
         return cs__fail(e, CS_NOT_FOUND, "this directory is not initialised");
-    return alloc_id(e, txn, self, out);
+    return alloc_id(e, txn, shop, out);
 }
 
 static cs_err alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t self, uint64_t *out)
@@ -241,14 +240,16 @@ static cs_err write_one(cs_log_txn *txn, write_ctx *w, cs_role role, uint64_t se
     cs_err err;
     w->res.id = w->id;
     w->res.version = 1;
+    /* R1 before anything else: a copy is read-only whatever its state (archived too). */
+    err = role == CS_ROLE_BRANCH ? branch_rules(e, m, w) : CS_OK;
+    if (err != CS_OK)
+        return err;
     if (w->id)
         err = check_existing(e, m, dbi, w);
     else if (w->expect)
         err = cs__fail(e, CS_VERSION_CONFLICT, "a new %s has no version to expect", w->t->name);
     else
         err = alloc_id(e, txn, self, &w->res.id);
-    if (err == CS_OK && role == CS_ROLE_BRANCH)
-        err = branch_rules(e, m, w);
     if (err == CS_OK && !w->del)
         err = check_refs(e, m, w);
     if (err != CS_OK)

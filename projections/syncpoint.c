@@ -91,7 +91,7 @@ static cs_err assign_ids(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_t 
         MDB_val mv;
         if (mdb_get(m, b->mirror, &k, &mv))
             return cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no mirror record");
-        err = cs_engine_alloc_id(b->engine, txn, &id);
+        err = cs_engine_alloc_id(b->engine, txn, b->st.shop, &id);
         uint8_t idb[8];
         for (int j = 7; j >= 0; j--)
             idb[j] = (uint8_t)(id >> (8 * (7 - j)));

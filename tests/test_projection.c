@@ -1486,6 +1486,55 @@ static void test_branch_refuses_copy_writes_and_head_office_commands(void)
     head_close(&h);
 }
 
+/* R1 holds for an archived copy too (its delete at the head office does not make it the
+ * branch's), and R13's detached_from survives the former copy being edited afterwards. */
+static void test_archived_copy_is_read_only_and_detached_link_survives_edits(void)
+{
+    head h;
+    uint64_t shop = 0;
+    bdir bd = {0};
+    cs_write_result cat, svc;
+    CHECK(head_open(&h, "proj-arch-h"));
+    CHECK(put(h.e, "service_category", 0, json_pack("{s:s}", "name", "Bath"), &cat));
+    CHECK(put(h.e, "service", 0,
+              json_pack("{s:s,s:I,s:[{s:s,s:i}]}", "name", "Wash", "category", (json_int_t)cat.id,
+                        "price_table", "tier", "any", "price_cents", 100),
+              &svc));
+    CHECK_OK(cs_engine_shop_add(h.e, "B", "branch-password", &shop));
+    CHECK_OK(cs_engine_del(h.e, "service", svc.id, 0, NULL));
+    CHECK_OK(cs_engine_sync(h.e, 0, NULL));
+    CHECK(bdir_open(&bd, "proj-arch-b", shop));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    cs_engine *e = cs_branch_engine(bd.b);
+    json_t *l = NULL;
+    CHECK_OK(cs_engine_list(e, "service", true, &l));
+    CHECK(json_array_size(l) == 1);
+    uint64_t copy = jid(json_array_get(l, 0), "id");
+    json_t *f = fields_of(json_array_get(l, 0));
+    cs_err put_err = cs_engine_put(e, "service", copy, f, 0, NULL);
+    cs_err del_err = cs_engine_del(e, "service", copy, 0, NULL);
+    json_decref(f);
+    json_decref(l);
+    CHECK(put_err == CS_READ_ONLY_COPY);
+    CHECK(del_err == CS_READ_ONLY_COPY);
+    CHECK_OK(cs_engine_shop_unlink(h.e, shop));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    CHECK_OK(cs_engine_list(e, "service_category", false, &l));
+    CHECK(json_array_size(l) == 1);
+    uint64_t former = jid(json_array_get(l, 0), "id");
+    json_decref(l);
+    json_t *item = NULL;
+    CHECK(put(e, "service_category", former, json_pack("{s:s}", "name", "Bath (ours now)"), NULL));
+    CHECK_OK(cs_engine_get(e, "service_category", former, &item));
+    const json_t *d = json_object_get(item, "detached_from");
+    bool kept = json_is_object(d) && jid(d, "id") == cat.id &&
+                json_is_null(json_object_get(item, "origin"));
+    json_decref(item);
+    CHECK(kept);
+    bdir_close(&bd);
+    head_close(&h);
+}
+
 #define MODEL_STEPS 1500
 
 static void test_projection_matches_model_seed_1(void)
@@ -1506,6 +1555,7 @@ static void test_projection_matches_model_seed_3(void)
 int main(void)
 {
     RUN(test_projection_replay_is_deterministic);
+    RUN(test_archived_copy_is_read_only_and_detached_link_survives_edits);
     RUN(test_projection_reimport_is_idempotent_and_refusals_change_nothing);
     RUN(test_single_store_joining_keeps_its_items_local);
     RUN(test_branch_refuses_copy_writes_and_head_office_commands);
