@@ -17,7 +17,8 @@ _Static_assert(sizeof(err_names) / sizeof(err_names[0]) == CS_ERR_COUNT, "one na
 
 const char *cs_err_name(cs_err err)
 {
-    if ((unsigned)err >= CS_ERR_COUNT) return "unknown";
+    if ((unsigned)err >= CS_ERR_COUNT)
+        return "unknown";
     return err_names[err];
 }
 

@@ -30,7 +30,8 @@ cs_err cs__record_parse(uint64_t seq, const uint8_t *val, size_t len, cs_log_rec
         .event = val + CS_RECORD_HEADER_BYTES,
         .event_len = len - CS_RECORD_HEADER_BYTES,
     };
-    if (cs_log_checksum(rec.event, rec.event_len, seq) != rec.checksum) return CS_CORRUPT;
+    if (cs_log_checksum(rec.event, rec.event_len, seq) != rec.checksum)
+        return CS_CORRUPT;
     *out = rec;
     return CS_OK;
 }
@@ -38,10 +39,12 @@ cs_err cs__record_parse(uint64_t seq, const uint8_t *val, size_t len, cs_log_rec
 cs_err cs_log_reader_open(cs_log *log, cs_log_reader **out)
 {
     cs_log_reader *r = calloc(1, sizeof(*r));
-    if (!r) return CS_NO_MEMORY;
+    if (!r)
+        return CS_NO_MEMORY;
     r->log = log;
     int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, &r->txn);
-    if (rc == 0 && (rc = mdb_cursor_open(r->txn, log->events, &r->cur)) != 0) mdb_txn_abort(r->txn);
+    if (rc == 0 && (rc = mdb_cursor_open(r->txn, log->events, &r->cur)) != 0)
+        mdb_txn_abort(r->txn);
     if (rc) {
         free(r);
         return cs__mdb_err(rc);
@@ -54,7 +57,8 @@ cs_err cs_log_reader_open(cs_log *log, cs_log_reader **out)
 
 void cs_log_reader_close(cs_log_reader *r)
 {
-    if (!r) return;
+    if (!r)
+        return;
     mdb_cursor_close(r->cur);
     mdb_txn_abort(r->txn);
     cs_assert(r->log->readers_open > 0);
@@ -82,7 +86,8 @@ cs_err cs_log_reader_head(cs_log_reader *r, uint64_t *seq_out)
         *seq_out = 0;
         return CS_OK;
     }
-    if (rc) return reader_fail(r, cs__mdb_err(rc), "head: %s", mdb_strerror(rc));
+    if (rc)
+        return reader_fail(r, cs__mdb_err(rc), "head: %s", mdb_strerror(rc));
     if (k.mv_size != 8)
         return reader_fail(r, CS_CORRUPT, "the last key of the log is not a sequence number");
     *seq_out = cs__get_u64(k.mv_data);
@@ -121,8 +126,10 @@ cs_err cs_log_reader_seek(cs_log_reader *r, uint64_t from)
     /* Chain the first record onto its predecessor, so a range read verifies from its start. */
     cs_log_record prev;
     cs_err err = cs_log_reader_get(r, r->from - 1, &prev);
-    if (err == CS_NOT_FOUND) return CS_OK; /* past the head: `next` will say so */
-    if (err != CS_OK) return err;
+    if (err == CS_NOT_FOUND)
+        return CS_OK; /* past the head: `next` will say so */
+    if (err != CS_OK)
+        return err;
     r->prev_chain = prev.chain;
     r->prev_chain_known = true;
     r->expect_seq = r->from;
@@ -142,7 +149,8 @@ cs_err cs_log_reader_next(cs_log_reader *r, cs_log_record *out)
         k.mv_data = kb;
         rc = mdb_cursor_get(r->cur, &k, &v, MDB_SET_RANGE);
     }
-    if (rc == MDB_NOTFOUND) return CS_NOT_FOUND;
+    if (rc == MDB_NOTFOUND)
+        return CS_NOT_FOUND;
     if (rc) {
         /* LMDB failed on the record after the last good one: that is the bad one. */
         r->bad_seq = r->expect_seq ? r->expect_seq : r->from;
@@ -173,15 +181,19 @@ cs_err cs_log_reader_seq_at_time(cs_log_reader *r, uint64_t time_ms, uint64_t *s
 {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(r->txn, r->log->times, &cur);
-    if (rc) return cs__mdb_err(rc);
+    if (rc)
+        return cs__mdb_err(rc);
     uint8_t kb[8];
     cs__put_u64(kb, time_ms);
     MDB_val k = {8, kb}, v;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     mdb_cursor_close(cur);
-    if (rc == MDB_NOTFOUND) return CS_NOT_FOUND;
-    if (rc) return cs__mdb_err(rc);
-    if (v.mv_size != 8) return reader_fail(r, CS_CORRUPT, "time index entry is malformed");
+    if (rc == MDB_NOTFOUND)
+        return CS_NOT_FOUND;
+    if (rc)
+        return cs__mdb_err(rc);
+    if (v.mv_size != 8)
+        return reader_fail(r, CS_CORRUPT, "time index entry is malformed");
     *seq_out = cs__get_u64(v.mv_data);
     return CS_OK;
 }
@@ -190,7 +202,8 @@ cs_err cs_log_reader_verify(cs_log_reader *r, uint64_t *bad_seq_out)
 {
     cs_event_decoder *dec;
     cs_err err = cs_event_decoder_new(&dec);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     cs_log_reader_seek(r, 1);
     cs_log_record rec;
     uint64_t seq = 0;
@@ -205,7 +218,9 @@ cs_err cs_log_reader_verify(cs_log_reader *r, uint64_t *bad_seq_out)
         }
     }
     cs_event_decoder_free(dec);
-    if (err == CS_NOT_FOUND) return CS_OK;
-    if (err == CS_CORRUPT) *bad_seq_out = r->bad_seq;
+    if (err == CS_NOT_FOUND)
+        return CS_OK;
+    if (err == CS_CORRUPT)
+        *bad_seq_out = r->bad_seq;
     return err;
 }

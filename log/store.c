@@ -75,7 +75,8 @@ static cs_err open_dbis(cs_log *log)
 {
     MDB_txn *txn;
     int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
-    if (rc) return log_fail(log, cs__mdb_err(rc), "begin: %s", mdb_strerror(rc));
+    if (rc)
+        return log_fail(log, cs__mdb_err(rc), "begin: %s", mdb_strerror(rc));
     if ((rc = mdb_dbi_open(txn, "events", MDB_CREATE, &log->events)) ||
         (rc = mdb_dbi_open(txn, "times", MDB_CREATE, &log->times)) ||
         (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &log->meta))) {
@@ -98,7 +99,8 @@ static cs_err open_dbis(cs_log *log)
         rc = mdb_txn_commit(txn);
     else
         mdb_txn_abort(txn);
-    if (rc) return log_fail(log, cs__mdb_err(rc), "initialise: %s", mdb_strerror(rc));
+    if (rc)
+        return log_fail(log, cs__mdb_err(rc), "initialise: %s", mdb_strerror(rc));
     return CS_OK;
 }
 
@@ -107,7 +109,8 @@ static cs_err open_env(cs_log *log, const char *dir)
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
         return log_fail(log, CS_IO, "cannot create %s: %s", dir, strerror(errno));
     int rc = mdb_env_create(&log->env);
-    if (rc) return log_fail(log, cs__mdb_err(rc), "mdb_env_create: %s", mdb_strerror(rc));
+    if (rc)
+        return log_fail(log, cs__mdb_err(rc), "mdb_env_create: %s", mdb_strerror(rc));
     /* The engine and projections keep their own databases beside the log's. */
     if ((rc = mdb_env_set_maxdbs(log->env, 32)) ||
         (rc = mdb_env_set_mapsize(log->env, log->map_bytes)))
@@ -115,7 +118,8 @@ static cs_err open_env(cs_log *log, const char *dir)
     /* Never MDB_WRITEMAP: a full disk would then kill us with SIGBUS (SPEC 4). */
     unsigned flags = (log->flags & CS_LOG_NOSYNC) ? MDB_NOSYNC : 0;
     rc = mdb_env_open(log->env, dir, flags, 0600);
-    if (rc) return log_fail(log, cs__mdb_err(rc), "cannot open %s: %s", dir, mdb_strerror(rc));
+    if (rc)
+        return log_fail(log, cs__mdb_err(rc), "cannot open %s: %s", dir, mdb_strerror(rc));
     MDB_envinfo info;
     if ((rc = mdb_env_info(log->env, &info)))
         return log_fail(log, cs__mdb_err(rc), "env info: %s", mdb_strerror(rc));
@@ -126,12 +130,14 @@ static cs_err open_env(cs_log *log, const char *dir)
 cs_err cs_log_open(const char *dir, const cs_log_options *opts, cs_log **out)
 {
     cs_log *log = calloc(1, sizeof(*log));
-    if (!log) return CS_NO_MEMORY;
+    if (!log)
+        return CS_NO_MEMORY;
     log->map_bytes = opts && opts->map_bytes ? opts->map_bytes : CS_LOG_MAP_BYTES_DEFAULT;
     log->map_bytes_max =
         opts && opts->map_bytes_max ? opts->map_bytes_max : CS_LOG_MAP_BYTES_MAX_DEFAULT;
     log->flags = opts ? opts->flags : 0;
-    if (log->map_bytes_max < log->map_bytes) log->map_bytes_max = log->map_bytes;
+    if (log->map_bytes_max < log->map_bytes)
+        log->map_bytes_max = log->map_bytes;
     cs_err err = open_env(log, dir);
     if (err != CS_OK) {
         cs_log_close(log);
@@ -143,10 +149,12 @@ cs_err cs_log_open(const char *dir, const cs_log_options *opts, cs_log **out)
 
 void cs_log_close(cs_log *log)
 {
-    if (!log) return;
+    if (!log)
+        return;
     cs_assert(log->readers_open == 0);
     cs_assert(!log->in_write);
-    if (log->env) mdb_env_close(log->env);
+    if (log->env)
+        mdb_env_close(log->env);
     free(log->scratch);
     free(log);
 }
@@ -170,7 +178,8 @@ cs_err cs_log_dbi_open(cs_log *log, const char *name, unsigned mdb_flags, MDB_db
         mdb_txn_abort(txn);
     else if (rc == 0)
         rc = mdb_txn_commit(txn);
-    if (rc) return log_fail(log, cs__mdb_err(rc), "open database %s: %s", name, mdb_strerror(rc));
+    if (rc)
+        return log_fail(log, cs__mdb_err(rc), "open database %s: %s", name, mdb_strerror(rc));
     return CS_OK;
 }
 
@@ -178,10 +187,12 @@ cs_err cs_log_dbi_open(cs_log *log, const char *name, unsigned mdb_flags, MDB_db
 
 static cs_err txn_fail(cs_log_txn *t, int rc, const char *what)
 {
-    if (rc == MDB_MAP_FULL) t->map_full = true;
+    if (rc == MDB_MAP_FULL)
+        t->map_full = true;
     cs_err err = cs__mdb_err(rc);
     log_fail(t->log, err, "%s: %s", what, mdb_strerror(rc));
-    if (t->failed == CS_OK) t->failed = err;
+    if (t->failed == CS_OK)
+        t->failed = err;
     return t->failed;
 }
 
@@ -193,9 +204,11 @@ static cs_err grow_map(cs_log *log)
         return log_fail(log, CS_STORAGE_FULL, "data directory reached its maximum size (%zu bytes)",
                         log->map_bytes_max);
     size_t next = log->map_bytes * 2;
-    if (next < log->map_bytes || next > log->map_bytes_max) next = log->map_bytes_max;
+    if (next < log->map_bytes || next > log->map_bytes_max)
+        next = log->map_bytes_max;
     int rc = mdb_env_set_mapsize(log->env, next);
-    if (rc) return log_fail(log, CS_STORAGE_FULL, "cannot grow the map: %s", mdb_strerror(rc));
+    if (rc)
+        return log_fail(log, CS_STORAGE_FULL, "cannot grow the map: %s", mdb_strerror(rc));
     log->map_bytes = next;
     return CS_OK;
 }
@@ -208,9 +221,11 @@ cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
         cs_log_txn t = {.log = log};
         int rc = mdb_txn_begin(log->env, NULL, 0, &t.txn);
         if (rc == MDB_MAP_RESIZED) { /* another process grew it: adopt its size */
-            if ((rc = mdb_env_set_mapsize(log->env, 0)) == 0) continue;
+            if ((rc = mdb_env_set_mapsize(log->env, 0)) == 0)
+                continue;
         }
-        if (rc) return log_fail(log, cs__mdb_err(rc), "begin write: %s", mdb_strerror(rc));
+        if (rc)
+            return log_fail(log, cs__mdb_err(rc), "begin write: %s", mdb_strerror(rc));
         log->in_write = true;
         cs_err err = fn(&t, ctx);
         if (err == CS_OK && t.failed != CS_OK)
@@ -218,7 +233,8 @@ cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
         if (err == CS_OK) {
             rc = mdb_txn_commit(t.txn); /* frees the txn whatever it returns */
             log->in_write = false;
-            if (rc == 0) return CS_OK;
+            if (rc == 0)
+                return CS_OK;
             if (rc != MDB_MAP_FULL)
                 return log_fail(log, cs__mdb_err(rc), "commit: %s", mdb_strerror(rc));
             t.map_full = true;
@@ -226,9 +242,11 @@ cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
             mdb_txn_abort(t.txn);
             log->in_write = false;
         }
-        if (!t.map_full) return err;
+        if (!t.map_full)
+            return err;
         cs_err gerr = grow_map(log);
-        if (gerr != CS_OK) return gerr;
+        if (gerr != CS_OK)
+            return gerr;
     }
     return log_fail(log, CS_STORAGE_FULL, "map kept filling after %d growths", WRITE_ATTEMPTS_MAX);
 }
@@ -240,7 +258,8 @@ MDB_txn *cs_log_txn_mdb(cs_log_txn *txn)
 
 cs_err cs_log_txn_put(cs_log_txn *t, MDB_dbi dbi, MDB_val *key, MDB_val *val, unsigned flags)
 {
-    if (t->failed != CS_OK) return t->failed;
+    if (t->failed != CS_OK)
+        return t->failed;
     int rc = mdb_put(t->txn, dbi, key, val, flags);
     if (rc == MDB_KEYEXIST)
         return CS_INVALID_INPUT; /* the caller asked for NOOVERWRITE: its answer, not a failure */
@@ -249,21 +268,25 @@ cs_err cs_log_txn_put(cs_log_txn *t, MDB_dbi dbi, MDB_val *key, MDB_val *val, un
 
 cs_err cs_log_txn_del(cs_log_txn *t, MDB_dbi dbi, MDB_val *key)
 {
-    if (t->failed != CS_OK) return t->failed;
+    if (t->failed != CS_OK)
+        return t->failed;
     int rc = mdb_del(t->txn, dbi, key, NULL);
-    if (rc == MDB_NOTFOUND) return CS_NOT_FOUND;
+    if (rc == MDB_NOTFOUND)
+        return CS_NOT_FOUND;
     return rc ? txn_fail(t, rc, "del") : CS_OK;
 }
 
 /* Reads the last sequence, chain and time once per transaction. */
 static cs_err txn_load_tail(cs_log_txn *t)
 {
-    if (t->tail_loaded) return CS_OK;
+    if (t->tail_loaded)
+        return CS_OK;
     cs_log *log = t->log;
     MDB_cursor *cur;
     MDB_val k, v;
     int rc = mdb_cursor_open(t->txn, log->events, &cur);
-    if (rc) return txn_fail(t, rc, "cursor");
+    if (rc)
+        return txn_fail(t, rc, "cursor");
     rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
     mdb_cursor_close(cur);
     t->next_seq = 1;
@@ -283,7 +306,8 @@ static cs_err txn_load_tail(cs_log_txn *t)
     } else if (rc != MDB_NOTFOUND) {
         return txn_fail(t, rc, "read tail");
     }
-    if ((rc = mdb_cursor_open(t->txn, log->times, &cur))) return txn_fail(t, rc, "cursor");
+    if ((rc = mdb_cursor_open(t->txn, log->times, &cur)))
+        return txn_fail(t, rc, "cursor");
     rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
     mdb_cursor_close(cur);
     if (rc == 0 && k.mv_size == 8)
@@ -326,7 +350,8 @@ static cs_err append_one(cs_log_txn *t, const cs_event *ev, uint64_t now)
     cs__put_u64(kb, seq);
     MDB_val k = {8, kb}, v = {CS_RECORD_HEADER_BYTES + len, val};
     int rc = mdb_put(t->txn, log->events, &k, &v, MDB_APPEND);
-    if (rc) return txn_fail(t, rc, "append");
+    if (rc)
+        return txn_fail(t, rc, "append");
     if (time_ms > t->last_time_ms || seq == 1) {
         uint8_t tb[8];
         cs__put_u64(tb, time_ms);
@@ -342,7 +367,8 @@ static cs_err append_one(cs_log_txn *t, const cs_event *ev, uint64_t now)
 
 cs_err cs_log_txn_append(cs_log_txn *t, const cs_event *events, size_t n, uint64_t *first_seq_out)
 {
-    if (t->failed != CS_OK) return t->failed;
+    if (t->failed != CS_OK)
+        return t->failed;
     if (n == 0 || n > CS_LOG_BATCH_EVENTS_MAX)
         return t->failed = log_fail(t->log, CS_INVALID_INPUT, "a batch holds 1 to %u events",
                                     CS_LOG_BATCH_EVENTS_MAX);
@@ -351,18 +377,22 @@ cs_err cs_log_txn_append(cs_log_txn *t, const cs_event *events, size_t n, uint64
             return t->failed = log_fail(t->log, CS_INVALID_INPUT,
                                         "event %zu of the batch is over a limit or malformed", i);
     cs_err err = txn_load_tail(t);
-    if (err != CS_OK) return err;
+    if (err != CS_OK)
+        return err;
     uint64_t first = t->next_seq;
     uint64_t now = now_ms();
     for (size_t i = 0; i < n; i++)
-        if ((err = append_one(t, &events[i], now)) != CS_OK) return err;
-    if (first_seq_out) *first_seq_out = first;
+        if ((err = append_one(t, &events[i], now)) != CS_OK)
+            return err;
+    if (first_seq_out)
+        *first_seq_out = first;
     return CS_OK;
 }
 
 uint64_t cs_log_txn_next_seq(cs_log_txn *t)
 {
-    if (txn_load_tail(t) != CS_OK) return 0;
+    if (txn_load_tail(t) != CS_OK)
+        return 0;
     return t->next_seq;
 }
 
@@ -382,6 +412,7 @@ cs_err cs_log_append(cs_log *log, const cs_event *events, size_t n, uint64_t *fi
 {
     append_ctx a = {events, n, 0};
     cs_err err = cs_log_write(log, append_fn, &a);
-    if (err == CS_OK && first_seq_out) *first_seq_out = a.first;
+    if (err == CS_OK && first_seq_out)
+        *first_seq_out = a.first;
     return err;
 }

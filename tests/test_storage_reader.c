@@ -38,13 +38,15 @@ static bool find_script(void)
     const char *env = getenv("CS_SOURCE_DIR");
     if (env && *env) {
         snprintf(script, sizeof(script), "%s/tests/storage_reader.py", env);
-        if (access(script, R_OK) == 0) return true;
+        if (access(script, R_OK) == 0)
+            return true;
     }
     const char *self = __FILE__;
     const char *slash = strrchr(self, '/');
     if (self[0] == '/' && slash) {
         snprintf(script, sizeof(script), "%.*s/storage_reader.py", (int)(slash - self), self);
-        if (access(script, R_OK) == 0) return true;
+        if (access(script, R_OK) == 0)
+            return true;
     }
     snprintf(script, sizeof(script), "../../tests/storage_reader.py");
     return access(script, R_OK) == 0;
@@ -58,9 +60,11 @@ static int run(const char *const *argv, char **out)
 {
     *out = NULL;
     int fds[2];
-    if (pipe(fds) != 0) return -1;
+    if (pipe(fds) != 0)
+        return -1;
     pid_t pid = fork();
-    if (pid < 0) return -1;
+    if (pid < 0)
+        return -1;
     if (pid == 0) {
         dup2(fds[1], 1);
         dup2(fds[1], 2);
@@ -91,15 +95,18 @@ static int run(const char *const *argv, char **out)
             cap *= 2;
         }
         got = read(fds[0], buf + len, cap - 1 - len);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) break;
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;
         len += (size_t)got;
     }
     close(fds[0]);
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
     }
-    if (buf) buf[len] = '\0';
+    if (buf)
+        buf[len] = '\0';
     *out = buf;
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
@@ -117,7 +124,8 @@ static int64_t verdict(const char *flag, const char *dir)
 {
     char *out;
     int st = reader(flag, dir, &out);
-    if (!out) return INT64_MIN;
+    if (!out)
+        return INT64_MIN;
     unsigned long long n;
     int64_t v = INT64_MIN;
     if (st == 0 && sscanf(out, "ok %llu events", &n) == 1)
@@ -134,12 +142,15 @@ static int64_t verdict(const char *flag, const char *dir)
 static int64_t c_verdict(cs_log *log)
 {
     cs_log_reader *r;
-    if (cs_log_reader_open(log, &r) != CS_OK) return INT64_MIN;
+    if (cs_log_reader_open(log, &r) != CS_OK)
+        return INT64_MIN;
     uint64_t bad = 0, head = 0;
     cs_err err = cs_log_reader_verify(r, &bad);
-    if (err == CS_OK) err = cs_log_reader_head(r, &head);
+    if (err == CS_OK)
+        err = cs_log_reader_head(r, &head);
     cs_log_reader_close(r);
-    if (err == CS_OK) return (int64_t)head;
+    if (err == CS_OK)
+        return (int64_t)head;
     return err == CS_CORRUPT ? -(int64_t)bad : INT64_MIN;
 }
 
@@ -147,7 +158,8 @@ static int64_t c_verdict(cs_log *log)
 
 static bool raw_begin(cs_log *log, MDB_txn **txn, MDB_dbi *dbi, const char *db)
 {
-    if (mdb_txn_begin(cs_log_env(log), NULL, 0, txn) != 0) return false;
+    if (mdb_txn_begin(cs_log_env(log), NULL, 0, txn) != 0)
+        return false;
     if (mdb_dbi_open(*txn, db, 0, dbi) != 0) {
         mdb_txn_abort(*txn);
         return false;
@@ -174,7 +186,8 @@ static uint8_t *raw_get(cs_log *log, uint64_t seq, size_t *len)
 {
     MDB_txn *txn;
     MDB_dbi dbi;
-    if (!raw_begin(log, &txn, &dbi, "events")) return NULL;
+    if (!raw_begin(log, &txn, &dbi, "events"))
+        return NULL;
     uint8_t kb[8];
     be64(kb, seq);
     MDB_val k = {8, kb}, v;
@@ -192,7 +205,8 @@ static bool raw_set(cs_log *log, uint64_t seq, const uint8_t *val, size_t len)
 {
     MDB_txn *txn;
     MDB_dbi dbi;
-    if (!raw_begin(log, &txn, &dbi, "events")) return false;
+    if (!raw_begin(log, &txn, &dbi, "events"))
+        return false;
     uint8_t kb[8];
     be64(kb, seq);
     MDB_val k = {8, kb}, v = {len, (void *)val};
@@ -224,7 +238,8 @@ static bool make_fields(unsigned i, msgpack_packer *pk, json_t **expect)
     snprintf(name, sizeof(name), "item %u", i);
     if (i == 150) { /* one large event: a long description */
         char *big = malloc(BIG_STRING_BYTES + 1);
-        if (!big) return false;
+        if (!big)
+            return false;
         for (unsigned j = 0; j < BIG_STRING_BYTES; j++)
             big[j] = (char)('a' + j % 26);
         big[BIG_STRING_BYTES] = '\0';
@@ -344,13 +359,15 @@ static bool write_events(cs_log *log, written *w)
     unsigned i = 0;
     for (unsigned b = 0; i < N_EVENTS; b++) {
         unsigned n = batches[b % 8];
-        if (n > N_EVENTS - i) n = N_EVENTS - i;
+        if (n > N_EVENTS - i)
+            n = N_EVENTS - i;
         for (unsigned j = 0; j < n; j++, i++) {
             msgpack_sbuffer_init(&w[i].fields);
             msgpack_packer pk;
             msgpack_packer_init(&pk, &w[i].fields, msgpack_sbuffer_write);
             bool has = make_fields(i, &pk, &w[i].expect);
-            if (!w[i].expect) return false;
+            if (!w[i].expect)
+                return false;
             t_ms += (i % 3 == 0) ? 0 : 250; /* some share a time */
             cs_event *e = &evs[j];
             *e = (cs_event){
@@ -364,13 +381,18 @@ static bool write_events(cs_log *log, written *w)
                 .fields = has ? (const uint8_t *)w[i].fields.data : NULL,
                 .fields_len = has ? w[i].fields.size : 0,
             };
-            if (i == 290) e->time_ms = 0;                    /* "now": later ones are clamped */
-            if (i % 50 == 20) e->time_ms = 1600000000000ull; /* the past: clamped */
-            if (i == 77) e->actor = (cs_str){long_actor, CS_EVENT_STR_BYTES_MAX};
-            if (i == 200) e->id = e->version = UINT64_MAX;
+            if (i == 290)
+                e->time_ms = 0; /* "now": later ones are clamped */
+            if (i % 50 == 20)
+                e->time_ms = 1600000000000ull; /* the past: clamped */
+            if (i == 77)
+                e->actor = (cs_str){long_actor, CS_EVENT_STR_BYTES_MAX};
+            if (i == 200)
+                e->id = e->version = UINT64_MAX;
         }
         uint64_t first;
-        if (cs_log_append(log, evs, n, &first) != CS_OK || first != i - n + 1) return false;
+        if (cs_log_append(log, evs, n, &first) != CS_OK || first != i - n + 1)
+            return false;
     }
     return true;
 }
@@ -431,7 +453,8 @@ static bool line_matches(const char *line, cs_log_reader *r, cs_event_decoder *d
               str_is(obj, "kind", v.kind) && str_is(obj, "type", v.type) &&
               hex_is(obj, "checksum", rec.checksum) && hex_is(obj, "chain", rec.chain) &&
               json_equal(json_object_get(obj, "fields"), w[seq - 1].expect);
-    if (!ok) fprintf(stderr, "  event %llu differs: %s\n", (unsigned long long)seq, line);
+    if (!ok)
+        fprintf(stderr, "  event %llu differs: %s\n", (unsigned long long)seq, line);
     json_decref(obj);
     return ok;
 }
