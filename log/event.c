@@ -242,7 +242,8 @@ static cs_err enc_reserve(uint8_t **buf, size_t *cap, size_t need)
 
 #define PACK_KEY(pk, lit) msgpack_pack_str_with_body((pk), (lit), sizeof(lit) - 1)
 
-/* The keys in their documented order (docs/storage.md); `fields` is written by the caller.
+/* The keys in their documented order (docs/storage.md), ending with the key `fields`: its value,
+ * already msgpack, is copied after the envelope by the caller (store.c, straight into LMDB).
  * msgpack-c's pack calls cannot fail here: enc_write never does. */
 static void encode_envelope(msgpack_packer *pk, const cs_event *ev, uint64_t seq, uint64_t time_ms)
 {
@@ -288,31 +289,21 @@ cs_err cs__event_check(const cs_event *ev)
     return CS_OK;
 }
 
-cs_err cs__event_encode(const cs_event *ev, uint64_t seq, uint64_t time_ms, uint8_t **buf,
-                        size_t *cap, size_t offset, size_t *len_out)
+cs_err cs__event_encode_envelope(const cs_event *ev, uint64_t seq, uint64_t time_ms, uint8_t **buf,
+                                 size_t *cap, size_t *len_out)
 {
-    /* cs__event_check ran first: the strings fit their headers and the fields are one map. */
+    /* cs__event_check ran first: the strings fit their headers. */
     cs_assert(ev->actor.len <= CS_EVENT_STR_BYTES_MAX);
     cs_assert(ev->kind.len <= CS_EVENT_STR_BYTES_MAX);
     cs_assert(ev->type.len <= CS_EVENT_STR_BYTES_MAX);
-    cs_assert(ev->fields == NULL || ev->fields_len <= CS_EVENT_BYTES_MAX);
-    static const uint8_t empty_map = 0x80;
-    const uint8_t *fields = ev->fields ? ev->fields : &empty_map;
-    size_t fields_len = ev->fields ? ev->fields_len : 1;
-    size_t need =
-        offset + ENVELOPE_BYTES_MAX + ev->actor.len + ev->kind.len + ev->type.len + fields_len;
+    size_t need = ENVELOPE_BYTES_MAX + ev->actor.len + ev->kind.len + ev->type.len;
     if (enc_reserve(buf, cap, need) != CS_OK)
         return CS_NO_MEMORY;
-    enc_buf b = {*buf, offset, need};
+    enc_buf b = {*buf, 0, need};
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, enc_write);
     encode_envelope(&pk, ev, seq, time_ms);
-    /* The fields are already msgpack (checked by cs__event_check): copy them as they are. */
-    enc_write(&b, (const char *)fields, fields_len);
-    size_t len = b.len - offset;
-    if (len > CS_EVENT_BYTES_MAX)
-        return CS_INVALID_INPUT;
-    *len_out = len;
+    *len_out = b.len;
     return CS_OK;
 }
 

@@ -86,9 +86,11 @@ cs_err cs__mdb_err(int rc);
 /* Splits a stored value into a record and verifies its checksum. */
 cs_err cs__record_parse(uint64_t seq, const uint8_t *val, size_t len, cs_log_record *out);
 
-/* Encodes one event (with its seq and final time) into buf as msgpack. */
-cs_err cs__event_encode(const cs_event *ev, uint64_t seq, uint64_t time_ms, uint8_t **buf,
-                        size_t *cap, size_t offset, size_t *len_out);
+/* Encodes an event's envelope (with its seq and final time) as msgpack into buf (grown), up to
+ * and including the key `fields`: the stored event is these bytes followed by the fields' own
+ * msgpack bytes (an empty map when there are none). */
+cs_err cs__event_encode_envelope(const cs_event *ev, uint64_t seq, uint64_t time_ms, uint8_t **buf,
+                                 size_t *cap, size_t *len_out);
 
 /* Validates an event's caller-supplied parts against the limits. */
 cs_err cs__event_check(const cs_event *ev);

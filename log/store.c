@@ -333,25 +333,35 @@ static cs_err append_one(cs_log_txn *t, const cs_event *ev, uint64_t now)
     uint64_t time_ms = ev->time_ms ? ev->time_ms : now;
     if (time_ms < t->last_time_ms)
         time_ms = t->last_time_ms; /* times never go back: as-of by time relies on it */
-    size_t len;
-    cs_err err = cs__event_encode(ev, seq, time_ms, &log->scratch, &log->scratch_cap,
-                                  CS_RECORD_HEADER_BYTES, &len);
-    if (err == CS_INVALID_INPUT) /* SPEC 6: a refusal says why, not just its code */
-        return t->failed = log_fail(log, err, "an event of the batch is over %u bytes encoded",
-                                    CS_EVENT_BYTES_MAX);
+    size_t env_len;
+    cs_err err =
+        cs__event_encode_envelope(ev, seq, time_ms, &log->scratch, &log->scratch_cap, &env_len);
     if (err != CS_OK)
         return t->failed = err;
-    uint8_t *val = log->scratch;
+    static const uint8_t empty_map = 0x80;
+    const uint8_t *fields = ev->fields ? ev->fields : &empty_map;
+    size_t fields_len = ev->fields ? ev->fields_len : 1;
+    size_t len = env_len + fields_len;
+    if (len > CS_EVENT_BYTES_MAX) /* SPEC 6: a refusal says why, not just its code */
+        return t->failed =
+                   log_fail(log, CS_INVALID_INPUT, "an event of the batch is over %u bytes encoded",
+                            CS_EVENT_BYTES_MAX);
+    uint8_t kb[8];
+    cs__put_u64(kb, seq);
+    /* MDB_RESERVE: the record is assembled in LMDB's own dirty page, so the fields are copied
+     * once (caller -> page) instead of twice (caller -> scratch -> page). Not WRITEMAP: the page
+     * is process memory until the commit writes it. */
+    MDB_val k = {8, kb}, v = {CS_RECORD_HEADER_BYTES + len, NULL};
+    int rc = mdb_put(t->txn, log->events, &k, &v, MDB_APPEND | MDB_RESERVE);
+    if (rc)
+        return txn_fail(t, rc, "append");
+    uint8_t *val = v.mv_data;
+    memcpy(val + CS_RECORD_HEADER_BYTES, log->scratch, env_len);
+    memcpy(val + CS_RECORD_HEADER_BYTES + env_len, fields, fields_len);
     uint64_t sum = cs_log_checksum(val + CS_RECORD_HEADER_BYTES, len, seq);
     uint64_t chain = cs_log_chain(t->last_chain, sum);
     cs__put_u64(val, sum);
     cs__put_u64(val + 8, chain);
-    uint8_t kb[8];
-    cs__put_u64(kb, seq);
-    MDB_val k = {8, kb}, v = {CS_RECORD_HEADER_BYTES + len, val};
-    int rc = mdb_put(t->txn, log->events, &k, &v, MDB_APPEND);
-    if (rc)
-        return txn_fail(t, rc, "append");
     if (time_ms > t->last_time_ms || seq == 1) {
         uint8_t tb[8];
         cs__put_u64(tb, time_ms);
