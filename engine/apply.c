@@ -241,6 +241,8 @@ cs_err cs__emit(cs_engine *e, cs_log_txn *txn, const cs_event *evs, size_t n, ui
                            .type = evs[i].type};
         const uint8_t *f = evs[i].fields ? evs[i].fields : &empty_map;
         size_t flen = evs[i].fields ? evs[i].fields_len : 1, off = 0;
+        v.fields_bytes = f;
+        v.fields_len = flen;
         if (msgpack_unpack((const char *)f, flen, &off, &e->zone, &v.fields) !=
             MSGPACK_UNPACK_SUCCESS)
             return CS_NO_MEMORY; /* the bytes were checked by the append: only memory fails */

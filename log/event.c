@@ -361,7 +361,8 @@ static unsigned decode_key(const msgpack_object_kv *kv, cs_event_view *ev, bool 
             continue;
         if (kv->val.type != MSGPACK_OBJECT_STR)
             *bad = true;
-        str_dst[i]->ptr = kv->val.via.str.ptr;
+        /* msgpack-c may leave an empty string's pointer NULL: callers get "" instead. */
+        str_dst[i]->ptr = kv->val.via.str.size ? kv->val.via.str.ptr : "";
         str_dst[i]->len = kv->val.via.str.size;
         return 1u << (5 + i);
     }
@@ -374,27 +375,53 @@ static unsigned decode_key(const msgpack_object_kv *kv, cs_event_view *ev, bool 
     return 0; /* unknown keys are ignored: a later format-1 writer may add some */
 }
 
-cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs_event_view *out)
+/* One object of buf at *off through msgpack-c (which stops at its end and says EXTRA_BYTES when
+ * more follows: that is expected inside the event's map). */
+static cs_err unpack_at(cs_event_decoder *dec, const uint8_t *buf, size_t len, size_t *off,
+                        msgpack_object *out)
 {
-    size_t vlen, off = 0;
-    if (len == 0 || len > CS_EVENT_BYTES_MAX)
-        return CS_CORRUPT;
-    if (cs_msgpack_check(buf, len, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK || vlen != len)
-        return CS_CORRUPT;
-    msgpack_zone_clear(&dec->zone);
-    msgpack_object obj;
-    msgpack_unpack_return rc = msgpack_unpack((const char *)buf, len, &off, &dec->zone, &obj);
+    msgpack_unpack_return rc = msgpack_unpack((const char *)buf, len, off, &dec->zone, out);
     if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
         return CS_NO_MEMORY;
-    if (rc != MSGPACK_UNPACK_SUCCESS || obj.type != MSGPACK_OBJECT_MAP)
+    return rc == MSGPACK_UNPACK_SUCCESS || rc == MSGPACK_UNPACK_EXTRA_BYTES ? CS_OK : CS_CORRUPT;
+}
+
+cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs_event_view *out)
+{
+    size_t vlen, hdr;
+    uint64_t payload, children;
+    if (len == 0 || len > CS_EVENT_BYTES_MAX)
         return CS_CORRUPT;
+    /* Lengths and nesting first (SPEC 4), then the map's header for its pair count. */
+    if (cs_msgpack_check(buf, len, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK || vlen != len ||
+        check_header(buf, len, &hdr, &payload, &children) != CS_OK)
+        return CS_CORRUPT;
+    if ((buf[0] & 0xf0) != 0x80 && buf[0] != 0xde && buf[0] != 0xdf)
+        return CS_CORRUPT; /* an event is a map */
+    msgpack_zone_clear(&dec->zone);
     cs_event_view ev;
     memset(&ev, 0, sizeof(ev));
     unsigned seen = 0;
     bool bad = false;
-    for (uint32_t i = 0; i < obj.via.map.size; i++)
-        seen |= decode_key(&obj.via.map.ptr[i], &ev, &bad);
-    if (bad || seen != 0x1ffu)
+    size_t off = hdr;
+    /* Pair by pair, so the byte range of `fields` is known: a branch stores those bytes as they
+     * are instead of packing the decoded object again. */
+    for (uint64_t i = 0; i < children / 2; i++) {
+        msgpack_object_kv kv;
+        cs_err err = unpack_at(dec, buf, len, &off, &kv.key);
+        size_t start = off;
+        if (err == CS_OK)
+            err = unpack_at(dec, buf, len, &off, &kv.val);
+        if (err != CS_OK)
+            return err;
+        unsigned bit = decode_key(&kv, &ev, &bad);
+        if (bit == 1u << 8) {
+            ev.fields_bytes = buf + start;
+            ev.fields_len = off - start;
+        }
+        seen |= bit;
+    }
+    if (bad || seen != 0x1ffu || off != len)
         return CS_CORRUPT;
     *out = ev;
     return CS_OK;

@@ -125,7 +125,9 @@ typedef struct cs_event_view {
     cs_str actor;
     cs_str kind;
     cs_str type;
-    msgpack_object fields; /* MSGPACK_OBJECT_MAP */
+    msgpack_object fields;       /* MSGPACK_OBJECT_MAP */
+    const uint8_t *fields_bytes; /* the same map as it is encoded in the event: borrowed */
+    size_t fields_len;
 } cs_event_view;
 
 typedef struct cs_event_decoder cs_event_decoder;

@@ -28,76 +28,15 @@ static bool type_synced(const cs__bstate *st, const cs_type *t)
     return t->code < 64 && (st->types_mask & ((uint64_t)1 << t->code));
 }
 
-/* The size of the msgpack scalar at p (an integer, a string, nil or a boolean: what an event's
- * envelope holds besides its fields), 0 for anything else. */
-static size_t scalar_size(const uint8_t *p, size_t len)
-{
-    static const uint8_t int_bytes[8] = {1, 2, 4, 8, 1, 2, 4, 8}; /* 0xcc-0xcf, 0xd0-0xd3 */
-    size_t n = 0;
-    if (len == 0)
-        return 0;
-    if (p[0] <= 0x7f || p[0] >= 0xe0 || p[0] == 0xc0 || p[0] == 0xc2 || p[0] == 0xc3)
-        n = 1;
-    else if (p[0] >= 0xa0 && p[0] <= 0xbf)
-        n = 1 + (size_t)(p[0] & 0x1f);
-    else if (p[0] >= 0xcc && p[0] <= 0xd3)
-        n = 1 + (size_t)int_bytes[p[0] - 0xcc];
-    else if (p[0] == 0xd9 && len >= 2)
-        n = 2 + (size_t)p[1];
-    else if (p[0] == 0xda && len >= 3)
-        n = 3 + ((size_t)p[1] << 8 | p[2]);
-    return n <= len ? n : 0;
-}
-
-/* The bytes of the "fields" value inside an encoded event (a map of short keys), so the mirror
- * stores them without decoding and re-encoding them. The event was verified by
- * cs_event_decode; this walks only its envelope. False when it is laid out otherwise; the
- * caller then packs the decoded fields. */
-static bool event_fields_bytes(const uint8_t *p, size_t len, const uint8_t **out, size_t *out_len)
-{
-    uint32_t n;
-    size_t off;
-    if (len >= 1 && (p[0] & 0xf0) == 0x80) {
-        n = p[0] & 0x0f;
-        off = 1;
-    } else if (len >= 3 && p[0] == 0xde) {
-        n = (uint32_t)p[1] << 8 | p[2];
-        off = 3;
-    } else {
-        return false;
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        size_t kl = scalar_size(p + off, len - off), vl;
-        if (kl == 0)
-            return false;
-        bool is_fields = kl == 7 && p[off] == 0xa6 && memcmp(p + off + 1, "fields", 6) == 0;
-        off += kl;
-        if (is_fields) {
-            if (i + 1 == n) /* the last value: it ends where the event does */
-                vl = len - off;
-            else if (cs_msgpack_check(p + off, len - off, CS_MSGPACK_DEPTH_MAX, &vl) != CS_OK)
-                return false;
-            *out = p + off;
-            *out_len = vl;
-            return vl > 0;
-        }
-        if ((vl = scalar_size(p + off, len - off)) == 0)
-            return false;
-        off += vl;
-    }
-    return false;
-}
-
 static cs_err apply_catalog(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev,
                             const cs_type *t)
 {
     uint8_t kb[9];
     cs__key9(kb, t->code, ev->id);
-    const uint8_t *f;
-    size_t flen;
     cs_err err;
-    if (b->ev_bytes && event_fields_bytes(b->ev_bytes, b->ev_len, &f, &flen)) {
-        err = cs__rec_put(b, txn, b->mirror, kb, ev->version, kind_is(ev, "delete"), NULL, f, flen);
+    if (ev->fields_bytes) { /* stored as they were logged: no decode and pack again */
+        err = cs__rec_put(b, txn, b->mirror, kb, ev->version, kind_is(ev, "delete"), NULL,
+                          ev->fields_bytes, ev->fields_len);
     } else {
         cs_item it = {
             .version = ev->version, .archived = kind_is(ev, "delete"), .fields = ev->fields};
@@ -230,11 +169,7 @@ static cs_err apply_record(cs_branch *b, cs_log_txn *txn, const cs_log_record *r
     if (cs_event_decode(b->dec, rec->event, rec->event_len, &ev) != CS_OK || ev.seq != rec->seq)
         return cs__branch_fail(b, CS_CORRUPT, "event %llu does not decode",
                                (unsigned long long)rec->seq);
-    b->ev_bytes = rec->event;
-    b->ev_len = rec->event_len;
     cs_err err = cs__branch_apply_event(b, txn, &ev);
-    b->ev_bytes = NULL;
-    b->ev_len = 0;
     b->st.cursor = rec->seq;
     b->st.chain = rec->chain;
     return err;

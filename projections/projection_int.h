@@ -44,10 +44,6 @@ struct cs_branch {
     msgpack_sbuffer flds;  /* owned: a copy's remapped fields, reused */
     uint64_t *ids;         /* owned: a sync point's copy id per dirty entry (syncpoint.c) */
     size_t ids_cap;
-    /* The encoded event being applied (borrowed from the segment while apply_record runs; NULL
-     * otherwise): the mirror stores its fields' bytes as they are, without re-encoding. */
-    const uint8_t *ev_bytes;
-    size_t ev_len;
     cs__bstate st; /* the state inside the current apply transaction */
     char errmsg[CS__BRANCH_ERRMSG_BYTES];
 };
