@@ -294,6 +294,16 @@ int cs_cli_open(const char *dir, bool must_exist, cs_engine **out)
     return CS_CLI_GO;
 }
 
+int cs_cli_parse_shop_args(const cs_cli_cmd *cmd, int argc, char **argv, unsigned npos, char **pos,
+                           uint64_t *shop)
+{
+    unsigned got = 0;
+    int rc = cs_cli_parse(cmd, argc, argv, NULL, 0, npos, npos, pos, &got);
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_parse_id(cmd, "SHOP", pos[0], shop);
+    return rc;
+}
+
 bool cs_cli_parse_u64(const char *s, uint64_t *out)
 {
     /* strtoull alone accepts " 12", "+12", "-1" (as 2^64-1) and "12abc": refuse them all. */

@@ -96,6 +96,12 @@ int cs_cli_data_dir(const cs_cli_cmd *cmd, const char **dir_out);
  * CS_CLI_GO with *out set (close with cs_engine_close), or the exit code after printing. */
 int cs_cli_open(const char *dir, bool must_exist, cs_engine **out);
 
+/* For commands whose arguments are exactly `npos` positionals, the first a SHOP id (shop
+ * switch, unlink, whatsapp; whatsapp resolve): parses them into pos[] and *shop. Same returns
+ * as cs_cli_parse. */
+int cs_cli_parse_shop_args(const cs_cli_cmd *cmd, int argc, char **argv, unsigned npos, char **pos,
+                           uint64_t *shop);
+
 /* Strict decimal u64: digits only, whole string, no overflow. False on anything else. */
 bool cs_cli_parse_u64(const char *s, uint64_t *out);
 /* The same for an option or argument named `what`, >= 1; prints the usage error (returns 1). */

@@ -219,11 +219,8 @@ int cs_cmd_network_whatsapp(const cs_cli_cmd *cmd, int argc, char **argv)
 int cs_cmd_whatsapp_resolve(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     char *pos[CS_CLI_POS_MAX];
-    unsigned npos = 0;
     uint64_t shop = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, NULL, 0, 1, 1, pos, &npos);
-    if (rc == CS_CLI_GO)
-        rc = cs_cli_parse_id(cmd, "SHOP", pos[0], &shop);
+    int rc = cs_cli_parse_shop_args(cmd, argc, argv, 1, pos, &shop);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
         rc = open_for(cmd, true, &e);

@@ -115,11 +115,8 @@ int cs_cmd_shop_list(const cs_cli_cmd *cmd, int argc, char **argv)
 int cs_cmd_shop_switch(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     char *pos[CS_CLI_POS_MAX];
-    unsigned npos = 0;
     uint64_t shop = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, NULL, 0, 2, 2, pos, &npos);
-    if (rc == CS_CLI_GO)
-        rc = cs_cli_parse_id(cmd, "SHOP", pos[0], &shop);
+    int rc = cs_cli_parse_shop_args(cmd, argc, argv, 2, pos, &shop);
     bool on = rc == CS_CLI_GO && strcmp(pos[1], "on") == 0;
     if (rc == CS_CLI_GO && !on && strcmp(pos[1], "off") != 0)
         rc = cs_cli_usage(cmd, "the switch is on or off, not '%s'", pos[1]);
@@ -177,11 +174,8 @@ int cs_cmd_shop_password(const cs_cli_cmd *cmd, int argc, char **argv)
 int cs_cmd_shop_unlink(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     char *pos[CS_CLI_POS_MAX];
-    unsigned npos = 0;
     uint64_t shop = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, NULL, 0, 1, 1, pos, &npos);
-    if (rc == CS_CLI_GO)
-        rc = cs_cli_parse_id(cmd, "SHOP", pos[0], &shop);
+    int rc = cs_cli_parse_shop_args(cmd, argc, argv, 1, pos, &shop);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
         rc = shop_open(cmd, &e);
@@ -200,11 +194,8 @@ int cs_cmd_shop_unlink(const cs_cli_cmd *cmd, int argc, char **argv)
 int cs_cmd_shop_whatsapp(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     char *pos[CS_CLI_POS_MAX];
-    unsigned npos = 0;
     uint64_t shop = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, NULL, 0, 2, 2, pos, &npos);
-    if (rc == CS_CLI_GO)
-        rc = cs_cli_parse_id(cmd, "SHOP", pos[0], &shop);
+    int rc = cs_cli_parse_shop_args(cmd, argc, argv, 2, pos, &shop);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
         rc = shop_open(cmd, &e);
