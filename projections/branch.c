@@ -101,64 +101,58 @@ cs_err cs__rec_put(cs_branch *b, cs_log_txn *txn, MDB_dbi dbi, const uint8_t key
     return cs_log_txn_put(txn, dbi, &k, &v, 0);
 }
 
-/* A msgpack unsigned integer at p (positive fixint, uint 8/16/32/64); its size, 0 if none. */
-static size_t rec_uint(const uint8_t *p, size_t len, uint64_t *out)
+/* One element of a record at *off, through msgpack-c, after checking its lengths (SPEC 4).
+ * Objects go to zone, which is not cleared: the caller's other objects stay valid. */
+static cs_err rec_element(const uint8_t *p, size_t len, size_t *off, msgpack_zone *z,
+                          msgpack_object *out)
 {
-    static const size_t width[4] = {1, 2, 4, 8};
-    if (len >= 1 && p[0] <= 0x7f) {
-        *out = p[0];
-        return 1;
-    }
-    if (len < 1 || p[0] < 0xcc || p[0] > 0xcf || len < 1 + width[p[0] - 0xcc])
-        return 0;
-    size_t w = width[p[0] - 0xcc];
-    uint64_t v = 0;
-    for (size_t i = 1; i <= w; i++)
-        v = (v << 8) | p[i];
-    *out = v;
-    return 1 + w;
+    size_t vlen;
+    if (*off >= len || cs_msgpack_check(p + *off, len - *off, 1, &vlen) != CS_OK)
+        return CS_CORRUPT;
+    msgpack_unpack_return rc = msgpack_unpack((const char *)p, len, off, z, out);
+    if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
+        return CS_NO_MEMORY;
+    return rc == MSGPACK_UNPACK_EXTRA_BYTES ? CS_OK : CS_CORRUPT; /* the fields follow */
 }
 
-/* nil or [shop, id, version]; its size, 0 if neither. */
-static size_t rec_link(const uint8_t *p, size_t len, bool *has, uint64_t v[3])
+/* nil or [shop, id, version]. */
+static bool rec_link(const msgpack_object *o, bool *has, uint64_t v[3])
 {
     *has = false;
-    if (len >= 1 && p[0] == 0xc0)
-        return 1;
-    if (len < 1 || p[0] != 0x93)
-        return 0;
-    size_t off = 1;
+    if (o->type == MSGPACK_OBJECT_NIL)
+        return true;
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 3)
+        return false;
     for (int i = 0; i < 3; i++) {
-        size_t n = rec_uint(p + off, len - off, &v[i]);
-        if (n == 0)
-            return 0;
-        off += n;
+        if (o->via.array.ptr[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            return false;
+        v[i] = o->via.array.ptr[i].via.u64;
     }
     *has = true;
-    return off;
+    return true;
 }
 
-cs_err cs__rec_view_parse(const MDB_val *v, cs__rec_view *out)
+cs_err cs__rec_view_parse(const MDB_val *v, msgpack_zone *z, cs__rec_view *out)
 {
     const uint8_t *p = v->mv_data;
-    size_t len = v->mv_size, off = 1, n;
+    size_t len = v->mv_size, off = 1;
     cs__rec_view r = {0};
+    uint64_t detached[3];
+    msgpack_object o[4];
+    /* msgpack-c packs the record's 5-element array header as the one byte 0x95 (fixarray). */
     if (len < 1 || p[0] != 0x95)
         return CS_CORRUPT;
-    if ((n = rec_uint(p + off, len - off, &r.version)) == 0)
+    for (int i = 0; i < 4; i++) {
+        cs_err err = rec_element(p, len, &off, z, &o[i]);
+        if (err != CS_OK)
+            return err;
+    }
+    if (o[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || o[1].type != MSGPACK_OBJECT_BOOLEAN ||
+        !rec_link(&o[2], &r.has_origin, r.origin) || !rec_link(&o[3], &r.has_detached, detached))
         return CS_CORRUPT;
-    off += n;
-    if (off >= len || (p[off] != 0xc2 && p[off] != 0xc3))
-        return CS_CORRUPT;
-    r.archived = p[off++] == 0xc3;
-    if ((n = rec_link(p + off, len - off, &r.has_origin, r.origin)) == 0)
-        return CS_CORRUPT;
-    off += n;
-    uint64_t detached[3];
-    if ((n = rec_link(p + off, len - off, &r.has_detached, detached)) == 0)
-        return CS_CORRUPT;
-    off += n;
-    /* The rest is the fields' map. Not walked: callers compare it as bytes or copy it, and
+    r.version = o[0].via.u64;
+    r.archived = o[1].via.boolean;
+    /* The rest is the fields' map. Not decoded: callers compare it as bytes or copy it, and
      * cs_item_parse checks it whenever it is decoded. */
     if (off >= len || ((p[off] & 0xf0) != 0x80 && p[off] != 0xde && p[off] != 0xdf))
         return CS_CORRUPT;

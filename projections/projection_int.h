@@ -55,7 +55,7 @@ cs_err cs__state_load(cs_branch *b, MDB_txn *txn, cs__bstate *out);
 cs_err cs__state_save(cs_branch *b, cs_log_txn *txn, const cs__bstate *st);
 
 /* Item records (docs/storage.md, "engine": [version, archived, origin, detached_from, fields])
- * written and read from bytes, without msgpack-c's object tree: the apply path writes one per
+ * with the fields kept as bytes, never as msgpack-c's object tree: the apply path writes one per
  * event and the sync point one per copy, and packing objects was a fifth of a branch's time. */
 typedef struct cs__rec_view {
     uint64_t version;
@@ -72,8 +72,9 @@ typedef struct cs__rec_view {
 cs_err cs__rec_put(cs_branch *b, cs_log_txn *txn, MDB_dbi dbi, const uint8_t key[9],
                    uint64_t version, bool archived, const uint64_t *origin, const uint8_t *fields,
                    size_t fields_len);
-/* Splits a stored record without decoding (or walking) its fields. Errors: CS_CORRUPT. */
-cs_err cs__rec_view_parse(const MDB_val *v, cs__rec_view *out);
+/* Splits a stored record without decoding its fields (msgpack-c reads the four header
+ * elements into z, which is not cleared). Errors: CS_CORRUPT, CS_NO_MEMORY. */
+cs_err cs__rec_view_parse(const MDB_val *v, msgpack_zone *z, cs__rec_view *out);
 
 /* One event, in the apply transaction (apply.c). */
 cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev);

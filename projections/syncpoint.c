@@ -156,7 +156,7 @@ static cs_err write_copy(cs_branch *b, cs_log_txn *txn, remap_ctx *rctx, const c
     int rc = mdb_get(m, b->items, &k, &v);
     if (rc != 0 && rc != MDB_NOTFOUND)
         return CS_IO;
-    if (rc == 0 && cs__rec_view_parse(&v, &old) != CS_OK)
+    if (rc == 0 && cs__rec_view_parse(&v, &b->zone, &old) != CS_OK)
         return cs__branch_fail(b, CS_CORRUPT, "copy %llu does not read back",
                                (unsigned long long)copy_id);
     const uint64_t origin[3] = {b->st.head, head_id, m_it->version};
