@@ -311,7 +311,7 @@ static bool keep_local_item(const MDB_val *k, const MDB_val *v, void *ctx)
     const cs_type *t = k->mv_size == 9 ? cs_schema_by_code(((const uint8_t *)k->mv_data)[0]) : NULL;
     if (!t || t->cls != CS_CLASS_SYNCED)
         return false;
-    /* The record starts [version, archived, origin, detached, ...]: nil links are 0xc0. */
+    /* A record that does not parse is counted as local: the item check reports it. */
     msgpack_zone z;
     cs_item it;
     if (!msgpack_zone_init(&z, 512))
