@@ -181,7 +181,9 @@ static cs_err segment_fn(cs_log_txn *txn, void *ctx)
     cs_branch *b = c->b;
     cs_segment_view v = c->view;
     c->applied = 0;
-    cs_err err = cs__state_load(b, cs_log_txn_mdb(txn), &b->st);
+    cs_err err = b->bind_shop ? cs__bind_write(b, txn) : CS_OK;
+    if (err == CS_OK)
+        err = cs__state_load(b, cs_log_txn_mdb(txn), &b->st);
     if (err == CS_OK)
         err = check_start(b, &v);
     if (err != CS_OK)
@@ -221,6 +223,8 @@ cs_err cs_branch_apply_segment(cs_branch *b, const uint8_t *seg, size_t len, uin
     if (err != CS_OK)
         return cs__branch_fail(b, err, "the segment does not verify (bad header or checksum)");
     err = cs_log_write(cs_engine_log(b->engine), segment_fn, &c);
+    if (err == CS_OK)
+        b->bind_shop = 0; /* written with this segment */
     if (err == CS_OK && applied_out)
         *applied_out = c.applied;
     return err;

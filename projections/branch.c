@@ -294,37 +294,48 @@ cs_err cs_branch_digest(cs_branch *b, uint64_t *out)
 
 /* ---- bind -------------------------------------------------------------------------------- */
 
-typedef struct bind_ctx {
-    cs_branch *b;
-    uint64_t shop;
-} bind_ctx;
-
-static cs_err bind_fn(cs_log_txn *txn, void *ctx)
+/* Whether the directory may become (or already is) branch `shop`; *needed is set when it is
+ * not that branch yet. Reads only. */
+static cs_err bind_check(cs_branch *b, MDB_txn *m, uint64_t shop, bool *needed)
 {
-    bind_ctx *c = ctx;
-    cs_branch *b = c->b;
     cs__bstate st;
-    cs_err err = cs__state_load(b, cs_log_txn_mdb(txn), &st);
+    cs_err err = cs__state_load(b, m, &st);
     if (err != CS_OK)
         return err;
-    if (st.unlinked && st.shop == c->shop)
+    *needed = false;
+    if (st.unlinked && st.shop == shop)
         return cs__branch_fail(b, CS_NOT_IN_NETWORK,
                                "shop %llu was unlinked from its network: it is a single store now",
-                               (unsigned long long)c->shop);
-    if (st.shop == c->shop)
+                               (unsigned long long)shop);
+    if (st.shop == shop)
         return CS_OK;
     if (st.shop != 0 && !st.unlinked)
         return cs__branch_fail(b, CS_INVALID_INPUT, "this directory is branch %llu, not %llu",
-                               (unsigned long long)st.shop, (unsigned long long)c->shop);
-    char name[32];
-    snprintf(name, sizeof(name), "branch %llu", (unsigned long long)c->shop);
+                               (unsigned long long)st.shop, (unsigned long long)shop);
     cs_shop_info self;
-    bool named = cs_engine_self_txn(b->engine, cs_log_txn_mdb(txn), &self) == CS_OK;
-    if (named && self.role == CS_ROLE_HEAD)
+    if (cs_engine_self_txn(b->engine, m, &self) == CS_OK && self.role == CS_ROLE_HEAD)
         return cs__branch_fail(b, CS_FORBIDDEN, "this directory is a head office");
+    *needed = true;
+    return CS_OK;
+}
+
+cs_err cs__bind_write(cs_branch *b, cs_log_txn *txn)
+{
+    MDB_txn *m = cs_log_txn_mdb(txn);
+    bool needed;
+    cs_err err = bind_check(b, m, b->bind_shop, &needed);
+    if (err != CS_OK || !needed)
+        return err;
+    cs__bstate st;
+    if ((err = cs__state_load(b, m, &st)) != CS_OK)
+        return err;
+    char name[32];
+    snprintf(name, sizeof(name), "branch %llu", (unsigned long long)b->bind_shop);
+    cs_shop_info self;
+    bool named = cs_engine_self_txn(b->engine, m, &self) == CS_OK;
     /* A single store keeps its name and its items, which stay local items (R10). */
-    err = cs_engine_set_self(b->engine, txn, c->shop, named ? NULL : name, CS_ROLE_BRANCH);
-    cs__bstate fresh = {.shop = c->shop, .types_mask = st.types_mask, .sync_on = true};
+    err = cs_engine_set_self(b->engine, txn, b->bind_shop, named ? NULL : name, CS_ROLE_BRANCH);
+    cs__bstate fresh = {.shop = b->bind_shop, .types_mask = st.types_mask, .sync_on = true};
     return err == CS_OK ? cs__state_save(b, txn, &fresh) : err;
 }
 
@@ -333,6 +344,14 @@ cs_err cs_branch_bind(cs_branch *b, uint64_t shop)
     b->errmsg[0] = '\0';
     if (shop == 0)
         return cs__branch_fail(b, CS_INVALID_INPUT, "a branch needs its shop id (--shop)");
-    bind_ctx c = {b, shop};
-    return cs_log_write(cs_engine_log(b->engine), bind_fn, &c);
+    MDB_txn *m;
+    if (mdb_txn_begin(cs_log_env(cs_engine_log(b->engine)), NULL, MDB_RDONLY, &m))
+        return CS_IO;
+    bool needed = false;
+    cs_err err = bind_check(b, m, shop, &needed);
+    mdb_txn_abort(m);
+    /* Written with the first segment that applies: a refused import changes nothing. */
+    if (err == CS_OK)
+        b->bind_shop = needed ? shop : 0;
+    return err;
 }

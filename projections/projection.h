@@ -30,8 +30,10 @@ cs_engine *cs_branch_engine(cs_branch *b);        /* borrowed for the branch's l
 
 /* Makes the directory branch `shop` of a network: a new directory or a single store (R10: its
  * own items stay local items) becomes one; a directory that already is that branch is left as
- * it is. Errors: CS_INVALID_INPUT (it is another branch), CS_FORBIDDEN (it is a head office),
- * CS_NOT_IN_NETWORK (this branch was unlinked: it is a single store now). */
+ * it is. The change is checked now and written in the transaction of the next segment applied,
+ * so an import that is refused leaves the directory as it was (SPEC 6). Errors: CS_INVALID_INPUT
+ * (it is another branch), CS_FORBIDDEN (it is a head office), CS_NOT_IN_NETWORK (this branch was
+ * unlinked: it is a single store now). */
 cs_err cs_branch_bind(cs_branch *b, uint64_t shop);
 
 typedef struct cs_branch_state {

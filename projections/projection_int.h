@@ -44,12 +44,16 @@ struct cs_branch {
     msgpack_sbuffer flds;  /* owned: a copy's remapped fields, reused */
     uint64_t *ids;         /* owned: a sync point's copy id per dirty entry (syncpoint.c) */
     size_t ids_cap;
-    cs__bstate st; /* the state inside the current apply transaction */
+    cs__bstate st;      /* the state inside the current apply transaction */
+    uint64_t bind_shop; /* cs_branch_bind's shop, written by the next segment applied */
     char errmsg[CS__BRANCH_ERRMSG_BYTES];
 };
 
 cs_err cs__branch_fail(cs_branch *b, cs_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Makes the directory branch b->bind_shop inside txn (R10), when cs_branch_bind asked for it. */
+cs_err cs__bind_write(cs_branch *b, cs_log_txn *txn);
 
 cs_err cs__state_load(cs_branch *b, MDB_txn *txn, cs__bstate *out);
 cs_err cs__state_save(cs_branch *b, cs_log_txn *txn, const cs__bstate *st);

@@ -99,6 +99,7 @@ static bool sink_read(int fd, sink *s)
         if (!nb)
             return false;
         s->buf = nb, s->cap = ncap;
+        s->buf[s->len] = '\0'; /* a child that prints nothing still leaves a string */
     }
     ssize_t n = read(fd, s->buf + s->len, s->cap - s->len - 1);
     if (n < 0 && errno == EINTR)
