@@ -936,10 +936,8 @@ static void test_import_refuses_gap_on_fresh_branch(void)
     CHECK(refused(&r, "invalid_input", 2));
     char *after = catalog_text(b);
     CHECK(after);
-    /* KNOWN BUG (left failing on purpose, see the report of this file's commit): the refused
-     * import binds the fresh directory as a branch store before it checks the segment, so
-     * `list` there goes from `not_found` (exit 2) to an empty listing (exit 0), and the
-     * directory then refuses `init` (forbidden) and an import under another --shop. */
+    /* A refused import must not leave a bound (or any) store behind: the directory would then
+     * refuse `init` (forbidden) and an import under another --shop. */
     if (strcmp(before, after) != 0)
         fprintf(stderr, "  list before the import: %.120s\n  list after it: %.60s\n", before,
                 after);
