@@ -100,8 +100,10 @@ typedef struct cs_item {
     bool has_origin;
     uint64_t origin[3]; /* shop, id, version of the head-office item a copy mirrors */
     bool has_detached;
-    uint64_t detached[3];  /* the origin a copy had before its branch was unlinked (R13) */
-    msgpack_object fields; /* borrowed from the zone given to the read */
+    uint64_t detached[3];        /* the origin a copy had before its branch was unlinked (R13) */
+    msgpack_object fields;       /* borrowed from the zone given to the read */
+    const uint8_t *fields_bytes; /* the same map encoded, borrowed from the record (reads only) */
+    size_t fields_len;
 } cs_item;
 
 /* The 9-byte key: type code, then the id big-endian. */
@@ -111,6 +113,9 @@ cs_err cs_item_read(MDB_txn *txn, MDB_dbi dbi, const cs_type *t, uint64_t id, ms
                     cs_item *out);
 /* Parses a stored record, checking lengths before msgpack-c allocates. Errors: CS_CORRUPT. */
 cs_err cs_item_parse(const MDB_val *v, msgpack_zone *z, cs_item *out);
+/* The same without decoding the fields (out->fields is nil; fields_bytes/fields_len hold them):
+ * for callers that copy or compare them as bytes. Errors: CS_CORRUPT, CS_NO_MEMORY. */
+cs_err cs_item_parse_header(const MDB_val *v, msgpack_zone *z, cs_item *out);
 /* Writes a record with it->fields packed as they are. Errors: storage errors, CS_NO_MEMORY. */
 cs_err cs_item_write(cs_log_txn *txn, MDB_dbi dbi, const cs_type *t, uint64_t id,
                      const cs_item *it);

@@ -107,22 +107,62 @@ cs_err cs_item_read(MDB_txn *txn, MDB_dbi dbi, const cs_type *t, uint64_t id, ms
     return cs_item_parse(&v, z, out);
 }
 
+/* One header element of a record at *off, bounds-checked (SPEC 4), then read by msgpack-c. */
+static cs_err item_element(const uint8_t *p, size_t len, size_t *off, msgpack_zone *z,
+                           msgpack_object *out)
+{
+    size_t vlen;
+    if (*off >= len || cs_msgpack_check(p + *off, len - *off, 1, &vlen) != CS_OK)
+        return CS_CORRUPT;
+    msgpack_unpack_return rc = msgpack_unpack((const char *)p, len, off, z, out);
+    if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
+        return CS_NO_MEMORY;
+    return rc == MSGPACK_UNPACK_EXTRA_BYTES ? CS_OK : CS_CORRUPT; /* the fields follow */
+}
+
+cs_err cs_item_parse_header(const MDB_val *v, msgpack_zone *z, cs_item *out)
+{
+    const uint8_t *p = v->mv_data;
+    size_t len = v->mv_size, off = 1;
+    msgpack_object o[4];
+    /* msgpack-c packs the record's 5-element array header as the one byte 0x95 (fixarray). */
+    if (len < 1 || p[0] != 0x95)
+        return CS_CORRUPT;
+    for (int i = 0; i < 4; i++) {
+        cs_err err = item_element(p, len, &off, z, &o[i]);
+        if (err != CS_OK)
+            return err;
+    }
+    cs_item it = {.version = o[0].via.u64, .archived = o[1].via.boolean};
+    if (o[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || o[1].type != MSGPACK_OBJECT_BOOLEAN ||
+        !read_link(&o[2], &it.has_origin, it.origin) ||
+        !read_link(&o[3], &it.has_detached, it.detached))
+        return CS_CORRUPT;
+    if (off >= len || ((p[off] & 0xf0) != 0x80 && p[off] != 0xde && p[off] != 0xdf))
+        return CS_CORRUPT;               /* the fields are a map */
+    it.fields.type = MSGPACK_OBJECT_NIL; /* not decoded here */
+    it.fields_bytes = p + off;
+    it.fields_len = len - off;
+    *out = it;
+    return CS_OK;
+}
+
 cs_err cs_item_parse(const MDB_val *v, msgpack_zone *z, cs_item *out)
 {
+    cs_item it;
     size_t vlen, off = 0;
-    if (cs_msgpack_check(v->mv_data, v->mv_size, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK)
+    cs_err err = cs_item_parse_header(v, z, &it);
+    if (err != CS_OK)
+        return err;
+    if (cs_msgpack_check(it.fields_bytes, it.fields_len, CS_MSGPACK_DEPTH_MAX - 1, &vlen) !=
+            CS_OK ||
+        vlen != it.fields_len)
         return CS_CORRUPT;
-    msgpack_object o;
-    if (msgpack_unpack(v->mv_data, v->mv_size, &off, z, &o) != MSGPACK_UNPACK_SUCCESS)
-        return CS_CORRUPT;
-    const msgpack_object *a = o.via.array.ptr;
-    if (o.type != MSGPACK_OBJECT_ARRAY || o.via.array.size != 5 ||
-        a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[1].type != MSGPACK_OBJECT_BOOLEAN ||
-        a[4].type != MSGPACK_OBJECT_MAP)
-        return CS_CORRUPT;
-    cs_item it = {.version = a[0].via.u64, .archived = a[1].via.boolean, .fields = a[4]};
-    if (!read_link(&a[2], &it.has_origin, it.origin) ||
-        !read_link(&a[3], &it.has_detached, it.detached))
+    msgpack_unpack_return rc =
+        msgpack_unpack((const char *)it.fields_bytes, it.fields_len, &off, z, &it.fields);
+    if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
+        return CS_NO_MEMORY;
+    if (rc != MSGPACK_UNPACK_SUCCESS || it.fields.type != MSGPACK_OBJECT_MAP)
         return CS_CORRUPT;
     *out = it;
     return CS_OK;

@@ -101,67 +101,6 @@ cs_err cs__rec_put(cs_branch *b, cs_log_txn *txn, MDB_dbi dbi, const uint8_t key
     return cs_log_txn_put(txn, dbi, &k, &v, 0);
 }
 
-/* One element of a record at *off, through msgpack-c, after checking its lengths (SPEC 4).
- * Objects go to zone, which is not cleared: the caller's other objects stay valid. */
-static cs_err rec_element(const uint8_t *p, size_t len, size_t *off, msgpack_zone *z,
-                          msgpack_object *out)
-{
-    size_t vlen;
-    if (*off >= len || cs_msgpack_check(p + *off, len - *off, 1, &vlen) != CS_OK)
-        return CS_CORRUPT;
-    msgpack_unpack_return rc = msgpack_unpack((const char *)p, len, off, z, out);
-    if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
-        return CS_NO_MEMORY;
-    return rc == MSGPACK_UNPACK_EXTRA_BYTES ? CS_OK : CS_CORRUPT; /* the fields follow */
-}
-
-/* nil or [shop, id, version]. */
-static bool rec_link(const msgpack_object *o, bool *has, uint64_t v[3])
-{
-    *has = false;
-    if (o->type == MSGPACK_OBJECT_NIL)
-        return true;
-    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 3)
-        return false;
-    for (int i = 0; i < 3; i++) {
-        if (o->via.array.ptr[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-            return false;
-        v[i] = o->via.array.ptr[i].via.u64;
-    }
-    *has = true;
-    return true;
-}
-
-cs_err cs__rec_view_parse(const MDB_val *v, msgpack_zone *z, cs__rec_view *out)
-{
-    const uint8_t *p = v->mv_data;
-    size_t len = v->mv_size, off = 1;
-    cs__rec_view r = {0};
-    uint64_t detached[3];
-    msgpack_object o[4];
-    /* msgpack-c packs the record's 5-element array header as the one byte 0x95 (fixarray). */
-    if (len < 1 || p[0] != 0x95)
-        return CS_CORRUPT;
-    for (int i = 0; i < 4; i++) {
-        cs_err err = rec_element(p, len, &off, z, &o[i]);
-        if (err != CS_OK)
-            return err;
-    }
-    if (o[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || o[1].type != MSGPACK_OBJECT_BOOLEAN ||
-        !rec_link(&o[2], &r.has_origin, r.origin) || !rec_link(&o[3], &r.has_detached, detached))
-        return CS_CORRUPT;
-    r.version = o[0].via.u64;
-    r.archived = o[1].via.boolean;
-    /* The rest is the fields' map. Not decoded: callers compare it as bytes or copy it, and
-     * cs_item_parse checks it whenever it is decoded. */
-    if (off >= len || ((p[off] & 0xf0) != 0x80 && p[off] != 0xde && p[off] != 0xdf))
-        return CS_CORRUPT;
-    r.fields = p + off;
-    r.fields_len = len - off;
-    *out = r;
-    return CS_OK;
-}
-
 /* ---- state ------------------------------------------------------------------------------- */
 
 static uint64_t types_from_json(const json_t *arr)

@@ -58,27 +58,14 @@ cs_err cs__bind_write(cs_branch *b, cs_log_txn *txn);
 cs_err cs__state_load(cs_branch *b, MDB_txn *txn, cs__bstate *out);
 cs_err cs__state_save(cs_branch *b, cs_log_txn *txn, const cs__bstate *st);
 
-/* Item records (docs/storage.md, "engine": [version, archived, origin, detached_from, fields])
- * with the fields kept as bytes, never as msgpack-c's object tree: the apply path writes one per
- * event and the sync point one per copy, and packing objects was a fifth of a branch's time. */
-typedef struct cs__rec_view {
-    uint64_t version;
-    bool archived;
-    bool has_origin;
-    uint64_t origin[3];
-    bool has_detached;
-    const uint8_t *fields; /* the fields' encoded map, borrowed from the record's bytes */
-    size_t fields_len;
-} cs__rec_view;
-
-/* Writes key -> [version, archived, origin or nil, nil, fields bytes] into dbi through b->rec.
- * origin NULL = nil. Errors: storage errors, CS_NO_MEMORY. */
+/* Writes the item record (docs/storage.md, "engine") key -> [version, archived, origin or nil,
+ * nil, fields bytes] into dbi through b->rec; origin NULL = nil. The fields stay bytes, never
+ * msgpack-c's object tree: the apply path writes one record per event and the sync point one
+ * per copy, and packing objects was a fifth of a branch's time (cs_item_parse_header reads them
+ * back the same way). Errors: storage errors, CS_NO_MEMORY. */
 cs_err cs__rec_put(cs_branch *b, cs_log_txn *txn, MDB_dbi dbi, const uint8_t key[9],
                    uint64_t version, bool archived, const uint64_t *origin, const uint8_t *fields,
                    size_t fields_len);
-/* Splits a stored record without decoding its fields (msgpack-c reads the four header
- * elements into z, which is not cleared). Errors: CS_CORRUPT, CS_NO_MEMORY. */
-cs_err cs__rec_view_parse(const MDB_val *v, msgpack_zone *z, cs__rec_view *out);
 
 /* One event, in the apply transaction (apply.c). */
 cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev);

@@ -152,11 +152,11 @@ static cs_err write_copy(cs_branch *b, cs_log_txn *txn, remap_ctx *rctx, const c
     uint8_t kb[9];
     cs__key9(kb, t->code, copy_id);
     MDB_val k = {9, kb}, v;
-    cs__rec_view old = {0};
+    cs_item old = {0};
     int rc = mdb_get(m, b->items, &k, &v);
     if (rc != 0 && rc != MDB_NOTFOUND)
         return CS_IO;
-    if (rc == 0 && cs__rec_view_parse(&v, &b->zone, &old) != CS_OK)
+    if (rc == 0 && cs_item_parse_header(&v, &b->zone, &old) != CS_OK)
         return cs__branch_fail(b, CS_CORRUPT, "copy %llu does not read back",
                                (unsigned long long)copy_id);
     const uint64_t origin[3] = {b->st.head, head_id, m_it->version};
@@ -168,7 +168,7 @@ static cs_err write_copy(cs_branch *b, cs_log_txn *txn, remap_ctx *rctx, const c
      * whose references were already right keeps its record and its version. */
     bool same = rc == 0 && old.has_origin && !old.has_detached && old.archived == m_it->archived &&
                 memcmp(old.origin, origin, sizeof(origin)) == 0 && old.fields_len == b->flds.size &&
-                memcmp(old.fields, b->flds.data, b->flds.size) == 0;
+                memcmp(old.fields_bytes, b->flds.data, b->flds.size) == 0;
     if (same)
         return CS_OK;
     return cs__rec_put(b, txn, b->items, kb, rc == 0 ? old.version + 1 : 1, m_it->archived /* R4 */,
