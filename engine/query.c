@@ -14,27 +14,30 @@ static cs_err read_begin(cs_engine *e, MDB_txn **txn)
     return CS_OK;
 }
 
-static const cs_type *find(cs_engine *e, const char *type)
+/* The start of every item read: the type by name, a read snapshot, and the database that type's
+ * items live in (shop-local ones in `local`). */
+static cs_err read_type(cs_engine *e, const char *type, const cs_type **t, MDB_txn **txn,
+                        MDB_dbi *dbi)
 {
     e->errmsg[0] = '\0';
-    const cs_type *t = type ? cs_schema_find(type) : NULL;
-    if (!t)
-        cs__fail(e, CS_UNKNOWN_TYPE, "'%s' is not a type", type ? type : "");
-    return t;
+    *t = type ? cs_schema_find(type) : NULL;
+    if (!*t)
+        return cs__fail(e, CS_UNKNOWN_TYPE, "'%s' is not a type", type ? type : "");
+    *dbi = (*t)->cls == CS_CLASS_LOCAL ? e->local : e->items;
+    return read_begin(e, txn);
 }
 
 cs_err cs_engine_get(cs_engine *e, const char *type, uint64_t id, json_t **out)
 {
-    const cs_type *t = find(e, type);
-    if (!t)
-        return CS_UNKNOWN_TYPE;
+    const cs_type *t;
     MDB_txn *txn;
-    cs_err err = read_begin(e, &txn);
+    MDB_dbi dbi;
+    cs_err err = read_type(e, type, &t, &txn, &dbi);
     if (err != CS_OK)
         return err;
     msgpack_zone_clear(&e->zone);
     cs_item it;
-    err = cs_item_read(txn, t->cls == CS_CLASS_LOCAL ? e->local : e->items, t, id, &e->zone, &it);
+    err = cs_item_read(txn, dbi, t, id, &e->zone, &it);
     if (err == CS_OK)
         err = cs_item_json(t, id, &it, out);
     else if (err == CS_NOT_FOUND)
@@ -62,16 +65,15 @@ static cs_err list_append(cs_engine *e, const cs_type *t, const MDB_val *k, cons
 
 cs_err cs_engine_list(cs_engine *e, const char *type, bool archived, json_t **out)
 {
-    const cs_type *t = find(e, type);
-    if (!t)
-        return CS_UNKNOWN_TYPE;
+    const cs_type *t;
     MDB_txn *txn;
-    cs_err err = read_begin(e, &txn);
+    MDB_dbi dbi;
+    cs_err err = read_type(e, type, &t, &txn, &dbi);
     if (err != CS_OK)
         return err;
     json_t *arr = json_array();
     MDB_cursor *cur;
-    if (!arr || mdb_cursor_open(txn, t->cls == CS_CLASS_LOCAL ? e->local : e->items, &cur)) {
+    if (!arr || mdb_cursor_open(txn, dbi, &cur)) {
         json_decref(arr);
         mdb_txn_abort(txn);
         return arr ? CS_IO : CS_NO_MEMORY;
