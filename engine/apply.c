@@ -264,10 +264,7 @@ static cs_err digest_db(MDB_txn *txn, MDB_dbi dbi, XXH3_state_t *st)
         return CS_IO;
     int rc;
     while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
-        uint64_t lens[2] = {k.mv_size, v.mv_size};
-        XXH3_64bits_update(st, lens, sizeof(lens));
-        XXH3_64bits_update(st, k.mv_data, k.mv_size);
-        XXH3_64bits_update(st, v.mv_data, v.mv_size);
+        cs_digest_kv(st, &k, &v);
     }
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? CS_OK : CS_IO;

@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <xxhash.h>
 
 /* ---- errors ------------------------------------------------------------------------------ */
 
@@ -245,6 +246,11 @@ cs_err cs_log_reader_verify(cs_log_reader *r, uint64_t *bad_seq_out);
 
 /* The chain step: XXH3_64bits of (prev_chain, checksum), both as 8 big-endian bytes. */
 uint64_t cs_log_chain(uint64_t prev_chain, uint64_t checksum);
+/* Adds one key/value pair to a digest of LMDB databases: the key's and the value's lengths as
+ * 8 big-endian bytes each, then the key, then the value (docs/storage.md). Every state digest
+ * (engine, branch, audit checkpoints) is built from these, so digests compare across hosts. */
+void cs_digest_kv(XXH3_state_t *st, const MDB_val *k, const MDB_val *v);
+
 /* The stored checksum of an event's bytes at a sequence. */
 uint64_t cs_log_checksum(const uint8_t *event, size_t len, uint64_t seq);
 

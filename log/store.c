@@ -61,6 +61,16 @@ uint64_t cs_log_checksum(const uint8_t *event, size_t len, uint64_t seq)
     return XXH3_64bits_withSeed(event, len, seq);
 }
 
+void cs_digest_kv(XXH3_state_t *st, const MDB_val *k, const MDB_val *v)
+{
+    uint8_t lens[16];
+    cs__put_u64(lens, k->mv_size);
+    cs__put_u64(lens + 8, v->mv_size);
+    XXH3_64bits_update(st, lens, sizeof(lens));
+    XXH3_64bits_update(st, k->mv_data, k->mv_size);
+    XXH3_64bits_update(st, v->mv_data, v->mv_size);
+}
+
 uint64_t cs_log_chain(uint64_t prev_chain, uint64_t checksum)
 {
     uint8_t b[16];
@@ -77,6 +87,16 @@ static cs_err open_dbis(cs_log *log)
     int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
     if (rc)
         return log_fail(log, cs__mdb_err(rc), "begin: %s", mdb_strerror(rc));
+    /* A directory without our `meta` database is new only if LMDB's main database is empty
+     * too: anything else is another program's environment, not ours to take over. */
+    MDB_dbi main_dbi;
+    MDB_stat ms;
+    if ((rc = mdb_dbi_open(txn, "meta", 0, &log->meta)) == MDB_NOTFOUND &&
+        (rc = mdb_dbi_open(txn, NULL, 0, &main_dbi)) == 0 &&
+        (rc = mdb_stat(txn, main_dbi, &ms)) == 0 && ms.ms_entries > 0) {
+        mdb_txn_abort(txn);
+        return log_fail(log, CS_CORRUPT, "not a chainsync data directory (another LMDB store)");
+    }
     if ((rc = mdb_dbi_open(txn, "events", MDB_CREATE, &log->events)) ||
         (rc = mdb_dbi_open(txn, "times", MDB_CREATE, &log->times)) ||
         (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &log->meta))) {

@@ -314,10 +314,7 @@ static cs_err ckpt_walk(MDB_txn *txn, MDB_dbi ckpt, uint64_t seq, int code, ckpt
 /* Hashes one record exactly as cs_digest_dbs does: both lengths, the key, the value. */
 static void digest_record(XXH3_state_t *st, const MDB_val *k, const MDB_val *v)
 {
-    uint64_t lens[2] = {k->mv_size, v->mv_size};
-    XXH3_64bits_update(st, lens, sizeof(lens));
-    XXH3_64bits_update(st, k->mv_data, k->mv_size);
-    XXH3_64bits_update(st, v->mv_data, v->mv_size);
+    cs_digest_kv(st, k, v);
 }
 
 static cs_err digest_fn(uint8_t tag, const MDB_val *k, const MDB_val *v, void *ctx)
