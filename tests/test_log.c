@@ -1485,8 +1485,41 @@ static void test_err_names_are_the_product_codes(void)
     CHECK(cs_err_exit_code(CS_NETWORK) == 4);
 }
 
+/* SPEC 6 (bad input changes nothing): a directory holding another program's LMDB environment is
+ * refused as corrupt and left as it was, not taken over as a new log. */
+static void test_log_refuses_foreign_lmdb_environment(void)
+{
+    char *dir = cs_test_tmpdir("foreign");
+    CHECK(dir);
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    CHECK(mdb_env_create(&env) == 0);
+    CHECK(mdb_env_open(env, dir, 0, 0600) == 0);
+    CHECK(mdb_txn_begin(env, NULL, 0, &txn) == 0);
+    CHECK(mdb_dbi_open(txn, NULL, 0, &dbi) == 0);
+    MDB_val k = {5, "hello"}, v = {5, "world"};
+    CHECK(mdb_put(txn, dbi, &k, &v, 0) == 0);
+    CHECK(mdb_txn_commit(txn) == 0);
+    mdb_env_close(env);
+    cs_log *log = NULL;
+    CHECK(cs_log_open(dir, NULL, &log) == CS_CORRUPT);
+    CHECK(log == NULL);
+    CHECK(mdb_env_create(&env) == 0);
+    CHECK(mdb_env_open(env, dir, MDB_RDONLY, 0600) == 0);
+    CHECK(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) == 0);
+    MDB_stat ms;
+    CHECK(mdb_stat(txn, dbi, &ms) == 0);
+    CHECK(ms.ms_entries == 1); /* still just the other program's key */
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    cs_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
+    RUN(test_log_refuses_foreign_lmdb_environment);
     RUN(test_log_round_trips_every_field_kind);
     RUN(test_log_round_trips_event_without_fields);
     RUN(test_log_batch_assigns_consecutive_seqs_from_1);
