@@ -149,18 +149,19 @@ static cs_err update_shops(cs_engine *e, cs_log_txn *txn, const cs_event_view *e
             break;
         }
         uint64_t id = (uint64_t)json_integer_value(json_object_get(shop, "id"));
+        int jrc = 0;
         if ((ev->id == 0 || id == ev->id) && kind_is(ev, "sync")) {
             /* R6: a sync point does not cover a branch whose switch is off. */
             if (json_is_true(json_object_get(shop, "linked")) &&
                 json_is_true(json_object_get(shop, "switch")))
-                json_object_set_new(shop, "sync_seq", json_integer((json_int_t)ev->seq));
+                jrc = json_object_set_new(shop, "sync_seq", json_integer((json_int_t)ev->seq));
         } else if (id == ev->id) {
-            json_object_update(shop, (json_t *)fields);
+            jrc = json_object_update(shop, (json_t *)fields);
         } else {
             json_decref(shop);
             continue;
         }
-        err = cs__net_put(txn, e->network, key, 13, shop);
+        err = jrc ? CS_NO_MEMORY : cs__net_put(txn, e->network, key, 13, shop);
         json_decref(shop);
     }
     mdb_cursor_close(cur);
@@ -181,13 +182,14 @@ static cs_err apply_network(cs_engine *e, cs_log_txn *txn, const cs_event_view *
     if ((err = cs__net_get(m, e->network, "self", 4, &self)) != CS_OK)
         return err;
     if (kind_is(ev, "network")) {
-        json_object_set_new(self, "role", json_string("head"));
-        err = cs__net_put(txn, e->network, "self", 4, self);
+        err = json_object_set_new(self, "role", json_string("head")) ? CS_NO_MEMORY : CS_OK;
+        if (err == CS_OK)
+            err = cs__net_put(txn, e->network, "self", 4, self);
         if (err == CS_OK)
             err = cs__net_put(txn, e->network, "net", 3, f);
     } else if ((err = cs__net_get(m, e->network, "net", 3, &net)) == CS_OK) {
-        json_object_update(net, f);
-        err = cs__net_put(txn, e->network, "net", 3, net);
+        err =
+            json_object_update(net, f) ? CS_NO_MEMORY : cs__net_put(txn, e->network, "net", 3, net);
     }
     json_decref(self);
     json_decref(net);
@@ -208,11 +210,11 @@ cs_err cs__apply(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev)
     } else if (kind_is(ev, "shop_add")) {
         char key[13];
         cs__shop_key(key, ev->id);
-        json_object_set_new(f, "id", json_integer((json_int_t)ev->id));
-        json_object_set_new(f, "linked", json_true());
-        json_object_set_new(f, "switch", json_true());
-        json_object_set_new(f, "sync_seq", json_integer((json_int_t)ev->seq));
-        err = cs__net_put(txn, e->network, key, 13, f);
+        int jrc = json_object_set_new(f, "id", json_integer((json_int_t)ev->id)) |
+                  json_object_set_new(f, "linked", json_true()) |
+                  json_object_set_new(f, "switch", json_true()) |
+                  json_object_set_new(f, "sync_seq", json_integer((json_int_t)ev->seq));
+        err = jrc ? CS_NO_MEMORY : cs__net_put(txn, e->network, key, 13, f);
     } else if (kind_is(ev, "shop_switch") || kind_is(ev, "shop_unlink") ||
                kind_is(ev, "shop_whatsapp") || kind_is(ev, "sync")) {
         err = update_shops(e, txn, ev, f);

@@ -42,11 +42,12 @@ static cs_err list_shops(cs_engine *e, MDB_txn *m, json_t *arr)
     cs_err err = cs__net_get(m, e->network, "self", 4, &self);
     if (err != CS_OK)
         return err;
-    json_array_append_new(arr, json_pack("{s:O,s:O,s:s,s:n,s:n,s:n,s:n,s:b}", "id",
-                                         json_object_get(self, "id"), "name",
-                                         json_object_get(self, "name"), "role", "head", "switch",
-                                         "cursor", "lag", "last_seen", "linked", 1));
+    json_t *head = json_pack("{s:O,s:O,s:s,s:n,s:n,s:n,s:n,s:b}", "id", json_object_get(self, "id"),
+                             "name", json_object_get(self, "name"), "role", "head", "switch",
+                             "cursor", "lag", "last_seen", "linked", 1);
     json_decref(self);
+    if (!head || json_array_append_new(arr, head))
+        return CS_NO_MEMORY;
     MDB_cursor *cur;
     if (mdb_cursor_open(m, e->network, &cur))
         return CS_IO;
@@ -163,11 +164,11 @@ cs_err cs_engine_set_self(cs_engine *e, cs_log_txn *txn, uint64_t shop, const ch
         return err;
     if (!self)
         return CS_NO_MEMORY;
-    json_object_set_new(self, "id", json_integer((json_int_t)shop));
-    json_object_set_new(self, "role", json_string(cs_role_name(role)));
+    int jrc = json_object_set_new(self, "id", json_integer((json_int_t)shop)) |
+              json_object_set_new(self, "role", json_string(cs_role_name(role)));
     if (name || !json_object_get(self, "name"))
-        json_object_set_new(self, "name", json_string(name ? name : ""));
-    err = cs__net_put(txn, e->network, "self", 4, self);
+        jrc |= json_object_set_new(self, "name", json_string(name ? name : ""));
+    err = jrc ? CS_NO_MEMORY : cs__net_put(txn, e->network, "self", 4, self);
     json_decref(self);
     return err;
 }

@@ -183,8 +183,12 @@ cs_err cs_engine_network_create(cs_engine *e, const char *name)
     unsigned n;
     const cs_type *t = cs_schema_types(&n);
     for (unsigned i = 0; types && i < n; i++)
-        if (t[i].cls == CS_CLASS_SYNCED)
-            json_array_append_new(types, json_string(t[i].name));
+        if (t[i].cls == CS_CLASS_SYNCED && json_array_append_new(types, json_string(t[i].name))) {
+            json_decref(types);
+            types = NULL;
+        }
+    if (!types)
+        return CS_NO_MEMORY;
     net_cmd c = {.e = e,
                  .need = CS_ROLE_SINGLE,
                  .kind = "network",
@@ -242,13 +246,18 @@ cs_err cs_engine_network_types(cs_engine *e, const char *const *types, size_t n,
         for (unsigned i = 0; set && i < count; i++)
             for (size_t j = 0; j < n; j++)
                 if (strcmp(all[i].name, types[j]) == 0) {
-                    json_array_append_new(set, json_string(all[i].name));
+                    if (json_array_append_new(set, json_string(all[i].name))) {
+                        json_decref(set);
+                        set = NULL;
+                    }
                     break;
                 }
         if (!set)
             return CS_NO_MEMORY;
     }
     json_t *fields = set ? json_pack("{s:o}", "types", set) : NULL;
+    if (set && !fields)
+        return CS_NO_MEMORY; /* not a silent read instead of the change asked for */
     json_t *net = NULL;
     cs_err err = net_setting(e, "network_types", fields, &net);
     json_decref(fields);
@@ -264,6 +273,8 @@ cs_err cs_engine_network_mode(cs_engine *e, const char *mode, const char **out)
         return cs__fail(e, CS_INVALID_INPUT, "mode must be on-trigger or continuous, not '%s'",
                         mode);
     json_t *fields = mode ? json_pack("{s:s}", "mode", mode) : NULL;
+    if (mode && !fields)
+        return CS_NO_MEMORY;
     json_t *net = NULL;
     cs_err err = net_setting(e, "network_mode", fields, &net);
     json_decref(fields);
@@ -294,10 +305,15 @@ cs_err cs_engine_network_whatsapp(cs_engine *e, const char *mode, const char *nu
     json_t *fields = NULL;
     if (mode || number) {
         fields = json_object();
-        if (mode)
-            json_object_set_new(fields, "whatsapp_mode", json_string(mode));
-        if (number)
-            json_object_set_new(fields, "whatsapp_number", json_string(number));
+        int jrc = !fields;
+        if (!jrc && mode)
+            jrc |= json_object_set_new(fields, "whatsapp_mode", json_string(mode));
+        if (!jrc && number)
+            jrc |= json_object_set_new(fields, "whatsapp_number", json_string(number));
+        if (jrc) {
+            json_decref(fields);
+            return CS_NO_MEMORY;
+        }
     }
     json_t *net = NULL;
     cs_err err = net_setting(e, "network_whatsapp", fields, &net);

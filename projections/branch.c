@@ -121,7 +121,10 @@ static json_t *types_to_json(uint64_t mask)
     json_t *arr = json_array();
     for (unsigned i = 0; arr && i < n; i++)
         if (t[i].code < 64 && (mask & ((uint64_t)1 << t[i].code)))
-            json_array_append_new(arr, json_string(t[i].name));
+            if (json_array_append_new(arr, json_string(t[i].name))) {
+                json_decref(arr);
+                return NULL; /* the caller's json_pack fails on NULL: out of memory */
+            }
     return arr;
 }
 
