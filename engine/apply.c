@@ -97,12 +97,22 @@ static bool kind_is(const cs_event_view *ev, const char *k)
     return ev->kind.len == strlen(k) && memcmp(ev->kind.ptr, k, ev->kind.len) == 0;
 }
 
+/* Writes an item record whose fields are the given msgpack bytes (as logged: no decode and
+ * pack again). Logged items carry no origin: copies are the projection's. */
 static cs_err put_record(cs_engine *e, cs_log_txn *txn, const cs_type *t, uint64_t id,
-                         const cs_item *hdr, const msgpack_object *fields)
+                         const cs_item *hdr, const uint8_t *fields, size_t fields_len)
 {
-    cs_item it = *hdr; /* logged items carry no origin: copies are the projection's */
-    it.fields = *fields;
-    return cs_item_write(txn, e->items, t, id, &it);
+    cs__pack p;
+    cs__pack_init(&p);
+    cs_err err = cs__item_pack(&p, hdr, fields, fields_len);
+    if (err == CS_OK) {
+        uint8_t kb[9];
+        cs_item_key(kb, t, id);
+        MDB_val k = {9, kb}, v = {p.sb.size, p.sb.data};
+        err = cs_log_txn_put(txn, e->items, &k, &v, 0);
+    }
+    cs__pack_destroy(&p);
+    return err;
 }
 
 static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev, bool del)
@@ -111,11 +121,18 @@ static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev,
     if (!t || t->cls == CS_CLASS_LOCAL)
         return cs__fail(e, CS_CORRUPT, "event %llu: an item of an unknown or local type",
                         (unsigned long long)ev->seq);
+    cs_assert(ev->fields_bytes != NULL); /* cs_event_decode and cs__emit both set them */
     cs_item hdr = {.version = ev->version};
     if (!del && ev->version <= 1)
-        return put_record(e, txn, t, ev->id, &hdr, &ev->fields);
+        return put_record(e, txn, t, ev->id, &hdr, ev->fields_bytes, ev->fields_len);
     cs_item old;
-    cs_err err = cs_item_read(cs_log_txn_mdb(txn), e->items, t, ev->id, &e->zone, &old);
+    uint8_t kb[9];
+    cs_item_key(kb, t, ev->id);
+    MDB_val k = {9, kb}, v;
+    int rc = mdb_get(cs_log_txn_mdb(txn), e->items, &k, &v);
+    cs_err err = rc == 0              ? cs_item_parse_header(&v, &e->zone, &old)
+                 : rc == MDB_NOTFOUND ? CS_NOT_FOUND
+                                      : CS_IO;
     if (err != CS_OK)
         return cs__fail(e, err == CS_NOT_FOUND ? CS_CORRUPT : err,
                         "event %llu: %s of an item that does not exist",
@@ -124,7 +141,8 @@ static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev,
     hdr.has_detached = old.has_detached;
     memcpy(hdr.detached, old.detached, sizeof(hdr.detached));
     hdr.archived = del;
-    return put_record(e, txn, t, ev->id, &hdr, del ? &old.fields : &ev->fields);
+    return del ? put_record(e, txn, t, ev->id, &hdr, old.fields_bytes, old.fields_len)
+               : put_record(e, txn, t, ev->id, &hdr, ev->fields_bytes, ev->fields_len);
 }
 
 /* Updates the shop the event names (its id), or for a sync with id 0 every linked shop. */
@@ -245,8 +263,10 @@ cs_err cs__emit(cs_engine *e, cs_log_txn *txn, const cs_event *evs, size_t n, ui
         size_t flen = evs[i].fields ? evs[i].fields_len : 1, off = 0;
         v.fields_bytes = f;
         v.fields_len = flen;
-        if (msgpack_unpack((const char *)f, flen, &off, &e->zone, &v.fields) !=
-            MSGPACK_UNPACK_SUCCESS)
+        /* Items are applied from their bytes; only the network's small events need objects. */
+        bool item = kind_is(&v, "put") || kind_is(&v, "delete");
+        if (!item && msgpack_unpack((const char *)f, flen, &off, &e->zone, &v.fields) !=
+                         MSGPACK_UNPACK_SUCCESS)
             return CS_NO_MEMORY; /* the bytes were checked by the append: only memory fails */
         if ((err = cs__apply(e, txn, &v)) != CS_OK)
             return err;

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #define PATH_BYTES 160
+#define FIELDS_MAX 16 /* fields of one type or object in the schema table (schema.c) */
 #define INT_LIST_MAX_ITEMS 64
 
 typedef struct conv {
@@ -190,33 +191,38 @@ static cs_err pack_object(conv *c, const cs_field *fields, unsigned n, const jso
 {
     if (!json_is_object(obj))
         return conv_fail(c, prefix, "expected an object");
+    cs_assert(n <= FIELDS_MAX);
+    /* One pass over the object puts each value beside its field: no hash lookups after it.
+     * Paths are built only for messages, which are rare. */
+    const json_t *vals[FIELDS_MAX] = {0};
     const char *key;
     const json_t *val;
     char path[PATH_BYTES];
     unsigned present = 0;
     json_object_foreach((json_t *)obj, key, val)
     {
-        path_join(path, prefix, key);
-        if (!field_find(fields, n, key))
+        const cs_field *f = field_find(fields, n, key);
+        if (!f) {
+            path_join(path, prefix, key);
             return conv_fail(c, "", "unknown field '%s'", path);
-        if (!json_is_null(val))
+        }
+        if (!json_is_null(val)) {
+            vals[f - fields] = val;
             present++;
+        }
     }
-    for (unsigned i = 0; i < n; i++) {
-        const json_t *v = json_object_get(obj, fields[i].name);
-        if (fields[i].required && (!v || json_is_null(v))) {
+    for (unsigned i = 0; i < n; i++)
+        if (fields[i].required && !vals[i]) {
             path_join(path, prefix, fields[i].name);
             return conv_fail(c, "", "field '%s' is required", path);
         }
-    }
     msgpack_pack_map(&c->pk, present);
     for (unsigned i = 0; i < n; i++) {
-        const json_t *v = json_object_get(obj, fields[i].name);
-        if (!v || json_is_null(v))
+        if (!vals[i])
             continue;
         path_join(path, prefix, fields[i].name);
         msgpack_pack_str_with_body(&c->pk, fields[i].name, strlen(fields[i].name));
-        cs_err err = pack_value(c, &fields[i], v, path);
+        cs_err err = pack_value(c, &fields[i], vals[i], path);
         if (err != CS_OK)
             return err;
     }
