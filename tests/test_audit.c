@@ -17,6 +17,7 @@
  */
 #include "projections/projection.h"
 #include "tests/harness.h"
+#include "tests/run.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,8 +32,6 @@
 
 /* A CLI command here replays at most a few hundred events: a minute means it is stuck. */
 #define RUN_DEADLINE_MS 60000
-#define RUN_OUTPUT_BYTES_MAX (8u * 1024u * 1024u)
-#define ARGS_MAX 24
 /* Checkpoints in these tests: small, so a short log crosses several. */
 #define TEST_EVERY 4
 
@@ -191,18 +190,7 @@ static bool tamper_replace(const char *dir, const char *db, const char *from, co
 
 /* ---- the real binary --------------------------------------------------------------------- */
 
-typedef struct run_result {
-    int exit_code;
-    char *out;
-    char *err;
-} run_result;
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+typedef cs_run_result run_result;
 
 static void run_free(run_result *r)
 {
@@ -211,71 +199,10 @@ static void run_free(run_result *r)
     memset(r, 0, sizeof(*r));
 }
 
-static bool sink(int fd, char **buf, size_t *len, size_t *cap)
-{
-    if (*len + 4097 > *cap) {
-        size_t ncap = *cap ? *cap * 2 : 8192;
-        char *nb = ncap <= RUN_OUTPUT_BYTES_MAX ? realloc(*buf, ncap) : NULL;
-        if (!nb)
-            return false;
-        *buf = nb, *cap = ncap;
-    }
-    ssize_t n = read(fd, *buf + *len, *cap - *len - 1);
-    if (n < 0 && errno == EINTR)
-        return true;
-    if (n <= 0)
-        return false;
-    *len += (size_t)n;
-    (*buf)[*len] = '\0';
-    return true;
-}
-
 /* Runs chainsync with args (NULL-terminated), bounded by RUN_DEADLINE_MS. */
 static bool run(run_result *r, const char *const *args)
 {
-    memset(r, 0, sizeof(*r));
-    r->exit_code = -1;
-    const char *bin = getenv("CS_BIN");
-    int out[2], err[2];
-    if (!bin || pipe(out) || pipe(err))
-        return false;
-    pid_t pid = fork();
-    if (pid < 0)
-        return false;
-    if (pid == 0) {
-        char *argv[ARGS_MAX + 2] = {(char *)bin};
-        for (size_t i = 0; args[i] && i < ARGS_MAX; i++)
-            argv[i + 1] = (char *)args[i];
-        int devnull = open("/dev/null", O_RDONLY);
-        dup2(devnull, 0), dup2(out[1], 1), dup2(err[1], 2);
-        close(out[0]), close(err[0]);
-        unsetenv("CHAINSYNC_DATA");
-        execv(bin, argv);
-        _exit(127);
-    }
-    close(out[1]), close(err[1]);
-    size_t ol = 0, oc = 0, el = 0, ec = 0;
-    struct pollfd p[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-    uint64_t deadline = now_ms() + RUN_DEADLINE_MS;
-    while ((p[0].fd >= 0 || p[1].fd >= 0) && now_ms() < deadline) {
-        if (poll(p, 2, 100) < 0 && errno != EINTR)
-            break;
-        for (int i = 0; i < 2; i++)
-            if (p[i].fd >= 0 && (p[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
-                !(i == 0 ? sink(out[0], &r->out, &ol, &oc) : sink(err[0], &r->err, &el, &ec)))
-                p[i].fd = -1;
-    }
-    close(out[0]), close(err[0]);
-    int status = 0;
-    if (now_ms() >= deadline)
-        kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    r->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    if (!r->out)
-        r->out = strdup("");
-    if (!r->err)
-        r->err = strdup("");
-    return r->out && r->err;
+    return cs_run(r, NULL, NULL, args, RUN_DEADLINE_MS);
 }
 
 #define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})

@@ -10,6 +10,7 @@
  */
 #include "log/log.h"
 #include "tests/harness.h"
+#include "tests/run.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,9 +25,6 @@
 
 /* A CLI command is one short LMDB transaction; a minute means it is stuck. */
 #define RUN_DEADLINE_MS 60000
-/* Output one command may print in these tests. */
-#define RUN_OUTPUT_BYTES_MAX (4u * 1024u * 1024u)
-#define ARGS_MAX 32
 
 /* Temporary directories made by this run; whatever a failed CHECK left is removed at exit. */
 #define TMPDIRS_MAX 64
@@ -61,12 +59,7 @@ static void tmpdirs_cleanup(void)
         store_free(tmpdirs[i]);
 }
 
-typedef struct run_result {
-    int exit_code; /* -1 when killed or not exited */
-    char *out;     /* NUL-terminated, owned */
-    size_t out_len;
-    char *err; /* NUL-terminated, owned */
-} run_result;
+typedef cs_run_result run_result;
 
 static void run_free(run_result *r)
 {
@@ -75,133 +68,12 @@ static void run_free(run_result *r)
     memset(r, 0, sizeof(*r));
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-typedef struct sink {
-    char *buf;
-    size_t len;
-    size_t cap;
-} sink;
-
-/* Reads what is available on fd into s; false at EOF or error. */
-static bool sink_read(int fd, sink *s)
-{
-    if (s->len + 4096 + 1 > s->cap) {
-        size_t ncap = s->cap ? s->cap * 2 : 8192;
-        if (ncap > RUN_OUTPUT_BYTES_MAX)
-            return false;
-        char *nb = realloc(s->buf, ncap);
-        if (!nb)
-            return false;
-        s->buf = nb, s->cap = ncap;
-        s->buf[s->len] = '\0'; /* a child that prints nothing still leaves a string */
-    }
-    ssize_t n = read(fd, s->buf + s->len, s->cap - s->len - 1);
-    if (n < 0 && errno == EINTR)
-        return true;
-    if (n <= 0)
-        return false;
-    s->len += (size_t)n;
-    s->buf[s->len] = '\0';
-    return true;
-}
-
-static void child_exec(const char *const *args, int in_fd, int out_fd, int err_fd, bool env_data,
-                       const char *data)
-{
-    dup2(in_fd, 0);
-    dup2(out_fd, 1);
-    dup2(err_fd, 2);
-    if (env_data)
-        setenv("CHAINSYNC_DATA", data, 1);
-    else
-        unsetenv("CHAINSYNC_DATA");
-    const char *bin = getenv("CS_BIN");
-    char *argv[ARGS_MAX + 2];
-    argv[0] = (char *)bin;
-    size_t i = 0;
-    for (; args[i] && i < ARGS_MAX; i++)
-        argv[i + 1] = (char *)args[i];
-    argv[i + 1] = NULL;
-    execv(bin, argv);
-    _exit(127);
-}
-
-/* Waits for pid until the deadline, killing it past that. */
-static int reap(pid_t pid, uint64_t deadline)
-{
-    int status = 0;
-    for (;;) {
-        pid_t w = waitpid(pid, &status, WNOHANG);
-        if (w == pid)
-            break;
-        if (w < 0 && errno != EINTR)
-            return -1;
-        if (now_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return -1;
-        }
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-/* Drains the child's stdout and stderr until both close or the deadline passes. */
-static void drain(int out_fd, int err_fd, sink *o, sink *e, uint64_t deadline)
-{
-    struct pollfd p[2] = {{out_fd, POLLIN, 0}, {err_fd, POLLIN, 0}};
-    while ((p[0].fd >= 0 || p[1].fd >= 0) && now_ms() < deadline) {
-        int n = poll(p, 2, 100);
-        if (n < 0 && errno != EINTR)
-            break;
-        for (int i = 0; i < 2 && n > 0; i++) {
-            if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
-                continue;
-            if (!sink_read(p[i].fd, i == 0 ? o : e))
-                p[i].fd = -1;
-        }
-    }
-}
-
 /* Runs chainsync with args (NULL-terminated) and input on stdin (NULL = empty). With env_data,
  * CHAINSYNC_DATA is set to data; else it is unset. */
 static bool run_env(run_result *r, const char *input, bool env_data, const char *data,
                     const char *const *args)
 {
-    memset(r, 0, sizeof(*r));
-    r->exit_code = -1;
-    int in[2], out[2], err[2];
-    if (pipe(in) || pipe(out) || pipe(err))
-        return false;
-    pid_t pid = fork();
-    if (pid < 0)
-        return false;
-    if (pid == 0) {
-        close(in[1]), close(out[0]), close(err[0]);
-        child_exec(args, in[0], out[1], err[1], env_data, data);
-    }
-    close(in[0]), close(out[1]), close(err[1]);
-    /* Inputs here are far below a pipe's buffer, so writing all first cannot deadlock. A child
-     * that exits without reading (a usage error) closes the pipe: EPIPE is not a failure. */
-    size_t len = input ? strlen(input) : 0;
-    bool wrote = len == 0 || write(in[1], input, len) == (ssize_t)len || errno == EPIPE;
-    close(in[1]);
-    uint64_t deadline = now_ms() + RUN_DEADLINE_MS;
-    sink o = {0}, e = {0};
-    drain(out[0], err[0], &o, &e, deadline);
-    close(out[0]), close(err[0]);
-    r->exit_code = reap(pid, deadline);
-    r->out = o.buf ? o.buf : strdup("");
-    r->out_len = o.len;
-    r->err = e.buf ? e.buf : strdup("");
-    return wrote && r->out && r->err;
+    return cs_run(r, input, env_data ? data : NULL, args, RUN_DEADLINE_MS);
 }
 
 static bool run(run_result *r, const char *input, const char *const *args)

@@ -1,0 +1,182 @@
+/*
+ * run.h: running the real `chainsync` binary from a test (path in $CS_BIN, set by
+ * tests/CMakeLists.txt): arguments as an array, input on stdin, stdout and stderr captured as
+ * strings, the exit code, and a deadline after which the child is killed and reaped, so a hung
+ * command fails its test instead of the suite.
+ */
+#ifndef CS_TEST_RUN_H
+#define CS_TEST_RUN_H
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CS_RUN_OUTPUT_BYTES_MAX (4u * 1024u * 1024u) /* a command's output in these tests */
+#define CS_RUN_ARGS_MAX 32
+
+typedef struct cs_run_result {
+    int exit_code; /* -1 when killed or not exited */
+    char *out;     /* NUL-terminated, owned by the caller (free) */
+    size_t out_len;
+    char *err; /* NUL-terminated, owned by the caller (free) */
+} cs_run_result;
+
+static inline uint64_t cs_run_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+typedef struct cs_run_sink {
+    char *buf;
+    size_t len;
+    size_t cap;
+} cs_run_sink;
+
+/* Reads what is available on fd into s; false at EOF or error. */
+static inline bool cs_run_sink_read(int fd, cs_run_sink *s)
+{
+    if (s->len + 4096 + 1 > s->cap) {
+        size_t ncap = s->cap ? s->cap * 2 : 8192;
+        if (ncap > CS_RUN_OUTPUT_BYTES_MAX)
+            return false;
+        char *nb = realloc(s->buf, ncap);
+        if (!nb)
+            return false;
+        s->buf = nb, s->cap = ncap;
+        s->buf[s->len] = '\0'; /* a child that prints nothing still leaves a string */
+    }
+    ssize_t n = read(fd, s->buf + s->len, s->cap - s->len - 1);
+    if (n < 0 && errno == EINTR)
+        return true;
+    if (n <= 0)
+        return false;
+    s->len += (size_t)n;
+    s->buf[s->len] = '\0';
+    return true;
+}
+
+/* In the child: wires the pipes, sets or unsets CHAINSYNC_DATA, executes $CS_BIN args. */
+static inline void cs_run_child(const char *const *args, int in_fd, int out_fd, int err_fd,
+                                const char *data_env)
+{
+    dup2(in_fd, 0);
+    dup2(out_fd, 1);
+    dup2(err_fd, 2);
+    if (data_env)
+        setenv("CHAINSYNC_DATA", data_env, 1);
+    else
+        unsetenv("CHAINSYNC_DATA");
+    const char *bin = getenv("CS_BIN");
+    char *argv[CS_RUN_ARGS_MAX + 2];
+    argv[0] = (char *)bin;
+    size_t i = 0;
+    for (; args[i] && i < CS_RUN_ARGS_MAX; i++)
+        argv[i + 1] = (char *)args[i];
+    argv[i + 1] = NULL;
+    if (bin)
+        execv(bin, argv);
+    _exit(127);
+}
+
+/* Waits for pid until the deadline, killing and reaping it past that. */
+static inline int cs_run_reap(pid_t pid, uint64_t deadline)
+{
+    int status = 0;
+    for (;;) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            break;
+        if (w < 0 && errno != EINTR)
+            return -1;
+        if (cs_run_now_ms() > deadline) {
+            fprintf(stderr, "  child %d passed its deadline: killed\n", (int)pid);
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return -1;
+        }
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Drains the child's stdout and stderr until both close or the deadline passes. */
+static inline void cs_run_drain(int out_fd, int err_fd, cs_run_sink *o, cs_run_sink *e,
+                                uint64_t deadline)
+{
+    struct pollfd p[2] = {{out_fd, POLLIN, 0}, {err_fd, POLLIN, 0}};
+    while ((p[0].fd >= 0 || p[1].fd >= 0) && cs_run_now_ms() < deadline) {
+        int n = poll(p, 2, 100);
+        if (n < 0 && errno != EINTR)
+            break;
+        for (int i = 0; i < 2 && n > 0; i++) {
+            if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            if (!cs_run_sink_read(p[i].fd, i == 0 ? o : e))
+                p[i].fd = -1;
+        }
+    }
+}
+
+static inline void cs_run_close(int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+}
+
+/* Runs `chainsync args...` (args NULL-terminated) with input on stdin (NULL = none) and
+ * CHAINSYNC_DATA set to data_env (NULL = unset), for at most deadline_ms. False when the child
+ * could not be started or fed; r's strings are set whenever true is returned. */
+static inline bool cs_run(cs_run_result *r, const char *input, const char *data_env,
+                          const char *const *args, uint64_t deadline_ms)
+{
+    memset(r, 0, sizeof(*r));
+    r->exit_code = -1;
+    int p[6]; /* in[2], out[2], err[2] */
+    if (pipe(p))
+        return false;
+    if (pipe(p + 2)) {
+        cs_run_close(p, 2);
+        return false;
+    }
+    if (pipe(p + 4)) {
+        cs_run_close(p, 4);
+        return false;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        cs_run_close(p, 6);
+        return false;
+    }
+    if (pid == 0) {
+        close(p[1]), close(p[2]), close(p[4]);
+        cs_run_child(args, p[0], p[3], p[5], data_env);
+    }
+    close(p[0]), close(p[3]), close(p[5]);
+    /* Inputs here are far below a pipe's buffer, so writing all first cannot deadlock. A child
+     * that exits without reading (a usage error) closes the pipe: EPIPE is not a failure. */
+    size_t len = input ? strlen(input) : 0;
+    bool wrote = len == 0 || write(p[1], input, len) == (ssize_t)len || errno == EPIPE;
+    close(p[1]);
+    uint64_t deadline = cs_run_now_ms() + deadline_ms;
+    cs_run_sink o = {0}, e = {0};
+    cs_run_drain(p[2], p[4], &o, &e, deadline);
+    close(p[2]), close(p[4]);
+    r->exit_code = cs_run_reap(pid, deadline);
+    r->out = o.buf ? o.buf : strdup("");
+    r->out_len = o.len;
+    r->err = e.buf ? e.buf : strdup("");
+    return wrote && r->out && r->err;
+}
+
+#endif
