@@ -24,18 +24,27 @@ static int open_for(const cs_cli_cmd *cmd, bool must_exist, cs_engine **e)
     return cs_cli_open(dir, must_exist, e);
 }
 
-int cs_cmd_init(const cs_cli_cmd *cmd, int argc, char **argv)
+/* init and network create: a required --name, no positionals, then the engine (which must
+ * exist unless must_exist is false). */
+static int parse_named(const cs_cli_cmd *cmd, int argc, char **argv, bool must_exist,
+                       const char **name, cs_engine **e)
 {
-    const char *name = NULL;
-    const cs_cli_opt opts[] = {{"name", true, &name, NULL}};
+    const cs_cli_opt opts[] = {{"name", true, name, NULL}};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
     int rc = cs_cli_parse(cmd, argc, argv, opts, 1, 0, 0, pos, &npos);
-    if (rc == CS_CLI_GO && !name)
-        rc = cs_cli_usage(cmd, "init needs --name NAME");
-    cs_engine *e = NULL;
+    if (rc == CS_CLI_GO && !*name)
+        rc = cs_cli_usage(cmd, "%s needs --name NAME", cmd->subname ? "network create" : "init");
     if (rc == CS_CLI_GO)
-        rc = open_for(cmd, false, &e);
+        rc = open_for(cmd, must_exist, e);
+    return rc;
+}
+
+int cs_cmd_init(const cs_cli_cmd *cmd, int argc, char **argv)
+{
+    const char *name = NULL;
+    cs_engine *e = NULL;
+    int rc = parse_named(cmd, argc, argv, false, &name, &e);
     if (rc != CS_CLI_GO)
         return rc;
     uint64_t id = 0;
@@ -57,15 +66,8 @@ int cs_cmd_init(const cs_cli_cmd *cmd, int argc, char **argv)
 int cs_cmd_network_create(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     const char *name = NULL;
-    const cs_cli_opt opts[] = {{"name", true, &name, NULL}};
-    char *pos[CS_CLI_POS_MAX];
-    unsigned npos = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, opts, 1, 0, 0, pos, &npos);
-    if (rc == CS_CLI_GO && !name)
-        rc = cs_cli_usage(cmd, "network create needs --name NAME");
     cs_engine *e = NULL;
-    if (rc == CS_CLI_GO)
-        rc = open_for(cmd, true, &e);
+    int rc = parse_named(cmd, argc, argv, true, &name, &e);
     if (rc != CS_CLI_GO)
         return rc;
     cs_shop_info self;
