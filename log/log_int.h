@@ -33,6 +33,7 @@ struct cs_log_txn {
     cs_err failed; /* CS_OK while usable; the first error otherwise */
     bool map_full; /* the failure was MDB_MAP_FULL: cs_log_write grows and retries */
     bool tail_loaded;
+    bool appended; /* events were appended: the commit records the new head in `meta` */
     uint64_t next_seq;
     uint64_t last_chain;
     uint64_t last_time_ms;
@@ -79,6 +80,16 @@ static inline uint32_t cs__get_u32(const uint8_t *p)
 {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
+
+/* meta "head": the last sequence and its chain as of the last commit, 16 bytes BE; what makes
+ * a lost tail visible (docs/storage.md, "the meta database"). */
+#define CS__META_HEAD_KEY "head"
+
+/* Compares the log's last sequence and chain with the recorded head. CS_OK when they agree or
+ * no head was recorded; CS_CORRUPT with *bad_seq (the first missing or differing sequence) and
+ * a sentence in msg otherwise; CS_IO when `meta` cannot be read. */
+cs_err cs__head_check(MDB_txn *txn, MDB_dbi meta, uint64_t last_seq, uint64_t last_chain,
+                      uint64_t *bad_seq, char *msg, size_t msg_len);
 
 /* Maps an LMDB return code to ours. */
 cs_err cs__mdb_err(int rc);

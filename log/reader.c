@@ -36,6 +36,30 @@ cs_err cs__record_parse(uint64_t seq, const uint8_t *val, size_t len, cs_log_rec
     return CS_OK;
 }
 
+cs_err cs__head_check(MDB_txn *txn, MDB_dbi meta, uint64_t last_seq, uint64_t last_chain,
+                      uint64_t *bad_seq, char *msg, size_t msg_len)
+{
+    MDB_val k = {sizeof(CS__META_HEAD_KEY) - 1, CS__META_HEAD_KEY}, v;
+    int rc = mdb_get(txn, meta, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return CS_OK; /* nothing appended yet */
+    if (rc)
+        return CS_IO;
+    uint64_t hs = v.mv_size == 16 ? cs__get_u64(v.mv_data) : 0;
+    uint64_t hc = v.mv_size == 16 ? cs__get_u64((const uint8_t *)v.mv_data + 8) : 0;
+    if (v.mv_size == 16 && hs == last_seq && hc == last_chain)
+        return CS_OK;
+    *bad_seq = last_seq < hs ? last_seq + 1 : hs + (last_seq > hs);
+    if (last_seq < hs)
+        snprintf(msg, msg_len, "event %llu: missing (the log ends at %llu, its head was %llu)",
+                 (unsigned long long)(last_seq + 1), (unsigned long long)last_seq,
+                 (unsigned long long)hs);
+    else
+        snprintf(msg, msg_len, "event %llu: the log's end differs from its recorded head",
+                 (unsigned long long)*bad_seq);
+    return CS_CORRUPT;
+}
+
 cs_err cs_log_reader_open(cs_log *log, cs_log_reader **out)
 {
     cs_log_reader *r = calloc(1, sizeof(*r));
@@ -218,8 +242,9 @@ cs_err cs_log_reader_verify(cs_log_reader *r, uint64_t *bad_seq_out)
         }
     }
     cs_event_decoder_free(dec);
-    if (err == CS_NOT_FOUND)
-        return CS_OK;
+    if (err == CS_NOT_FOUND) /* the walk reached the end: is it where the log last ended? */
+        err = cs__head_check(r->txn, r->log->meta, seq, seq ? r->prev_chain : 0, &r->bad_seq,
+                             r->errmsg, sizeof(r->errmsg));
     if (err == CS_CORRUPT)
         *bad_seq_out = r->bad_seq;
     return err;

@@ -216,6 +216,17 @@ static cs_err txn_fail(cs_log_txn *t, int rc, const char *what)
     return t->failed;
 }
 
+/* Records the head (last sequence, its chain) in `meta` in the appending transaction. */
+static cs_err put_head(cs_log_txn *t)
+{
+    uint8_t hb[16];
+    cs__put_u64(hb, t->next_seq - 1);
+    cs__put_u64(hb + 8, t->last_chain);
+    MDB_val k = {sizeof(CS__META_HEAD_KEY) - 1, CS__META_HEAD_KEY}, v = {16, hb};
+    int rc = mdb_put(t->txn, t->log->meta, &k, &v, 0);
+    return rc ? txn_fail(t, rc, "record the head") : CS_OK;
+}
+
 static cs_err grow_map(cs_log *log)
 {
     if (log->readers_open > 0)
@@ -250,6 +261,8 @@ cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
         cs_err err = fn(&t, ctx);
         if (err == CS_OK && t.failed != CS_OK)
             err = t.failed; /* fn ignored a failure: never commit half-done work */
+        if (err == CS_OK && t.appended)
+            err = put_head(&t);
         if (err == CS_OK) {
             rc = mdb_txn_commit(t.txn); /* frees the txn whatever it returns */
             log->in_write = false;
@@ -326,6 +339,12 @@ static cs_err txn_load_tail(cs_log_txn *t)
     } else if (rc != MDB_NOTFOUND) {
         return txn_fail(t, rc, "read tail");
     }
+    /* Never extend a log that lost its tail: the new events would chain onto the wrong one. */
+    uint64_t bad;
+    cs_err herr = cs__head_check(t->txn, log->meta, t->next_seq - 1, t->last_chain, &bad,
+                                 log->errmsg, sizeof(log->errmsg));
+    if (herr != CS_OK)
+        return t->failed = herr;
     if ((rc = mdb_cursor_open(t->txn, log->times, &cur)))
         return txn_fail(t, rc, "cursor");
     rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
@@ -392,6 +411,7 @@ static cs_err append_one(cs_log_txn *t, const cs_event *ev, uint64_t now)
     t->next_seq = seq + 1;
     t->last_chain = chain;
     t->last_time_ms = time_ms;
+    t->appended = true;
     return CS_OK;
 }
 

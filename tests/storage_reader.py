@@ -218,7 +218,25 @@ def walk(txn, events, emit):
         times.append((seq, ev["time"]))
         prev_chain = chain_
         expect += 1
-    return expect - 1, times
+    return expect - 1, times, prev_chain
+
+
+def check_head(txn, meta, n, last_chain):
+    """meta "head" (last seq u64 BE, its chain u64 BE), written with every commit that appended,
+    must name where the walk ended: a shorter log lost its tail."""
+    v = txn.get(b"head", db=meta)
+    if v is None:
+        return  # nothing appended yet
+    hs, hc = (u64_be(v[:8]), u64_be(v[8:16])) if len(v) == 16 else (0, 0)
+    if len(v) == 16 and hs == n and hc == last_chain:
+        return
+    if n < hs:
+        e = Corrupt("missing (the log ends at %d, its head was %d)" % (n, hs))
+        e.seq = n + 1
+    else:
+        e = Corrupt("the log's end differs from its recorded head")
+        e.seq = hs + 1 if n > hs else hs
+    raise e
 
 
 def check_times(txn, times_db, times):
@@ -266,7 +284,8 @@ def main(argv):
     try:
         with env.begin(buffers=False) as txn:  # one snapshot for the whole walk
             check_format(txn, dbs["meta"])
-            n, times = walk(txn, dbs["events"], as_json)
+            n, times, last_chain = walk(txn, dbs["events"], as_json)
+            check_head(txn, dbs["meta"], n, last_chain)
             if "--times" in flags:
                 check_times(txn, dbs["times"], times)
     except (OSError, lmdb.Error) as e:

@@ -1517,9 +1517,50 @@ static void test_log_refuses_foreign_lmdb_environment(void)
     free(dir);
 }
 
+/* SPEC 4 (verify finds any lost byte): removing the last events is found through the head
+ * recorded in `meta`, named at the first missing sequence, and the log refuses to grow from
+ * the wrong place. */
+static void test_log_lost_tail_is_corrupt_and_not_extended(void)
+{
+    char *dir = cs_test_tmpdir("tail");
+    CHECK(dir);
+    cs_log *log;
+    CHECK_OK(cs_log_open(dir, NULL, &log));
+    cs_event ev[5];
+    for (int i = 0; i < 5; i++)
+        ev[i] = (cs_event){.shop = 1, .id = (uint64_t)i + 1, .kind = CS_STR("put")};
+    CHECK_OK(cs_log_append(log, ev, 5, NULL));
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    CHECK(mdb_txn_begin(cs_log_env(log), NULL, 0, &txn) == 0);
+    CHECK(mdb_dbi_open(txn, "events", 0, &dbi) == 0);
+    for (uint64_t seq = 4; seq <= 5; seq++) {
+        uint8_t kb[8];
+        for (int i = 7; i >= 0; i--)
+            kb[i] = (uint8_t)(seq >> (8 * (7 - i)));
+        MDB_val k = {8, kb};
+        CHECK(mdb_del(txn, dbi, &k, NULL) == 0);
+    }
+    CHECK(mdb_txn_commit(txn) == 0);
+    cs_log_reader *r;
+    CHECK_OK(cs_log_reader_open(log, &r));
+    uint64_t bad = 0;
+    cs_err verr = cs_log_reader_verify(r, &bad);
+    bool named = strstr(cs_log_reader_errmsg(r), "4") != NULL;
+    cs_log_reader_close(r);
+    CHECK(verr == CS_CORRUPT);
+    CHECK(bad == 4);
+    CHECK(named);
+    CHECK(cs_log_append(log, ev, 1, NULL) == CS_CORRUPT);
+    cs_log_close(log);
+    cs_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
     RUN(test_log_refuses_foreign_lmdb_environment);
+    RUN(test_log_lost_tail_is_corrupt_and_not_extended);
     RUN(test_log_round_trips_every_field_kind);
     RUN(test_log_round_trips_event_without_fields);
     RUN(test_log_batch_assigns_consecutive_seqs_from_1);
