@@ -267,10 +267,49 @@ static void encode_envelope(msgpack_packer *pk, const cs_event *ev, uint64_t seq
     PACK_KEY(pk, "fields");
 }
 
+/* True when s is well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF): msgpack's
+ * str holds UTF-8, and strict readers (and JSON output) refuse anything else. */
+static bool utf8_valid(cs_str s)
+{
+    const uint8_t *p = (const uint8_t *)s.ptr;
+    size_t i = 0;
+    while (i < s.len) {
+        uint8_t b = p[i];
+        if (b < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;                     /* continuation bytes */
+        uint8_t lo = 0x80, hi = 0xbf; /* the first one's range shuts out overlongs, surrogates */
+        if (b >= 0xc2 && b <= 0xdf) {
+            n = 1;
+        } else if (b >= 0xe0 && b <= 0xef) {
+            n = 2;
+            lo = b == 0xe0 ? 0xa0 : 0x80;
+            hi = b == 0xed ? 0x9f : 0xbf;
+        } else if (b >= 0xf0 && b <= 0xf4) {
+            n = 3;
+            lo = b == 0xf0 ? 0x90 : 0x80;
+            hi = b == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return false;
+        }
+        if (n > s.len - i - 1 || p[i + 1] < lo || p[i + 1] > hi)
+            return false;
+        for (size_t j = 2; j <= n; j++)
+            if ((p[i + j] & 0xc0) != 0x80)
+                return false;
+        i += n + 1;
+    }
+    return true;
+}
+
 cs_err cs__event_check(const cs_event *ev)
 {
     if (ev->actor.len > CS_EVENT_STR_BYTES_MAX || ev->kind.len > CS_EVENT_STR_BYTES_MAX ||
         ev->type.len > CS_EVENT_STR_BYTES_MAX || ev->kind.len == 0)
+        return CS_INVALID_INPUT;
+    if (!utf8_valid(ev->actor) || !utf8_valid(ev->kind) || !utf8_valid(ev->type))
         return CS_INVALID_INPUT;
     if (ev->fields == NULL)
         return CS_OK;

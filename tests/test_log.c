@@ -1557,9 +1557,37 @@ static void test_log_lost_tail_is_corrupt_and_not_extended(void)
     free(dir);
 }
 
+/* SPEC 6 (bad input changes nothing): msgpack's str holds UTF-8, so an actor, kind or type that
+ * is not (a stray byte, an overlong, a surrogate, a cut sequence) is refused; real UTF-8 is
+ * kept as it is. */
+static void test_log_refuses_event_strings_that_are_not_utf8(void)
+{
+    char *dir = cs_test_tmpdir("utf8");
+    CHECK(dir);
+    cs_log *log;
+    CHECK_OK(cs_log_open(dir, NULL, &log));
+    static const char *const bad[] = {"ana\xff", "\xc0\xaf", "\xed\xa0\x80", "caf\xc3",
+                                      "\xf4\x90\x80\x80"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cs_event ev = {.kind = CS_STR("put"), .actor = {bad[i], strlen(bad[i])}};
+        CHECK(cs_log_append(log, &ev, 1, NULL) == CS_INVALID_INPUT);
+        ev.actor = CS_STR("ana");
+        ev.type = (cs_str){bad[i], strlen(bad[i])};
+        CHECK(cs_log_append(log, &ev, 1, NULL) == CS_INVALID_INPUT);
+    }
+    cs_event good = {.kind = CS_STR("put"), .actor = CS_STR("Jo\xc3\xa3o \xf0\x9f\x90\xb6")};
+    uint64_t first = 0;
+    CHECK_OK(cs_log_append(log, &good, 1, &first));
+    CHECK(first == 1); /* none of the refused ones took a sequence */
+    cs_log_close(log);
+    cs_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
     RUN(test_log_refuses_foreign_lmdb_environment);
+    RUN(test_log_refuses_event_strings_that_are_not_utf8);
     RUN(test_log_lost_tail_is_corrupt_and_not_extended);
     RUN(test_log_round_trips_every_field_kind);
     RUN(test_log_round_trips_event_without_fields);
