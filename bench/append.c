@@ -21,6 +21,7 @@
  * the ctest smoke test, --events N overrides them (rounded up to whole batches). Exit status: 0
  * when every run completed (a MISS is a finding, not a failure), 1 on any error, 2 on bad usage.
  */
+#include "bench/bench.h"
 #include "log/log.h"
 
 #include <errno.h>
@@ -69,14 +70,6 @@ typedef struct gen {
     cs_event *events;
     size_t cap; /* entries in ends and events */
 } gen;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-        abort(); /* cannot happen for CLOCK_MONOTONIC on Linux; a bench without a clock is void */
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* ---- the events -------------------------------------------------------------------------- */
 
@@ -188,25 +181,6 @@ static int gen_batch(gen *g, uint64_t first, size_t n)
     return 0;
 }
 
-/* ---- temporary directories --------------------------------------------------------------- */
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    if (remove(path) != 0)
-        fprintf(stderr, "append: cannot remove %s: %s\n", path, strerror(errno));
-    return 0; /* keep going: remove as much as we can */
-}
-
-/* Removes dir and everything in it; a missing dir is fine. */
-static void rm_tree(const char *dir)
-{
-    struct stat st;
-    if (lstat(dir, &st) != 0)
-        return;
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 /* ---- ours: cs_log_append ----------------------------------------------------------------- */
 
 /* Reads the log back (untimed): every event present in order, and each one's stored size for
@@ -241,7 +215,7 @@ static int append_all(cs_log *log, gen *g, const row *rw, double *secs)
 {
     if (rw->prepacked && gen_batch(g, 0, rw->batch) != 0)
         return -1;
-    double t0 = now_s();
+    double t0 = cs_bench_now_s();
     for (size_t done = 0; done < rw->events; done += rw->batch) {
         if (!rw->prepacked && gen_batch(g, done, rw->batch) != 0)
             return -1;
@@ -252,7 +226,7 @@ static int append_all(cs_log *log, gen *g, const row *rw, double *secs)
             return -1;
         }
     }
-    *secs = now_s() - t0;
+    *secs = cs_bench_now_s() - t0;
     return 0;
 }
 
@@ -361,11 +335,11 @@ static int run_raw(const char *dir, const row *rw, size_t map_bytes, const uint3
     int ret = -1;
     if (raw_open(dir, rw->nosync, map_bytes, &env, &dbi) != 0)
         goto done;
-    double t0 = now_s();
+    double t0 = cs_bench_now_s();
     for (size_t done = 0; done < rw->events; done += rw->batch)
         if (raw_batch(env, dbi, done, rw->batch, sizes, value) != 0)
             goto done;
-    *out = (run_result){.secs = now_s() - t0, .events = rw->events, .bytes = bytes};
+    *out = (run_result){.secs = cs_bench_now_s() - t0, .events = rw->events, .bytes = bytes};
     ret = 0;
 done:
     if (env)
@@ -398,10 +372,10 @@ static int measure_build_check(size_t events, size_t batch, breakdown *out)
     if (gen_init(&g, batch) != 0)
         goto done;
     for (size_t done = 0; done < events; done += batch) {
-        double t0 = now_s();
+        double t0 = cs_bench_now_s();
         if (gen_batch(&g, done, batch) != 0)
             goto done;
-        double t1 = now_s();
+        double t1 = cs_bench_now_s();
         for (size_t i = 0; i < batch; i++) {
             size_t vlen;
             const cs_event *ev = &g.events[i];
@@ -411,7 +385,7 @@ static int measure_build_check(size_t events, size_t batch, breakdown *out)
                 goto done;
             }
         }
-        check_s += now_s() - t1;
+        check_s += cs_bench_now_s() - t1;
         build_s += t1 - t0;
         fields_bytes += g.sbuf.size;
     }
@@ -448,13 +422,13 @@ static int measure_parts(const char *base, const row *like, unsigned reps, break
     for (unsigned i = 0; i < reps; i++) {
         if (run_ours(dir, &rw, map_bytes, sizes, &runs[i]) != 0)
             goto done;
-        rm_tree(dir);
+        cs_bench_rm_tree(dir);
     }
     qsort(runs, reps, sizeof(runs[0]), by_secs);
     out->append_only_ns = runs[reps / 2].secs * 1e9 / (double)runs[reps / 2].events;
     ret = 0;
 done:
-    rm_tree(dir);
+    cs_bench_rm_tree(dir);
     free(sizes);
     return ret;
 }
@@ -515,10 +489,10 @@ static int bench_row(const char *base, const row *rw, unsigned reps, run_result 
     for (unsigned i = 0; i < reps; i++) {
         if (run_ours(ours_dir, rw, map_bytes, sizes, &ours_runs[i]) != 0)
             goto done;
-        rm_tree(ours_dir);
+        cs_bench_rm_tree(ours_dir);
         if (run_raw(raw_dir, rw, map_bytes, sizes, &raw_runs[i]) != 0)
             goto done;
-        rm_tree(raw_dir);
+        cs_bench_rm_tree(raw_dir);
     }
     qsort(ours_runs, reps, sizeof(ours_runs[0]), by_secs);
     qsort(raw_runs, reps, sizeof(raw_runs[0]), by_secs);
@@ -528,8 +502,8 @@ static int bench_row(const char *base, const row *rw, unsigned reps, run_result 
         (*misses)++;
     ret = 0;
 done:
-    rm_tree(ours_dir);
-    rm_tree(raw_dir);
+    cs_bench_rm_tree(ours_dir);
+    cs_bench_rm_tree(raw_dir);
     free(sizes);
     return ret;
 }
@@ -656,6 +630,6 @@ int main(int argc, char **argv)
     printf("\n%u of 8 rows missed a target\n", misses);
     ret = 0;
 done:
-    rm_tree(base);
+    cs_bench_rm_tree(base);
     return ret;
 }

@@ -34,6 +34,7 @@
  * events over 1,000 items). Exit status: 0 when every run completed (a MISS is a finding, not a
  * failure), 1 on an error, 2 on bad usage. Temporary directories live under /tmp and are removed.
  */
+#include "bench/bench.h"
 #include "projections/projection.h"
 
 #include <errno.h>
@@ -81,33 +82,12 @@ typedef struct segs {
     uint64_t events;
 } segs;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-        abort(); /* cannot happen for CLOCK_MONOTONIC on Linux */
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static uint64_t rng_next(uint64_t *s) /* xorshift64*: the same log every run */
 {
     *s ^= *s >> 12;
     *s ^= *s << 25;
     *s ^= *s >> 27;
     return *s * 2685821657736338717ull;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    if (remove(path) != 0)
-        fprintf(stderr, "apply: cannot remove %s: %s\n", path, strerror(errno));
-    return 0;
-}
-
-static void rm_tree(const char *dir)
-{
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* ---- the head office's log --------------------------------------------------------------- */
@@ -311,13 +291,13 @@ static int run_ours(const char *dir, const segs *s, bool nosync, double *secs, u
     if (err == CS_OK)
         err = cs_branch_bind(b, BENCH_BRANCH_SHOP);
     uint64_t total = 0;
-    double t0 = now_s();
+    double t0 = cs_bench_now_s();
     for (size_t i = 0; err == CS_OK && i < s->n; i++) {
         uint64_t applied = 0;
         err = cs_branch_apply_segment(b, s->buf[i], s->len[i], &applied);
         total += applied;
     }
-    *secs = now_s() - t0;
+    *secs = cs_bench_now_s() - t0;
     json_t *l = NULL;
     if (err == CS_OK && total != s->events)
         err = CS_CORRUPT;
@@ -436,7 +416,7 @@ static int run_raw(const char *dir, const raw_work *w, uint64_t events, bool nos
         goto fail;
     if ((rc = mdb_dbi_open(txn, NULL, 0, &dbi)) || (rc = mdb_txn_commit(txn)))
         goto fail;
-    double t0 = now_s();
+    double t0 = cs_bench_now_s();
     for (size_t i = 0; i < w->n; i++) {
         const raw_seg *rs = &w->seg[i];
         if ((rc = mdb_txn_begin(env, NULL, 0, &txn)))
@@ -453,7 +433,7 @@ static int run_raw(const char *dir, const raw_work *w, uint64_t events, bool nos
         if ((rc = mdb_txn_commit(txn)))
             goto fail;
     }
-    *secs = now_s() - t0;
+    *secs = cs_bench_now_s() - t0;
     mdb_env_close(env);
     return 0;
 fail:
@@ -496,7 +476,7 @@ static int bench_shape(const char *base, const shape *sh, uint64_t events, uint6
     if (rc == 0)
         rc = encode_segments(log, &s);
     cs_log_close(log);
-    rm_tree(dir); /* the segments are all the branch needs */
+    cs_bench_rm_tree(dir); /* the segments are all the branch needs */
     if (rc == 0)
         rc = raw_prepare(&s, &w);
     for (int nosync = 0; rc == 0 && nosync <= 1; nosync++) {
@@ -507,8 +487,8 @@ static int bench_shape(const char *base, const shape *sh, uint64_t events, uint6
         rc = run_ours(odir, &s, nosync, &r.ours_s, &r.copies);
         if (rc == 0)
             rc = run_raw(rdir, &w, s.events, nosync, &r.raw_s);
-        rm_tree(odir);
-        rm_tree(rdir);
+        cs_bench_rm_tree(odir);
+        cs_bench_rm_tree(rdir);
         if (rc == 0)
             print_row(nosync ? "no-sync" : "durable", sh, &s, &r, misses);
         fflush(stdout);
@@ -604,6 +584,6 @@ int main(int argc, char **argv)
         }
     if (rc == 0)
         printf("\n%u of %u rows missed the target\n", misses, rows);
-    rm_tree(base);
+    cs_bench_rm_tree(base);
     return rc == 0 ? 0 : 1;
 }

@@ -23,6 +23,7 @@
  * the counts for the ctest smoke test. Exit status: 0 when every step completed, 1 on an error,
  * 2 on bad usage.
  */
+#include "bench/bench.h"
 #include "projections/projection.h"
 
 #include <ftw.h>
@@ -57,13 +58,6 @@ typedef struct bench_cfg {
     uint64_t seed;
     bool quick;
 } bench_cfg;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -192,11 +186,11 @@ static cs_err query(cs_audit *a, uint64_t seq, unsigned flags, double *ms, uint6
 {
     cs_audit_state *s = NULL;
     json_t *item = NULL;
-    double t0 = now_s();
+    double t0 = cs_bench_now_s();
     cs_err err = cs_audit_state_at(a, seq, NULL, flags | CS_AUDIT_NO_EXTEND, &s);
     if (err == CS_OK && seq >= 4) /* proves the answer is usable */
         err = cs_engine_get(cs_audit_state_engine(s), "service", probe_id, &item);
-    double t1 = now_s();
+    double t1 = cs_bench_now_s();
     if (err == CS_OK && replayed)
         *replayed = cs_audit_state_info_get(s)->replayed;
     json_decref(item);
@@ -362,11 +356,11 @@ static int run(const bench_cfg *cfg, const char *dir)
     cs_engine *e = NULL;
     cs_audit *a = NULL;
     cs_audit_ckpt_info info = {0};
-    double t0 = now_s();
+    double t0 = cs_bench_now_s();
     cs_err err = cs_engine_open(dir, &opts, &e);
     if (err == CS_OK)
         err = build_log(e, cfg);
-    double t1 = now_s();
+    double t1 = cs_bench_now_s();
     if (err == CS_OK)
         printf("log: %" PRIu64 " events built in %.1f s (cs_log_append, batches of %u, no fsync)\n",
                cfg->events, t1 - t0, BUILD_BATCH_EVENTS);
@@ -374,7 +368,7 @@ static int run(const bench_cfg *cfg, const char *dir)
         err = cs_audit_open(e, &a);
     if (err == CS_OK)
         err = cs_audit_checkpoint(a, cfg->every, false, &info);
-    double t2 = now_s();
+    double t2 = cs_bench_now_s();
     if (err == CS_OK)
         printf("checkpoints: %" PRIu64 " built in %.1f s (one replay of the log, a copy of the "
                "state every %" PRIu64 " events); not part of any query below\n",

@@ -20,6 +20,7 @@
  * shrinks them for the ctest smoke test. Exit status: 0 when every run completed, 1 on an
  * error, 2 on bad usage. The table's figures are findings; no threshold fails the run.
  */
+#include "bench/bench.h"
 #include "engine/engine.h"
 #include "log/log.h"
 
@@ -57,13 +58,6 @@ typedef struct run_result {
     size_t items;
 } run_result;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- the items --------------------------------------------------------------------------- */
 
 /* The i-th service's fields naming `category`: about 200 bytes once encoded. New reference. */
@@ -89,24 +83,6 @@ static json_t *batch_json(uint64_t category, size_t n)
             arr = NULL;
         }
     return arr;
-}
-
-/* ---- temporary directories --------------------------------------------------------------- */
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    if (remove(path) != 0)
-        fprintf(stderr, "engine: cannot remove %s: %s\n", path, strerror(errno));
-    return 0; /* keep going: remove as much as we can */
-}
-
-static void rm_tree(const char *dir)
-{
-    struct stat st;
-    if (lstat(dir, &st) != 0)
-        return;
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static cs_log_options row_options(const row *rw)
@@ -172,14 +148,14 @@ static int run_engine(const char *dir, const row *rw, run_result *out, json_t **
         engine_fail(e, "log head", err);
         goto done;
     }
-    double t0 = now_s();
+    double t0 = cs_bench_now_s();
     for (size_t done = 0; done < rw->items; done += rw->batch) {
         if ((err = cs_engine_put_many(e, "service", batch, NULL)) != CS_OK) {
             engine_fail(e, "cs_engine_put_many", err);
             goto done;
         }
     }
-    double secs = now_s() - t0;
+    double secs = cs_bench_now_s() - t0;
     if ((err = log_head(cs_engine_log(e), &head1)) != CS_OK || head1 - head0 != rw->items) {
         fprintf(stderr, "engine: the log holds %" PRIu64 " new events, not %zu (%s)\n",
                 head1 - head0, rw->items, cs_err_name(err));
@@ -249,7 +225,7 @@ static int run_raw(const char *dir, const row *rw, const json_t *batch, run_resu
         fprintf(stderr, "engine: cs_log_open %s: %s\n", dir, cs_err_name(err));
         goto done;
     }
-    double t0 = now_s();
+    double t0 = cs_bench_now_s();
     for (size_t done = 0; done < rw->items; done += rw->batch) {
         if ((err = cs_log_append(log, evs, rw->batch, NULL)) != CS_OK) {
             fprintf(stderr, "engine: cs_log_append: %s (%s)\n", cs_err_name(err),
@@ -257,7 +233,7 @@ static int run_raw(const char *dir, const row *rw, const json_t *batch, run_resu
             goto done;
         }
     }
-    *out = (run_result){.secs = now_s() - t0, .items = rw->items};
+    *out = (run_result){.secs = cs_bench_now_s() - t0, .items = rw->items};
     *fields_mean_bytes = (double)fields_bytes / (double)rw->batch;
     ret = 0;
 done:
@@ -278,7 +254,7 @@ static int measure_convert(const json_t *batch, size_t items, double *ns_out)
     const cs_type *t = cs_schema_find("service");
     size_t n = json_array_size(batch), done = 0;
     char msg[256];
-    double t0 = now_s();
+    double t0 = cs_bench_now_s();
     while (done < items) {
         for (size_t i = 0; i < n && done < items; i++, done++) {
             uint8_t *out;
@@ -291,7 +267,7 @@ static int measure_convert(const json_t *batch, size_t items, double *ns_out)
             free(out);
         }
     }
-    *ns_out = (now_s() - t0) * 1e9 / (double)items;
+    *ns_out = (cs_bench_now_s() - t0) * 1e9 / (double)items;
     return 0;
 }
 
@@ -344,9 +320,9 @@ static int bench_row(const char *base, const row *rw, unsigned reps, json_t **sa
         json_t *batch = NULL;
         if (run_engine(eng_dir, rw, &eng_runs[i], &batch) != 0)
             goto done;
-        rm_tree(eng_dir);
+        cs_bench_rm_tree(eng_dir);
         int rc = run_raw(raw_dir, rw, batch, &raw_runs[i], fields_mean_bytes);
-        rm_tree(raw_dir);
+        cs_bench_rm_tree(raw_dir);
         if (rc == 0 && i == 0 && sample_out) {
             json_decref(*sample_out);
             *sample_out = json_incref(batch);
@@ -360,8 +336,8 @@ static int bench_row(const char *base, const row *rw, unsigned reps, json_t **sa
     print_row(rw, &eng_runs[reps / 2], &raw_runs[reps / 2]);
     ret = 0;
 done:
-    rm_tree(eng_dir);
-    rm_tree(raw_dir);
+    cs_bench_rm_tree(eng_dir);
+    cs_bench_rm_tree(raw_dir);
     return ret;
 }
 
@@ -433,6 +409,6 @@ int main(int argc, char **argv)
                "with\nvalidation (cs_schema_from_json) alone takes %.2f us\n",
                fields_mean, convert_ns / 1e3);
     json_decref(sample);
-    rm_tree(base);
+    cs_bench_rm_tree(base);
     return ret;
 }
