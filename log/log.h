@@ -212,6 +212,16 @@ cs_err cs_log_append(cs_log *log, const cs_event *events, size_t n, uint64_t *fi
 
 /* ---- reading ----------------------------------------------------------------------------- */
 
+/* Begins an LMDB read transaction on the log's environment: the one place every layer starts a
+ * read. When another process has grown the map past this process's size (MDB_MAP_RESIZED) the
+ * new size is adopted (mdb_env_set_mapsize(env, 0), legal because this process then has no
+ * transaction open) and the begin retried. While it is open the map cannot grow in this process,
+ * so keep it short in a process that also writes. End it with cs_log_read_end (never with
+ * mdb_txn_abort). *out is borrowed until then. Errors: CS_IO with cs_log_errmsg saying why,
+ * CS_NO_MEMORY. */
+cs_err cs_log_read_begin(cs_log *log, MDB_txn **out);
+void cs_log_read_end(cs_log *log, MDB_txn *txn); /* accepts NULL */
+
 /* One stored event. `event` points into LMDB's map: borrowed until the next call on the
  * reader or its close. The checksum was verified before the record was handed out. */
 typedef struct cs_log_record {

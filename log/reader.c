@@ -6,6 +6,7 @@
  */
 #include "log/log_int.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,21 +61,57 @@ cs_err cs__head_check(MDB_txn *txn, MDB_dbi meta, uint64_t last_seq, uint64_t la
     return CS_CORRUPT;
 }
 
+/* Read transactions another process's map growth can refuse before this one adopts it: one
+ * adoption is enough unless the other process keeps growing between our two calls. */
+#define READ_BEGIN_ATTEMPTS_MAX 8
+
+cs_err cs_log_read_begin(cs_log *log, MDB_txn **out)
+{
+    int rc = MDB_MAP_RESIZED;
+    for (int attempt = 0; attempt < READ_BEGIN_ATTEMPTS_MAX && rc == MDB_MAP_RESIZED; attempt++) {
+        rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, out);
+        /* Adopting the new size is legal only with no transaction open in this process. */
+        if (rc == MDB_MAP_RESIZED && (log->readers_open > 0 || log->in_write))
+            break;
+        if (rc == MDB_MAP_RESIZED && (rc = mdb_env_set_mapsize(log->env, 0)) == 0)
+            rc = MDB_MAP_RESIZED; /* adopted: begin again */
+    }
+    if (rc) {
+        snprintf(log->errmsg, sizeof(log->errmsg), "cannot begin a read of the data directory: %s",
+                 mdb_strerror(rc));
+        return rc == ENOMEM ? CS_NO_MEMORY : CS_IO;
+    }
+    log->readers_open++;
+    return CS_OK;
+}
+
+void cs_log_read_end(cs_log *log, MDB_txn *txn)
+{
+    if (!txn)
+        return;
+    mdb_txn_abort(txn);
+    cs_assert(log->readers_open > 0);
+    log->readers_open--;
+}
+
 cs_err cs_log_reader_open(cs_log *log, cs_log_reader **out)
 {
     cs_log_reader *r = calloc(1, sizeof(*r));
     if (!r)
         return CS_NO_MEMORY;
     r->log = log;
-    int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, &r->txn);
-    if (rc == 0 && (rc = mdb_cursor_open(r->txn, log->events, &r->cur)) != 0)
-        mdb_txn_abort(r->txn);
+    cs_err err = cs_log_read_begin(log, &r->txn);
+    if (err != CS_OK) {
+        free(r);
+        return err;
+    }
+    int rc = mdb_cursor_open(r->txn, log->events, &r->cur);
     if (rc) {
+        cs_log_read_end(log, r->txn);
         free(r);
         return cs__mdb_err(rc);
     }
     r->from = 1;
-    log->readers_open++;
     *out = r;
     return CS_OK;
 }
@@ -84,9 +121,7 @@ void cs_log_reader_close(cs_log_reader *r)
     if (!r)
         return;
     mdb_cursor_close(r->cur);
-    mdb_txn_abort(r->txn);
-    cs_assert(r->log->readers_open > 0);
-    r->log->readers_open--;
+    cs_log_read_end(r->log, r->txn);
     free(r);
 }
 
