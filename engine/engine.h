@@ -219,20 +219,132 @@ cs_err cs_engine_network_mode(cs_engine *e, const char *mode, const char **out);
 /* mode/number NULL: leave unchanged. *out gets {"mode","number"}. */
 cs_err cs_engine_network_whatsapp(cs_engine *e, const char *mode, const char *number, json_t **out);
 
-/* Shops. add links a new branch (a sync point for it, R5a); the password is stored only as an
- * argon2id hash, outside the log (R9). */
+/* Shops. add links a new branch (a sync point for it, R5a); the password is stored only as the
+ * keys derived from it (cs_auth_keys), outside the log (R9). */
 cs_err cs_engine_shop_add(cs_engine *e, const char *name, const char *password, uint64_t *shop_out);
-/* A JSON array of {id,name,role,switch,cursor,lag,last_seen,linked}. */
+/* A JSON array of {id,name,role,switch,cursor,lag,lag_ms,last_seen,connected,linked}: cursor,
+ * last_seen (ISO 8601) and connected from the server's status records, null for a branch never
+ * seen; lag = head sequence - cursor, lag_ms = now - time of the first event it lacks (0 when
+ * in step). */
 cs_err cs_engine_shop_list(cs_engine *e, json_t **out);
 cs_err cs_engine_shop_switch(cs_engine *e, uint64_t shop, bool on);
 cs_err cs_engine_shop_password(cs_engine *e, uint64_t shop, const char *password);
-/* Checks a shop's password against the stored hash: CS_OK or CS_AUTH_FAILED. */
+/* Checks a shop's password against its stored keys (runs argon2id once: for tools and tests,
+ * never per connection): CS_OK or CS_AUTH_FAILED. */
 cs_err cs_engine_shop_auth(cs_engine *e, uint64_t shop, const char *password);
 cs_err cs_engine_shop_unlink(cs_engine *e, uint64_t shop);
 cs_err cs_engine_shop_whatsapp(cs_engine *e, uint64_t shop, const char *number);
 /* The number a shop answers with (R12). *out owned by the caller (free()).
  * Errors: CS_NOT_FOUND (unknown shop or no number set). */
 cs_err cs_engine_whatsapp_resolve(cs_engine *e, uint64_t shop, char **out);
+
+/* ---- branch authentication (docs/protocol.md, "handshake"; docs/storage.md, "secrets") ----
+ * The SCRAM shape of RFC 5802 with libsodium's primitives: when a password is set, argon2id
+ * (salt, opslimit, memlimit) turns it into SaltedPassword once; ClientKey = HMAC-SHA-256(
+ * SaltedPassword, "Client Key"), StoredKey = SHA-256(ClientKey), ServerKey = HMAC-SHA-256(
+ * SaltedPassword, "Server Key"). The head office stores StoredKey and ServerKey, which cannot
+ * log in by themselves; a branch stores ClientKey and ServerKey. Per connection only HMACs run:
+ * a reconnect storm costs no argon2id. */
+#define CS_AUTH_SALT_BYTES 16u
+#define CS_AUTH_KEY_BYTES 32u /* crypto_auth_hmacsha256_BYTES == crypto_hash_sha256_BYTES */
+
+typedef struct cs_auth_params {
+    uint8_t salt[CS_AUTH_SALT_BYTES];
+    uint64_t opslimit; /* argon2id passes */
+    uint64_t memlimit; /* argon2id memory, bytes */
+} cs_auth_params;
+
+/* What the head office keeps for a shop's password. */
+typedef struct cs_auth_keys {
+    cs_auth_params params;
+    uint8_t stored_key[CS_AUTH_KEY_BYTES];
+    uint8_t server_key[CS_AUTH_KEY_BYTES];
+} cs_auth_keys;
+
+/* What a branch keeps to log in again without its password. */
+typedef struct cs_auth_client {
+    cs_auth_params params;
+    uint8_t client_key[CS_AUTH_KEY_BYTES];
+    uint8_t server_key[CS_AUTH_KEY_BYTES];
+} cs_auth_client;
+
+/* argon2id once, then the keys. Errors: CS_INVALID_INPUT (params outside libsodium's limits or
+ * a password outside 8..1024 bytes), CS_NO_MEMORY. */
+cs_err cs_auth_derive(const char *password, const cs_auth_params *p, cs_auth_client *out);
+/* The StoredKey a client's keys correspond to (for tests and for cs_engine_shop_auth). */
+void cs_auth_stored_key(const cs_auth_client *c, uint8_t stored_key[CS_AUTH_KEY_BYTES]);
+/* ClientProof = ClientKey XOR HMAC-SHA-256(StoredKey, msg). */
+void cs_auth_client_proof(const cs_auth_client *c, const uint8_t *msg, size_t len,
+                          uint8_t proof[CS_AUTH_KEY_BYTES]);
+/* The head office's check: SHA-256(proof XOR HMAC(StoredKey, msg)) == StoredKey, compared in
+ * constant time. */
+bool cs_auth_proof_ok(const cs_auth_keys *k, const uint8_t *msg, size_t len,
+                      const uint8_t proof[CS_AUTH_KEY_BYTES]);
+/* ServerSignature = HMAC-SHA-256(ServerKey, msg): the head office proves it holds the secret. */
+void cs_auth_server_signature(const uint8_t server_key[CS_AUTH_KEY_BYTES], const uint8_t *msg,
+                              size_t len, uint8_t sig[CS_AUTH_KEY_BYTES]);
+
+/* At the head office: the keys stored for `shop` and whether it is a linked branch. For a shop
+ * with no keys (unknown, or never given a password) *out still gets params, with a salt derived
+ * from the network's decoy secret and the shop id, so a challenge looks the same for every id,
+ * and random keys no proof matches; *known_out is then false. Never runs argon2id. Errors:
+ * CS_FORBIDDEN (this directory is no head office), storage errors. */
+cs_err cs_engine_shop_keys(cs_engine *e, uint64_t shop, cs_auth_keys *out, bool *known_out,
+                           bool *linked_out);
+
+/* ---- what the server records (docs/storage.md, "status") -------------------------------- */
+
+/* A branch as the head office's server last saw it. Not logged, not in any digest: it is
+ * observation, not state, and serve writes it in batches (one transaction for every change of
+ * the last second), never one durable write per acknowledgement. */
+typedef struct cs_shop_status {
+    uint64_t shop;
+    uint64_t cursor;       /* the last sequence the branch said it has durably applied */
+    uint64_t last_seen_ms; /* when the last frame from it arrived, ms since the epoch */
+    bool connected;
+} cs_shop_status;
+
+/* Writes n statuses in one transaction. Errors: CS_INVALID_INPUT (a shop that is no branch),
+ * storage errors. */
+cs_err cs_engine_shop_status_save(cs_engine *e, const cs_shop_status *st, size_t n);
+/* Errors: CS_NOT_FOUND (never seen), storage errors. */
+cs_err cs_engine_shop_status_get(cs_engine *e, uint64_t shop, cs_shop_status *out);
+
+/* ---- shared records from branches (R8; docs/protocol.md, "write") ------------------------ */
+
+#define CS_REQUEST_ID_BYTES 16u
+
+typedef struct cs_remote_answer {
+    cs_err code; /* CS_OK or the refusal (version_conflict, invalid_input, forbidden, ...) */
+    uint64_t id;
+    uint64_t version; /* the version the head office gave the record */
+    uint64_t seq;     /* its event in the head office's log */
+    char message[256];
+} cs_remote_answer;
+
+/* At the head office: applies one outbox entry of branch `shop` (the msgpack map a branch keeps
+ * in its outbox: {kind, type, id, version, expect, fields, req}, docs/storage.md "outbox")
+ * exactly once. When (shop, req) was answered before, *out is that answer and nothing is
+ * written. Otherwise the entry is checked as a put or delete of a shared record at the head
+ * office (a catalog or local type: forbidden; fields by the schema: invalid_input; references:
+ * dangling_reference; a new record's id must be one `shop` allocates: invalid_input; expect:
+ * version_conflict), appended with the event's shop = `shop`, and the answer, a refusal too,
+ * remembered durably with it in one transaction. Returns CS_OK whenever *out holds an answer;
+ * CS_CORRUPT for an entry that is not such a map (nothing remembered); storage errors. */
+cs_err cs_engine_remote_write(cs_engine *e, uint64_t shop, const uint8_t *entry, size_t len,
+                              cs_remote_answer *out);
+
+/* On a branch: the oldest outbox entry with a key > after. *entry is the stored msgpack map,
+ * owned by the caller (free()). Errors: CS_NOT_FOUND (none), storage errors. */
+cs_err cs_engine_outbox_next(cs_engine *e, uint64_t after, uint64_t *key_out, uint8_t **entry,
+                             size_t *len);
+/* On a branch: the head office answered entry `key`: it leaves the outbox, and a refusal is kept
+ * in `rejected` (cs_engine_rejected lists them) so it is reported, never retried. A key no
+ * longer in the outbox is CS_OK (an answer that arrived twice). Errors: storage errors. */
+cs_err cs_engine_outbox_done(cs_engine *e, uint64_t key, const cs_remote_answer *ans);
+/* A JSON array of {type,id,version,code,message,req} of refused writes, oldest first. New
+ * reference owned by the caller. */
+cs_err cs_engine_rejected(cs_engine *e, json_t **out);
 
 /* A sync point for every branch (shop == 0) or one (R5b, R5c). *seq_out (may be NULL) gets
  * its log position. */
