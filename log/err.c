@@ -6,6 +6,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static const char *const err_names[] = {
 #define CS_ERR_NAME(code, name) name,
@@ -20,6 +21,14 @@ const char *cs_err_name(cs_err err)
     if ((unsigned)err >= CS_ERR_COUNT)
         return "unknown";
     return err_names[err];
+}
+
+cs_err cs_err_from_name(const char *name, size_t len)
+{
+    for (unsigned i = 0; i < CS_ERR_COUNT; i++)
+        if (strlen(err_names[i]) == len && memcmp(err_names[i], name, len) == 0)
+            return (cs_err)i;
+    return CS_ERR_COUNT;
 }
 
 int cs_err_exit_code(cs_err err)

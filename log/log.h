@@ -54,6 +54,10 @@ typedef enum cs_err {
 /* The stable name of a code ("corrupt"); "unknown" for a value outside the list. Static. */
 const char *cs_err_name(cs_err err);
 
+/* The code whose stable name is name[0..len) (a code read from the wire); CS_ERR_COUNT when
+ * there is none. */
+cs_err cs_err_from_name(const char *name, size_t len);
+
 /* SPEC section 6 exit codes: 1 usage, 2 refused by a rule or validation, 3 storage, 4 network. */
 int cs_err_exit_code(cs_err err);
 

@@ -214,6 +214,7 @@ cs_err cs_branch_state_get(cs_branch *b, cs_branch_state *out)
     *out = (cs_branch_state){.shop = st.shop,
                              .head = st.head,
                              .cursor = st.cursor,
+                             .chain = st.chain,
                              .sync_seq = st.sync_seq,
                              .dirty = ms.ms_entries,
                              .linked = st.linked,

@@ -40,6 +40,7 @@ typedef struct cs_branch_state {
     uint64_t shop;     /* this branch's id, 0 before bind */
     uint64_t head;     /* the head office's shop id, 0 before the network event */
     uint64_t cursor;   /* last applied sequence */
+    uint64_t chain;    /* the chain value of event `cursor` (0 when cursor is 0) */
     uint64_t sync_seq; /* the last sync point that covered this branch */
     uint64_t dirty;    /* mirror entries changed since the last sync point */
     bool linked;

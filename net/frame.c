@@ -1,0 +1,329 @@
+/*
+ * frame.c: the frame codec of docs/protocol.md: shared reference-counted buffers, building a
+ * frame from a packed msgpack body, assembling frames from a byte stream with the size limit
+ * checked before anything is allocated, and typed reads of a control body.
+ *
+ * Invariants of cs__rx: len <= cap <= max_bytes + 4; a frame is handed out only when all of its
+ * 4 + length bytes are in buf; nothing is allocated for a frame whose length is over the limit.
+ */
+#include "net/net_int.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *cs__frame_name(unsigned type)
+{
+    switch (type) {
+    case CS__F_HELLO:
+        return "HELLO";
+    case CS__F_CHALLENGE:
+        return "CHALLENGE";
+    case CS__F_PROOF:
+        return "PROOF";
+    case CS__F_WELCOME:
+        return "WELCOME";
+    case CS__F_START:
+        return "START";
+    case CS__F_CAUGHT_UP:
+        return "CAUGHT_UP";
+    case CS__F_SEGMENT:
+        return "SEGMENT";
+    case CS__F_ACK:
+        return "ACK";
+    case CS__F_PING:
+        return "PING";
+    case CS__F_WRITE:
+        return "WRITE";
+    case CS__F_WRITE_RESULT:
+        return "WRITE_RESULT";
+    case CS__F_ERROR:
+        return "ERROR";
+    default:
+        return "unknown";
+    }
+}
+
+/* ---- shared buffers ---------------------------------------------------------------------- */
+
+cs__buf *cs__buf_new(size_t len)
+{
+    cs__buf *b = malloc(sizeof(*b) + len);
+    if (!b)
+        return NULL;
+    b->refs = 1;
+    b->len = len;
+    b->first = b->last = 0;
+    return b;
+}
+
+void cs__buf_ref(cs__buf *b)
+{
+    cs_assert(b->refs > 0);
+    b->refs++;
+}
+
+void cs__buf_unref(cs__buf *b)
+{
+    if (!b)
+        return;
+    cs_assert(b->refs > 0);
+    if (--b->refs == 0)
+        free(b);
+}
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+cs__buf *cs__frame_from_msgpack(unsigned type, const msgpack_sbuffer *sb)
+{
+    cs_assert(type != CS__F_SEGMENT);
+    cs_assert(sb->size + 1 <= CS_NET_CONTROL_FRAME_BYTES_MAX);
+    cs__buf *b = cs__buf_new(4 + 1 + sb->size);
+    if (!b)
+        return NULL;
+    put_u32(b->data, (uint32_t)(1 + sb->size));
+    b->data[4] = (uint8_t)type;
+    memcpy(b->data + 5, sb->data, sb->size);
+    return b;
+}
+
+/* ---- packing ----------------------------------------------------------------------------- */
+
+void cs__pk_init(cs__pk *p, unsigned map_size)
+{
+    msgpack_sbuffer_init(&p->sb);
+    msgpack_packer_init(&p->pk, &p->sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&p->pk, map_size);
+}
+
+void cs__pk_destroy(cs__pk *p)
+{
+    msgpack_sbuffer_destroy(&p->sb);
+}
+
+void cs__pk_key(cs__pk *p, const char *key)
+{
+    msgpack_pack_str_with_body(&p->pk, key, strlen(key));
+}
+
+void cs__pk_str(cs__pk *p, const char *key, const char *val)
+{
+    cs__pk_key(p, key);
+    msgpack_pack_str_with_body(&p->pk, val, strlen(val));
+}
+
+void cs__pk_uint(cs__pk *p, const char *key, uint64_t val)
+{
+    cs__pk_key(p, key);
+    msgpack_pack_uint64(&p->pk, val);
+}
+
+void cs__pk_bin(cs__pk *p, const char *key, const uint8_t *val, size_t len)
+{
+    cs__pk_key(p, key);
+    msgpack_pack_bin_with_body(&p->pk, val, len);
+}
+
+/* msgpack_sbuffer_write returns -1 and leaves data NULL-or-short when realloc fails; a short
+ * buffer would be a silently truncated frame, so a failed pack is detected by re-checking that
+ * the buffer parses as one value. */
+cs__buf *cs__pk_frame(cs__pk *p, unsigned type)
+{
+    size_t used = 0;
+    if (!p->sb.data ||
+        cs_msgpack_check((const uint8_t *)p->sb.data, p->sb.size, CS_MSGPACK_DEPTH_MAX, &used) !=
+            CS_OK ||
+        used != p->sb.size)
+        return NULL;
+    return cs__frame_from_msgpack(type, &p->sb);
+}
+
+cs__buf *cs__frame_error(cs_err code, const char *message)
+{
+    cs__pk p;
+    cs__pk_init(&p, 2);
+    cs__pk_str(&p, "code", cs_err_name(code));
+    char m[512];
+    snprintf(m, sizeof(m), "%s", message ? message : "");
+    cs__pk_str(&p, "message", m);
+    cs__buf *b = cs__pk_frame(&p, CS__F_ERROR);
+    cs__pk_destroy(&p);
+    return b;
+}
+
+/* ---- receiving --------------------------------------------------------------------------- */
+
+void cs__rx_free(cs__rx *rx)
+{
+    free(rx->buf);
+    rx->buf = NULL;
+    rx->len = rx->cap = 0;
+}
+
+cs_err cs__rx_feed(cs__rx *rx, const uint8_t *p, size_t n)
+{
+    if (rx->len + n > rx->cap) {
+        /* Grow to what is needed, not more: an idle connection keeps no large buffer. */
+        size_t cap = rx->cap ? rx->cap : 256;
+        while (cap < rx->len + n)
+            cap *= 2;
+        uint8_t *nb = realloc(rx->buf, cap);
+        if (!nb)
+            return CS_NO_MEMORY;
+        rx->buf = nb;
+        rx->cap = cap;
+    }
+    memcpy(rx->buf + rx->len, p, n);
+    rx->len += n;
+    return CS_OK;
+}
+
+cs_err cs__rx_frame(cs__rx *rx, unsigned *type, const uint8_t **body, size_t *body_len, char *msg,
+                    size_t msg_len)
+{
+    if (rx->len < 4)
+        return CS_NOT_FOUND;
+    uint32_t flen = ((uint32_t)rx->buf[0] << 24) | ((uint32_t)rx->buf[1] << 16) |
+                    ((uint32_t)rx->buf[2] << 8) | rx->buf[3];
+    if (flen == 0 || flen > rx->max_bytes) {
+        snprintf(msg, msg_len, "a frame of %u bytes (the limit is %zu)", flen, rx->max_bytes);
+        return CS_INVALID_INPUT;
+    }
+    if (rx->len < 4 + (size_t)flen)
+        return CS_NOT_FOUND;
+    *type = rx->buf[4];
+    *body = rx->buf + 5;
+    *body_len = flen - 1;
+    return CS_OK;
+}
+
+void cs__rx_consume(cs__rx *rx)
+{
+    cs_assert(rx->len >= 4);
+    size_t flen = 4 + (((size_t)rx->buf[0] << 24) | ((size_t)rx->buf[1] << 16) |
+                       ((size_t)rx->buf[2] << 8) | rx->buf[3]);
+    cs_assert(flen <= rx->len);
+    memmove(rx->buf, rx->buf + flen, rx->len - flen);
+    rx->len -= flen;
+    if (rx->len == 0 && rx->cap > 4096) { /* a big frame is done: give its memory back */
+        free(rx->buf);
+        rx->buf = NULL;
+        rx->cap = 0;
+    }
+}
+
+/* ---- control bodies ---------------------------------------------------------------------- */
+
+cs_err cs__body_parse(cs__body *b, const uint8_t *p, size_t n)
+{
+    size_t used = 0;
+    if (!msgpack_zone_init(&b->zone, 512))
+        return CS_NO_MEMORY;
+    b->obj.type = MSGPACK_OBJECT_NIL;
+    if (cs_msgpack_check(p, n, CS_MSGPACK_DEPTH_MAX, &used) != CS_OK || used != n)
+        return CS_INVALID_INPUT;
+    size_t off = 0;
+    msgpack_unpack_return rc = msgpack_unpack((const char *)p, n, &off, &b->zone, &b->obj);
+    if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
+        return CS_NO_MEMORY;
+    if (rc != MSGPACK_UNPACK_SUCCESS || b->obj.type != MSGPACK_OBJECT_MAP)
+        return CS_INVALID_INPUT;
+    return CS_OK;
+}
+
+void cs__body_free(cs__body *b)
+{
+    msgpack_zone_destroy(&b->zone);
+}
+
+const msgpack_object *cs__body_get(const cs__body *b, const char *key)
+{
+    if (b->obj.type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    size_t n = strlen(key);
+    for (uint32_t i = 0; i < b->obj.via.map.size; i++) {
+        const msgpack_object *k = &b->obj.via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+            memcmp(k->via.str.ptr, key, n) == 0)
+            return &b->obj.via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+bool cs__body_uint(const cs__body *b, const char *key, uint64_t *out)
+{
+    const msgpack_object *o = cs__body_get(b, key);
+    if (!o || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return false;
+    *out = o->via.u64;
+    return true;
+}
+
+bool cs__body_str(const cs__body *b, const char *key, cs_str *out)
+{
+    const msgpack_object *o = cs__body_get(b, key);
+    if (!o || o->type != MSGPACK_OBJECT_STR)
+        return false;
+    *out = (cs_str){o->via.str.ptr, o->via.str.size};
+    return true;
+}
+
+bool cs__body_bin(const cs__body *b, const char *key, size_t len, const uint8_t **out)
+{
+    const msgpack_object *o = cs__body_get(b, key);
+    if (!o || o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != len)
+        return false;
+    *out = (const uint8_t *)o->via.bin.ptr;
+    return true;
+}
+
+/* ---- helpers ----------------------------------------------------------------------------- */
+
+uint64_t cs__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+cs_err cs__parse_addr(const char *hostport, struct sockaddr_storage *out)
+{
+    const char *colon = hostport ? strrchr(hostport, ':') : NULL;
+    if (!colon || colon == hostport || strlen(colon + 1) == 0 || strlen(colon + 1) > 5)
+        return CS_INVALID_INPUT;
+    char host[256];
+    size_t hl = (size_t)(colon - hostport);
+    if (hl >= sizeof(host))
+        return CS_INVALID_INPUT;
+    memcpy(host, hostport, hl);
+    host[hl] = '\0';
+    if (host[0] == '[' && hl >= 2 && host[hl - 1] == ']') { /* [::1]:7000 */
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = '\0';
+    }
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535)
+        return CS_INVALID_INPUT;
+    memset(out, 0, sizeof(*out));
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)out) == 0)
+        return CS_OK;
+    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)out) == 0)
+        return CS_OK;
+    /* A name (localhost): resolved once, synchronously, before the loop runs. */
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
+        return CS_INVALID_INPUT;
+    memcpy(out, res->ai_addr, res->ai_addrlen);
+    ((struct sockaddr_in *)out)->sin_port = htons((uint16_t)port); /* same offset in v6 */
+    freeaddrinfo(res);
+    return CS_OK;
+}

@@ -1,0 +1,110 @@
+/*
+ * net.h: the public contract of chainsync's network layer: the head office's server, which
+ * streams its log to every branch of the network over TCP from one libuv loop, and the branch
+ * node, which authenticates, applies what it receives through the projection and sends its
+ * outbox of shared-record writes upstream (SPEC 5). The bytes on the wire are in
+ * docs/protocol.md, the server's shape (loop, queues, limits, wake-up) in docs/design.md
+ * ("Network"); keep them in step with this header.
+ *
+ * Both run a loop of their own until told to stop (SIGINT/SIGTERM, or for a node in pull or join
+ * mode, once it is in step). No threads: LMDB is read and written from the loop's thread.
+ */
+#ifndef CS_NET_H
+#define CS_NET_H
+
+#include "projections/projection.h"
+
+#include <stdio.h>
+
+/* ---- limits (docs/protocol.md) ----------------------------------------------------------- */
+
+#define CS_NET_PROTO_VERSION 1u
+/* One streamed segment: large enough to amortise a branch's durable commit, small enough that
+ * the send queues of a thousand branches stay small. Holds the largest event. */
+#define CS_NET_SEGMENT_BYTES_MAX (1024u * 1024u)
+/* Segments end at a multiple of this (or the head) so that branches share encodings. */
+#define CS_NET_SEGMENT_EVENTS 1024u
+/* Frame header: u32 length + u8 type; a SEGMENT body adds a bin32 header (5 bytes). */
+#define CS_NET_FRAME_HEADER_BYTES 5u
+#define CS_NET_FRAME_BYTES_MAX (CS_NET_SEGMENT_BYTES_MAX + 64u)
+/* Anything but a segment: the largest WRITE is an item's fields (64 KiB) plus its keys. */
+#define CS_NET_CONTROL_FRAME_BYTES_MAX (128u * 1024u)
+/* Per branch: queue no more than this; resume below LOW (docs/protocol.md, "backpressure"). */
+#define CS_NET_SENDQ_BYTES_HIGH (2u * 1024u * 1024u)
+#define CS_NET_SENDQ_BYTES_LOW (512u * 1024u)
+/* Encoded segments the server keeps for sharing: the bound of its memory beside the queues. */
+#define CS_NET_CACHE_BYTES_MAX (32u * 1024u * 1024u)
+#define CS_NET_CACHE_ENTRIES_MAX 256u
+/* Connections one server holds; past it new ones are refused at accept. */
+#define CS_NET_CONNECTIONS_MAX 8192u
+#define CS_NET_HANDSHAKE_MS 10000u
+#define CS_NET_HEARTBEAT_MS 2000u
+#define CS_NET_DEAD_MS 10000u
+#define CS_NET_STUCK_MS 15000u
+/* The server writes branch statuses (cursor, last contact) at most this often. */
+#define CS_NET_STATUS_FLUSH_MS 1000u
+/* The slow safety timer behind the file watch: a missed wake-up delays an event this long. */
+#define CS_NET_SAFETY_MS 1000u
+/* Branch reconnects: full jitter over [0, min(MAX, BASE * 2^attempt)]. */
+#define CS_NET_BACKOFF_BASE_MS 250u
+#define CS_NET_BACKOFF_MAX_MS 30000u
+#define CS_NET_NONCE_BYTES 32u
+
+_Static_assert(CS_NET_SEGMENT_BYTES_MAX >=
+                   CS_EVENT_BYTES_MAX + CS_RECORD_HEADER_BYTES + 4 + CS_SEGMENT_HEADER_BYTES,
+               "a streamed segment holds the largest event");
+_Static_assert(CS_NET_SEGMENT_BYTES_MAX <= CS_SEGMENT_BYTES_MAX, "streamed segments are segments");
+_Static_assert(CS_NET_SENDQ_BYTES_LOW < CS_NET_SENDQ_BYTES_HIGH, "low water below high water");
+_Static_assert(CS_NET_HEARTBEAT_MS * 3 <= CS_NET_DEAD_MS, "a peer misses 3 heartbeats first");
+
+/* ---- the head office's server ------------------------------------------------------------ */
+
+typedef struct cs_server_options {
+    const char *listen;     /* "HOST:PORT"; PORT 0 picks a free port (printed in the log) */
+    uint64_t stuck_ms;      /* 0 = CS_NET_STUCK_MS */
+    FILE *log;              /* one line per connection event; NULL = stderr */
+    const char *ready_file; /* when not NULL, "HOST:PORT\n" is written there once listening */
+} cs_server_options;
+
+/* Serves the head office whose directory `dir` e has open until SIGINT or SIGTERM, then closes
+ * every connection, writes the branches' statuses and returns CS_OK. e is borrowed. errmsg
+ * (errmsg_len bytes, NUL-terminated) gets the sentence of a failure. Errors: CS_FORBIDDEN (not
+ * a head office), CS_INVALID_INPUT (listen address), CS_NETWORK (cannot listen), storage errors.
+ */
+cs_err cs_server_run(cs_engine *e, const char *dir, const cs_server_options *opts, char *errmsg,
+                     size_t errmsg_len);
+
+/* ---- the branch node --------------------------------------------------------------------- */
+
+typedef enum cs_node_mode {
+    CS_NODE_JOIN,   /* authenticate with a password, store the keys, catch up, exit */
+    CS_NODE_PULL,   /* catch up to the head as of connecting, send the outbox, exit */
+    CS_NODE_FOLLOW, /* stay connected, apply live, reconnect with backoff */
+} cs_node_mode;
+
+typedef struct cs_node_options {
+    cs_node_mode mode;
+    const char *head;     /* JOIN: "HOST:PORT"; others: NULL = the stored one */
+    uint64_t shop;        /* JOIN: the branch's shop id */
+    const char *password; /* JOIN only; never stored */
+    FILE *log;            /* connection events; NULL = stderr */
+    bool progress;        /* print "applied N of M events" on stderr (a terminal) */
+    uint64_t timeout_ms;  /* JOIN/PULL: give up connecting after this long (0 = 10 s) */
+} cs_node_options;
+
+/* Runs a branch node on the branch directory `dir` that b has open (borrowed). JOIN binds the
+ * directory to opts->shop (R10: a single store becomes the branch). Returns CS_OK when a join
+ * or pull is in step, or a follow was stopped by a signal. errmsg gets the sentence of a
+ * failure. Errors: CS_NETWORK (the head office cannot be reached or the connection broke:
+ * JOIN/PULL only; FOLLOW retries), CS_AUTH_FAILED, CS_NOT_IN_NETWORK, CS_PROTOCOL_MISMATCH,
+ * CS_CORRUPT (the head office's log is not the one this branch follows), CS_INVALID_INPUT (no
+ * stored link: run branch join; a bad address), CS_FORBIDDEN (another node runs on this
+ * directory), storage errors. */
+cs_err cs_node_run(cs_branch *b, const char *dir, const cs_node_options *opts, char *errmsg,
+                   size_t errmsg_len);
+
+/* Whether a branch node (follow or pull) holds `dir` now: how `put --wait` decides to wait for
+ * it or to deliver the outbox itself. */
+bool cs_node_running(const char *dir);
+
+#endif

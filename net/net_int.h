@@ -1,0 +1,224 @@
+/*
+ * net_int.h: what the files of the network layer share: frame types and the frame codec
+ * (frame.c), the reference-counted buffers and the segment cache (segcache.c), the handshake's
+ * messages (handshake.c), the branch's stored link (link.c), and small loop helpers.
+ */
+#ifndef CS_NET_INT_H
+#define CS_NET_INT_H
+
+#include "net/net.h"
+
+#include <uv.h>
+
+/* ---- frames (docs/protocol.md, "frames") ------------------------------------------------- */
+
+typedef enum cs__frame_type {
+    CS__F_HELLO = 0x01,
+    CS__F_CHALLENGE = 0x02,
+    CS__F_PROOF = 0x03,
+    CS__F_WELCOME = 0x04,
+    CS__F_START = 0x05,
+    CS__F_CAUGHT_UP = 0x06,
+    CS__F_SEGMENT = 0x10,
+    CS__F_ACK = 0x11,
+    CS__F_PING = 0x12,
+    CS__F_WRITE = 0x20,
+    CS__F_WRITE_RESULT = 0x21,
+    CS__F_ERROR = 0x7f,
+} cs__frame_type;
+
+#define CS__F_OPTIONAL 0x80u /* types >= this may be skipped by a receiver that lacks them */
+
+const char *cs__frame_name(unsigned type);
+
+/* A reference-counted, immutable byte buffer: one encoded frame queued to any number of
+ * connections (Redis's shared replication buffer). Owned by its references. */
+typedef struct cs__buf {
+    unsigned refs;
+    size_t len;
+    uint64_t first, last; /* a segment frame's range; 0 otherwise */
+    uint8_t data[];
+} cs__buf;
+
+cs__buf *cs__buf_new(size_t len); /* refs = 1; NULL when out of memory */
+void cs__buf_ref(cs__buf *b);
+void cs__buf_unref(cs__buf *b); /* frees at 0; accepts NULL */
+
+/* Builds a frame whose body is the msgpack in sb (any type but SEGMENT). */
+cs__buf *cs__frame_from_msgpack(unsigned type, const msgpack_sbuffer *sb);
+/* ERROR {code, message}. */
+cs__buf *cs__frame_error(cs_err code, const char *message);
+
+/* Assembles frames from a byte stream. The buffer grows only to the frame being read, never
+ * past max_bytes, which is checked from the 4-byte length before anything is allocated. */
+typedef struct cs__rx {
+    uint8_t *buf; /* owned */
+    size_t len, cap;
+    size_t max_bytes;
+} cs__rx;
+
+void cs__rx_free(cs__rx *rx);
+/* Appends received bytes. Errors: CS_NO_MEMORY. */
+cs_err cs__rx_feed(cs__rx *rx, const uint8_t *p, size_t n);
+/* The next whole frame, if any: *type, *body and *body_len (borrowed until cs__rx_consume).
+ * Returns CS_NOT_FOUND when more bytes are needed; CS_INVALID_INPUT for a length of 0 or over
+ * max_bytes (msg says which). */
+cs_err cs__rx_frame(cs__rx *rx, unsigned *type, const uint8_t **body, size_t *body_len, char *msg,
+                    size_t msg_len);
+void cs__rx_consume(cs__rx *rx); /* drops the frame cs__rx_frame returned */
+
+/* A decoded control body: a msgpack map checked with cs_msgpack_check first. */
+typedef struct cs__body {
+    msgpack_zone zone;
+    msgpack_object obj;
+} cs__body;
+
+/* Errors: CS_INVALID_INPUT (not one well-formed map filling the body), CS_NO_MEMORY. */
+cs_err cs__body_parse(cs__body *b, const uint8_t *p, size_t n);
+void cs__body_free(cs__body *b);
+/* Typed lookups; false when the key is missing or of another type. */
+bool cs__body_uint(const cs__body *b, const char *key, uint64_t *out);
+bool cs__body_str(const cs__body *b, const char *key, cs_str *out);
+bool cs__body_bin(const cs__body *b, const char *key, size_t len, const uint8_t **out);
+const msgpack_object *cs__body_get(const cs__body *b, const char *key);
+
+/* A msgpack map being packed; failures are remembered (failed) rather than lost. */
+typedef struct cs__pk {
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+} cs__pk;
+void cs__pk_init(cs__pk *p, unsigned map_size);
+void cs__pk_destroy(cs__pk *p);
+void cs__pk_str(cs__pk *p, const char *key, const char *val);
+void cs__pk_uint(cs__pk *p, const char *key, uint64_t val);
+void cs__pk_bin(cs__pk *p, const char *key, const uint8_t *val, size_t len);
+void cs__pk_key(cs__pk *p, const char *key);
+/* The frame of the packed map (NULL when out of memory). Destroys nothing. */
+cs__buf *cs__pk_frame(cs__pk *p, unsigned type);
+
+/* ---- the segment cache (segcache.c) ------------------------------------------------------ */
+
+/* Encoded SEGMENT frames by first sequence, shared by every connection that streams past them.
+ * Entries no connection holds are evicted oldest first past CS_NET_CACHE_BYTES_MAX. */
+typedef struct cs__segcache cs__segcache;
+
+cs_err cs__segcache_new(cs__segcache **out);
+void cs__segcache_free(cs__segcache *c);
+/* The SEGMENT frame starting at `first`, ending at or before `head` (the boundary rule of
+ * docs/protocol.md "streaming"), from the cache or encoded now through r. A new reference:
+ * the caller unrefs it. Errors: as cs_segment_encode. */
+cs_err cs__segcache_get(cs__segcache *c, cs_log_reader *r, uint64_t first, uint64_t head,
+                        cs__buf **out);
+/* Bytes the cache holds now (for the server's memory figures). */
+size_t cs__segcache_bytes(const cs__segcache *c);
+
+/* ---- the handshake (handshake.c) --------------------------------------------------------- */
+
+#define CS__AUTH_MESSAGE_BYTES 100u
+
+/* AuthMessage of docs/protocol.md: label, shop, cnonce, snonce, log_id, proto. */
+void cs__auth_message(uint8_t out[CS__AUTH_MESSAGE_BYTES], uint64_t shop,
+                      const uint8_t cnonce[CS_NET_NONCE_BYTES],
+                      const uint8_t snonce[CS_NET_NONCE_BYTES], uint64_t log_id, uint32_t proto);
+
+/* The log id (chain value of event 1, 0 for an empty log) and the chain value at `seq` (0 for
+ * seq 0). Errors: CS_NOT_FOUND (seq past the head), log errors. */
+cs_err cs__log_chain_at(cs_log_reader *r, uint64_t seq, uint64_t *chain_out);
+
+/* ---- the branch's link (link.c; docs/storage.md, "netlink") ------------------------------ */
+
+typedef struct cs__link {
+    char head[256]; /* HOST:PORT */
+    uint64_t shop;
+    uint64_t log_id;
+    cs_auth_client auth;
+} cs__link;
+
+/* Errors: CS_NOT_FOUND (never joined), CS_CORRUPT, storage errors. */
+cs_err cs__link_load(cs_branch *b, cs__link *out);
+cs_err cs__link_save(cs_branch *b, const cs__link *l);
+
+/* ---- the server (server.c: connections and handshake; stream.c: streaming) --------------- */
+
+/* A connection's states (docs/protocol.md, "connection states"), with what moves it on:
+ *
+ *   HELLO --HELLO: conn_on_hello--> PROOF --PROOF ok: conn_on_proof--> START
+ *   START --START ok: conn_on_start--> STREAMING
+ *   any   --error, stuck, dead, shutdown: cs__conn_close--> CLOSING --close_cb--> (freed)
+ */
+typedef enum cs__cstate {
+    CS__C_HELLO,
+    CS__C_PROOF,
+    CS__C_START,
+    CS__C_STREAMING,
+    CS__C_CLOSING,
+} cs__cstate;
+
+typedef struct cs__server cs__server;
+
+typedef struct cs__conn {
+    uv_tcp_t tcp; /* first: the handle's data is the conn too */
+    cs__server *srv;
+    struct cs__conn *prev, *next; /* the server's list of open connections */
+    cs__cstate state;
+    char peer[64];
+    uint64_t shop;
+    bool known, linked;
+    cs_auth_keys keys;
+    uint8_t cnonce[CS_NET_NONCE_BYTES];
+    uint8_t snonce[CS_NET_NONCE_BYTES];
+    uint32_t proto;
+    uint64_t send_next;     /* the next sequence to queue */
+    uint64_t acked;         /* the branch's durable cursor, as it last said */
+    uint64_t caught_up_seq; /* the head as of START: CAUGHT_UP once send_next passes it */
+    bool caught_up_due;
+    size_t queued;      /* bytes handed to uv_write and not yet written */
+    uint64_t paused_ms; /* when the queue passed the high-water mark; 0 = not paused */
+    uint64_t opened_ms, last_rx_ms, last_tx_ms, closing_ms;
+    bool status_dirty;
+    uv_shutdown_t shutdown;
+    cs__rx rx;
+} cs__conn;
+
+struct cs__server {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    uv_timer_t tick;
+    uv_fs_event_t watch;
+    uv_signal_t sigint, sigterm;
+    cs_engine *e;
+    cs_log *log;
+    FILE *out;
+    uint64_t stuck_ms;
+    uint64_t self;   /* the head office's shop id */
+    uint64_t head;   /* the log's head as last read */
+    uint64_t log_id; /* chain value of event 1 */
+    cs__segcache *cache;
+    cs__conn *conns;
+    unsigned nconns;
+    cs_shop_status *gone; /* statuses of closed connections, written at the next flush */
+    size_t ngone, gone_cap;
+    uint64_t last_flush_ms, last_safety_ms;
+    bool stopping;
+    uint8_t rbuf[64 * 1024]; /* every read lands here first: libuv reads one stream at a time */
+};
+
+/* Queues a frame (takes a new reference of b). */
+void cs__conn_send(cs__conn *c, cs__buf *b);
+/* Sends ERROR {code, message} unless code is CS_OK, then closes once it is written (at once
+ * when `now` is set: a stuck peer never reads it). Logs the reason. Idempotent. */
+void cs__conn_close(cs__conn *c, cs_err code, const char *message, bool now);
+void cs__server_logf(cs__server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* stream.c: reads the head and queues segments to every streaming connection that needs them. */
+void cs__server_pump_all(cs__server *s);
+/* The same for one connection (after its queue drained below the low-water mark). */
+void cs__server_pump_one(cs__server *s, cs__conn *c);
+
+/* ---- helpers ----------------------------------------------------------------------------- */
+
+uint64_t cs__now_ms(void); /* wall clock, ms since the epoch */
+/* Splits "HOST:PORT" into a sockaddr. Errors: CS_INVALID_INPUT. */
+cs_err cs__parse_addr(const char *hostport, struct sockaddr_storage *out);
+
+#endif

@@ -1,0 +1,803 @@
+/*
+ * node.c: a branch node (`chainsync branch join|pull|follow`): connects to the head office,
+ * proves it knows its password without sending it, checks that the head office holds its
+ * secret and keeps the log it follows, applies every segment through the projection in one
+ * durable transaction with the cursor, acknowledges it, and sends its outbox of shared-record
+ * writes upstream, one at a time, until each is answered (docs/protocol.md).
+ *
+ * States, with what moves the node on:
+ *
+ *   IDLE --node_connect--> CONNECTING --on_connected: HELLO--> HELLO_SENT
+ *   HELLO_SENT --CHALLENGE: on_challenge, PROOF--> PROOF_SENT
+ *   PROOF_SENT --WELCOME: on_welcome, START--> STREAMING
+ *   any --error, EOF, dead peer: node_drop--> CLOSING --on_closed--> IDLE (follow: after a
+ *        backoff timer) or done (join, pull, a final refusal, a signal)
+ *
+ * Invariants: the cursor sent in START and every ACK is one the projection committed; an
+ * outbox entry leaves the outbox only in cs_engine_outbox_done, after the head office's answer;
+ * at most one WRITE is unanswered (so answers need no reordering and a resend after a reconnect
+ * is the same entry).
+ */
+#include "net/net_int.h"
+
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NODE_TICK_MS 250u
+#define PROGRESS_EVERY_MS 200u
+
+typedef enum node_state {
+    N_IDLE,
+    N_CONNECTING,
+    N_HELLO_SENT,
+    N_PROOF_SENT,
+    N_STREAMING,
+    N_CLOSING,
+} node_state;
+
+typedef struct node {
+    uv_loop_t loop;
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    uv_timer_t tick, retry;
+    uv_fs_event_t watch;
+    uv_signal_t sigint, sigterm;
+    cs_branch *b;
+    cs_engine *e;
+    const cs_node_options *o;
+    FILE *out;
+    cs__link link;
+    struct sockaddr_storage addr;
+    node_state state;
+    uint8_t cnonce[CS_NET_NONCE_BYTES];
+    cs__rx rx;
+    uint64_t cursor, chain;
+    uint64_t target; /* CAUGHT_UP's seq; 0 until it came */
+    bool caught_up;
+    bool write_inflight;
+    uint64_t inflight_key;
+    uint8_t inflight_req[CS_REQUEST_ID_BYTES];
+    unsigned attempt;
+    uint64_t opened_ms, last_rx_ms, last_tx_ms;
+    uint64_t progress_ms, progress_from, progress_total, progress_t0;
+    bool done;     /* stop after this connection: no retry */
+    cs_err result; /* what cs_node_run returns */
+    char errmsg[320];
+    uint8_t rbuf[64 * 1024];
+} node;
+
+static void node_logf(node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void node_logf(node *n, const char *fmt, ...)
+{
+    char when[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(n->out, "%s branch: ", when);
+    vfprintf(n->out, fmt, ap);
+    fputc('\n', n->out);
+    fflush(n->out);
+    va_end(ap);
+}
+
+static void node_connect(node *n);
+
+/* ---- closing and retrying ---------------------------------------------------------------- */
+
+static bool final_code(cs_err code)
+{
+    return code == CS_AUTH_FAILED || code == CS_NOT_IN_NETWORK || code == CS_PROTOCOL_MISMATCH ||
+           code == CS_CORRUPT || code == CS_FORBIDDEN || code == CS_INVALID_INPUT ||
+           code == CS_STORAGE_FULL || code == CS_IO;
+}
+
+static void stop_all(node *n)
+{
+    uv_timer_stop(&n->tick);
+    uv_timer_stop(&n->retry);
+    uv_fs_event_stop(&n->watch);
+    uv_signal_stop(&n->sigint);
+    uv_signal_stop(&n->sigterm);
+    uv_stop(&n->loop);
+}
+
+static void on_retry(uv_timer_t *t)
+{
+    node_connect(t->data);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    node *n = h->data;
+    n->state = N_IDLE;
+    cs__rx_free(&n->rx);
+    n->write_inflight = false; /* unanswered: sent again, with the same req, next time */
+    if (n->done || n->o->mode != CS_NODE_FOLLOW) {
+        stop_all(n);
+        return;
+    }
+    uint64_t cap = CS_NET_BACKOFF_BASE_MS << (n->attempt < 7 ? n->attempt : 7);
+    if (cap > CS_NET_BACKOFF_MAX_MS)
+        cap = CS_NET_BACKOFF_MAX_MS;
+    uint64_t delay = randombytes_uniform((uint32_t)cap + 1);
+    n->attempt++;
+    node_logf(n, "reconnecting in %llu ms", (unsigned long long)delay);
+    uv_timer_start(&n->retry, on_retry, delay, 0);
+}
+
+/* Ends the connection. code != CS_OK: the reason (final ones end the node, others are retried
+ * by follow and end join and pull with CS_NETWORK). tell: send ERROR first. */
+static void node_drop(node *n, cs_err code, bool tell, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void node_drop(node *n, cs_err code, bool tell, const char *fmt, ...)
+{
+    if (n->state == N_CLOSING || n->state == N_IDLE)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    char m[256];
+    vsnprintf(m, sizeof(m), fmt, ap);
+    va_end(ap);
+    if (code != CS_OK) {
+        node_logf(n, "%s: %s", cs_err_name(code), m);
+        if (final_code(code) || n->o->mode != CS_NODE_FOLLOW) {
+            n->done = true;
+            n->result = final_code(code) ? code : CS_NETWORK;
+            snprintf(n->errmsg, sizeof(n->errmsg), "%s", m);
+        }
+    }
+    if (tell && code != CS_OK && n->state >= N_HELLO_SENT) {
+        cs__buf *b = cs__frame_error(code, m);
+        if (b) {
+            uv_buf_t ub = uv_buf_init((char *)b->data, (unsigned)b->len);
+            uv_try_write((uv_stream_t *)&n->tcp, &ub, 1); /* best effort: we close next */
+            cs__buf_unref(b);
+        }
+    }
+    n->state = N_CLOSING;
+    uv_close((uv_handle_t *)&n->tcp, on_closed);
+}
+
+/* ---- sending ----------------------------------------------------------------------------- */
+
+typedef struct nwreq {
+    uv_write_t req;
+    cs__buf *buf;
+} nwreq;
+
+static void node_write_done(uv_write_t *req, int status)
+{
+    nwreq *w = (nwreq *)req;
+    node *n = req->handle->data;
+    cs__buf_unref(w->buf);
+    free(w);
+    if (status < 0 && status != UV_ECANCELED)
+        node_drop(n, CS_NETWORK, false, "cannot send to the head office: %s", uv_strerror(status));
+}
+
+/* Sends b (the node's reference is transferred). */
+static void node_send(node *n, cs__buf *b)
+{
+    nwreq *w = b ? malloc(sizeof(*w)) : NULL;
+    if (!w) {
+        cs__buf_unref(b);
+        node_drop(n, CS_NETWORK, false, "out of memory");
+        return;
+    }
+    w->buf = b;
+    uv_buf_t ub = uv_buf_init((char *)b->data, (unsigned)b->len);
+    int rc = uv_write(&w->req, (uv_stream_t *)&n->tcp, &ub, 1, node_write_done);
+    if (rc < 0) {
+        cs__buf_unref(b);
+        free(w);
+        node_drop(n, CS_NETWORK, false, "cannot send to the head office: %s", uv_strerror(rc));
+        return;
+    }
+    n->last_tx_ms = cs__now_ms();
+}
+
+static void send_uint_frame(node *n, unsigned type, const char *key, uint64_t v)
+{
+    cs__pk p;
+    cs__pk_init(&p, 1);
+    cs__pk_uint(&p, key, v);
+    node_send(n, cs__pk_frame(&p, type));
+    cs__pk_destroy(&p);
+}
+
+/* The oldest outbox entry, as a WRITE, when none is unanswered. */
+static void send_outbox(node *n)
+{
+    if (n->state != N_STREAMING || n->write_inflight)
+        return;
+    uint64_t key;
+    uint8_t *entry = NULL;
+    size_t len = 0;
+    cs_err err = cs_engine_outbox_next(n->e, 0, &key, &entry, &len);
+    if (err == CS_NOT_FOUND)
+        return;
+    cs__body body;
+    const uint8_t *req;
+    if (err == CS_OK && (cs__body_parse(&body, entry, len) != CS_OK ||
+                         !cs__body_bin(&body, "req", CS_REQUEST_ID_BYTES, &req)))
+        err = CS_CORRUPT;
+    else if (err == CS_OK)
+        memcpy(n->inflight_req, req, CS_REQUEST_ID_BYTES);
+    if (err == CS_OK || err == CS_CORRUPT)
+        cs__body_free(&body);
+    cs__buf *f = NULL;
+    if (err == CS_OK && len + 1 <= CS_NET_CONTROL_FRAME_BYTES_MAX && (f = cs__buf_new(5 + len))) {
+        uint32_t flen = (uint32_t)(1 + len);
+        f->data[0] = (uint8_t)(flen >> 24), f->data[1] = (uint8_t)(flen >> 16);
+        f->data[2] = (uint8_t)(flen >> 8), f->data[3] = (uint8_t)flen, f->data[4] = CS__F_WRITE;
+        memcpy(f->data + 5, entry, len);
+    }
+    free(entry);
+    if (err != CS_OK || !f) {
+        node_drop(n, err == CS_OK ? CS_NO_MEMORY : err, false, "cannot read outbox entry %llu",
+                  (unsigned long long)key);
+        return;
+    }
+    n->write_inflight = true;
+    n->inflight_key = key;
+    node_send(n, f);
+}
+
+/* ---- join / pull completion and progress ------------------------------------------------- */
+
+static void check_done(node *n)
+{
+    if (n->o->mode == CS_NODE_FOLLOW || n->state != N_STREAMING || !n->caught_up ||
+        n->cursor < n->target || n->write_inflight)
+        return;
+    uint64_t key;
+    uint8_t *entry = NULL;
+    size_t len;
+    cs_err err = cs_engine_outbox_next(n->e, 0, &key, &entry, &len);
+    free(entry);
+    if (err == CS_OK)
+        return; /* more to send: send_outbox runs after every answer */
+    node_logf(n, "in step at event %llu", (unsigned long long)n->cursor);
+    n->done = true;
+    n->result = err == CS_NOT_FOUND ? CS_OK : err;
+    n->state = N_CLOSING;
+    uv_close((uv_handle_t *)&n->tcp, on_closed);
+}
+
+static void progress(node *n, bool last)
+{
+    if (!n->o->progress || n->progress_total == 0)
+        return;
+    uint64_t now = cs__now_ms();
+    if (!last && now - n->progress_ms < PROGRESS_EVERY_MS)
+        return;
+    n->progress_ms = now;
+    uint64_t done = n->cursor > n->progress_from ? n->cursor - n->progress_from : 0;
+    double secs = (double)(now - n->progress_t0) / 1000.0;
+    fprintf(stderr, "\rapplied %llu of %llu events (%.0f events/s)%s", (unsigned long long)done,
+            (unsigned long long)n->progress_total, secs > 0 ? (double)done / secs : 0.0,
+            last ? "\n" : "");
+    if (last)
+        n->progress_total = 0;
+}
+
+/* ---- frames from the head office --------------------------------------------------------- */
+
+static void on_challenge(node *n, const cs__body *b)
+{
+    uint64_t proto, log_id, ops, mem;
+    const uint8_t *snonce, *salt;
+    if (!cs__body_uint(b, "proto", &proto) || !cs__body_uint(b, "log_id", &log_id) ||
+        !cs__body_uint(b, "ops", &ops) || !cs__body_uint(b, "mem", &mem) ||
+        !cs__body_bin(b, "nonce", CS_NET_NONCE_BYTES, &snonce) ||
+        !cs__body_bin(b, "salt", CS_AUTH_SALT_BYTES, &salt)) {
+        node_drop(n, CS_INVALID_INPUT, true, "CHALLENGE lacks a field");
+        return;
+    }
+    if (proto != CS_NET_PROTO_VERSION) {
+        node_drop(n, CS_PROTOCOL_MISMATCH, true, "the head office chose protocol %llu",
+                  (unsigned long long)proto);
+        return;
+    }
+    if (n->link.log_id && log_id != n->link.log_id) {
+        node_drop(n, CS_NOT_IN_NETWORK, true,
+                  "this head office keeps another network's log (log id %016llx, this branch "
+                  "follows %016llx)",
+                  (unsigned long long)log_id, (unsigned long long)n->link.log_id);
+        return;
+    }
+    cs_auth_params p = {.opslimit = ops, .memlimit = mem};
+    memcpy(p.salt, salt, CS_AUTH_SALT_BYTES);
+    if (n->o->mode == CS_NODE_JOIN) {
+        /* argon2id once, here, on the branch: the head office never runs it per connection. */
+        cs_err err = cs_auth_derive(n->o->password, &p, &n->link.auth);
+        if (err != CS_OK) {
+            node_drop(n, err, false, "cannot derive the keys from the password");
+            return;
+        }
+    } else if (memcmp(&p, &n->link.auth.params, sizeof(p)) != 0) {
+        node_drop(n, CS_AUTH_FAILED, false,
+                  "the head office has a new password for shop %llu: run branch join again",
+                  (unsigned long long)n->link.shop);
+        return;
+    }
+    n->link.log_id = log_id;
+    uint8_t msg[CS__AUTH_MESSAGE_BYTES], proof[CS_AUTH_KEY_BYTES];
+    cs__auth_message(msg, n->link.shop, n->cnonce, snonce, log_id, (uint32_t)proto);
+    cs_auth_client_proof(&n->link.auth, msg, sizeof(msg), proof);
+    /* Keep the expected signature for WELCOME in place of the nonce we no longer need. */
+    cs_auth_server_signature(n->link.auth.server_key, msg, sizeof(msg), n->cnonce);
+    cs__pk pk;
+    cs__pk_init(&pk, 1);
+    cs__pk_bin(&pk, "proof", proof, sizeof(proof));
+    n->state = N_PROOF_SENT;
+    node_send(n, cs__pk_frame(&pk, CS__F_PROOF));
+    cs__pk_destroy(&pk);
+}
+
+static void on_welcome(node *n, const cs__body *b)
+{
+    const uint8_t *sig;
+    uint64_t head, head_seq;
+    if (!cs__body_bin(b, "signature", CS_AUTH_KEY_BYTES, &sig) ||
+        !cs__body_uint(b, "head", &head) || !cs__body_uint(b, "head_seq", &head_seq)) {
+        node_drop(n, CS_INVALID_INPUT, true, "WELCOME lacks a field");
+        return;
+    }
+    if (sodium_memcmp(sig, n->cnonce, CS_AUTH_KEY_BYTES) != 0) {
+        node_drop(n, CS_AUTH_FAILED, true,
+                  "the head office could not prove it holds this branch's secret");
+        return;
+    }
+    cs_err err = CS_OK;
+    if (n->o->mode == CS_NODE_JOIN && (err = cs__link_save(n->b, &n->link)) != CS_OK) {
+        node_drop(n, err, false, "cannot store the link: %s", cs_branch_errmsg(n->b));
+        return;
+    }
+    cs_branch_state st;
+    if ((err = cs_branch_state_get(n->b, &st)) != CS_OK) {
+        node_drop(n, err, false, "cannot read the branch's cursor");
+        return;
+    }
+    n->cursor = st.cursor;
+    n->chain = st.chain;
+    n->progress_from = st.cursor;
+    n->progress_total = head_seq > st.cursor ? head_seq - st.cursor : 0;
+    n->progress_t0 = cs__now_ms();
+    node_logf(n, "authenticated as shop %llu at head office %llu; cursor %llu, head %llu",
+              (unsigned long long)n->link.shop, (unsigned long long)head,
+              (unsigned long long)st.cursor, (unsigned long long)head_seq);
+    cs__pk pk;
+    cs__pk_init(&pk, 2);
+    cs__pk_uint(&pk, "cursor", st.cursor);
+    cs__pk_uint(&pk, "chain", st.chain);
+    n->state = N_STREAMING;
+    n->attempt = 0;
+    node_send(n, cs__pk_frame(&pk, CS__F_START));
+    cs__pk_destroy(&pk);
+    send_outbox(n);
+}
+
+/* A SEGMENT body is one msgpack bin holding the segment. */
+static bool bin_body(const uint8_t *p, size_t n, const uint8_t **seg, size_t *len)
+{
+    size_t hdr, l;
+    if (n >= 2 && p[0] == 0xc4)
+        hdr = 2, l = p[1];
+    else if (n >= 3 && p[0] == 0xc5)
+        hdr = 3, l = ((size_t)p[1] << 8) | p[2];
+    else if (n >= 5 && p[0] == 0xc6)
+        hdr = 5, l = ((size_t)p[1] << 24) | ((size_t)p[2] << 16) | ((size_t)p[3] << 8) | p[4];
+    else
+        return false;
+    if (hdr + l != n)
+        return false;
+    *seg = p + hdr;
+    *len = l;
+    return true;
+}
+
+static void on_segment(node *n, const uint8_t *body, size_t len)
+{
+    const uint8_t *seg;
+    size_t seg_len;
+    if (!bin_body(body, len, &seg, &seg_len)) {
+        node_drop(n, CS_INVALID_INPUT, true, "SEGMENT body is not one bin");
+        return;
+    }
+    uint64_t applied = 0;
+    cs_err err = cs_branch_apply_segment(n->b, seg, seg_len, &applied);
+    if (err != CS_OK) {
+        node_drop(n, err, true, "%s", cs_branch_errmsg(n->b));
+        return;
+    }
+    cs_branch_state st;
+    if ((err = cs_branch_state_get(n->b, &st)) != CS_OK) {
+        node_drop(n, err, false, "cannot read the branch's cursor");
+        return;
+    }
+    cs_assert(st.cursor >= n->cursor); /* a segment never moves the cursor back */
+    n->cursor = st.cursor;
+    n->chain = st.chain;
+    send_uint_frame(n, CS__F_ACK, "cursor", n->cursor);
+    progress(n, false);
+    check_done(n);
+}
+
+static void on_write_result(node *n, const cs__body *b)
+{
+    const uint8_t *req;
+    cs_str code, msg = {"", 0};
+    cs_remote_answer ans = {0};
+    if (!cs__body_bin(b, "req", CS_REQUEST_ID_BYTES, &req) || !cs__body_str(b, "code", &code) ||
+        !cs__body_uint(b, "id", &ans.id) || !cs__body_uint(b, "version", &ans.version) ||
+        !cs__body_uint(b, "seq", &ans.seq)) {
+        node_drop(n, CS_INVALID_INPUT, true, "WRITE_RESULT lacks a field");
+        return;
+    }
+    cs__body_str(b, "message", &msg);
+    if (!n->write_inflight || memcmp(req, n->inflight_req, CS_REQUEST_ID_BYTES) != 0) {
+        node_drop(n, CS_INVALID_INPUT, true, "WRITE_RESULT for a write not sent");
+        return;
+    }
+    ans.code = cs_err_from_name(code.ptr, code.len);
+    if (ans.code == CS_ERR_COUNT)
+        ans.code = CS_INVALID_INPUT;
+    snprintf(ans.message, sizeof(ans.message), "%.*s", (int)msg.len, msg.ptr);
+    cs_err err = cs_engine_outbox_done(n->e, n->inflight_key, &ans);
+    if (err != CS_OK) {
+        node_drop(n, err, false, "cannot record the answer: %s", cs_engine_errmsg(n->e));
+        return;
+    }
+    if (ans.code != CS_OK)
+        node_logf(n, "write refused by the head office: %s: %s", cs_err_name(ans.code),
+                  ans.message);
+    n->write_inflight = false;
+    send_outbox(n);
+    check_done(n);
+}
+
+static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
+{
+    static const uint8_t allowed[] = {[CS__F_CHALLENGE] = 1 << N_HELLO_SENT,
+                                      [CS__F_WELCOME] = 1 << N_PROOF_SENT,
+                                      [CS__F_CAUGHT_UP] = 1 << N_STREAMING,
+                                      [CS__F_SEGMENT] = 1 << N_STREAMING,
+                                      [CS__F_PING] = 1 << N_STREAMING,
+                                      [CS__F_WRITE_RESULT] = 1 << N_STREAMING,
+                                      [CS__F_ERROR] = 0xff};
+    if (type >= sizeof(allowed) || !allowed[type]) {
+        if (type >= CS__F_OPTIONAL)
+            return;
+        node_drop(n, CS_PROTOCOL_MISMATCH, true, "unknown frame type 0x%02x", type);
+        return;
+    }
+    if (!(allowed[type] & (1 << n->state))) {
+        node_drop(n, CS_INVALID_INPUT, true, "unexpected %s", cs__frame_name(type));
+        return;
+    }
+    if (type == CS__F_SEGMENT) {
+        on_segment(n, body, len);
+        return;
+    }
+    cs__body b;
+    if (cs__body_parse(&b, body, len) != CS_OK) {
+        cs__body_free(&b);
+        node_drop(n, CS_INVALID_INPUT, true, "%s: the body is not one msgpack map",
+                  cs__frame_name(type));
+        return;
+    }
+    cs_str code = {"", 0}, msg = {"", 0};
+    switch (type) {
+    case CS__F_CHALLENGE:
+        on_challenge(n, &b);
+        break;
+    case CS__F_WELCOME:
+        on_welcome(n, &b);
+        break;
+    case CS__F_CAUGHT_UP:
+        if (cs__body_uint(&b, "seq", &n->target)) {
+            n->caught_up = true;
+            check_done(n);
+        }
+        break;
+    case CS__F_WRITE_RESULT:
+        on_write_result(n, &b);
+        break;
+    case CS__F_ERROR: {
+        cs__body_str(&b, "code", &code);
+        cs__body_str(&b, "message", &msg);
+        cs_err c = cs_err_from_name(code.ptr, code.len);
+        node_drop(n, c == CS_ERR_COUNT || c == CS_OK ? CS_NETWORK : c, false,
+                  "the head office said: %.*s", (int)msg.len, msg.ptr);
+        break;
+    }
+    default:
+        break; /* PING: contact is all it carries */
+    }
+    cs__body_free(&b);
+}
+
+/* ---- the connection ---------------------------------------------------------------------- */
+
+static void node_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    node *n = h->data;
+    *buf = uv_buf_init((char *)n->rbuf, sizeof(n->rbuf));
+}
+
+static void node_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    node *n = st->data;
+    (void)buf;
+    if (nread < 0) {
+        node_drop(n, CS_NETWORK, false, "%s",
+                  nread == UV_EOF ? "the head office closed the connection"
+                                  : uv_strerror((int)nread));
+        return;
+    }
+    if (nread == 0 || n->state == N_CLOSING)
+        return;
+    n->last_rx_ms = cs__now_ms();
+    if (cs__rx_feed(&n->rx, n->rbuf, (size_t)nread) != CS_OK) {
+        node_drop(n, CS_NETWORK, false, "out of memory");
+        return;
+    }
+    unsigned type;
+    const uint8_t *body;
+    size_t len;
+    char m[160];
+    cs_err err = CS_OK;
+    while (n->state != N_CLOSING && n->state != N_IDLE &&
+           (err = cs__rx_frame(&n->rx, &type, &body, &len, m, sizeof(m))) == CS_OK) {
+        on_frame(n, type, body, len);
+        if (n->state != N_CLOSING && n->state != N_IDLE)
+            cs__rx_consume(&n->rx);
+    }
+    if (err == CS_INVALID_INPUT)
+        node_drop(n, CS_INVALID_INPUT, true, "%s", m);
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    node *n = req->data;
+    if (status < 0) {
+        node_drop(n, CS_NETWORK, false, "cannot reach the head office at %s: %s", n->link.head,
+                  uv_strerror(status));
+        return;
+    }
+    uv_tcp_nodelay(&n->tcp, 1);
+    n->last_rx_ms = n->last_tx_ms = cs__now_ms();
+    n->caught_up = false;
+    n->target = 0;
+    randombytes_buf(n->cnonce, sizeof(n->cnonce));
+    int rc = uv_read_start((uv_stream_t *)&n->tcp, node_alloc, node_read);
+    if (rc < 0) {
+        node_drop(n, CS_NETWORK, false, "cannot read: %s", uv_strerror(rc));
+        return;
+    }
+    cs__pk p;
+    cs__pk_init(&p, 4);
+    cs__pk_key(&p, "proto");
+    msgpack_pack_array(&p.pk, 2);
+    msgpack_pack_uint32(&p.pk, CS_NET_PROTO_VERSION);
+    msgpack_pack_uint32(&p.pk, CS_NET_PROTO_VERSION);
+    cs__pk_uint(&p, "shop", n->link.shop);
+    cs__pk_bin(&p, "nonce", n->cnonce, sizeof(n->cnonce));
+    cs__pk_str(&p, "mode",
+               n->o->mode == CS_NODE_JOIN   ? "join"
+               : n->o->mode == CS_NODE_PULL ? "pull"
+                                            : "follow");
+    n->state = N_HELLO_SENT;
+    node_send(n, cs__pk_frame(&p, CS__F_HELLO));
+    cs__pk_destroy(&p);
+}
+
+static void node_connect(node *n)
+{
+    if (n->done)
+        return;
+    int rc = uv_tcp_init(&n->loop, &n->tcp);
+    if (rc < 0) {
+        n->done = true;
+        n->result = CS_NETWORK;
+        snprintf(n->errmsg, sizeof(n->errmsg), "cannot make a socket: %s", uv_strerror(rc));
+        stop_all(n);
+        return;
+    }
+    n->tcp.data = n;
+    n->creq.data = n;
+    n->rx.max_bytes = CS_NET_FRAME_BYTES_MAX;
+    n->state = N_CONNECTING;
+    n->opened_ms = cs__now_ms();
+    rc = uv_tcp_connect(&n->creq, &n->tcp, (struct sockaddr *)&n->addr, on_connected);
+    if (rc < 0)
+        node_drop(n, CS_NETWORK, false, "cannot reach the head office at %s: %s", n->link.head,
+                  uv_strerror(rc));
+}
+
+/* ---- timers, watch, signals -------------------------------------------------------------- */
+
+static void node_tick(uv_timer_t *t)
+{
+    node *n = t->data;
+    uint64_t now = cs__now_ms();
+    uint64_t limit = n->o->timeout_ms ? n->o->timeout_ms : CS_NET_HANDSHAKE_MS;
+    if (n->state >= N_CONNECTING && n->state < N_STREAMING && now - n->opened_ms > limit)
+        node_drop(n, CS_NETWORK, false, "no answer from the head office at %s within %llu ms",
+                  n->link.head, (unsigned long long)limit);
+    else if (n->state == N_STREAMING && now - n->last_rx_ms > CS_NET_DEAD_MS)
+        node_drop(n, CS_NETWORK, false, "nothing from the head office for %llu ms",
+                  (unsigned long long)(now - n->last_rx_ms));
+    else if (n->state == N_STREAMING && now - n->last_tx_ms >= CS_NET_HEARTBEAT_MS)
+        send_uint_frame(n, CS__F_PING, "time", now);
+    if (n->state == N_STREAMING)
+        send_outbox(n); /* the safety net behind the watch */
+}
+
+static void node_watch(uv_fs_event_t *h, const char *file, int events, int status)
+{
+    (void)file;
+    (void)events;
+    if (status == 0)
+        send_outbox(h->data);
+}
+
+static void node_signal(uv_signal_t *s, int signum)
+{
+    node *n = s->data;
+    node_logf(n, "stopping (signal %d)", signum);
+    n->done = true;
+    n->result = CS_OK;
+    if (n->state == N_IDLE)
+        stop_all(n);
+    else if (n->state != N_CLOSING) {
+        n->state = N_CLOSING;
+        uv_close((uv_handle_t *)&n->tcp, on_closed);
+    }
+}
+
+static int node_handles(node *n, const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/data.mdb", dir);
+    int rc = uv_timer_init(&n->loop, &n->tick);
+    n->tick.data = n;
+    if (rc == 0 && (rc = uv_timer_init(&n->loop, &n->retry)) == 0)
+        n->retry.data = n;
+    if (rc == 0)
+        rc = uv_timer_start(&n->tick, node_tick, NODE_TICK_MS, NODE_TICK_MS);
+    if (rc == 0 && (rc = uv_fs_event_init(&n->loop, &n->watch)) == 0) {
+        n->watch.data = n;
+        rc = uv_fs_event_start(&n->watch, node_watch, path, 0);
+    }
+    if (rc == 0 && (rc = uv_signal_init(&n->loop, &n->sigint)) == 0) {
+        n->sigint.data = n;
+        rc = uv_signal_start(&n->sigint, node_signal, SIGINT);
+    }
+    if (rc == 0 && (rc = uv_signal_init(&n->loop, &n->sigterm)) == 0) {
+        n->sigterm.data = n;
+        rc = uv_signal_start(&n->sigterm, node_signal, SIGTERM);
+    }
+    return rc;
+}
+
+/* ---- running ----------------------------------------------------------------------------- */
+
+static void close_handle(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* The node lock: one node per directory (flock, released by the kernel if the node dies). */
+static int node_lock(const char *dir, int how)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/node.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    if (flock(fd, how | LOCK_NB) != 0) {
+        close(fd);
+        return -2;
+    }
+    return fd;
+}
+
+bool cs_node_running(const char *dir)
+{
+    int fd = node_lock(dir, LOCK_SH);
+    if (fd >= 0)
+        close(fd);
+    return fd == -2;
+}
+
+static cs_err node_setup(node *n)
+{
+    cs_err err = CS_OK;
+    if (n->o->mode == CS_NODE_JOIN) {
+        snprintf(n->link.head, sizeof(n->link.head), "%s", n->o->head ? n->o->head : "");
+        n->link.shop = n->o->shop;
+        cs__link old;
+        if (cs__link_load(n->b, &old) == CS_OK && old.shop == n->o->shop)
+            n->link.log_id = old.log_id; /* joining again: it must be the same network */
+        if ((err = cs_branch_bind(n->b, n->o->shop)) != CS_OK)
+            snprintf(n->errmsg, sizeof(n->errmsg), "%s", cs_branch_errmsg(n->b));
+    } else if ((err = cs__link_load(n->b, &n->link)) == CS_NOT_FOUND) {
+        err = CS_INVALID_INPUT;
+        snprintf(n->errmsg, sizeof(n->errmsg),
+                 "this directory has not joined a network: run chainsync branch join");
+    } else if (err != CS_OK) {
+        snprintf(n->errmsg, sizeof(n->errmsg), "cannot read the stored link (%s)",
+                 cs_err_name(err));
+    } else if (n->o->head) {
+        snprintf(n->link.head, sizeof(n->link.head), "%s", n->o->head);
+    }
+    if (err == CS_OK && cs__parse_addr(n->link.head, &n->addr) != CS_OK) {
+        err = CS_INVALID_INPUT;
+        snprintf(n->errmsg, sizeof(n->errmsg), "--head wants HOST:PORT, not '%s'", n->link.head);
+    }
+    return err;
+}
+
+cs_err cs_node_run(cs_branch *b, const char *dir, const cs_node_options *o, char *errmsg,
+                   size_t errmsg_len)
+{
+    if (sodium_init() < 0) {
+        snprintf(errmsg, errmsg_len, "libsodium cannot start");
+        return CS_NO_MEMORY;
+    }
+    int lock = node_lock(dir, LOCK_EX);
+    if (lock < 0) {
+        snprintf(errmsg, errmsg_len,
+                 lock == -2 ? "another branch node runs on %s" : "cannot create %s/node.lock", dir);
+        return lock == -2 ? CS_FORBIDDEN : CS_IO;
+    }
+    node *n = calloc(1, sizeof(*n));
+    if (!n) {
+        close(lock);
+        snprintf(errmsg, errmsg_len, "out of memory");
+        return CS_NO_MEMORY;
+    }
+    n->b = b;
+    n->e = cs_branch_engine(b);
+    n->o = o;
+    n->out = o->log ? o->log : stderr;
+    cs_err err = node_setup(n);
+    bool loop_ok = false;
+    if (err == CS_OK && (!(loop_ok = uv_loop_init(&n->loop) == 0) || node_handles(n, dir) != 0)) {
+        err = CS_IO;
+        snprintf(n->errmsg, sizeof(n->errmsg), "cannot start the node's loop");
+    }
+    if (err == CS_OK) {
+        n->result = CS_OK;
+        node_connect(n);
+        uv_run(&n->loop, UV_RUN_DEFAULT);
+        progress(n, true);
+        err = n->result;
+    }
+    if (loop_ok) {
+        uv_walk(&n->loop, close_handle, NULL);
+        uv_run(&n->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&n->loop);
+    }
+    cs__rx_free(&n->rx);
+    snprintf(errmsg, errmsg_len, "%s", n->errmsg);
+    sodium_memzero(&n->link, sizeof(n->link));
+    free(n);
+    close(lock);
+    return err;
+}

@@ -1,0 +1,829 @@
+/*
+ * server.c: `chainsync serve`: one libuv loop that accepts branch connections, runs the
+ * handshake of docs/protocol.md, hands streaming to stream.c, applies the branches' shared-record
+ * writes through the engine, and keeps each branch's cursor and last contact (docs/design.md,
+ * "Network").
+ *
+ * Lifetimes (libuv's rule: memory of a handle is freed only in its close callback): a cs__conn is
+ * allocated at accept and freed in conn_closed; it stays in the server's list until then, so
+ * every walk of the list skips CLOSING connections. Pending writes complete (or are cancelled)
+ * before the close callback runs, and each holds its own buffer reference.
+ *
+ * Wake-up: a file watch (inotify through uv_fs_event) on the directory's data.mdb fires when any
+ * process commits; a safety timer re-reads the head every CS_NET_SAFETY_MS, so a missed
+ * notification delays an event, never loses it.
+ */
+#include "net/net_int.h"
+
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define TICK_MS 250u
+#define CLOSING_GRACE_MS 2000u
+
+void cs__server_logf(cs__server *s, const char *fmt, ...)
+{
+    char when[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(s->out, "%s serve: ", when);
+    vfprintf(s->out, fmt, ap);
+    fputc('\n', s->out);
+    fflush(s->out);
+    va_end(ap);
+}
+
+/* ---- writing ----------------------------------------------------------------------------- */
+
+typedef struct wreq {
+    uv_write_t req;
+    cs__buf *buf; /* one reference, dropped when the write is done */
+    cs__conn *c;
+} wreq;
+
+static void write_done(uv_write_t *req, int status)
+{
+    wreq *w = (wreq *)req;
+    cs__conn *c = w->c;
+    cs_assert(c->queued >= w->buf->len);
+    c->queued -= w->buf->len;
+    cs__buf_unref(w->buf);
+    free(w);
+    if (status < 0) {
+        if (c->state != CS__C_CLOSING)
+            cs__conn_close(c, CS_OK, uv_strerror(status), true);
+        return;
+    }
+    if (c->paused_ms && c->queued < CS_NET_SENDQ_BYTES_LOW) {
+        c->paused_ms = 0;
+        cs__server_pump_one(c->srv, c);
+    }
+}
+
+void cs__conn_send(cs__conn *c, cs__buf *b)
+{
+    if (c->state == CS__C_CLOSING)
+        return;
+    wreq *w = malloc(sizeof(*w));
+    if (!w) {
+        cs__conn_close(c, CS_OK, "out of memory", true);
+        return;
+    }
+    cs__buf_ref(b);
+    w->buf = b;
+    w->c = c;
+    uv_buf_t ub = uv_buf_init((char *)b->data, (unsigned)b->len);
+    c->queued += b->len;
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, write_done);
+    if (rc < 0) {
+        c->queued -= b->len;
+        cs__buf_unref(b);
+        free(w);
+        cs__conn_close(c, CS_OK, uv_strerror(rc), true);
+        return;
+    }
+    c->last_tx_ms = cs__now_ms();
+}
+
+/* ---- closing ----------------------------------------------------------------------------- */
+
+static void remember_gone(cs__server *s, const cs__conn *c)
+{
+    if (s->ngone == s->gone_cap) {
+        size_t cap = s->gone_cap ? s->gone_cap * 2 : 16;
+        cs_shop_status *g = realloc(s->gone, cap * sizeof(*g));
+        if (!g)
+            return; /* the status is observation only: losing one costs a stale "connected" */
+        s->gone = g;
+        s->gone_cap = cap;
+    }
+    s->gone[s->ngone++] = (cs_shop_status){
+        .shop = c->shop, .cursor = c->acked, .last_seen_ms = c->last_rx_ms, .connected = false};
+}
+
+static void conn_closed(uv_handle_t *h)
+{
+    cs__conn *c = (cs__conn *)h;
+    cs__server *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    cs__rx_free(&c->rx);
+    free(c);
+}
+
+static void shutdown_done(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    cs__conn *c = req->data;
+    if (!uv_is_closing((uv_handle_t *)&c->tcp))
+        uv_close((uv_handle_t *)&c->tcp, conn_closed);
+}
+
+void cs__conn_close(cs__conn *c, cs_err code, const char *message, bool now)
+{
+    if (c->state == CS__C_CLOSING) {
+        if (now && !uv_is_closing((uv_handle_t *)&c->tcp))
+            uv_close((uv_handle_t *)&c->tcp, conn_closed);
+        return;
+    }
+    cs__server *s = c->srv;
+    bool was_streaming = c->state == CS__C_STREAMING;
+    if (code != CS_OK && !now) {
+        cs__buf *b = cs__frame_error(code, message);
+        if (b) {
+            cs__conn_send(c, b);
+            cs__buf_unref(b);
+        }
+    }
+    if (c->shop && was_streaming)
+        cs__server_logf(s, "shop %llu from %s: dropped: %s%s%s", (unsigned long long)c->shop,
+                        c->peer, code != CS_OK ? cs_err_name(code) : "", code != CS_OK ? ": " : "",
+                        message);
+    else if (code != CS_OK && c->state != CS__C_STREAMING)
+        cs__server_logf(s, "connection from %s: refused: %s: %s", c->peer, cs_err_name(code),
+                        message);
+    else
+        cs__server_logf(s, "connection from %s: closed: %s", c->peer, message);
+    if (was_streaming)
+        remember_gone(s, c);
+    c->state = CS__C_CLOSING;
+    c->closing_ms = cs__now_ms();
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->shutdown.data = c;
+    /* shutdown waits for the ERROR frame to be written; the tick closes it anyway after a
+     * grace period, since a peer that stopped reading would hold it forever. */
+    if (now || uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, shutdown_done) != 0)
+        uv_close((uv_handle_t *)&c->tcp, conn_closed);
+}
+
+/* ---- the handshake ----------------------------------------------------------------------- */
+
+static void conn_on_hello(cs__conn *c, const cs__body *b)
+{
+    cs__server *s = c->srv;
+    const msgpack_object *proto = cs__body_get(b, "proto");
+    const uint8_t *nonce;
+    uint64_t shop;
+    if (!proto || proto->type != MSGPACK_OBJECT_ARRAY || proto->via.array.size != 2 ||
+        proto->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        proto->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        !cs__body_uint(b, "shop", &shop) || !cs__body_bin(b, "nonce", CS_NET_NONCE_BYTES, &nonce)) {
+        cs__conn_close(c, CS_INVALID_INPUT, "HELLO needs proto [lo, hi], shop and a 32-byte nonce",
+                       false);
+        return;
+    }
+    uint64_t lo = proto->via.array.ptr[0].via.u64, hi = proto->via.array.ptr[1].via.u64;
+    if (lo > CS_NET_PROTO_VERSION || hi < CS_NET_PROTO_VERSION) {
+        char m[160];
+        snprintf(m, sizeof(m),
+                 "this head office speaks protocol %u to %u; the branch offered %llu to %llu",
+                 CS_NET_PROTO_VERSION, CS_NET_PROTO_VERSION, (unsigned long long)lo,
+                 (unsigned long long)hi);
+        cs__conn_close(c, CS_PROTOCOL_MISMATCH, m, false);
+        return;
+    }
+    cs_err err = cs_engine_shop_keys(s->e, shop, &c->keys, &c->known, &c->linked);
+    if (err != CS_OK) {
+        cs__conn_close(c, err, cs_engine_errmsg(s->e), false);
+        return;
+    }
+    c->shop = shop;
+    c->proto = CS_NET_PROTO_VERSION;
+    memcpy(c->cnonce, nonce, CS_NET_NONCE_BYTES);
+    randombytes_buf(c->snonce, sizeof(c->snonce));
+    cs__pk p;
+    cs__pk_init(&p, 6);
+    cs__pk_uint(&p, "proto", c->proto);
+    cs__pk_bin(&p, "nonce", c->snonce, CS_NET_NONCE_BYTES);
+    cs__pk_bin(&p, "salt", c->keys.params.salt, CS_AUTH_SALT_BYTES);
+    cs__pk_uint(&p, "ops", c->keys.params.opslimit);
+    cs__pk_uint(&p, "mem", c->keys.params.memlimit);
+    cs__pk_uint(&p, "log_id", s->log_id);
+    cs__buf *f = cs__pk_frame(&p, CS__F_CHALLENGE);
+    cs__pk_destroy(&p);
+    if (!f) {
+        cs__conn_close(c, CS_NO_MEMORY, "out of memory", true);
+        return;
+    }
+    c->state = CS__C_PROOF;
+    cs__conn_send(c, f);
+    cs__buf_unref(f);
+}
+
+static void conn_on_proof(cs__conn *c, const cs__body *b)
+{
+    cs__server *s = c->srv;
+    const uint8_t *proof;
+    if (!cs__body_bin(b, "proof", CS_AUTH_KEY_BYTES, &proof)) {
+        cs__conn_close(c, CS_INVALID_INPUT, "PROOF needs a 32-byte proof", false);
+        return;
+    }
+    uint8_t msg[CS__AUTH_MESSAGE_BYTES];
+    cs__auth_message(msg, c->shop, c->cnonce, c->snonce, s->log_id, c->proto);
+    /* The proof is checked for every id, known or not, so the answer takes the same path. */
+    bool ok = cs_auth_proof_ok(&c->keys, msg, sizeof(msg), proof) && c->known;
+    char m[160];
+    if (!c->linked) {
+        snprintf(m, sizeof(m), "shop %llu is not a branch of this network",
+                 (unsigned long long)c->shop);
+        cs__conn_close(c, CS_NOT_IN_NETWORK, m, false);
+        return;
+    }
+    if (!ok) {
+        snprintf(m, sizeof(m), "shop %llu: wrong password", (unsigned long long)c->shop);
+        cs__conn_close(c, CS_AUTH_FAILED, m, false);
+        return;
+    }
+    uint8_t sig[CS_AUTH_KEY_BYTES];
+    cs_auth_server_signature(c->keys.server_key, msg, sizeof(msg), sig);
+    cs__pk p;
+    cs__pk_init(&p, 3);
+    cs__pk_bin(&p, "signature", sig, sizeof(sig));
+    cs__pk_uint(&p, "head", s->self);
+    cs__pk_uint(&p, "head_seq", s->head);
+    cs__buf *f = cs__pk_frame(&p, CS__F_WELCOME);
+    cs__pk_destroy(&p);
+    sodium_memzero(&c->keys, sizeof(c->keys)); /* not needed past this point */
+    if (!f) {
+        cs__conn_close(c, CS_NO_MEMORY, "out of memory", true);
+        return;
+    }
+    c->state = CS__C_START;
+    cs__conn_send(c, f);
+    cs__buf_unref(f);
+}
+
+/* START: the branch's cursor must be a position of this log with the same chain value. */
+static cs_err check_cursor(cs__server *s, uint64_t cursor, uint64_t chain, char *m, size_t mlen)
+{
+    cs_log_reader *r;
+    cs_err err = cs_log_reader_open(s->log, &r);
+    uint64_t head = 0, have = 0;
+    if (err == CS_OK && (err = cs_log_reader_head(r, &head)) == CS_OK && head > s->head)
+        s->head = head;
+    if (err == CS_OK && cursor > head) {
+        snprintf(m, mlen,
+                 "the branch is at event %llu but this log ends at %llu: it is not the log "
+                 "the branch follows",
+                 (unsigned long long)cursor, (unsigned long long)head);
+        err = CS_CORRUPT;
+    } else if (err == CS_OK && (err = cs__log_chain_at(r, cursor, &have)) == CS_OK &&
+               have != chain) {
+        snprintf(m, mlen, "event %llu differs from the one the branch applied: the log diverged",
+                 (unsigned long long)cursor);
+        err = CS_CORRUPT;
+    } else if (err != CS_OK) {
+        snprintf(m, mlen, "the head office cannot read its log (%s)", cs_err_name(err));
+    }
+    cs_log_reader_close(r);
+    return err;
+}
+
+static void replace_older(cs__server *s, cs__conn *c)
+{
+    for (cs__conn *o = s->conns, *next; o; o = next) {
+        next = o->next;
+        if (o != c && o->shop == c->shop && o->state == CS__C_STREAMING)
+            cs__conn_close(o, CS_NETWORK, "replaced by a new connection of this shop", false);
+    }
+}
+
+static void conn_on_start(cs__conn *c, const cs__body *b)
+{
+    cs__server *s = c->srv;
+    uint64_t cursor, chain;
+    char m[200];
+    if (!cs__body_uint(b, "cursor", &cursor) || !cs__body_uint(b, "chain", &chain)) {
+        cs__conn_close(c, CS_INVALID_INPUT, "START needs cursor and chain", false);
+        return;
+    }
+    cs_err err = check_cursor(s, cursor, chain, m, sizeof(m));
+    if (err != CS_OK) {
+        cs__conn_close(c, err, m, false);
+        return;
+    }
+    replace_older(s, c);
+    c->state = CS__C_STREAMING;
+    c->acked = cursor;
+    c->send_next = cursor + 1;
+    c->caught_up_seq = s->head;
+    c->caught_up_due = true;
+    c->status_dirty = true;
+    cs__server_logf(s, "shop %llu from %s: authenticated, cursor %llu, head %llu",
+                    (unsigned long long)c->shop, c->peer, (unsigned long long)cursor,
+                    (unsigned long long)s->head);
+    cs__server_pump_one(s, c);
+}
+
+/* ---- streaming frames -------------------------------------------------------------------- */
+
+static void conn_on_ack(cs__conn *c, const cs__body *b)
+{
+    uint64_t cursor;
+    if (!cs__body_uint(b, "cursor", &cursor) || cursor >= c->send_next) {
+        cs__conn_close(c, CS_INVALID_INPUT, "ACK of an event never sent", false);
+        return;
+    }
+    if (cursor > c->acked) {
+        c->acked = cursor;
+        c->status_dirty = true;
+    }
+}
+
+static void conn_on_write(cs__conn *c, const uint8_t *body, size_t len)
+{
+    cs__server *s = c->srv;
+    cs_remote_answer ans;
+    cs_err err = cs_engine_remote_write(s->e, c->shop, body, len, &ans);
+    if (err != CS_OK) {
+        cs__conn_close(c, err == CS_CORRUPT ? CS_INVALID_INPUT : err,
+                       err == CS_CORRUPT ? "WRITE is not an outbox entry" : cs_engine_errmsg(s->e),
+                       false);
+        return;
+    }
+    cs__body req;
+    const uint8_t *rid = NULL;
+    if (cs__body_parse(&req, body, len) != CS_OK ||
+        !cs__body_bin(&req, "req", CS_REQUEST_ID_BYTES, &rid)) {
+        cs__body_free(&req);
+        cs__conn_close(c, CS_INVALID_INPUT, "WRITE needs a 16-byte req", false);
+        return;
+    }
+    cs__pk p;
+    cs__pk_init(&p, 6);
+    cs__pk_bin(&p, "req", rid, CS_REQUEST_ID_BYTES);
+    cs__pk_str(&p, "code", cs_err_name(ans.code));
+    cs__pk_str(&p, "message", ans.message);
+    cs__pk_uint(&p, "id", ans.id);
+    cs__pk_uint(&p, "version", ans.version);
+    cs__pk_uint(&p, "seq", ans.seq);
+    cs__body_free(&req);
+    cs__buf *f = cs__pk_frame(&p, CS__F_WRITE_RESULT);
+    cs__pk_destroy(&p);
+    if (!f) {
+        cs__conn_close(c, CS_NO_MEMORY, "out of memory", true);
+        return;
+    }
+    if (ans.code != CS_OK)
+        cs__server_logf(s, "shop %llu: write refused: %s: %s", (unsigned long long)c->shop,
+                        cs_err_name(ans.code), ans.message);
+    cs__conn_send(c, f);
+    cs__buf_unref(f);
+    if (ans.code == CS_OK)
+        cs__server_pump_all(s); /* the write is in the log: every branch gets it now */
+}
+
+/* Which frame types each state accepts (docs/protocol.md, "connection states"). */
+static bool frame_allowed(cs__cstate st, unsigned type)
+{
+    switch (type) {
+    case CS__F_HELLO:
+        return st == CS__C_HELLO;
+    case CS__F_PROOF:
+        return st == CS__C_PROOF;
+    case CS__F_START:
+        return st == CS__C_START;
+    case CS__F_ACK:
+    case CS__F_WRITE:
+        return st == CS__C_STREAMING;
+    case CS__F_PING:
+        return st == CS__C_STREAMING;
+    case CS__F_ERROR:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static const char *state_name(cs__cstate st)
+{
+    static const char *const names[] = {"HELLO", "PROOF", "START", "STREAMING", "CLOSING"};
+    return names[st];
+}
+
+static bool known_type(unsigned type)
+{
+    return strcmp(cs__frame_name(type), "unknown") != 0;
+}
+
+static void conn_on_frame(cs__conn *c, unsigned type, const uint8_t *body, size_t len)
+{
+    char m[160];
+    if (!known_type(type)) {
+        if (type >= CS__F_OPTIONAL)
+            return; /* optional: skipped */
+        snprintf(m, sizeof(m), "unknown frame type 0x%02x", type);
+        cs__conn_close(c, CS_PROTOCOL_MISMATCH, m, false);
+        return;
+    }
+    if (!frame_allowed(c->state, type)) {
+        snprintf(m, sizeof(m), "unexpected %s in state %s", cs__frame_name(type),
+                 state_name(c->state));
+        cs__conn_close(c, CS_INVALID_INPUT, m, false);
+        return;
+    }
+    if (type == CS__F_WRITE) {
+        conn_on_write(c, body, len);
+        return;
+    }
+    cs__body b;
+    cs_err err = cs__body_parse(&b, body, len);
+    if (err != CS_OK) {
+        snprintf(m, sizeof(m), "%s: the body is not one msgpack map", cs__frame_name(type));
+        cs__conn_close(c, err, m, false);
+    } else if (type == CS__F_HELLO) {
+        conn_on_hello(c, &b);
+    } else if (type == CS__F_PROOF) {
+        conn_on_proof(c, &b);
+    } else if (type == CS__F_START) {
+        conn_on_start(c, &b);
+    } else if (type == CS__F_ACK) {
+        conn_on_ack(c, &b);
+    } else if (type == CS__F_ERROR) {
+        cs_str code = {"", 0}, msg = {"", 0};
+        cs__body_str(&b, "code", &code);
+        cs__body_str(&b, "message", &msg);
+        snprintf(m, sizeof(m), "the branch said %.*s: %.*s", (int)code.len, code.ptr, (int)msg.len,
+                 msg.ptr);
+        cs__conn_close(c, CS_OK, m, false);
+    }
+    cs__body_free(&b);
+}
+
+/* ---- reading ----------------------------------------------------------------------------- */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    cs__conn *c = (cs__conn *)h;
+    *buf = uv_buf_init((char *)c->srv->rbuf, sizeof(c->srv->rbuf));
+}
+
+static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+    cs__conn *c = (cs__conn *)st;
+    (void)buf;
+    if (n < 0) {
+        cs__conn_close(
+            c, CS_OK, n == UV_EOF ? "the branch closed the connection" : uv_strerror((int)n), true);
+        return;
+    }
+    if (n == 0 || c->state == CS__C_CLOSING)
+        return;
+    c->last_rx_ms = cs__now_ms();
+    if (c->state == CS__C_STREAMING)
+        c->status_dirty = true;
+    if (cs__rx_feed(&c->rx, c->srv->rbuf, (size_t)n) != CS_OK) {
+        cs__conn_close(c, CS_NO_MEMORY, "out of memory", true);
+        return;
+    }
+    unsigned type;
+    const uint8_t *body;
+    size_t len;
+    char m[160];
+    cs_err err;
+    while (c->state != CS__C_CLOSING &&
+           (err = cs__rx_frame(&c->rx, &type, &body, &len, m, sizeof(m))) == CS_OK) {
+        conn_on_frame(c, type, body, len);
+        cs__rx_consume(&c->rx);
+    }
+    if (c->state != CS__C_CLOSING && err == CS_INVALID_INPUT)
+        cs__conn_close(c, err, m, false);
+}
+
+/* ---- accepting --------------------------------------------------------------------------- */
+
+static void peer_name(cs__conn *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    snprintf(c->peer, sizeof(c->peer), "?");
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    char ip[INET6_ADDRSTRLEN] = "";
+    int port = 0;
+    if (ss.ss_family == AF_INET) {
+        uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+        port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    } else {
+        uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+        port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    }
+    snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
+}
+
+static void on_connection(uv_stream_t *l, int status)
+{
+    cs__server *s = l->data;
+    if (status < 0 || s->stopping)
+        return;
+    cs__conn *c = calloc(1, sizeof(*c));
+    if (!c || uv_tcp_init(s->loop, &c->tcp) != 0) {
+        free(c);
+        return;
+    }
+    c->srv = s;
+    c->rx.max_bytes = CS_NET_CONTROL_FRAME_BYTES_MAX;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0) {
+        c->state = CS__C_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, conn_closed);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    peer_name(c);
+    c->opened_ms = c->last_rx_ms = c->last_tx_ms = cs__now_ms();
+    if (s->nconns > CS_NET_CONNECTIONS_MAX) {
+        cs__conn_close(c, CS_NETWORK, "the head office has too many connections", false);
+        return;
+    }
+    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0)
+        cs__conn_close(c, CS_OK, "cannot read", true);
+}
+
+/* ---- timers: heartbeats, handshake and stuck limits, statuses, safety ------------------- */
+
+static void flush_status(cs__server *s)
+{
+    size_t n = s->ngone;
+    for (cs__conn *c = s->conns; c; c = c->next)
+        n += c->state == CS__C_STREAMING && c->status_dirty;
+    if (n == 0)
+        return;
+    cs_shop_status *st = malloc(n * sizeof(*st));
+    if (!st)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < s->ngone; i++)
+        st[k++] = s->gone[i];
+    for (cs__conn *c = s->conns; c; c = c->next)
+        if (c->state == CS__C_STREAMING && c->status_dirty)
+            st[k++] = (cs_shop_status){.shop = c->shop,
+                                       .cursor = c->acked,
+                                       .last_seen_ms = c->last_rx_ms,
+                                       .connected = true};
+    cs_err err = cs_engine_shop_status_save(s->e, st, k);
+    free(st);
+    if (err != CS_OK) {
+        cs__server_logf(s, "cannot record branch statuses: %s: %s", cs_err_name(err),
+                        cs_engine_errmsg(s->e));
+        return;
+    }
+    s->ngone = 0;
+    for (cs__conn *c = s->conns; c; c = c->next)
+        c->status_dirty = false;
+}
+
+static void send_ping(cs__server *s, cs__conn *c, uint64_t now)
+{
+    cs__pk p;
+    cs__pk_init(&p, 2);
+    cs__pk_uint(&p, "time", now);
+    cs__pk_uint(&p, "head_seq", s->head);
+    cs__buf *f = cs__pk_frame(&p, CS__F_PING);
+    cs__pk_destroy(&p);
+    if (f) {
+        cs__conn_send(c, f);
+        cs__buf_unref(f);
+    }
+}
+
+static void conn_tick(cs__server *s, cs__conn *c, uint64_t now)
+{
+    char m[160];
+    if (c->state == CS__C_CLOSING) {
+        if (now - c->closing_ms > CLOSING_GRACE_MS)
+            cs__conn_close(c, CS_OK, "", true);
+    } else if (c->state != CS__C_STREAMING && now - c->opened_ms > CS_NET_HANDSHAKE_MS) {
+        cs__conn_close(c, CS_INVALID_INPUT, "handshake took too long", false);
+    } else if (now - c->last_rx_ms > CS_NET_DEAD_MS) {
+        snprintf(m, sizeof(m), "nothing received for %llu ms",
+                 (unsigned long long)(now - c->last_rx_ms));
+        cs__conn_close(c, CS_NETWORK, m, false);
+    } else if (c->paused_ms && now - c->paused_ms > s->stuck_ms) {
+        snprintf(m, sizeof(m), "%zu bytes unread for %llu ms", c->queued,
+                 (unsigned long long)(now - c->paused_ms));
+        cs__conn_close(c, CS_NETWORK, m, true);
+    } else if (c->state == CS__C_STREAMING && now - c->last_tx_ms >= CS_NET_HEARTBEAT_MS) {
+        send_ping(s, c, now);
+    }
+}
+
+static void on_tick_stopping(cs__server *s);
+
+static void on_tick(uv_timer_t *t)
+{
+    cs__server *s = t->data;
+    uint64_t now = cs__now_ms();
+    for (cs__conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        conn_tick(s, c, now);
+    }
+    if (now - s->last_flush_ms >= CS_NET_STATUS_FLUSH_MS) {
+        s->last_flush_ms = now;
+        flush_status(s);
+    }
+    if (now - s->last_safety_ms >= CS_NET_SAFETY_MS) {
+        s->last_safety_ms = now;
+        cs__server_pump_all(s);
+    }
+    if (s->stopping)
+        on_tick_stopping(s);
+}
+
+static void on_watch(uv_fs_event_t *h, const char *file, int events, int status)
+{
+    (void)file;
+    (void)events;
+    if (status == 0)
+        cs__server_pump_all(h->data);
+}
+
+static void on_signal(uv_signal_t *sig, int signum)
+{
+    cs__server *s = sig->data;
+    if (s->stopping)
+        return;
+    s->stopping = true;
+    cs__server_logf(s, "stopping (signal %d)", signum);
+    for (cs__conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        cs__conn_close(c, CS_NETWORK, "the head office is shutting down", false);
+    }
+    uv_close((uv_handle_t *)&s->listener, NULL);
+    uv_close((uv_handle_t *)&s->watch, NULL);
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+    /* The tick goes on until the last connection is gone (on_tick closes it then). */
+}
+
+static void on_tick_stopping(cs__server *s)
+{
+    if (s->nconns > 0)
+        return;
+    flush_status(s);
+    uv_close((uv_handle_t *)&s->tick, NULL);
+}
+
+/* ---- running ----------------------------------------------------------------------------- */
+
+static cs_err server_fail(char *errmsg, size_t len, cs_err err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static cs_err server_fail(char *errmsg, size_t len, cs_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errmsg, len, fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+/* The head office's identity and its log's: self id, log id, head. */
+static cs_err server_load(cs__server *s, char *errmsg, size_t len)
+{
+    cs_shop_info self;
+    cs_err err = cs_engine_self(s->e, &self);
+    if (err != CS_OK || self.role != CS_ROLE_HEAD)
+        return server_fail(errmsg, len, CS_FORBIDDEN,
+                           "this directory is not a head office (chainsync network create)");
+    s->self = self.id;
+    cs_log_reader *r;
+    if ((err = cs_log_reader_open(s->log, &r)) != CS_OK)
+        return server_fail(errmsg, len, err, "cannot read the log: %s", cs_log_errmsg(s->log));
+    err = cs_log_reader_head(r, &s->head);
+    if (err == CS_OK)
+        err = cs__log_chain_at(r, 1, &s->log_id);
+    cs_log_reader_close(r);
+    if (err != CS_OK)
+        return server_fail(errmsg, len, err, "cannot read the log's first event");
+    return cs__segcache_new(&s->cache);
+}
+
+static cs_err server_listen(cs__server *s, const cs_server_options *o, char *errmsg, size_t len)
+{
+    struct sockaddr_storage addr;
+    if (cs__parse_addr(o->listen, &addr) != CS_OK)
+        return server_fail(errmsg, len, CS_INVALID_INPUT, "--listen wants HOST:PORT, not '%s'",
+                           o->listen ? o->listen : "");
+    int rc = uv_tcp_init(s->loop, &s->listener);
+    s->listener.data = s;
+    if (rc == 0)
+        rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
+    if (rc != 0)
+        return server_fail(errmsg, len, CS_NETWORK, "cannot listen on %s: %s", o->listen,
+                           uv_strerror(rc));
+    struct sockaddr_storage bound;
+    int blen = sizeof(bound);
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &blen) == 0) {
+        if (bound.ss_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)&bound, ip, sizeof(ip));
+            port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+        } else {
+            uv_ip6_name((struct sockaddr_in6 *)&bound, ip, sizeof(ip));
+            port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+        }
+    }
+    cs__server_logf(s, "listening on %s:%d, head office %llu, log at event %llu", ip, port,
+                    (unsigned long long)s->self, (unsigned long long)s->head);
+    if (o->ready_file) {
+        char tmp[4096];
+        snprintf(tmp, sizeof(tmp), "%s.tmp", o->ready_file);
+        FILE *f = fopen(tmp, "w");
+        if (!f || fprintf(f, "%s:%d\n", ip, port) < 0 || fclose(f) != 0 ||
+            rename(tmp, o->ready_file) != 0)
+            return server_fail(errmsg, len, CS_IO, "cannot write %s", o->ready_file);
+    }
+    return CS_OK;
+}
+
+static cs_err server_handles(cs__server *s, const char *dir, char *errmsg, size_t len)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/data.mdb", dir);
+    int rc = uv_timer_init(s->loop, &s->tick);
+    s->tick.data = s;
+    if (rc == 0)
+        rc = uv_timer_start(&s->tick, on_tick, TICK_MS, TICK_MS);
+    if (rc == 0 && (rc = uv_fs_event_init(s->loop, &s->watch)) == 0) {
+        s->watch.data = s;
+        rc = uv_fs_event_start(&s->watch, on_watch, path, 0);
+    }
+    if (rc == 0 && (rc = uv_signal_init(s->loop, &s->sigint)) == 0) {
+        s->sigint.data = s;
+        rc = uv_signal_start(&s->sigint, on_signal, SIGINT);
+    }
+    if (rc == 0 && (rc = uv_signal_init(s->loop, &s->sigterm)) == 0) {
+        s->sigterm.data = s;
+        rc = uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    }
+    if (rc != 0)
+        return server_fail(errmsg, len, CS_IO, "cannot start the server's timers and watch: %s",
+                           uv_strerror(rc));
+    return CS_OK;
+}
+
+static void close_all(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL); /* only on a failed start: no connection exists yet */
+}
+
+cs_err cs_server_run(cs_engine *e, const char *dir, const cs_server_options *o, char *errmsg,
+                     size_t errmsg_len)
+{
+    if (sodium_init() < 0)
+        return server_fail(errmsg, errmsg_len, CS_NO_MEMORY, "libsodium cannot start");
+    cs__server *s = calloc(1, sizeof(*s));
+    uv_loop_t *loop = malloc(sizeof(*loop));
+    if (!s || !loop || uv_loop_init(loop) != 0) {
+        free(s);
+        free(loop);
+        return server_fail(errmsg, errmsg_len, CS_NO_MEMORY, "out of memory");
+    }
+    s->loop = loop;
+    s->e = e;
+    s->log = cs_engine_log(e);
+    s->out = o->log ? o->log : stderr;
+    s->stuck_ms = o->stuck_ms ? o->stuck_ms : CS_NET_STUCK_MS;
+    s->last_flush_ms = s->last_safety_ms = cs__now_ms();
+    cs_err err = server_load(s, errmsg, errmsg_len);
+    if (err == CS_OK)
+        err = server_handles(s, dir, errmsg, errmsg_len);
+    if (err == CS_OK)
+        err = server_listen(s, o, errmsg, errmsg_len);
+    if (err != CS_OK)
+        uv_walk(loop, close_all, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    if (err == CS_OK)
+        cs__server_logf(s, "stopped");
+    cs_assert(s->conns == NULL);
+    int rc = uv_loop_close(loop);
+    cs_assert(rc == 0);
+    (void)rc;
+    cs__segcache_free(s->cache);
+    free(s->gone);
+    free(s);
+    free(loop);
+    return err;
+}
