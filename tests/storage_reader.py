@@ -21,8 +21,9 @@ storage error). With --json every verified event is printed first as one JSON ob
 and local items, the engine and branch digests, and at a head office its network and shops, on
 a branch its sync state, copies (through the origin index and the mirror) and dirty set; it
 checks the branch invariants 1 to 4 and reports a broken one as corrupt. --types prints the
-type table (name, code, class) this reader knows, as JSON, and exits. --no-lock opens the environment without LMDB's lock file
-(for a copy on read-only media; never while a writer is running). Exit 1: usage or a missing
+type table (name, code, class) this reader knows, as JSON, and exits. --no-lock opens the
+environment without LMDB's lock file (for a copy on read-only media; never while a writer is
+running). Exit 1: usage or a missing
 Python module; exit 3: the directory cannot be opened or is not a chainsync data directory.
 """
 
@@ -476,7 +477,8 @@ def read_copies(txn, dbs, st, items):
     for k, v in records(txn, dbs, "origin"):
         code, h = item_key(k, "origin")
         if len(v) != 8 or (code, h) not in mirror:
-            raise corrupt("origin %s %d: not 8 bytes, or not a mirror entry" % (BY_CODE[code][0], h))
+            raise corrupt("origin %s %d: not 8 bytes, or not a mirror entry"
+                          % (BY_CODE[code][0], h))
         origin[(code, h)] = u64_be(v)
     if len(set(origin.values())) != len(origin):
         raise corrupt("origin: two head-office items share a copy")
