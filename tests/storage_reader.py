@@ -5,7 +5,7 @@ docs/storage.md (not from the C), to prove that document is enough to read and v
 Uses Debian's python3-lmdb, python3-msgpack and python3-xxhash; run it with the system Python
 (/usr/bin/python3), where those packages live.
 
-    storage_reader.py [--json] [--times] [--no-lock] DIR
+    storage_reader.py [--json] [--times] [--state] [--types] [--no-lock] DIR
 
 Walks the "events" database from sequence 1 and checks, in this order for each record: the key
 is the next sequence (no gap), the value has a 16-byte header and an event of 1 to
@@ -16,8 +16,14 @@ Prints "ok N events" and exits 0, or "corrupt at SEQ (reason)" and exits 3 (SPEC
 storage error). With --json every verified event is printed first as one JSON object per line
 (docs/storage.md, "JSON view"), and the status line goes to stderr so stdout stays JSON lines.
 --times also checks the time index ("times") against the events' times, which the C
-`cs_log_reader_verify` does not do. --no-lock opens the environment without LMDB's lock file
-(for a copy on read-only media; never while a writer is running). Exit 1: usage or a missing
+`cs_log_reader_verify` does not do. --state then reads the layers' databases (docs/storage.md,
+"Databases of the layers above"): it prints one JSON object with the shop's identity, its items
+and local items, the engine and branch digests, and at a head office its network and shops, on
+a branch its sync state, copies (through the origin index and the mirror) and dirty set; it
+checks the branch invariants 1 to 4 and reports a broken one as corrupt. --types prints the
+type table (name, code, class) this reader knows, as JSON, and exits. --no-lock opens the
+environment without LMDB's lock file (for a copy on read-only media; never while a writer is
+running). Exit 1: usage or a missing
 Python module; exit 3: the directory cannot be opened or is not a chainsync data directory.
 """
 
@@ -267,15 +273,273 @@ def check_times(txn, times_db, times):
             raise e
 
 
+# ---- the layers' databases (docs/storage.md, "Databases of the layers above") --------------
+
+# "Type codes": (name, code, class). Never renumbered.
+TYPES = (
+    ("service_category", 1, "synced"),
+    ("service", 2, "synced"),
+    ("combo", 3, "synced"),
+    ("plan", 4, "synced"),
+    ("payment_method", 5, "synced"),
+    ("checklist", 6, "synced"),
+    ("notification_template", 7, "synced"),
+    ("petcare_category", 8, "synced"),
+    ("document_template", 9, "synced"),
+    ("vaccine", 10, "synced"),
+    ("segment", 11, "synced"),
+    ("advanced_setting", 12, "synced"),
+    ("species", 32, "shared"),
+    ("breed", 33, "shared"),
+    ("customer", 34, "shared"),
+    ("pet", 35, "shared"),
+    ("breeding_animal", 36, "shared"),
+    ("custom_field", 37, "shared"),
+    ("staff", 64, "local"),
+    ("shop_info", 65, "local"),
+)
+BY_CODE = {code: (name, cls) for name, code, cls in TYPES}
+ENGINE_DBS = ("items", "network", "local", "secrets", "outbox")
+BRANCH_DBS = ("mirror", "origin", "dirty", "branch")
+ITEM_FIELDS_NEST_MAX = MSGPACK_DEPTH_MAX - 1
+
+
+def corrupt(msg, seq=0):
+    e = Corrupt(msg)
+    e.seq = seq
+    return e
+
+
+def open_layer_dbs(env, txn):
+    """The layers' databases that exist in this environment (a head office has no mirror)."""
+    dbs = {}
+    for name in ENGINE_DBS + BRANCH_DBS:
+        try:
+            dbs[name] = env.open_db(name.encode(), txn=txn, create=False)
+        except lmdb.NotFoundError:
+            pass
+    return dbs
+
+
+def records(txn, dbs, name):
+    """(key, value) pairs of one database in key order; none when it does not exist."""
+    if name not in dbs:
+        return []
+    return list(txn.cursor(db=dbs[name]))
+
+
+def digest(txn, dbs, names):
+    """"Digests": XXH3 over each record's key and value lengths (u64 BE), key and value."""
+    h = xxhash.xxh3_64()
+    for name in names:
+        for k, v in records(txn, dbs, name):
+            h.update(be_u64(len(k)) + be_u64(len(v)) + k + v)
+    return "%016x" % h.intdigest()
+
+
+def item_key(k, where):
+    """A 9-byte item key: (code, id), the code one of the table's."""
+    if len(k) != 9 or k[0] not in BY_CODE:
+        raise corrupt("%s: key %s is not a type code and an id" % (where, k.hex()))
+    return k[0], u64_be(k[1:])
+
+
+def link(v, where):
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != 3 or any(type(x) is not int or x < 0 for x in v):
+        raise corrupt("%s: a link is not nil or [shop, id, version]" % where)
+    return v
+
+
+def item_record(v, where):
+    """"Item records": fixarray 95 of version, archived, origin, detached_from, fields."""
+    if len(v) < 1 or v[0] != 0x95:
+        raise corrupt("%s: an item record does not start with 95" % where)
+    try:
+        obj = msgpack.unpackb(v, raw=False, strict_map_key=False, object_pairs_hook=Map,
+                              use_list=True, timestamp=0)
+    except Exception as e:
+        raise corrupt("%s: not one msgpack value: %s" % (where, e))
+    version, archived, origin, detached, fields = obj
+    if type(version) is not int or version < 0 or type(archived) is not bool:
+        raise corrupt("%s: bad version or archived" % where)
+    if not isinstance(fields, Map) or depth(fields) > ITEM_FIELDS_NEST_MAX:
+        raise corrupt("%s: the fields are not a map of at most %d levels"
+                      % (where, ITEM_FIELDS_NEST_MAX))
+    return {"version": version, "archived": archived, "origin": link(origin, where),
+            "detached_from": link(detached, where), "fields": fields}
+
+
+def link_json(v):
+    return None if v is None else {"shop": v[0], "id": v[1], "version": v[2]}
+
+
+def item_json(code, id_, rec):
+    """The item as `get` shows it (SPEC 7): type, id, version, its fields, archived, origin and,
+    when set, detached_from."""
+    out = {"type": BY_CODE[code][0], "id": id_, "version": rec["version"]}
+    out.update(to_json(rec["fields"]))
+    out["archived"] = rec["archived"]
+    out["origin"] = link_json(rec["origin"])
+    if rec["detached_from"] is not None:
+        out["detached_from"] = link_json(rec["detached_from"])
+    return out
+
+
+def compact_json(v, where):
+    """A "network" or "branch" value: compact JSON with sorted keys, byte for byte."""
+    try:
+        obj = json.loads(v.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise corrupt("%s: not JSON: %s" % (where, e))
+    again = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if again.encode("utf-8") != v:
+        raise corrupt("%s: not compact JSON with sorted keys" % where)
+    return obj
+
+
+def read_network(txn, dbs):
+    self_, net, shops = None, None, []
+    for k, v in records(txn, dbs, "network"):
+        if k == b"self":
+            self_ = compact_json(v, "network self")
+        elif k == b"net":
+            net = compact_json(v, "network net")
+        elif len(k) == 13 and k[:5] == b"shop:":
+            shop = compact_json(v, "network shop")
+            if shop.get("id") != u64_be(k[5:]):
+                raise corrupt("network: shop record %d says it is %r" % (u64_be(k[5:]),
+                                                                          shop.get("id")))
+            shops.append(shop)
+        else:
+            raise corrupt("network: unknown key %s" % k.hex())
+    return self_, net, shops
+
+
+def read_items(txn, dbs, name, classes):
+    """(code, id) -> record of one database of item records, each of a class in classes."""
+    out = {}
+    for k, v in records(txn, dbs, name):
+        if name == "local" and k == b"next_id":
+            continue
+        code, id_ = item_key(k, name)
+        if BY_CODE[code][1] not in classes:
+            raise corrupt("%s: an item of %s type %s" % (name, BY_CODE[code][1],
+                                                       BY_CODE[code][0]))
+        out[(code, id_)] = item_record(v, "%s %s %d" % (name, BY_CODE[code][0], id_))
+    return out
+
+
+def read_next_id(txn, dbs):
+    """"local": next_id, a u64 in the writer's (this host's) byte order; absent means 1."""
+    if "local" not in dbs:
+        return 1
+    v = txn.get(b"next_id", db=dbs["local"])
+    if v is None:
+        return 1
+    if len(v) != 8:
+        raise corrupt("local: next_id is %d bytes" % len(v))
+    return int.from_bytes(v, sys.byteorder)
+
+
+def read_branch_state(txn, dbs):
+    v = txn.get(b"state", db=dbs["branch"])
+    if v is None:
+        return None
+    st = compact_json(v, "branch state")
+    keys = {"continuous", "cursor", "head", "linked", "shop", "switch", "sync_seq", "types",
+            "unlinked"}
+    if set(st) != keys:
+        raise corrupt("branch state has keys %s" % sorted(st))
+    c = txn.get(b"chain", db=dbs["branch"])
+    if c is None or len(c) != 8:
+        raise corrupt("branch chain is missing or not 8 bytes")
+    st["chain"] = "%016x" % u64_be(c)
+    return st
+
+
+def read_copies(txn, dbs, st, items):
+    """Branch invariants 1 to 4; returns the copies as JSON, in origin-index order."""
+    mirror, dirty, origin = {}, set(), {}
+    for k, v in records(txn, dbs, "mirror"):
+        code, h = item_key(k, "mirror")
+        rec = item_record(v, "mirror %s %d" % (BY_CODE[code][0], h))
+        if BY_CODE[code][1] != "synced" or rec["origin"] or rec["detached_from"]:
+            raise corrupt("mirror %s %d: not a head-office catalog record" % (BY_CODE[code][0], h))
+        mirror[(code, h)] = rec
+    for k, v in records(txn, dbs, "dirty"):
+        key = item_key(k, "dirty")
+        if v != b"" or key not in mirror:
+            raise corrupt("dirty %s %d: not empty, or not a mirror entry" % (BY_CODE[key[0]][0],
+                                                                            key[1]))
+        dirty.add(key)
+    for k, v in records(txn, dbs, "origin"):
+        code, h = item_key(k, "origin")
+        if len(v) != 8 or (code, h) not in mirror:
+            raise corrupt("origin %s %d: not 8 bytes, or not a mirror entry"
+                          % (BY_CODE[code][0], h))
+        origin[(code, h)] = u64_be(v)
+    if len(set(origin.values())) != len(origin):
+        raise corrupt("origin: two head-office items share a copy")
+    inverse = {(code, c): h for (code, h), c in origin.items()}
+    for (code, id_), rec in items.items():
+        if rec["origin"] is not None and (rec["origin"][0] != st["head"] or
+                                          inverse.get((code, id_)) != rec["origin"][1]):
+            raise corrupt("items %s %d: a copy the origin index does not name"
+                          % (BY_CODE[code][0], id_))
+    copies = []
+    for (code, h), c in origin.items():
+        name = BY_CODE[code][0]
+        rec = items.get((code, c))
+        lk = rec and (rec["detached_from"] if st["unlinked"] else rec["origin"])
+        if lk is None or lk[0] != st["head"] or lk[1] != h:
+            raise corrupt("origin %s %d -> %d: the copy does not link back" % (name, h, c))
+        m = mirror[(code, h)]
+        if (code, h) not in dirty and (rec["archived"] != m["archived"] or lk[2] != m["version"]):
+            raise corrupt("copy %s %d: behind its mirror entry, which is not dirty" % (name, c))
+        copies.append({"type": name, "id": c, "head_id": h, "version": rec["version"],
+                       "archived": rec["archived"], "origin": link_json(lk),
+                       "mirror_version": m["version"]})
+    for key in mirror:
+        if key not in dirty and key not in origin:
+            raise corrupt("mirror %s %d: neither dirty nor copied" % (BY_CODE[key[0]][0], key[1]))
+    dirty_json = [{"type": BY_CODE[c][0], "head_id": h} for c, h in sorted(dirty)]
+    return copies, dirty_json, len(mirror)
+
+
+def read_state(txn, dbs):
+    """--state: the object docs/storage.md, "Reading a branch from another program" describes."""
+    self_, net, shops = read_network(txn, dbs)
+    items = read_items(txn, dbs, "items", ("synced", "shared"))
+    local = read_items(txn, dbs, "local", ("local",))
+    out = {"self": self_, "engine_digest": digest(txn, dbs, ("items", "network")),
+           "next_id": read_next_id(txn, dbs)}
+    if net is not None or shops:
+        out["net"], out["shops"] = net, shops
+    st = read_branch_state(txn, dbs) if "branch" in dbs else None
+    if st is not None:
+        out["branch"] = st
+        out["branch_digest"] = digest(txn, dbs, ("items", "origin", "mirror", "dirty", "branch"))
+        out["copies"], out["dirty"], out["mirror"] = read_copies(txn, dbs, st, items)
+    out["items"] = [item_json(c, i, r) for (c, i), r in sorted(items.items())]
+    out["local"] = [item_json(c, i, r) for (c, i), r in sorted(local.items())]
+    return out
+
+
 def main(argv):
     args = [a for a in argv if not a.startswith("--")]
     flags = set(a for a in argv if a.startswith("--"))
-    if len(args) != 1 or flags - {"--json", "--times", "--no-lock"}:
-        sys.stderr.write("usage: storage_reader.py [--json] [--times] [--no-lock] DIR\n")
+    if "--types" in flags:
+        print(json.dumps([{"name": n, "code": c, "class": k} for n, c, k in TYPES]))
+        return 0
+    if len(args) != 1 or flags - {"--json", "--times", "--state", "--no-lock"}:
+        sys.stderr.write(
+            "usage: storage_reader.py [--json] [--times] [--state] [--types] [--no-lock] DIR\n")
         return EXIT_USAGE
     sys.stdout.reconfigure(encoding="utf-8")
     as_json = "--json" in flags
-    status = sys.stderr if as_json else sys.stdout
+    status = sys.stderr if as_json or "--state" in flags else sys.stdout
     try:
         env, dbs = open_env(args[0], lock="--no-lock" not in flags)
     except OSError as e:
@@ -288,6 +552,10 @@ def main(argv):
             check_head(txn, dbs["meta"], n, last_chain)
             if "--times" in flags:
                 check_times(txn, dbs["times"], times)
+            if "--state" in flags:
+                state = read_state(txn, open_layer_dbs(env, txn))
+                sys.stdout.write(json.dumps(state, separators=(",", ":"), ensure_ascii=False,
+                                            allow_nan=False) + "\n")
     except (OSError, lmdb.Error) as e:
         sys.stderr.write("storage_reader: %s\n" % e)
         return EXIT_STORAGE

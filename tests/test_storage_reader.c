@@ -4,7 +4,11 @@
  * any changed, lost or reordered byte). Writes a few hundred varied events through log/log.h,
  * then runs tests/storage_reader.py, a Python reader written from the document alone, and
  * checks that it verifies the log, returns the same events, and finds the same corruption as
- * cs_log_reader_verify.
+ * cs_log_reader_verify. Then builds a head office and a branch (export + import) through the
+ * engine and projection APIs and checks that the reader, from the document's "Databases of the
+ * layers above" alone, finds the branch's cursor, chain, copies and their origin links, local
+ * items, the head office's items and shops, and both digests exactly as the C API reports
+ * them, and that it notices a broken origin index.
  *
  * Needs /usr/bin/python3 with Debian's python3-lmdb, python3-msgpack and python3-xxhash
  * (tools/setup.sh installs them). Their absence is a failure, not a skip.
@@ -14,6 +18,7 @@
  * ../../tests/storage_reader.py from ctest's working directory (the build's tests/).
  */
 #include "log/log.h"
+#include "projections/projection.h"
 #include "tests/harness.h"
 
 #include <errno.h>
@@ -617,10 +622,421 @@ static void test_storage_reader_finds_changed_lost_and_reordered_events(void)
     free(dir);
 }
 
+/* ---- a head office and a branch, read by the Python reader (docs/storage.md, "Databases of
+ * the layers above") ---------------------------------------------------------------------- */
+
+static const cs_log_options nosync_opts = {.flags = CS_LOG_NOSYNC};
+
+/* A head office with a catalog (a category, two services, a combo naming them, a deleted
+ * category), a shared species and a staff member, one branch added, and one category put after
+ * the branch's sync point (so it waits in the branch's dirty set); and that branch, made from an
+ * export of the whole log, with a local category, a staff member and a customer of its own. */
+typedef struct net2 {
+    char *hdir, *bdir, *file;
+    cs_engine *h;
+    cs_branch *b;
+    uint64_t head_shop, shop;
+    uint64_t cat, svc[2], combo, gone, late; /* head-office ids */
+} net2;
+
+static uint64_t put_item(cs_engine *e, const char *type, json_t *fields)
+{
+    cs_write_result res = {0};
+    cs_err err = fields ? cs_engine_put(e, type, 0, fields, 0, &res) : CS_NO_MEMORY;
+    if (err != CS_OK)
+        fprintf(stderr, "  put %s: %s: %s\n", type, cs_err_name(err), cs_engine_errmsg(e));
+    json_decref(fields);
+    return err == CS_OK ? res.id : 0;
+}
+
+static json_t *svc_json(const char *name, uint64_t cat)
+{
+    return json_pack("{s:s,s:I,s:[{s:s,s:i}],s:i}", "name", name, "category", (json_int_t)cat,
+                     "price_table", "tier", "standard", "price_cents", 4500, "duration_min", 30);
+}
+
+/* Exports the head office's log from `from` and imports it into the branch (bound to shop). */
+static bool net2_transfer(net2 *n, uint64_t from)
+{
+    return cs_export_file(cs_engine_log(n->h), from, n->file, NULL) == CS_OK &&
+           cs_branch_bind(n->b, n->shop) == CS_OK &&
+           cs_branch_import_file(n->b, n->file, NULL) == CS_OK;
+}
+
+static bool net2_open(net2 *n)
+{
+    memset(n, 0, sizeof(*n));
+    n->hdir = cs_test_tmpdir("sr-head");
+    n->bdir = cs_test_tmpdir("sr-branch");
+    if (!n->hdir || !n->bdir || cs_engine_open(n->hdir, &nosync_opts, &n->h) != CS_OK ||
+        cs_engine_init(n->h, "Head office", &n->head_shop) != CS_OK ||
+        cs_engine_network_create(n->h, "Pet chain") != CS_OK)
+        return false;
+    n->cat = put_item(n->h, "service_category", json_pack("{s:s}", "name", "Grooming"));
+    n->gone = put_item(n->h, "service_category", json_pack("{s:s}", "name", "Old"));
+    n->svc[0] = put_item(n->h, "service", svc_json("Bath", n->cat));
+    n->svc[1] = put_item(n->h, "service", svc_json("Trim \xc3\xa9", n->cat));
+    n->combo =
+        put_item(n->h, "combo",
+                 json_pack("{s:s,s:[I,I],s:i}", "name", "Spa", "services", (json_int_t)n->svc[0],
+                           (json_int_t)n->svc[1], "price_cents", 8000));
+    uint64_t species = put_item(n->h, "species", json_pack("{s:s}", "name", "Dog"));
+    uint64_t staff = put_item(n->h, "staff", json_pack("{s:s,s:s}", "name", "Rita", "role", "vet"));
+    if (!n->cat || !n->gone || !n->svc[0] || !n->svc[1] || !n->combo || !species || !staff ||
+        cs_engine_del(n->h, "service_category", n->gone, 0, NULL) != CS_OK ||
+        cs_engine_shop_add(n->h, "Downtown", "password-1", &n->shop) != CS_OK)
+        return false;
+    n->late = put_item(n->h, "service_category", json_pack("{s:s}", "name", "Late"));
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/export.cs", n->hdir);
+    n->file = strdup(path);
+    if (!n->late || !n->file || cs_branch_open(n->bdir, &nosync_opts, &n->b) != CS_OK ||
+        !net2_transfer(n, 1))
+        return false;
+    cs_engine *be = cs_branch_engine(n->b);
+    return put_item(be, "service_category", json_pack("{s:s}", "name", "Our own")) &&
+           put_item(be, "staff", json_pack("{s:s}", "name", "Leo")) &&
+           put_item(be, "customer", json_pack("{s:s,s:s}", "name", "Joe", "phone", "555-0100"));
+}
+
+static void net2_close(net2 *n)
+{
+    cs_branch_close(n->b);
+    cs_engine_close(n->h);
+    if (n->hdir)
+        cs_test_rmtree(n->hdir);
+    if (n->bdir)
+        cs_test_rmtree(n->bdir);
+    free(n->hdir);
+    free(n->bdir);
+    free(n->file);
+    memset(n, 0, sizeof(*n));
+}
+
+/* The object `storage_reader.py --state dir` prints (new reference), or NULL (printed). */
+static json_t *reader_state(const char *dir)
+{
+    char *out;
+    int st = reader("--state", dir, &out);
+    json_error_t jerr;
+    json_t *j = st == 0 && out ? json_loads(out, JSON_DISABLE_EOF_CHECK, &jerr) : NULL;
+    if (!j)
+        fprintf(stderr, "  storage_reader.py --state exited %d: %s\n", st, out ? out : "");
+    free(out);
+    return j;
+}
+
+/* The reader's items of one type (from its "items" or "local" list) equal, in content and
+ * order, what cs_engine_list returns: the live ones, then the archived ones, each in id order. */
+static bool items_match(cs_engine *e, json_t *mine, const char *type)
+{
+    json_t *live, *archived, *want = json_array(), *got = json_array();
+    if (cs_engine_list(e, type, false, &live) != CS_OK)
+        return false;
+    if (cs_engine_list(e, type, true, &archived) != CS_OK) {
+        json_decref(live);
+        return false;
+    }
+    json_array_extend(want, live);
+    json_array_extend(want, archived);
+    for (int pass = 0; pass < 2; pass++) {
+        size_t i;
+        json_t *it;
+        json_array_foreach(mine, i, it)
+        {
+            if (strcmp(json_string_value(json_object_get(it, "type")), type) == 0 &&
+                json_is_true(json_object_get(it, "archived")) == (pass == 1))
+                json_array_append(got, it);
+        }
+    }
+    bool ok = json_equal(want, got);
+    if (!ok) {
+        char *w = json_dumps(want, JSON_COMPACT), *g = json_dumps(got, JSON_COMPACT);
+        fprintf(stderr, "  %s: the C API lists %s\n  the reader found %s\n", type, w, g);
+        free(w);
+        free(g);
+    }
+    json_decref(live);
+    json_decref(archived);
+    json_decref(want);
+    json_decref(got);
+    return ok;
+}
+
+/* Every type's items, local ones included, read the same through the document as through C. */
+static bool all_items_match(cs_engine *e, json_t *state)
+{
+    unsigned n;
+    const cs_type *t = cs_schema_types(&n);
+    for (unsigned i = 0; i < n; i++) {
+        json_t *mine = json_object_get(state, t[i].cls == CS_CLASS_LOCAL ? "local" : "items");
+        if (!json_is_array(mine) || !items_match(e, mine, t[i].name))
+            return false;
+    }
+    return true;
+}
+
+/* The head office's version of item (type, id), or 0. */
+static uint64_t head_version(cs_engine *h, const char *type, uint64_t id)
+{
+    json_t *it;
+    if (cs_engine_get(h, type, id, &it) != CS_OK)
+        return 0;
+    uint64_t v = (uint64_t)json_integer_value(json_object_get(it, "version"));
+    json_decref(it);
+    return v;
+}
+
+/* The branch state as the reader found it equals cs_branch_state_get's, and its chain is the
+ * head office's chain at the cursor (docs/storage.md, branch invariant 5). */
+static bool branch_state_matches(net2 *n, json_t *state)
+{
+    json_t *bs = json_object_get(state, "branch");
+    cs_branch_state st;
+    cs_log_reader *r;
+    cs_log_record rec = {0};
+    if (!bs || cs_branch_state_get(n->b, &st) != CS_OK ||
+        cs_log_reader_open(cs_engine_log(n->h), &r) != CS_OK)
+        return false;
+    cs_err err = cs_log_reader_get(r, st.cursor, &rec);
+    cs_log_reader_close(r);
+    bool ok = err == CS_OK && u64_is(bs, "cursor", st.cursor) && u64_is(bs, "shop", st.shop) &&
+              u64_is(bs, "head", st.head) && u64_is(bs, "sync_seq", st.sync_seq) &&
+              json_is_true(json_object_get(bs, "linked")) == st.linked &&
+              json_is_true(json_object_get(bs, "switch")) == st.sync_on &&
+              json_is_true(json_object_get(bs, "continuous")) == st.continuous &&
+              json_is_true(json_object_get(bs, "unlinked")) == st.unlinked &&
+              json_array_size(json_object_get(state, "dirty")) == st.dirty &&
+              hex_is(bs, "chain", rec.chain);
+    if (!ok) {
+        char *s = json_dumps(bs, JSON_COMPACT);
+        fprintf(stderr, "  the reader's branch state %s differs from the C API's\n", s);
+        free(s);
+    }
+    return ok;
+}
+
+/* The reader's copies are exactly one per head-office catalog item the sync point covered,
+ * each linked to that item (at its head-office version) under its own branch id. */
+static bool copies_match(net2 *n, json_t *state, const char *link)
+{
+    static const char *const types[] = {"service_category", "service_category", "service",
+                                        "service", "combo"};
+    const uint64_t heads[] = {n->cat, n->gone, n->svc[0], n->svc[1], n->combo};
+    json_t *copies = json_object_get(state, "copies");
+    if (json_array_size(copies) != 5)
+        return false;
+    for (size_t k = 0; k < 5; k++) {
+        size_t i, found = 0;
+        json_t *c;
+        json_array_foreach(copies, i, c)
+        {
+            json_t *o = json_object_get(c, "origin");
+            if (!u64_is(c, "head_id", heads[k]))
+                continue;
+            found++;
+            json_t *item;
+            const char *type = json_string_value(json_object_get(c, "type"));
+            uint64_t id = (uint64_t)json_integer_value(json_object_get(c, "id"));
+            if (strcmp(type, types[k]) != 0 || id == heads[k] || !u64_is(o, "shop", n->head_shop) ||
+                !u64_is(o, "id", heads[k]) ||
+                !u64_is(o, "version", head_version(n->h, types[k], heads[k])) ||
+                json_is_true(json_object_get(c, "archived")) != (heads[k] == n->gone) ||
+                cs_engine_get(cs_branch_engine(n->b), type, id, &item) != CS_OK)
+                return false;
+            bool same = json_equal(json_object_get(item, link), o);
+            json_decref(item);
+            if (!same)
+                return false;
+        }
+        if (found != 1)
+            return false;
+    }
+    return true;
+}
+
+/* docs/storage.md, "Type codes": the reader's table, and the document's, are the schema's. */
+static void test_storage_doc_type_table_is_the_schema(void)
+{
+    CHECK(find_script());
+    char *out;
+    CHECK(reader("--types", "-", &out) == 0 && out);
+    json_t *table = json_loads(out, 0, NULL);
+    free(out);
+    CHECK(table);
+    char doc[PATH_MAX];
+    snprintf(doc, sizeof(doc), "%.*s/../docs/storage.md", (int)(strrchr(script, '/') - script),
+             script);
+    FILE *f = fopen(doc, "r");
+    CHECK(f);
+    static char text[1 << 17], flat[1 << 17];
+    size_t len = fread(text, 1, sizeof(text) - 1, f), m = 0;
+    fclose(f);
+    for (size_t i = 0; i < len; i++) /* runs of spaces as one: table padding does not matter */
+        if (!(text[i] == ' ' && m > 0 && flat[m - 1] == ' '))
+            flat[m++] = text[i];
+    flat[m] = '\0';
+    unsigned n;
+    const cs_type *t = cs_schema_types(&n);
+    static const char *const cls[] = {"synced", "shared", "local"};
+    bool ok = json_array_size(table) == n;
+    for (unsigned i = 0; ok && i < n; i++) {
+        json_t *row = json_array_get(table, i);
+        char line[128];
+        snprintf(line, sizeof(line), "| `%s` | %u | %s |", t[i].name, t[i].code, cls[t[i].cls]);
+        ok = str_is(row, "name", (cs_str){t[i].name, strlen(t[i].name)}) &&
+             u64_is(row, "code", t[i].code) &&
+             str_is(row, "class", (cs_str){cls[t[i].cls], strlen(cls[t[i].cls])});
+        if (ok && !strstr(flat, line)) {
+            fprintf(stderr, "  docs/storage.md lacks the row %s\n", line);
+            ok = false;
+        }
+    }
+    json_decref(table);
+    CHECK(ok);
+}
+
+/* docs/storage.md is enough to read a branch: its cursor, chain and switches, every copy with
+ * its origin link, its local items and shared records, and both digests, as the C API sees
+ * them. */
+static void test_storage_doc_lets_another_language_read_a_branch(void)
+{
+    CHECK(find_script());
+    net2 n;
+    bool made = net2_open(&n);
+    if (!made)
+        net2_close(&n);
+    CHECK(made);
+    json_t *state = reader_state(n.bdir);
+    CHECK(state);
+    uint64_t d;
+    CHECK(branch_state_matches(&n, state));
+    CHECK_OK(cs_branch_digest(n.b, &d));
+    CHECK(hex_is(state, "branch_digest", d));
+    CHECK_OK(cs_engine_digest(cs_branch_engine(n.b), &d));
+    CHECK(hex_is(state, "engine_digest", d));
+    CHECK(copies_match(&n, state, "origin"));
+    CHECK(all_items_match(cs_branch_engine(n.b), state));
+    json_t *dirty = json_array_get(json_object_get(state, "dirty"), 0);
+    CHECK(json_array_size(json_object_get(state, "dirty")) == 1 &&
+          u64_is(dirty, "head_id", n.late) && u64_is(state, "mirror", 6));
+    json_t *self = json_object_get(state, "self");
+    CHECK(u64_is(self, "id", n.shop) && str_is(self, "role", CS_STR("branch")));
+    json_decref(state);
+    net2_close(&n);
+}
+
+/* After an unlink (R13) the document still finds every former copy, through its
+ * detached_from link, and the branch reads as a single store. */
+static void test_storage_doc_lets_another_language_read_an_unlinked_branch(void)
+{
+    CHECK(find_script());
+    net2 n;
+    bool made = net2_open(&n);
+    cs_branch_state st;
+    made = made && cs_engine_shop_unlink(n.h, n.shop) == CS_OK &&
+           cs_branch_state_get(n.b, &st) == CS_OK &&
+           cs_export_file(cs_engine_log(n.h), st.cursor + 1, n.file, NULL) == CS_OK &&
+           cs_branch_import_file(n.b, n.file, NULL) == CS_OK;
+    if (!made)
+        net2_close(&n);
+    CHECK(made);
+    json_t *state = reader_state(n.bdir);
+    CHECK(state);
+    uint64_t d;
+    CHECK(branch_state_matches(&n, state));
+    CHECK(json_is_true(json_object_get(json_object_get(state, "branch"), "unlinked")));
+    CHECK_OK(cs_branch_digest(n.b, &d));
+    CHECK(hex_is(state, "branch_digest", d));
+    CHECK(copies_match(&n, state, "detached_from"));
+    CHECK(all_items_match(cs_branch_engine(n.b), state));
+    CHECK(str_is(json_object_get(state, "self"), "role", CS_STR("single")));
+    json_decref(state);
+    net2_close(&n);
+}
+
+/* docs/storage.md is enough to read a head office: its identity, network, shops and items. */
+static void test_storage_doc_lets_another_language_read_a_head_office(void)
+{
+    CHECK(find_script());
+    net2 n;
+    bool made = net2_open(&n);
+    if (!made)
+        net2_close(&n);
+    CHECK(made);
+    json_t *state = reader_state(n.hdir), *shops = NULL;
+    CHECK(state);
+    uint64_t d;
+    CHECK_OK(cs_engine_digest(n.h, &d));
+    CHECK(hex_is(state, "engine_digest", d));
+    CHECK(all_items_match(n.h, state) && !json_object_get(state, "branch"));
+    CHECK(cs_engine_shop_list(n.h, &shops) == CS_OK && json_array_size(shops) == 2);
+    json_t *mine = json_array_get(json_object_get(state, "shops"), 0),
+           *want = json_array_get(shops, 1);
+    CHECK(json_array_size(json_object_get(state, "shops")) == 1 && u64_is(mine, "id", n.shop));
+    static const char *const keys[] = {"id", "name", "linked", "switch", "sync_seq"};
+    for (size_t i = 0; i < 5; i++)
+        CHECK(json_equal(json_object_get(mine, keys[i]), json_object_get(want, keys[i])));
+    json_t *self = json_object_get(state, "self");
+    CHECK(u64_is(self, "id", n.head_shop) && str_is(self, "role", CS_STR("head")) &&
+          str_is(self, "name", CS_STR("Head office")) &&
+          str_is(json_object_get(state, "net"), "name", CS_STR("Pet chain")));
+    json_decref(shops);
+    json_decref(state);
+    net2_close(&n);
+}
+
+/* The branch invariants of docs/storage.md are checked: an origin index that names another
+ * copy, or a dirty entry with no mirror record, is corrupt; repaired, the branch reads again. */
+static void test_storage_reader_finds_a_broken_origin_index(void)
+{
+    CHECK(find_script());
+    net2 n;
+    bool made = net2_open(&n);
+    if (!made)
+        net2_close(&n);
+    CHECK(made);
+    cs_log *log = cs_engine_log(cs_branch_engine(n.b));
+    MDB_txn *txn;
+    MDB_dbi origin;
+    uint8_t key[9] = {1}, bad[8], *orig = NULL;
+    be64(key + 1, n.cat);
+    MDB_val k = {9, key}, v;
+    bool ok = raw_begin(log, &txn, &origin, "origin") && mdb_get(txn, origin, &k, &v) == 0 &&
+              v.mv_size == 8 && (orig = malloc(8)) != NULL;
+    if (ok) {
+        memcpy(orig, v.mv_data, 8);
+        be64(bad, get_be64(orig) + 1000);
+        v = (MDB_val){8, bad};
+        ok = mdb_put(txn, origin, &k, &v, 0) == 0 && mdb_txn_commit(txn) == 0;
+    }
+    ok = ok && verdict("--state", n.bdir) == 0; /* "corrupt at 0": not an event's fault */
+    if (ok && raw_begin(log, &txn, &origin, "origin")) {
+        v = (MDB_val){8, orig};
+        ok = mdb_put(txn, origin, &k, &v, 0) == 0 && mdb_txn_commit(txn) == 0;
+    }
+    json_t *again = ok ? reader_state(n.bdir) : NULL;
+    ok = again != NULL;
+    json_decref(again);
+    MDB_dbi dirty;
+    be64(key + 1, n.late + 1000); /* no such mirror entry */
+    v = (MDB_val){0, ""};
+    ok = ok && raw_begin(log, &txn, &dirty, "dirty") && mdb_put(txn, dirty, &k, &v, 0) == 0 &&
+         mdb_txn_commit(txn) == 0 && verdict("--state", n.bdir) == 0;
+    free(orig);
+    net2_close(&n);
+    CHECK(ok);
+}
+
 int main(void)
 {
     RUN(test_storage_reader_has_python_and_its_modules);
     RUN(test_storage_doc_lets_another_language_read_the_log);
     RUN(test_storage_reader_finds_changed_lost_and_reordered_events);
+    RUN(test_storage_doc_type_table_is_the_schema);
+    RUN(test_storage_doc_lets_another_language_read_a_branch);
+    RUN(test_storage_doc_lets_another_language_read_an_unlinked_branch);
+    RUN(test_storage_doc_lets_another_language_read_a_head_office);
+    RUN(test_storage_reader_finds_a_broken_origin_index);
     return cs_test_finish();
 }
