@@ -165,6 +165,15 @@ int cs_cmd_audit_as_of(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_audit_verify(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_audit_checkpoint(const cs_cli_cmd *cmd, int argc, char **argv);
 
+int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_branch_follow(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_branch_pull(const cs_cli_cmd *cmd, int argc, char **argv);
+/* put --wait on a branch: delivers the outbox (a pull, unless a node runs on dir) and waits up
+ * to timeout_ms for the head office's answer to write w. Returns CS_CLI_GO when it was accepted,
+ * or the exit code after printing the refusal or the time-out. */
+int cs_cli_put_wait(const char *dir, const cs_write_result *w, unsigned timeout_ms);
+
 /* Prints the schema (types, classes, fields) for `put --help`. */
 void cs_cli_print_schema_help(void);
 

@@ -102,15 +102,29 @@ static int put_print(const char *type, uint64_t id_given, const cs_write_result 
     return CS_CLI_GO;
 }
 
+/* R8: on a branch a shared record goes to the head office; --wait waits for its answer. */
+static bool goes_upstream(cs_engine *e, const char *type)
+{
+    cs_shop_info self;
+    const cs_type *t = cs_schema_find(type);
+    return t && t->cls == CS_CLASS_SHARED && cs_engine_self(e, &self) == CS_OK &&
+           self.role == CS_ROLE_BRANCH;
+}
+
 int cs_cmd_put(const cs_cli_cmd *cmd, int argc, char **argv)
 {
-    const char *json_text = NULL, *ev_text = NULL, *dir = NULL;
+    const char *json_text = NULL, *ev_text = NULL, *dir = NULL, *timeout_s = NULL;
+    bool wait = false;
     const cs_cli_opt opts[] = {{"json", true, &json_text, NULL},
-                               {"expect-version", true, &ev_text, NULL}};
+                               {"expect-version", true, &ev_text, NULL},
+                               {"wait", false, NULL, &wait},
+                               {"timeout-ms", true, &timeout_s, NULL}};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
-    uint64_t id = 0, expect = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, opts, 2, 1, 2, pos, &npos);
+    uint64_t id = 0, expect = 0, timeout = 30000;
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 4, 1, 2, pos, &npos);
+    if (rc == CS_CLI_GO && timeout_s)
+        rc = cs_cli_parse_id(cmd, "--timeout-ms", timeout_s, &timeout);
     if (rc == CS_CLI_GO && npos == 2)
         rc = cs_cli_parse_id(cmd, "ID", pos[1], &id);
     if (rc == CS_CLI_GO && ev_text)
@@ -129,13 +143,19 @@ int cs_cmd_put(const cs_cli_cmd *cmd, int argc, char **argv)
         return rc;
     cs_engine *e = NULL;
     rc = cs_cli_open(dir, true, &e);
+    cs_write_result w;
+    bool delivered = false;
     if (rc == CS_CLI_GO) {
-        cs_write_result w;
         cs_err err = cs_engine_put(e, pos[0], id, fields, expect, &w);
-        rc = err ? cs_cli_fail_engine(err, e, "put") : put_print(pos[0], id, &w);
+        rc = err ? cs_cli_fail_engine(err, e, "put") : CS_CLI_GO;
+        delivered = rc == CS_CLI_GO && wait && goes_upstream(e, pos[0]);
     }
     json_decref(fields);
-    cs_engine_close(e);
+    cs_engine_close(e); /* before --wait runs a node on the same directory (one env per process) */
+    if (rc == CS_CLI_GO && delivered)
+        rc = cs_cli_put_wait(dir, &w, timeout > 600000 ? 600000 : (unsigned)timeout);
+    if (rc == CS_CLI_GO)
+        rc = put_print(pos[0], id, &w);
     return rc;
 }
 

@@ -106,14 +106,17 @@ static const cs_cli_cmd commands[] = {
      "Example:\n  chainsync whatsapp resolve 8589934592\n",
      NULL},
     {"put", NULL, cs_cmd_put, "create or update an item; prints id, version, seq",
-     "put TYPE [ID] [--expect-version V] [--json '{...}']",
+     "put TYPE [ID] [--expect-version V] [--json '{...}'] [--wait [--timeout-ms MS]]",
      "Creates an item of TYPE (without ID) or replaces the fields of item ID (with ID). The\n"
      "fields are one JSON object, read from standard input or given with --json; all the\n"
      "item's fields each time (full state, not a patch). References are item ids. Prints\n"
      "`created TYPE ID version V at seq S`, or {\"id\",\"version\",\"seq\"} with --json-out.\n"
      "On a branch, a synced type makes a local item and a copy is refused (read_only_copy).\n\n"
      "Options:\n  --json JSON           the fields, instead of standard input\n"
-     "  --expect-version V    refuse (version_conflict) unless item ID is at version V\n\n"
+     "  --expect-version V    refuse (version_conflict) unless item ID is at version V\n"
+     "  --wait                on a branch, a shared record: wait for the head office's answer\n"
+     "                        (delivering it with a pull when no branch follow runs)\n"
+     "  --timeout-ms MS       how long --wait waits (default 30000)\n\n"
      "Examples:\n"
      "  chainsync put service_category --json '{\"name\":\"Grooming\"}'\n"
      "  echo '{\"name\":\"Bath\",\"category\":4294967297,\"price_table\":"
@@ -169,6 +172,46 @@ static const cs_cli_cmd commands[] = {
      "Options:\n  --from N       the first event to export (default 1)\n"
      "  --out FILE     where to write the segments (required)\n\n"
      "Example:\n  chainsync log export --data /tmp/hq --from 1 --out /tmp/hq.seg\n",
+     NULL},
+    {"serve", NULL, cs_cmd_serve, "serve the network: stream the log to every branch over TCP",
+     "serve --listen HOST:PORT [--stuck-ms MS] [--ready-file FILE]",
+     "Runs the head office's server in the foreground: branches connect, authenticate with a\n"
+     "challenge-response (no password on the wire), receive the log from their cursor and then\n"
+     "live, and send their shared-record writes (R8). One log line per connection event on\n"
+     "standard error. Commands run in other processes on the same directory (put, sync, ...)\n"
+     "reach connected branches at once. SIGINT or SIGTERM stops it cleanly. Head office only.\n\n"
+     "Options:\n  --listen HOST:PORT   where to listen (port 0: any free port)\n"
+     "  --stuck-ms MS        drop a branch that reads nothing for this long (default 15000)\n"
+     "  --ready-file FILE    write the bound HOST:PORT there once listening (for scripts)\n\n"
+     "Example:\n  chainsync serve --data /srv/hq --listen 0.0.0.0:7400\n",
+     NULL},
+    {"branch", "join", cs_cmd_branch_join, "join a network as a branch and take its catalog",
+     "branch join --data DIR --head HOST:PORT --shop ID --password-stdin",
+     "Connects to the head office at HOST:PORT as branch ID (the id `shop add` printed),\n"
+     "proves it knows the password read from standard input, and takes the whole catalog\n"
+     "(R5a). DIR is created, or a single store there becomes the branch: its own items stay\n"
+     "local items (R10). The branch keeps keys derived from the password, never the password.\n"
+     "Exits 0 once in step; 2 when refused (auth_failed, not_in_network), 4 when the head\n"
+     "office cannot be reached.\n\n"
+     "Example:\n  echo \"$PW\" | chainsync branch join --data /srv/b1 --head hq:7400 --shop 123 "
+     "--password-stdin\n",
+     NULL},
+    {"branch", "follow", cs_cmd_branch_follow, "stay connected to the head office, apply live",
+     "branch follow [--head HOST:PORT]",
+     "Connects to the head office this branch joined, catches up and stays connected: events\n"
+     "arrive as they are committed, copies change at sync points (R5), shared records at once\n"
+     "(R8), and the outbox is sent upstream. Reconnects with backoff when the connection\n"
+     "breaks. SIGINT or SIGTERM stops it.\n\n"
+     "Options:\n  --head HOST:PORT   connect here instead of the address stored at join\n\n"
+     "Example:\n  chainsync branch follow --data /srv/b1\n",
+     NULL},
+    {"branch", "pull", cs_cmd_branch_pull, "catch up with the head office once, send the outbox",
+     "branch pull [--head HOST:PORT]",
+     "Connects once, applies everything up to the head office's head as of connecting, sends\n"
+     "the outbox and waits for each answer, then exits 0. Exits 4 when the head office cannot\n"
+     "be reached (with the reason).\n\n"
+     "Options:\n  --head HOST:PORT   connect here instead of the address stored at join\n\n"
+     "Example:\n  chainsync branch pull --data /srv/b1\n",
      NULL},
     {"branch", "import", cs_cmd_branch_import, "apply an exported file to a branch directory",
      "branch import FILE --data DIR --shop ID",

@@ -1,0 +1,231 @@
+/*
+ * cmd_net.c: the network commands (SPEC 7): `serve` at the head office, and on a branch
+ * `branch join` (first contact, with the password), `branch follow` (stay connected, apply
+ * live) and `branch pull` (catch up, send the outbox, exit); plus what `put --wait` on a branch
+ * uses to wait for the head office's answer. The protocol is docs/protocol.md; the code is net/.
+ */
+#include "net/net.h"
+#include "tools/cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv)
+{
+    const char *listen = NULL, *stuck_s = NULL, *ready = NULL, *dir = NULL;
+    const cs_cli_opt opts[] = {{"listen", true, &listen, NULL},
+                               {"stuck-ms", true, &stuck_s, NULL},
+                               {"ready-file", true, &ready, NULL}};
+    char *pos[CS_CLI_POS_MAX];
+    unsigned npos = 0;
+    uint64_t stuck = 0;
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 3, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO && !listen)
+        rc = cs_cli_usage(cmd, "--listen HOST:PORT is required");
+    if (rc == CS_CLI_GO && stuck_s)
+        rc = cs_cli_parse_id(cmd, "--stuck-ms", stuck_s, &stuck);
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_data_dir(cmd, &dir);
+    cs_engine *e = NULL;
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_open(dir, true, &e);
+    if (rc != CS_CLI_GO)
+        return rc;
+    cs_server_options o = {.listen = listen, .stuck_ms = stuck, .ready_file = ready};
+    char msg[320] = "";
+    cs_err err = cs_server_run(e, dir, &o, msg, sizeof(msg));
+    cs_engine_close(e);
+    return err == CS_OK ? 0 : cs_cli_fail(err, "%s", msg);
+}
+
+/* What `branch join` created in a directory that held no store, removed again when the join is
+ * refused before anything arrived: a refused command leaves nothing behind (SPEC 6). */
+static bool store_exists(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/data.mdb", dir);
+    return access(path, F_OK) == 0;
+}
+
+static void remove_store(const char *dir, bool dir_was_there)
+{
+    static const char *const files[] = {"data.mdb", "lock.mdb", "node.lock"};
+    char path[4096];
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    if (!dir_was_there)
+        rmdir(dir);
+}
+
+static int node_result(cs_branch *b, cs_err err, const char *msg)
+{
+    if (err != CS_OK)
+        return cs_cli_fail(err, "%s", msg);
+    cs_branch_state st;
+    if ((err = cs_branch_state_get(b, &st)) != CS_OK)
+        return cs_cli_fail(err, "cannot read the branch's state");
+    if (cs_cli_g.json_out)
+        printf("{\"shop\":%llu,\"cursor\":%llu,\"sync_seq\":%llu,\"linked\":%s}\n",
+               (unsigned long long)st.shop, (unsigned long long)st.cursor,
+               (unsigned long long)st.sync_seq, st.linked ? "true" : "false");
+    else
+        printf("branch %llu is at event %llu (last sync point %llu)\n", (unsigned long long)st.shop,
+               (unsigned long long)st.cursor, (unsigned long long)st.sync_seq);
+    return 0;
+}
+
+static int run_node(const char *dir, const cs_node_options *o, bool fresh, bool dir_was_there,
+                    bool print)
+{
+    cs_branch *b = NULL;
+    cs_err err = cs_branch_open(dir, NULL, &b);
+    if (err != CS_OK)
+        return cs_cli_fail(err, "cannot open the data directory %s", dir);
+    if (cs_cli_g.actor)
+        cs_engine_set_actor(cs_branch_engine(b), cs_cli_g.actor);
+    char msg[320] = "";
+    err = cs_node_run(b, dir, o, msg, sizeof(msg));
+    cs_branch_state st = {0};
+    bool nothing = err != CS_OK && cs_branch_state_get(b, &st) == CS_OK && st.cursor == 0;
+    int rc = print || err != CS_OK ? node_result(b, err, msg) : 0;
+    cs_branch_close(b);
+    if (fresh && nothing)
+        remove_store(dir, dir_was_there);
+    return rc;
+}
+
+int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv)
+{
+    const char *head = NULL, *shop_s = NULL, *dir = NULL;
+    bool pw_stdin = false;
+    const cs_cli_opt opts[] = {{"head", true, &head, NULL},
+                               {"shop", true, &shop_s, NULL},
+                               {"password-stdin", false, NULL, &pw_stdin}};
+    char *pos[CS_CLI_POS_MAX];
+    unsigned npos = 0;
+    uint64_t shop = 0;
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 3, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO && !head)
+        rc = cs_cli_usage(cmd, "--head HOST:PORT is required");
+    if (rc == CS_CLI_GO && !shop_s)
+        rc = cs_cli_usage(cmd, "--shop ID is required (the id `shop add` printed)");
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_parse_id(cmd, "--shop", shop_s, &shop);
+    if (rc == CS_CLI_GO && !pw_stdin)
+        rc = cs_cli_usage(cmd, "--password-stdin is required: the password is read from stdin");
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_data_dir(cmd, &dir);
+    char password[CS_CLI_PASSWORD_BYTES_MAX + 2];
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_read_password(password, sizeof(password));
+    if (rc != CS_CLI_GO)
+        return rc;
+    cs_node_options o = {.mode = CS_NODE_JOIN,
+                         .head = head,
+                         .shop = shop,
+                         .password = password,
+                         .progress = isatty(STDERR_FILENO)};
+    bool dir_was_there = access(dir, F_OK) == 0, fresh = !store_exists(dir);
+    rc = run_node(dir, &o, fresh, dir_was_there, true);
+    memset(password, 0, sizeof(password));
+    return rc;
+}
+
+static int follow_or_pull(const cs_cli_cmd *cmd, int argc, char **argv, cs_node_mode mode)
+{
+    const char *head = NULL, *dir = NULL;
+    const cs_cli_opt opts[] = {{"head", true, &head, NULL}};
+    char *pos[CS_CLI_POS_MAX];
+    unsigned npos = 0;
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 1, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_data_dir(cmd, &dir);
+    if (rc != CS_CLI_GO)
+        return rc;
+    if (!store_exists(dir))
+        return cs_cli_fail(CS_NOT_FOUND, "%s holds no branch: run chainsync branch join", dir);
+    cs_node_options o = {.mode = mode, .head = head, .progress = isatty(STDERR_FILENO)};
+    return run_node(dir, &o, false, true, true);
+}
+
+int cs_cmd_branch_follow(const cs_cli_cmd *cmd, int argc, char **argv)
+{
+    return follow_or_pull(cmd, argc, argv, CS_NODE_FOLLOW);
+}
+
+int cs_cmd_branch_pull(const cs_cli_cmd *cmd, int argc, char **argv)
+{
+    return follow_or_pull(cmd, argc, argv, CS_NODE_PULL);
+}
+
+/* ---- put --wait on a branch -------------------------------------------------------------- */
+
+/* Where the write stands: still in the outbox (1), refused (2, *ans set), or answered (0). */
+static int outbox_state(cs_engine *e, const cs_write_result *w, cs_remote_answer *ans)
+{
+    json_t *ob = NULL, *rej = NULL, *v;
+    size_t i;
+    int st = 0;
+    if (cs_engine_outbox(e, &ob) != CS_OK || cs_engine_rejected(e, &rej) != CS_OK)
+        st = -1;
+    json_array_foreach(ob, i, v)
+    {
+        if ((uint64_t)json_integer_value(json_object_get(v, "id")) == w->id &&
+            (uint64_t)json_integer_value(json_object_get(v, "version")) == w->version)
+            st = 1;
+    }
+    json_array_foreach(rej, i, v)
+    {
+        if (st == 0 && (uint64_t)json_integer_value(json_object_get(v, "id")) == w->id &&
+            (uint64_t)json_integer_value(json_object_get(v, "version")) == w->version) {
+            const char *code = json_string_value(json_object_get(v, "code"));
+            const char *msg = json_string_value(json_object_get(v, "message"));
+            ans->code = code ? cs_err_from_name(code, strlen(code)) : CS_INVALID_INPUT;
+            snprintf(ans->message, sizeof(ans->message), "%s", msg ? msg : "");
+            st = 2;
+        }
+    }
+    json_decref(ob);
+    json_decref(rej);
+    return st;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int cs_cli_put_wait(const char *dir, const cs_write_result *w, unsigned timeout_ms)
+{
+    if (!cs_node_running(dir)) { /* nobody will deliver it: do it ourselves */
+        cs_node_options o = {.mode = CS_NODE_PULL};
+        int rc = run_node(dir, &o, false, true, false);
+        if (rc != 0)
+            return rc;
+    }
+    cs_remote_answer ans = {0};
+    for (unsigned waited = 0;; waited += 50) {
+        cs_engine *e = NULL;
+        if (cs_engine_open(dir, NULL, &e) != CS_OK)
+            return cs_cli_fail(CS_IO, "cannot open %s", dir);
+        int st = outbox_state(e, w, &ans);
+        cs_engine_close(e);
+        if (st == 0)
+            return CS_CLI_GO;
+        if (st == 2)
+            return cs_cli_fail(ans.code, "the head office refused the write: %s", ans.message);
+        if (st < 0)
+            return cs_cli_fail(CS_IO, "cannot read the outbox of %s", dir);
+        if (waited >= timeout_ms)
+            return cs_cli_fail(CS_NETWORK, "no answer from the head office within %u ms",
+                               timeout_ms);
+        sleep_ms(50);
+    }
+}
