@@ -47,6 +47,12 @@ cs_err cs_engine_open(const char *dir, const cs_log_options *opts, cs_engine **o
         err = cs_log_dbi_open(e->log, "secrets", 0, &e->secrets);
     if (err == CS_OK)
         err = cs_log_dbi_open(e->log, "outbox", 0, &e->outbox);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(e->log, "status", 0, &e->status);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(e->log, "requests", 0, &e->requests);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(e->log, "rejected", 0, &e->rejected);
     if (err != CS_OK) {
         cs_engine_close(e);
         return err;

@@ -6,8 +6,12 @@
  *   items    type code u8 + id u64 BE -> item record (msgpack array, below)  [from the log]
  *   network  "self" | "net" | "shop:" + id u64 BE -> compact JSON, sorted keys [from the log]
  *   local    shop-local items (staff, shop_info) and the id counter        [never logged, R9]
- *   secrets  shop id u64 BE -> argon2id hash string                        [never logged, R9]
- *   outbox   u64 BE counter -> msgpack {kind,type,id,version,expect,fields} [a branch's, R8]
+ *   secrets  shop id u64 BE -> msgpack {v,salt,ops,mem,stored_key,server_key};
+ *            "decoy" -> 32 random bytes (auth.c)                           [never logged, R9]
+ *   outbox   u64 BE counter -> msgpack {kind,type,id,version,expect,fields,req} [a branch's, R8]
+ *   status   shop id u64 BE -> msgpack {cursor,last_seen,connected} [head: server's view]
+ *   requests shop u64 BE + req 16 bytes -> msgpack answer {code,message,id,version,seq} [head]
+ *   rejected u64 BE counter -> msgpack {code,message,entry} [a branch's refused outbox entries]
  * An item record is the msgpack array [version, archived, origin, detached_from, fields] where
  * origin and detached_from are nil or [shop, id, version].
  */
@@ -31,6 +35,9 @@ struct cs_engine {
     MDB_dbi local;
     MDB_dbi secrets;
     MDB_dbi outbox;        /* a branch's shared-record writes waiting for the head office (R8) */
+    MDB_dbi status;        /* the head office's server's view of each branch (not state) */
+    MDB_dbi requests;      /* the head office's answers to branches' outbox entries (R8) */
+    MDB_dbi rejected;      /* a branch's outbox entries the head office refused (R8) */
     cs_event_decoder *dec; /* owned: decodes events for apply and replay */
     msgpack_zone zone;     /* owned: scratch objects of one command */
     char actor[CS__ACTOR_BYTES];
@@ -71,5 +78,69 @@ void cs__pack_json(msgpack_packer *pk, const json_t *j);
 
 /* Reads this shop's role in a transaction; CS_ROLE_NONE before init. */
 cs_role cs__role(MDB_txn *txn, cs_engine *e, uint64_t *self_id);
+
+/* ---- items.c: the one write path of an item (local commands and branches' writes, R8) ---- */
+
+typedef struct cs__write {
+    cs_engine *e;
+    const cs_type *t;
+    uint64_t id;           /* 0: a new item, its id allocated from `shop`'s counter */
+    const uint8_t *fields; /* borrowed: canonical msgpack map */
+    size_t fields_len;
+    uint64_t expect;
+    bool del;
+    bool create;       /* id != 0 names an item to create with that id (a branch's, R8) */
+    uint64_t shop;     /* the event's shop */
+    const char *actor; /* the event's actor, NUL-terminated, borrowed */
+    cs_write_result res;
+} cs__write;
+
+/* Checks w against the state in txn (existence, expected version, references) and emits its
+ * event (or, for a shop-local type, writes `local`). Role rules are the caller's. Uses and
+ * clears nothing of e->zone but what it allocates there. */
+cs_err cs__write_item(cs_log_txn *txn, cs__write *w);
+
+/* ---- records.c: small helpers for the engine's msgpack records ---------------------------- */
+
+void cs__be64_put(uint8_t b[8], uint64_t v);
+uint64_t cs__be64_get(const uint8_t b[8]);
+/* Exactly one msgpack value of len bytes, checked before msgpack-c allocates (SPEC 4), into z.
+ * Errors: CS_CORRUPT, CS_NO_MEMORY. */
+cs_err cs__unpack(const void *buf, size_t len, msgpack_zone *z, msgpack_object *out);
+/* The value under a str key of a map, NULL when absent or o is no map. Borrowed from o. */
+const msgpack_object *cs__map_get(const msgpack_object *o, const char *key);
+bool cs__map_u64(const msgpack_object *o, const char *key, uint64_t *out);
+/* A bin of exactly len bytes (len 0: any length, *len_out gets it). */
+bool cs__map_bin(const msgpack_object *o, const char *key, size_t len, const uint8_t **out,
+                 size_t *len_out);
+bool cs__map_str(const msgpack_object *o, const char *key, cs_str *out);
+/* The key after the last one of a u64 BE counter database (1 when empty). */
+cs_err cs__counter_next(MDB_txn *txn, MDB_dbi dbi, uint64_t *out);
+/* 2n lowercase hex digits and a NUL. */
+void cs__hex(char *out, const uint8_t *in, size_t n);
+/* CLOCK_REALTIME in ms since the epoch. */
+uint64_t cs__now_ms(void);
+/* "2026-12-01T22:40:00.123Z" (24 bytes and a NUL). */
+#define CS__ISO8601_BYTES 32
+void cs__iso8601_ms(uint64_t ms, char out[CS__ISO8601_BYTES]);
+/* The code whose stable name is (name, len); false when none is. */
+bool cs__err_from_name(const char *name, size_t len, cs_err *out);
+/* An answer's two entries "code" (its stable name) and "message" (requests, rejected). */
+void cs__pack_code(msgpack_packer *pk, cs_err code, const char *message);
+bool cs__map_code(const msgpack_object *o, cs_err *code, cs_str *message);
+
+/* ---- auth.c, status.c ------------------------------------------------------------------- */
+
+/* The `secrets` record of a shop's keys (docs/storage.md, "secrets"). */
+#define CS__SECRET_BYTES_MAX 192u
+cs_err cs__secret_encode(const cs_auth_keys *k, uint8_t out[CS__SECRET_BYTES_MAX], size_t *len);
+/* Errors: CS_NOT_FOUND, CS_CORRUPT, CS_IO. */
+cs_err cs__secret_read(cs_engine *e, MDB_txn *m, uint64_t shop, cs_auth_keys *out);
+/* New keys for a password: a random salt, the default argon2id cost. Runs argon2id. */
+cs_err cs__auth_keys_new(const char *password, cs_auth_keys *out);
+/* Stores the network's decoy secret when it has none yet (network create; shop_keys). */
+cs_err cs__decoy_ensure(cs_engine *e, cs_log_txn *txn);
+/* A branch's status record. Errors: CS_NOT_FOUND, CS_CORRUPT, CS_IO. */
+cs_err cs__status_read(cs_engine *e, MDB_txn *m, uint64_t shop, cs_shop_status *out);
 
 #endif

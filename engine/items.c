@@ -13,6 +13,7 @@
  */
 #include "engine/engine_int.h"
 
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,16 +21,7 @@
 #define SHOP_NAME_MAX_BYTES 120
 #define ID_COUNTER_MAX 0xffffffffu
 
-typedef struct write_ctx {
-    cs_engine *e;
-    const cs_type *t;
-    uint64_t id;
-    const uint8_t *fields; /* borrowed: canonical msgpack map */
-    size_t fields_len;
-    uint64_t expect;
-    bool del;
-    cs_write_result res;
-} write_ctx;
+typedef cs__write write_ctx; /* engine_int.h: remote.c writes branches' records through it */
 
 static cs_err alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t self, uint64_t *out);
 
@@ -168,7 +160,8 @@ static cs_err branch_rules(cs_engine *e, MDB_txn *m, write_ctx *w)
 
 /* R8: a shared record written on a branch waits in the durable outbox until the head office
  * has it. Key: u64 BE, one more than the last; value: msgpack
- * {kind, type, id, version, expect, fields}. */
+ * {kind, type, id, version, expect, fields, req}. req, 16 random bytes, names the request: the
+ * head office answers each (branch, req) once however often it arrives (remote.c). */
 static cs_err outbox_put(cs_engine *e, cs_log_txn *txn, const write_ctx *w)
 {
     MDB_cursor *cur;
@@ -188,7 +181,7 @@ static cs_err outbox_put(cs_engine *e, cs_log_txn *txn, const write_ctx *w)
         kb[i] = (uint8_t)next;
     cs__pack p;
     cs__pack_init(&p);
-    msgpack_pack_map(&p.pk, 6);
+    msgpack_pack_map(&p.pk, 7);
     msgpack_pack_str_with_body(&p.pk, "kind", 4);
     msgpack_pack_str_with_body(&p.pk, w->del ? "delete" : "put", w->del ? 6 : 3);
     msgpack_pack_str_with_body(&p.pk, "type", 4);
@@ -202,6 +195,13 @@ static cs_err outbox_put(cs_engine *e, cs_log_txn *txn, const write_ctx *w)
     msgpack_pack_str_with_body(&p.pk, "fields", 6);
     if (msgpack_sbuffer_write(&p.sb, (const char *)w->fields, w->fields_len))
         p.failed = true;
+    uint8_t req[CS_REQUEST_ID_BYTES];
+    if (sodium_init() < 0)
+        p.failed = true;
+    else
+        randombytes_buf(req, sizeof(req));
+    msgpack_pack_str_with_body(&p.pk, "req", 3);
+    msgpack_pack_bin_with_body(&p.pk, req, sizeof(req));
     cs_err err = CS_NO_MEMORY;
     if (!p.failed) {
         k = (MDB_val){8, kb};
@@ -232,24 +232,37 @@ static cs_err write_local(cs_engine *e, cs_log_txn *txn, write_ctx *w)
 static cs_err write_one(cs_log_txn *txn, write_ctx *w, cs_role role, uint64_t self)
 {
     cs_engine *e = w->e;
-    MDB_txn *m = cs_log_txn_mdb(txn);
     msgpack_zone_clear(&e->zone);
     if (role == CS_ROLE_NONE)
         return cs__fail(e, CS_NOT_FOUND, "this directory is not initialised: run chainsync init");
-    MDB_dbi dbi = w->t->cls == CS_CLASS_LOCAL ? e->local : e->items;
-    cs_err err;
-    w->res.id = w->id;
-    w->res.version = 1;
     /* R1 before anything else: a copy is read-only whatever its state (archived too). */
-    err = role == CS_ROLE_BRANCH ? branch_rules(e, m, w) : CS_OK;
+    cs_err err = role == CS_ROLE_BRANCH ? branch_rules(e, cs_log_txn_mdb(txn), w) : CS_OK;
     if (err != CS_OK)
         return err;
-    if (w->id)
+    w->shop = self;
+    w->actor = e->actor;
+    err = cs__write_item(txn, w);
+    if (err == CS_OK && role == CS_ROLE_BRANCH && w->t->cls == CS_CLASS_SHARED)
+        err = outbox_put(e, txn, w);
+    return err;
+}
+
+cs_err cs__write_item(cs_log_txn *txn, write_ctx *w)
+{
+    cs_engine *e = w->e;
+    MDB_txn *m = cs_log_txn_mdb(txn);
+    MDB_dbi dbi = w->t->cls == CS_CLASS_LOCAL ? e->local : e->items;
+    cs_err err = CS_OK;
+    cs_assert(w->actor != NULL);
+    cs_assert(!w->create || w->id != 0);
+    w->res.id = w->id;
+    w->res.version = 1;
+    if (w->id && !w->create)
         err = check_existing(e, m, dbi, w);
     else if (w->expect)
         err = cs__fail(e, CS_VERSION_CONFLICT, "a new %s has no version to expect", w->t->name);
-    else
-        err = alloc_id(e, txn, self, &w->res.id);
+    else if (!w->id)
+        err = alloc_id(e, txn, w->shop, &w->res.id);
     if (err == CS_OK && !w->del)
         err = check_refs(e, m, w);
     if (err != CS_OK)
@@ -258,18 +271,15 @@ static cs_err write_one(cs_log_txn *txn, write_ctx *w, cs_role role, uint64_t se
         w->res.seq = 0; /* R9: never logged */
         return write_local(e, txn, w);
     }
-    cs_event ev = {.shop = self,
+    cs_event ev = {.shop = w->shop,
                    .id = w->res.id,
                    .version = w->res.version,
-                   .actor = {e->actor, strlen(e->actor)},
+                   .actor = {w->actor, strlen(w->actor)},
                    .kind = w->del ? CS_STR("delete") : CS_STR("put"),
                    .type = {w->t->name, strlen(w->t->name)},
                    .fields = w->fields,
                    .fields_len = w->fields_len};
-    err = cs__emit(e, txn, &ev, 1, &w->res.seq);
-    if (err == CS_OK && role == CS_ROLE_BRANCH && w->t->cls == CS_CLASS_SHARED)
-        err = outbox_put(e, txn, w);
-    return err;
+    return cs__emit(e, txn, &ev, 1, &w->res.seq);
 }
 
 static cs_err write_fn(cs_log_txn *txn, void *ctx)

@@ -35,6 +35,66 @@ cs_err cs_engine_self(cs_engine *e, cs_shop_info *out)
     return err;
 }
 
+/* A branch row's cursor, last_seen (ISO 8601 UTC, ms) and connected from its status record;
+ * lag and lag_ms null until shops_lag. A branch never seen keeps them all null. */
+static cs_err status_fill(cs_engine *e, MDB_txn *m, json_t *row)
+{
+    int jrc = json_object_set_new(row, "lag_ms", json_null()) |
+              json_object_set_new(row, "connected", json_null());
+    cs_shop_status st;
+    cs_err err =
+        cs__status_read(e, m, (uint64_t)json_integer_value(json_object_get(row, "id")), &st);
+    if (err == CS_NOT_FOUND)
+        return jrc ? CS_NO_MEMORY : CS_OK;
+    if (err != CS_OK)
+        return cs__fail(e, err, "the status record of shop %lld cannot be read",
+                        (long long)json_integer_value(json_object_get(row, "id")));
+    char when[CS__ISO8601_BYTES];
+    cs__iso8601_ms(st.last_seen_ms, when);
+    jrc |= json_object_set_new(row, "cursor", json_integer((json_int_t)st.cursor)) |
+           json_object_set_new(row, "last_seen", json_string(when)) |
+           json_object_set_new(row, "connected", json_boolean(st.connected));
+    return jrc ? CS_NO_MEMORY : CS_OK;
+}
+
+/* lag = head - cursor; lag_ms = now - time of the first event the branch lacks (cursor + 1),
+ * 0 when it is in step. Its own log snapshot: the caller's read transaction has ended. */
+static cs_err shops_lag(cs_engine *e, json_t *arr)
+{
+    cs_log_reader *r = NULL;
+    uint64_t head = 0, now = cs__now_ms();
+    cs_err err = cs_log_reader_open(e->log, &r);
+    if (err == CS_OK)
+        err = cs_log_reader_head(r, &head);
+    size_t i;
+    json_t *row;
+    json_array_foreach(arr, i, row)
+    {
+        const json_t *c = json_object_get(row, "cursor");
+        if (err != CS_OK || !json_is_integer(c))
+            continue;
+        uint64_t cursor = (uint64_t)json_integer_value(c), lag = 0, lag_ms = 0;
+        cs_log_record rec;
+        cs_event_view ev;
+        if (cursor < head) {
+            lag = head - cursor;
+            err = cs_log_reader_get(r, cursor + 1, &rec);
+            if (err == CS_OK)
+                err = cs_event_decode(e->dec, rec.event, rec.event_len, &ev);
+            if (err == CS_OK)
+                lag_ms = now > ev.time_ms ? now - ev.time_ms : 0;
+        }
+        if (err == CS_OK && (json_object_set_new(row, "lag", json_integer((json_int_t)lag)) ||
+                             json_object_set_new(row, "lag_ms", json_integer((json_int_t)lag_ms))))
+            err = CS_NO_MEMORY;
+    }
+    if (err != CS_OK && !e->errmsg[0])
+        cs__fail(e, err, "cannot read the log for the shops' lag: %s",
+                 r ? cs_log_reader_errmsg(r) : cs_log_errmsg(e->log));
+    cs_log_reader_close(r);
+    return err;
+}
+
 /* The head office's own line, then one per branch ever added (unlinked ones say so). */
 static cs_err list_shops(cs_engine *e, MDB_txn *m, json_t *arr)
 {
@@ -42,9 +102,10 @@ static cs_err list_shops(cs_engine *e, MDB_txn *m, json_t *arr)
     cs_err err = cs__net_get(m, e->network, "self", 4, &self);
     if (err != CS_OK)
         return err;
-    json_t *head = json_pack("{s:O,s:O,s:s,s:n,s:n,s:n,s:n,s:b}", "id", json_object_get(self, "id"),
-                             "name", json_object_get(self, "name"), "role", "head", "switch",
-                             "cursor", "lag", "last_seen", "linked", 1);
+    json_t *head =
+        json_pack("{s:O,s:O,s:s,s:n,s:n,s:n,s:n,s:n,s:n,s:b}", "id", json_object_get(self, "id"),
+                  "name", json_object_get(self, "name"), "role", "head", "switch", "cursor", "lag",
+                  "lag_ms", "last_seen", "connected", "linked", 1);
     json_decref(self);
     if (!head || json_array_append_new(arr, head))
         return CS_NO_MEMORY;
@@ -61,14 +122,21 @@ static cs_err list_shops(cs_engine *e, MDB_txn *m, json_t *arr)
             err = CS_CORRUPT;
             break;
         }
-        /* cursor, lag and last_seen come from the branch's acknowledgements (net/): null
-         * until a branch has reported over a connection. */
+        /* cursor, last_seen and connected come from the server's status records (status.c):
+         * null until a branch has reported over a connection; lag is filled after this
+         * snapshot ends (shops_lag). */
         json_t *row =
             json_pack("{s:O,s:O,s:s,s:O,s:n,s:n,s:n,s:O,s:O}", "id", json_object_get(s, "id"),
                       "name", json_object_get(s, "name"), "role", "branch", "switch",
                       json_object_get(s, "switch"), "cursor", "lag", "last_seen", "linked",
                       json_object_get(s, "linked"), "sync_seq", json_object_get(s, "sync_seq"));
         json_decref(s);
+        if (row)
+            err = status_fill(e, m, row);
+        if (err != CS_OK) {
+            json_decref(row);
+            break;
+        }
         if (!row || json_array_append_new(arr, row)) {
             err = CS_NO_MEMORY;
             break;
@@ -98,6 +166,11 @@ cs_err cs_engine_shop_list(cs_engine *e, json_t **out)
     if (err == CS_OK)
         err = list_shops(e, m, arr);
     mdb_txn_abort(m);
+    if (err != CS_OK) {
+        json_decref(arr);
+        return err;
+    }
+    err = shops_lag(e, arr);
     if (err != CS_OK) {
         json_decref(arr);
         return err;
@@ -185,7 +258,16 @@ static cs_err outbox_entry(const MDB_val *k, const MDB_val *v, msgpack_zone *z, 
     uint64_t seq = 0;
     for (int i = 0; i < 8; i++)
         seq = (seq << 8) | ((const uint8_t *)k->mv_data)[i];
-    if (!j || json_object_set_new(j, "seq", json_integer((json_int_t)seq))) {
+    /* req is bin: as 32 hex digits (null in an entry written before requests had ids). */
+    const uint8_t *req;
+    char hex[2 * CS_REQUEST_ID_BYTES + 1];
+    json_t *rj = json_null();
+    if (cs__map_bin(&o, "req", CS_REQUEST_ID_BYTES, &req, NULL)) {
+        cs__hex(hex, req, CS_REQUEST_ID_BYTES);
+        rj = json_string(hex);
+    }
+    if (!j || json_object_set_new(j, "seq", json_integer((json_int_t)seq)) ||
+        json_object_set_new(j, "req", rj)) {
         json_decref(j);
         return CS_NO_MEMORY;
     }

@@ -5,8 +5,8 @@
  * Every command is a net_cmd: a check of the caller's role and the arguments against the state,
  * then one event. Roles (R11): a single store may run only `init` and `network create`
  * (else not_in_network); a branch runs none of them (forbidden); the head office runs all.
- * Passwords are hashed with argon2id before the write transaction (it may run twice) and the
- * hash goes to `secrets`, never to the log (R9).
+ * A password is turned into keys with argon2id before the write transaction (it may run twice)
+ * and only the keys (auth.c: StoredKey, ServerKey) go to `secrets`, never to the log (R9).
  */
 #include "engine/engine_int.h"
 
@@ -30,8 +30,9 @@ struct net_cmd {
     cs_role need;       /* CS_ROLE_HEAD, or CS_ROLE_SINGLE for network create */
     const char *kind;
     uint64_t id;
-    json_t *fields;   /* owned by the caller of run() */
-    const char *hash; /* argon2id string to store in secrets for `id`, or NULL */
+    json_t *fields;        /* owned by the caller of run() */
+    const uint8_t *secret; /* the `secrets` record to store for `id` (auth.c), or NULL */
+    size_t secret_len;
     uint64_t self;
     uint64_t seq;
 };
@@ -60,7 +61,7 @@ static cs_err put_secret(net_cmd *c, cs_log_txn *txn)
     uint64_t id = c->id ? c->id : c->self;
     for (int i = 7; i >= 0; i--, id >>= 8)
         kb[i] = (uint8_t)id;
-    MDB_val k = {8, kb}, v = {strlen(c->hash), (void *)c->hash};
+    MDB_val k = {8, kb}, v = {c->secret_len, (void *)c->secret};
     return cs_log_txn_put(txn, c->e->secrets, &k, &v, 0);
 }
 
@@ -72,7 +73,7 @@ static cs_err net_fn(cs_log_txn *txn, void *ctx)
     cs_err err = check_role(c, cs__role(cs_log_txn_mdb(txn), e, &c->self));
     if (err == CS_OK && c->check)
         err = c->check(c, txn);
-    if (err == CS_OK && c->hash)
+    if (err == CS_OK && c->secret)
         err = put_secret(c, txn);
     if (err != CS_OK)
         return err;
@@ -173,6 +174,13 @@ cs_err cs_engine_init(cs_engine *e, const char *name, uint64_t *shop_out)
     return err;
 }
 
+/* The decoy secret that unknown shops' challenges are made from (auth.c) is born with the
+ * network; it is no state (not logged, not digested) but lives in `secrets`. */
+static cs_err check_network_create(net_cmd *c, cs_log_txn *txn)
+{
+    return cs__decoy_ensure(c->e, txn);
+}
+
 cs_err cs_engine_network_create(cs_engine *e, const char *name)
 {
     e->errmsg[0] = '\0';
@@ -192,6 +200,7 @@ cs_err cs_engine_network_create(cs_engine *e, const char *name)
     net_cmd c = {.e = e,
                  .need = CS_ROLE_SINGLE,
                  .kind = "network",
+                 .check = check_network_create,
                  .fields = json_pack("{s:s,s:s,s:o,s:s,s:n}", "name", name, "mode", "on-trigger",
                                      "types", types, "whatsapp_mode", "shared", "whatsapp_number")};
     err = run(&c);
@@ -327,16 +336,21 @@ cs_err cs_engine_network_whatsapp(cs_engine *e, const char *mode, const char *nu
 
 /* ---- shops ------------------------------------------------------------------------------- */
 
-static cs_err hash_password(cs_engine *e, const char *password, char hash[crypto_pwhash_STRBYTES])
+/* The `secrets` record of a new password: argon2id once, then only the keys are kept. */
+static cs_err hash_password(cs_engine *e, const char *password,
+                            uint8_t secret[CS__SECRET_BYTES_MAX], size_t *secret_len)
 {
     size_t n = password ? strlen(password) : 0;
     if (n < PASSWORD_MIN_BYTES || n > PASSWORD_MAX_BYTES)
         return cs__fail(e, CS_INVALID_INPUT, "a password has %d to %d bytes", PASSWORD_MIN_BYTES,
                         PASSWORD_MAX_BYTES);
-    if (sodium_init() < 0 ||
-        crypto_pwhash_str_alg(hash, password, n, crypto_pwhash_OPSLIMIT_INTERACTIVE,
-                              crypto_pwhash_MEMLIMIT_INTERACTIVE, crypto_pwhash_ALG_ARGON2ID13))
-        return cs__fail(e, CS_NO_MEMORY, "cannot hash the password (out of memory)");
+    cs_auth_keys k;
+    cs_err err = cs__auth_keys_new(password, &k);
+    if (err == CS_OK)
+        err = cs__secret_encode(&k, secret, secret_len);
+    sodium_memzero(&k, sizeof(k));
+    if (err != CS_OK)
+        return cs__fail(e, CS_NO_MEMORY, "cannot derive the password's keys (out of memory)");
     return CS_OK;
 }
 
@@ -359,17 +373,19 @@ static cs_err check_shop_add(net_cmd *c, cs_log_txn *txn)
 cs_err cs_engine_shop_add(cs_engine *e, const char *name, const char *password, uint64_t *shop_out)
 {
     e->errmsg[0] = '\0';
-    char hash[crypto_pwhash_STRBYTES];
+    uint8_t secret[CS__SECRET_BYTES_MAX];
+    size_t secret_len = 0;
     cs_err err = check_name(e, "a shop", name);
     if (err == CS_OK)
-        err = hash_password(e, password, hash);
+        err = hash_password(e, password, secret, &secret_len);
     if (err != CS_OK)
         return err;
     net_cmd c = {.e = e,
                  .need = CS_ROLE_HEAD,
                  .kind = "shop_add",
                  .check = check_shop_add,
-                 .hash = hash,
+                 .secret = secret,
+                 .secret_len = secret_len,
                  .fields =
                      json_pack("{s:s,s:s,s:n}", "name", name, "role", "branch", "whatsapp_number")};
     err = run(&c);
@@ -426,8 +442,9 @@ static cs_err check_password_target(net_cmd *c, cs_log_txn *txn)
 cs_err cs_engine_shop_password(cs_engine *e, uint64_t shop, const char *password)
 {
     e->errmsg[0] = '\0';
-    char hash[crypto_pwhash_STRBYTES];
-    cs_err err = hash_password(e, password, hash);
+    uint8_t secret[CS__SECRET_BYTES_MAX];
+    size_t secret_len = 0;
+    cs_err err = hash_password(e, password, secret, &secret_len);
     if (err != CS_OK)
         return err;
     /* R9: the event says that it changed, never what to. */
@@ -436,7 +453,8 @@ cs_err cs_engine_shop_password(cs_engine *e, uint64_t shop, const char *password
                  .kind = "shop_password",
                  .id = shop,
                  .check = check_password_target,
-                 .hash = hash,
+                 .secret = secret,
+                 .secret_len = secret_len,
                  .fields = json_object()};
     err = run(&c);
     json_decref(c.fields);
@@ -445,25 +463,27 @@ cs_err cs_engine_shop_password(cs_engine *e, uint64_t shop, const char *password
 
 cs_err cs_engine_shop_auth(cs_engine *e, uint64_t shop, const char *password)
 {
+    e->errmsg[0] = '\0';
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
-        return CS_IO;
-    uint8_t kb[8];
-    uint64_t id = shop;
-    for (int i = 7; i >= 0; i--, id >>= 8)
-        kb[i] = (uint8_t)id;
-    MDB_val k = {8, kb}, v;
-    char hash[crypto_pwhash_STRBYTES];
-    int rc = mdb_get(m, e->secrets, &k, &v);
-    bool ok = rc == 0 && v.mv_size < sizeof(hash);
+    cs_err err = cs_log_read_begin(e->log, &m);
+    if (err != CS_OK)
+        return err;
+    cs_auth_keys k;
+    err = cs__secret_read(e, m, shop, &k);
+    cs_log_read_end(e->log, m);
+    if (err != CS_OK && err != CS_NOT_FOUND)
+        return cs__fail(e, err, "shop %llu: its stored keys cannot be read",
+                        (unsigned long long)shop);
+    cs_auth_client c;
+    uint8_t stored[CS_AUTH_KEY_BYTES];
+    bool ok = err == CS_OK && cs_auth_derive(password, &k.params, &c) == CS_OK;
     if (ok) {
-        memcpy(hash, v.mv_data, v.mv_size);
-        hash[v.mv_size] = '\0';
+        cs_auth_stored_key(&c, stored);
+        ok = sodium_memcmp(stored, k.stored_key, CS_AUTH_KEY_BYTES) == 0;
+        sodium_memzero(&c, sizeof(c));
     }
-    mdb_txn_abort(m);
-    if (!password)
-        ok = false;
-    if (!ok || sodium_init() < 0 || crypto_pwhash_str_verify(hash, password, strlen(password)) != 0)
+    sodium_memzero(&k, sizeof(k));
+    if (!ok)
         return cs__fail(e, CS_AUTH_FAILED, "shop %llu: wrong password or unknown shop",
                         (unsigned long long)shop);
     return CS_OK;

@@ -1,0 +1,113 @@
+/*
+ * status.c: what the head office's server records about each branch (SPEC 5, the Managing
+ * shops view): the cursor it last acknowledged, when a frame from it last arrived, whether it
+ * is connected. The `status` database is observation, not state: it is not logged, not in any
+ * digest, and a replay does not rebuild it. serve batches it (one transaction per second of
+ * changes), so a lost batch costs a second of display, never correctness: the branch's cursor
+ * of record is the branch's own. Layout: docs/storage.md, "status".
+ */
+#include "engine/engine_int.h"
+
+#include <string.h>
+
+typedef struct status_batch {
+    cs_engine *e;
+    const cs_shop_status *st;
+    size_t n;
+} status_batch;
+
+static cs_err status_put(cs_log_txn *txn, cs_engine *e, const cs_shop_status *s)
+{
+    char key[13];
+    json_t *shop;
+    cs__shop_key(key, s->shop);
+    cs_err err = cs__net_get(cs_log_txn_mdb(txn), e->network, key, 13, &shop);
+    if (err == CS_NOT_FOUND)
+        return cs__fail(e, CS_INVALID_INPUT, "shop %llu is not a branch of this network",
+                        (unsigned long long)s->shop);
+    if (err != CS_OK)
+        return err;
+    json_decref(shop);
+    cs__pack p;
+    cs__pack_init(&p);
+    msgpack_pack_map(&p.pk, 3);
+    msgpack_pack_str_with_body(&p.pk, "cursor", 6);
+    msgpack_pack_uint64(&p.pk, s->cursor);
+    msgpack_pack_str_with_body(&p.pk, "last_seen", 9);
+    msgpack_pack_uint64(&p.pk, s->last_seen_ms);
+    msgpack_pack_str_with_body(&p.pk, "connected", 9);
+    if (s->connected)
+        msgpack_pack_true(&p.pk);
+    else
+        msgpack_pack_false(&p.pk);
+    uint8_t kb[8];
+    cs__be64_put(kb, s->shop);
+    MDB_val k = {8, kb}, v = {p.sb.size, p.sb.data};
+    err = p.failed ? CS_NO_MEMORY : cs_log_txn_put(txn, e->status, &k, &v, 0);
+    cs__pack_destroy(&p);
+    return err;
+}
+
+static cs_err status_fn(cs_log_txn *txn, void *ctx)
+{
+    status_batch *b = ctx;
+    if (cs__role(cs_log_txn_mdb(txn), b->e, NULL) != CS_ROLE_HEAD)
+        return cs__fail(b->e, CS_FORBIDDEN, "only a network's head office records branches");
+    cs_err err = CS_OK;
+    for (size_t i = 0; i < b->n && err == CS_OK; i++)
+        err = status_put(txn, b->e, &b->st[i]);
+    return err;
+}
+
+cs_err cs_engine_shop_status_save(cs_engine *e, const cs_shop_status *st, size_t n)
+{
+    e->errmsg[0] = '\0';
+    if (n == 0)
+        return CS_OK;
+    cs_assert(st != NULL);
+    status_batch b = {.e = e, .st = st, .n = n};
+    return cs_log_write(e->log, status_fn, &b);
+}
+
+cs_err cs__status_read(cs_engine *e, MDB_txn *m, uint64_t shop, cs_shop_status *out)
+{
+    uint8_t kb[8];
+    cs__be64_put(kb, shop);
+    MDB_val k = {8, kb}, v;
+    int rc = mdb_get(m, e->status, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return CS_NOT_FOUND;
+    if (rc)
+        return CS_IO;
+    msgpack_zone z;
+    msgpack_object o;
+    if (!msgpack_zone_init(&z, 128))
+        return CS_NO_MEMORY;
+    cs_shop_status s = {.shop = shop};
+    cs_err err = cs__unpack(v.mv_data, v.mv_size, &z, &o);
+    const msgpack_object *c = err == CS_OK ? cs__map_get(&o, "connected") : NULL;
+    if (err == CS_OK &&
+        (!cs__map_u64(&o, "cursor", &s.cursor) || !cs__map_u64(&o, "last_seen", &s.last_seen_ms) ||
+         !c || c->type != MSGPACK_OBJECT_BOOLEAN))
+        err = CS_CORRUPT;
+    if (err == CS_OK) {
+        s.connected = c->via.boolean;
+        *out = s;
+    }
+    msgpack_zone_destroy(&z);
+    return err;
+}
+
+cs_err cs_engine_shop_status_get(cs_engine *e, uint64_t shop, cs_shop_status *out)
+{
+    e->errmsg[0] = '\0';
+    MDB_txn *m;
+    cs_err err = cs_log_read_begin(e->log, &m);
+    if (err != CS_OK)
+        return err;
+    err = cs__status_read(e, m, shop, out);
+    cs_log_read_end(e->log, m);
+    if (err == CS_NOT_FOUND)
+        cs__fail(e, err, "shop %llu has not been seen by the server", (unsigned long long)shop);
+    return err;
+}
