@@ -287,7 +287,7 @@ bool cs__body_bin(const cs__body *b, const char *key, size_t len, const uint8_t 
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-uint64_t cs__now_ms(void)
+uint64_t cs__net_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

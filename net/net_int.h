@@ -217,7 +217,7 @@ void cs__server_pump_one(cs__server *s, cs__conn *c);
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-uint64_t cs__now_ms(void); /* wall clock, ms since the epoch */
+uint64_t cs__net_now_ms(void); /* wall clock, ms since the epoch */
 /* Splits "HOST:PORT" into a sockaddr. Errors: CS_INVALID_INPUT. */
 cs_err cs__parse_addr(const char *hostport, struct sockaddr_storage *out);
 

@@ -203,7 +203,7 @@ static void node_send(node *n, cs__buf *b)
         node_drop(n, CS_NETWORK, false, "cannot send to the head office: %s", uv_strerror(rc));
         return;
     }
-    n->last_tx_ms = cs__now_ms();
+    n->last_tx_ms = cs__net_now_ms();
 }
 
 static void send_uint_frame(node *n, unsigned type, const char *key, uint64_t v)
@@ -278,7 +278,7 @@ static void progress(node *n, bool last)
 {
     if (!n->o->progress || n->progress_total == 0)
         return;
-    uint64_t now = cs__now_ms();
+    uint64_t now = cs__net_now_ms();
     if (!last && now - n->progress_ms < PROGRESS_EVERY_MS)
         return;
     n->progress_ms = now;
@@ -373,7 +373,7 @@ static void on_welcome(node *n, const cs__body *b)
     n->chain = st.chain;
     n->progress_from = st.cursor;
     n->progress_total = head_seq > st.cursor ? head_seq - st.cursor : 0;
-    n->progress_t0 = cs__now_ms();
+    n->progress_t0 = cs__net_now_ms();
     node_logf(n, "authenticated as shop %llu at head office %llu; cursor %llu, head %llu",
               (unsigned long long)n->link.shop, (unsigned long long)head,
               (unsigned long long)st.cursor, (unsigned long long)head_seq);
@@ -549,7 +549,7 @@ static void node_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0 || n->state == N_CLOSING)
         return;
-    n->last_rx_ms = cs__now_ms();
+    n->last_rx_ms = cs__net_now_ms();
     if (cs__rx_feed(&n->rx, n->rbuf, (size_t)nread) != CS_OK) {
         node_drop(n, CS_NETWORK, false, "out of memory");
         return;
@@ -578,7 +578,7 @@ static void on_connected(uv_connect_t *req, int status)
         return;
     }
     uv_tcp_nodelay(&n->tcp, 1);
-    n->last_rx_ms = n->last_tx_ms = cs__now_ms();
+    n->last_rx_ms = n->last_tx_ms = cs__net_now_ms();
     n->caught_up = false;
     n->target = 0;
     randombytes_buf(n->cnonce, sizeof(n->cnonce));
@@ -620,7 +620,7 @@ static void node_connect(node *n)
     n->creq.data = n;
     n->rx.max_bytes = CS_NET_FRAME_BYTES_MAX;
     n->state = N_CONNECTING;
-    n->opened_ms = cs__now_ms();
+    n->opened_ms = cs__net_now_ms();
     rc = uv_tcp_connect(&n->creq, &n->tcp, (struct sockaddr *)&n->addr, on_connected);
     if (rc < 0)
         node_drop(n, CS_NETWORK, false, "cannot reach the head office at %s: %s", n->link.head,
@@ -632,7 +632,7 @@ static void node_connect(node *n)
 static void node_tick(uv_timer_t *t)
 {
     node *n = t->data;
-    uint64_t now = cs__now_ms();
+    uint64_t now = cs__net_now_ms();
     uint64_t limit = n->o->timeout_ms ? n->o->timeout_ms : CS_NET_HANDSHAKE_MS;
     if (n->state >= N_CONNECTING && n->state < N_STREAMING && now - n->opened_ms > limit)
         node_drop(n, CS_NETWORK, false, "no answer from the head office at %s within %llu ms",

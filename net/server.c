@@ -88,7 +88,7 @@ void cs__conn_send(cs__conn *c, cs__buf *b)
         cs__conn_close(c, CS_OK, uv_strerror(rc), true);
         return;
     }
-    c->last_tx_ms = cs__now_ms();
+    c->last_tx_ms = cs__net_now_ms();
 }
 
 /* ---- closing ----------------------------------------------------------------------------- */
@@ -158,7 +158,7 @@ void cs__conn_close(cs__conn *c, cs_err code, const char *message, bool now)
     if (was_streaming)
         remember_gone(s, c);
     c->state = CS__C_CLOSING;
-    c->closing_ms = cs__now_ms();
+    c->closing_ms = cs__net_now_ms();
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->shutdown.data = c;
     /* shutdown waits for the ERROR frame to be written; the tick closes it anyway after a
@@ -481,7 +481,7 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     }
     if (n == 0 || c->state == CS__C_CLOSING)
         return;
-    c->last_rx_ms = cs__now_ms();
+    c->last_rx_ms = cs__net_now_ms();
     if (c->state == CS__C_STREAMING)
         c->status_dirty = true;
     if (cs__rx_feed(&c->rx, c->srv->rbuf, (size_t)n) != CS_OK) {
@@ -547,7 +547,7 @@ static void on_connection(uv_stream_t *l, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     peer_name(c);
-    c->opened_ms = c->last_rx_ms = c->last_tx_ms = cs__now_ms();
+    c->opened_ms = c->last_rx_ms = c->last_tx_ms = cs__net_now_ms();
     if (s->nconns > CS_NET_CONNECTIONS_MAX) {
         cs__conn_close(c, CS_NETWORK, "the head office has too many connections", false);
         return;
@@ -629,7 +629,7 @@ static void on_tick_stopping(cs__server *s);
 static void on_tick(uv_timer_t *t)
 {
     cs__server *s = t->data;
-    uint64_t now = cs__now_ms();
+    uint64_t now = cs__net_now_ms();
     for (cs__conn *c = s->conns, *next; c; c = next) {
         next = c->next;
         conn_tick(s, c, now);
@@ -806,7 +806,7 @@ cs_err cs_server_run(cs_engine *e, const char *dir, const cs_server_options *o, 
     s->log = cs_engine_log(e);
     s->out = o->log ? o->log : stderr;
     s->stuck_ms = o->stuck_ms ? o->stuck_ms : CS_NET_STUCK_MS;
-    s->last_flush_ms = s->last_safety_ms = cs__now_ms();
+    s->last_flush_ms = s->last_safety_ms = cs__net_now_ms();
     cs_err err = server_load(s, errmsg, errmsg_len);
     if (err == CS_OK)
         err = server_handles(s, dir, errmsg, errmsg_len);

@@ -64,7 +64,7 @@ static void pump(cs__server *s, cs_log_reader *r, cs__conn *c)
     if (c->caught_up_due && c->send_next > c->caught_up_seq)
         send_caught_up(c);
     if (c->queued >= CS_NET_SENDQ_BYTES_HIGH && !c->paused_ms)
-        c->paused_ms = cs__now_ms();
+        c->paused_ms = cs__net_now_ms();
     cs_assert(c->state != CS__C_STREAMING || conn_stream_invariants_hold(c));
 }
 
