@@ -8,6 +8,7 @@
 #define CS_TEST_RUN_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -177,6 +178,40 @@ static inline bool cs_run(cs_run_result *r, const char *input, const char *data_
     r->out_len = o.len;
     r->err = e.buf ? e.buf : strdup("");
     return wrote && r->out && r->err;
+}
+
+/* Starts `chainsync args...` in the background with stdin from /dev/null and stdout and stderr
+ * appended to log_path (NULL = /dev/null). Returns the pid, or -1. The caller stops it with
+ * cs_run_stop (every test reaps what it starts, by pid). */
+static inline pid_t cs_run_spawn(const char *const *args, const char *log_path)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    int in = open("/dev/null", O_RDONLY);
+    int out = open(log_path ? log_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (in < 0 || out < 0)
+        _exit(127);
+    cs_run_child(args, in, out, out, NULL);
+    return -1; /* not reached */
+}
+
+/* Sends sig (SIGTERM for a clean stop, SIGKILL for a crash) and reaps pid, killing it when it
+ * has not exited within deadline_ms. Returns the exit code (-1 when killed by a signal). */
+static inline int cs_run_stop(pid_t pid, int sig, uint64_t deadline_ms)
+{
+    if (pid <= 0)
+        return -1;
+    kill(pid, sig);
+    return cs_run_reap(pid, cs_run_now_ms() + deadline_ms);
+}
+
+/* Sleeps ms milliseconds. */
+static inline void cs_run_sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
 }
 
 #endif

@@ -191,8 +191,9 @@ static const cs_cli_cmd commands[] = {
      "proves it knows the password read from standard input, and takes the whole catalog\n"
      "(R5a). DIR is created, or a single store there becomes the branch: its own items stay\n"
      "local items (R10). The branch keeps keys derived from the password, never the password.\n"
-     "Exits 0 once in step; 2 when refused (auth_failed, not_in_network), 4 when the head\n"
-     "office cannot be reached.\n\n"
+     "Exits 0 once in step; 2 when refused (not_in_network); 4 for a wrong password\n"
+     "(auth_failed) or when the head office cannot be reached (network_error). A refused\n"
+     "join into a new directory leaves no directory behind.\n\n"
      "Example:\n  echo \"$PW\" | chainsync branch join --data /srv/b1 --head hq:7400 --shop 123 "
      "--password-stdin\n",
      NULL},
