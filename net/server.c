@@ -146,10 +146,12 @@ void cs__conn_close(cs__conn *c, cs_err code, const char *message, bool now)
             cs__buf_unref(b);
         }
     }
-    if (c->shop && was_streaming)
-        cs__server_logf(s, "shop %llu from %s: dropped: %s%s%s", (unsigned long long)c->shop,
-                        c->peer, code != CS_OK ? cs_err_name(code) : "", code != CS_OK ? ": " : "",
-                        message);
+    if (c->shop && was_streaming && code != CS_OK)
+        cs__server_logf(s, "shop %llu from %s: dropped: %s: %s", (unsigned long long)c->shop,
+                        c->peer, cs_err_name(code), message);
+    else if (c->shop && was_streaming)
+        cs__server_logf(s, "shop %llu from %s: disconnected: %s", (unsigned long long)c->shop,
+                        c->peer, message);
     else if (code != CS_OK && c->state != CS__C_STREAMING)
         cs__server_logf(s, "connection from %s: refused: %s: %s", c->peer, cs_err_name(code),
                         message);

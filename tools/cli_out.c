@@ -327,10 +327,11 @@ static char *last_seen_text(const json_t *v)
 
 int cs_cli_print_shops_table(const json_t *shops)
 {
-    static const char *const keys[] = {"id", "name", "role", "switch", "cursor", "lag", "linked"};
-    const char *headers[] = {"id",     "name", "role",   "switch",
-                             "cursor", "lag",  "linked", "last_seen"};
-    enum { NCOLS = 8 };
+    static const char *const keys[] = {"id",  "name",   "role",      "switch", "cursor",
+                                       "lag", "lag_ms", "connected", "linked"};
+    const char *headers[] = {"id",  "name",   "role",   "switch", "cursor",
+                             "lag", "lag_ms", "online", "linked", "last_seen"};
+    enum { NCOLS = 10 };
     cs_cli_table *t = cs_cli_table_new(NCOLS, headers);
     if (!t)
         return cs_cli_fail(CS_NO_MEMORY, NULL);
@@ -344,6 +345,8 @@ int cs_cli_print_shops_table(const json_t *shops)
             const json_t *v = json_object_get(shop, keys[c]);
             if (strcmp(keys[c], "switch") == 0 && json_is_boolean(v))
                 cells[c] = strdup(json_is_true(v) ? "on" : "off");
+            else if (strcmp(keys[c], "connected") == 0 && json_is_boolean(v))
+                cells[c] = strdup(json_is_true(v) ? "yes" : "no");
             else
                 cells[c] = v && !json_is_null(v) ? cs_cli_value_text(v) : strdup("-");
             ok = ok && cells[c];
