@@ -58,8 +58,9 @@ static const cs_cli_cmd commands[] = {
     {"shop", "add", cs_cmd_shop_add, "add and link a branch; prints its shop id",
      "shop add --name NAME --password-stdin",
      "Adds a branch named NAME to the network and links it: it gets the whole catalog at once\n"
-     "(R5a). Its password is read as one line from standard input and stored only as an\n"
-     "argon2id hash, never in the log (R9). Prints the branch's shop id, which the branch uses\n"
+     "(R5a). Its password is read as one line from standard input and stored only as keys\n"
+     "derived from it with argon2id, never in the log (R9). Prints the branch's shop id, which the "
+     "branch uses\n"
      "to join. Head office only.\n\n"
      "Options:\n  --name NAME        the branch's name\n"
      "  --password-stdin   read the branch's password from standard input (required)\n\n"
