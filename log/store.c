@@ -13,7 +13,8 @@
  *   5. map_bytes is this process's map size as LMDB has it (mdb_env_info) after every resize:
  *      growing it, or adopting a size another process grew the file to (MDB_MAP_RESIZED), which
  *      cs__map_adopt does for the read and the write path alike. Growth starts from that size,
- *      so it never shrinks a map another process made larger (docs/storage.md, "map size").
+ *      so it never shrinks a map another process made larger (docs/storage.md, "Map size across
+ * processes").
  */
 #include "log/log_int.h"
 

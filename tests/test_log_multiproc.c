@@ -5,7 +5,7 @@
  * A process that opened a directory maps it at the size it had then. When another process
  * appends enough to grow the map, LMDB refuses the first process's next transaction with
  * MDB_MAP_RESIZED until it adopts the new size (mdb_env_set_mapsize(env, 0)), which is legal
- * only while it has no transaction of its own open (docs/storage.md, "map size").
+ * only while it has no transaction of its own open (docs/storage.md, "Map size across processes").
  *
  * The grower is this program executed again (`test_log_multiproc grow DIR MODE MB`): a real,
  * separate process that opens the directory itself and appends MB megabytes of large events, so
