@@ -316,11 +316,12 @@ cs_err cs_digest_dbs(MDB_txn *txn, const MDB_dbi *dbis, size_t n, uint64_t *out)
 cs_err cs_engine_digest(cs_engine *e, uint64_t *out)
 {
     MDB_txn *txn;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &txn))
-        return CS_IO;
+    cs_err err = cs__read_begin(e, &txn);
+    if (err != CS_OK)
+        return err;
     MDB_dbi dbis[2] = {e->items, e->network};
-    cs_err err = cs_digest_dbs(txn, dbis, 2, out);
-    mdb_txn_abort(txn);
+    err = cs_digest_dbs(txn, dbis, 2, out);
+    cs_log_read_end(e->log, txn);
     return err;
 }
 
@@ -418,7 +419,8 @@ cs_err cs_engine_replay_digest(cs_engine *e, const char *scratch_dir, uint64_t *
     if (err == CS_OK)
         err = cs_engine_digest(rc.dst, out);
     else
-        cs__fail(e, err, "replay stopped: %s", cs_log_reader_errmsg(rc.r));
+        cs__fail(e, err, "replay stopped: %s",
+                 rc.r ? cs_log_reader_errmsg(rc.r) : cs_log_errmsg(e->log));
     cs_event_decoder_free(rc.dec);
     cs_log_reader_close(rc.r);
     cs_engine_close(rc.dst);

@@ -262,7 +262,7 @@ static cs_err shop_linked(cs_engine *e, MDB_txn *m, uint64_t shop, bool *linked)
 static cs_err keys_read(cs_engine *e, uint64_t shop, cs_auth_keys *out, bool *known, bool *linked)
 {
     MDB_txn *m;
-    cs_err err = cs_log_read_begin(e->log, &m);
+    cs_err err = cs__read_begin(e, &m);
     if (err != CS_OK)
         return err;
     uint64_t self = 0;

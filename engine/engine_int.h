@@ -57,6 +57,11 @@ void cs__pack_destroy(cs__pack *p);
 cs_err cs__fail(cs_engine *e, cs_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Begins a read snapshot of the data directory through cs_log_read_begin (which adopts a map
+ * another process grew); on failure e->errmsg holds cs_log_errmsg's sentence. End the read
+ * with cs_log_read_end(e->log, txn). Errors: those of cs_log_read_begin. */
+cs_err cs__read_begin(cs_engine *e, MDB_txn **txn);
+
 /* Packs a record; fields are raw msgpack bytes (a map). */
 cs_err cs__item_pack(cs__pack *p, const cs_item *hdr, const uint8_t *fields, size_t fields_len);
 

@@ -133,12 +133,12 @@ static cs_err read_only_copy(cs_engine *e, const cs_type *t, uint64_t id)
 static bool is_copy(cs_engine *e, const cs_type *t, uint64_t id)
 {
     MDB_txn *m;
-    if (t->cls == CS_CLASS_LOCAL || mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
+    if (t->cls == CS_CLASS_LOCAL || cs_log_read_begin(e->log, &m) != CS_OK)
         return false;
     cs_item it;
     msgpack_zone_clear(&e->zone);
     bool copy = cs_item_read(m, e->items, t, id, &e->zone, &it) == CS_OK && it.has_origin;
-    mdb_txn_abort(m);
+    cs_log_read_end(e->log, m);
     return copy;
 }
 

@@ -28,10 +28,11 @@ cs_err cs_engine_self_txn(cs_engine *e, MDB_txn *m, cs_shop_info *out)
 cs_err cs_engine_self(cs_engine *e, cs_shop_info *out)
 {
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
-        return CS_IO;
-    cs_err err = cs_engine_self_txn(e, m, out);
-    mdb_txn_abort(m);
+    cs_err err = cs__read_begin(e, &m);
+    if (err != CS_OK)
+        return err;
+    err = cs_engine_self_txn(e, m, out);
+    cs_log_read_end(e->log, m);
     return err;
 }
 
@@ -150,10 +151,10 @@ cs_err cs_engine_shop_list(cs_engine *e, json_t **out)
 {
     e->errmsg[0] = '\0';
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
-        return CS_IO;
+    cs_err err = cs__read_begin(e, &m);
+    if (err != CS_OK)
+        return err;
     cs_role role = cs__role(m, e, NULL);
-    cs_err err = CS_OK;
     if (role == CS_ROLE_NONE)
         err = cs__fail(e, CS_NOT_FOUND, "this directory is not initialised: run chainsync init");
     else if (role == CS_ROLE_SINGLE)
@@ -165,7 +166,7 @@ cs_err cs_engine_shop_list(cs_engine *e, json_t **out)
         err = CS_NO_MEMORY;
     if (err == CS_OK)
         err = list_shops(e, m, arr);
-    mdb_txn_abort(m);
+    cs_log_read_end(e->log, m);
     if (err != CS_OK) {
         json_decref(arr);
         return err;
@@ -219,10 +220,11 @@ cs_err cs_engine_whatsapp_resolve(cs_engine *e, uint64_t shop, char **out)
 {
     e->errmsg[0] = '\0';
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
-        return CS_IO;
-    cs_err err = resolve(e, m, shop, out);
-    mdb_txn_abort(m);
+    cs_err err = cs__read_begin(e, &m);
+    if (err != CS_OK)
+        return err;
+    err = resolve(e, m, shop, out);
+    cs_log_read_end(e->log, m);
     return err;
 }
 
@@ -279,14 +281,15 @@ cs_err cs_engine_outbox(cs_engine *e, json_t **out)
 {
     MDB_txn *m;
     MDB_cursor *cur;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
-        return CS_IO;
+    cs_err err = cs__read_begin(e, &m);
+    if (err != CS_OK)
+        return err;
     if (mdb_cursor_open(m, e->outbox, &cur)) {
-        mdb_txn_abort(m);
+        cs_log_read_end(e->log, m);
         return CS_IO;
     }
     json_t *arr = json_array();
-    cs_err err = arr ? CS_OK : CS_NO_MEMORY;
+    err = arr ? CS_OK : CS_NO_MEMORY;
     MDB_val k, v;
     int rc;
     while (err == CS_OK && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
@@ -297,7 +300,7 @@ cs_err cs_engine_outbox(cs_engine *e, json_t **out)
             err = CS_NO_MEMORY;
     }
     mdb_cursor_close(cur);
-    mdb_txn_abort(m);
+    cs_log_read_end(e->log, m);
     if (err != CS_OK) {
         json_decref(arr);
         return err;

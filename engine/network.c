@@ -154,10 +154,10 @@ cs_err cs_engine_init(cs_engine *e, const char *name, uint64_t *shop_out)
     if (err != CS_OK)
         return err;
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
-        return CS_IO;
+    if ((err = cs__read_begin(e, &m)) != CS_OK)
+        return err;
     cs_role role = cs__role(m, e, NULL);
-    mdb_txn_abort(m);
+    cs_log_read_end(e->log, m);
     if (role != CS_ROLE_NONE)
         return cs__fail(e, CS_FORBIDDEN, "this directory is already a %s shop", cs_role_name(role));
     if (sodium_init() < 0)
@@ -212,13 +212,14 @@ cs_err cs_engine_network_create(cs_engine *e, const char *name)
 static cs_err read_net(cs_engine *e, json_t **out)
 {
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, &m))
-        return CS_IO;
+    cs_err err = cs__read_begin(e, &m);
+    if (err != CS_OK)
+        return err;
     net_cmd c = {.e = e, .need = CS_ROLE_HEAD};
-    cs_err err = check_role(&c, cs__role(m, e, NULL));
+    err = check_role(&c, cs__role(m, e, NULL));
     if (err == CS_OK)
         err = cs__net_get(m, e->network, "net", 3, out);
-    mdb_txn_abort(m);
+    cs_log_read_end(e->log, m);
     return err;
 }
 
@@ -465,7 +466,7 @@ cs_err cs_engine_shop_auth(cs_engine *e, uint64_t shop, const char *password)
 {
     e->errmsg[0] = '\0';
     MDB_txn *m;
-    cs_err err = cs_log_read_begin(e->log, &m);
+    cs_err err = cs__read_begin(e, &m);
     if (err != CS_OK)
         return err;
     cs_auth_keys k;

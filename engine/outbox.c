@@ -21,7 +21,7 @@ cs_err cs_engine_outbox_next(cs_engine *e, uint64_t after, uint64_t *key_out, ui
         return CS_NOT_FOUND;
     MDB_txn *m;
     MDB_cursor *cur;
-    cs_err err = cs_log_read_begin(e->log, &m);
+    cs_err err = cs__read_begin(e, &m);
     if (err != CS_OK)
         return err;
     if (mdb_cursor_open(m, e->outbox, &cur)) {
@@ -139,7 +139,7 @@ cs_err cs_engine_rejected(cs_engine *e, json_t **out)
     e->errmsg[0] = '\0';
     MDB_txn *m;
     MDB_cursor *cur;
-    cs_err err = cs_log_read_begin(e->log, &m);
+    cs_err err = cs__read_begin(e, &m);
     if (err != CS_OK)
         return err;
     if (mdb_cursor_open(m, e->rejected, &cur)) {

@@ -6,14 +6,6 @@
 
 #include <string.h>
 
-static cs_err read_begin(cs_engine *e, MDB_txn **txn)
-{
-    int rc = mdb_txn_begin(cs_log_env(e->log), NULL, MDB_RDONLY, txn);
-    if (rc)
-        return cs__fail(e, CS_IO, "cannot read the data directory: %s", mdb_strerror(rc));
-    return CS_OK;
-}
-
 /* The start of every item read: the type by name, a read snapshot, and the database that type's
  * items live in (shop-local ones in `local`). */
 static cs_err read_type(cs_engine *e, const char *type, const cs_type **t, MDB_txn **txn,
@@ -24,7 +16,7 @@ static cs_err read_type(cs_engine *e, const char *type, const cs_type **t, MDB_t
     if (!*t)
         return cs__fail(e, CS_UNKNOWN_TYPE, "'%s' is not a type", type ? type : "");
     *dbi = (*t)->cls == CS_CLASS_LOCAL ? e->local : e->items;
-    return read_begin(e, txn);
+    return cs__read_begin(e, txn);
 }
 
 cs_err cs_engine_get(cs_engine *e, const char *type, uint64_t id, json_t **out)
@@ -42,7 +34,7 @@ cs_err cs_engine_get(cs_engine *e, const char *type, uint64_t id, json_t **out)
         err = cs_item_json(t, id, &it, out);
     else if (err == CS_NOT_FOUND)
         cs__fail(e, err, "%s %llu does not exist", t->name, (unsigned long long)id);
-    mdb_txn_abort(txn);
+    cs_log_read_end(e->log, txn);
     return err;
 }
 
@@ -75,7 +67,7 @@ cs_err cs_engine_list(cs_engine *e, const char *type, bool archived, json_t **ou
     MDB_cursor *cur;
     if (!arr || mdb_cursor_open(txn, dbi, &cur)) {
         json_decref(arr);
-        mdb_txn_abort(txn);
+        cs_log_read_end(e->log, txn);
         return arr ? CS_IO : CS_NO_MEMORY;
     }
     uint8_t kb[9];
@@ -90,7 +82,7 @@ cs_err cs_engine_list(cs_engine *e, const char *type, bool archived, json_t **ou
     if (err == CS_OK && rc != 0 && rc != MDB_NOTFOUND)
         err = CS_IO;
     mdb_cursor_close(cur);
-    mdb_txn_abort(txn);
+    cs_log_read_end(e->log, txn);
     if (err != CS_OK) {
         json_decref(arr);
         return cs__fail(e, err, "cannot list %s: a record does not read back", t->name);

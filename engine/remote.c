@@ -204,7 +204,7 @@ static cs_err remote_prepare(remote_ctx *rc, const entry_view *ev, uint8_t **pac
 static cs_err answered_before(remote_ctx *rc, bool *found)
 {
     MDB_txn *m;
-    cs_err err = cs_log_read_begin(rc->e->log, &m);
+    cs_err err = cs__read_begin(rc->e, &m);
     if (err != CS_OK)
         return err;
     if (cs__role(m, rc->e, NULL) != CS_ROLE_HEAD)

@@ -22,6 +22,12 @@ cs_err cs__fail(cs_engine *e, cs_err err, const char *fmt, ...)
     return err;
 }
 
+cs_err cs__read_begin(cs_engine *e, MDB_txn **txn)
+{
+    cs_err err = cs_log_read_begin(e->log, txn);
+    return err == CS_OK ? CS_OK : cs__fail(e, err, "%s", cs_log_errmsg(e->log));
+}
+
 /* ---- item records ------------------------------------------------------------------------ */
 
 void cs_item_key(uint8_t key[9], const cs_type *t, uint64_t id)

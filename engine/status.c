@@ -102,7 +102,7 @@ cs_err cs_engine_shop_status_get(cs_engine *e, uint64_t shop, cs_shop_status *ou
 {
     e->errmsg[0] = '\0';
     MDB_txn *m;
-    cs_err err = cs_log_read_begin(e->log, &m);
+    cs_err err = cs__read_begin(e, &m);
     if (err != CS_OK)
         return err;
     err = cs__status_read(e, m, shop, out);

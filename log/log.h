@@ -217,12 +217,13 @@ cs_err cs_log_append(cs_log *log, const cs_event *events, size_t n, uint64_t *fi
 /* ---- reading ----------------------------------------------------------------------------- */
 
 /* Begins an LMDB read transaction on the log's environment: the one place every layer starts a
- * read. When another process has grown the map past this process's size (MDB_MAP_RESIZED) the
- * new size is adopted (mdb_env_set_mapsize(env, 0), legal because this process then has no
- * transaction open) and the begin retried. While it is open the map cannot grow in this process,
- * so keep it short in a process that also writes. End it with cs_log_read_end (never with
- * mdb_txn_abort). *out is borrowed until then. Errors: CS_IO with cs_log_errmsg saying why,
- * CS_NO_MEMORY. */
+ * read. When another process's data has outgrown this process's map (MDB_MAP_RESIZED) the new
+ * size is adopted (mdb_env_set_mapsize(env, 0)) and the begin retried; that is legal only while
+ * this process has no transaction open, so with one open the begin fails with CS_IO instead.
+ * While it is open the map cannot grow or be adopted in this process, so keep it short in a
+ * process that also writes. End it with cs_log_read_end (never with mdb_txn_abort). *out is
+ * borrowed until then and untouched on failure. Errors: CS_IO, CS_NO_MEMORY, each with
+ * cs_log_errmsg saying why. */
 cs_err cs_log_read_begin(cs_log *log, MDB_txn **out);
 void cs_log_read_end(cs_log *log, MDB_txn *txn); /* accepts NULL */
 
@@ -238,7 +239,8 @@ typedef struct cs_log_record {
 
 /* A reader is a consistent snapshot (an LMDB read transaction) of the log. Owned by the
  * caller; close with cs_log_reader_close. While any reader is open the map cannot grow, so
- * keep readers short in a process that also writes. Errors: CS_IO, CS_NO_MEMORY. */
+ * keep readers short in a process that also writes. Begins through cs_log_read_begin. Errors:
+ * CS_IO, CS_NO_MEMORY; there is no reader then, and cs_log_errmsg(log) says why. */
 cs_err cs_log_reader_open(cs_log *log, cs_log_reader **out);
 void cs_log_reader_close(cs_log_reader *r); /* accepts NULL */
 const char *cs_log_reader_errmsg(const cs_log_reader *r);

@@ -14,14 +14,15 @@
 
 struct cs_log {
     MDB_env *env;
-    MDB_dbi events; /* seq (u64 BE) -> checksum u64 BE, chain u64 BE, msgpack event */
-    MDB_dbi times;  /* time_ms (u64 BE) -> first seq (u64 BE) with that time */
-    MDB_dbi meta;   /* "format" -> u32 BE */
-    size_t map_bytes;
+    MDB_dbi events;   /* seq (u64 BE) -> checksum u64 BE, chain u64 BE, msgpack event */
+    MDB_dbi times;    /* time_ms (u64 BE) -> first seq (u64 BE) with that time */
+    MDB_dbi meta;     /* "format" -> u32 BE */
+    size_t map_bytes; /* this process's map size: LMDB's me_mapsize after every resize */
     size_t map_bytes_max;
     unsigned flags;
-    unsigned readers_open; /* the map may grow only while this is 0 */
+    unsigned readers_open; /* the map may grow or be adopted only while this is 0 */
     bool in_write;
+    bool map_lost;    /* a resize unmapped the old map and could not map the new: refuse all */
     uint8_t *scratch; /* owned: reused encode buffer for appends */
     size_t scratch_cap;
     char errmsg[CS__ERRMSG_BYTES];
@@ -90,6 +91,16 @@ static inline uint32_t cs__get_u32(const uint8_t *p)
  * a sentence in msg otherwise; CS_IO when `meta` cannot be read. */
 cs_err cs__head_check(MDB_txn *txn, MDB_dbi meta, uint64_t last_seq, uint64_t last_chain,
                       uint64_t *bad_seq, char *msg, size_t msg_len);
+
+/* CS_OK while the environment is mapped; CS_IO with a sentence once a resize lost the map. */
+cs_err cs__map_check(cs_log *log);
+
+/* Adopts the map size another process grew the environment to, after LMDB refused a begin
+ * with MDB_MAP_RESIZED (mdb_env_set_mapsize(env, 0)). Legal only with no transaction of this
+ * process open: LMDB checks only for a write transaction, and unmapping under one of our read
+ * snapshots would leave its pages dangling, so an open reader makes this CS_IO with a
+ * sentence. Updates map_bytes. Errors: CS_IO, CS_NO_MEMORY (the map is then lost). */
+cs_err cs__map_adopt(cs_log *log);
 
 /* Maps an LMDB return code to ours. */
 cs_err cs__mdb_err(int rc);

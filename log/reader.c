@@ -65,17 +65,22 @@ cs_err cs__head_check(MDB_txn *txn, MDB_dbi meta, uint64_t last_seq, uint64_t la
  * adoption is enough unless the other process keeps growing between our two calls. */
 #define READ_BEGIN_ATTEMPTS_MAX 8
 
+/* LMDB (mdb_txn_renew0) refuses a read with MDB_MAP_RESIZED exactly when the snapshot's last
+ * page lies beyond this process's map, so a snapshot that began never touches a page outside
+ * it: nothing here can fault on a map another process grew. Adopting the new size remaps the
+ * environment, hence cs__map_adopt's rule (no transaction of ours open). */
 cs_err cs_log_read_begin(cs_log *log, MDB_txn **out)
 {
-    int rc = MDB_MAP_RESIZED;
-    for (int attempt = 0; attempt < READ_BEGIN_ATTEMPTS_MAX && rc == MDB_MAP_RESIZED; attempt++) {
+    cs_err err = cs__map_check(log);
+    int rc = 0;
+    for (int attempt = 0; err == CS_OK && attempt < READ_BEGIN_ATTEMPTS_MAX; attempt++) {
         rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, out);
-        /* Adopting the new size is legal only with no transaction open in this process. */
-        if (rc == MDB_MAP_RESIZED && (log->readers_open > 0 || log->in_write))
+        if (rc != MDB_MAP_RESIZED)
             break;
-        if (rc == MDB_MAP_RESIZED && (rc = mdb_env_set_mapsize(log->env, 0)) == 0)
-            rc = MDB_MAP_RESIZED; /* adopted: begin again */
+        err = cs__map_adopt(log); /* then begin again */
     }
+    if (err != CS_OK)
+        return err;
     if (rc) {
         snprintf(log->errmsg, sizeof(log->errmsg), "cannot begin a read of the data directory: %s",
                  mdb_strerror(rc));

@@ -10,6 +10,11 @@
  *   3. event times never decrease; `times` maps each distinct time to its first sequence.
  *   4. a write that fails leaves nothing: the transaction aborts whole (LMDB's atomicity), and a
  *      full map is grown only with no transaction of this process open (LMDB's rule).
+ *   5. map_bytes is this process's map size as LMDB has it (mdb_env_info) after every resize:
+ *      growing it, or adopting a size another process grew the file to (MDB_MAP_RESIZED), which
+ *      cs__map_adopt does for the read and the write path alike. Growth starts from that size,
+ *      so it never shrinks a map another process made larger (docs/storage.md, "Map size across
+ * processes").
  */
 #include "log/log_int.h"
 
@@ -77,6 +82,56 @@ uint64_t cs_log_chain(uint64_t prev_chain, uint64_t checksum)
     cs__put_u64(b, prev_chain);
     cs__put_u64(b + 8, checksum);
     return XXH3_64bits(b, sizeof(b));
+}
+
+/* ---- the map size ------------------------------------------------------------------------ */
+
+cs_err cs__map_check(cs_log *log)
+{
+    if (!log->map_lost)
+        return CS_OK;
+    return log_fail(log, CS_IO,
+                    "the data directory is no longer mapped (a resize failed): reopen it");
+}
+
+/* After any mdb_env_set_mapsize: LMDB may have rounded the size up (never below the data). */
+static void map_bytes_refresh(cs_log *log)
+{
+    MDB_envinfo info;
+    int rc = mdb_env_info(log->env, &info); /* fails only on NULL arguments */
+    cs_assert(rc == 0);
+    (void)rc;
+    log->map_bytes = info.me_mapsize;
+}
+
+/* mdb_env_set_mapsize unmaps the old map before it maps the new one: when that fails, nothing
+ * of the environment may be touched again (its meta pointers point into the old map). */
+static cs_err map_resize(cs_log *log, size_t bytes, cs_err err, const char *what)
+{
+    cs_assert(log->readers_open == 0);
+    cs_assert(!log->in_write);
+    int rc = mdb_env_set_mapsize(log->env, bytes);
+    if (rc) {
+        log->map_lost = true;
+        return log_fail(log, rc == ENOMEM ? CS_NO_MEMORY : err, "%s: %s", what, mdb_strerror(rc));
+    }
+    map_bytes_refresh(log);
+    return CS_OK;
+}
+
+cs_err cs__map_adopt(cs_log *log)
+{
+    if (log->readers_open > 0 || log->in_write)
+        return log_fail(log, CS_IO,
+                        "another process grew the data directory's map; this process adopts "
+                        "the new size only with no transaction of its own open (%u read%s open)",
+                        log->readers_open, log->readers_open == 1 ? " is" : "s are");
+    size_t before = log->map_bytes;
+    cs_err err = map_resize(log, 0, CS_IO, "cannot map the data directory at its new size");
+    /* MDB_MAP_RESIZED means the data outgrew our map: the size adopted covers it. */
+    cs_assert(err != CS_OK || log->map_bytes >= before);
+    (void)before;
+    return err;
 }
 
 /* ---- open / close ------------------------------------------------------------------------ */
@@ -189,18 +244,35 @@ MDB_env *cs_log_env(cs_log *log)
     return log->env;
 }
 
+typedef struct dbi_open_ctx {
+    const char *name;
+    unsigned flags;
+    MDB_dbi dbi;
+} dbi_open_ctx;
+
+static cs_err txn_fail(cs_log_txn *t, int rc, const char *what);
+
+static cs_err dbi_open_fn(cs_log_txn *t, void *ctx)
+{
+    dbi_open_ctx *c = ctx;
+    int rc = mdb_dbi_open(t->txn, c->name, c->flags | MDB_CREATE, &c->dbi);
+    if (rc == 0)
+        return CS_OK;
+    char what[96];
+    snprintf(what, sizeof(what), "open database %s", c->name);
+    return txn_fail(t, rc, what);
+}
+
+/* Through cs_log_write, so that a map another process grew, or a full one, is handled as for
+ * any write: a module above may open its databases long after the directory was opened. */
 cs_err cs_log_dbi_open(cs_log *log, const char *name, unsigned mdb_flags, MDB_dbi *out)
 {
     cs_assert(!log->in_write);
-    MDB_txn *txn;
-    int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
-    if (rc == 0 && (rc = mdb_dbi_open(txn, name, mdb_flags | MDB_CREATE, out)) != 0)
-        mdb_txn_abort(txn);
-    else if (rc == 0)
-        rc = mdb_txn_commit(txn);
-    if (rc)
-        return log_fail(log, cs__mdb_err(rc), "open database %s: %s", name, mdb_strerror(rc));
-    return CS_OK;
+    dbi_open_ctx c = {.name = name, .flags = mdb_flags};
+    cs_err err = cs_log_write(log, dbi_open_fn, &c);
+    if (err == CS_OK)
+        *out = c.dbi;
+    return err;
 }
 
 /* ---- the write transaction --------------------------------------------------------------- */
@@ -227,33 +299,40 @@ static cs_err put_head(cs_log_txn *t)
     return rc ? txn_fail(t, rc, "record the head") : CS_OK;
 }
 
+/* Doubles the map from the size LMDB has now (map_bytes, kept equal to mdb_env_info's by
+ * every resize), which may be one another process grew the file to and this one adopted: a
+ * doubling from the size this process last chose itself could shrink the map. */
 static cs_err grow_map(cs_log *log)
 {
     if (log->readers_open > 0)
         return log_fail(log, CS_STORAGE_FULL, "map full while a reader is open");
-    if (log->map_bytes >= log->map_bytes_max)
+    size_t cur = log->map_bytes;
+    if (cur >= log->map_bytes_max)
         return log_fail(log, CS_STORAGE_FULL, "data directory reached its maximum size (%zu bytes)",
                         log->map_bytes_max);
-    size_t next = log->map_bytes * 2;
-    if (next < log->map_bytes || next > log->map_bytes_max)
+    size_t next = cur * 2;
+    if (next < cur || next > log->map_bytes_max)
         next = log->map_bytes_max;
-    int rc = mdb_env_set_mapsize(log->env, next);
-    if (rc)
-        return log_fail(log, CS_STORAGE_FULL, "cannot grow the map: %s", mdb_strerror(rc));
-    log->map_bytes = next;
-    return CS_OK;
+    cs_err err = map_resize(log, next, CS_STORAGE_FULL, "cannot grow the map");
+    cs_assert(err != CS_OK || log->map_bytes >= next);
+    return err;
 }
 
 cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
 {
     cs_assert(!log->in_write);
     log->errmsg[0] = '\0';
+    cs_err merr = cs__map_check(log);
+    if (merr != CS_OK)
+        return merr;
     for (int attempt = 0; attempt < WRITE_ATTEMPTS_MAX; attempt++) {
         cs_log_txn t = {.log = log};
         int rc = mdb_txn_begin(log->env, NULL, 0, &t.txn);
-        if (rc == MDB_MAP_RESIZED) { /* another process grew it: adopt its size */
-            if ((rc = mdb_env_set_mapsize(log->env, 0)) == 0)
-                continue;
+        if (rc == MDB_MAP_RESIZED) { /* another process's data outgrew our map: adopt its size */
+            cs_err aerr = cs__map_adopt(log);
+            if (aerr != CS_OK)
+                return aerr;
+            continue;
         }
         if (rc)
             return log_fail(log, cs__mdb_err(rc), "begin write: %s", mdb_strerror(rc));

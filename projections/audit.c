@@ -50,6 +50,12 @@ cs_err cs__audit_fail(cs_audit *a, cs_err err, const char *fmt, ...)
     return err;
 }
 
+cs_err cs__audit_read_begin(cs_audit *a, cs_log *log, MDB_txn **txn)
+{
+    cs_err err = cs_log_read_begin(log, txn);
+    return err == CS_OK ? CS_OK : cs__audit_fail(a, err, "%s", cs_log_errmsg(log));
+}
+
 const char *cs__audit_type_name(uint8_t code, char *buf, size_t len)
 {
     const cs_type *t = cs_schema_by_code(code);
@@ -67,10 +73,10 @@ static bool dir_is_branch(cs_audit *a)
 {
     MDB_txn *t;
     MDB_dbi d;
-    if (mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &t))
+    if (cs_log_read_begin(a->log, &t) != CS_OK)
         return false;
     int rc = mdb_dbi_open(t, "branch", 0, &d);
-    mdb_txn_abort(t);
+    cs_log_read_end(a->log, t);
     cs_shop_info self;
     return rc == 0 || (cs_engine_self(a->e, &self) == CS_OK && self.role == CS_ROLE_BRANCH);
 }
@@ -393,15 +399,14 @@ static cs_err ckpt_write_fn(cs_log_txn *txn, void *ctx)
         return cs__audit_fail(c->a, CS_CORRUPT, "a checkpoint after %llu already exists",
                               (unsigned long long)c->h.seq);
     MDB_txn *src;
-    if (err == CS_OK && mdb_txn_begin(cs_log_env(cs_engine_log(c->s->e)), NULL, MDB_RDONLY, &src))
-        err = CS_IO;
-    else if (err == CS_OK) {
+    cs_log *src_log = cs_engine_log(c->s->e);
+    if (err == CS_OK && (err = cs__audit_read_begin(c->a, src_log, &src)) == CS_OK) {
         err = ckpt_copy_db(txn, c->a->ckpt, src, cs_engine_items_dbi(c->s->e), c->h.seq,
                            CS__CKPT_TAG_ITEMS);
         if (err == CS_OK)
             err = ckpt_copy_db(txn, c->a->ckpt, src, cs_engine_network_dbi(c->s->e), c->h.seq,
                                CS__CKPT_TAG_NETWORK);
-        mdb_txn_abort(src);
+        cs_log_read_end(src_log, src);
     }
     if (err == CS_OK)
         err = cs__audit_meta_put(txn, c->a->meta, "ckpt_last", c->h.seq);
@@ -416,13 +421,11 @@ static cs_err ckpt_store(cs_audit *a, cs_audit_state *s, uint64_t seq, uint64_t 
     cs_err err = cs_engine_digest(s->e, &c.h.digest);
     MDB_txn *t;
     MDB_stat si, sn;
-    if (err == CS_OK && mdb_txn_begin(cs_log_env(cs_engine_log(s->e)), NULL, MDB_RDONLY, &t))
-        err = CS_IO;
-    else if (err == CS_OK) {
+    if (err == CS_OK && (err = cs__audit_read_begin(a, cs_engine_log(s->e), &t)) == CS_OK) {
         if (mdb_stat(t, cs_engine_items_dbi(s->e), &si) ||
             mdb_stat(t, cs_engine_network_dbi(s->e), &sn))
             err = CS_IO;
-        mdb_txn_abort(t);
+        cs_log_read_end(cs_engine_log(s->e), t);
         c.h.records = si.ms_entries + sn.ms_entries;
     }
     if (err == CS_OK)
@@ -462,13 +465,14 @@ static cs_err ckpt_load_fn(cs_log_txn *txn, void *ctx)
     if (c->st)
         XXH3_64bits_reset(c->st);
     MDB_txn *src;
-    if (mdb_txn_begin(cs_log_env(c->a->log), NULL, MDB_RDONLY, &src))
-        return CS_IO;
+    cs_err err = cs__audit_read_begin(c->a, c->a->log, &src);
+    if (err != CS_OK)
+        return err;
     cs__ckpt_header h;
-    cs_err err = cs__ckpt_header_get(src, c->a->ckpt, c->seq, &h);
+    err = cs__ckpt_header_get(src, c->a->ckpt, c->seq, &h);
     if (err == CS_OK)
         err = ckpt_walk(src, c->a->ckpt, c->seq, c->code, load_put, c);
-    mdb_txn_abort(src);
+    cs_log_read_end(c->a->log, src);
     if (err == CS_INVALID_INPUT) /* MDB_KEYEXIST: the checkpoint's keys are out of order */
         err = CS_CORRUPT;
     if (err == CS_OK && c->st && XXH3_64bits_digest(c->st) != h.digest)
@@ -487,11 +491,9 @@ static cs_err ckpt_load(cs_audit *a, cs_audit_state *s, uint64_t seq, const cs_t
     cs_err err = cs__audit_log_point(a, seq, &head, &chain, NULL);
     MDB_txn *t;
     cs__ckpt_header h = {0};
-    if (err == CS_OK && mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &t) == 0) {
+    if (err == CS_OK && (err = cs__audit_read_begin(a, a->log, &t)) == CS_OK) {
         err = cs__ckpt_header_get(t, a->ckpt, seq, &h);
-        mdb_txn_abort(t);
-    } else if (err == CS_OK) {
-        err = CS_IO;
+        cs_log_read_end(a->log, t);
     }
     if (err == CS_OK && h.chain != chain)
         return cs__audit_fail(a, CS_CORRUPT,
@@ -517,10 +519,11 @@ static cs_err ckpt_nearest(cs_audit *a, uint64_t seq, uint64_t *out)
 {
     MDB_txn *t;
     MDB_cursor *cur;
-    if (mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &t))
-        return CS_IO;
+    cs_err err = cs__audit_read_begin(a, a->log, &t);
+    if (err != CS_OK)
+        return err;
     if (mdb_cursor_open(t, a->ckpt, &cur)) {
-        mdb_txn_abort(t);
+        cs_log_read_end(a->log, t);
         return CS_IO;
     }
     uint8_t kb[9];
@@ -530,7 +533,6 @@ static cs_err ckpt_nearest(cs_audit *a, uint64_t seq, uint64_t *out)
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     rc = mdb_cursor_get(cur, &k, &v, rc == 0 ? MDB_PREV : MDB_LAST);
     uint64_t cp = 0;
-    cs_err err = CS_OK;
     if (rc == 0 && k.mv_size >= 9) {
         cs__ckpt_header h;
         cp = cs__u64_be(k.mv_data); /* < seq + 1: every key of a checkpoint starts with it */
@@ -542,7 +544,7 @@ static cs_err ckpt_nearest(cs_audit *a, uint64_t seq, uint64_t *out)
         err = CS_IO;
     }
     mdb_cursor_close(cur);
-    mdb_txn_abort(t);
+    cs_log_read_end(a->log, t);
     if (err == CS_OK)
         *out = cp;
     return err;
@@ -576,11 +578,12 @@ static cs_err reset_fn(cs_log_txn *txn, void *ctx)
 static cs_err meta_read(cs_audit *a, uint64_t *every, uint64_t *last)
 {
     MDB_txn *t;
-    if (mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &t))
-        return cs__audit_fail(a, CS_IO, "cannot read the audit's state");
+    cs_err err = cs_log_read_begin(a->log, &t);
+    if (err != CS_OK)
+        return cs__audit_fail(a, err, "cannot read the audit's state: %s", cs_log_errmsg(a->log));
     *every = cs__audit_meta_get(t, a->meta, "every");
     *last = cs__audit_meta_get(t, a->meta, "ckpt_last");
-    mdb_txn_abort(t);
+    cs_log_read_end(a->log, t);
     return CS_OK;
 }
 
@@ -721,14 +724,14 @@ cs_err cs_audit_state_at(cs_audit *a, uint64_t seq, const char *type, unsigned f
 static bool shop_known(cs_audit *a, uint64_t shop)
 {
     MDB_txn *t;
-    if (mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &t))
+    if (cs_log_read_begin(a->log, &t) != CS_OK)
         return false;
     uint8_t kb[13];
     memcpy(kb, "shop:", 5);
     put_u64(kb + 5, shop);
     MDB_val k = {13, kb}, v;
     bool known = mdb_get(t, cs_engine_network_dbi(a->e), &k, &v) == 0;
-    mdb_txn_abort(t);
+    cs_log_read_end(a->log, t);
     return known;
 }
 
@@ -1018,13 +1021,13 @@ cs_err cs_audit_state_json(cs_audit_state *s, const char *type, json_t **out)
     if (!o)
         return CS_NO_MEMORY;
     MDB_txn *t;
-    if (mdb_txn_begin(cs_log_env(cs_engine_log(s->e)), NULL, MDB_RDONLY, &t)) {
+    cs_err err = cs_log_read_begin(cs_engine_log(s->e), &t);
+    if (err != CS_OK) {
         json_decref(o);
-        return CS_IO;
+        return err;
     }
     json_t *part = NULL;
-    cs_err err =
-        s->b ? branch_json(s, t, &part) : network_json(t, cs_engine_network_dbi(s->e), &part);
+    err = s->b ? branch_json(s, t, &part) : network_json(t, cs_engine_network_dbi(s->e), &part);
     if (err == CS_OK && json_object_set_new(o, s->b ? "branch" : "network", part))
         err = CS_NO_MEMORY;
     json_t *items = json_array();
@@ -1033,7 +1036,7 @@ cs_err cs_audit_state_json(cs_audit_state *s, const char *type, json_t **out)
     if (err == CS_OK)
         err = items_json(t, cs_engine_items_dbi(s->e), only, s->b != NULL, items);
     json_decref(items);
-    mdb_txn_abort(t);
+    cs_log_read_end(cs_engine_log(s->e), t);
     if (err != CS_OK) {
         json_decref(o);
         return err;

@@ -122,13 +122,14 @@ static cs_err history_write_fn(cs_log_txn *txn, void *ctx)
 cs_err cs__history_extend(cs_audit *a)
 {
     MDB_txn *t;
-    if (mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &t))
-        return cs__audit_fail(a, CS_IO, "cannot read the history index");
+    cs_err err = cs_log_read_begin(a->log, &t);
+    if (err != CS_OK)
+        return cs__audit_fail(a, err, "cannot read the history index: %s", cs_log_errmsg(a->log));
     uint64_t seen = cs__audit_meta_get(t, a->meta, "history_seq");
     uint64_t seen_chain = cs__audit_meta_get(t, a->meta, "history_chain");
-    mdb_txn_abort(t);
+    cs_log_read_end(a->log, t);
     uint64_t head = 0, chain = 0;
-    cs_err err = cs__audit_log_point(a, 0, &head, NULL, NULL);
+    err = cs__audit_log_point(a, 0, &head, NULL, NULL);
     if (err == CS_OK && seen > head)
         return cs__audit_fail(a, CS_CORRUPT,
                               "the history index has seen %llu events but the log holds %llu: "
@@ -190,10 +191,11 @@ static cs_err history_seqs(cs_audit *a, const cs_type *t, uint64_t id, uint64_t 
 {
     MDB_txn *txn;
     MDB_cursor *cur;
-    if (mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &txn))
-        return CS_IO;
+    cs_err err = cs__audit_read_begin(a, a->log, &txn);
+    if (err != CS_OK)
+        return err;
     if (mdb_cursor_open(txn, a->history, &cur)) {
-        mdb_txn_abort(txn);
+        cs_log_read_end(a->log, txn);
         return CS_IO;
     }
     uint8_t kb[9];
@@ -203,7 +205,6 @@ static cs_err history_seqs(cs_audit *a, const cs_type *t, uint64_t id, uint64_t 
     size_t cap = 0;
     *seqs = NULL;
     *n = 0;
-    cs_err err = CS_OK;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size != HISTORY_KEY_BYTES || memcmp(k.mv_data, kb, 9) != 0)
@@ -227,7 +228,7 @@ static cs_err history_seqs(cs_audit *a, const cs_type *t, uint64_t id, uint64_t 
     if (err == CS_OK && rc != 0 && rc != MDB_NOTFOUND)
         err = CS_IO;
     mdb_cursor_close(cur);
-    mdb_txn_abort(txn);
+    cs_log_read_end(a->log, txn);
     if (err != CS_OK) {
         free(*seqs);
         *seqs = NULL;
@@ -244,13 +245,13 @@ static cs_err history_none(cs_audit *a, const cs_type *t, uint64_t id)
     bool copy = false;
     uint64_t origin = 0;
     if (msgpack_zone_init(&z, 1024)) {
-        if (mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &txn) == 0) {
+        if (cs_log_read_begin(a->log, &txn) == CS_OK) {
             if (cs_item_read(txn, cs_engine_items_dbi(a->e), t, id, &z, &it) == CS_OK &&
                 (it.has_origin || it.has_detached)) {
                 copy = true;
                 origin = it.has_origin ? it.origin[1] : it.detached[1];
             }
-            mdb_txn_abort(txn);
+            cs_log_read_end(a->log, txn);
         }
         msgpack_zone_destroy(&z);
     }

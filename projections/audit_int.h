@@ -66,6 +66,11 @@ struct cs_audit_state {
 cs_err cs__audit_fail(cs_audit *a, cs_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Begins a read snapshot of log's environment (the audited directory's or a scratch state's)
+ * through cs_log_read_begin, which adopts a map another process grew; on failure a->errmsg
+ * holds cs_log_errmsg's sentence. End it with cs_log_read_end(log, txn). */
+cs_err cs__audit_read_begin(cs_audit *a, cs_log *log, MDB_txn **txn);
+
 /* ---- audit.c ----------------------------------------------------------------------------- */
 
 uint64_t cs__audit_meta_get(MDB_txn *txn, MDB_dbi meta, const char *key);

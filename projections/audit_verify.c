@@ -336,10 +336,9 @@ static cs_err state_walk(verify_ctx *vc, json_t *part, cs_audit_state *s)
     MDB_txn *ta = NULL, *tb = NULL;
     if (!msgpack_zone_init(&sc.z, 4096))
         return CS_NO_MEMORY;
-    cs_err err = CS_OK;
-    if (mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &ta) ||
-        mdb_txn_begin(cs_log_env(cs_engine_log(s->e)), NULL, MDB_RDONLY, &tb))
-        err = CS_IO;
+    cs_err err = cs__audit_read_begin(a, a->log, &ta);
+    if (err == CS_OK)
+        err = cs__audit_read_begin(a, cs_engine_log(s->e), &tb);
     if (err == CS_OK)
         err = walk_compare(ta, cs_engine_items_dbi(a->e), a->branch_dir ? keep_local_item : NULL,
                            tb, cs_engine_items_dbi(s->e), a->branch_dir ? keep_catalog_item : NULL,
@@ -347,10 +346,8 @@ static cs_err state_walk(verify_ctx *vc, json_t *part, cs_audit_state *s)
     if (err == CS_OK && !a->branch_dir)
         err = walk_compare(ta, cs_engine_network_dbi(a->e), NULL, tb, cs_engine_network_dbi(s->e),
                            NULL, false, state_net_differ, &sc);
-    if (tb)
-        mdb_txn_abort(tb);
-    if (ta)
-        mdb_txn_abort(ta);
+    cs_log_read_end(cs_engine_log(s->e), tb); /* both accept NULL */
+    cs_log_read_end(a->log, ta);
     msgpack_zone_destroy(&sc.z);
     return err;
 }
@@ -360,10 +357,11 @@ static cs_err ckpt_next(cs_audit *a, uint64_t after, uint64_t *out)
 {
     MDB_txn *t;
     MDB_cursor *cur;
-    if (mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &t))
-        return CS_IO;
+    cs_err err = cs__audit_read_begin(a, a->log, &t);
+    if (err != CS_OK)
+        return err;
     if (mdb_cursor_open(t, a->ckpt, &cur)) {
-        mdb_txn_abort(t);
+        cs_log_read_end(a->log, t);
         return CS_IO;
     }
     uint8_t kb[9] = {0};
@@ -372,7 +370,7 @@ static cs_err ckpt_next(cs_audit *a, uint64_t after, uint64_t *out)
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     *out = rc == 0 && k.mv_size >= 9 ? cs__u64_be(k.mv_data) : 0;
     mdb_cursor_close(cur);
-    mdb_txn_abort(t);
+    cs_log_read_end(a->log, t);
     return rc == 0 || rc == MDB_NOTFOUND ? CS_OK : CS_IO;
 }
 
@@ -386,13 +384,11 @@ static cs_err ckpt_check(verify_ctx *vc, json_t *part, cs_audit_state *s, uint64
     if (err == CS_OK)
         err = cs_engine_digest(s->e, &replay);
     MDB_txn *t;
-    if (err == CS_OK && mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &t) == 0) {
+    if (err == CS_OK && (err = cs__audit_read_begin(a, a->log, &t)) == CS_OK) {
         err = cs__ckpt_header_get(t, a->ckpt, cp, &h);
         if (err == CS_OK)
             err = cs__ckpt_content_digest(t, a->ckpt, cp, &content);
-        mdb_txn_abort(t);
-    } else if (err == CS_OK) {
-        err = CS_IO;
+        cs_log_read_end(a->log, t);
     }
     const char *what = NULL;
     if (err == CS_NOT_FOUND || err == CS_CORRUPT)
@@ -519,14 +515,15 @@ static cs_err verify_history(verify_ctx *vc)
     MDB_txn *t;
     if (!part)
         return CS_NO_MEMORY;
-    if (mdb_txn_begin(cs_log_env(a->log), NULL, MDB_RDONLY, &t))
-        return CS_IO;
+    cs_err err = cs__audit_read_begin(a, a->log, &t);
+    if (err != CS_OK)
+        return err;
     uint64_t seen = cs__audit_meta_get(t, a->meta, "history_seq");
     uint64_t seen_chain = cs__audit_meta_get(t, a->meta, "history_chain");
-    mdb_txn_abort(t);
+    cs_log_read_end(a->log, t);
     vset(vc, part, "indexed", ju64(seen));
     uint64_t head = 0, chain = 0;
-    cs_err err = cs__audit_log_point(a, 0, &head, NULL, NULL);
+    err = cs__audit_log_point(a, 0, &head, NULL, NULL);
     if (err != CS_OK || seen == 0)
         return err;
     const char *what = NULL;
@@ -627,6 +624,21 @@ typedef struct branch_cmp {
     msgpack_zone z;
 } branch_cmp;
 
+/* The one read transaction not begun by cs_log_read_begin: branch_dir_check's environment is
+ * not a cs_log (cs_log_open would create databases in a directory that may not be ours). The
+ * same rule applies: a map another process grew after mdb_env_open is adopted
+ * (mdb_env_set_mapsize(env, 0), legal because nothing of env is open) and the begin retried. */
+static int branch_dir_begin(MDB_env *env, MDB_txn **t)
+{
+    int rc = MDB_MAP_RESIZED;
+    for (int attempt = 0; attempt < 8 && rc == MDB_MAP_RESIZED; attempt++) {
+        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, t);
+        if (rc == MDB_MAP_RESIZED && (rc = mdb_env_set_mapsize(env, 0)) == 0)
+            rc = MDB_MAP_RESIZED; /* adopted: begin again */
+    }
+    return rc;
+}
+
 /* Refuses what is not another directory holding a branch, before cs_branch_open would create
  * the projection's databases in it. *real gets the resolved path. */
 static cs_err branch_dir_check(cs_audit *a, const char *dir, char real[PATH_MAX])
@@ -649,8 +661,9 @@ static cs_err branch_dir_check(cs_audit *a, const char *dir, char real[PATH_MAX]
     MDB_dbi d;
     int rc = mdb_env_create(&env);
     if (rc == 0 && (rc = mdb_env_set_maxdbs(env, 32)) == 0 &&
-        (rc = mdb_env_open(env, real, MDB_RDONLY, 0600)) == 0 &&
-        (rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &t)) == 0) {
+        (rc = mdb_env_open(env, real, MDB_RDONLY, 0600)) == 0)
+        rc = branch_dir_begin(env, &t);
+    if (rc == 0) {
         rc = mdb_dbi_open(t, "branch", 0, &d);
         mdb_txn_abort(t);
     }
@@ -932,10 +945,11 @@ static cs_err branch_prepare(branch_cmp *bc, const char *real, cs__bstate *st)
     if (err != CS_OK)
         return cs__audit_fail(a, err, "cannot open the branch directory %s", real);
     MDB_txn *t;
-    if (mdb_txn_begin(cs_log_env(cs_engine_log(bc->rb->engine)), NULL, MDB_RDONLY, &t))
-        return CS_IO;
+    cs_log *blog = cs_engine_log(bc->rb->engine);
+    if ((err = cs__audit_read_begin(a, blog, &t)) != CS_OK)
+        return err;
     err = cs__state_load(bc->rb, t, st);
-    mdb_txn_abort(t);
+    cs_log_read_end(blog, t);
     if (err == CS_OK && st->shop == 0)
         return cs__audit_fail(a, CS_INVALID_INPUT, "%s is not bound to a shop", real);
     if (err == CS_OK)
@@ -988,15 +1002,13 @@ static cs_err verify_branch(verify_ctx *vc, const char *dir)
     if (err == CS_OK && !msgpack_zone_init(&bc.z, 4096))
         err = CS_NO_MEMORY;
     else if (err == CS_OK) {
-        if (mdb_txn_begin(cs_log_env(cs_engine_log(bc.rb->engine)), NULL, MDB_RDONLY, &bc.tr) ||
-            mdb_txn_begin(cs_log_env(cs_engine_log(bc.s->e)), NULL, MDB_RDONLY, &bc.ts))
-            err = CS_IO;
+        err = cs__audit_read_begin(a, cs_engine_log(bc.rb->engine), &bc.tr);
+        if (err == CS_OK)
+            err = cs__audit_read_begin(a, cs_engine_log(bc.s->e), &bc.ts);
         if (err == CS_OK)
             err = branch_compare(&bc);
-        if (bc.ts)
-            mdb_txn_abort(bc.ts);
-        if (bc.tr)
-            mdb_txn_abort(bc.tr);
+        cs_log_read_end(cs_engine_log(bc.s->e), bc.ts); /* both accept NULL */
+        cs_log_read_end(cs_engine_log(bc.rb->engine), bc.tr);
         msgpack_zone_destroy(&bc.z);
     }
     if (err == CS_CORRUPT && !json_is_true(json_object_get(bc.part, "ok")))

@@ -19,6 +19,13 @@ cs_err cs__branch_fail(cs_branch *b, cs_err err, const char *fmt, ...)
     return err;
 }
 
+cs_err cs__branch_read_begin(cs_branch *b, MDB_txn **txn)
+{
+    cs_log *log = cs_engine_log(b->engine);
+    cs_err err = cs_log_read_begin(log, txn);
+    return err == CS_OK ? CS_OK : cs__branch_fail(b, err, "%s", cs_log_errmsg(log));
+}
+
 cs_err cs_branch_open(const char *dir, const cs_log_options *opts, cs_branch **out)
 {
     cs_branch *b = calloc(1, sizeof(*b));
@@ -201,14 +208,15 @@ cs_err cs__state_save(cs_branch *b, cs_log_txn *txn, const cs__bstate *st)
 cs_err cs_branch_state_get(cs_branch *b, cs_branch_state *out)
 {
     MDB_txn *txn;
-    if (mdb_txn_begin(cs_log_env(cs_engine_log(b->engine)), NULL, MDB_RDONLY, &txn))
-        return CS_IO;
+    cs_err err = cs__branch_read_begin(b, &txn);
+    if (err != CS_OK)
+        return err;
     cs__bstate st;
-    cs_err err = cs__state_load(b, txn, &st);
+    err = cs__state_load(b, txn, &st);
     MDB_stat ms;
     if (err == CS_OK && mdb_stat(txn, b->dirty, &ms))
         err = CS_IO;
-    mdb_txn_abort(txn);
+    cs_log_read_end(cs_engine_log(b->engine), txn);
     if (err != CS_OK)
         return err;
     *out = (cs_branch_state){.shop = st.shop,
@@ -227,11 +235,12 @@ cs_err cs_branch_state_get(cs_branch *b, cs_branch_state *out)
 cs_err cs_branch_digest(cs_branch *b, uint64_t *out)
 {
     MDB_txn *txn;
-    if (mdb_txn_begin(cs_log_env(cs_engine_log(b->engine)), NULL, MDB_RDONLY, &txn))
-        return CS_IO;
+    cs_err err = cs__branch_read_begin(b, &txn);
+    if (err != CS_OK)
+        return err;
     MDB_dbi dbis[5] = {b->items, b->origin, b->mirror, b->dirty, b->meta};
-    cs_err err = cs_digest_dbs(txn, dbis, 5, out);
-    mdb_txn_abort(txn);
+    err = cs_digest_dbs(txn, dbis, 5, out);
+    cs_log_read_end(cs_engine_log(b->engine), txn);
     return err;
 }
 
@@ -288,11 +297,12 @@ cs_err cs_branch_bind(cs_branch *b, uint64_t shop)
     if (shop == 0)
         return cs__branch_fail(b, CS_INVALID_INPUT, "a branch needs its shop id (--shop)");
     MDB_txn *m;
-    if (mdb_txn_begin(cs_log_env(cs_engine_log(b->engine)), NULL, MDB_RDONLY, &m))
-        return CS_IO;
+    cs_err err = cs__branch_read_begin(b, &m);
+    if (err != CS_OK)
+        return err;
     bool needed = false;
-    cs_err err = bind_check(b, m, shop, &needed);
-    mdb_txn_abort(m);
+    err = bind_check(b, m, shop, &needed);
+    cs_log_read_end(cs_engine_log(b->engine), m);
     /* Written with the first segment that applies: a refused import changes nothing. */
     if (err == CS_OK)
         b->bind_shop = needed ? shop : 0;

@@ -52,6 +52,11 @@ struct cs_branch {
 cs_err cs__branch_fail(cs_branch *b, cs_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Begins a read snapshot of the branch's directory through cs_log_read_begin (which adopts a
+ * map another process grew); on failure b->errmsg holds cs_log_errmsg's sentence. End it with
+ * cs_log_read_end(cs_engine_log(b->engine), txn). */
+cs_err cs__branch_read_begin(cs_branch *b, MDB_txn **txn);
+
 /* Makes the directory branch b->bind_shop inside txn (R10), when cs_branch_bind asked for it. */
 cs_err cs__bind_write(cs_branch *b, cs_log_txn *txn);
 
