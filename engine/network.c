@@ -35,6 +35,8 @@ struct net_cmd {
     size_t secret_len;
     uint64_t self;
     uint64_t seq;
+    bool sync_if_continuous; /* R5d made prompt: also a sync point when the mode is continuous */
+    uint64_t sync_shop;      /* ... for this branch, 0 = every branch */
 };
 
 static cs_err check_role(net_cmd *c, cs_role role)
@@ -65,6 +67,34 @@ static cs_err put_secret(net_cmd *c, cs_log_txn *txn)
     return cs_log_txn_put(txn, c->e->secrets, &k, &v, 0);
 }
 
+/* The network's mode as the state holds it now (after this command's own event applied). */
+static bool is_continuous(cs_engine *e, MDB_txn *m)
+{
+    json_t *net = NULL;
+    bool yes = cs__net_get(m, e->network, "net", 3, &net) == CS_OK &&
+               json_is_string(json_object_get(net, "mode")) &&
+               strcmp(json_string_value(json_object_get(net, "mode")), "continuous") == 0;
+    json_decref(net);
+    return yes;
+}
+
+/* In continuous mode every catalog event is a sync point (R5d); a switch turned on, types put
+ * back or the mode itself turned on would otherwise wait for the next catalog event, which may
+ * be hours away. So these commands append a sync point of their own, in the same transaction,
+ * with the same meaning as `chainsync sync` (docs/design.md, "Continuous mode"). */
+static cs_err emit_sync(net_cmd *c, cs_log_txn *txn)
+{
+    cs_engine *e = c->e;
+    static const uint8_t empty_map[1] = {0x80};
+    cs_event ev = {.shop = c->self,
+                   .id = c->sync_shop,
+                   .actor = {e->actor, strlen(e->actor)},
+                   .kind = CS_STR("sync"),
+                   .fields = empty_map,
+                   .fields_len = sizeof(empty_map)};
+    return cs__emit(e, txn, &ev, 1, &c->seq);
+}
+
 static cs_err net_fn(cs_log_txn *txn, void *ctx)
 {
     net_cmd *c = ctx;
@@ -88,6 +118,8 @@ static cs_err net_fn(cs_log_txn *txn, void *ctx)
                    .fields_len = p.sb.size};
     err = p.failed ? CS_NO_MEMORY : cs__emit(e, txn, &ev, 1, &c->seq);
     cs__pack_destroy(&p);
+    if (err == CS_OK && c->sync_if_continuous && is_continuous(e, cs_log_txn_mdb(txn)))
+        err = emit_sync(c, txn);
     return err;
 }
 
@@ -224,12 +256,17 @@ static cs_err read_net(cs_engine *e, json_t **out)
 }
 
 /* Runs a network-settings change, or only reads when fields is NULL; then reads back. */
+/* network_types and network_mode also make a sync point in continuous mode (emit_sync). */
 static cs_err net_setting(cs_engine *e, const char *kind, json_t *fields, json_t **net_out)
 {
     e->errmsg[0] = '\0';
     cs_err err = CS_OK;
     if (fields) {
-        net_cmd c = {.e = e, .need = CS_ROLE_HEAD, .kind = kind, .fields = fields};
+        net_cmd c = {.e = e,
+                     .need = CS_ROLE_HEAD,
+                     .kind = kind,
+                     .fields = fields,
+                     .sync_if_continuous = strcmp(kind, "network_whatsapp") != 0};
         err = run(&c);
     }
     if (err == CS_OK)
@@ -398,12 +435,16 @@ cs_err cs_engine_shop_add(cs_engine *e, const char *name, const char *password, 
 
 static cs_err shop_event(cs_engine *e, uint64_t shop, const char *kind, json_t *fields)
 {
+    /* a switch turned on in continuous mode is brought up to date at once (emit_sync) */
+    bool on = strcmp(kind, "shop_switch") == 0 && json_is_true(json_object_get(fields, "switch"));
     net_cmd c = {.e = e,
                  .need = CS_ROLE_HEAD,
                  .kind = kind,
                  .id = shop,
                  .check = check_linked_shop,
-                 .fields = fields};
+                 .fields = fields,
+                 .sync_if_continuous = on,
+                 .sync_shop = shop};
     cs_err err = run(&c);
     json_decref(fields);
     return err;

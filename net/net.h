@@ -49,6 +49,10 @@
 #define CS_NET_BACKOFF_BASE_MS 250u
 #define CS_NET_BACKOFF_MAX_MS 30000u
 #define CS_NET_NONCE_BYTES 32u
+/* The argon2id cost a branch accepts from a CHALLENGE: libsodium's "sensitive" limits (4 passes,
+ * 1 GiB), well above what head offices use ("interactive": 2 passes, 64 MiB). */
+#define CS_NET_AUTH_OPS_MAX 4u
+#define CS_NET_AUTH_MEM_BYTES_MAX (1024ull * 1024u * 1024u)
 
 _Static_assert(CS_NET_SEGMENT_BYTES_MAX >=
                    CS_EVENT_BYTES_MAX + CS_RECORD_HEADER_BYTES + 4 + CS_SEGMENT_HEADER_BYTES,

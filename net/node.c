@@ -316,6 +316,14 @@ static void on_challenge(node *n, const cs__body *b)
                   (unsigned long long)log_id, (unsigned long long)n->link.log_id);
         return;
     }
+    if (ops > CS_NET_AUTH_OPS_MAX || mem > CS_NET_AUTH_MEM_BYTES_MAX) {
+        /* a hostile server must not make a branch burn CPU or memory without bound */
+        node_drop(n, CS_PROTOCOL_MISMATCH, true,
+                  "the head office asks for argon2id with %llu passes and %llu bytes: over this "
+                  "branch's limits",
+                  (unsigned long long)ops, (unsigned long long)mem);
+        return;
+    }
     cs_auth_params p = {.opslimit = ops, .memlimit = mem};
     memcpy(p.salt, salt, CS_AUTH_SALT_BYTES);
     if (n->o->mode == CS_NODE_JOIN) {

@@ -850,14 +850,16 @@ typedef struct mix {
     unsigned shop_add_calls;
     unsigned accepted;
     unsigned refused;
-    char what[160]; /* the current command, for a failure's message */
+    bool continuous; /* the network's mode: R5d commands then append a sync point too */
+    char what[160];  /* the current command, for a failure's message */
 } mix;
 
 /* One command: what the model expects, what the engine said, and what it appends. */
 typedef struct mix_cmd {
     cs_err want;
     cs_err got;
-    bool logged; /* appends one event when accepted */
+    bool logged;     /* appends one event when accepted */
+    bool sync_point; /* ... and a sync point after it (continuous mode, docs/design.md) */
     cs_write_result res;
 } mix_cmd;
 
@@ -1144,6 +1146,7 @@ static void mix_network_settings(mix *m, mix_cmd *c)
         }
         snprintf(m->what, sizeof(m->what), "network types (%zu)", n);
         c->got = cs_engine_network_types(e, set, n, NULL);
+        c->sync_point = m->continuous;
     } else if (how == 1) {
         static const char *const modes[] = {"on-trigger", "continuous", "sometimes"};
         size_t i = mix_below(m, 3);
@@ -1151,6 +1154,9 @@ static void mix_network_settings(mix *m, mix_cmd *c)
             c->want = CS_INVALID_INPUT;
         snprintf(m->what, sizeof(m->what), "network mode %s", modes[i]);
         c->got = cs_engine_network_mode(e, modes[i], NULL);
+        if (c->got == CS_OK)
+            m->continuous = i == 1;
+        c->sync_point = i == 1;
     } else {
         static const char *const modes[] = {NULL, "shared", "individual", "both"};
         static const char *const numbers[] = {NULL, "+55 11 3333-0000", "+55 11 3333-1111",
@@ -1178,6 +1184,7 @@ static void mix_shop_command(mix *m, mix_cmd *c)
         snprintf(m->what, sizeof(m->what), "shop switch %llu %s", (unsigned long long)shop,
                  on ? "on" : "off");
         c->got = cs_engine_shop_switch(e, shop, on);
+        c->sync_point = on && m->continuous;
     } else if (how < 8) {
         bool self = how == 7;
         bool bad = how == 6;
@@ -1279,7 +1286,7 @@ static bool mix_check(mix *m, unsigned i, const mix_cmd *c, uint64_t *digest)
         return false;
     }
     if (c->got == CS_OK && c->logged)
-        m->head++;
+        m->head += 1u + c->sync_point;
     c->got == CS_OK ? m->accepted++ : m->refused++;
     uint64_t head, d;
     if (log_head(e, &head) != CS_OK || cs_engine_digest(e, &d) != CS_OK)

@@ -967,6 +967,14 @@ static bool m_sync_op(model *m, bool all)
     return true;
 }
 
+/* A sync point for every linked branch whose switch is on (R5b, R6). */
+static void m_sync_all(model *m)
+{
+    for (int k = 0; k < M_BRANCHES; k++)
+        if (m_linked(&m->br[k]) && m->br[k].sw)
+            m_sync_point(m, &m->br[k]);
+}
+
 static bool m_switch_op(model *m)
 {
     m_branch *B = m_pick_linked(m);
@@ -974,7 +982,9 @@ static bool m_switch_op(model *m)
         return true;
     if (cs_engine_shop_switch(m->h.e, B->shop, !B->sw) != CS_OK)
         return M_FAIL(m, "switch refused: %s", cs_engine_errmsg(m->h.e));
-    B->sw = !B->sw; /* R6: no sync point of its own */
+    B->sw = !B->sw; /* R6: no sync point of its own in on-trigger mode ... */
+    if (B->sw && m->continuous)
+        m_sync_point(m, B); /* ... in continuous mode, one at once (docs/design.md) */
     return true;
 }
 
@@ -994,7 +1004,9 @@ static bool m_types_op(model *m)
             names[n++] = all[i].name;
     if (cs_engine_network_types(m->h.e, names, n, NULL) != CS_OK)
         return M_FAIL(m, "types refused: %s", cs_engine_errmsg(m->h.e));
-    return true; /* not a sync point: put-back types wait for the next one */
+    if (m->continuous) /* continuous mode: a sync point at once, put-back types included */
+        m_sync_all(m);
+    return true; /* on-trigger: not a sync point, put-back types wait for the next one */
 }
 
 static bool m_mode_op(model *m)
@@ -1002,7 +1014,9 @@ static bool m_mode_op(model *m)
     m->continuous = !m->continuous;
     if (cs_engine_network_mode(m->h.e, m->continuous ? "continuous" : "on-trigger", NULL) != CS_OK)
         return M_FAIL(m, "mode refused: %s", cs_engine_errmsg(m->h.e));
-    return true; /* R5d starts with the next catalog event */
+    if (m->continuous) /* R5d: turning it on is itself a sync point, then every catalog event */
+        m_sync_all(m);
+    return true;
 }
 
 enum m_op {
