@@ -15,7 +15,7 @@
  */
 #include "bench/bench.h"
 #include "engine/engine.h"
-#include "tests/run.h"
+#include "bench/bench_net.h"
 
 #include <getopt.h>
 #include <libgen.h>
@@ -125,69 +125,8 @@ static double ceiling_kib(unsigned k)
 
 /* ---- chainsync: a head office with K idle followers ------------------------------------- */
 
-typedef struct run {
-    char root[256], hq[300], addr[64], log[300];
-    unsigned k;
-    uint64_t *shops;
-    pid_t serve;
-    pid_t *follow;
-} run;
-
-static bool make_network(run *r)
-{
-    cs_engine *e = NULL;
-    uint64_t self = 0;
-    bool ok = cs_engine_open(r->hq, NULL, &e) == CS_OK && cs_engine_init(e, "HQ", &self) == CS_OK &&
-              cs_engine_network_create(e, "Bench") == CS_OK;
-    for (unsigned i = 0; ok && i < r->k; i++) {
-        char name[32];
-        snprintf(name, sizeof(name), "branch-%u", i);
-        ok = cs_engine_shop_add(e, name, "idle-bench-pw", &r->shops[i]) == CS_OK;
-    }
-    cs_engine_close(e);
-    return ok;
-}
-
-static bool start_serve(run *r)
-{
-    char ready[300];
-    snprintf(ready, sizeof(ready), "%s/ready", r->root);
-    const char *args[] = {"serve", "--data", r->hq, "--listen", "127.0.0.1:0", "--ready-file", ready,
-                          NULL};
-    r->serve = cs_run_spawn(args, r->log);
-    for (int i = 0; i < 500; i++) {
-        FILE *f = fopen(ready, "r");
-        if (f) {
-            bool ok = fgets(r->addr, sizeof(r->addr), f) != NULL;
-            fclose(f);
-            r->addr[strcspn(r->addr, "\n")] = '\0';
-            return ok;
-        }
-        cs_run_sleep_ms(20);
-    }
-    return false;
-}
-
-static bool join_all(run *r)
-{
-    for (unsigned i = 0; i < r->k; i++) {
-        char dir[320], shop[32];
-        snprintf(dir, sizeof(dir), "%s/b%u", r->root, i);
-        snprintf(shop, sizeof(shop), "%llu", (unsigned long long)r->shops[i]);
-        const char *args[] = {"branch", "join", "--data", dir, "--head", r->addr, "--shop", shop,
-                              "--password-stdin", NULL};
-        cs_run_result res;
-        bool ok = cs_run(&res, "idle-bench-pw\n", NULL, args, 60000) && res.exit_code == 0;
-        free(res.out);
-        free(res.err);
-        if (!ok)
-            return false;
-    }
-    return true;
-}
-
 /* Connected branches, as the server's log says (one "authenticated" line per connection). */
-static unsigned authenticated(const run *r)
+static unsigned authenticated(const cs_bench_net *r)
 {
     FILE *f = fopen(r->log, "r");
     char line[512];
@@ -199,7 +138,7 @@ static unsigned authenticated(const run *r)
     return n;
 }
 
-static double chainsync_kib(run *r, long *before_out, long *after_out)
+static double chainsync_kib(cs_bench_net *r, long *before_out, long *after_out)
 {
     long before = rss_anon_kib(r->serve);
     unsigned joined = authenticated(r);
@@ -220,20 +159,6 @@ static double chainsync_kib(run *r, long *before_out, long *after_out)
     return (double)(after - before) / r->k;
 }
 
-static void set_bin(const char *argv0)
-{
-    if (getenv("CS_BIN"))
-        return;
-    char exe[PATH_MAX], bin[PATH_MAX + 32];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (n <= 0)
-        snprintf(exe, sizeof(exe), "%s", argv0);
-    else
-        exe[n] = '\0';
-    snprintf(bin, sizeof(bin), "%s/../tools/chainsync", dirname(exe));
-    setenv("CS_BIN", bin, 1);
-}
-
 int main(int argc, char **argv)
 {
     unsigned k = BRANCHES_DEFAULT;
@@ -252,9 +177,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "idle: --branches wants 1..%u\n", BRANCHES_MAX);
         return 1;
     }
-    set_bin(argv[0]);
+    cs_bench_set_bin(argv[0]);
     signal(SIGPIPE, SIG_IGN);
-    run r = {.k = k, .shops = calloc(k, sizeof(uint64_t)), .follow = calloc(k, sizeof(pid_t))};
+    cs_bench_net r = {
+        .k = k, .shops = calloc(k, sizeof(uint64_t)), .follow = calloc(k, sizeof(pid_t))};
     snprintf(r.root, sizeof(r.root), "/tmp/cs-bench-idle-XXXXXX");
     if (!r.shops || !r.follow || !mkdtemp(r.root))
         return 1;
@@ -263,7 +189,7 @@ int main(int argc, char **argv)
     printf("idle: %u idle connected branches, server memory per branch (RssAnon growth)\n", k);
     long before = 0, after = 0;
     double ours = -1;
-    if (make_network(&r) && start_serve(&r) && join_all(&r))
+    if (cs_bench_net_make(&r) && cs_bench_net_serve(&r) && cs_bench_net_join(&r))
         ours = chainsync_kib(&r, &before, &after);
     for (unsigned i = 0; i < k; i++)
         if (r.follow[i] > 0)

@@ -184,6 +184,8 @@ struct cs__server {
     uv_loop_t *loop;
     uv_tcp_t listener;
     uv_timer_t tick;
+    uv_timer_t recheck; /* a wake-up that found nothing new looks again (server.c) */
+    unsigned recheck_step;
     uv_fs_event_t watch;
     uv_signal_t sigint, sigterm;
     cs_engine *e;

@@ -648,12 +648,40 @@ static void on_tick(uv_timer_t *t)
         on_tick_stopping(s);
 }
 
+/* Why a re-check: the last file write of an LMDB commit is the meta page, but a reader sees the
+ * commit only once the writer has also stored its transaction id in the lock file's shared
+ * memory, a moment later and without any file write. A reader woken by the meta page's write can
+ * therefore still see the previous commit, and no further event would come. So a wake-up that
+ * found nothing new looks again after 2, 20 and 200 ms; the safety timer covers the rest. */
+#define RECHECK_FIRST_MS 2u
+#define RECHECK_STEPS 3u
+
+static void on_recheck(uv_timer_t *t)
+{
+    cs__server *s = t->data;
+    uint64_t before = s->head;
+    cs__server_pump_all(s);
+    if (s->head == before && ++s->recheck_step < RECHECK_STEPS) {
+        uint64_t delay = RECHECK_FIRST_MS;
+        for (unsigned i = 0; i < s->recheck_step; i++)
+            delay *= 10;
+        uv_timer_start(&s->recheck, on_recheck, delay, 0);
+    }
+}
+
 static void on_watch(uv_fs_event_t *h, const char *file, int events, int status)
 {
     (void)file;
     (void)events;
-    if (status == 0)
-        cs__server_pump_all(h->data);
+    cs__server *s = h->data;
+    if (status != 0)
+        return;
+    uint64_t before = s->head;
+    cs__server_pump_all(s);
+    if (s->head == before) { /* the commit may not be visible yet: look again shortly */
+        s->recheck_step = 0;
+        uv_timer_start(&s->recheck, on_recheck, RECHECK_FIRST_MS, 0);
+    }
 }
 
 static void on_signal(uv_signal_t *sig, int signum)
@@ -669,6 +697,7 @@ static void on_signal(uv_signal_t *sig, int signum)
     }
     uv_close((uv_handle_t *)&s->listener, NULL);
     uv_close((uv_handle_t *)&s->watch, NULL);
+    uv_close((uv_handle_t *)&s->recheck, NULL);
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
     /* The tick goes on until the last connection is gone (on_tick closes it then). */
@@ -764,6 +793,8 @@ static cs_err server_handles(cs__server *s, const char *dir, char *errmsg, size_
     snprintf(path, sizeof(path), "%s/data.mdb", dir);
     int rc = uv_timer_init(s->loop, &s->tick);
     s->tick.data = s;
+    if (rc == 0 && (rc = uv_timer_init(s->loop, &s->recheck)) == 0)
+        s->recheck.data = s;
     if (rc == 0)
         rc = uv_timer_start(&s->tick, on_tick, TICK_MS, TICK_MS);
     if (rc == 0 && (rc = uv_fs_event_init(s->loop, &s->watch)) == 0) {
