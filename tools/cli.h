@@ -166,6 +166,7 @@ int cs_cmd_audit_verify(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_audit_checkpoint(const cs_cli_cmd *cmd, int argc, char **argv);
 
 int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_demo(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_branch_follow(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_branch_pull(const cs_cli_cmd *cmd, int argc, char **argv);

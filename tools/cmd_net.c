@@ -100,6 +100,25 @@ static int run_node(const char *dir, const cs_node_options *o, bool fresh, bool 
     return rc;
 }
 
+#ifndef CS_SOURCE_DIR
+#define CS_SOURCE_DIR "."
+#endif
+
+int cs_cmd_demo(const cs_cli_cmd *cmd, int argc, char **argv)
+{
+    char *pos[CS_CLI_POS_MAX];
+    unsigned npos = 0;
+    int rc = cs_cli_parse(cmd, argc, argv, NULL, 0, 0, 0, pos, &npos);
+    if (rc != CS_CLI_GO)
+        return rc;
+    const char *script = CS_SOURCE_DIR "/tools/demo";
+    if (access(script, X_OK) != 0)
+        return cs_cli_fail(CS_NOT_FOUND, "the demo script %s is not there: it ships with the source",
+                           script);
+    execl(script, script, (char *)NULL);
+    return cs_cli_fail(CS_IO, "cannot run %s", script);
+}
+
 int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     const char *head = NULL, *shop_s = NULL, *dir = NULL;
