@@ -1075,6 +1075,24 @@ static void states_out_of_order_frames_invalid_input(void)
     for (size_t i = 0; i < 4; i++)
         CHECK(attack(f1.port, server_only[i], 6, "invalid_input", "unexpected"));
 
+    /* An ERROR from the branch: the head office closes without answering. */
+    int fd = raw_open(f1.port);
+    CHECK(fd >= 0);
+    pk e;
+    pk_init(&e, 2);
+    pk_key(&e, "code");
+    msgpack_pack_str_with_body(&e.p, "invalid_input", 13);
+    pk_key(&e, "message");
+    msgpack_pack_str_with_body(&e.p, "bye", 3);
+    rawrx er = {0};
+    unsigned et;
+    const uint8_t *eb;
+    size_t ebl;
+    bool closed = pk_send(fd, &e, T_ERROR) && raw_next(fd, &er, &et, &eb, &ebl, 5000) == 0;
+    rawrx_free(&er);
+    close(fd);
+    CHECK(closed);
+
     /* HELLO twice. */
     rawc c = {.fd = raw_open(f1.port), .shop = f1_raw};
     CHECK(c.fd >= 0);
@@ -1135,6 +1153,7 @@ static void handshake_not_done_in_10s_closed(void)
 {
     CHECK(f1_ready);
     rawrx r1 = {0}, r2 = {0};
+    uint64_t t0 = cs_run_now_ms() - f1_opened_ms; /* what can be said depends on when we look */
     bool s1 = expect_error(f1_silent, &r1, "invalid_input", "handshake took too long", 14000);
     uint64_t t1 = cs_run_now_ms() - f1_opened_ms;
     bool s2 = expect_error(f1_partial, &r2, "invalid_input", "handshake took too long", 5000);
@@ -1143,12 +1162,13 @@ static void handshake_not_done_in_10s_closed(void)
     uint64_t t3 = cs_run_now_ms() - f1_opened_ms;
     rawrx_free(&r1);
     rawrx_free(&r2);
-    printf("  stalled connections closed after %llu ms and %llu ms\n", (unsigned long long)t1,
-           (unsigned long long)t3);
+    printf("  stalled connections (watched from %llu ms) closed after %llu ms and %llu ms\n",
+           (unsigned long long)t0, (unsigned long long)t1, (unsigned long long)t3);
     CHECK(s1);
     CHECK(s2);
     CHECK(s3);
-    CHECK(t1 >= HANDSHAKE_MS - 500 && t3 <= HANDSHAKE_MS + 3000);
+    CHECK(t0 >= HANDSHAKE_MS - 500 || t1 >= HANDSHAKE_MS - 500);   /* not closed early */
+    CHECK(t0 >= HANDSHAKE_MS + 2500 || t3 <= HANDSHAKE_MS + 3000); /* nor late */
 }
 
 /* SPEC 5 / docs/protocol.md "Errors": other connections are not affected: the real follower
