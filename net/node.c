@@ -93,11 +93,13 @@ static void node_connect(node *n);
 
 /* ---- closing and retrying ---------------------------------------------------------------- */
 
+/* Codes after which trying again cannot help: the branch is refused, speaks another version, or
+ * holds (or was sent) a log it must not apply, or its own storage failed. invalid_input is not
+ * among them: the server says it for a handshake that took too long, which a retry may pass. */
 static bool final_code(cs_err code)
 {
     return code == CS_AUTH_FAILED || code == CS_NOT_IN_NETWORK || code == CS_PROTOCOL_MISMATCH ||
-           code == CS_CORRUPT || code == CS_FORBIDDEN || code == CS_INVALID_INPUT ||
-           code == CS_STORAGE_FULL || code == CS_IO;
+           code == CS_CORRUPT || code == CS_FORBIDDEN || code == CS_STORAGE_FULL || code == CS_IO;
 }
 
 static void stop_all(node *n)

@@ -249,6 +249,13 @@ static void conn_on_proof(cs__conn *c, const cs__body *b)
     }
     uint8_t sig[CS_AUTH_KEY_BYTES];
     cs_auth_server_signature(c->keys.server_key, msg, sizeof(msg), sig);
+    cs_log_reader *r; /* WELCOME's head_seq is the head now, not as last pumped */
+    if (cs_log_reader_open(s->log, &r) == CS_OK) {
+        uint64_t head = 0;
+        if (cs_log_reader_head(r, &head) == CS_OK && head > s->head)
+            s->head = head;
+        cs_log_reader_close(r);
+    }
     cs__pk p;
     cs__pk_init(&p, 3);
     cs__pk_bin(&p, "signature", sig, sizeof(sig));
