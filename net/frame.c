@@ -294,6 +294,18 @@ uint64_t cs__net_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+void cs__net_vlogf(FILE *out, const char *who, const char *fmt, va_list ap)
+{
+    char when[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    fprintf(out, "%s %s: ", when, who);
+    vfprintf(out, fmt, ap);
+    fputc('\n', out);
+    fflush(out);
+}
+
 cs_err cs__parse_addr(const char *hostport, struct sockaddr_storage *out)
 {
     const char *colon = hostport ? strrchr(hostport, ':') : NULL;

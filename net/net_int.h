@@ -8,6 +8,7 @@
 
 #include "net/net.h"
 
+#include <stdarg.h>
 #include <uv.h>
 
 /* ---- frames (docs/protocol.md, "frames") ------------------------------------------------- */
@@ -220,6 +221,8 @@ void cs__server_pump_one(cs__server *s, cs__conn *c);
 /* ---- helpers ----------------------------------------------------------------------------- */
 
 uint64_t cs__net_now_ms(void); /* wall clock, ms since the epoch */
+/* One log line: "<UTC time> <who>: <message>\n", flushed (serve's and a node's log). */
+void cs__net_vlogf(FILE *out, const char *who, const char *fmt, va_list ap);
 /* Splits "HOST:PORT" into a sockaddr. Errors: CS_INVALID_INPUT. */
 cs_err cs__parse_addr(const char *hostport, struct sockaddr_storage *out);
 

@@ -76,16 +76,9 @@ static void node_logf(node *n, const char *fmt, ...) __attribute__((format(print
 
 static void node_logf(node *n, const char *fmt, ...)
 {
-    char when[32];
-    time_t t = time(NULL);
-    struct tm tm;
-    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
     va_list ap;
     va_start(ap, fmt);
-    fprintf(n->out, "%s branch: ", when);
-    vfprintf(n->out, fmt, ap);
-    fputc('\n', n->out);
-    fflush(n->out);
+    cs__net_vlogf(n->out, "branch", fmt, ap);
     va_end(ap);
 }
 

@@ -26,16 +26,9 @@
 
 void cs__server_logf(cs__server *s, const char *fmt, ...)
 {
-    char when[32];
-    time_t t = time(NULL);
-    struct tm tm;
-    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
     va_list ap;
     va_start(ap, fmt);
-    fprintf(s->out, "%s serve: ", when);
-    vfprintf(s->out, fmt, ap);
-    fputc('\n', s->out);
-    fflush(s->out);
+    cs__net_vlogf(s->out, "serve", fmt, ap);
     va_end(ap);
 }
 
@@ -557,6 +550,7 @@ static void on_connection(uv_stream_t *l, int status)
     uv_tcp_nodelay(&c->tcp, 1);
     peer_name(c);
     c->opened_ms = c->last_rx_ms = c->last_tx_ms = cs__net_now_ms();
+    cs__server_logf(s, "connection from %s", c->peer);
     if (s->nconns > CS_NET_CONNECTIONS_MAX) {
         cs__conn_close(c, CS_NETWORK, "the head office has too many connections", false);
         return;

@@ -271,6 +271,13 @@ static void net_free(net *n)
     memset(n, 0, sizeof(*n));
 }
 
+/* A head office with one branch that joined, and its server running. */
+static bool net_up_one(net *n)
+{
+    uint64_t service = 0;
+    return net_make(n, 1, &service) && serve_start(n, NULL) && join(n, 0, PASSWORD) == 0;
+}
+
 static bool audit_branch_ok(net *n, unsigned i)
 {
     const char *args[] = {"audit", "verify", "--data", n->hq, "--branch", n->dir[i], NULL};
@@ -440,10 +447,7 @@ static void test_net_server_killed_branches_reconnect_and_catch_up(void)
 static void test_r8_offline_writes_arrive_once_after_reconnect(void)
 {
     net n;
-    uint64_t service = 0;
-    CHECK(net_make(&n, 1, &service));
-    CHECK(serve_start(&n, NULL));
-    CHECK(join(&n, 0, PASSWORD) == 0);
+    CHECK(net_up_one(&n));
     cs_run_stop(n.serve, SIGTERM, 5000);
     n.serve = 0;
     uint64_t ids[3];
@@ -493,10 +497,7 @@ static bool copy_dir(const char *from, const char *to)
 static void test_r8_resend_after_lost_answer_appends_nothing(void)
 {
     net n;
-    uint64_t service = 0;
-    CHECK(net_make(&n, 1, &service));
-    CHECK(serve_start(&n, NULL));
-    CHECK(join(&n, 0, PASSWORD) == 0);
+    CHECK(net_up_one(&n));
     uint64_t id = put_json(n.dir[0], "customer", NULL, "{\"name\":\"Once\"}");
     CHECK(id != 0);
     char saved[400];
@@ -517,10 +518,7 @@ static void test_r8_resend_after_lost_answer_appends_nothing(void)
 static void test_r8_refused_write_is_reported_and_leaves_outbox(void)
 {
     net n;
-    uint64_t service = 0;
-    CHECK(net_make(&n, 1, &service));
-    CHECK(serve_start(&n, NULL));
-    CHECK(join(&n, 0, PASSWORD) == 0);
+    CHECK(net_up_one(&n));
     char idtxt[32];
     const char *put1[] = {"put",    "customer",          "--data", n.dir[0],
                           "--json", "{\"name\":\"V1\"}", "--wait", NULL};
