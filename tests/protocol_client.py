@@ -7,14 +7,16 @@ chain"), and nothing from the C code. tests/test_protocol.c runs it against a re
 `chainsync serve`, so the document and the server cannot drift apart.
 
     protocol_client.py HOST:PORT --shop ID (--password-stdin | --password P)
-        [--cursor N --chain C]      START from event N whose chain value is C (default 0, 0)
+        [--cursor N --chain HEX]    START from event N whose chain value is HEX (default 0, 0)
+        [--log-id HEX]              the log_id remembered from join: refuse another one
         [--proto LO,HI]             the protocol range HELLO offers (default 1,1)
         [--wrong-password]          derive the keys from a different password
         [--replay]                  capture connection 1's nonce and PROOF, replay them on 2
         [--write-customer NAME]     after CAUGHT_UP, WRITE a customer, then the same WRITE again
         [--timeout S]               every socket wait (default 20 s)
 
-It prints one JSON object on stdout. "error" is the ERROR frame the head office sent, if any
+It prints one JSON object on stdout (u64 values that may pass 2^63, chains and ids, as strings:
+chains in 16 hex digits, ids in decimal). "error" is the ERROR frame the head office sent, if any
 ({"code", "message", "state"}); "violation" is set when the head office broke the document
 (then the exit status is 1). Otherwise the exit status is 0, refusals included: the caller
 checks the code it expected.
@@ -235,7 +237,7 @@ def handshake(conn, args, password, summary, cnonce=None, proof=None):
     cnonce = cnonce or os.urandom(32)
     ch = hello(conn, args.shop, args.proto, cnonce, "pull")
     summary["challenge"] = {"proto": ch["proto"], "ops": ch["ops"], "mem": ch["mem"],
-                            "salt": ch["salt"].hex(), "log_id": ch["log_id"]}
+                            "salt": ch["salt"].hex(), "log_id": f"{ch['log_id']:016x}"}
     if args.log_id is not None and ch["log_id"] != args.log_id:
         conn.send(ERROR, {"code": "not_in_network",
                           "message": "this head office keeps another network's log"})
@@ -379,7 +381,7 @@ class Stream:
             r = {"req": need(v, "req", "bin", "WRITE_RESULT", 16).hex(),
                  "code": need(v, "code", "str", "WRITE_RESULT"),
                  "message": need(v, "message", "str", "WRITE_RESULT"),
-                 "id": need(v, "id", "uint", "WRITE_RESULT"),
+                 "id": str(need(v, "id", "uint", "WRITE_RESULT")),
                  "version": need(v, "version", "uint", "WRITE_RESULT"),
                  "seq": need(v, "seq", "uint", "WRITE_RESULT")}
             self.writes.append(r)
@@ -403,8 +405,8 @@ def run_stream(args, password, summary):
             if args.write_customer is not None:
                 run_writes(args, st, summary)
         finally:
-            summary.update({"events": st.events, "last_seq": st.seq, "last_chain": st.chain,
-                            "last_chain_hex": f"{st.chain:016x}", "caught_up": st.caught_up,
+            summary.update({"events": st.events, "last_seq": st.seq,
+                            "last_chain": f"{st.chain:016x}", "caught_up": st.caught_up,
                             "segments": st.segments, "kinds": st.kinds})
     finally:
         conn.close()
@@ -426,10 +428,10 @@ def run_writes(args, st, summary):
         if r["req"] != req.hex():
             raise Violation("WRITE_RESULT answers another req")
         results.append(r)
-    summary["write"] = {"id": rid, "req": req.hex(), "first": results[0], "second": results[1],
+    summary["write"] = {"id": str(rid), "req": req.hex(), "first": results[0], "second": results[1],
                         "same": results[0] == results[1]}
     if results[0]["code"] == "ok":
-        if results[0]["id"] != rid or results[0]["seq"] == 0:
+        if results[0]["id"] != str(rid) or results[0]["seq"] == 0:
             raise Violation("WRITE_RESULT ok without the record's id and event seq")
         # The record reaches the writer too, as an ordinary event of the stream.
         st.until(lambda: st.seq >= results[0]["seq"])
@@ -600,8 +602,8 @@ def main():
     p.add_argument("--password-stdin", action="store_true")
     p.add_argument("--wrong-password", action="store_true")
     p.add_argument("--cursor", type=int, default=0)
-    p.add_argument("--chain", type=int, default=0)
-    p.add_argument("--log-id", type=int, default=None)
+    p.add_argument("--chain", type=lambda x: int(x, 16), default=0, help="16 hex digits")
+    p.add_argument("--log-id", type=lambda x: int(x, 16), default=None, help="16 hex digits")
     p.add_argument("--proto", default="1,1")
     p.add_argument("--replay", action="store_true")
     p.add_argument("--write-customer")
