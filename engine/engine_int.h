@@ -121,6 +121,15 @@ bool cs__map_bin(const msgpack_object *o, const char *key, size_t len, const uin
 bool cs__map_str(const msgpack_object *o, const char *key, cs_str *out);
 /* The key after the last one of a u64 BE counter database (1 when empty). */
 cs_err cs__counter_next(MDB_txn *txn, MDB_dbi dbi, uint64_t *out);
+/* The msgpack record stored under key in dbi, unpacked into z (checked first). Errors:
+ * CS_NOT_FOUND, CS_IO, CS_CORRUPT, CS_NO_MEMORY. */
+cs_err cs__record_get(MDB_txn *m, MDB_dbi dbi, const void *key, size_t key_len, msgpack_zone *z,
+                      msgpack_object *out);
+/* Every record of dbi, in key order, as a JSON array of what fn makes of each (with e->zone
+ * cleared before each record), read in one snapshot. *out is a new reference. */
+typedef cs_err (*cs__row_json_fn)(const MDB_val *k, const MDB_val *v, msgpack_zone *z,
+                                  json_t **out);
+cs_err cs__dbi_json_array(cs_engine *e, MDB_dbi dbi, cs__row_json_fn fn, json_t **out);
 /* 2n lowercase hex digits and a NUL. */
 void cs__hex(char *out, const uint8_t *in, size_t n);
 /* CLOCK_REALTIME in ms since the epoch. */

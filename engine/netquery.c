@@ -277,25 +277,24 @@ static cs_err outbox_entry(const MDB_val *k, const MDB_val *v, msgpack_zone *z, 
     return CS_OK;
 }
 
-cs_err cs_engine_outbox(cs_engine *e, json_t **out)
+cs_err cs__dbi_json_array(cs_engine *e, MDB_dbi dbi, cs__row_json_fn fn, json_t **out)
 {
     MDB_txn *m;
     MDB_cursor *cur;
     cs_err err = cs__read_begin(e, &m);
     if (err != CS_OK)
         return err;
-    if (mdb_cursor_open(m, e->outbox, &cur)) {
+    if (mdb_cursor_open(m, dbi, &cur)) {
         cs_log_read_end(e->log, m);
         return CS_IO;
     }
     json_t *arr = json_array();
     err = arr ? CS_OK : CS_NO_MEMORY;
     MDB_val k, v;
-    int rc;
-    while (err == CS_OK && (rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+    while (err == CS_OK && mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
         json_t *j;
         msgpack_zone_clear(&e->zone);
-        err = outbox_entry(&k, &v, &e->zone, &j);
+        err = fn(&k, &v, &e->zone, &j);
         if (err == CS_OK && json_array_append_new(arr, j))
             err = CS_NO_MEMORY;
     }
@@ -307,4 +306,9 @@ cs_err cs_engine_outbox(cs_engine *e, json_t **out)
     }
     *out = arr;
     return CS_OK;
+}
+
+cs_err cs_engine_outbox(cs_engine *e, json_t **out)
+{
+    return cs__dbi_json_array(e, e->outbox, outbox_entry, out);
 }

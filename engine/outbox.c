@@ -104,8 +104,9 @@ cs_err cs_engine_outbox_done(cs_engine *e, uint64_t key, const cs_remote_answer 
 }
 
 /* One rejected record as {type, id, version, code, message, req}. */
-static cs_err rejected_json(const MDB_val *v, msgpack_zone *z, json_t **out)
+static cs_err rejected_json(const MDB_val *k, const MDB_val *v, msgpack_zone *z, json_t **out)
 {
+    (void)k;
     msgpack_object o, ent;
     const uint8_t *bytes, *req;
     size_t n;
@@ -137,31 +138,6 @@ static cs_err rejected_json(const MDB_val *v, msgpack_zone *z, json_t **out)
 cs_err cs_engine_rejected(cs_engine *e, json_t **out)
 {
     e->errmsg[0] = '\0';
-    MDB_txn *m;
-    MDB_cursor *cur;
-    cs_err err = cs__read_begin(e, &m);
-    if (err != CS_OK)
-        return err;
-    if (mdb_cursor_open(m, e->rejected, &cur)) {
-        cs_log_read_end(e->log, m);
-        return CS_IO;
-    }
-    json_t *arr = json_array();
-    err = arr ? CS_OK : CS_NO_MEMORY;
-    MDB_val k, v;
-    while (err == CS_OK && mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
-        json_t *j;
-        msgpack_zone_clear(&e->zone);
-        err = rejected_json(&v, &e->zone, &j);
-        if (err == CS_OK && json_array_append_new(arr, j))
-            err = CS_NO_MEMORY;
-    }
-    mdb_cursor_close(cur);
-    cs_log_read_end(e->log, m);
-    if (err != CS_OK) {
-        json_decref(arr);
-        return cs__fail(e, err, "a refused write's record cannot be read");
-    }
-    *out = arr;
-    return CS_OK;
+    cs_err err = cs__dbi_json_array(e, e->rejected, rejected_json, out);
+    return err == CS_OK ? CS_OK : cs__fail(e, err, "a refused write's record cannot be read");
 }

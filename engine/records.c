@@ -35,6 +35,18 @@ cs_err cs__unpack(const void *buf, size_t len, msgpack_zone *z, msgpack_object *
     return rc == MSGPACK_UNPACK_SUCCESS ? CS_OK : CS_CORRUPT;
 }
 
+cs_err cs__record_get(MDB_txn *m, MDB_dbi dbi, const void *key, size_t key_len, msgpack_zone *z,
+                      msgpack_object *out)
+{
+    MDB_val k = {key_len, (void *)key}, v;
+    int rc = mdb_get(m, dbi, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return CS_NOT_FOUND;
+    if (rc)
+        return CS_IO;
+    return cs__unpack(v.mv_data, v.mv_size, z, out);
+}
+
 const msgpack_object *cs__map_get(const msgpack_object *o, const char *key)
 {
     if (o->type != MSGPACK_OBJECT_MAP)

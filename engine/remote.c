@@ -65,19 +65,13 @@ static cs_err entry_parse(const uint8_t *entry, size_t len, msgpack_zone *z, ent
 static cs_err request_get(cs_engine *e, MDB_txn *m, const uint8_t key[REQUEST_KEY_BYTES],
                           cs_remote_answer *out)
 {
-    MDB_val k = {REQUEST_KEY_BYTES, (void *)key}, v;
-    int rc = mdb_get(m, e->requests, &k, &v);
-    if (rc == MDB_NOTFOUND)
-        return CS_NOT_FOUND;
-    if (rc)
-        return CS_IO;
     msgpack_zone z;
     msgpack_object o;
     cs_str msg;
     cs_remote_answer a = {0};
     if (!msgpack_zone_init(&z, 256))
         return CS_NO_MEMORY;
-    cs_err err = cs__unpack(v.mv_data, v.mv_size, &z, &o);
+    cs_err err = cs__record_get(m, e->requests, key, REQUEST_KEY_BYTES, &z, &o);
     if (err == CS_OK && !(cs__map_code(&o, &a.code, &msg) && cs__map_u64(&o, "id", &a.id) &&
                           cs__map_u64(&o, "version", &a.version) && cs__map_u64(&o, "seq", &a.seq)))
         err = CS_CORRUPT;

@@ -73,18 +73,12 @@ cs_err cs__status_read(cs_engine *e, MDB_txn *m, uint64_t shop, cs_shop_status *
 {
     uint8_t kb[8];
     cs__be64_put(kb, shop);
-    MDB_val k = {8, kb}, v;
-    int rc = mdb_get(m, e->status, &k, &v);
-    if (rc == MDB_NOTFOUND)
-        return CS_NOT_FOUND;
-    if (rc)
-        return CS_IO;
     msgpack_zone z;
     msgpack_object o;
     if (!msgpack_zone_init(&z, 128))
         return CS_NO_MEMORY;
     cs_shop_status s = {.shop = shop};
-    cs_err err = cs__unpack(v.mv_data, v.mv_size, &z, &o);
+    cs_err err = cs__record_get(m, e->status, kb, sizeof(kb), &z, &o);
     const msgpack_object *c = err == CS_OK ? cs__map_get(&o, "connected") : NULL;
     if (err == CS_OK &&
         (!cs__map_u64(&o, "cursor", &s.cursor) || !cs__map_u64(&o, "last_seen", &s.last_seen_ms) ||

@@ -20,6 +20,7 @@
 #include "log/log.h"
 #include "projections/projection.h"
 #include "tests/harness.h"
+#include "tests/run.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -49,38 +50,6 @@
 _Static_assert(GROW_EVENT_BYTES + 1024 <= CS_EVENT_BYTES_MAX, "a grower's event fits");
 
 static const cs_log_options grow_opts = {.map_bytes = GROW_MAP_BYTES};
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* Waits for pid until deadline (monotonic ms), killing and reaping it past that. The exit
- * code, or -1 when it did not exit by itself. */
-static int reap(pid_t pid, uint64_t deadline)
-{
-    int status = 0;
-    for (;;) {
-        pid_t w = waitpid(pid, &status, WNOHANG);
-        if (w == pid)
-            break;
-        if (w < 0 && errno != EINTR)
-            return -1;
-        if (now_ms() > deadline) {
-            fprintf(stderr, "  child %d passed its deadline: killed\n", (int)pid);
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return -1;
-        }
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    if (WIFSIGNALED(status))
-        fprintf(stderr, "  child %d died of signal %d\n", (int)pid, WTERMSIG(status));
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 /* In a child: die with the parent, and on our own after a while, whatever happens to it. */
 static void child_bounds(void)
@@ -171,7 +140,7 @@ static int run_grower(const char *dir, const char *mode, unsigned mb)
         execv("/proc/self/exe", argv);
         _exit(127);
     }
-    return reap(pid, now_ms() + CHILD_DEADLINE_MS);
+    return cs_run_reap(pid, cs_run_now_ms() + CHILD_DEADLINE_MS);
 }
 
 /* ---- the readers (forked before the directory is open in the parent) --------------------- */
@@ -400,9 +369,9 @@ static void test_spec5_reads_survive_another_process_growing_the_map(void)
         close(rp[i].go_fd); /* without a go byte: the reader stops */
     }
     int codes[FIRST_COUNT];
-    uint64_t deadline = now_ms() + CHILD_DEADLINE_MS;
+    uint64_t deadline = cs_run_now_ms() + CHILD_DEADLINE_MS;
     for (int i = 0; i < started; i++) {
-        codes[i] = reap(rp[i].pid, deadline);
+        codes[i] = cs_run_reap(rp[i].pid, deadline);
         close(rp[i].ready_fd);
         if (codes[i] != 0)
             fprintf(stderr, "  reader whose first read is %s exited %d\n", first_names[i],

@@ -440,3 +440,25 @@ int cs_cli_read_json_object(const char *text, json_t **out)
     *out = v;
     return CS_CLI_GO;
 }
+
+cs_cli_created cs_cli_created_before(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/data.mdb", dir);
+    cs_cli_created c = {.dir = access(dir, F_OK) != 0, .store = access(path, F_OK) != 0};
+    return c;
+}
+
+void cs_cli_created_undo(const char *dir, cs_cli_created c)
+{
+    static const char *const files[] = {"data.mdb", "lock.mdb", "node.lock"};
+    char path[4096];
+    if (!c.store)
+        return;
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    if (c.dir)
+        rmdir(dir);
+}

@@ -102,6 +102,17 @@ int cs_cli_open(const char *dir, bool must_exist, cs_engine **out);
 int cs_cli_parse_shop_args(const cs_cli_cmd *cmd, int argc, char **argv, unsigned npos, char **pos,
                            uint64_t *shop);
 
+/* What a command that may create a data directory found there before it ran (`branch import`,
+ * `branch join`), so that a refused command removes what it made: bad input changes nothing
+ * (SPEC 6). */
+typedef struct cs_cli_created {
+    bool dir;   /* the directory itself did not exist */
+    bool store; /* it held no data.mdb */
+} cs_cli_created;
+cs_cli_created cs_cli_created_before(const char *dir);
+/* Removes the store files (and the directory, when it was made) that c says were not there. */
+void cs_cli_created_undo(const char *dir, cs_cli_created c);
+
 /* Strict decimal u64: digits only, whole string, no overflow. False on anything else. */
 bool cs_cli_parse_u64(const char *s, uint64_t *out);
 /* The same for an option or argument named `what`, >= 1; prints the usage error (returns 1). */

@@ -42,25 +42,9 @@ int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv)
     return err == CS_OK ? 0 : cs_cli_fail(err, "%s", msg);
 }
 
-/* What `branch join` created in a directory that held no store, removed again when the join is
- * refused before anything arrived: a refused command leaves nothing behind (SPEC 6). */
 static bool store_exists(const char *dir)
 {
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/data.mdb", dir);
-    return access(path, F_OK) == 0;
-}
-
-static void remove_store(const char *dir, bool dir_was_there)
-{
-    static const char *const files[] = {"data.mdb", "lock.mdb", "node.lock"};
-    char path[4096];
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-        snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
-        unlink(path);
-    }
-    if (!dir_was_there)
-        rmdir(dir);
+    return !cs_cli_created_before(dir).store;
 }
 
 static int node_result(cs_branch *b, cs_err err, const char *msg)
@@ -80,7 +64,7 @@ static int node_result(cs_branch *b, cs_err err, const char *msg)
     return 0;
 }
 
-static int run_node(const char *dir, const cs_node_options *o, bool fresh, bool dir_was_there,
+static int run_node(const char *dir, const cs_node_options *o, const cs_cli_created *fresh,
                     bool print)
 {
     cs_branch *b = NULL;
@@ -96,7 +80,7 @@ static int run_node(const char *dir, const cs_node_options *o, bool fresh, bool 
     int rc = print || err != CS_OK ? node_result(b, err, msg) : 0;
     cs_branch_close(b);
     if (fresh && nothing)
-        remove_store(dir, dir_was_there);
+        cs_cli_created_undo(dir, *fresh);
     return rc;
 }
 
@@ -113,8 +97,8 @@ int cs_cmd_demo(const cs_cli_cmd *cmd, int argc, char **argv)
         return rc;
     const char *script = CS_SOURCE_DIR "/tools/demo";
     if (access(script, X_OK) != 0)
-        return cs_cli_fail(CS_NOT_FOUND, "the demo script %s is not there: it ships with the source",
-                           script);
+        return cs_cli_fail(CS_NOT_FOUND,
+                           "the demo script %s is not there: it ships with the source", script);
     execl(script, script, (char *)NULL);
     return cs_cli_fail(CS_IO, "cannot run %s", script);
 }
@@ -150,8 +134,8 @@ int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv)
                          .shop = shop,
                          .password = password,
                          .progress = isatty(STDERR_FILENO)};
-    bool dir_was_there = access(dir, F_OK) == 0, fresh = !store_exists(dir);
-    rc = run_node(dir, &o, fresh, dir_was_there, true);
+    cs_cli_created fresh = cs_cli_created_before(dir);
+    rc = run_node(dir, &o, &fresh, true);
     memset(password, 0, sizeof(password));
     return rc;
 }
@@ -170,7 +154,7 @@ static int follow_or_pull(const cs_cli_cmd *cmd, int argc, char **argv, cs_node_
     if (!store_exists(dir))
         return cs_cli_fail(CS_NOT_FOUND, "%s holds no branch: run chainsync branch join", dir);
     cs_node_options o = {.mode = mode, .head = head, .progress = isatty(STDERR_FILENO)};
-    return run_node(dir, &o, false, true, true);
+    return run_node(dir, &o, NULL, true);
 }
 
 int cs_cmd_branch_follow(const cs_cli_cmd *cmd, int argc, char **argv)
@@ -225,7 +209,7 @@ int cs_cli_put_wait(const char *dir, const cs_write_result *w, unsigned timeout_
 {
     if (!cs_node_running(dir)) { /* nobody will deliver it: do it ourselves */
         cs_node_options o = {.mode = CS_NODE_PULL};
-        int rc = run_node(dir, &o, false, true, false);
+        int rc = run_node(dir, &o, NULL, false);
         if (rc != 0)
             return rc;
     }

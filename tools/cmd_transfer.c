@@ -45,37 +45,9 @@ int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
     return err == CS_OK ? 0 : rc;
 }
 
-/* What `branch import` created in a directory that held no store, removed again when the
- * import is refused: a refused command leaves nothing behind (SPEC 6). */
-typedef struct created {
-    bool dir;   /* the directory itself did not exist */
-    bool store; /* it held no data.mdb */
-} created;
-
-static created created_before(const char *dir)
-{
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/data.mdb", dir);
-    created c = {.dir = access(dir, F_OK) != 0, .store = access(path, F_OK) != 0};
-    return c;
-}
-
-static void created_undo(const char *dir, created c)
-{
-    char path[4096];
-    if (!c.store)
-        return;
-    snprintf(path, sizeof(path), "%s/data.mdb", dir);
-    unlink(path);
-    snprintf(path, sizeof(path), "%s/lock.mdb", dir);
-    unlink(path);
-    if (c.dir)
-        rmdir(dir);
-}
-
 static int import_into(const char *dir, uint64_t shop, const char *file)
 {
-    created fresh = created_before(dir);
+    cs_cli_created fresh = cs_cli_created_before(dir);
     cs_branch *b = NULL;
     cs_err err = cs_branch_open(dir, NULL, &b);
     if (err != CS_OK)
@@ -106,7 +78,7 @@ static int import_into(const char *dir, uint64_t shop, const char *file)
                 now.shop == 0; /* refused before anything of the file was applied */
     cs_branch_close(b);
     if (undo)
-        created_undo(dir, fresh);
+        cs_cli_created_undo(dir, fresh);
     return rc;
 }
 

@@ -174,8 +174,7 @@ static const cs_cli_cmd commands[] = {
      "  --out FILE     where to write the segments (required)\n\n"
      "Example:\n  chainsync log export --data /tmp/hq --from 1 --out /tmp/hq.seg\n",
      NULL},
-    {"demo", NULL, cs_cmd_demo, "run the narrated demo: a live network on 127.0.0.1",
-     "demo",
+    {"demo", NULL, cs_cmd_demo, "run the narrated demo: a live network on 127.0.0.1", "demo",
      "Runs tools/demo from the source tree this program was built from: a head office and\n"
      "three branches replicating on 127.0.0.1 (serve, branch join and follow), explained as\n"
      "it goes; everything it starts is stopped, and its data is left in ./demo-data.\n\n"
