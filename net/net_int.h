@@ -165,6 +165,7 @@ typedef struct cs__conn {
     char peer[64];
     uint64_t shop;
     bool known, linked;
+    bool joining; /* HELLO's mode was "join": only a linked branch may */
     cs_auth_keys keys;
     uint8_t cnonce[CS_NET_NONCE_BYTES];
     uint8_t snonce[CS_NET_NONCE_BYTES];

@@ -66,8 +66,9 @@ typedef struct node {
     unsigned attempt;
     uint64_t opened_ms, last_rx_ms, last_tx_ms;
     uint64_t progress_ms, progress_from, progress_total, progress_t0;
-    bool done;     /* stop after this connection: no retry */
-    cs_err result; /* what cs_node_run returns */
+    bool progress_line; /* a progress line without its newline is on the terminal */
+    bool done;          /* stop after this connection: no retry */
+    cs_err result;      /* what cs_node_run returns */
     char errmsg[320];
     uint8_t rbuf[64 * 1024];
 } node;
@@ -76,6 +77,10 @@ static void node_logf(node *n, const char *fmt, ...) __attribute__((format(print
 
 static void node_logf(node *n, const char *fmt, ...)
 {
+    if (n->progress_line) { /* end the progress line first: a log line of its own */
+        fputc('\n', stderr);
+        n->progress_line = false;
+    }
     va_list ap;
     va_start(ap, fmt);
     cs__net_vlogf(n->out, "branch", fmt, ap);
@@ -250,6 +255,8 @@ static void send_outbox(node *n)
 
 /* ---- join / pull completion and progress ------------------------------------------------- */
 
+static void progress(node *n, bool last);
+
 static void check_done(node *n)
 {
     if (n->o->mode == CS_NODE_FOLLOW || n->state != N_STREAMING || !n->caught_up ||
@@ -262,6 +269,7 @@ static void check_done(node *n)
     free(entry);
     if (err == CS_OK)
         return; /* more to send: send_outbox runs after every answer */
+    progress(n, true);
     node_logf(n, "in step at event %llu", (unsigned long long)n->cursor);
     n->done = true;
     n->result = err == CS_NOT_FOUND ? CS_OK : err;
@@ -282,6 +290,7 @@ static void progress(node *n, bool last)
     fprintf(stderr, "\rapplied %llu of %llu events (%.0f events/s)%s", (unsigned long long)done,
             (unsigned long long)n->progress_total, secs > 0 ? (double)done / secs : 0.0,
             last ? "\n" : "");
+    n->progress_line = !last;
     if (last)
         n->progress_total = 0;
 }
@@ -433,6 +442,12 @@ static void on_segment(node *n, const uint8_t *body, size_t len)
     n->cursor = st.cursor;
     n->chain = st.chain;
     send_uint_frame(n, CS__F_ACK, "cursor", n->cursor);
+    if (st.unlinked) { /* R13: the segment held this branch's unlink */
+        node_drop(n, CS_NOT_IN_NETWORK, false,
+                  "the head office unlinked this branch: it is a single store now, its copies "
+                  "kept as local items");
+        return;
+    }
     progress(n, false);
     check_done(n);
 }
@@ -731,6 +746,7 @@ bool cs_node_running(const char *dir)
 static cs_err node_setup(node *n)
 {
     cs_err err = CS_OK;
+    cs_branch_state st;
     if (n->o->mode == CS_NODE_JOIN) {
         snprintf(n->link.head, sizeof(n->link.head), "%s", n->o->head ? n->o->head : "");
         n->link.shop = n->o->shop;
@@ -739,6 +755,10 @@ static cs_err node_setup(node *n)
             n->link.log_id = old.log_id; /* joining again: it must be the same network */
         if ((err = cs_branch_bind(n->b, n->o->shop)) != CS_OK)
             snprintf(n->errmsg, sizeof(n->errmsg), "%s", cs_branch_errmsg(n->b));
+    } else if (cs_branch_state_get(n->b, &st) == CS_OK && st.unlinked) {
+        err = CS_NOT_IN_NETWORK;
+        snprintf(n->errmsg, sizeof(n->errmsg),
+                 "this directory was unlinked from its network: it is a single store now");
     } else if ((err = cs__link_load(n->b, &n->link)) == CS_NOT_FOUND) {
         err = CS_INVALID_INPUT;
         snprintf(n->errmsg, sizeof(n->errmsg),

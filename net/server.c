@@ -193,6 +193,9 @@ static void conn_on_hello(cs__conn *c, const cs__body *b)
         cs__conn_close(c, err, cs_engine_errmsg(s->e), false);
         return;
     }
+    cs_str mode;
+    c->joining =
+        cs__body_str(b, "mode", &mode) && mode.len == 4 && memcmp(mode.ptr, "join", 4) == 0;
     c->shop = shop;
     c->proto = CS_NET_PROTO_VERSION;
     memcpy(c->cnonce, nonce, CS_NET_NONCE_BYTES);
@@ -229,7 +232,12 @@ static void conn_on_proof(cs__conn *c, const cs__body *b)
     /* The proof is checked for every id, known or not, so the answer takes the same path. */
     bool ok = cs_auth_proof_ok(&c->keys, msg, sizeof(msg), proof) && c->known;
     char m[160];
-    if (!c->linked) {
+    /* An unlinked branch that proves itself may still stream, up to its unlink event: that is
+     * how a branch that was offline when it was unlinked becomes a single store (R13). Anyone
+     * else who is not a linked branch, and an unlinked one that cannot prove itself or asks to
+     * join, gets the same answer as an unknown id. */
+    bool unlinked_ok = ok && !c->linked && c->shop != s->self && !c->joining;
+    if (!c->linked && !unlinked_ok) {
         snprintf(m, sizeof(m), "shop %llu is not a branch of this network",
                  (unsigned long long)c->shop);
         cs__conn_close(c, CS_NOT_IN_NETWORK, m, false);

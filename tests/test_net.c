@@ -623,6 +623,72 @@ static void test_net_branch_refuses_another_networks_head_office(void)
     net_free(&b);
 }
 
+static int cmd_err(const char *const *args, const char *input, const char *want)
+{
+    cs_run_result r;
+    if (!cs_run(&r, input, NULL, args, CMD_MS))
+        return -1;
+    int rc = strstr(r.err, want) ? r.exit_code : -2;
+    if (rc == -2)
+        fprintf(stderr, "  %s %s: exit %d, wanted %s: %s\n", args[0], args[1], r.exit_code, want,
+                r.err);
+    free(r.out);
+    free(r.err);
+    return rc;
+}
+
+static bool branch_unlinked(const char *dir)
+{
+    cs_branch *b = NULL;
+    cs_branch_state st = {0};
+    if (cs_branch_open(dir, NULL, &b) == CS_OK)
+        cs_branch_state_get(b, &st);
+    cs_branch_close(b);
+    return st.unlinked;
+}
+
+/* R13 over the network: a branch that was offline when the head office unlinked it learns of
+ * it at its next connection (it proves itself and streams up to its unlink), becomes a single
+ * store with its copies kept, and does not connect again. */
+static void test_r13_branch_offline_at_unlink_becomes_single_store_at_next_pull(void)
+{
+    net n;
+    CHECK(net_up_one(&n));
+    char b1[32];
+    snprintf(b1, sizeof(b1), "%llu", (unsigned long long)n.shops[0]);
+    const char *unlink_cmd[] = {"shop", "unlink", b1, "--data", n.hq, NULL};
+    CHECK(cmd(NULL, NULL, unlink_cmd) == 0);
+    const char *pl[] = {"branch", "pull", "--data", n.dir[0], NULL};
+    CHECK(cmd_err(pl, NULL, "unlinked this branch") == 2);
+    CHECK(branch_unlinked(n.dir[0]));
+    char *out = NULL;
+    const char *list[] = {"list", "service", "--data", n.dir[0], "--json-out", NULL};
+    CHECK(cmd(NULL, &out, list) == 0);
+    bool kept = strstr(out, "\"detached_from\":{") != NULL; /* R13: nothing is lost */
+    free(out);
+    CHECK(kept);
+    CHECK(cmd_err(pl, NULL, "single store") == 2); /* and it does not connect again */
+    net_free(&n);
+}
+
+/* SPEC 5: a password changed at the head office makes the branch's stored keys useless; the
+ * branch says so (join again) and a join with the new password works. */
+static void test_net_password_changed_at_head_office_needs_join_again(void)
+{
+    net n;
+    CHECK(net_up_one(&n));
+    char b1[32];
+    snprintf(b1, sizeof(b1), "%llu", (unsigned long long)n.shops[0]);
+    const char *pw[] = {"shop", "password", b1, "--data", n.hq, "--password-stdin", NULL};
+    CHECK(cmd("another-secret-2\n", NULL, pw) == 0);
+    const char *pl[] = {"branch", "pull", "--data", n.dir[0], NULL};
+    CHECK(cmd_err(pl, NULL, "join again") == 4); /* auth_failed: docs/cli.md exit codes */
+    CHECK(join(&n, 0, PASSWORD) == 4);
+    CHECK(join(&n, 0, "another-secret-2") == 0);
+    CHECK(pull(&n, 0) == 0);
+    net_free(&n);
+}
+
 int main(void)
 {
     if (!getenv("CS_BIN")) {
@@ -638,5 +704,7 @@ int main(void)
     RUN(test_r8_refused_write_is_reported_and_leaves_outbox);
     RUN(test_net_join_refusals_have_codes_and_leave_nothing);
     RUN(test_net_branch_refuses_another_networks_head_office);
+    RUN(test_r13_branch_offline_at_unlink_becomes_single_store_at_next_pull);
+    RUN(test_net_password_changed_at_head_office_needs_join_again);
     return cs_test_finish();
 }
