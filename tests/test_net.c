@@ -689,6 +689,32 @@ static void test_net_password_changed_at_head_office_needs_join_again(void)
     net_free(&n);
 }
 
+/* R10 over the network: a single store that joins keeps its own items as local items, and the
+ * head office's catalog arrives beside them as copies. */
+static void test_r10_single_store_joins_and_keeps_its_items(void)
+{
+    net n;
+    uint64_t service = 0;
+    CHECK(net_make(&n, 1, &service));
+    CHECK(serve_start(&n, NULL));
+    const char *init[] = {"init", "--data", n.dir[0], "--name", "Corner shop", NULL};
+    CHECK(cmd(NULL, NULL, init) == 0);
+    uint64_t own = put_json(n.dir[0], "service_category", NULL, "{\"name\":\"Our own\"}");
+    CHECK(own != 0);
+    CHECK(join(&n, 0, PASSWORD) == 0);
+    CHECK(item_int(n.dir[0], "service_category", own, "version") == 1);
+    CHECK(copy_of(n.dir[0], "service", service) != 0);
+    char *out = NULL;
+    char ids[32];
+    snprintf(ids, sizeof(ids), "%llu", (unsigned long long)own);
+    const char *get[] = {"get", "service_category", ids, "--data", n.dir[0], "--json-out", NULL};
+    CHECK(cmd(NULL, &out, get) == 0);
+    bool local = strstr(out, "\"origin\":null") != NULL;
+    free(out);
+    CHECK(local);
+    net_free(&n);
+}
+
 int main(void)
 {
     if (!getenv("CS_BIN")) {
@@ -706,5 +732,6 @@ int main(void)
     RUN(test_net_branch_refuses_another_networks_head_office);
     RUN(test_r13_branch_offline_at_unlink_becomes_single_store_at_next_pull);
     RUN(test_net_password_changed_at_head_office_needs_join_again);
+    RUN(test_r10_single_store_joins_and_keeps_its_items);
     return cs_test_finish();
 }
