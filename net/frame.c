@@ -9,10 +9,13 @@
 #include "net/net_int.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
+#include <unistd.h>
 
 const char *cs__frame_name(unsigned type)
 {
@@ -304,6 +307,20 @@ void cs__net_vlogf(FILE *out, const char *who, const char *fmt, va_list ap)
     vfprintf(out, fmt, ap);
     fputc('\n', out);
     fflush(out);
+}
+
+int cs__dir_lock(const char *dir, const char *name, int how)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    if (flock(fd, how | LOCK_NB) != 0) {
+        close(fd);
+        return -2;
+    }
+    return fd;
 }
 
 cs_err cs__parse_addr(const char *hostport, struct sockaddr_storage *out)

@@ -224,6 +224,11 @@ void cs__server_pump_one(cs__server *s, cs__conn *c);
 uint64_t cs__net_now_ms(void); /* wall clock, ms since the epoch */
 /* One log line: "<UTC time> <who>: <message>\n", flushed (serve's and a node's log). */
 void cs__net_vlogf(FILE *out, const char *who, const char *fmt, va_list ap);
+/* Takes the flock `how` (LOCK_EX, LOCK_SH) on DIR/name without waiting: one branch node, one
+ * server per directory; the kernel releases it when the process dies, however it dies. Returns
+ * the descriptor (close it to release), -2 when another process holds it, -1 when it cannot be
+ * created. */
+int cs__dir_lock(const char *dir, const char *name, int how);
 /* Splits "HOST:PORT" into a sockaddr. Errors: CS_INVALID_INPUT. */
 cs_err cs__parse_addr(const char *hostport, struct sockaddr_storage *out);
 

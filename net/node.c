@@ -720,24 +720,9 @@ static void close_handle(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
-/* The node lock: one node per directory (flock, released by the kernel if the node dies). */
-static int node_lock(const char *dir, int how)
-{
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/node.lock", dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -1;
-    if (flock(fd, how | LOCK_NB) != 0) {
-        close(fd);
-        return -2;
-    }
-    return fd;
-}
-
 bool cs_node_running(const char *dir)
 {
-    int fd = node_lock(dir, LOCK_SH);
+    int fd = cs__dir_lock(dir, "node.lock", LOCK_SH);
     if (fd >= 0)
         close(fd);
     return fd == -2;
@@ -783,7 +768,7 @@ cs_err cs_node_run(cs_branch *b, const char *dir, const cs_node_options *o, char
         snprintf(errmsg, errmsg_len, "libsodium cannot start");
         return CS_NO_MEMORY;
     }
-    int lock = node_lock(dir, LOCK_EX);
+    int lock = cs__dir_lock(dir, "node.lock", LOCK_EX);
     if (lock < 0) {
         snprintf(errmsg, errmsg_len,
                  lock == -2 ? "another branch node runs on %s" : "cannot create %s/node.lock", dir);

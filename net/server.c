@@ -19,7 +19,9 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
+#include <unistd.h>
 
 #define TICK_MS 250u
 #define CLOSING_GRACE_MS 2000u
@@ -836,11 +838,17 @@ cs_err cs_server_run(cs_engine *e, const char *dir, const cs_server_options *o, 
 {
     if (sodium_init() < 0)
         return server_fail(errmsg, errmsg_len, CS_NO_MEMORY, "libsodium cannot start");
+    int lock = cs__dir_lock(dir, "serve.lock", LOCK_EX); /* SPEC 5: one serve per network */
+    if (lock < 0)
+        return server_fail(errmsg, errmsg_len, lock == -2 ? CS_FORBIDDEN : CS_IO,
+                           lock == -2 ? "another chainsync serve runs on %s" : "cannot lock %s",
+                           dir);
     cs__server *s = calloc(1, sizeof(*s));
     uv_loop_t *loop = malloc(sizeof(*loop));
     if (!s || !loop || uv_loop_init(loop) != 0) {
         free(s);
         free(loop);
+        close(lock);
         return server_fail(errmsg, errmsg_len, CS_NO_MEMORY, "out of memory");
     }
     s->loop = loop;
@@ -867,5 +875,6 @@ cs_err cs_server_run(cs_engine *e, const char *dir, const cs_server_options *o, 
     free(s->gone);
     free(s);
     free(loop);
+    close(lock);
     return err;
 }

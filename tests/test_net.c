@@ -715,6 +715,18 @@ static void test_r10_single_store_joins_and_keeps_its_items(void)
     net_free(&n);
 }
 
+/* SPEC 5: one serve process per network: a second one on the same directory is refused and the
+ * first keeps serving. */
+static void test_net_second_serve_on_one_directory_is_refused(void)
+{
+    net n;
+    CHECK(net_up_one(&n));
+    const char *again[] = {"serve", "--data", n.hq, "--listen", "127.0.0.1:0", NULL};
+    CHECK(cmd_err(again, NULL, "another chainsync serve runs") == 2);
+    CHECK(pull(&n, 0) == 0);
+    net_free(&n);
+}
+
 int main(void)
 {
     if (!getenv("CS_BIN")) {
@@ -733,5 +745,6 @@ int main(void)
     RUN(test_r13_branch_offline_at_unlink_becomes_single_store_at_next_pull);
     RUN(test_net_password_changed_at_head_office_needs_join_again);
     RUN(test_r10_single_store_joins_and_keeps_its_items);
+    RUN(test_net_second_serve_on_one_directory_is_refused);
     return cs_test_finish();
 }

@@ -451,7 +451,7 @@ cs_cli_created cs_cli_created_before(const char *dir)
 
 void cs_cli_created_undo(const char *dir, cs_cli_created c)
 {
-    static const char *const files[] = {"data.mdb", "lock.mdb", "node.lock"};
+    static const char *const files[] = {"data.mdb", "lock.mdb", "node.lock", "serve.lock"};
     char path[4096];
     if (!c.store)
         return;
