@@ -5,7 +5,8 @@ docs/storage.md (not from the C), to prove that document is enough to read and v
 Uses Debian's python3-lmdb, python3-msgpack and python3-xxhash; run it with the system Python
 (/usr/bin/python3), where those packages live.
 
-    storage_reader.py [--json] [--times] [--state] [--types] [--no-lock] DIR
+    storage_reader.py [--json] [--times] [--state] [--types] [--no-lock]
+                      [--secrets [--password PW] [--shop ID]] DIR
 
 Walks the "events" database from sequence 1 and checks, in this order for each record: the key
 is the next sequence (no gap), the value has a 16-byte header and an event of 1 to
@@ -23,11 +24,31 @@ a branch its sync state, copies (through the origin index and the mirror) and di
 checks the branch invariants 1 to 4 and reports a broken one as corrupt. --types prints the
 type table (name, code, class) this reader knows, as JSON, and exits. --no-lock opens the
 environment without LMDB's lock file (for a copy on read-only media; never while a writer is
-running). Exit 1: usage or a missing
-Python module; exit 3: the directory cannot be opened or is not a chainsync data directory.
+running).
+
+--secrets reads the records that are not derived from a log (docs/storage.md, "Engine records
+outside the state" and "The branch node's records"): `secrets` (password keys and the decoy),
+`status`, `requests`, `outbox`, `rejected`, `netlink` and the `node.lock` file; checks each
+against its documented layout and prints them as one JSON object (salts and costs, never a
+key). It checks R9 as the document states it: no database of the directory holds an argon2
+hash string (`$argon2`), and each secret (salts, StoredKey, ServerKey, ClientKey, the decoy)
+appears in no database but its own record, the log's `events` least of all. With --password PW
+it recomputes SaltedPassword, ClientKey, StoredKey and ServerKey by the document's construction
+(python3-nacl's argon2id) and compares them with the branch's `netlink` (whose shop must then
+be --shop, when given) or, at a head office, with the `secrets` record of shop --shop ID; it
+also checks that the password's bytes are in no database and no file of the directory. Keys
+that do not match: "auth_failed: ..." on stderr, exit 2.
+
+Exit 1: usage or a missing Python module; exit 2: --password gives other keys; exit 3: the
+directory cannot be opened, is not a chainsync data directory, or holds a corrupt record.
 """
 
 import base64
+import fcntl
+import hashlib
+import hmac
+import os
+import stat
 import json
 import math
 import sys
@@ -50,7 +71,7 @@ EVENT_STR_BYTES_MAX = 255
 MSGPACK_DEPTH_MAX = 16
 U64_KEYS = ("seq", "time", "shop", "id", "version")
 STR_KEYS = ("actor", "kind", "type")
-EXIT_USAGE, EXIT_STORAGE = 1, 3
+EXIT_USAGE, EXIT_REFUSED, EXIT_STORAGE = 1, 2, 3
 
 
 class Corrupt(Exception):
@@ -299,8 +320,8 @@ TYPES = (
     ("shop_info", 65, "local"),
 )
 BY_CODE = {code: (name, cls) for name, code, cls in TYPES}
-ENGINE_DBS = ("items", "network", "local", "secrets", "outbox")
-BRANCH_DBS = ("mirror", "origin", "dirty", "branch")
+ENGINE_DBS = ("items", "network", "local", "secrets", "outbox", "status", "requests", "rejected")
+BRANCH_DBS = ("mirror", "origin", "dirty", "branch", "netlink")
 ITEM_FIELDS_NEST_MAX = MSGPACK_DEPTH_MAX - 1
 
 
@@ -527,19 +548,337 @@ def read_state(txn, dbs):
     return out
 
 
+# ---- records outside the state (docs/storage.md, "Engine records outside the state", "The
+# branch node's records") ----------------------------------------------------------------------
+
+SALT_BYTES, KEY_BYTES, DECOY_BYTES = 16, 32, 32
+SECRET_BYTES_MAX, REQ_BYTES, MESSAGE_BYTES_MAX, HEAD_BYTES_MAX = 192, 16, 255, 255
+CODES = ("ok", "version_conflict", "invalid_input", "forbidden", "not_found",
+         "dangling_reference", "unknown_type", "not_in_network")
+SHARED = {name for name, _, cls in TYPES if cls == "shared"}
+ARGON2_MARK = b"$argon2"  # every argon2 hash string (crypto_pwhash_str) starts with it
+
+
+class Refused(Exception):
+    pass
+
+
+def small_map(v, where, size_max=None):
+    """One msgpack map, nothing after it; its str keys (the first of a repeated one), others
+    ignored."""
+    if size_max is not None and len(v) > size_max:
+        raise corrupt("%s: %d bytes, over %d" % (where, len(v), size_max))
+    try:
+        obj = msgpack.unpackb(v, raw=False, strict_map_key=False, object_pairs_hook=Map,
+                              use_list=True, timestamp=0)
+    except Exception as e:
+        raise corrupt("%s: not one msgpack value: %s" % (where, e))
+    if not isinstance(obj, Map):
+        raise corrupt("%s: not a map" % where)
+    out = {}
+    for k, x in obj:
+        if type(k) is str and k not in out:
+            out[k] = x
+    return out
+
+
+def want(rec, key, kind, where, size=None):
+    """rec[key] of a documented kind: "uint", "str", "bool", "bin" (of size bytes), "map"."""
+    if key not in rec:
+        raise corrupt("%s: no %s" % (where, key))
+    x = rec[key]
+    ok = {"uint": type(x) is int and x >= 0, "str": type(x) is str, "bool": type(x) is bool,
+          "bin": type(x) is bytes and (size is None or len(x) == size),
+          "map": isinstance(x, Map)}[kind]
+    if not ok:
+        raise corrupt("%s: %s is not %s%s" % (where, key, kind,
+                                             "" if size is None else " of %d bytes" % size))
+    return x
+
+
+def keys_from_password(password, salt, ops, mem):
+    """docs/storage.md "secrets": SaltedPassword = argon2id13(password, salt, ops, mem, 32
+    bytes); ClientKey = HMAC-SHA-256(SaltedPassword, "Client Key"), StoredKey =
+    SHA-256(ClientKey), ServerKey = HMAC-SHA-256(SaltedPassword, "Server Key")."""
+    try:
+        import nacl.pwhash
+    except ImportError as e:
+        sys.stderr.write("storage_reader: %s; install python3-nacl\n" % e)
+        sys.exit(EXIT_USAGE)
+    sp = nacl.pwhash.argon2id.kdf(32, password, salt, opslimit=ops, memlimit=mem)
+    ck = hmac.new(sp, b"Client Key", hashlib.sha256).digest()
+    return {"client_key": ck, "stored_key": hashlib.sha256(ck).digest(),
+            "server_key": hmac.new(sp, b"Server Key", hashlib.sha256).digest()}
+
+
+def read_secrets(txn, dbs):
+    """`secrets`: shop u64 BE -> the 6-key record (layout v 1); `decoy` -> 32 raw bytes."""
+    recs, decoy = {}, None
+    for k, v in records(txn, dbs, "secrets"):
+        if k == b"decoy":
+            if len(v) != DECOY_BYTES:
+                raise corrupt("secrets: the decoy is %d bytes" % len(v))
+            decoy = v
+            continue
+        if len(k) != 8:
+            raise corrupt("secrets: key %s is neither a shop id nor decoy" % k.hex())
+        shop, where = u64_be(k), "secrets %d" % u64_be(k)
+        r = small_map(v, where, SECRET_BYTES_MAX)
+        if want(r, "v", "uint", where) != 1:
+            raise corrupt("%s: layout %d (this reader knows 1)" % (where, r["v"]))
+        recs[shop] = {"salt": want(r, "salt", "bin", where, SALT_BYTES),
+                      "ops": want(r, "ops", "uint", where), "mem": want(r, "mem", "uint", where),
+                      "stored_key": want(r, "stored_key", "bin", where, KEY_BYTES),
+                      "server_key": want(r, "server_key", "bin", where, KEY_BYTES)}
+    return recs, decoy
+
+
+def read_status(txn, dbs, shops):
+    """`status`: shop u64 BE -> {cursor, last_seen, connected}, only for shops in `network`."""
+    out = []
+    for k, v in records(txn, dbs, "status"):
+        if len(k) != 8:
+            raise corrupt("status: key %s is not a shop id" % k.hex())
+        shop, where = u64_be(k), "status %d" % u64_be(k)
+        if shop not in shops:
+            raise corrupt("%s: no shop: record in network" % where)
+        r = small_map(v, where)
+        out.append({"shop": shop, "cursor": want(r, "cursor", "uint", where),
+                    "last_seen": want(r, "last_seen", "uint", where),
+                    "connected": want(r, "connected", "bool", where)})
+    return out
+
+
+def answer(r, where):
+    """The code and message of a `requests` or `rejected` value."""
+    code, msg = want(r, "code", "str", where), want(r, "message", "str", where)
+    if code not in CODES or len(msg.encode("utf-8", "surrogateescape")) > MESSAGE_BYTES_MAX:
+        raise corrupt("%s: code %r, or a message over %d bytes" % (where, code,
+                                                                  MESSAGE_BYTES_MAX))
+    return code, msg
+
+
+def read_requests(txn, dbs):
+    """`requests`: branch u64 BE + req (24 bytes) -> {code, message, id, version, seq}."""
+    out = []
+    for k, v in records(txn, dbs, "requests"):
+        if len(k) != 8 + REQ_BYTES:
+            raise corrupt("requests: key %s is not 24 bytes" % k.hex())
+        where = "requests %d/%s" % (u64_be(k[:8]), k[8:].hex())
+        r = small_map(v, where)
+        code, msg = answer(r, where)
+        a = {"branch": u64_be(k[:8]), "req": k[8:].hex(), "code": code, "message": msg,
+             "id": want(r, "id", "uint", where), "version": want(r, "version", "uint", where),
+             "seq": want(r, "seq", "uint", where)}
+        if (code == "ok") != (a["version"] > 0 and a["seq"] > 0) or (code == "ok" and msg):
+            raise corrupt("%s: an answer %s with version %d, seq %d and message %r"
+                          % (where, code, a["version"], a["seq"], msg))
+        out.append(a)
+    return out
+
+
+def outbox_entry(v, where):
+    """An `outbox` value: {kind, type, id, version, expect, fields, req bin16 (or none)}."""
+    r = small_map(v, where)
+    kind, type_ = want(r, "kind", "str", where), want(r, "type", "str", where)
+    if kind not in ("put", "delete") or type_ not in SHARED:
+        raise corrupt("%s: a %r of %r, not a put or delete of a shared type"
+                      % (where, kind, type_))
+    req = want(r, "req", "bin", where, REQ_BYTES).hex() if "req" in r else None
+    return {"kind": kind, "type": type_, "id": want(r, "id", "uint", where),
+            "version": want(r, "version", "uint", where),
+            "expect": want(r, "expect", "uint", where),
+            "fields": to_json(want(r, "fields", "map", where)), "req": req}
+
+
+def read_outbox(txn, dbs):
+    out = []
+    for k, v in records(txn, dbs, "outbox"):
+        if len(k) != 8:
+            raise corrupt("outbox: key %s is not a counter" % k.hex())
+        e = outbox_entry(v, "outbox %d" % u64_be(k))
+        e["key"] = u64_be(k)
+        out.append(e)
+    return out
+
+
+def read_rejected(txn, dbs):
+    """`rejected`: counter u64 BE -> {code, message, entry: an outbox value as bin}."""
+    out = []
+    for k, v in records(txn, dbs, "rejected"):
+        if len(k) != 8:
+            raise corrupt("rejected: key %s is not a counter" % k.hex())
+        where = "rejected %d" % u64_be(k)
+        r = small_map(v, where)
+        code, msg = answer(r, where)
+        if code == "ok":
+            raise corrupt("%s: a refusal with code ok" % where)
+        out.append({"key": u64_be(k), "code": code, "message": msg,
+                    "entry": outbox_entry(want(r, "entry", "bin", where), where + " entry")})
+    return out
+
+
+def read_netlink(txn, dbs):
+    """`netlink`: `link` -> {head, shop, log_id, salt, ops, mem, client_key, server_key}."""
+    out = None
+    for k, v in records(txn, dbs, "netlink"):
+        if k != b"link":
+            raise corrupt("netlink: unknown key %s" % k.hex())
+        r = small_map(v, "netlink")
+        head = want(r, "head", "str", "netlink")
+        if len(head.encode("utf-8", "surrogateescape")) > HEAD_BYTES_MAX:
+            raise corrupt("netlink: head is over %d bytes" % HEAD_BYTES_MAX)
+        out = {"head": head, "shop": want(r, "shop", "uint", "netlink"),
+               "log_id": want(r, "log_id", "uint", "netlink"),
+               "salt": want(r, "salt", "bin", "netlink", SALT_BYTES),
+               "ops": want(r, "ops", "uint", "netlink"), "mem": want(r, "mem", "uint", "netlink"),
+               "client_key": want(r, "client_key", "bin", "netlink", KEY_BYTES),
+               "server_key": want(r, "server_key", "bin", "netlink", KEY_BYTES)}
+    return out
+
+
+def read_node_lock(path):
+    """`node.lock`: an empty file, flock'ed while a branch node runs. Probed with a shared lock
+    released at once; never created."""
+    p = os.path.join(path, "node.lock")
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != 0:
+            raise corrupt("node.lock: not an empty file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            held = False
+        except BlockingIOError:
+            held = True
+        return {"bytes": st.st_size, "mode": "%04o" % stat.S_IMODE(st.st_mode), "held": held}
+    finally:
+        os.close(fd)
+
+
+def all_records(env, txn):
+    """(database name, key, value) of every record of every named database, and the main
+    database's own records (the names, with "" as their database)."""
+    out = []
+    for name, _ in list(txn.cursor()):
+        out.append(("", name, b""))
+        try:
+            db = env.open_db(name, txn=txn, create=False)
+        except lmdb.Error:
+            continue
+        for k, v in txn.cursor(db=db):
+            out.append((name.decode("utf-8", "replace"), k, v))
+    return out
+
+
+def check_r9(env, txn, path, secret_bytes, password):
+    """R9: no argon2 hash string in any database; each secret in its own record only (never in
+    `events`); the password in no database and in no file of the directory (free pages too)."""
+    recs = all_records(env, txn)
+    for db, k, v in recs:
+        where = db or "the main database"
+        if ARGON2_MARK in k or ARGON2_MARK in v:
+            raise corrupt("R9: %s holds an argon2 hash string" % where)
+        if password and (password in k or password in v):
+            raise corrupt("R9: %s holds the password" % where)
+        for what, home, key, b in secret_bytes:
+            if (db, k) != (home, key) and (b in k or b in v):
+                raise corrupt("R9: %s (of %s) appears in %s" % (what, home, where))
+    files = []
+    if password:
+        for name in sorted(os.listdir(path)):
+            p = os.path.join(path, name)
+            if not os.path.isfile(p):
+                continue
+            with open(p, "rb") as f:
+                if password in f.read():
+                    raise corrupt("R9: the file %s holds the password" % name)
+            files.append(name)
+    return {"records": len(recs), "files": files}
+
+
+def read_secrets_view(env, txn, dbs, path, password, shop):
+    """--secrets: the object the module's docstring describes; Refused on a wrong password."""
+    _, _, shop_recs = read_network(txn, dbs)
+    recs, decoy = read_secrets(txn, dbs)
+    link_ = read_netlink(txn, dbs)
+    st = read_branch_state(txn, dbs) if "branch" in dbs else None
+    if link_ is not None and st is not None and link_["shop"] != st["shop"]:
+        raise corrupt("netlink: shop %d, but the branch is shop %d" % (link_["shop"], st["shop"]))
+    out = {"secrets": [{"shop": s, "v": 1, "salt": r["salt"].hex(), "ops": r["ops"],
+                        "mem": r["mem"]} for s, r in sorted(recs.items())],
+           "decoy": decoy is not None,
+           "status": read_status(txn, dbs, {s["id"] for s in shop_recs}),
+           "requests": read_requests(txn, dbs),
+           "outbox": read_outbox(txn, dbs),
+           "rejected": read_rejected(txn, dbs),
+           "netlink": None if link_ is None else {
+               "head": link_["head"], "shop": link_["shop"], "log_id": "%016x" % link_["log_id"],
+               "salt": link_["salt"].hex(), "ops": link_["ops"], "mem": link_["mem"]},
+           "node_lock": read_node_lock(path)}
+    secret_bytes = [("the decoy", "secrets", b"decoy", decoy)] if decoy else []
+    for s, r in recs.items():
+        for f in ("salt", "stored_key", "server_key"):
+            secret_bytes.append(("shop %d's %s" % (s, f), "secrets", be_u64(s), r[f]))
+    if link_ is not None:
+        for f in ("salt", "client_key", "server_key"):
+            secret_bytes.append(("the link's %s" % f, "netlink", b"link", link_[f]))
+    if password is not None:
+        if link_ is not None and (shop is None or shop == link_["shop"]):
+            who, whose, r = "netlink", link_["shop"], link_
+            fields = ("client_key", "server_key")
+        elif shop is not None and shop in recs:
+            who, whose, r = "secrets", shop, recs[shop]
+            fields = ("stored_key", "server_key")
+        else:
+            raise Refused("no password keys of shop %s in %s" % (shop, path))
+        k = keys_from_password(password, r["salt"], r["ops"], r["mem"])
+        bad = [f for f in fields if not hmac.compare_digest(k[f], r[f])]
+        if bad:
+            raise Refused("%s of shop %d: the password does not give its %s"
+                          % (who, whose, " and ".join(bad)))
+        out["password"] = {"record": who, "shop": whose, "checked": list(fields)}
+    out["r9"] = check_r9(env, txn, path, secret_bytes, password)
+    return out
+
+
+USAGE = ("usage: storage_reader.py [--json] [--times] [--state] [--types] [--no-lock]\n"
+         "                         [--secrets [--password PW] [--shop ID]] DIR\n")
+
+
 def main(argv):
-    args = [a for a in argv if not a.startswith("--")]
-    flags = set(a for a in argv if a.startswith("--"))
+    args, flags, opts, i = [], set(), {}, 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--password", "--shop"):
+            if i + 1 == len(argv):
+                sys.stderr.write(USAGE)
+                return EXIT_USAGE
+            opts[a] = argv[i + 1]
+            i += 2
+            continue
+        if a.startswith("--"):
+            flags.add(a)
+        else:
+            args.append(a)
+        i += 1
     if "--types" in flags:
         print(json.dumps([{"name": n, "code": c, "class": k} for n, c, k in TYPES]))
         return 0
-    if len(args) != 1 or flags - {"--json", "--times", "--state", "--no-lock"}:
-        sys.stderr.write(
-            "usage: storage_reader.py [--json] [--times] [--state] [--types] [--no-lock] DIR\n")
+    shop = opts.get("--shop")
+    if (len(args) != 1 or flags - {"--json", "--times", "--state", "--no-lock", "--secrets"} or
+            (opts and "--secrets" not in flags) or (shop is not None and not shop.isdigit())):
+        sys.stderr.write(USAGE)
         return EXIT_USAGE
+    password = opts["--password"].encode("utf-8") if "--password" in opts else None
+    shop = int(shop) if shop is not None else None
     sys.stdout.reconfigure(encoding="utf-8")
     as_json = "--json" in flags
-    status = sys.stderr if as_json or "--state" in flags else sys.stdout
+    status = sys.stderr if as_json or flags & {"--state", "--secrets"} else sys.stdout
     try:
         env, dbs = open_env(args[0], lock="--no-lock" not in flags)
     except OSError as e:
@@ -556,6 +895,15 @@ def main(argv):
                 state = read_state(txn, open_layer_dbs(env, txn))
                 sys.stdout.write(json.dumps(state, separators=(",", ":"), ensure_ascii=False,
                                             allow_nan=False) + "\n")
+            if "--secrets" in flags:
+                view = read_secrets_view(env, txn, open_layer_dbs(env, txn), args[0], password,
+                                         shop)
+                sys.stdout.write(json.dumps(view, separators=(",", ":"), ensure_ascii=False,
+                                            allow_nan=False) + "\n")
+    except Refused as e:
+        sys.stdout.flush()
+        sys.stderr.write("auth_failed: %s\n" % e)
+        return EXIT_REFUSED
     except (OSError, lmdb.Error) as e:
         sys.stderr.write("storage_reader: %s\n" % e)
         return EXIT_STORAGE

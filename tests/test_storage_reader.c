@@ -8,10 +8,15 @@
  * engine and projection APIs and checks that the reader, from the document's "Databases of the
  * layers above" alone, finds the branch's cursor, chain, copies and their origin links, local
  * items, the head office's items and shops, and both digests exactly as the C API reports
- * them, and that it notices a broken origin index.
+ * them, and that it notices a broken origin index. Last, a head office and a branch made,
+ * served and joined by the real binary ($CS_BIN, tests/run.h): the reader's --secrets recomputes
+ * the password keys of both from the document's construction (right password only), reads the
+ * server's status as `shop list` shows it, the one ok answer to the branch's write in
+ * `requests`, the branch's `netlink` (the head office's log id and address) and `node.lock`,
+ * and finds a secret where R9 says none may be.
  *
- * Needs /usr/bin/python3 with Debian's python3-lmdb, python3-msgpack and python3-xxhash
- * (tools/setup.sh installs them). Their absence is a failure, not a skip.
+ * Needs /usr/bin/python3 with Debian's python3-lmdb, python3-msgpack, python3-xxhash and
+ * python3-nacl (tools/setup.sh installs them). Their absence is a failure, not a skip.
  *
  * The script is found through the macro CS_SOURCE_DIR, else the environment variable
  * CS_SOURCE_DIR, else this file's own (absolute, as CMake compiles it) path, else
@@ -20,6 +25,7 @@
 #include "log/log.h"
 #include "projections/projection.h"
 #include "tests/harness.h"
+#include "tests/run.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -480,13 +486,13 @@ static void test_storage_reader_has_python_and_its_modules(void)
                 PYTHON);
         CHECK(false);
     }
-    const char *argv[] = {"-c", "import lmdb, msgpack, xxhash", NULL};
+    const char *argv[] = {"-c", "import lmdb, msgpack, xxhash, nacl.pwhash", NULL};
     char *out;
     int st = run(argv, &out);
     if (st != 0)
         fprintf(stderr,
-                "  %s cannot import lmdb, msgpack and xxhash (%s): install python3-lmdb "
-                "python3-msgpack python3-xxhash (tools/setup.sh does)\n",
+                "  %s cannot import lmdb, msgpack, xxhash and nacl (%s): install python3-lmdb "
+                "python3-msgpack python3-xxhash python3-nacl (tools/setup.sh does)\n",
                 PYTHON, out ? out : "");
     free(out);
     CHECK(st == 0);
@@ -1028,6 +1034,375 @@ static void test_storage_reader_finds_a_broken_origin_index(void)
     CHECK(ok);
 }
 
+/* ---- records outside the state, written by the real binary ------------------------------- */
+
+/* A head office with one branch B1, made, served and joined with the real `chainsync`
+ * ($CS_BIN, tests/run.h): init, network create, shop add, serve, branch join, one shared write
+ * at the branch delivered with put --wait; then serve is stopped (it saves the statuses when it
+ * shuts down). Built once, by the first test that needs it. */
+#define PASSWORD "s3cret-pass-long"
+#define WRONG_PASSWORD "s3cret-pass-lonG"
+#define CMD_MS 60000u
+#define READY_MS 15000u
+
+static struct {
+    bool tried, ok;
+    char *hq, *br;
+    char ready[512], serve_log[512], addr[128], shop[32];
+    uint64_t shop_id, customer;
+} live;
+
+/* Runs chainsync args (NULL-terminated) with input on stdin; true when it exits 0. *out, when
+ * given, gets its stdout (owned by the caller). */
+static bool cs(const char *input, const char *const *args, char **out)
+{
+    cs_run_result r;
+    bool ok = cs_run(&r, input, NULL, args, CMD_MS) && r.exit_code == 0;
+    if (!ok)
+        fprintf(stderr, "  chainsync %s %s exited %d: %s\n", args[0], args[1] ? args[1] : "",
+                r.exit_code, r.err ? r.err : "");
+    if (out)
+        *out = ok ? r.out : NULL;
+    if (!out || !ok)
+        free(r.out);
+    free(r.err);
+    return ok;
+}
+
+/* The u64 under key in the one JSON object of text, or 0. */
+static uint64_t json_u64(const char *text, const char *key)
+{
+    json_t *o = text ? json_loads(text, 0, NULL) : NULL;
+    json_t *v = json_object_get(o, key);
+    uint64_t n = json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
+    json_decref(o);
+    return n;
+}
+
+/* Starts serve on 127.0.0.1:0, waits (bounded) for its ready file, runs what needs it, stops
+ * it with SIGTERM and reaps it. */
+static bool live_serve_and_join(void)
+{
+    unlink(live.ready);
+    const char *serve[] = {"serve",       "--data",       live.hq,    "--listen",
+                           "127.0.0.1:0", "--ready-file", live.ready, NULL};
+    pid_t pid = cs_run_spawn(serve, live.serve_log);
+    if (pid < 0)
+        return false;
+    bool ready = false;
+    for (uint64_t deadline = cs_run_now_ms() + READY_MS; !ready && cs_run_now_ms() < deadline;) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            fprintf(stderr, "  serve exited early (see %s)\n", live.serve_log);
+            return false;
+        }
+        FILE *f = fopen(live.ready, "r");
+        char buf[128] = "";
+        if (f) {
+            ready = fgets(buf, sizeof(buf), f) && strchr(buf, '\n') && strchr(buf, ':');
+            fclose(f);
+        }
+        if (ready) {
+            buf[strcspn(buf, "\r\n")] = '\0';
+            snprintf(live.addr, sizeof(live.addr), "%s", buf);
+        } else {
+            cs_run_sleep_ms(20);
+        }
+    }
+    const char *join[] = {"branch", "join",    "--data",           live.br, "--head", live.addr,
+                          "--shop", live.shop, "--password-stdin", NULL};
+    const char *put[] = {"put",    "customer",   "--data", live.br, "--json", "{\"name\":\"Ana\"}",
+                         "--wait", "--json-out", NULL};
+    char *out = NULL;
+    bool ok = ready && cs(PASSWORD "\n", join, NULL) && cs(NULL, put, &out);
+    live.customer = json_u64(out, "id");
+    free(out);
+    if (!ready)
+        fprintf(stderr, "  serve wrote no ready file within %u ms\n", READY_MS);
+    int rc = cs_run_stop(pid, SIGTERM, 10000);
+    if (rc != 0)
+        fprintf(stderr, "  serve did not stop cleanly on SIGTERM (%d)\n", rc);
+    return ok && live.customer != 0 && rc == 0;
+}
+
+static bool live_up(void)
+{
+    if (live.tried)
+        return live.ok;
+    live.tried = true;
+    if (!getenv("CS_BIN") || !(live.hq = cs_test_tmpdir("reader-hq")) ||
+        !(live.br = cs_test_tmpdir("reader-b")))
+        return false;
+    snprintf(live.ready, sizeof(live.ready), "%s.ready", live.hq);
+    snprintf(live.serve_log, sizeof(live.serve_log), "%s.serve.log", live.hq);
+    const char *init[] = {"init", "--data", live.hq, "--name", "HQ", NULL};
+    const char *net[] = {"network", "create", "--data", live.hq, "--name", "N", NULL};
+    const char *add[] = {"shop",       "add", "--data", live.hq, "--name", "B1", "--password-stdin",
+                         "--json-out", NULL};
+    char *out = NULL;
+    bool ok = cs(NULL, init, NULL) && cs(NULL, net, NULL) && cs(PASSWORD "\n", add, &out);
+    live.shop_id = json_u64(out, "id");
+    free(out);
+    snprintf(live.shop, sizeof(live.shop), "%llu", (unsigned long long)live.shop_id);
+    live.ok = ok && live.shop_id != 0 && live_serve_and_join();
+    return live.ok;
+}
+
+static void live_down(void)
+{
+    if (live.hq)
+        cs_test_rmtree(live.hq);
+    if (live.br)
+        cs_test_rmtree(live.br);
+    unlink(live.ready);
+    unlink(live.serve_log);
+    free(live.hq);
+    free(live.br);
+}
+
+/* `storage_reader.py --secrets [--password PW --shop ID] dir`: its exit status; *view the
+ * object it printed (NULL unless it exited 0), *text all it printed (owned by the caller). */
+static int reader_secrets(const char *dir, const char *password, const char *shop, json_t **view,
+                          char **text)
+{
+    const char *argv[10] = {script, "--secrets"};
+    size_t n = 2;
+    if (password)
+        argv[n++] = "--password", argv[n++] = password;
+    if (shop)
+        argv[n++] = "--shop", argv[n++] = shop;
+    argv[n++] = dir;
+    argv[n] = NULL;
+    char *out;
+    int st = run(argv, &out);
+    *view = st == 0 && out ? json_loads(out, JSON_DISABLE_EOF_CHECK, NULL) : NULL;
+    if (st == 0 && !*view)
+        fprintf(stderr, "  storage_reader.py --secrets printed: %s\n", out ? out : "");
+    if (text)
+        *text = out;
+    else
+        free(out);
+    return st;
+}
+
+/* The record of array key whose key `field` is n, or NULL. */
+static json_t *row_with(json_t *arr, const char *field, uint64_t n)
+{
+    size_t i;
+    json_t *row;
+    json_array_foreach(arr, i, row)
+    {
+        if (u64_is(row, field, n))
+            return row;
+    }
+    return NULL;
+}
+
+/* The head office's event seq as `storage_reader.py --json` prints it (new reference), or NULL. */
+static json_t *head_event(uint64_t seq)
+{
+    char *out;
+    int st = reader("--json", live.hq, &out);
+    json_t *ev = NULL;
+    for (char *line = out && st == 0 ? strtok(out, "\n") : NULL; line && !ev;
+         line = strtok(NULL, "\n")) {
+        json_t *o = line[0] == '{' ? json_loads(line, 0, NULL) : NULL;
+        if (u64_is(o, "seq", seq))
+            ev = o;
+        else
+            json_decref(o);
+    }
+    free(out);
+    return ev;
+}
+
+/* docs/storage.md "secrets" and "netlink": the keys recomputed from the password by the
+ * document's construction are the head office's StoredKey and ServerKey and the branch's
+ * ClientKey and ServerKey, from the same salt and costs; a wrong password gives other keys. */
+static void test_storage_doc_password_keys_verify_with_the_right_password_only(void)
+{
+    CHECK(find_script() && live_up());
+    json_t *h, *b, *none;
+    char *text = NULL;
+    CHECK(reader_secrets(live.hq, PASSWORD, live.shop, &h, NULL) == 0 && h);
+    json_t *pw = json_object_get(h, "password");
+    CHECK(str_is(pw, "record", CS_STR("secrets")) && u64_is(pw, "shop", live.shop_id) &&
+          json_array_size(json_object_get(pw, "checked")) == 2);
+    CHECK(json_is_true(json_object_get(h, "decoy")));
+    json_t *rec = row_with(json_object_get(h, "secrets"), "shop", live.shop_id);
+    CHECK(rec && json_array_size(json_object_get(h, "secrets")) == 1 && u64_is(rec, "v", 1));
+    CHECK(reader_secrets(live.br, PASSWORD, live.shop, &b, NULL) == 0 && b);
+    pw = json_object_get(b, "password");
+    CHECK(str_is(pw, "record", CS_STR("netlink")) && u64_is(pw, "shop", live.shop_id));
+    json_t *link = json_object_get(b, "netlink");
+    static const char *const same[] = {"salt", "ops", "mem"};
+    for (size_t i = 0; i < 3; i++)
+        CHECK(json_equal(json_object_get(rec, same[i]), json_object_get(link, same[i])));
+    json_decref(h);
+    json_decref(b);
+    CHECK(reader_secrets(live.hq, WRONG_PASSWORD, live.shop, &none, &text) == 2 && text &&
+          strstr(text, "auth_failed"));
+    free(text);
+    CHECK(reader_secrets(live.br, WRONG_PASSWORD, NULL, &none, &text) == 2 && text &&
+          strstr(text, "auth_failed"));
+    free(text);
+    CHECK(reader_secrets(live.hq, PASSWORD, "1", &none, NULL) == 2); /* no such shop's keys */
+}
+
+/* docs/storage.md "status": the server's record of the branch, saved when serve stopped, is
+ * what `shop list` shows: the same cursor, not connected, seen. */
+static void test_storage_doc_status_cursor_is_what_shop_list_says(void)
+{
+    CHECK(find_script() && live_up());
+    const char *list[] = {"shop", "list", "--data", live.hq, "--json-out", NULL};
+    char *out;
+    CHECK(cs(NULL, list, &out));
+    json_t *row = NULL;
+    for (char *line = strtok(out, "\n"); line && !row; line = strtok(NULL, "\n")) {
+        json_t *o = json_loads(line, 0, NULL);
+        if (u64_is(o, "id", live.shop_id))
+            row = o;
+        else
+            json_decref(o);
+    }
+    free(out);
+    CHECK(row);
+    json_t *cursor = json_incref(json_object_get(row, "cursor"));
+    json_decref(row);
+    json_t *h;
+    CHECK(reader_secrets(live.hq, NULL, NULL, &h, NULL) == 0 && h);
+    json_t *st = row_with(json_object_get(h, "status"), "shop", live.shop_id);
+    bool ok = st && json_array_size(json_object_get(h, "status")) == 1 && json_is_integer(cursor) &&
+              json_integer_value(cursor) > 0 && json_equal(json_object_get(st, "cursor"), cursor) &&
+              json_is_false(json_object_get(st, "connected")) &&
+              json_integer_value(json_object_get(st, "last_seen")) > 0;
+    if (!ok) {
+        char *s = json_dumps(json_object_get(h, "status"), JSON_COMPACT);
+        fprintf(stderr, "  status %s, shop list's cursor %lld\n", s ? s : "",
+                (long long)json_integer_value(cursor));
+        free(s);
+    }
+    json_decref(cursor);
+    json_decref(h);
+    CHECK(ok);
+}
+
+/* docs/storage.md "requests" and "outbox": the branch's one shared write has exactly one
+ * answer at the head office, ok, naming the record and the event that holds it; the branch's
+ * outbox is empty again and nothing was rejected. */
+static void test_storage_doc_requests_hold_one_ok_answer_for_the_branch_write(void)
+{
+    CHECK(find_script() && live_up());
+    json_t *h, *b;
+    CHECK(reader_secrets(live.hq, NULL, NULL, &h, NULL) == 0 && h);
+    json_t *reqs = json_object_get(h, "requests"), *a = json_array_get(reqs, 0);
+    json_t *req = json_object_get(a, "req");
+    bool one = json_array_size(reqs) == 1 && u64_is(a, "branch", live.shop_id) &&
+               str_is(a, "code", CS_STR("ok")) && str_is(a, "message", CS_STR("")) &&
+               u64_is(a, "id", live.customer) && u64_is(a, "version", 1) && json_is_string(req) &&
+               strlen(json_string_value(req)) == 32;
+    uint64_t seq = (uint64_t)json_integer_value(json_object_get(a, "seq"));
+    json_decref(h);
+    CHECK(one);
+    json_t *ev = head_event(seq);
+    bool is_it = ev && u64_is(ev, "id", live.customer) && str_is(ev, "type", CS_STR("customer")) &&
+                 u64_is(ev, "shop", live.shop_id) && u64_is(ev, "version", 1);
+    json_decref(ev);
+    CHECK(is_it);
+    CHECK(reader_secrets(live.br, NULL, NULL, &b, NULL) == 0 && b);
+    bool empty = json_array_size(json_object_get(b, "outbox")) == 0 &&
+                 json_array_size(json_object_get(b, "rejected")) == 0 &&
+                 json_array_size(json_object_get(b, "requests")) == 0 &&
+                 json_array_size(json_object_get(b, "secrets")) == 0;
+    json_decref(b);
+    CHECK(empty);
+}
+
+/* docs/storage.md "netlink" and "node.lock": the branch remembers the head office's address,
+ * its own shop id and the head office's log id (the chain of its event 1); the node's lock file
+ * is there, empty, 0600 and free once the node stopped; a head office has neither. */
+static void test_storage_doc_netlink_names_the_head_office_log_and_address(void)
+{
+    CHECK(find_script() && live_up());
+    json_t *first = head_event(1), *b, *h;
+    char log_id[17] = "";
+    if (first && json_is_string(json_object_get(first, "chain")))
+        snprintf(log_id, sizeof(log_id), "%s", json_string_value(json_object_get(first, "chain")));
+    json_decref(first);
+    CHECK(strlen(log_id) == 16);
+    CHECK(reader_secrets(live.br, NULL, NULL, &b, NULL) == 0 && b);
+    json_t *link = json_object_get(b, "netlink"), *lock = json_object_get(b, "node_lock");
+    bool ok = str_is(link, "log_id", (cs_str){log_id, 16}) &&
+              str_is(link, "head", (cs_str){live.addr, strlen(live.addr)}) &&
+              u64_is(link, "shop", live.shop_id) && u64_is(lock, "bytes", 0) &&
+              str_is(lock, "mode", CS_STR("0600")) && json_is_false(json_object_get(lock, "held"));
+    if (!ok) {
+        char *s = json_dumps(b, JSON_COMPACT);
+        fprintf(stderr, "  the branch read %s; head office event 1's chain %s, address %s\n",
+                s ? s : "", log_id, live.addr);
+        free(s);
+    }
+    json_decref(b);
+    CHECK(ok);
+    CHECK(reader_secrets(live.hq, NULL, NULL, &h, NULL) == 0 && h);
+    ok = json_is_null(json_object_get(h, "netlink")) &&
+         json_is_null(json_object_get(h, "node_lock"));
+    json_decref(h);
+    CHECK(ok);
+}
+
+/* R9 as docs/storage.md states it can fail: a password written into the log, an argon2 hash
+ * string in a branch's record, or a key's bytes outside its own record are each found. (Last:
+ * it changes both directories.) */
+static void test_storage_reader_finds_secrets_outside_their_records(void)
+{
+    CHECK(find_script() && live_up());
+    json_t *v;
+    char *text = NULL;
+    const char *leak[] = {
+        "put", "customer", "--data", live.hq, "--json", "{\"name\":\"" PASSWORD "\"}", NULL};
+    CHECK(cs(NULL, leak, NULL));
+    CHECK(reader_secrets(live.hq, PASSWORD, live.shop, &v, &text) == 3 && text &&
+          strstr(text, "R9") && strstr(text, "password"));
+    free(text);
+    const char *hash[] = {"put",    "customer",
+                          "--data", live.br,
+                          "--json", "{\"name\":\"$argon2id$v=19$m=65536,t=2,p=1$c2FsdA$aGFzaA\"}",
+                          NULL};
+    CHECK(cs(NULL, hash, NULL));
+    CHECK(reader_secrets(live.br, NULL, NULL, &v, &text) == 3 && text && strstr(text, "R9") &&
+          strstr(text, "argon2"));
+    free(text);
+
+    /* The head office's ServerKey (its record's last 32 bytes: keys in the documented order)
+     * copied into an unknown `meta` key. */
+    cs_log *log;
+    CHECK_OK(cs_log_open(live.hq, NULL, &log));
+    MDB_txn *txn;
+    MDB_dbi secrets, meta;
+    uint8_t key[8], copy[32];
+    be64(key, live.shop_id);
+    MDB_val k = {8, key}, val;
+    bool ok = raw_begin(log, &txn, &secrets, "secrets");
+    if (ok) {
+        ok = mdb_get(txn, secrets, &k, &val) == 0 && val.mv_size > 34 &&
+             mdb_dbi_open(txn, "meta", 0, &meta) == 0;
+        if (ok)
+            memcpy(copy, (const uint8_t *)val.mv_data + val.mv_size - 32, 32);
+        MDB_val mk = {7, "leaked!"}, mv = {32, copy};
+        ok = ok && mdb_put(txn, meta, &mk, &mv, 0) == 0;
+        if (ok)
+            ok = mdb_txn_commit(txn) == 0;
+        else
+            mdb_txn_abort(txn);
+    }
+    cs_log_close(log);
+    CHECK(ok);
+    CHECK(reader_secrets(live.hq, NULL, NULL, &v, &text) == 3 && text && strstr(text, "R9") &&
+          strstr(text, "server_key") && strstr(text, "meta"));
+    free(text);
+}
+
 int main(void)
 {
     RUN(test_storage_reader_has_python_and_its_modules);
@@ -1038,5 +1413,11 @@ int main(void)
     RUN(test_storage_doc_lets_another_language_read_an_unlinked_branch);
     RUN(test_storage_doc_lets_another_language_read_a_head_office);
     RUN(test_storage_reader_finds_a_broken_origin_index);
+    RUN(test_storage_doc_password_keys_verify_with_the_right_password_only);
+    RUN(test_storage_doc_status_cursor_is_what_shop_list_says);
+    RUN(test_storage_doc_requests_hold_one_ok_answer_for_the_branch_write);
+    RUN(test_storage_doc_netlink_names_the_head_office_log_and_address);
+    RUN(test_storage_reader_finds_secrets_outside_their_records);
+    live_down();
     return cs_test_finish();
 }
