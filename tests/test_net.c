@@ -19,6 +19,7 @@
 #define PASSWORD "branch-secret-1"
 #define WAIT_MS 15000u
 #define CMD_MS 30000u
+#define CS_NET_DEAD_MS_FOR_TEST 10000u /* net/net.h CS_NET_DEAD_MS */
 
 typedef struct net {
     char *root;
@@ -30,6 +31,27 @@ typedef struct net {
     char dir[3][300];
     pid_t follow[3];
 } net;
+
+/* The networks a test has up: a test that fails a CHECK returns early, so main stops what it
+ * left running and removes its directories after each test (every process reaped by pid). */
+#define LIVE_MAX 4
+static net *live[LIVE_MAX];
+
+static void live_add(net *n)
+{
+    for (int i = 0; i < LIVE_MAX; i++)
+        if (!live[i]) {
+            live[i] = n;
+            return;
+        }
+}
+
+static void live_del(net *n)
+{
+    for (int i = 0; i < LIVE_MAX; i++)
+        if (live[i] == n)
+            live[i] = NULL;
+}
 
 /* ---- running commands -------------------------------------------------------------------- */
 
@@ -183,6 +205,7 @@ static bool net_make(net *n, unsigned nbranches, uint64_t *service)
     n->root = cs_test_tmpdir("net");
     if (!n->root)
         return false;
+    live_add(n);
     snprintf(n->hq, sizeof(n->hq), "%s/hq", n->root);
     snprintf(n->serve_log, sizeof(n->serve_log), "%s/serve.log", n->root);
     const char *init[] = {"init", "--data", n->hq, "--name", "HQ", NULL};
@@ -259,11 +282,14 @@ static void follow_start(net *n, unsigned i)
 
 static void net_free(net *n)
 {
+    live_del(n);
     for (unsigned i = 0; i < 3; i++)
         if (n->follow[i] > 0)
             cs_run_stop(n->follow[i], SIGTERM, 5000);
-    if (n->serve > 0)
+    if (n->serve > 0) {
+        kill(n->serve, SIGCONT); /* a test may have frozen it */
         cs_run_stop(n->serve, SIGTERM, 5000);
+    }
     if (n->root) {
         cs_test_rmtree(n->root);
         free(n->root);
@@ -302,7 +328,7 @@ static bool wait_item(const char *dir, const char *type, uint64_t id, const char
  * of the head office's log says it should. */
 static void test_r5_three_followers_change_at_sync_point_and_equal_audit_replay(void)
 {
-    net n;
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
     uint64_t service = 0;
     CHECK(net_make(&n, 3, &service));
     CHECK(serve_start(&n, NULL));
@@ -358,7 +384,7 @@ static void test_r5_three_followers_change_at_sync_point_and_equal_audit_replay(
 /* SPEC 4/5: a branch killed mid-stream applies each event exactly once after a restart. */
 static void test_net_branch_killed_mid_stream_resumes_without_gap_or_repeat(void)
 {
-    net n;
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
     uint64_t service = 0;
     CHECK(net_make(&n, 1, &service));
     cs_engine *e = NULL;
@@ -418,7 +444,7 @@ static void test_net_branch_killed_mid_stream_resumes_without_gap_or_repeat(void
 /* SPEC 5: the server killed with SIGKILL and started again: branches reconnect and catch up. */
 static void test_net_server_killed_branches_reconnect_and_catch_up(void)
 {
-    net n;
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
     uint64_t service = 0;
     CHECK(net_make(&n, 2, &service));
     CHECK(serve_start(&n, NULL));
@@ -446,7 +472,7 @@ static void test_net_server_killed_branches_reconnect_and_catch_up(void)
  * once when the branch reconnects. */
 static void test_r8_offline_writes_arrive_once_after_reconnect(void)
 {
-    net n;
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
     CHECK(net_up_one(&n));
     cs_run_stop(n.serve, SIGTERM, 5000);
     n.serve = 0;
@@ -496,7 +522,7 @@ static bool copy_dir(const char *from, const char *to)
  * answer arrived). The resend gets the remembered answer; nothing is appended twice. */
 static void test_r8_resend_after_lost_answer_appends_nothing(void)
 {
-    net n;
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
     CHECK(net_up_one(&n));
     uint64_t id = put_json(n.dir[0], "customer", NULL, "{\"name\":\"Once\"}");
     CHECK(id != 0);
@@ -517,7 +543,7 @@ static void test_r8_resend_after_lost_answer_appends_nothing(void)
  * the outbox; it is not retried. */
 static void test_r8_refused_write_is_reported_and_leaves_outbox(void)
 {
-    net n;
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
     CHECK(net_up_one(&n));
     char idtxt[32];
     const char *put1[] = {"put",    "customer",          "--data", n.dir[0],
@@ -578,7 +604,7 @@ static int join_err(net *n, unsigned i, const char *password, const char *want)
  * leaves no directory behind (bad input changes nothing). */
 static void test_net_join_refusals_have_codes_and_leave_nothing(void)
 {
-    net n;
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
     uint64_t service = 0;
     CHECK(net_make(&n, 3, &service));
     CHECK(serve_start(&n, NULL));
@@ -603,7 +629,7 @@ static void test_net_join_refusals_have_codes_and_leave_nothing(void)
  * anything or applies anything. */
 static void test_net_branch_refuses_another_networks_head_office(void)
 {
-    net a, b;
+    static net a, b;
     uint64_t s1 = 0, s2 = 0;
     CHECK(net_make(&a, 1, &s1));
     CHECK(net_make(&b, 1, &s2));
@@ -652,7 +678,7 @@ static bool branch_unlinked(const char *dir)
  * store with its copies kept, and does not connect again. */
 static void test_r13_branch_offline_at_unlink_becomes_single_store_at_next_pull(void)
 {
-    net n;
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
     CHECK(net_up_one(&n));
     char b1[32];
     snprintf(b1, sizeof(b1), "%llu", (unsigned long long)n.shops[0]);
@@ -675,7 +701,7 @@ static void test_r13_branch_offline_at_unlink_becomes_single_store_at_next_pull(
  * branch says so (join again) and a join with the new password works. */
 static void test_net_password_changed_at_head_office_needs_join_again(void)
 {
-    net n;
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
     CHECK(net_up_one(&n));
     char b1[32];
     snprintf(b1, sizeof(b1), "%llu", (unsigned long long)n.shops[0]);
@@ -693,7 +719,7 @@ static void test_net_password_changed_at_head_office_needs_join_again(void)
  * head office's catalog arrives beside them as copies. */
 static void test_r10_single_store_joins_and_keeps_its_items(void)
 {
-    net n;
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
     uint64_t service = 0;
     CHECK(net_make(&n, 1, &service));
     CHECK(serve_start(&n, NULL));
@@ -719,13 +745,67 @@ static void test_r10_single_store_joins_and_keeps_its_items(void)
  * first keeps serving. */
 static void test_net_second_serve_on_one_directory_is_refused(void)
 {
-    net n;
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
     CHECK(net_up_one(&n));
     const char *again[] = {"serve", "--data", n.hq, "--listen", "127.0.0.1:0", NULL};
     CHECK(cmd_err(again, NULL, "another chainsync serve runs") == 2);
     CHECK(pull(&n, 0) == 0);
     net_free(&n);
 }
+
+static bool log_has(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char line[1024];
+    bool found = false;
+    while (f && !found && fgets(line, sizeof(line), f))
+        found = strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+/* SPEC 5: heartbeats find a head office that stopped answering (a half-open connection: the
+ * process is frozen, the socket still open); the follower drops it, and once the head office
+ * answers again it reconnects and receives what was committed meanwhile. */
+static void test_net_follower_detects_frozen_head_office_and_recovers(void)
+{
+    static net n; /* static: main frees what a failed CHECK left up (live_free_all) */
+    CHECK(net_up_one(&n));
+    follow_start(&n, 0);
+    char flog[300];
+    snprintf(flog, sizeof(flog), "%s/follow1.log", n.root);
+    uint64_t until = cs_run_now_ms() + WAIT_MS; /* streaming first: then freeze the head office */
+    while (!log_has(flog, "authenticated as shop") && cs_run_now_ms() < until)
+        cs_run_sleep_ms(20);
+    CHECK(log_has(flog, "authenticated as shop"));
+    kill(n.serve, SIGSTOP);
+    uint64_t deadline = cs_run_now_ms() + CS_NET_DEAD_MS_FOR_TEST + 5000;
+    while (!log_has(flog, "nothing from the head office") && cs_run_now_ms() < deadline)
+        cs_run_sleep_ms(100);
+    bool detected = log_has(flog, "nothing from the head office");
+    uint64_t cat = put_json(n.hq, "service_category", NULL, "{\"name\":\"While frozen\"}");
+    kill(n.serve, SIGCONT);
+    CHECK(detected);
+    CHECK(cat != 0);
+    CHECK(sync_all(n.hq));
+    CHECK(wait_cursor(n.dir[0], head_seq(n.hq)));
+    net_free(&n);
+}
+
+/* After each test: whatever a failed CHECK left up. */
+static void live_free_all(void)
+{
+    for (int i = 0; i < LIVE_MAX; i++)
+        if (live[i])
+            net_free(live[i]);
+}
+
+#define RUN_NET(fn)                                                                                \
+    do {                                                                                           \
+        RUN(fn);                                                                                   \
+        live_free_all();                                                                           \
+    } while (0)
 
 int main(void)
 {
@@ -734,17 +814,18 @@ int main(void)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
-    RUN(test_r5_three_followers_change_at_sync_point_and_equal_audit_replay);
-    RUN(test_net_branch_killed_mid_stream_resumes_without_gap_or_repeat);
-    RUN(test_net_server_killed_branches_reconnect_and_catch_up);
-    RUN(test_r8_offline_writes_arrive_once_after_reconnect);
-    RUN(test_r8_resend_after_lost_answer_appends_nothing);
-    RUN(test_r8_refused_write_is_reported_and_leaves_outbox);
-    RUN(test_net_join_refusals_have_codes_and_leave_nothing);
-    RUN(test_net_branch_refuses_another_networks_head_office);
-    RUN(test_r13_branch_offline_at_unlink_becomes_single_store_at_next_pull);
-    RUN(test_net_password_changed_at_head_office_needs_join_again);
-    RUN(test_r10_single_store_joins_and_keeps_its_items);
-    RUN(test_net_second_serve_on_one_directory_is_refused);
+    RUN_NET(test_r5_three_followers_change_at_sync_point_and_equal_audit_replay);
+    RUN_NET(test_net_branch_killed_mid_stream_resumes_without_gap_or_repeat);
+    RUN_NET(test_net_server_killed_branches_reconnect_and_catch_up);
+    RUN_NET(test_r8_offline_writes_arrive_once_after_reconnect);
+    RUN_NET(test_r8_resend_after_lost_answer_appends_nothing);
+    RUN_NET(test_r8_refused_write_is_reported_and_leaves_outbox);
+    RUN_NET(test_net_join_refusals_have_codes_and_leave_nothing);
+    RUN_NET(test_net_branch_refuses_another_networks_head_office);
+    RUN_NET(test_r13_branch_offline_at_unlink_becomes_single_store_at_next_pull);
+    RUN_NET(test_net_password_changed_at_head_office_needs_join_again);
+    RUN_NET(test_r10_single_store_joins_and_keeps_its_items);
+    RUN_NET(test_net_second_serve_on_one_directory_is_refused);
+    RUN_NET(test_net_follower_detects_frozen_head_office_and_recovers);
     return cs_test_finish();
 }
