@@ -15,6 +15,7 @@
 #include "projections/projection.h"
 
 #include <stdio.h>
+#include <uv.h>
 
 /* ---- limits (docs/protocol.md) ----------------------------------------------------------- */
 
@@ -94,7 +95,34 @@ typedef struct cs_node_options {
     FILE *log;            /* connection events; NULL = stderr */
     bool progress;        /* print "applied N of M events" on stderr (a terminal) */
     uint64_t timeout_ms;  /* JOIN/PULL: give up connecting after this long (0 = 10 s) */
+    bool no_watch;        /* no file watch on the directory's outbox (many nodes in a process) */
+    bool receive_only;    /* verify each segment (checksums, chain) and apply nothing: the
+                           * benchmark's ceiling; the cursor is kept in memory only */
+    /* Called after each segment is applied (or verified), with its bytes (borrowed for the
+     * call) and the time it was received (ms since the epoch): for benchmarks. May be NULL. */
+    void (*on_segment)(void *hook_arg, const uint8_t *seg, size_t len, uint64_t recv_ms);
+    void *hook_arg;
 } cs_node_options;
+
+typedef struct cs_node cs_node;
+/* Called once when the node is done: a join or pull in step (CS_OK), a follow stopped, or a
+ * failure (its code; cs_node_errmsg says why). The node may be freed from here. */
+typedef void (*cs_node_done_fn)(cs_node *n, cs_err result, void *arg);
+
+/* Starts a branch node on `loop`, which the caller runs; many nodes may share one loop (one per
+ * branch directory, each with its own cs_branch). b, dir and opts are borrowed until done. No
+ * lock is taken and no signal handled: that is cs_node_run's job. Errors: as cs_node_run, with
+ * nothing started. */
+cs_err cs_node_start(uv_loop_t *loop, cs_branch *b, const char *dir, const cs_node_options *opts,
+                     cs_node_done_fn done, void *arg, cs_node **out, char *errmsg,
+                     size_t errmsg_len);
+/* Asks the node to stop (a follow); done follows. */
+void cs_node_stop(cs_node *n);
+/* After done: closes the node's handles; its memory is freed once the loop has closed them. */
+void cs_node_free(cs_node *n);
+const char *cs_node_errmsg(const cs_node *n); /* borrowed until the next callback */
+/* The last sequence applied (or verified, receive_only). */
+cs_err cs_node_cursor(const cs_node *n, uint64_t *cursor_out);
 
 /* Runs a branch node on the branch directory `dir` that b has open (borrowed). JOIN binds the
  * directory to opts->shop (R10: a single store becomes the branch). Returns CS_OK when a join

@@ -41,13 +41,17 @@ typedef enum node_state {
     N_CLOSING,
 } node_state;
 
-typedef struct node {
-    uv_loop_t loop;
+typedef struct cs_node {
+    uv_loop_t *loop; /* borrowed: the caller's, or cs_node_run's own */
     uv_tcp_t tcp;
     uv_connect_t creq;
     uv_timer_t tick, retry;
     uv_fs_event_t watch;
-    uv_signal_t sigint, sigterm;
+    bool watching;
+    cs_node_done_fn done_cb;
+    void *done_arg;
+    bool finished;         /* done_cb was called */
+    unsigned handles_open; /* freed when the last of its handles has closed (cs_node_free) */
     cs_branch *b;
     cs_engine *e;
     const cs_node_options *o;
@@ -100,14 +104,19 @@ static bool final_code(cs_err code)
            code == CS_CORRUPT || code == CS_FORBIDDEN || code == CS_STORAGE_FULL || code == CS_IO;
 }
 
-static void stop_all(node *n)
+/* The node is done (a join or pull in step, a final refusal, a stop): its timers stop and the
+ * caller hears of it once. The connection is already closed. */
+static void node_finish(node *n)
 {
+    if (n->finished)
+        return;
+    n->finished = true;
     uv_timer_stop(&n->tick);
     uv_timer_stop(&n->retry);
-    uv_fs_event_stop(&n->watch);
-    uv_signal_stop(&n->sigint);
-    uv_signal_stop(&n->sigterm);
-    uv_stop(&n->loop);
+    if (n->watching)
+        uv_fs_event_stop(&n->watch);
+    if (n->done_cb)
+        n->done_cb(n, n->result, n->done_arg);
 }
 
 static void on_retry(uv_timer_t *t)
@@ -122,7 +131,7 @@ static void on_closed(uv_handle_t *h)
     cs__rx_free(&n->rx);
     n->write_inflight = false; /* unanswered: sent again, with the same req, next time */
     if (n->done || n->o->mode != CS_NODE_FOLLOW) {
-        stop_all(n);
+        node_finish(n);
         return;
     }
     uint64_t cap = CS_NET_BACKOFF_BASE_MS << (n->attempt < 7 ? n->attempt : 7);
@@ -419,6 +428,31 @@ static bool bin_body(const uint8_t *p, size_t n, const uint8_t **seg, size_t *le
     return true;
 }
 
+/* receive_only: every check a branch makes before applying (segment checksum, each record's
+ * checksum, the chain from the cursor on, no gap), and nothing written: the ceiling of what
+ * receiving costs. The cursor lives in memory only. */
+static void verify_segment(node *n, const uint8_t *seg, size_t len)
+{
+    cs_segment_view v;
+    cs_log_record rec;
+    cs_err err = cs_segment_open(seg, len, &v);
+    if (err == CS_OK && v.first != n->cursor + 1)
+        err = CS_CORRUPT;
+    v.prev_chain = n->chain;
+    v.prev_chain_known = n->cursor > 0;
+    while (err == CS_OK && (err = cs_segment_next(&v, &rec)) == CS_OK) {
+        n->cursor = rec.seq;
+        n->chain = rec.chain;
+    }
+    if (err != CS_NOT_FOUND) {
+        node_drop(n, CS_CORRUPT, true, "segment after event %llu does not verify",
+                  (unsigned long long)n->cursor);
+        return;
+    }
+    send_uint_frame(n, CS__F_ACK, "cursor", n->cursor);
+    check_done(n);
+}
+
 static void on_segment(node *n, const uint8_t *body, size_t len)
 {
     const uint8_t *seg;
@@ -427,12 +461,21 @@ static void on_segment(node *n, const uint8_t *body, size_t len)
         node_drop(n, CS_INVALID_INPUT, true, "SEGMENT body is not one bin");
         return;
     }
+    uint64_t recv_ms = n->o->on_segment ? cs__net_now_ms() : 0;
+    if (n->o->receive_only) {
+        verify_segment(n, seg, seg_len);
+        if (n->state == N_STREAMING && n->o->on_segment)
+            n->o->on_segment(n->o->hook_arg, seg, seg_len, recv_ms);
+        return;
+    }
     uint64_t applied = 0;
     cs_err err = cs_branch_apply_segment(n->b, seg, seg_len, &applied);
     if (err != CS_OK) {
         node_drop(n, err, true, "%s", cs_branch_errmsg(n->b));
         return;
     }
+    if (n->o->on_segment)
+        n->o->on_segment(n->o->hook_arg, seg, seg_len, recv_ms);
     cs_branch_state st;
     if ((err = cs_branch_state_get(n->b, &st)) != CS_OK) {
         node_drop(n, err, false, "cannot read the branch's cursor");
@@ -626,12 +669,12 @@ static void node_connect(node *n)
 {
     if (n->done)
         return;
-    int rc = uv_tcp_init(&n->loop, &n->tcp);
+    int rc = uv_tcp_init(n->loop, &n->tcp);
     if (rc < 0) {
         n->done = true;
         n->result = CS_NETWORK;
         snprintf(n->errmsg, sizeof(n->errmsg), "cannot make a socket: %s", uv_strerror(rc));
-        stop_all(n);
+        node_finish(n);
         return;
     }
     n->tcp.data = n;
@@ -672,53 +715,74 @@ static void node_watch(uv_fs_event_t *h, const char *file, int events, int statu
         send_outbox(h->data);
 }
 
-static void node_signal(uv_signal_t *s, int signum)
+void cs_node_stop(cs_node *n)
 {
-    node *n = s->data;
-    node_logf(n, "stopping (signal %d)", signum);
     n->done = true;
     n->result = CS_OK;
     if (n->state == N_IDLE)
-        stop_all(n);
+        node_finish(n);
     else if (n->state != N_CLOSING) {
         n->state = N_CLOSING;
         uv_close((uv_handle_t *)&n->tcp, on_closed);
     }
 }
 
+static void handle_closed(uv_handle_t *h)
+{
+    node *n = h->data;
+    cs_assert(n->handles_open > 0);
+    if (--n->handles_open > 0)
+        return;
+    cs__rx_free(&n->rx);
+    sodium_memzero(&n->link, sizeof(n->link));
+    free(n);
+}
+
+void cs_node_free(cs_node *n)
+{
+    if (!n)
+        return;
+    cs_assert(n->finished); /* the connection is closed; only the timers and watch remain */
+    uv_close((uv_handle_t *)&n->tick, handle_closed);
+    uv_close((uv_handle_t *)&n->retry, handle_closed);
+    if (n->watching)
+        uv_close((uv_handle_t *)&n->watch, handle_closed);
+}
+
+const char *cs_node_errmsg(const cs_node *n)
+{
+    return n->errmsg;
+}
+
+cs_err cs_node_cursor(const cs_node *n, uint64_t *cursor_out)
+{
+    *cursor_out = n->cursor;
+    return CS_OK;
+}
+
 static int node_handles(node *n, const char *dir)
 {
     char path[4096];
     snprintf(path, sizeof(path), "%s/data.mdb", dir);
-    int rc = uv_timer_init(&n->loop, &n->tick);
+    int rc = uv_timer_init(n->loop, &n->tick);
     n->tick.data = n;
-    if (rc == 0 && (rc = uv_timer_init(&n->loop, &n->retry)) == 0)
+    n->handles_open += rc == 0;
+    if (rc == 0 && (rc = uv_timer_init(n->loop, &n->retry)) == 0) {
         n->retry.data = n;
+        n->handles_open++;
+    }
     if (rc == 0)
         rc = uv_timer_start(&n->tick, node_tick, NODE_TICK_MS, NODE_TICK_MS);
-    if (rc == 0 && (rc = uv_fs_event_init(&n->loop, &n->watch)) == 0) {
+    if (rc == 0 && !n->o->no_watch && (rc = uv_fs_event_init(n->loop, &n->watch)) == 0) {
         n->watch.data = n;
+        n->watching = true;
+        n->handles_open++;
         rc = uv_fs_event_start(&n->watch, node_watch, path, 0);
-    }
-    if (rc == 0 && (rc = uv_signal_init(&n->loop, &n->sigint)) == 0) {
-        n->sigint.data = n;
-        rc = uv_signal_start(&n->sigint, node_signal, SIGINT);
-    }
-    if (rc == 0 && (rc = uv_signal_init(&n->loop, &n->sigterm)) == 0) {
-        n->sigterm.data = n;
-        rc = uv_signal_start(&n->sigterm, node_signal, SIGTERM);
     }
     return rc;
 }
 
 /* ---- running ----------------------------------------------------------------------------- */
-
-static void close_handle(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
 
 bool cs_node_running(const char *dir)
 {
@@ -761,51 +825,113 @@ static cs_err node_setup(node *n)
     return err;
 }
 
-cs_err cs_node_run(cs_branch *b, const char *dir, const cs_node_options *o, char *errmsg,
-                   size_t errmsg_len)
+cs_err cs_node_start(uv_loop_t *loop, cs_branch *b, const char *dir, const cs_node_options *o,
+                     cs_node_done_fn done, void *arg, cs_node **out, char *errmsg,
+                     size_t errmsg_len)
 {
     if (sodium_init() < 0) {
         snprintf(errmsg, errmsg_len, "libsodium cannot start");
         return CS_NO_MEMORY;
     }
+    node *n = calloc(1, sizeof(*n));
+    if (!n) {
+        snprintf(errmsg, errmsg_len, "out of memory");
+        return CS_NO_MEMORY;
+    }
+    n->loop = loop;
+    n->b = b;
+    n->e = cs_branch_engine(b);
+    n->o = o;
+    n->out = o->log ? o->log : stderr;
+    n->done_cb = done;
+    n->done_arg = arg;
+    cs_err err = node_setup(n);
+    if (err == CS_OK && node_handles(n, dir) != 0) {
+        err = CS_IO;
+        snprintf(n->errmsg, sizeof(n->errmsg), "cannot start the node's timers");
+    }
+    if (err != CS_OK) {
+        snprintf(errmsg, errmsg_len, "%s", n->errmsg);
+        n->finished = true;
+        n->done_cb = NULL;
+        if (n->handles_open)
+            cs_node_free(n); /* frees it once its handles have closed */
+        else
+            free(n);
+        return err;
+    }
+    n->result = CS_OK;
+    node_connect(n);
+    *out = n;
+    return CS_OK;
+}
+
+/* ---- one node in a loop of its own, until done or a signal ------------------------------ */
+
+typedef struct run_ctx {
+    uv_signal_t sigint, sigterm;
+    cs_node *n;
+    cs_err result;
+    char *errmsg;
+    size_t errmsg_len;
+} run_ctx;
+
+static void run_signal(uv_signal_t *s, int signum)
+{
+    run_ctx *r = s->data;
+    node_logf(r->n, "stopping (signal %d)", signum);
+    cs_node_stop(r->n);
+}
+
+static void run_done(cs_node *n, cs_err result, void *arg)
+{
+    run_ctx *r = arg;
+    progress(n, true);
+    r->result = result;
+    snprintf(r->errmsg, r->errmsg_len, "%s", n->errmsg);
+    uv_close((uv_handle_t *)&r->sigint, NULL);
+    uv_close((uv_handle_t *)&r->sigterm, NULL);
+    cs_node_free(n);
+}
+
+cs_err cs_node_run(cs_branch *b, const char *dir, const cs_node_options *o, char *errmsg,
+                   size_t errmsg_len)
+{
     int lock = cs__dir_lock(dir, "node.lock", LOCK_EX);
     if (lock < 0) {
         snprintf(errmsg, errmsg_len,
                  lock == -2 ? "another branch node runs on %s" : "cannot create %s/node.lock", dir);
         return lock == -2 ? CS_FORBIDDEN : CS_IO;
     }
-    node *n = calloc(1, sizeof(*n));
-    if (!n) {
+    uv_loop_t loop;
+    run_ctx r = {.errmsg = errmsg, .errmsg_len = errmsg_len, .result = CS_OK};
+    errmsg[0] = '\0';
+    cs_err err = uv_loop_init(&loop) == 0 ? CS_OK : CS_IO;
+    if (err != CS_OK) {
+        snprintf(errmsg, errmsg_len, "cannot start the node's loop");
         close(lock);
-        snprintf(errmsg, errmsg_len, "out of memory");
-        return CS_NO_MEMORY;
+        return err;
     }
-    n->b = b;
-    n->e = cs_branch_engine(b);
-    n->o = o;
-    n->out = o->log ? o->log : stderr;
-    cs_err err = node_setup(n);
-    bool loop_ok = false;
-    if (err == CS_OK && (!(loop_ok = uv_loop_init(&n->loop) == 0) || node_handles(n, dir) != 0)) {
+    bool si = uv_signal_init(&loop, &r.sigint) == 0;
+    bool st = si && uv_signal_init(&loop, &r.sigterm) == 0;
+    r.sigint.data = r.sigterm.data = &r;
+    if (si && st)
+        err = cs_node_start(&loop, b, dir, o, run_done, &r, &r.n, errmsg, errmsg_len);
+    else
         err = CS_IO;
-        snprintf(n->errmsg, sizeof(n->errmsg), "cannot start the node's loop");
+    if (err == CS_OK && (uv_signal_start(&r.sigint, run_signal, SIGINT) != 0 ||
+                         uv_signal_start(&r.sigterm, run_signal, SIGTERM) != 0))
+        cs_node_stop(r.n); /* without signals a follower could not be stopped cleanly */
+    if (err != CS_OK) {    /* run_done never comes: close the signals here */
+        if (si)
+            uv_close((uv_handle_t *)&r.sigint, NULL);
+        if (st)
+            uv_close((uv_handle_t *)&r.sigterm, NULL);
     }
-    if (err == CS_OK) {
-        n->result = CS_OK;
-        node_connect(n);
-        uv_run(&n->loop, UV_RUN_DEFAULT);
-        progress(n, true);
-        err = n->result;
-    }
-    if (loop_ok) {
-        uv_walk(&n->loop, close_handle, NULL);
-        uv_run(&n->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&n->loop);
-    }
-    cs__rx_free(&n->rx);
-    snprintf(errmsg, errmsg_len, "%s", n->errmsg);
-    sodium_memzero(&n->link, sizeof(n->link));
-    free(n);
+    uv_run(&loop, UV_RUN_DEFAULT); /* until the node and the signals have closed */
+    int rc = uv_loop_close(&loop);
+    cs_assert(rc == 0);
+    (void)rc;
     close(lock);
-    return err;
+    return err != CS_OK ? err : r.result;
 }
