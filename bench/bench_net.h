@@ -44,6 +44,7 @@ static inline bool cs_bench_net_serve(cs_bench_net *r)
     snprintf(ready, sizeof(ready), "%s/ready", r->root);
     const char *args[] = {"serve",       "--data",       r->hq, "--listen",
                           "127.0.0.1:0", "--ready-file", ready, NULL};
+    unlink(ready); /* a ready file of an earlier serve would name its port */
     r->serve = cs_run_spawn(args, r->log);
     for (int i = 0; i < 500; i++) {
         FILE *f = fopen(ready, "r");
