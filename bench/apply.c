@@ -63,7 +63,6 @@
 #define BENCH_MAP_BYTES_PER_EVENT 1024u
 #define BENCH_MAP_BYTES_MIN ((size_t)256 * 1024 * 1024)
 #define TARGET_RATIO_MIN 0.5
-#define SERVICE_CODE 2 /* the schema's code of `service`: the first byte of its item keys */
 
 _Static_assert(BENCH_SEGMENT_EVENTS <= CS_SEGMENT_EVENTS_MAX, "a segment holds its events");
 _Static_assert(BENCH_SEGMENT_EVENTS % BENCH_SYNC_EVERY == 0, "sync points align to segments");
@@ -129,22 +128,22 @@ static int pack_service(msgpack_packer *pk, uint64_t item, uint64_t version)
 }
 
 /* One event's fields packed into sb; the event's strings are literals. */
-static int head_event(msgpack_packer *pk, msgpack_sbuffer *sb, cs_event *ev, const char *kind,
+static int head_event(msgpack_packer *pk, msgpack_sbuffer *sb, cs_event *ev, cs_kind kind,
                       const char *type, uint64_t id, uint64_t version)
 {
     msgpack_sbuffer_clear(sb);
     int rc;
-    if (strcmp(kind, "network") == 0) {
+    if (kind == CS_KIND_NETWORK) {
         rc = msgpack_pack_map(pk, 3);
         rc |= PACK_LIT(pk, "name") | PACK_LIT(pk, "Pet chain");
         rc |= PACK_LIT(pk, "mode") | PACK_LIT(pk, "on-trigger");
         rc |= PACK_LIT(pk, "types") | msgpack_pack_array(pk, 3);
         rc |= PACK_LIT(pk, "service_category") | PACK_LIT(pk, "service") | PACK_LIT(pk, "combo");
-    } else if (strcmp(kind, "shop_add") == 0) {
+    } else if (kind == CS_KIND_SHOP_ADD) {
         rc = msgpack_pack_map(pk, 2);
         rc |= PACK_LIT(pk, "name") | PACK_LIT(pk, "Downtown");
         rc |= PACK_LIT(pk, "role") | PACK_LIT(pk, "branch");
-    } else if (strcmp(kind, "sync") == 0) {
+    } else if (kind == CS_KIND_SYNC) {
         rc = msgpack_pack_map(pk, 0);
     } else if (strcmp(type, "service_category") == 0) {
         rc = msgpack_pack_map(pk, 1);
@@ -157,7 +156,7 @@ static int head_event(msgpack_packer *pk, msgpack_sbuffer *sb, cs_event *ev, con
                      .id = id,
                      .version = version,
                      .actor = CS_STR("admin"),
-                     .kind = {kind, strlen(kind)},
+                     .kind = cs_kind_str(kind),
                      .type = {type, strlen(type)},
                      .fields = (const uint8_t *)sb->data,
                      .fields_len = sb->size};
@@ -175,7 +174,7 @@ typedef struct batch {
     size_t n;
 } batch;
 
-static int batch_add(batch *b, const char *kind, const char *type, uint64_t id, uint64_t version)
+static int batch_add(batch *b, cs_kind kind, const char *type, uint64_t id, uint64_t version)
 {
     if (head_event(&b->pk, &b->one, &b->ev[b->n], kind, type, id, version) != 0 ||
         msgpack_sbuffer_write(&b->all, b->one.data, b->one.size) != 0)
@@ -211,16 +210,17 @@ static int build_log(cs_log *log, uint64_t events, uint64_t items, const shape *
     msgpack_sbuffer_init(&b->one);
     msgpack_sbuffer_init(&b->all);
     msgpack_packer_init(&b->pk, &b->one, msgpack_sbuffer_write);
-    int rc = batch_add(b, "network", "", 0, 0) | batch_add(b, "shop_add", "", BENCH_BRANCH_SHOP, 0);
+    int rc = batch_add(b, CS_KIND_NETWORK, "", 0, 0) |
+             batch_add(b, CS_KIND_SHOP_ADD, "", BENCH_BRANCH_SHOP, 0);
     for (uint64_t c = 1; c <= BENCH_CATEGORIES; c++)
-        rc |= batch_add(b, "put", "service_category", item_id(c), 1);
+        rc |= batch_add(b, CS_KIND_PUT, "service_category", item_id(c), 1);
     for (uint64_t seq = 2 + BENCH_CATEGORIES + 1; rc == 0 && seq <= events; seq++) {
         bool sync = seq == events || (sh->sync_every && seq % BENCH_SYNC_EVERY == 0);
         if (sync) {
-            rc = batch_add(b, "sync", "", 0, 0);
+            rc = batch_add(b, CS_KIND_SYNC, "", 0, 0);
         } else {
             uint64_t item = BENCH_CATEGORIES + 1 + rng_next(&rs) % items;
-            rc = batch_add(b, "put", "service", item, ++versions[item - BENCH_CATEGORIES]);
+            rc = batch_add(b, CS_KIND_PUT, "service", item, ++versions[item - BENCH_CATEGORIES]);
         }
         if (rc == 0 && b->n == BENCH_SEGMENT_EVENTS)
             rc = batch_flush(b, log);
@@ -363,12 +363,15 @@ static int raw_prepare_segment(cs_event_decoder *dec, const uint8_t *buf, size_t
     while (cs_segment_next(&v, &rec) == CS_OK) {
         if (cs_event_decode(dec, rec.event, rec.event_len, &ev) != CS_OK)
             return -1;
-        if (ev.kind.len != 3 || memcmp(ev.kind.ptr, "put", 3) != 0)
+        const cs_type *t = cs_schema_find_str(ev.type);
+        if (cs_kind_parse(ev.kind) != CS_KIND_PUT)
             continue;
+        if (!t)
+            return -1;
         uint8_t hdr[CS_RECORD_HEADER_BYTES];
         memcpy(hdr, &rec.checksum, 8);
         memcpy(hdr + 8, &rec.chain, 8);
-        rs->key[rs->n][0] = ev.type.len == 7 ? SERVICE_CODE : 1;
+        rs->key[rs->n][0] = t->code;
         for (int i = 8; i >= 1; i--)
             rs->key[rs->n][i] = (uint8_t)(ev.id >> (8 * (8 - i)));
         rs->off[rs->n] = rs->arena.size;

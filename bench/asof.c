@@ -131,7 +131,7 @@ static cs_err build_batch(cs_engine *e, builder *b, const cs_shop_info *self, ui
                                .id = (self->id << 32) | (1000 + item),
                                .version = ++b->versions[item],
                                .actor = CS_STR("bench"),
-                               .kind = CS_STR("put"),
+                               .kind = cs_kind_str(CS_KIND_PUT),
                                .type = CS_STR("service")};
     }
     for (size_t i = 0; i < n; i++) { /* pointers after packing: the buffer may have moved */

@@ -197,7 +197,7 @@ static int raw_events(const json_t *batch, cs_event *evs, uint8_t **fields, size
                             .id = (shop << 32) | (i + 2), /* as the engine's ids */
                             .version = 1,
                             .actor = CS_STR("cli"),
-                            .kind = CS_STR("put"),
+                            .kind = cs_kind_str(CS_KIND_PUT),
                             .type = CS_STR("service"),
                             .fields = fields[i],
                             .fields_len = len};

@@ -2,7 +2,8 @@
  * apply.c: the engine handle, the event vocabulary and the one state transition (cs__apply),
  * plus the digest and replay that prove state and log agree.
  *
- * Event kinds (the `kind` of a log event; docs/design.md lists their fields):
+ * Event kinds (the `kind` of a log event, CS_EVENT_KINDS in engine.h; docs/design.md lists
+ * their fields):
  *   init, network, put, delete, shop_add, shop_switch, shop_unlink, shop_password,
  *   network_types, network_mode, network_whatsapp, shop_whatsapp, sync.
  * Apply trusts what it reads: commands validated it before it was logged, and the log's
@@ -98,11 +99,6 @@ void cs_engine_set_actor(cs_engine *e, const char *actor)
 
 /* ---- apply ------------------------------------------------------------------------------- */
 
-static bool kind_is(const cs_event_view *ev, const char *k)
-{
-    return ev->kind.len == strlen(k) && memcmp(ev->kind.ptr, k, ev->kind.len) == 0;
-}
-
 /* Writes an item record whose fields are the given msgpack bytes (as logged: no decode and
  * pack again). Logged items carry no origin: copies are the projection's. */
 static cs_err put_record(cs_engine *e, cs_log_txn *txn, const cs_type *t, uint64_t id,
@@ -123,7 +119,7 @@ static cs_err put_record(cs_engine *e, cs_log_txn *txn, const cs_type *t, uint64
 
 static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev, bool del)
 {
-    const cs_type *t = cs__schema_find_len(ev->type.ptr, ev->type.len);
+    const cs_type *t = cs_schema_find_str(ev->type);
     if (!t || t->cls == CS_CLASS_LOCAL)
         return cs__fail(e, CS_CORRUPT, "event %llu: an item of an unknown or local type",
                         (unsigned long long)ev->seq);
@@ -152,8 +148,8 @@ static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev,
 }
 
 /* Updates the shop the event names (its id), or for a sync with id 0 every linked shop. */
-static cs_err update_shops(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev,
-                           const json_t *fields)
+static cs_err update_shops(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev, cs_kind kind,
+                           json_t *fields)
 {
     MDB_txn *m = cs_log_txn_mdb(txn);
     char key[13];
@@ -174,13 +170,13 @@ static cs_err update_shops(cs_engine *e, cs_log_txn *txn, const cs_event_view *e
         }
         uint64_t id = (uint64_t)json_integer_value(json_object_get(shop, "id"));
         int jrc = 0;
-        if ((ev->id == 0 || id == ev->id) && kind_is(ev, "sync")) {
+        if ((ev->id == 0 || id == ev->id) && kind == CS_KIND_SYNC) {
             /* R6: a sync point does not cover a branch whose switch is off. */
             if (json_is_true(json_object_get(shop, "linked")) &&
                 json_is_true(json_object_get(shop, "switch")))
                 jrc = json_object_set_new(shop, "sync_seq", json_integer((json_int_t)ev->seq));
         } else if (id == ev->id) {
-            jrc = json_object_update(shop, (json_t *)fields);
+            jrc = json_object_update(shop, fields);
         } else {
             json_decref(shop);
             continue;
@@ -192,12 +188,13 @@ static cs_err update_shops(cs_engine *e, cs_log_txn *txn, const cs_event_view *e
     return err;
 }
 
-static cs_err apply_network(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev, json_t *f)
+static cs_err apply_network(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev, cs_kind kind,
+                            json_t *f)
 {
     MDB_txn *m = cs_log_txn_mdb(txn);
     json_t *self = NULL, *net = NULL;
     cs_err err = CS_OK;
-    if (kind_is(ev, "init")) {
+    if (kind == CS_KIND_INIT) {
         self = json_pack("{s:I,s:O,s:s}", "id", (json_int_t)ev->shop, "name",
                          json_object_get(f, "name"), "role", "single");
         return self ? (err = cs__net_put(txn, e->network, "self", 4, self), json_decref(self), err)
@@ -205,7 +202,7 @@ static cs_err apply_network(cs_engine *e, cs_log_txn *txn, const cs_event_view *
     }
     if ((err = cs__net_get(m, e->network, "self", 4, &self)) != CS_OK)
         return err;
-    if (kind_is(ev, "network")) {
+    if (kind == CS_KIND_NETWORK) {
         err = json_object_set_new(self, "role", json_string("head")) ? CS_NO_MEMORY : CS_OK;
         if (err == CS_OK)
             err = cs__net_put(txn, e->network, "self", 4, self);
@@ -220,34 +217,62 @@ static cs_err apply_network(cs_engine *e, cs_log_txn *txn, const cs_event_view *
     return err;
 }
 
-cs_err cs__apply(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev)
+static cs_err apply_shop_add(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev, cs_kind kind,
+                             json_t *f)
 {
-    if (kind_is(ev, "put") || kind_is(ev, "delete"))
-        return apply_item(e, txn, ev, kind_is(ev, "delete"));
+    (void)kind; /* the table's signature: always CS_KIND_SHOP_ADD */
+    cs_assert(kind == CS_KIND_SHOP_ADD);
+    char key[13];
+    cs__shop_key(key, ev->id);
+    int jrc = json_object_set_new(f, "id", json_integer((json_int_t)ev->id)) |
+              json_object_set_new(f, "linked", json_true()) |
+              json_object_set_new(f, "switch", json_true()) |
+              json_object_set_new(f, "sync_seq", json_integer((json_int_t)ev->seq));
+    return jrc ? CS_NO_MEMORY : cs__net_put(txn, e->network, key, 13, f);
+}
+
+/* The network's events change small JSON records: fn gets the event's fields as JSON. */
+typedef cs_err (*apply_json_fn)(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev,
+                                cs_kind kind, json_t *f);
+
+static cs_err apply_json(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev, cs_kind kind,
+                         apply_json_fn fn)
+{
     json_t *f = cs__json_from_msgpack(&ev->fields);
     if (!f)
         return CS_NO_MEMORY;
-    cs_err err = CS_OK;
-    if (kind_is(ev, "init") || kind_is(ev, "network") || kind_is(ev, "network_types") ||
-        kind_is(ev, "network_mode") || kind_is(ev, "network_whatsapp")) {
-        err = apply_network(e, txn, ev, f);
-    } else if (kind_is(ev, "shop_add")) {
-        char key[13];
-        cs__shop_key(key, ev->id);
-        int jrc = json_object_set_new(f, "id", json_integer((json_int_t)ev->id)) |
-                  json_object_set_new(f, "linked", json_true()) |
-                  json_object_set_new(f, "switch", json_true()) |
-                  json_object_set_new(f, "sync_seq", json_integer((json_int_t)ev->seq));
-        err = jrc ? CS_NO_MEMORY : cs__net_put(txn, e->network, key, 13, f);
-    } else if (kind_is(ev, "shop_switch") || kind_is(ev, "shop_unlink") ||
-               kind_is(ev, "shop_whatsapp") || kind_is(ev, "sync")) {
-        err = update_shops(e, txn, ev, f);
-    } else if (!kind_is(ev, "shop_password")) { /* R9: a password change leaves no state */
-        err = cs__fail(e, CS_CORRUPT, "event %llu: unknown kind '%.*s'",
-                       (unsigned long long)ev->seq, (int)ev->kind.len, ev->kind.ptr);
-    }
+    cs_err err = fn(e, txn, ev, kind, f);
     json_decref(f);
     return err;
+}
+
+cs_err cs__apply(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev)
+{
+    cs_kind kind = cs_kind_parse(ev->kind);
+    switch (kind) {
+    case CS_KIND_PUT:
+    case CS_KIND_DELETE:
+        return apply_item(e, txn, ev, kind == CS_KIND_DELETE);
+    case CS_KIND_INIT:
+    case CS_KIND_NETWORK:
+    case CS_KIND_NETWORK_TYPES:
+    case CS_KIND_NETWORK_MODE:
+    case CS_KIND_NETWORK_WHATSAPP:
+        return apply_json(e, txn, ev, kind, apply_network);
+    case CS_KIND_SHOP_ADD:
+        return apply_json(e, txn, ev, kind, apply_shop_add);
+    case CS_KIND_SHOP_SWITCH:
+    case CS_KIND_SHOP_UNLINK:
+    case CS_KIND_SHOP_WHATSAPP:
+    case CS_KIND_SYNC:
+        return apply_json(e, txn, ev, kind, update_shops);
+    case CS_KIND_SHOP_PASSWORD:
+        return CS_OK; /* R9: a password change leaves no state */
+    case CS_KIND_UNKNOWN:
+        break;
+    }
+    return cs__fail(e, CS_CORRUPT, "event %llu: unknown kind '%.*s'", (unsigned long long)ev->seq,
+                    (int)ev->kind.len, ev->kind.ptr);
 }
 
 cs_err cs__emit(cs_engine *e, cs_log_txn *txn, const cs_event *evs, size_t n, uint64_t *last_seq)
@@ -270,7 +295,7 @@ cs_err cs__emit(cs_engine *e, cs_log_txn *txn, const cs_event *evs, size_t n, ui
         v.fields_bytes = f;
         v.fields_len = flen;
         /* Items are applied from their bytes; only the network's small events need objects. */
-        bool item = kind_is(&v, "put") || kind_is(&v, "delete");
+        bool item = cs_kind_is_item(cs_kind_parse(v.kind));
         if (!item && msgpack_unpack((const char *)f, flen, &off, &e->zone, &v.fields) !=
                          MSGPACK_UNPACK_SUCCESS)
             return CS_NO_MEMORY; /* the bytes were checked by the append: only memory fails */
@@ -341,10 +366,9 @@ typedef struct replay_ctx {
  * type. Network events are always applied (they are small and every state has them). */
 static bool replay_skips(const replay_ctx *rc, const cs_event_view *ev)
 {
-    if (!rc->only || !(kind_is(ev, "put") || kind_is(ev, "delete")))
+    if (!rc->only || !cs_kind_is_item(cs_kind_parse(ev->kind)))
         return false;
-    return ev->type.len != strlen(rc->only->name) ||
-           memcmp(ev->type.ptr, rc->only->name, ev->type.len) != 0;
+    return cs_schema_find_str(ev->type) != rc->only;
 }
 
 /* One batch. It seeks to its own start each time because cs_log_write may run it again after

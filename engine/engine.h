@@ -19,7 +19,86 @@
 
 #include <jansson.h>
 
+/* ---- event kinds ------------------------------------------------------------------------- */
+
+/* Every kind of event the engine logs, with its stable name: the `kind` string of a log event
+ * (docs/design.md lists their fields). The log stores only the name; names are part of the
+ * on-disk format and never change. Add new kinds at the end; every `switch` over a cs_kind
+ * lists each one (no default), so -Wswitch names each place a new kind must be handled. */
+#define CS_EVENT_KINDS(X)                                                                          \
+    X(CS_KIND_INIT, "init")                                                                        \
+    X(CS_KIND_NETWORK, "network")                                                                  \
+    X(CS_KIND_PUT, "put")                                                                          \
+    X(CS_KIND_DELETE, "delete")                                                                    \
+    X(CS_KIND_SHOP_ADD, "shop_add")                                                                \
+    X(CS_KIND_SHOP_SWITCH, "shop_switch")                                                          \
+    X(CS_KIND_SHOP_UNLINK, "shop_unlink")                                                          \
+    X(CS_KIND_SHOP_PASSWORD, "shop_password")                                                      \
+    X(CS_KIND_NETWORK_TYPES, "network_types")                                                      \
+    X(CS_KIND_NETWORK_MODE, "network_mode")                                                        \
+    X(CS_KIND_NETWORK_WHATSAPP, "network_whatsapp")                                                \
+    X(CS_KIND_SHOP_WHATSAPP, "shop_whatsapp")                                                      \
+    X(CS_KIND_SYNC, "sync")
+
+typedef enum cs_kind {
+    CS_KIND_UNKNOWN, /* a string outside the table: never emitted, only parsed */
+#define CS_KIND_ENUM(code, name) code,
+    CS_EVENT_KINDS(CS_KIND_ENUM)
+#undef CS_KIND_ENUM
+} cs_kind;
+
+/* CS_KIND_UNKNOWN and the table's kinds: outside the enum, so that a switch lists only kinds. */
+#define CS_KIND_ONE(code, name) +1
+enum { CS_KIND_COUNT = 1 CS_EVENT_KINDS(CS_KIND_ONE) };
+#undef CS_KIND_ONE
+
+/* The kind named s (an event's `kind`, an outbox entry's); CS_KIND_UNKNOWN when none is. */
+cs_kind cs_kind_parse(cs_str s);
+/* The stable name of a kind ("put"); "unknown" for CS_KIND_UNKNOWN or a value outside the
+ * table (which cs_kind_parse maps back to CS_KIND_UNKNOWN). Static. */
+const char *cs_kind_name(cs_kind kind);
+/* The same as a cs_str, for a cs_event's kind. Static. */
+cs_str cs_kind_str(cs_kind kind);
+
+/* put and delete: the events that write an item (the rest change the network). */
+static inline bool cs_kind_is_item(cs_kind kind)
+{
+    return kind == CS_KIND_PUT || kind == CS_KIND_DELETE;
+}
+
 /* ---- schema ------------------------------------------------------------------------------ */
+
+/* Every type's code: stable on disk (the first byte of an item key, docs/storage.md "items"),
+ * never renumbered. Ranges by class: synced catalog types from 1, shared records from 32,
+ * shop-local types from 64. */
+typedef enum cs_type_code {
+    CS_TYPE_SERVICE_CATEGORY = 1,
+    CS_TYPE_SERVICE = 2,
+    CS_TYPE_COMBO = 3,
+    CS_TYPE_PLAN = 4,
+    CS_TYPE_PAYMENT_METHOD = 5,
+    CS_TYPE_CHECKLIST = 6,
+    CS_TYPE_NOTIFICATION_TEMPLATE = 7,
+    CS_TYPE_PETCARE_CATEGORY = 8,
+    CS_TYPE_DOCUMENT_TEMPLATE = 9,
+    CS_TYPE_VACCINE = 10,
+    CS_TYPE_SEGMENT = 11,
+    CS_TYPE_ADVANCED_SETTING = 12,
+    CS_TYPE_SPECIES = 32,
+    CS_TYPE_BREED = 33,
+    CS_TYPE_CUSTOMER = 34,
+    CS_TYPE_PET = 35,
+    CS_TYPE_BREEDING_ANIMAL = 36,
+    CS_TYPE_CUSTOM_FIELD = 37,
+    CS_TYPE_STAFF = 64,
+    CS_TYPE_SHOP_INFO = 65,
+} cs_type_code;
+
+/* The largest code a synced type may have: a cs_type_set is one bit per code of a uint64_t.
+ * schema.c refuses at compile time a synced type with a larger code. */
+#define CS_TYPE_SYNCED_CODE_MAX 63u
+_Static_assert(CS_TYPE_SYNCED_CODE_MAX < 64, "a cs_type_set holds every synced type code");
+_Static_assert(CS_TYPE_ADVANCED_SETTING <= CS_TYPE_SYNCED_CODE_MAX, "synced codes fit the set");
 
 typedef enum cs_type_class {
     CS_CLASS_SYNCED, /* head-office catalog, mirrored to branches as copies */
@@ -64,7 +143,33 @@ typedef struct cs_type {
 const cs_type *cs_schema_types(unsigned *count_out);
 /* NULL when unknown. */
 const cs_type *cs_schema_find(const char *name);
+/* The same for a name that is not NUL-terminated (an event's `type`). */
+const cs_type *cs_schema_find_str(cs_str name);
 const cs_type *cs_schema_by_code(uint8_t code);
+
+/* A set of synced types (a network's synced set, R7), by code: bit `code` of a uint64_t, which
+ * CS_TYPE_SYNCED_CODE_MAX keeps in range. A value; the empty set is {0}. */
+typedef struct cs_type_set {
+    uint64_t bits;
+} cs_type_set;
+
+/* False for a code no synced type can have (a shared or local type is never in the set). */
+static inline bool cs_type_set_has(cs_type_set s, uint8_t code)
+{
+    return code <= CS_TYPE_SYNCED_CODE_MAX && (s.bits & ((uint64_t)1 << code)) != 0;
+}
+
+static inline void cs_type_set_add(cs_type_set *s, uint8_t code)
+{
+    cs_assert(code <= CS_TYPE_SYNCED_CODE_MAX);
+    s->bits |= (uint64_t)1 << code;
+}
+
+static inline void cs_type_set_del(cs_type_set *s, uint8_t code)
+{
+    cs_assert(code <= CS_TYPE_SYNCED_CODE_MAX);
+    s->bits &= ~((uint64_t)1 << code);
+}
 
 /* JSON object -> canonical msgpack map (fields in schema order). Validates kinds, required
  * fields, unknown fields, limits and enum values; not references (that needs state).

@@ -22,7 +22,6 @@
 
 /* One item's fields, encoded: far below CS_EVENT_BYTES_MAX, with room for the event's header. */
 #define CS_ITEM_FIELDS_BYTES_MAX (64u * 1024u)
-#define CS__SYNCED_TYPES_MAX 16u
 #define CS__ERRMSG_BYTES 320
 #define CS__ACTOR_BYTES 64
 
@@ -76,7 +75,6 @@ cs_err cs__apply(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev);
 /* Appends events and applies them, in the caller's transaction. */
 cs_err cs__emit(cs_engine *e, cs_log_txn *txn, const cs_event *evs, size_t n, uint64_t *last_seq);
 
-const cs_type *cs__schema_find_len(const char *name, size_t len);
 json_t *cs__json_from_msgpack(const msgpack_object *o);
 /* Packs any JSON value; failures are recorded by the packer's writer (cs__pack.failed). */
 void cs__pack_json(msgpack_packer *pk, const json_t *j);

@@ -182,8 +182,9 @@ static cs_err outbox_put(cs_engine *e, cs_log_txn *txn, const write_ctx *w)
     cs__pack p;
     cs__pack_init(&p);
     msgpack_pack_map(&p.pk, 7);
+    cs_str kind = cs_kind_str(w->del ? CS_KIND_DELETE : CS_KIND_PUT);
     msgpack_pack_str_with_body(&p.pk, "kind", 4);
-    msgpack_pack_str_with_body(&p.pk, w->del ? "delete" : "put", w->del ? 6 : 3);
+    msgpack_pack_str_with_body(&p.pk, kind.ptr, kind.len);
     msgpack_pack_str_with_body(&p.pk, "type", 4);
     msgpack_pack_str_with_body(&p.pk, w->t->name, strlen(w->t->name));
     msgpack_pack_str_with_body(&p.pk, "id", 2);
@@ -275,7 +276,7 @@ cs_err cs__write_item(cs_log_txn *txn, write_ctx *w)
                    .id = w->res.id,
                    .version = w->res.version,
                    .actor = {w->actor, strlen(w->actor)},
-                   .kind = w->del ? CS_STR("delete") : CS_STR("put"),
+                   .kind = cs_kind_str(w->del ? CS_KIND_DELETE : CS_KIND_PUT),
                    .type = {w->t->name, strlen(w->t->name)},
                    .fields = w->fields,
                    .fields_len = w->fields_len};

@@ -28,7 +28,7 @@ struct net_cmd {
     cs_engine *e;
     net_check_fn check; /* validates; may fill the event's id and fields */
     cs_role need;       /* CS_ROLE_HEAD, or CS_ROLE_SINGLE for network create */
-    const char *kind;
+    cs_kind kind;
     uint64_t id;
     json_t *fields;        /* owned by the caller of run() */
     const uint8_t *secret; /* the `secrets` record to store for `id` (auth.c), or NULL */
@@ -89,7 +89,7 @@ static cs_err emit_sync(net_cmd *c, cs_log_txn *txn)
     cs_event ev = {.shop = c->self,
                    .id = c->sync_shop,
                    .actor = {e->actor, strlen(e->actor)},
-                   .kind = CS_STR("sync"),
+                   .kind = cs_kind_str(CS_KIND_SYNC),
                    .fields = empty_map,
                    .fields_len = sizeof(empty_map)};
     return cs__emit(e, txn, &ev, 1, &c->seq);
@@ -99,6 +99,7 @@ static cs_err net_fn(cs_log_txn *txn, void *ctx)
 {
     net_cmd *c = ctx;
     cs_engine *e = c->e;
+    cs_assert(c->kind != CS_KIND_UNKNOWN); /* every command names the kind it logs */
     msgpack_zone_clear(&e->zone);
     cs_err err = check_role(c, cs__role(cs_log_txn_mdb(txn), e, &c->self));
     if (err == CS_OK && c->check)
@@ -113,7 +114,7 @@ static cs_err net_fn(cs_log_txn *txn, void *ctx)
     cs_event ev = {.shop = c->self,
                    .id = c->id,
                    .actor = {e->actor, strlen(e->actor)},
-                   .kind = {c->kind, strlen(c->kind)},
+                   .kind = cs_kind_str(c->kind),
                    .fields = (const uint8_t *)p.sb.data,
                    .fields_len = p.sb.size};
     err = p.failed ? CS_NO_MEMORY : cs__emit(e, txn, &ev, 1, &c->seq);
@@ -195,7 +196,7 @@ cs_err cs_engine_init(cs_engine *e, const char *name, uint64_t *shop_out)
     if (sodium_init() < 0)
         return CS_NO_MEMORY;
     net_cmd c = {.e = e,
-                 .kind = "init",
+                 .kind = CS_KIND_INIT,
                  .id = random_shop_id(),
                  .check = check_init,
                  .fields = json_pack("{s:s}", "name", name)};
@@ -231,7 +232,7 @@ cs_err cs_engine_network_create(cs_engine *e, const char *name)
         return CS_NO_MEMORY;
     net_cmd c = {.e = e,
                  .need = CS_ROLE_SINGLE,
-                 .kind = "network",
+                 .kind = CS_KIND_NETWORK,
                  .check = check_network_create,
                  .fields = json_pack("{s:s,s:s,s:o,s:s,s:n}", "name", name, "mode", "on-trigger",
                                      "types", types, "whatsapp_mode", "shared", "whatsapp_number")};
@@ -257,7 +258,7 @@ static cs_err read_net(cs_engine *e, json_t **out)
 
 /* Runs a network-settings change, or only reads when fields is NULL; then reads back. */
 /* network_types and network_mode also make a sync point in continuous mode (emit_sync). */
-static cs_err net_setting(cs_engine *e, const char *kind, json_t *fields, json_t **net_out)
+static cs_err net_setting(cs_engine *e, cs_kind kind, json_t *fields, json_t **net_out)
 {
     e->errmsg[0] = '\0';
     cs_err err = CS_OK;
@@ -266,7 +267,7 @@ static cs_err net_setting(cs_engine *e, const char *kind, json_t *fields, json_t
                      .need = CS_ROLE_HEAD,
                      .kind = kind,
                      .fields = fields,
-                     .sync_if_continuous = strcmp(kind, "network_whatsapp") != 0};
+                     .sync_if_continuous = kind != CS_KIND_NETWORK_WHATSAPP};
         err = run(&c);
     }
     if (err == CS_OK)
@@ -306,7 +307,7 @@ cs_err cs_engine_network_types(cs_engine *e, const char *const *types, size_t n,
     if (set && !fields)
         return CS_NO_MEMORY; /* not a silent read instead of the change asked for */
     json_t *net = NULL;
-    cs_err err = net_setting(e, "network_types", fields, &net);
+    cs_err err = net_setting(e, CS_KIND_NETWORK_TYPES, fields, &net);
     json_decref(fields);
     if (err == CS_OK && out)
         *out = json_incref(json_object_get(net, "types"));
@@ -323,7 +324,7 @@ cs_err cs_engine_network_mode(cs_engine *e, const char *mode, const char **out)
     if (mode && !fields)
         return CS_NO_MEMORY;
     json_t *net = NULL;
-    cs_err err = net_setting(e, "network_mode", fields, &net);
+    cs_err err = net_setting(e, CS_KIND_NETWORK_MODE, fields, &net);
     json_decref(fields);
     if (err == CS_OK && out)
         *out = strcmp(json_string_value(json_object_get(net, "mode")), "continuous") == 0
@@ -363,7 +364,7 @@ cs_err cs_engine_network_whatsapp(cs_engine *e, const char *mode, const char *nu
         }
     }
     json_t *net = NULL;
-    cs_err err = net_setting(e, "network_whatsapp", fields, &net);
+    cs_err err = net_setting(e, CS_KIND_NETWORK_WHATSAPP, fields, &net);
     json_decref(fields);
     if (err == CS_OK && out)
         *out = json_pack("{s:O,s:O}", "mode", json_object_get(net, "whatsapp_mode"), "number",
@@ -420,7 +421,7 @@ cs_err cs_engine_shop_add(cs_engine *e, const char *name, const char *password, 
         return err;
     net_cmd c = {.e = e,
                  .need = CS_ROLE_HEAD,
-                 .kind = "shop_add",
+                 .kind = CS_KIND_SHOP_ADD,
                  .check = check_shop_add,
                  .secret = secret,
                  .secret_len = secret_len,
@@ -433,10 +434,10 @@ cs_err cs_engine_shop_add(cs_engine *e, const char *name, const char *password, 
     return err;
 }
 
-static cs_err shop_event(cs_engine *e, uint64_t shop, const char *kind, json_t *fields)
+static cs_err shop_event(cs_engine *e, uint64_t shop, cs_kind kind, json_t *fields)
 {
     /* a switch turned on in continuous mode is brought up to date at once (emit_sync) */
-    bool on = strcmp(kind, "shop_switch") == 0 && json_is_true(json_object_get(fields, "switch"));
+    bool on = kind == CS_KIND_SHOP_SWITCH && json_is_true(json_object_get(fields, "switch"));
     net_cmd c = {.e = e,
                  .need = CS_ROLE_HEAD,
                  .kind = kind,
@@ -452,12 +453,12 @@ static cs_err shop_event(cs_engine *e, uint64_t shop, const char *kind, json_t *
 
 cs_err cs_engine_shop_switch(cs_engine *e, uint64_t shop, bool on)
 {
-    return shop_event(e, shop, "shop_switch", json_pack("{s:b}", "switch", on));
+    return shop_event(e, shop, CS_KIND_SHOP_SWITCH, json_pack("{s:b}", "switch", on));
 }
 
 cs_err cs_engine_shop_unlink(cs_engine *e, uint64_t shop)
 {
-    return shop_event(e, shop, "shop_unlink", json_pack("{s:b}", "linked", 0));
+    return shop_event(e, shop, CS_KIND_SHOP_UNLINK, json_pack("{s:b}", "linked", 0));
 }
 
 cs_err cs_engine_shop_whatsapp(cs_engine *e, uint64_t shop, const char *number)
@@ -471,7 +472,8 @@ cs_err cs_engine_shop_whatsapp(cs_engine *e, uint64_t shop, const char *number)
     cs_shop_info self;
     if (cs_engine_self(e, &self) == CS_OK && self.id == shop) /* the head office's own */
         return cs_engine_network_whatsapp(e, NULL, number, NULL);
-    return shop_event(e, shop, "shop_whatsapp", json_pack("{s:s}", "whatsapp_number", number));
+    return shop_event(e, shop, CS_KIND_SHOP_WHATSAPP,
+                      json_pack("{s:s}", "whatsapp_number", number));
 }
 
 static cs_err check_password_target(net_cmd *c, cs_log_txn *txn)
@@ -492,7 +494,7 @@ cs_err cs_engine_shop_password(cs_engine *e, uint64_t shop, const char *password
     /* R9: the event says that it changed, never what to. */
     net_cmd c = {.e = e,
                  .need = CS_ROLE_HEAD,
-                 .kind = "shop_password",
+                 .kind = CS_KIND_SHOP_PASSWORD,
                  .id = shop,
                  .check = check_password_target,
                  .secret = secret,
@@ -536,7 +538,7 @@ cs_err cs_engine_sync(cs_engine *e, uint64_t shop, uint64_t *seq_out)
     e->errmsg[0] = '\0';
     net_cmd c = {.e = e,
                  .need = CS_ROLE_HEAD,
-                 .kind = "sync",
+                 .kind = CS_KIND_SYNC,
                  .id = shop,
                  .check = shop ? check_linked_shop : NULL,
                  .fields = json_object()};

@@ -56,9 +56,10 @@ static cs_err entry_parse(const uint8_t *entry, size_t len, msgpack_zone *z, ent
         out->fields->type != MSGPACK_OBJECT_MAP ||
         !cs__map_bin(&o, "req", CS_REQUEST_ID_BYTES, &out->req, NULL))
         return CS_CORRUPT;
-    out->del = kind.len == 6 && memcmp(kind.ptr, "delete", 6) == 0;
-    if (!out->del && !(kind.len == 3 && memcmp(kind.ptr, "put", 3) == 0))
+    cs_kind k = cs_kind_parse(kind);
+    if (!cs_kind_is_item(k)) /* an outbox holds only writes of shared records */
         return CS_CORRUPT;
+    out->del = k == CS_KIND_DELETE;
     return CS_OK;
 }
 
@@ -170,7 +171,7 @@ static cs_err remote_prepare(remote_ctx *rc, const entry_view *ev, uint8_t **pac
 {
     cs_engine *e = rc->e;
     cs__write *w = &rc->w;
-    w->t = cs__schema_find_len(ev->type.ptr, ev->type.len);
+    w->t = cs_schema_find_str(ev->type);
     if (!w->t)
         return cs__fail(e, CS_UNKNOWN_TYPE, "'%.*s' is not a type", (int)ev->type.len,
                         ev->type.ptr);

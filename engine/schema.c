@@ -4,7 +4,8 @@
  * msgpack conversion, reference checks and remapping all read this table (convert.c); no type
  * has a hand-written C struct.
  *
- * Type codes are part of the on-disk format (docs/storage.md, "items"): never renumber one.
+ * Type codes are part of the on-disk format (docs/storage.md, "items"): never renumber one
+ * (cs_type_code in engine.h lists them). A synced type's code fits a cs_type_set (SYNCED_CODE).
  * Limits: names are short labels (120 bytes); free text is bounded at 4,000 bytes so that one
  * item stays far below CS_EVENT_BYTES_MAX; lists are bounded so an item cannot grow without end.
  */
@@ -74,6 +75,12 @@
     {                                                                                              \
         n, code, cls, f, COUNT(f)                                                                  \
     }
+/* A synced type's code must fit a cs_type_set: a larger one is a compile error (an array of
+ * negative size), in the table itself, so no caller of the set checks it at run time. */
+#define SYNCED_CODE(code) ((code) + 0 * sizeof(char[(code) <= CS_TYPE_SYNCED_CODE_MAX ? 1 : -1]))
+#define SYNCED(n, code, f) TYPE(n, SYNCED_CODE(code), CS_CLASS_SYNCED, f)
+#define SHARED(n, code, f) TYPE(n, code, CS_CLASS_SHARED, f)
+#define LOCAL(n, code, f) TYPE(n, code, CS_CLASS_LOCAL, f)
 
 static const char *const periods[] = {"weekly", "biweekly", "monthly", NULL};
 static const char *const payment_kinds[] = {"cash", "card", "pix", "transfer", "other", NULL};
@@ -195,29 +202,27 @@ static const cs_field shop_info[] = {F_NAME, F_TEXT("address"), F_STR("phone", 4
 
 /* Order: synced types first (the default synced set), then shared, then local. */
 static const cs_type types[] = {
-    TYPE("service_category", 1, CS_CLASS_SYNCED, service_category),
-    TYPE("service", 2, CS_CLASS_SYNCED, service),
-    TYPE("combo", 3, CS_CLASS_SYNCED, combo),
-    TYPE("plan", 4, CS_CLASS_SYNCED, plan),
-    TYPE("payment_method", 5, CS_CLASS_SYNCED, payment_method),
-    TYPE("checklist", 6, CS_CLASS_SYNCED, checklist),
-    TYPE("notification_template", 7, CS_CLASS_SYNCED, notification_template),
-    TYPE("petcare_category", 8, CS_CLASS_SYNCED, petcare_category),
-    TYPE("document_template", 9, CS_CLASS_SYNCED, document_template),
-    TYPE("vaccine", 10, CS_CLASS_SYNCED, vaccine),
-    TYPE("segment", 11, CS_CLASS_SYNCED, segment),
-    TYPE("advanced_setting", 12, CS_CLASS_SYNCED, advanced_setting),
-    TYPE("species", 32, CS_CLASS_SHARED, species),
-    TYPE("breed", 33, CS_CLASS_SHARED, breed),
-    TYPE("customer", 34, CS_CLASS_SHARED, customer),
-    TYPE("pet", 35, CS_CLASS_SHARED, pet),
-    TYPE("breeding_animal", 36, CS_CLASS_SHARED, breeding_animal),
-    TYPE("custom_field", 37, CS_CLASS_SHARED, custom_field),
-    TYPE("staff", 64, CS_CLASS_LOCAL, staff),
-    TYPE("shop_info", 65, CS_CLASS_LOCAL, shop_info),
+    SYNCED("service_category", CS_TYPE_SERVICE_CATEGORY, service_category),
+    SYNCED("service", CS_TYPE_SERVICE, service),
+    SYNCED("combo", CS_TYPE_COMBO, combo),
+    SYNCED("plan", CS_TYPE_PLAN, plan),
+    SYNCED("payment_method", CS_TYPE_PAYMENT_METHOD, payment_method),
+    SYNCED("checklist", CS_TYPE_CHECKLIST, checklist),
+    SYNCED("notification_template", CS_TYPE_NOTIFICATION_TEMPLATE, notification_template),
+    SYNCED("petcare_category", CS_TYPE_PETCARE_CATEGORY, petcare_category),
+    SYNCED("document_template", CS_TYPE_DOCUMENT_TEMPLATE, document_template),
+    SYNCED("vaccine", CS_TYPE_VACCINE, vaccine),
+    SYNCED("segment", CS_TYPE_SEGMENT, segment),
+    SYNCED("advanced_setting", CS_TYPE_ADVANCED_SETTING, advanced_setting),
+    SHARED("species", CS_TYPE_SPECIES, species),
+    SHARED("breed", CS_TYPE_BREED, breed),
+    SHARED("customer", CS_TYPE_CUSTOMER, customer),
+    SHARED("pet", CS_TYPE_PET, pet),
+    SHARED("breeding_animal", CS_TYPE_BREEDING_ANIMAL, breeding_animal),
+    SHARED("custom_field", CS_TYPE_CUSTOM_FIELD, custom_field),
+    LOCAL("staff", CS_TYPE_STAFF, staff),
+    LOCAL("shop_info", CS_TYPE_SHOP_INFO, shop_info),
 };
-
-_Static_assert(COUNT(types) <= CS__SYNCED_TYPES_MAX + 16, "type count within the set bound");
 
 const cs_type *cs_schema_types(unsigned *count_out)
 {
@@ -227,8 +232,13 @@ const cs_type *cs_schema_types(unsigned *count_out)
 
 const cs_type *cs_schema_find(const char *name)
 {
+    return cs_schema_find_str((cs_str){name, strlen(name)});
+}
+
+const cs_type *cs_schema_find_str(cs_str name)
+{
     for (unsigned i = 0; i < COUNT(types); i++)
-        if (strcmp(types[i].name, name) == 0)
+        if (strlen(types[i].name) == name.len && memcmp(types[i].name, name.ptr, name.len) == 0)
             return &types[i];
     return NULL;
 }
@@ -237,14 +247,6 @@ const cs_type *cs_schema_by_code(uint8_t code)
 {
     for (unsigned i = 0; i < COUNT(types); i++)
         if (types[i].code == code)
-            return &types[i];
-    return NULL;
-}
-
-const cs_type *cs__schema_find_len(const char *name, size_t len)
-{
-    for (unsigned i = 0; i < COUNT(types); i++)
-        if (strlen(types[i].name) == len && memcmp(types[i].name, name, len) == 0)
             return &types[i];
     return NULL;
 }

@@ -11,35 +11,24 @@
  *   shop_switch of this branch     -> the switch (R6)
  *   sync for all or this branch    -> a sync point, when linked and switched on (R5b, R5c, R6)
  *   shop_unlink of this branch     -> copies detached, the branch a single store (R13)
- *   anything else                  -> nothing but the cursor
+ *   anything else                  -> nothing but the cursor (an unknown kind too)
  * The cursor and the chain value at the cursor are saved in the same transaction.
  */
 #include "projections/projection_int.h"
 
 #include <string.h>
 
-static bool kind_is(const cs_event_view *ev, const char *k)
-{
-    return ev->kind.len == strlen(k) && memcmp(ev->kind.ptr, k, ev->kind.len) == 0;
-}
-
-static bool type_synced(const cs__bstate *st, const cs_type *t)
-{
-    return t->code < 64 && (st->types_mask & ((uint64_t)1 << t->code));
-}
-
 static cs_err apply_catalog(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev,
-                            const cs_type *t)
+                            const cs_type *t, bool del)
 {
     uint8_t kb[9];
     cs__key9(kb, t->code, ev->id);
     cs_err err;
     if (ev->fields_bytes) { /* stored as they were logged: no decode and pack again */
-        err = cs__rec_put(b, txn, b->mirror, kb, ev->version, kind_is(ev, "delete"), NULL,
-                          ev->fields_bytes, ev->fields_len);
+        err = cs__rec_put(b, txn, b->mirror, kb, ev->version, del, NULL, ev->fields_bytes,
+                          ev->fields_len);
     } else {
-        cs_item it = {
-            .version = ev->version, .archived = kind_is(ev, "delete"), .fields = ev->fields};
+        cs_item it = {.version = ev->version, .archived = del, .fields = ev->fields};
         err = cs_item_write(txn, b->mirror, t, ev->id, &it);
     }
     /* Already dirty is the common case while catching up: NOOVERWRITE stops at the search. */
@@ -47,27 +36,22 @@ static cs_err apply_catalog(cs_branch *b, cs_log_txn *txn, const cs_event_view *
     if (err == CS_OK && (err = cs_log_txn_put(txn, b->dirty, &k, &v, MDB_NOOVERWRITE)) ==
                             CS_INVALID_INPUT) /* cs_log_txn_put's answer for an existing key */
         err = CS_OK;
-    if (err == CS_OK && b->st.linked && b->st.sync_on && b->st.continuous && type_synced(&b->st, t))
+    if (err == CS_OK && b->st.linked && b->st.sync_on && b->st.continuous &&
+        cs_type_set_has(b->st.types_mask, t->code))
         err = cs__sync_point(b, txn, ev->seq);
     return err;
 }
 
-static cs_err apply_item_event(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev)
+static cs_err apply_item_event(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev, bool del)
 {
-    const cs_type *t = NULL;
-    char name[64];
-    if (ev->type.len < sizeof(name)) {
-        memcpy(name, ev->type.ptr, ev->type.len);
-        name[ev->type.len] = '\0';
-        t = cs_schema_find(name);
-    }
+    const cs_type *t = cs_schema_find_str(ev->type);
     if (!t || t->cls == CS_CLASS_LOCAL)
         return cs__branch_fail(b, CS_CORRUPT, "event %llu: an item of an unknown or local type",
                                (unsigned long long)ev->seq);
     if (t->cls == CS_CLASS_SYNCED)
-        return apply_catalog(b, txn, ev, t);
+        return apply_catalog(b, txn, ev, t, del);
     /* R8: shared records are the same record everywhere, applied on arrival. */
-    cs_item it = {.version = ev->version, .archived = kind_is(ev, "delete"), .fields = ev->fields};
+    cs_item it = {.version = ev->version, .archived = del, .fields = ev->fields};
     return cs_item_write(txn, b->items, t, ev->id, &it);
 }
 
@@ -87,24 +71,34 @@ static void apply_network_fields(cs__bstate *st, const cs_event_view *ev)
 {
     const msgpack_object *types = field(ev, "types");
     if (types && types->type == MSGPACK_OBJECT_ARRAY) {
-        uint64_t mask = 0;
+        cs_type_set set = {0};
         for (uint32_t i = 0; i < types->via.array.size; i++) {
             const msgpack_object *o = &types->via.array.ptr[i];
-            char name[64];
-            if (o->type != MSGPACK_OBJECT_STR || o->via.str.size >= sizeof(name))
-                continue;
-            memcpy(name, o->via.str.ptr, o->via.str.size);
-            name[o->via.str.size] = '\0';
-            const cs_type *t = cs_schema_find(name);
-            if (t && t->cls == CS_CLASS_SYNCED && t->code < 64)
-                mask |= (uint64_t)1 << t->code;
+            const cs_type *t = o->type == MSGPACK_OBJECT_STR
+                                   ? cs_schema_find_str((cs_str){o->via.str.ptr, o->via.str.size})
+                                   : NULL;
+            if (t && t->cls == CS_CLASS_SYNCED)
+                cs_type_set_add(&set, t->code);
         }
-        st->types_mask = mask;
+        st->types_mask = set;
     }
     const msgpack_object *mode = field(ev, "mode");
     if (mode && mode->type == MSGPACK_OBJECT_STR)
         st->continuous =
             mode->via.str.size == 10 && memcmp(mode->via.str.ptr, "continuous", 10) == 0;
+}
+
+/* network, network_types, network_mode: the branch's view of the network (R7). */
+static cs_err apply_network_event(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev,
+                                  cs_kind kind)
+{
+    cs__bstate *st = &b->st;
+    cs_type_set before = st->types_mask;
+    if (kind == CS_KIND_NETWORK)
+        st->head = ev->shop;
+    apply_network_fields(st, ev);
+    cs_type_set gained = {st->types_mask.bits & ~before.bits};
+    return gained.bits ? cs__mark_referrers(b, txn, gained) : CS_OK;
 }
 
 cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev)
@@ -113,28 +107,40 @@ cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view
     bool mine = ev->id == st->shop;
     if (st->unlinked)
         return CS_OK; /* a single store now: the network's events are no longer ours */
-    if (kind_is(ev, "put") || kind_is(ev, "delete"))
-        return apply_item_event(b, txn, ev);
-    if (kind_is(ev, "network") || kind_is(ev, "network_types") || kind_is(ev, "network_mode")) {
-        uint64_t before = st->types_mask;
-        if (kind_is(ev, "network"))
-            st->head = ev->shop;
-        apply_network_fields(st, ev);
-        uint64_t gained = st->types_mask & ~before;
-        if (gained)
-            return cs__mark_referrers(b, txn, gained);
-    } else if (kind_is(ev, "shop_add") && mine) {
+    cs_kind kind = cs_kind_parse(ev->kind);
+    switch (kind) {
+    case CS_KIND_PUT:
+    case CS_KIND_DELETE:
+        return apply_item_event(b, txn, ev, kind == CS_KIND_DELETE);
+    case CS_KIND_NETWORK:
+    case CS_KIND_NETWORK_TYPES:
+    case CS_KIND_NETWORK_MODE:
+        return apply_network_event(b, txn, ev, kind);
+    case CS_KIND_SHOP_ADD:
+        if (!mine)
+            return CS_OK;
         st->linked = true;
         st->sync_on = true;
         return cs__sync_point(b, txn, ev->seq);
-    } else if (kind_is(ev, "shop_switch") && mine) {
-        const msgpack_object *on = field(ev, "switch");
-        st->sync_on = on && on->type == MSGPACK_OBJECT_BOOLEAN && on->via.boolean;
-    } else if (kind_is(ev, "sync") && (ev->id == 0 || mine)) {
-        if (st->linked && st->sync_on)
+    case CS_KIND_SHOP_SWITCH:
+        if (mine) {
+            const msgpack_object *on = field(ev, "switch");
+            st->sync_on = on && on->type == MSGPACK_OBJECT_BOOLEAN && on->via.boolean;
+        }
+        return CS_OK;
+    case CS_KIND_SYNC:
+        if ((ev->id == 0 || mine) && st->linked && st->sync_on)
             return cs__sync_point(b, txn, ev->seq);
-    } else if (kind_is(ev, "shop_unlink") && mine) {
-        return cs__unlink(b, txn);
+        return CS_OK;
+    case CS_KIND_SHOP_UNLINK:
+        return mine ? cs__unlink(b, txn) : CS_OK;
+    case CS_KIND_INIT:
+    case CS_KIND_SHOP_PASSWORD:
+    case CS_KIND_SHOP_WHATSAPP:
+    case CS_KIND_NETWORK_WHATSAPP: /* the head office's state: a branch keeps none of it */
+        return CS_OK;
+    case CS_KIND_UNKNOWN: /* as before the enum: nothing but the cursor moves */
+        return CS_OK;
     }
     return CS_OK;
 }

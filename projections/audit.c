@@ -976,14 +976,13 @@ static cs_err items_json(MDB_txn *t, MDB_dbi items, const cs_type *only, bool br
     return err;
 }
 
-static json_t *types_json(uint64_t mask)
+static json_t *types_json(cs_type_set set)
 {
     unsigned n;
     const cs_type *t = cs_schema_types(&n);
     json_t *arr = json_array();
     for (unsigned i = 0; arr && i < n; i++)
-        if (t[i].code < 64 && (mask & ((uint64_t)1 << t[i].code)) &&
-            !append_new(arr, json_string(t[i].name))) {
+        if (cs_type_set_has(set, t[i].code) && !append_new(arr, json_string(t[i].name))) {
             json_decref(arr);
             return NULL;
         }

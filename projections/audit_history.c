@@ -29,21 +29,6 @@ static void put_u64(uint8_t *p, uint64_t v)
         p[i] = (uint8_t)v;
 }
 
-static bool kind_is(const cs_event_view *ev, const char *k)
-{
-    return ev->kind.len == strlen(k) && memcmp(ev->kind.ptr, k, ev->kind.len) == 0;
-}
-
-static const cs_type *event_type(const cs_event_view *ev)
-{
-    char name[64];
-    if (ev->type.len == 0 || ev->type.len >= sizeof(name))
-        return NULL;
-    memcpy(name, ev->type.ptr, ev->type.len);
-    name[ev->type.len] = '\0';
-    return cs_schema_find(name);
-}
-
 /* ---- the index --------------------------------------------------------------------------- */
 
 typedef struct hist_batch {
@@ -85,8 +70,8 @@ static cs_err history_scan(cs_audit *a, uint64_t from, uint64_t to, hist_batch *
         }
         hb->upto = seq;
         hb->chain = rec.chain;
-        const cs_type *t = event_type(&ev);
-        if (!t || t->cls == CS_CLASS_LOCAL || !(kind_is(&ev, "put") || kind_is(&ev, "delete")))
+        const cs_type *t = cs_schema_find_str(ev.type);
+        if (!t || t->cls == CS_CLASS_LOCAL || !cs_kind_is_item(cs_kind_parse(ev.kind)))
             continue;
         uint8_t *k = hb->keys[hb->n++];
         k[0] = t->code;
@@ -270,7 +255,7 @@ static cs_err version_json(const cs_type *t, const cs_event_view *ev, json_t **p
 {
     json_t *fields = NULL, *changes = json_array();
     cs_err err = changes ? cs_schema_to_json(t, &ev->fields, &fields) : CS_NO_MEMORY;
-    bool del = kind_is(ev, "delete");
+    bool del = cs_kind_parse(ev->kind) == CS_KIND_DELETE;
     if (err == CS_OK)
         err = cs__audit_diff(t, *prev, fields, changes);
     json_t *o = NULL;
@@ -314,7 +299,7 @@ static cs_err history_read(cs_audit *a, const cs_type *t, uint64_t id, const uin
                            cs_log_reader_errmsg(r));
             err = err == CS_NOT_FOUND ? CS_CORRUPT : err;
         } else if (cs_event_decode(dec, rec.event, rec.event_len, &ev) != CS_OK ||
-                   ev.seq != seqs[i] || ev.id != id || event_type(&ev) != t) {
+                   ev.seq != seqs[i] || ev.id != id || cs_schema_find_str(ev.type) != t) {
             err = cs__audit_fail(a, CS_CORRUPT,
                                  "event %llu is not a version of %s %llu as the history index "
                                  "says (run `chainsync audit verify`)",

@@ -702,7 +702,8 @@ static cs_err branch_state_cmp(branch_cmp *bc, const cs__bstate *x, const cs__bs
     if (err == CS_OK)
         err = state_field_diff(bc, "unlinked", x->unlinked, y->unlinked);
     if (err == CS_OK)
-        err = state_field_diff(bc, "types (bit mask of type codes)", x->types_mask, y->types_mask);
+        err = state_field_diff(bc, "types (bit mask of type codes)", x->types_mask.bits,
+                               y->types_mask.bits);
     return err;
 }
 

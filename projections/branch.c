@@ -110,24 +110,24 @@ cs_err cs__rec_put(cs_branch *b, cs_log_txn *txn, MDB_dbi dbi, const uint8_t key
 
 /* ---- state ------------------------------------------------------------------------------- */
 
-static uint64_t types_from_json(const json_t *arr)
+static cs_type_set types_from_json(const json_t *arr)
 {
-    uint64_t mask = 0;
+    cs_type_set set = {0};
     for (size_t i = 0; i < json_array_size(arr); i++) {
         const cs_type *t = cs_schema_find(json_string_value(json_array_get(arr, i)));
-        if (t && t->cls == CS_CLASS_SYNCED && t->code < 64)
-            mask |= (uint64_t)1 << t->code;
+        if (t && t->cls == CS_CLASS_SYNCED)
+            cs_type_set_add(&set, t->code);
     }
-    return mask;
+    return set;
 }
 
-static json_t *types_to_json(uint64_t mask)
+static json_t *types_to_json(cs_type_set set)
 {
     unsigned n;
     const cs_type *t = cs_schema_types(&n);
     json_t *arr = json_array();
     for (unsigned i = 0; arr && i < n; i++)
-        if (t[i].code < 64 && (mask & ((uint64_t)1 << t[i].code)))
+        if (cs_type_set_has(set, t[i].code))
             if (json_array_append_new(arr, json_string(t[i].name))) {
                 json_decref(arr);
                 return NULL; /* the caller's json_pack fails on NULL: out of memory */
@@ -136,15 +136,15 @@ static json_t *types_to_json(uint64_t mask)
 }
 
 /* Before a network event names them, every catalog type is synced (R7's default). */
-static uint64_t all_synced_types(void)
+static cs_type_set all_synced_types(void)
 {
     unsigned n;
     const cs_type *t = cs_schema_types(&n);
-    uint64_t mask = 0;
+    cs_type_set set = {0};
     for (unsigned i = 0; i < n; i++)
-        if (t[i].cls == CS_CLASS_SYNCED && t[i].code < 64)
-            mask |= (uint64_t)1 << t[i].code;
-    return mask;
+        if (t[i].cls == CS_CLASS_SYNCED)
+            cs_type_set_add(&set, t[i].code);
+    return set;
 }
 
 cs_err cs__state_load(cs_branch *b, MDB_txn *txn, cs__bstate *out)

@@ -23,7 +23,7 @@ typedef struct cs__bstate {
     uint64_t cursor;
     uint64_t chain;
     uint64_t sync_seq;
-    uint64_t types_mask; /* bit (1 << type code) for each synced type (codes < 64) */
+    cs_type_set types_mask; /* the network's synced types (R7) */
     bool linked;
     bool sync_on;
     bool continuous;
@@ -81,7 +81,7 @@ cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq);
 /* R2, R7: `gained` types were put back into the synced set; marks dirty every mirror entry of
  * a type that references one of them, so the next sync point names this branch's copies of the
  * items of those types instead of the head-office ids kept while they were out (syncpoint.c). */
-cs_err cs__mark_referrers(cs_branch *b, cs_log_txn *txn, uint64_t gained);
+cs_err cs__mark_referrers(cs_branch *b, cs_log_txn *txn, cs_type_set gained);
 /* R13: copies become local items that remember their origin; the branch a single store. */
 cs_err cs__unlink(cs_branch *b, cs_log_txn *txn);
 

@@ -27,11 +27,6 @@
 
 #include <string.h>
 
-static bool synced_code(const cs__bstate *st, uint8_t code)
-{
-    return code < 64 && (st->types_mask & ((uint64_t)1 << code));
-}
-
 static cs_err origin_get(cs_branch *b, MDB_txn *m, uint8_t code, uint64_t head_id, uint64_t *out)
 {
     uint8_t kb[9];
@@ -82,7 +77,7 @@ static cs_err assign_ids(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_t 
         if (k.mv_size != 9 || i >= ms.ms_entries)
             return CS_CORRUPT;
         b->ids[i] = 0;
-        if (!synced_code(&b->st, kb[0]))
+        if (!cs_type_set_has(b->st.types_mask, kb[0]))
             continue;
         if ((err = origin_get(b, m, kb[0], cs__u64_be(kb + 1), &id)) != CS_NOT_FOUND) {
             b->ids[i] = id;
@@ -248,21 +243,19 @@ cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq)
     return err;
 }
 
-/* The synced types that fields of `fs` reference, sub-fields included. */
-static uint64_t fields_ref_mask(const cs_field *fs, unsigned n)
+/* Adds to *set the synced types that fields of `fs` reference, sub-fields included. */
+static void fields_ref_types(const cs_field *fs, unsigned n, cs_type_set *set)
 {
-    uint64_t mask = 0;
     for (unsigned i = 0; i < n; i++) {
         const cs_field *f = &fs[i];
         if (f->kind == CS_FIELD_REF || f->kind == CS_FIELD_REF_LIST) {
             const cs_type *target = cs_schema_find(f->ref_type);
-            if (target && target->cls == CS_CLASS_SYNCED && target->code < 64)
-                mask |= (uint64_t)1 << target->code;
+            if (target && target->cls == CS_CLASS_SYNCED)
+                cs_type_set_add(set, target->code);
         } else if (f->kind == CS_FIELD_OBJECT || f->kind == CS_FIELD_OBJECT_LIST) {
-            mask |= fields_ref_mask(f->sub, f->nsub);
+            fields_ref_types(f->sub, f->nsub, set);
         }
     }
-    return mask;
 }
 
 /* Marks dirty every mirror entry of one type (a key prefix of the mirror). */
@@ -286,7 +279,7 @@ static cs_err mark_type_dirty(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, ui
     return rc == MDB_NOTFOUND ? CS_OK : CS_IO;
 }
 
-cs_err cs__mark_referrers(cs_branch *b, cs_log_txn *txn, uint64_t gained)
+cs_err cs__mark_referrers(cs_branch *b, cs_log_txn *txn, cs_type_set gained)
 {
     unsigned n;
     const cs_type *types = cs_schema_types(&n);
@@ -296,7 +289,9 @@ cs_err cs__mark_referrers(cs_branch *b, cs_log_txn *txn, uint64_t gained)
     cs_err err = CS_OK;
     for (unsigned i = 0; i < n && err == CS_OK; i++) {
         const cs_type *t = &types[i];
-        if (t->cls == CS_CLASS_SYNCED && (fields_ref_mask(t->fields, t->nfields) & gained))
+        cs_type_set refs = {0};
+        fields_ref_types(t->fields, t->nfields, &refs);
+        if (t->cls == CS_CLASS_SYNCED && (refs.bits & gained.bits))
             err = mark_type_dirty(b, txn, cur, t->code);
     }
     mdb_cursor_close(cur);

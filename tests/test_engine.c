@@ -6,6 +6,8 @@
  * WhatsApp numbers resolve by the network's mode (R12); a delete at the head office archives
  * (R4); ids never collide between shops and grow within one (SPEC 2); and after a long random
  * mix of accepted and refused commands the state equals a replay of the log (SPEC 4, R14).
+ * The vocabulary the layers above share keeps its contract: every event kind round-trips through
+ * its stable logged name, and a cs_type_set holds codes up to its bound.
  *
  * "Changed nothing" is checked through the public API only: cs_engine_digest (a hash of every
  * database derived from the log) and the log's head sequence, before and after. Branch-side
@@ -1376,6 +1378,150 @@ static void test_s4_commands_rerun_after_map_growth_keep_state_and_log_equal(voi
     CHECK(map_bytes >= 32 * MIX_MAP_BYTES_SMALL); /* it grew at least five times */
 }
 
+/* ---- vocabulary: event kinds and type sets ------------------------------------------------ */
+
+/* Every kind's name parses back to that kind, and a string outside the table (or a prefix or
+ * extension of a name) parses to CS_KIND_UNKNOWN, whose name parses to itself. */
+static void test_kinds_round_trip_through_their_names(void)
+{
+    for (int k = CS_KIND_UNKNOWN + 1; k < CS_KIND_COUNT; k++) {
+        const char *name = cs_kind_name((cs_kind)k);
+        cs_str s = cs_kind_str((cs_kind)k);
+        CHECK(strcmp(name, "unknown") != 0);
+        CHECK(s.ptr == name && s.len == strlen(name));
+        CHECK(cs_kind_parse((cs_str){name, strlen(name)}) == (cs_kind)k);
+        for (int other = CS_KIND_UNKNOWN + 1; other < k; other++)
+            CHECK(strcmp(name, cs_kind_name((cs_kind)other)) != 0); /* names are distinct */
+    }
+    CHECK(cs_kind_parse(CS_STR("unknown")) == CS_KIND_UNKNOWN);
+    CHECK(cs_kind_parse(CS_STR("link")) == CS_KIND_UNKNOWN);
+    CHECK(cs_kind_parse(CS_STR("")) == CS_KIND_UNKNOWN);
+    CHECK(cs_kind_parse((cs_str){NULL, 0}) == CS_KIND_UNKNOWN);
+    CHECK(cs_kind_parse(CS_STR("pu")) == CS_KIND_UNKNOWN);
+    CHECK(cs_kind_parse(CS_STR("puts")) == CS_KIND_UNKNOWN);
+    CHECK(cs_kind_parse(CS_STR("PUT")) == CS_KIND_UNKNOWN);
+    CHECK(cs_kind_parse((cs_str){"put", 3}) == CS_KIND_PUT); /* by length, not NUL */
+    CHECK(cs_kind_parse((cs_str){"shop_addX", 8}) == CS_KIND_SHOP_ADD);
+    CHECK(strcmp(cs_kind_name(CS_KIND_UNKNOWN), "unknown") == 0);
+    CHECK(strcmp(cs_kind_name((cs_kind)CS_KIND_COUNT), "unknown") == 0); /* out of range */
+}
+
+/* The names are what logs written before the enum hold: they must never change. */
+static void test_kind_names_are_the_stable_logged_names(void)
+{
+    static const char *const logged[] = {"init",         "network",          "put",
+                                         "delete",       "shop_add",         "shop_switch",
+                                         "shop_unlink",  "shop_password",    "network_types",
+                                         "network_mode", "network_whatsapp", "shop_whatsapp",
+                                         "sync"};
+    CHECK(sizeof(logged) / sizeof(logged[0]) == CS_KIND_COUNT - 1);
+    for (size_t i = 0; i < sizeof(logged) / sizeof(logged[0]); i++) {
+        cs_kind k = cs_kind_parse((cs_str){logged[i], strlen(logged[i])});
+        CHECK(k != CS_KIND_UNKNOWN);
+        CHECK(strcmp(cs_kind_name(k), logged[i]) == 0);
+    }
+}
+
+/* Every event the engine's commands log carries a kind of the table, and the commands between
+ * them log every kind of it. */
+static void test_every_logged_kind_is_in_the_table(void)
+{
+    fx f;
+    CHECK(fx_open(&f, "eng-kinds", NULL));
+    CHECK_OK(cs_engine_network_create(f.e, "Rede Pet"));
+    const char *types[] = {"service_category", "service"};
+    CHECK_OK(cs_engine_network_types(f.e, types, 2, NULL));
+    CHECK_OK(cs_engine_network_mode(f.e, "continuous", NULL));
+    CHECK_OK(cs_engine_network_whatsapp(f.e, "individual", NULL, NULL));
+    uint64_t branch;
+    CHECK_OK(cs_engine_shop_add(f.e, "Filial Norte", "first-secret", &branch));
+    CHECK_OK(cs_engine_shop_switch(f.e, branch, false));
+    CHECK_OK(cs_engine_shop_whatsapp(f.e, branch, "+5511999990000"));
+    CHECK_OK(cs_engine_shop_password(f.e, branch, "second-secret"));
+    CHECK_OK(cs_engine_sync(f.e, 0, NULL));
+    json_t *cat = json_pack("{s:s}", "name", "Banho");
+    cs_write_result res;
+    CHECK_OK(cs_engine_put(f.e, "service_category", 0, cat, 0, &res));
+    CHECK_OK(cs_engine_del(f.e, "service_category", res.id, 0, NULL));
+    json_decref(cat);
+    CHECK_OK(cs_engine_shop_unlink(f.e, branch));
+    cs_log_reader *r;
+    cs_event_decoder *dec;
+    CHECK_OK(cs_event_decoder_new(&dec));
+    CHECK_OK(cs_log_reader_open(cs_engine_log(f.e), &r));
+    bool seen[CS_KIND_COUNT] = {false};
+    cs_log_record rec;
+    cs_err err;
+    while ((err = cs_log_reader_next(r, &rec)) == CS_OK) {
+        cs_event_view ev;
+        CHECK_OK(cs_event_decode(dec, rec.event, rec.event_len, &ev));
+        cs_kind k = cs_kind_parse(ev.kind);
+        CHECK(k != CS_KIND_UNKNOWN);
+        seen[k] = true;
+    }
+    cs_log_reader_close(r);
+    cs_event_decoder_free(dec);
+    CHECK(err == CS_NOT_FOUND);
+    CHECK(!seen[CS_KIND_UNKNOWN]);
+    for (int k = CS_KIND_UNKNOWN + 1; k < CS_KIND_COUNT; k++)
+        if (!seen[k]) {
+            fprintf(stderr, "  no command logged a '%s' event\n", cs_kind_name((cs_kind)k));
+            CHECK(seen[k]);
+        }
+    fx_close(&f);
+}
+
+/* A cs_type_set holds every code from 0 to CS_TYPE_SYNCED_CODE_MAX, each bit on its own, and
+ * a code above that (a shared or local type's) is never in it. */
+static void test_type_set_holds_codes_at_its_bounds(void)
+{
+    cs_type_set s = {0};
+    CHECK(!cs_type_set_has(s, 0));
+    CHECK(!cs_type_set_has(s, CS_TYPE_SYNCED_CODE_MAX));
+    cs_type_set_add(&s, 0);
+    CHECK(cs_type_set_has(s, 0));
+    CHECK(!cs_type_set_has(s, 1));
+    CHECK(!cs_type_set_has(s, CS_TYPE_SYNCED_CODE_MAX));
+    cs_type_set_add(&s, CS_TYPE_SYNCED_CODE_MAX);
+    CHECK(cs_type_set_has(s, CS_TYPE_SYNCED_CODE_MAX));
+    CHECK(!cs_type_set_has(s, CS_TYPE_SYNCED_CODE_MAX - 1));
+    CHECK(s.bits == (1u | (uint64_t)1 << CS_TYPE_SYNCED_CODE_MAX));
+    CHECK(!cs_type_set_has(s, CS_TYPE_SYNCED_CODE_MAX + 1)); /* just above: no bit to read */
+    CHECK(!cs_type_set_has(s, UINT8_MAX));
+    cs_type_set_add(&s, CS_TYPE_SYNCED_CODE_MAX); /* adding twice changes nothing */
+    CHECK(s.bits == (1u | (uint64_t)1 << CS_TYPE_SYNCED_CODE_MAX));
+    cs_type_set_del(&s, 0);
+    CHECK(!cs_type_set_has(s, 0));
+    CHECK(cs_type_set_has(s, CS_TYPE_SYNCED_CODE_MAX));
+    cs_type_set_del(&s, CS_TYPE_SYNCED_CODE_MAX);
+    CHECK(s.bits == 0);
+    cs_type_set_del(&s, CS_TYPE_SYNCED_CODE_MAX); /* deleting an absent code changes nothing */
+    CHECK(s.bits == 0);
+    /* every synced type of the schema fits; the others never read as members */
+    unsigned n;
+    const cs_type *t = cs_schema_types(&n);
+    cs_type_set all = {0};
+    for (unsigned i = 0; i < n; i++)
+        if (t[i].cls == CS_CLASS_SYNCED)
+            cs_type_set_add(&all, t[i].code);
+    for (unsigned i = 0; i < n; i++)
+        CHECK(cs_type_set_has(all, t[i].code) == (t[i].cls == CS_CLASS_SYNCED));
+}
+
+/* cs_schema_find_str matches a whole name by its length: no prefix, no NUL needed. */
+static void test_schema_find_str_matches_whole_names_only(void)
+{
+    CHECK(cs_schema_find_str(CS_STR("service")) == cs_schema_find("service"));
+    CHECK(cs_schema_find_str((cs_str){"service_category!", 16}) ==
+          cs_schema_find("service_category"));
+    CHECK(cs_schema_find_str((cs_str){"service_category", 7}) == cs_schema_find("service"));
+    CHECK(cs_schema_find_str(CS_STR("servic")) == NULL);
+    CHECK(cs_schema_find_str(CS_STR("")) == NULL);
+    CHECK(cs_schema_find_str((cs_str){NULL, 0}) == NULL);
+    CHECK(cs_schema_find("service")->code == CS_TYPE_SERVICE);
+    CHECK(cs_schema_find("shop_info")->code == CS_TYPE_SHOP_INFO);
+}
+
 int main(void)
 {
     RUN(test_s6_unknown_type_is_refused_and_changes_nothing);
@@ -1404,5 +1550,10 @@ int main(void)
     RUN(test_ids_are_unique_across_shops_and_increasing_within_one);
     RUN(test_r14_replay_of_random_commands_equals_state);
     RUN(test_s4_commands_rerun_after_map_growth_keep_state_and_log_equal);
+    RUN(test_kinds_round_trip_through_their_names);
+    RUN(test_kind_names_are_the_stable_logged_names);
+    RUN(test_every_logged_kind_is_in_the_table);
+    RUN(test_type_set_holds_codes_at_its_bounds);
+    RUN(test_schema_find_str_matches_whole_names_only);
     return cs_test_finish();
 }
