@@ -136,6 +136,54 @@ static void stop_all_nodes(uv_timer_t *t)
 /* Runs nodes [from, to) of dirs in this process until they are done (or, for follow, until
  * stop_after_ms), then writes one line per node ("done_ms bytes result") and, for follow, the
  * two histograms, to fd. */
+/* Joins run in waves: each node derives its keys with argon2id on the loop's thread, and a
+ * wave must finish its handshakes within the server's 10 s limit. */
+#define JOIN_WAVE 24u
+
+/* Joins dirs [from, to) as shops[from..to) in this process, JOIN_WAVE at a time. */
+static int worker_join(char dirs[][320], const uint64_t *shops, unsigned from, unsigned to,
+                       const char *addr)
+{
+    raise_fd_limit();
+    for (unsigned w0 = from; w0 < to; w0 += JOIN_WAVE) {
+        unsigned w1 = to - w0 < JOIN_WAVE ? to : w0 + JOIN_WAVE, left = 0;
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        cs_branch *bs[JOIN_WAVE] = {0};
+        cs_node_options os[JOIN_WAVE];
+        wnode wn[JOIN_WAVE];
+        worker w = {.left = 0};
+        for (unsigned i = w0; i < w1; i++) {
+            unsigned j = i - w0;
+            char msg[320];
+            os[j] = (cs_node_options){.mode = CS_NODE_JOIN,
+                                      .head = addr,
+                                      .shop = shops[i],
+                                      .password = PASSWORD,
+                                      .log = stderr,
+                                      .no_watch = true};
+            wn[j] = (wnode){.w = &w};
+            snprintf(wn[j].dir, sizeof(wn[j].dir), "%s", dirs[i]);
+            if (cs_branch_open(dirs[i], NULL, &bs[j]) != CS_OK ||
+                cs_node_start(&loop, bs[j], dirs[i], &os[j], node_done, &wn[j], &wn[j].n, msg,
+                              sizeof(msg)) != CS_OK) {
+                fprintf(stderr, "fanout: cannot join %s: %s\n", dirs[i], msg);
+                return 1;
+            }
+            left++;
+        }
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        for (unsigned j = 0; j < w1 - w0; j++) {
+            cs_branch_close(bs[j]);
+            if (wn[j].result != CS_OK)
+                return 1;
+        }
+        (void)left;
+    }
+    return 0;
+}
+
 static int worker_run(char dirs[][320], unsigned from, unsigned to, const cs_node_options *o,
                       uint64_t stop_after_ms, int fd)
 {
@@ -323,32 +371,25 @@ static bool provision(bench *b)
         fprintf(stderr, "fanout: cannot make the head office or start serve\n");
         return false;
     }
-    for (unsigned i = 0; i < k; i += p) {
-        pid_t pids[PROCS_MAX];
-        unsigned n = k - i < p ? k - i : p;
-        for (unsigned j = 0; j < n; j++) {
-            char shop[32];
-            snprintf(b->tmpl[i + j], sizeof(b->tmpl[0]), "%.280s/t%u", b->net.root, i + j);
-            snprintf(shop, sizeof(shop), "%llu", (unsigned long long)b->net.shops[i + j]);
-            const char *args[] = {"branch",    "join",   "--data", b->tmpl[i + j],     "--head",
-                                  b->net.addr, "--shop", shop,     "--password-stdin", NULL};
-            pids[j] = fork();
-            if (pids[j] == 0) { /* the password on stdin, through a pipe */
-                int fds[2];
-                if (pipe(fds) != 0 || write(fds[1], PASSWORD "\n", sizeof(PASSWORD)) < 0)
-                    _exit(127);
-                close(fds[1]);
-                int null = open("/dev/null", O_WRONLY);
-                cs_run_child(args, fds[0], null, null, NULL);
-            }
-        }
-        for (unsigned j = 0; j < n; j++) {
-            int rc = cs_run_reap(pids[j], cs_run_now_ms() + 60000);
-            if (rc != 0) {
-                fprintf(stderr, "fanout: branch join into %s exited %d\n", b->tmpl[i + j], rc);
-                return false;
-            }
-        }
+    for (unsigned i = 0; i < k; i++)
+        snprintf(b->tmpl[i], sizeof(b->tmpl[0]), "%.280s/t%u", b->net.root, i);
+    pid_t pids[PROCS_MAX];
+    unsigned np = p < k ? p : k;
+    for (unsigned i = 0; i < np; i++) {
+        pids[i] = fork();
+        if (pids[i] == 0)
+            _exit(worker_join(b->tmpl, b->net.shops, k * i / np, k * (i + 1) / np, b->net.addr));
+    }
+    bool ok = true;
+    for (unsigned i = 0; i < np; i++) {
+        int st = 0;
+        waitpid(pids[i], &st, 0);
+        ok = ok && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    if (!ok) {
+        fprintf(stderr, "fanout: a branch could not join\n");
+        stop_serve(b);
+        return false;
     }
     stop_serve(b);
     return true;

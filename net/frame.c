@@ -189,38 +189,48 @@ cs_err cs__rx_feed(cs__rx *rx, const uint8_t *p, size_t n)
     return CS_OK;
 }
 
-cs_err cs__rx_frame(cs__rx *rx, unsigned *type, const uint8_t **body, size_t *body_len, char *msg,
-                    size_t msg_len)
+cs_err cs__rx_frame_at(cs__rx *rx, size_t off, unsigned *type, const uint8_t **body,
+                       size_t *body_len, char *msg, size_t msg_len)
 {
-    if (rx->len < 4)
+    if (rx->len < off + 4)
         return CS_NOT_FOUND;
-    uint32_t flen = ((uint32_t)rx->buf[0] << 24) | ((uint32_t)rx->buf[1] << 16) |
-                    ((uint32_t)rx->buf[2] << 8) | rx->buf[3];
+    const uint8_t *p = rx->buf + off;
+    uint32_t flen = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
     if (flen == 0 || flen > rx->max_bytes) {
         snprintf(msg, msg_len, "a frame of %u bytes (the limit is %zu)", flen, rx->max_bytes);
         return CS_INVALID_INPUT;
     }
-    if (rx->len < 4 + (size_t)flen)
+    if (rx->len < off + 4 + (size_t)flen)
         return CS_NOT_FOUND;
-    *type = rx->buf[4];
-    *body = rx->buf + 5;
+    *type = p[4];
+    *body = p + 5;
     *body_len = flen - 1;
     return CS_OK;
 }
 
-void cs__rx_consume(cs__rx *rx)
+cs_err cs__rx_frame(cs__rx *rx, unsigned *type, const uint8_t **body, size_t *body_len, char *msg,
+                    size_t msg_len)
 {
-    cs_assert(rx->len >= 4);
-    size_t flen = 4 + (((size_t)rx->buf[0] << 24) | ((size_t)rx->buf[1] << 16) |
-                       ((size_t)rx->buf[2] << 8) | rx->buf[3]);
-    cs_assert(flen <= rx->len);
-    memmove(rx->buf, rx->buf + flen, rx->len - flen);
-    rx->len -= flen;
+    return cs__rx_frame_at(rx, 0, type, body, body_len, msg, msg_len);
+}
+
+void cs__rx_consume_bytes(cs__rx *rx, size_t n)
+{
+    cs_assert(n <= rx->len);
+    memmove(rx->buf, rx->buf + n, rx->len - n);
+    rx->len -= n;
     if (rx->len == 0 && rx->cap > 4096) { /* a big frame is done: give its memory back */
         free(rx->buf);
         rx->buf = NULL;
         rx->cap = 0;
     }
+}
+
+void cs__rx_consume(cs__rx *rx)
+{
+    cs_assert(rx->len >= 4);
+    cs__rx_consume_bytes(rx, 4 + (((size_t)rx->buf[0] << 24) | ((size_t)rx->buf[1] << 16) |
+                                  ((size_t)rx->buf[2] << 8) | rx->buf[3]));
 }
 
 /* ---- control bodies ---------------------------------------------------------------------- */

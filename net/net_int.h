@@ -67,6 +67,11 @@ cs_err cs__rx_feed(cs__rx *rx, const uint8_t *p, size_t n);
 cs_err cs__rx_frame(cs__rx *rx, unsigned *type, const uint8_t **body, size_t *body_len, char *msg,
                     size_t msg_len);
 void cs__rx_consume(cs__rx *rx); /* drops the frame cs__rx_frame returned */
+/* The frame starting `off` bytes into the buffer (off: the end of frames already looked at). */
+cs_err cs__rx_frame_at(cs__rx *rx, size_t off, unsigned *type, const uint8_t **body,
+                       size_t *body_len, char *msg, size_t msg_len);
+/* Drops the first n bytes (whole frames). */
+void cs__rx_consume_bytes(cs__rx *rx, size_t n);
 
 /* A decoded control body: a msgpack map checked with cs_msgpack_check first. */
 typedef struct cs__body {

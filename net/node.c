@@ -48,6 +48,9 @@ typedef struct cs_node {
     uv_timer_t tick, retry;
     uv_fs_event_t watch;
     bool watching;
+    uv_check_t check; /* frames are handled after the loop's reads, so segments that arrived
+                       * together are applied in one transaction (node_process) */
+    bool check_on;
     cs_node_done_fn done_cb;
     void *done_arg;
     bool finished;         /* done_cb was called */
@@ -113,6 +116,8 @@ static void node_finish(node *n)
     n->finished = true;
     uv_timer_stop(&n->tick);
     uv_timer_stop(&n->retry);
+    uv_check_stop(&n->check);
+    n->check_on = false;
     if (n->watching)
         uv_fs_event_stop(&n->watch);
     if (n->done_cb)
@@ -453,6 +458,8 @@ static void verify_segment(node *n, const uint8_t *seg, size_t len)
     check_done(n);
 }
 
+static void segment_applied(node *n);
+
 static void on_segment(node *n, const uint8_t *body, size_t len)
 {
     const uint8_t *seg;
@@ -476,6 +483,13 @@ static void on_segment(node *n, const uint8_t *body, size_t len)
     }
     if (n->o->on_segment)
         n->o->on_segment(n->o->hook_arg, seg, seg_len, recv_ms);
+    segment_applied(n);
+}
+
+/* After a transaction of segments: the new cursor, acknowledged. */
+static void segment_applied(node *n)
+{
+    cs_err err;
     cs_branch_state st;
     if ((err = cs_branch_state_get(n->b, &st)) != CS_OK) {
         node_drop(n, err, false, "cannot read the branch's cursor");
@@ -591,6 +605,68 @@ static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
 
 /* ---- the connection ---------------------------------------------------------------------- */
 
+/* Segments applied per transaction, and bytes: bounded by the projection's own limit and by
+ * what the receive buffer holds in one loop iteration. */
+#define BATCH_SEGMENTS_MAX 64u
+#define BATCH_BYTES_MAX (16u * 1024u * 1024u)
+
+/* The SEGMENT frames at the front of the buffer, as many as are complete (at least the first):
+ * applied in one transaction, acknowledged once. */
+static void apply_batch(node *n)
+{
+    const uint8_t *segs[BATCH_SEGMENTS_MAX];
+    size_t lens[BATCH_SEGMENTS_MAX], off = 0, k = 0;
+    unsigned type;
+    const uint8_t *body;
+    size_t len;
+    char m[160];
+    while (k < BATCH_SEGMENTS_MAX && off < BATCH_BYTES_MAX &&
+           cs__rx_frame_at(&n->rx, off, &type, &body, &len, m, sizeof(m)) == CS_OK &&
+           type == CS__F_SEGMENT) {
+        if (!bin_body(body, len, &segs[k], &lens[k])) {
+            node_drop(n, CS_INVALID_INPUT, true, "SEGMENT body is not one bin");
+            return;
+        }
+        off += CS_NET_FRAME_HEADER_BYTES + len;
+        k++;
+    }
+    cs_assert(k > 0); /* called with a whole SEGMENT frame at the front */
+    uint64_t recv_ms = n->o->on_segment ? cs__net_now_ms() : 0, applied = 0;
+    cs_err err = cs_branch_apply_segments(n->b, segs, lens, k, &applied);
+    if (err != CS_OK) {
+        node_drop(n, err, true, "%s", cs_branch_errmsg(n->b));
+        return;
+    }
+    for (size_t i = 0; n->o->on_segment && i < k; i++)
+        n->o->on_segment(n->o->hook_arg, segs[i], lens[i], recv_ms);
+    cs__rx_consume_bytes(&n->rx, off);
+    segment_applied(n);
+}
+
+static void node_process(uv_check_t *h)
+{
+    node *n = h->data;
+    uv_check_stop(h);
+    n->check_on = false;
+    unsigned type;
+    const uint8_t *body;
+    size_t len;
+    char m[160];
+    cs_err err = CS_OK;
+    while (n->state != N_CLOSING && n->state != N_IDLE &&
+           (err = cs__rx_frame(&n->rx, &type, &body, &len, m, sizeof(m))) == CS_OK) {
+        if (type == CS__F_SEGMENT && n->state == N_STREAMING && !n->o->receive_only) {
+            apply_batch(n);
+            continue;
+        }
+        on_frame(n, type, body, len);
+        if (n->state != N_CLOSING && n->state != N_IDLE)
+            cs__rx_consume(&n->rx);
+    }
+    if (err == CS_INVALID_INPUT)
+        node_drop(n, CS_INVALID_INPUT, true, "%s", m);
+}
+
 static void node_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
@@ -615,19 +691,8 @@ static void node_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         node_drop(n, CS_NETWORK, false, "out of memory");
         return;
     }
-    unsigned type;
-    const uint8_t *body;
-    size_t len;
-    char m[160];
-    cs_err err = CS_OK;
-    while (n->state != N_CLOSING && n->state != N_IDLE &&
-           (err = cs__rx_frame(&n->rx, &type, &body, &len, m, sizeof(m))) == CS_OK) {
-        on_frame(n, type, body, len);
-        if (n->state != N_CLOSING && n->state != N_IDLE)
-            cs__rx_consume(&n->rx);
-    }
-    if (err == CS_INVALID_INPUT)
-        node_drop(n, CS_INVALID_INPUT, true, "%s", m);
+    if (!n->check_on && uv_check_start(&n->check, node_process) == 0)
+        n->check_on = true;
 }
 
 static void on_connected(uv_connect_t *req, int status)
@@ -745,6 +810,7 @@ void cs_node_free(cs_node *n)
     cs_assert(n->finished); /* the connection is closed; only the timers and watch remain */
     uv_close((uv_handle_t *)&n->tick, handle_closed);
     uv_close((uv_handle_t *)&n->retry, handle_closed);
+    uv_close((uv_handle_t *)&n->check, handle_closed);
     if (n->watching)
         uv_close((uv_handle_t *)&n->watch, handle_closed);
 }
@@ -769,6 +835,10 @@ static int node_handles(node *n, const char *dir)
     n->handles_open += rc == 0;
     if (rc == 0 && (rc = uv_timer_init(n->loop, &n->retry)) == 0) {
         n->retry.data = n;
+        n->handles_open++;
+    }
+    if (rc == 0 && (rc = uv_check_init(n->loop, &n->check)) == 0) {
+        n->check.data = n;
         n->handles_open++;
     }
     if (rc == 0)

@@ -16,6 +16,7 @@
  */
 #include "projections/projection_int.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static cs_err apply_catalog(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev,
@@ -147,9 +148,14 @@ cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view
 
 /* ---- segments ---------------------------------------------------------------------------- */
 
+/* Segments applied in one transaction: one is the common case; a catch-up hands over every
+ * segment that arrived together, so one durable commit covers them all. */
+#define SEGMENTS_PER_TXN_MAX 64u
+
 typedef struct seg_ctx {
     cs_branch *b;
-    cs_segment_view view; /* as opened: each attempt iterates its own copy */
+    cs_segment_view views[SEGMENTS_PER_TXN_MAX]; /* as opened: each attempt iterates copies */
+    size_t n;
     uint64_t applied;
 } seg_ctx;
 
@@ -181,23 +187,17 @@ static cs_err apply_record(cs_branch *b, cs_log_txn *txn, const cs_log_record *r
     return err;
 }
 
-static cs_err segment_fn(cs_log_txn *txn, void *ctx)
+/* One segment inside the transaction, after the state was loaded. */
+static cs_err apply_view(cs_branch *b, cs_log_txn *txn, cs_segment_view v, uint64_t *applied)
 {
-    seg_ctx *c = ctx;
-    cs_branch *b = c->b;
-    cs_segment_view v = c->view;
-    c->applied = 0;
-    cs_err err = b->bind_shop ? cs__bind_write(b, txn) : CS_OK;
-    if (err == CS_OK)
-        err = cs__state_load(b, cs_log_txn_mdb(txn), &b->st);
-    if (err == CS_OK)
-        err = check_start(b, &v);
+    cs_err err = check_start(b, &v);
     if (err != CS_OK)
         return err;
     if (v.first == b->st.cursor + 1 && b->st.cursor > 0) {
         v.prev_chain = b->st.chain; /* the segment must continue the chain we hold */
         v.prev_chain_known = true;
     }
+    uint64_t first = v.first, last = v.last;
     cs_log_record rec;
     while ((err = cs_segment_next(&v, &rec)) == CS_OK) {
         if (rec.seq < b->st.cursor)
@@ -212,26 +212,60 @@ static cs_err segment_fn(cs_log_txn *txn, void *ctx)
         }
         if ((err = apply_record(b, txn, &rec)) != CS_OK)
             return err;
-        c->applied++;
+        (*applied)++;
     }
     if (err != CS_NOT_FOUND)
         return cs__branch_fail(b, CS_CORRUPT, "segment %llu-%llu: event %llu does not verify",
-                               (unsigned long long)c->view.first, (unsigned long long)c->view.last,
+                               (unsigned long long)first, (unsigned long long)last,
                                (unsigned long long)v.next_seq);
+    cs_assert(b->st.cursor >= last); /* postcondition: the whole segment is behind the cursor */
+    return CS_OK;
+}
+
+static cs_err segment_fn(cs_log_txn *txn, void *ctx)
+{
+    seg_ctx *c = ctx;
+    cs_branch *b = c->b;
+    c->applied = 0;
+    cs_err err = b->bind_shop ? cs__bind_write(b, txn) : CS_OK;
+    if (err == CS_OK)
+        err = cs__state_load(b, cs_log_txn_mdb(txn), &b->st);
+    uint64_t before = b->st.cursor;
+    for (size_t i = 0; err == CS_OK && i < c->n; i++)
+        err = apply_view(b, txn, c->views[i], &c->applied);
+    if (err != CS_OK)
+        return err;
+    cs_assert(b->st.cursor >= before); /* the cursor never moves back */
     return c->applied ? cs__state_save(b, txn, &b->st) : CS_OK;
+}
+
+cs_err cs_branch_apply_segments(cs_branch *b, const uint8_t *const *segs, const size_t *lens,
+                                size_t n, uint64_t *applied_out)
+{
+    b->errmsg[0] = '\0';
+    if (n == 0 || n > SEGMENTS_PER_TXN_MAX)
+        return cs__branch_fail(b, CS_INVALID_INPUT, "1 to %u segments per call, not %zu",
+                               SEGMENTS_PER_TXN_MAX, n);
+    seg_ctx *c = malloc(sizeof(*c));
+    if (!c)
+        return CS_NO_MEMORY;
+    c->b = b;
+    c->n = n;
+    cs_err err = CS_OK;
+    for (size_t i = 0; err == CS_OK && i < n; i++)
+        if ((err = cs_segment_open(segs[i], lens[i], &c->views[i])) != CS_OK)
+            cs__branch_fail(b, err, "the segment does not verify (bad header or checksum)");
+    if (err == CS_OK)
+        err = cs_log_write(cs_engine_log(b->engine), segment_fn, c);
+    if (err == CS_OK)
+        b->bind_shop = 0; /* written with these segments */
+    if (err == CS_OK && applied_out)
+        *applied_out = c->applied;
+    free(c);
+    return err;
 }
 
 cs_err cs_branch_apply_segment(cs_branch *b, const uint8_t *seg, size_t len, uint64_t *applied_out)
 {
-    b->errmsg[0] = '\0';
-    seg_ctx c = {.b = b};
-    cs_err err = cs_segment_open(seg, len, &c.view);
-    if (err != CS_OK)
-        return cs__branch_fail(b, err, "the segment does not verify (bad header or checksum)");
-    err = cs_log_write(cs_engine_log(b->engine), segment_fn, &c);
-    if (err == CS_OK)
-        b->bind_shop = 0; /* written with this segment */
-    if (err == CS_OK && applied_out)
-        *applied_out = c.applied;
-    return err;
+    return cs_branch_apply_segments(b, &seg, &len, 1, applied_out);
 }

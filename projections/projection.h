@@ -58,6 +58,11 @@ cs_err cs_branch_state_get(cs_branch *b, cs_branch_state *out);
  * from the one this branch follows), CS_INVALID_INPUT (a gap before the segment),
  * CS_NOT_IN_NETWORK (not bound), storage errors. Nothing changes on error. */
 cs_err cs_branch_apply_segment(cs_branch *b, const uint8_t *seg, size_t len, uint64_t *applied_out);
+/* The same for n consecutive segments (1..64) in ONE transaction: one durable commit for a
+ * catch-up's worth of segments that arrived together. All or nothing. Errors: as above,
+ * CS_INVALID_INPUT for n out of range. */
+cs_err cs_branch_apply_segments(cs_branch *b, const uint8_t *const *segs, const size_t *lens,
+                                size_t n, uint64_t *applied_out);
 
 /* Applies every segment of a file written by cs_export_file, one transaction per segment.
  * *applied_out gets the events applied. Errors: as cs_branch_apply_segment, CS_IO. */
