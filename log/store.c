@@ -49,7 +49,8 @@ static cs_err open_dbis(cs_log *log)
         (rc = mdb_dbi_open(txn, NULL, 0, &main_dbi)) == 0 &&
         (rc = mdb_stat(txn, main_dbi, &ms)) == 0 && ms.ms_entries > 0) {
         mdb_txn_abort(txn);
-        return cs__log_fail(log, CS_CORRUPT, "not a chainsync data directory (another LMDB store)");
+        return cs__log_fail(log, CS_CORRUPT,
+                            "not a chainsync data directory (another LMDB store)" CS_CORRUPT_AT);
     }
     if ((rc = mdb_dbi_open(txn, "events", MDB_CREATE, &log->events)) ||
         (rc = mdb_dbi_open(txn, "times", MDB_CREATE, &log->times)) ||
@@ -67,7 +68,8 @@ static cs_err open_dbis(cs_log *log)
         rc = mdb_put(txn, log->meta, &k, &v, 0);
     } else if (rc == 0 && (v.mv_size != 4 || cs_be32_get(v.mv_data) != CS__LOG_FORMAT_VERSION)) {
         mdb_txn_abort(txn);
-        return cs__log_fail(log, CS_CORRUPT, "data directory has an unknown log format");
+        return cs__log_fail(log, CS_CORRUPT,
+                            "data directory has an unknown log format" CS_CORRUPT_AT);
     }
     if (rc == 0)
         rc = mdb_txn_commit(txn);
