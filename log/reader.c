@@ -2,7 +2,9 @@
  * reader.c: read snapshots of the log. Every record handed out has had its checksum verified;
  * iteration also checks that sequences do not jump and that each record chains onto the one
  * before it, so a reader walking the log notices a changed, lost or reordered event at the
- * first record it touches (docs/storage.md, "verifying").
+ * first record it touches (docs/storage.md, "verifying"). The record's format and the head
+ * check are record.c's, shared with the write path; a map another process grew is adopted
+ * through map.c. Every CS_CORRUPT sentence ends with CS_CORRUPT_AT, naming its check.
  */
 #include "log/log_int.h"
 

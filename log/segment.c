@@ -10,6 +10,12 @@
  *      (checksum u64, chain u64, msgpack event).
  * The records keep their own checksums and chain, so a branch verifies each event exactly as
  * the head office stored it, and the segment checksum catches a torn or altered frame first.
+ *
+ * Invariants (segment_view_invariants_hold, asserted on both sides):
+ *   1. first >= 1, last - first + 1 == count, 1 <= count <= CS_SEGMENT_EVENTS_MAX;
+ *   2. encode: record i is the reader's seq first + i, and what it writes opens as that range;
+ *   3. decode: never more records are handed out than the header counts, each at next_seq.
+ * A CS_CORRUPT leaves the failed check in corrupt_at (CS_CORRUPT_AT).
  */
 #include "log/log_int.h"
 

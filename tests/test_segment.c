@@ -338,6 +338,7 @@ static void test_segment_refuses_record_not_chaining_onto_prev_chain(void)
     v.prev_chain = prev.chain ^ 1;
     v.prev_chain_known = true;
     CHECK(cs_segment_next(&v, &rec) == CS_CORRUPT);
+    CHECK(strstr(v.corrupt_at, "hash chain [segment.c:") == v.corrupt_at); /* names its check */
 
     CHECK_OK(cs_log_reader_get(f.r, 9, &prev)); /* a branch one record behind */
     CHECK_OK(cs_segment_open(seg, len, &v));
@@ -409,6 +410,7 @@ static void test_segment_next_verifies_records_behind_a_valid_frame(void)
     cs_be64_put(seg + 16, 10);
     reseal(seg, len);
     CHECK(cs_segment_open(seg, len, &v) == CS_CORRUPT);
+    CHECK(strstr(v.corrupt_at, "range [segment.c:") == v.corrupt_at);
     cs_be64_put(seg + 8, 0);
     cs_be32_put(seg + 24, 10);
     reseal(seg, len);
