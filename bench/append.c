@@ -301,9 +301,7 @@ static int raw_batch(MDB_env *env, MDB_dbi dbi, size_t first, size_t n, const ui
         return mdb_fail("txn_begin", rc);
     for (size_t i = first; i < first + n; i++) {
         uint8_t kb[8];
-        uint64_t seq = i + 1;
-        for (int b = 7; b >= 0; b--, seq >>= 8)
-            kb[b] = (uint8_t)seq;
+        cs_be64_put(kb, i + 1);
         MDB_val k = {sizeof(kb), kb}, v = {sizes[i], value};
         if ((rc = mdb_put(txn, dbi, &k, &v, MDB_APPEND))) {
             mdb_txn_abort(txn);

@@ -183,7 +183,7 @@ static cs_err secret_parse(const MDB_val *v, cs_auth_keys *out)
 cs_err cs__secret_read(cs_engine *e, MDB_txn *m, uint64_t shop, cs_auth_keys *out)
 {
     uint8_t kb[8];
-    cs__be64_put(kb, shop);
+    cs_be64_put(kb, shop);
     MDB_val k = {8, kb}, v;
     int rc = mdb_get(m, e->secrets, &k, &v);
     if (rc == MDB_NOTFOUND)
@@ -231,7 +231,7 @@ static cs_err decoy_fn(cs_log_txn *txn, void *ctx)
 static void decoy_keys(const uint8_t decoy[DECOY_BYTES], uint64_t shop, cs_auth_keys *out)
 {
     uint8_t id[8], mac[CS_AUTH_KEY_BYTES];
-    cs__be64_put(id, shop);
+    cs_be64_put(id, shop);
     hmac(decoy, DECOY_BYTES, (const uint8_t *)"salt", 4, id, sizeof(id), mac);
     memcpy(out->params.salt, mac, CS_AUTH_SALT_BYTES);
     out->params.opslimit = crypto_pwhash_OPSLIMIT_INTERACTIVE;

@@ -24,11 +24,14 @@ typedef struct conv {
 } conv;
 
 static cs_err conv_fail(conv *c, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static cs_err conv_fail(conv *c, const char *path, const char *fmt, ...)
 {
     char what[200];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(what, sizeof(what), fmt, ap);
+    cs_errmsg_vformat(what, sizeof(what), CS_INVALID_INPUT, fmt, ap);
     va_end(ap);
     int n = path[0] ? snprintf(c->msg, c->msg_len, "field '%s': %s", path, what)
                     : snprintf(c->msg, c->msg_len, "%s", what);

@@ -105,8 +105,6 @@ cs_err cs__write_item(cs_log_txn *txn, cs__write *w);
 
 /* ---- records.c: small helpers for the engine's msgpack records ---------------------------- */
 
-void cs__be64_put(uint8_t b[8], uint64_t v);
-uint64_t cs__be64_get(const uint8_t b[8]);
 /* Exactly one msgpack value of len bytes, checked before msgpack-c allocates (SPEC 4), into z.
  * Errors: CS_CORRUPT, CS_NO_MEMORY. */
 cs_err cs__unpack(const void *buf, size_t len, msgpack_zone *z, msgpack_object *out);

@@ -172,13 +172,11 @@ static cs_err outbox_put(cs_engine *e, cs_log_txn *txn, const write_ctx *w)
     int rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
     mdb_cursor_close(cur);
     if (rc == 0 && k.mv_size == 8)
-        for (int i = 0; i < 8; i++)
-            next = (i ? next << 8 : 0) | ((const uint8_t *)k.mv_data)[i];
+        next = cs_be64_get(k.mv_data);
     if (rc == 0)
         next++;
     uint8_t kb[8];
-    for (int i = 7; i >= 0; i--, next >>= 8)
-        kb[i] = (uint8_t)next;
+    cs_be64_put(kb, next);
     cs__pack p;
     cs__pack_init(&p);
     msgpack_pack_map(&p.pk, 7);

@@ -257,9 +257,7 @@ static cs_err outbox_entry(const MDB_val *k, const MDB_val *v, msgpack_zone *z, 
         msgpack_unpack(v->mv_data, v->mv_size, &off, z, &o) != MSGPACK_UNPACK_SUCCESS)
         return CS_CORRUPT;
     json_t *j = cs__json_from_msgpack(&o);
-    uint64_t seq = 0;
-    for (int i = 0; i < 8; i++)
-        seq = (seq << 8) | ((const uint8_t *)k->mv_data)[i];
+    uint64_t seq = cs_be64_get(k->mv_data);
     /* req is bin: as 32 hex digits (null in an entry written before requests had ids). */
     const uint8_t *req;
     char hex[2 * CS_REQUEST_ID_BYTES + 1];

@@ -60,9 +60,7 @@ static cs_err check_role(net_cmd *c, cs_role role)
 static cs_err put_secret(net_cmd *c, cs_log_txn *txn)
 {
     uint8_t kb[8];
-    uint64_t id = c->id ? c->id : c->self;
-    for (int i = 7; i >= 0; i--, id >>= 8)
-        kb[i] = (uint8_t)id;
+    cs_be64_put(kb, c->id ? c->id : c->self);
     MDB_val k = {8, kb}, v = {c->secret_len, (void *)c->secret};
     return cs_log_txn_put(txn, c->e->secrets, &k, &v, 0);
 }

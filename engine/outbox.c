@@ -29,7 +29,7 @@ cs_err cs_engine_outbox_next(cs_engine *e, uint64_t after, uint64_t *key_out, ui
         return CS_IO;
     }
     uint8_t kb[8];
-    cs__be64_put(kb, after + 1);
+    cs_be64_put(kb, after + 1);
     MDB_val k = {8, kb}, v;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     err = rc == MDB_NOTFOUND ? CS_NOT_FOUND : rc ? CS_IO : k.mv_size != 8 ? CS_CORRUPT : CS_OK;
@@ -38,7 +38,7 @@ cs_err cs_engine_outbox_next(cs_engine *e, uint64_t after, uint64_t *key_out, ui
         err = CS_NO_MEMORY;
     if (err == CS_OK) {
         memcpy(copy, v.mv_data, v.mv_size);
-        *key_out = cs__be64_get(k.mv_data);
+        *key_out = cs_be64_get(k.mv_data);
         *entry = copy;
         *len = v.mv_size;
     }
@@ -71,7 +71,7 @@ static cs_err reject_put(cs_log_txn *txn, cs_engine *e, const cs_remote_answer *
     msgpack_pack_str_with_body(&p.pk, "entry", 5);
     msgpack_pack_bin_with_body(&p.pk, entry->mv_data, entry->mv_size);
     uint8_t kb[8];
-    cs__be64_put(kb, next);
+    cs_be64_put(kb, next);
     MDB_val k = {8, kb}, v = {p.sb.size, p.sb.data};
     err = p.failed ? CS_NO_MEMORY : cs_log_txn_put(txn, e->rejected, &k, &v, MDB_APPEND);
     cs__pack_destroy(&p);
@@ -82,7 +82,7 @@ static cs_err done_fn(cs_log_txn *txn, void *ctx)
 {
     done_ctx *d = ctx;
     uint8_t kb[8];
-    cs__be64_put(kb, d->key);
+    cs_be64_put(kb, d->key);
     MDB_val k = {8, kb}, v;
     int rc = mdb_get(cs_log_txn_mdb(txn), d->e->outbox, &k, &v);
     if (rc == MDB_NOTFOUND)

@@ -46,9 +46,7 @@ static cs_err list_append(cs_engine *e, const cs_type *t, const MDB_val *k, cons
     cs_err err = cs_item_parse(v, &e->zone, &it);
     if (err != CS_OK || it.archived != archived)
         return err;
-    uint64_t id = 0;
-    for (int i = 1; i < 9; i++)
-        id = (id << 8) | ((const uint8_t *)k->mv_data)[i];
+    uint64_t id = cs_be64_get((const uint8_t *)k->mv_data + 1);
     json_t *j;
     if ((err = cs_item_json(t, id, &it, &j)) != CS_OK)
         return err;

@@ -10,20 +10,6 @@
 #include <string.h>
 #include <time.h>
 
-void cs__be64_put(uint8_t b[8], uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        b[i] = (uint8_t)v;
-}
-
-uint64_t cs__be64_get(const uint8_t b[8])
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | b[i];
-    return v;
-}
-
 cs_err cs__unpack(const void *buf, size_t len, msgpack_zone *z, msgpack_object *out)
 {
     size_t vlen, off = 0;
@@ -107,7 +93,7 @@ cs_err cs__counter_next(MDB_txn *txn, MDB_dbi dbi, uint64_t *out)
         return CS_IO;
     if (k.mv_size != 8)
         return CS_CORRUPT;
-    uint64_t last = cs__be64_get(k.mv_data);
+    uint64_t last = cs_be64_get(k.mv_data);
     if (last == UINT64_MAX)
         return CS_STORAGE_FULL;
     *out = last + 1;

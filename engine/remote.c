@@ -228,7 +228,7 @@ cs_err cs_engine_remote_write(cs_engine *e, uint64_t shop, const uint8_t *entry,
                  (unsigned long long)shop);
         goto done;
     }
-    cs__be64_put(rc.key, shop);
+    cs_be64_put(rc.key, shop);
     memcpy(rc.key + 8, ev.req, CS_REQUEST_ID_BYTES);
     snprintf(rc.actor, sizeof(rc.actor), "branch:%llu", (unsigned long long)shop);
     rc.w = (cs__write){

@@ -17,7 +17,7 @@ cs_err cs__fail(cs_engine *e, cs_err err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->errmsg, sizeof(e->errmsg), fmt, ap);
+    cs_errmsg_vformat(e->errmsg, sizeof(e->errmsg), err, fmt, ap);
     va_end(ap);
     return err;
 }
@@ -33,10 +33,7 @@ cs_err cs__read_begin(cs_engine *e, MDB_txn **txn)
 void cs_item_key(uint8_t key[9], const cs_type *t, uint64_t id)
 {
     key[0] = t->code;
-    for (int i = 8; i >= 1; i--) {
-        key[i] = (uint8_t)id;
-        id >>= 8;
-    }
+    cs_be64_put(key + 1, id);
 }
 
 static void pack_link(msgpack_packer *pk, bool has, const uint64_t v[3])
@@ -211,10 +208,7 @@ cs_err cs_item_json(const cs_type *t, uint64_t id, const cs_item *it, json_t **o
 void cs__shop_key(char key[13], uint64_t shop)
 {
     memcpy(key, "shop:", 5);
-    for (int i = 12; i >= 5; i--) {
-        key[i] = (char)(uint8_t)shop;
-        shop >>= 8;
-    }
+    cs_be64_put((uint8_t *)key + 5, shop);
 }
 
 cs_err cs__net_get(MDB_txn *txn, MDB_dbi dbi, const char *key, size_t key_len, json_t **out)

@@ -41,7 +41,7 @@ static cs_err status_put(cs_log_txn *txn, cs_engine *e, const cs_shop_status *s)
     else
         msgpack_pack_false(&p.pk);
     uint8_t kb[8];
-    cs__be64_put(kb, s->shop);
+    cs_be64_put(kb, s->shop);
     MDB_val k = {8, kb}, v = {p.sb.size, p.sb.data};
     err = p.failed ? CS_NO_MEMORY : cs_log_txn_put(txn, e->status, &k, &v, 0);
     cs__pack_destroy(&p);
@@ -72,7 +72,7 @@ cs_err cs_engine_shop_status_save(cs_engine *e, const cs_shop_status *st, size_t
 cs_err cs__status_read(cs_engine *e, MDB_txn *m, uint64_t shop, cs_shop_status *out)
 {
     uint8_t kb[8];
-    cs__be64_put(kb, shop);
+    cs_be64_put(kb, shop);
     msgpack_zone z;
     msgpack_object o;
     if (!msgpack_zone_init(&z, 128))

@@ -1,9 +1,12 @@
 /*
- * err.c: the table of error names built from CS_ERRORS, the SPEC section 6 exit codes, and the
- * assertion failure path. Owns nothing.
+ * err.c: the table of error names built from CS_ERRORS, the SPEC section 6 exit codes, the
+ * mapping of LMDB's codes to ours, the one body of every failure helper (cs_errmsg_format),
+ * and the assertion failure path. Owns nothing.
  */
-#include "log/log.h"
+#include "log/log_int.h"
 
+#include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +53,55 @@ int cs_err_exit_code(cs_err err)
     default:
         return 2;
     }
+}
+
+cs_err cs__mdb_err(int rc)
+{
+    switch (rc) {
+    case MDB_SUCCESS:
+        return CS_OK;
+    case MDB_NOTFOUND:
+        return CS_NOT_FOUND;
+    case MDB_MAP_FULL:
+        return CS_STORAGE_FULL;
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+        return CS_CORRUPT;
+    case ENOMEM:
+        return CS_NO_MEMORY;
+    case ENOSPC:
+        return CS_STORAGE_FULL;
+    default:
+        return CS_IO;
+    }
+}
+
+cs_err cs_errmsg_vformat(char *buf, size_t len, cs_err err, const char *fmt, va_list ap)
+{
+    cs_assert(buf != NULL || len == 0);
+    if (len > 0 && vsnprintf(buf, len, fmt, ap) < 0)
+        buf[0] = '\0'; /* an encoding error: no sentence rather than a half-written one */
+    return err;
+}
+
+cs_err cs_errmsg_format(char *buf, size_t len, cs_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cs_errmsg_vformat(buf, len, err, fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+cs_err cs__log_fail(cs_log *log, cs_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cs_errmsg_vformat(log->errmsg, sizeof(log->errmsg), err, fmt, ap);
+    va_end(ap);
+    return err;
 }
 
 void cs__assert_fail(const char *cond, const char *file, int line)

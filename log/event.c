@@ -109,9 +109,7 @@ static cs_err check_header(const uint8_t *p, size_t len, size_t *hdr, uint64_t *
     }
     if (len < 1 + n)
         return CS_CORRUPT;
-    uint64_t v = 0;
-    for (unsigned i = 0; i < n; i++)
-        v = (v << 8) | p[1 + i];
+    uint64_t v = n == 1 ? p[1] : n == 2 ? cs_be16_get(p + 1) : cs_be32_get(p + 1);
     *hdr = 1 + n;
     if (kind == 0)
         *payload = v + extra;
@@ -349,8 +347,21 @@ cs_err cs__event_encode_envelope(const cs_event *ev, uint64_t seq, uint64_t time
 /* ---- decoding ---------------------------------------------------------------------------- */
 
 struct cs_event_decoder {
-    msgpack_zone zone; /* owned: holds the objects of the last decode */
+    msgpack_zone zone;      /* owned: holds the objects of the last decode */
+    const char *corrupt_at; /* static: the check that refused the last decode, or "" */
 };
+
+const char *cs_event_decoder_corrupt_at(const cs_event_decoder *dec)
+{
+    return dec->corrupt_at;
+}
+
+/* Returns CS_CORRUPT, noting which check said so (CS_CORRUPT_AT). */
+static cs_err decode_corrupt(cs_event_decoder *dec, const char *at)
+{
+    dec->corrupt_at = at;
+    return CS_CORRUPT;
+}
 
 cs_err cs_event_decoder_new(cs_event_decoder **out)
 {
@@ -361,6 +372,7 @@ cs_err cs_event_decoder_new(cs_event_decoder **out)
         free(d);
         return CS_NO_MEMORY;
     }
+    d->corrupt_at = "";
     *out = d;
     return CS_OK;
 }
@@ -422,21 +434,24 @@ static cs_err unpack_at(cs_event_decoder *dec, const uint8_t *buf, size_t len, s
     msgpack_unpack_return rc = msgpack_unpack((const char *)buf, len, off, &dec->zone, out);
     if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
         return CS_NO_MEMORY;
-    return rc == MSGPACK_UNPACK_SUCCESS || rc == MSGPACK_UNPACK_EXTRA_BYTES ? CS_OK : CS_CORRUPT;
+    if (rc == MSGPACK_UNPACK_SUCCESS || rc == MSGPACK_UNPACK_EXTRA_BYTES)
+        return CS_OK;
+    return decode_corrupt(dec, CS_CORRUPT_AT); /* msgpack-c refused what the check passed */
 }
 
 cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs_event_view *out)
 {
     size_t vlen, hdr;
     uint64_t payload, children;
+    dec->corrupt_at = "";
     if (len == 0 || len > CS_EVENT_BYTES_MAX)
-        return CS_CORRUPT;
+        return decode_corrupt(dec, CS_CORRUPT_AT); /* the size an event can have */
     /* Lengths and nesting first (SPEC 4), then the map's header for its pair count. */
     if (cs_msgpack_check(buf, len, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK || vlen != len ||
         check_header(buf, len, &hdr, &payload, &children) != CS_OK)
-        return CS_CORRUPT;
+        return decode_corrupt(dec, CS_CORRUPT_AT); /* one bounded msgpack value */
     if ((buf[0] & 0xf0) != 0x80 && buf[0] != 0xde && buf[0] != 0xdf)
-        return CS_CORRUPT; /* an event is a map */
+        return decode_corrupt(dec, CS_CORRUPT_AT); /* an event is a map */
     msgpack_zone_clear(&dec->zone);
     cs_event_view ev;
     memset(&ev, 0, sizeof(ev));
@@ -460,8 +475,12 @@ cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs
         }
         seen |= bit;
     }
-    if (bad || seen != 0x1ffu || off != len)
-        return CS_CORRUPT;
+    if (bad)
+        return decode_corrupt(dec, CS_CORRUPT_AT); /* a known key of the wrong type */
+    if (seen != 0x1ffu)
+        return decode_corrupt(dec, CS_CORRUPT_AT); /* a key missing */
+    if (off != len)
+        return decode_corrupt(dec, CS_CORRUPT_AT); /* bytes after the map */
     *out = ev;
     return CS_OK;
 }

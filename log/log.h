@@ -16,6 +16,7 @@
 
 #include <lmdb.h>
 #include <msgpack.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -69,6 +70,70 @@ int cs_err_exit_code(cs_err err);
 #endif
 void cs__assert_fail(const char *cond, const char *file, int line) __attribute__((noreturn));
 
+/* Formats a failure's sentence into buf[0..len) (cut to fit; NUL-terminated when len > 0) and
+ * returns err: the one body of every module's `*_fail` helper, which passes its own errmsg
+ * buffer. */
+cs_err cs_errmsg_vformat(char *buf, size_t len, cs_err err, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+cs_err cs_errmsg_format(char *buf, size_t len, cs_err err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Ends a CS_CORRUPT's sentence with the check that failed, " [reader.c:187]", as SQLite's
+ * SQLITE_CORRUPT_BKPT names its line: a field report then leads to the one check that refused
+ * the bytes. A string literal, for concatenation with the format:
+ *     return reader_fail(r, CS_CORRUPT, "event %llu: checksum mismatch" CS_CORRUPT_AT, seq);
+ * Sentences keep their words before it; tests and tools match on those. */
+#define CS__STR2(x) #x
+#define CS__STR(x) CS__STR2(x)
+#ifdef __FILE_NAME__
+#define CS_CORRUPT_AT " [" __FILE_NAME__ ":" CS__STR(__LINE__) "]"
+#else
+#define CS_CORRUPT_AT " [" __FILE__ ":" CS__STR(__LINE__) "]"
+#endif
+
+/* ---- big-endian integers ----------------------------------------------------------------- */
+
+/* Every key and integer chainsync stores or sends is big-endian, so LMDB's byte order is the
+ * numeric order (docs/storage.md). The one set of helpers every layer uses; p holds at least 8
+ * (or 4) bytes. */
+static inline void cs_be64_put(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static inline uint64_t cs_be64_get(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static inline void cs_be32_put(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static inline uint32_t cs_be32_get(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline void cs_be16_put(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline uint16_t cs_be16_get(const uint8_t *p)
+{
+    return (uint16_t)(((unsigned)p[0] << 8) | p[1]);
+}
+
 /* ---- limits ------------------------------------------------------------------------------ */
 
 /* One event, encoded. A catalog item is a few hundred bytes; 256 KiB leaves room for long
@@ -84,15 +149,34 @@ void cs__assert_fail(const char *cond, const char *file, int line) __attribute__
 #define CS_SEGMENT_BYTES_MAX (8u * 1024u * 1024u)
 #define CS_SEGMENT_EVENTS_MAX 65536u
 #define CS_SEGMENT_HEADER_BYTES 40u
+/* The header bytes the segment checksum covers: all of them before the checksum itself. */
+#define CS_SEGMENT_HEADER_SUMMED_BYTES 32u
+/* Each record of a segment body is prefixed by its value's size, a u32. */
+#define CS_SEGMENT_RECORD_PREFIX_BYTES 4u
 /* Stored value = 8-byte checksum + 8-byte chain + the msgpack event. */
 #define CS_RECORD_HEADER_BYTES 16u
+/* The smallest stored value: the header and a one-byte msgpack event. */
+#define CS_RECORD_BYTES_MIN (CS_RECORD_HEADER_BYTES + 1u)
+/* The smallest segment: a header and one record, the least cs_segment_encode accepts. */
+#define CS_SEGMENT_BYTES_MIN                                                                       \
+    (CS_SEGMENT_HEADER_BYTES + CS_SEGMENT_RECORD_PREFIX_BYTES + CS_RECORD_BYTES_MIN)
+/* Named LMDB databases in one data directory (mdb_env_set_maxdbs): the log's three (events,
+ * times, meta) and those the engine and a branch projection keep beside them, with room for
+ * the modules to add some without a format change. */
+#define CS_LOG_DBS_MAX 32u
 /* The map starts small and doubles on MDB_MAP_FULL up to the maximum (then storage_full). */
 #define CS_LOG_MAP_BYTES_DEFAULT ((size_t)64 * 1024 * 1024)
 #define CS_LOG_MAP_BYTES_MAX_DEFAULT ((size_t)1 << 40)
 
-_Static_assert(CS_EVENT_BYTES_MAX + CS_RECORD_HEADER_BYTES + 4 <=
+_Static_assert(CS_EVENT_BYTES_MAX + CS_RECORD_HEADER_BYTES + CS_SEGMENT_RECORD_PREFIX_BYTES <=
                    CS_SEGMENT_BYTES_MAX - CS_SEGMENT_HEADER_BYTES,
                "a segment must hold at least one event of the largest size");
+_Static_assert(CS_SEGMENT_HEADER_SUMMED_BYTES + 8u == CS_SEGMENT_HEADER_BYTES,
+               "the segment checksum (u64) ends the header and covers everything before it");
+_Static_assert(CS_SEGMENT_BYTES_MIN <= CS_SEGMENT_BYTES_MAX, "one record fits a segment");
+_Static_assert(CS_EVENT_BYTES_MAX <= UINT32_MAX - CS_RECORD_HEADER_BYTES,
+               "a record's size fits its u32 prefix");
+_Static_assert(CS_LOG_DBS_MAX > 3u, "room beside the log's own events, times and meta");
 _Static_assert(CS_LOG_BATCH_EVENTS_MAX <= CS_SEGMENT_EVENTS_MAX, "batch fits the segment count");
 
 /* ---- events ------------------------------------------------------------------------------ */
@@ -144,6 +228,9 @@ void cs_event_decoder_free(cs_event_decoder *dec); /* accepts NULL */
 /* Decodes one event. Errors: CS_CORRUPT (not msgpack, a container longer than the input,
  * too deep, a missing or wrongly-typed key, trailing bytes), CS_NO_MEMORY. */
 cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs_event_view *out);
+/* After cs_event_decode returned CS_CORRUPT: the check that refused the bytes (CS_CORRUPT_AT,
+ * static), for the caller's sentence; "" when the last decode did not fail so. */
+const char *cs_event_decoder_corrupt_at(const cs_event_decoder *dec);
 
 /* Checks that buf starts with one well-formed msgpack value whose every container length fits
  * the remaining input and whose nesting is <= depth_max, before msgpack-c is allowed to
@@ -291,6 +378,10 @@ typedef struct cs_segment_view {
     uint64_t next_seq;     /* iteration state */
     uint64_t prev_chain;   /* chain of the record before `next_seq` ... */
     bool prev_chain_known; /* ... when set: the caller may set both after cs_segment_open */
+    /* After CS_CORRUPT from cs_segment_open or cs_segment_next: the check that refused the
+     * bytes (a check name and CS_CORRUPT_AT, static), for the caller's sentence. "" otherwise.
+     * The one field cs_segment_open sets when it fails. */
+    const char *corrupt_at;
 } cs_segment_view;
 
 /* Verifies a segment's header and whole-segment checksum. len must be exactly the segment's

@@ -1,6 +1,11 @@
 /*
  * log_int.h: what the files of the log module share and nobody else may use: the handle
- * structs, the big-endian helpers and the record layout (docs/storage.md, "events").
+ * structs and the helpers of record.c (the record format), map.c (the map size) and err.c
+ * (failure sentences). The byte layouts are in docs/storage.md, "events"; the big-endian
+ * helpers are public (log.h), for every layer.
+ *
+ * Files, each calling only those below it:
+ *   err.c, event.c  <  record.c, map.c  <  reader.c, store.c  <  segment.c
  */
 #ifndef CS_LOG_INT_H
 #define CS_LOG_INT_H
@@ -34,7 +39,8 @@ struct cs_log_txn {
     cs_err failed; /* CS_OK while usable; the first error otherwise */
     bool map_full; /* the failure was MDB_MAP_FULL: cs_log_write grows and retries */
     bool tail_loaded;
-    bool appended; /* events were appended: the commit records the new head in `meta` */
+    bool appended;     /* events were appended: the commit records the new head in `meta` */
+    uint64_t tail_seq; /* the log's last sequence when the tail was loaded, 0 when empty */
     uint64_t next_seq;
     uint64_t last_chain;
     uint64_t last_time_ms;
@@ -53,35 +59,6 @@ struct cs_log_reader {
     char errmsg[CS__ERRMSG_BYTES];
 };
 
-static inline void cs__put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
-
-static inline uint64_t cs__get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static inline void cs__put_u32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static inline uint32_t cs__get_u32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 /* meta "head": the last sequence and its chain as of the last commit, 16 bytes BE; what makes
  * a lost tail visible (docs/storage.md, "the meta database"). */
 #define CS__META_HEAD_KEY "head"
@@ -91,6 +68,10 @@ static inline uint32_t cs__get_u32(const uint8_t *p)
  * a sentence in msg otherwise; CS_IO when `meta` cannot be read. */
 cs_err cs__head_check(MDB_txn *txn, MDB_dbi meta, uint64_t last_seq, uint64_t last_chain,
                       uint64_t *bad_seq, char *msg, size_t msg_len);
+
+/* Sets log->errmsg (cs_errmsg_format) and returns err. */
+cs_err cs__log_fail(cs_log *log, cs_err err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* CS_OK while the environment is mapped; CS_IO with a sentence once a resize lost the map. */
 cs_err cs__map_check(cs_log *log);
@@ -102,11 +83,18 @@ cs_err cs__map_check(cs_log *log);
  * sentence. Updates map_bytes. Errors: CS_IO, CS_NO_MEMORY (the map is then lost). */
 cs_err cs__map_adopt(cs_log *log);
 
+/* Resizes the map to `bytes` (0 = the size the file has now) and refreshes map_bytes. Legal
+ * only with no transaction of this process open (asserted). A failure loses the map (every
+ * later call is CS_IO): err, or CS_NO_MEMORY, with `what` and LMDB's reason in errmsg. */
+cs_err cs__map_resize(cs_log *log, size_t bytes, cs_err err, const char *what);
+
 /* Maps an LMDB return code to ours. */
 cs_err cs__mdb_err(int rc);
 
-/* Splits a stored value into a record and verifies its checksum. */
-cs_err cs__record_parse(uint64_t seq, const uint8_t *val, size_t len, cs_log_record *out);
+/* Splits a stored value into a record and verifies its size and checksum. CS_OK, or
+ * CS_CORRUPT with *why_out = the failed check's CS_CORRUPT_AT (static) and *out untouched. */
+cs_err cs__record_parse(uint64_t seq, const uint8_t *val, size_t len, cs_log_record *out,
+                        const char **why_out);
 
 /* Encodes an event's envelope (with its seq and final time) as msgpack into buf (grown), up to
  * and including the key `fields`: the stored event is these bytes followed by the fields' own

@@ -2,7 +2,9 @@
  * reader.c: read snapshots of the log. Every record handed out has had its checksum verified;
  * iteration also checks that sequences do not jump and that each record chains onto the one
  * before it, so a reader walking the log notices a changed, lost or reordered event at the
- * first record it touches (docs/storage.md, "verifying").
+ * first record it touches (docs/storage.md, "verifying"). The record's format and the head
+ * check are record.c's, shared with the write path; a map another process grew is adopted
+ * through map.c. Every CS_CORRUPT sentence ends with CS_CORRUPT_AT, naming its check.
  */
 #include "log/log_int.h"
 
@@ -12,53 +14,15 @@
 #include <string.h>
 
 static cs_err reader_fail(cs_log_reader *r, cs_err err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static cs_err reader_fail(cs_log_reader *r, cs_err err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(r->errmsg, sizeof(r->errmsg), fmt, ap);
+    cs_errmsg_vformat(r->errmsg, sizeof(r->errmsg), err, fmt, ap);
     va_end(ap);
     return err;
-}
-
-cs_err cs__record_parse(uint64_t seq, const uint8_t *val, size_t len, cs_log_record *out)
-{
-    if (len <= CS_RECORD_HEADER_BYTES || len > CS_RECORD_HEADER_BYTES + CS_EVENT_BYTES_MAX)
-        return CS_CORRUPT;
-    cs_log_record rec = {
-        .seq = seq,
-        .checksum = cs__get_u64(val),
-        .chain = cs__get_u64(val + 8),
-        .event = val + CS_RECORD_HEADER_BYTES,
-        .event_len = len - CS_RECORD_HEADER_BYTES,
-    };
-    if (cs_log_checksum(rec.event, rec.event_len, seq) != rec.checksum)
-        return CS_CORRUPT;
-    *out = rec;
-    return CS_OK;
-}
-
-cs_err cs__head_check(MDB_txn *txn, MDB_dbi meta, uint64_t last_seq, uint64_t last_chain,
-                      uint64_t *bad_seq, char *msg, size_t msg_len)
-{
-    MDB_val k = {sizeof(CS__META_HEAD_KEY) - 1, CS__META_HEAD_KEY}, v;
-    int rc = mdb_get(txn, meta, &k, &v);
-    if (rc == MDB_NOTFOUND)
-        return CS_OK; /* nothing appended yet */
-    if (rc)
-        return CS_IO;
-    uint64_t hs = v.mv_size == 16 ? cs__get_u64(v.mv_data) : 0;
-    uint64_t hc = v.mv_size == 16 ? cs__get_u64((const uint8_t *)v.mv_data + 8) : 0;
-    if (v.mv_size == 16 && hs == last_seq && hc == last_chain)
-        return CS_OK;
-    *bad_seq = last_seq < hs ? last_seq + 1 : hs + (last_seq > hs);
-    if (last_seq < hs)
-        snprintf(msg, msg_len, "event %llu: missing (the log ends at %llu, its head was %llu)",
-                 (unsigned long long)(last_seq + 1), (unsigned long long)last_seq,
-                 (unsigned long long)hs);
-    else
-        snprintf(msg, msg_len, "event %llu: the log's end differs from its recorded head",
-                 (unsigned long long)*bad_seq);
-    return CS_CORRUPT;
 }
 
 /* Read transactions another process's map growth can refuse before this one adopts it: one
@@ -81,11 +45,9 @@ cs_err cs_log_read_begin(cs_log *log, MDB_txn **out)
     }
     if (err != CS_OK)
         return err;
-    if (rc) {
-        snprintf(log->errmsg, sizeof(log->errmsg), "cannot begin a read of the data directory: %s",
-                 mdb_strerror(rc));
-        return rc == ENOMEM ? CS_NO_MEMORY : CS_IO;
-    }
+    if (rc)
+        return cs__log_fail(log, rc == ENOMEM ? CS_NO_MEMORY : CS_IO,
+                            "cannot begin a read of the data directory: %s", mdb_strerror(rc));
     log->readers_open++;
     return CS_OK;
 }
@@ -153,15 +115,16 @@ cs_err cs_log_reader_head(cs_log_reader *r, uint64_t *seq_out)
     if (rc)
         return reader_fail(r, cs__mdb_err(rc), "head: %s", mdb_strerror(rc));
     if (k.mv_size != 8)
-        return reader_fail(r, CS_CORRUPT, "the last key of the log is not a sequence number");
-    *seq_out = cs__get_u64(k.mv_data);
+        return reader_fail(r, CS_CORRUPT,
+                           "the last key of the log is not a sequence number" CS_CORRUPT_AT);
+    *seq_out = cs_be64_get(k.mv_data);
     return CS_OK;
 }
 
 cs_err cs_log_reader_get(cs_log_reader *r, uint64_t seq, cs_log_record *out)
 {
     uint8_t kb[8];
-    cs__put_u64(kb, seq);
+    cs_be64_put(kb, seq);
     MDB_val k = {8, kb}, v;
     int rc = mdb_get(r->txn, r->log->events, &k, &v);
     if (rc == MDB_NOTFOUND)
@@ -170,8 +133,10 @@ cs_err cs_log_reader_get(cs_log_reader *r, uint64_t seq, cs_log_record *out)
     if (rc)
         return reader_fail(r, cs__mdb_err(rc), "read %llu: %s", (unsigned long long)seq,
                            mdb_strerror(rc));
-    if (cs__record_parse(seq, v.mv_data, v.mv_size, out) != CS_OK)
-        return reader_fail(r, CS_CORRUPT, "event %llu: checksum mismatch", (unsigned long long)seq);
+    const char *why;
+    if (cs__record_parse(seq, v.mv_data, v.mv_size, out, &why) != CS_OK)
+        return reader_fail(r, CS_CORRUPT, "event %llu: checksum mismatch%s",
+                           (unsigned long long)seq, why);
     return CS_OK;
 }
 
@@ -208,7 +173,7 @@ cs_err cs_log_reader_next(cs_log_reader *r, cs_log_record *out)
         rc = mdb_cursor_get(r->cur, &k, &v, MDB_NEXT);
     } else {
         uint8_t kb[8];
-        cs__put_u64(kb, r->from);
+        cs_be64_put(kb, r->from);
         k.mv_size = 8;
         k.mv_data = kb;
         rc = mdb_cursor_get(r->cur, &k, &v, MDB_SET_RANGE);
@@ -222,17 +187,22 @@ cs_err cs_log_reader_next(cs_log_reader *r, cs_log_record *out)
     }
     r->positioned = true;
     if (k.mv_size != 8)
-        return reader_fail(r, CS_CORRUPT, "a key of the log is not a sequence number");
-    uint64_t seq = cs__get_u64(k.mv_data);
+        return reader_fail(r, CS_CORRUPT,
+                           "a key of the log is not a sequence number" CS_CORRUPT_AT);
+    uint64_t seq = cs_be64_get(k.mv_data);
     r->bad_seq = r->expect_seq ? r->expect_seq : seq;
     if (r->expect_seq && seq != r->expect_seq)
-        return reader_fail(r, CS_CORRUPT, "event %llu: missing (the log jumps to %llu)",
+        return reader_fail(r, CS_CORRUPT,
+                           "event %llu: missing (the log jumps to %llu)" CS_CORRUPT_AT,
                            (unsigned long long)r->expect_seq, (unsigned long long)seq);
     cs_log_record rec;
-    if (cs__record_parse(seq, v.mv_data, v.mv_size, &rec) != CS_OK)
-        return reader_fail(r, CS_CORRUPT, "event %llu: checksum mismatch", (unsigned long long)seq);
+    const char *why;
+    if (cs__record_parse(seq, v.mv_data, v.mv_size, &rec, &why) != CS_OK)
+        return reader_fail(r, CS_CORRUPT, "event %llu: checksum mismatch%s",
+                           (unsigned long long)seq, why);
     if (r->prev_chain_known && cs_log_chain(r->prev_chain, rec.checksum) != rec.chain)
-        return reader_fail(r, CS_CORRUPT, "event %llu: hash chain broken", (unsigned long long)seq);
+        return reader_fail(r, CS_CORRUPT, "event %llu: hash chain broken" CS_CORRUPT_AT,
+                           (unsigned long long)seq);
     r->bad_seq = seq;
     r->expect_seq = seq + 1;
     r->prev_chain = rec.chain;
@@ -248,7 +218,7 @@ cs_err cs_log_reader_seq_at_time(cs_log_reader *r, uint64_t time_ms, uint64_t *s
     if (rc)
         return cs__mdb_err(rc);
     uint8_t kb[8];
-    cs__put_u64(kb, time_ms);
+    cs_be64_put(kb, time_ms);
     MDB_val k = {8, kb}, v;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     mdb_cursor_close(cur);
@@ -257,8 +227,8 @@ cs_err cs_log_reader_seq_at_time(cs_log_reader *r, uint64_t time_ms, uint64_t *s
     if (rc)
         return cs__mdb_err(rc);
     if (v.mv_size != 8)
-        return reader_fail(r, CS_CORRUPT, "time index entry is malformed");
-    *seq_out = cs__get_u64(v.mv_data);
+        return reader_fail(r, CS_CORRUPT, "time index entry is malformed" CS_CORRUPT_AT);
+    *seq_out = cs_be64_get(v.mv_data);
     return CS_OK;
 }
 
@@ -274,10 +244,15 @@ cs_err cs_log_reader_verify(cs_log_reader *r, uint64_t *bad_seq_out)
     while ((err = cs_log_reader_next(r, &rec)) == CS_OK) {
         seq = rec.seq;
         cs_event_view ev;
-        if (cs_event_decode(dec, rec.event, rec.event_len, &ev) != CS_OK || ev.seq != rec.seq) {
+        const char *why = NULL;
+        if (cs_event_decode(dec, rec.event, rec.event_len, &ev) != CS_OK)
+            why = cs_event_decoder_corrupt_at(dec);
+        else if (ev.seq != rec.seq)
+            why = CS_CORRUPT_AT;
+        if (why) {
             r->bad_seq = seq;
-            err = reader_fail(r, CS_CORRUPT, "event %llu: malformed or misplaced event",
-                              (unsigned long long)seq);
+            err = reader_fail(r, CS_CORRUPT, "event %llu: malformed or misplaced event%s",
+                              (unsigned long long)seq, why);
             break;
         }
     }

@@ -1,20 +1,24 @@
 /*
  * store.c: the LMDB environment of a data directory, and the write path: one write transaction
  * per cs_log_write, durable group-committed appends, the hash chain, the time index, and map
- * growth on MDB_MAP_FULL.
+ * growth on MDB_MAP_FULL. The record format is record.c's, the map's resizing map.c's.
  *
  * Invariants (checked by cs_log_reader_verify, described in docs/storage.md):
  *   1. `events` holds sequences 1..head with no gap; a value is never changed once committed.
- *   2. value = checksum(8) chain(8) event; checksum = XXH3_64bits_withSeed(event, seq);
- *      chain(seq) = cs_log_chain(chain(seq - 1), checksum), chain(0) = 0.
+ *   2. value = checksum(8) chain(8) event; checksum and chain as record.c says.
  *   3. event times never decrease; `times` maps each distinct time to its first sequence.
  *   4. a write that fails leaves nothing: the transaction aborts whole (LMDB's atomicity), and a
  *      full map is grown only with no transaction of this process open (LMDB's rule).
  *   5. map_bytes is this process's map size as LMDB has it (mdb_env_info) after every resize:
  *      growing it, or adopting a size another process grew the file to (MDB_MAP_RESIZED), which
- *      cs__map_adopt does for the read and the write path alike. Growth starts from that size,
- *      so it never shrinks a map another process made larger (docs/storage.md, "Map size across
- * processes").
+ *      cs__map_adopt (map.c) does for the read and the write path alike. Growth starts from
+ *      that size, so it never shrinks a map another process made larger (docs/storage.md, "Map
+ *      size across processes").
+ *   6. a transaction (cs_log_txn) is usable or failed, and a failed one stays failed: every
+ *      later call returns its first error and cs_log_write aborts it (LMDB's MDB_TXN_ERROR).
+ *      Once its tail is loaded, next_seq - 1 is the log's last sequence in the transaction and
+ *      last_chain that sequence's chain; `appended` is set exactly when next_seq moved past the
+ *      tail read at load. txn_invariants_hold checks these at each boundary.
  */
 #include "log/log_int.h"
 
@@ -29,111 +33,6 @@
 /* A write is retried after growth at most this often; doubling 40 times covers any map. */
 #define WRITE_ATTEMPTS_MAX 48
 
-cs_err cs__mdb_err(int rc)
-{
-    switch (rc) {
-    case MDB_SUCCESS:
-        return CS_OK;
-    case MDB_NOTFOUND:
-        return CS_NOT_FOUND;
-    case MDB_MAP_FULL:
-        return CS_STORAGE_FULL;
-    case MDB_CORRUPTED:
-    case MDB_PAGE_NOTFOUND:
-    case MDB_INVALID:
-    case MDB_VERSION_MISMATCH:
-        return CS_CORRUPT;
-    case ENOMEM:
-        return CS_NO_MEMORY;
-    case ENOSPC:
-        return CS_STORAGE_FULL;
-    default:
-        return CS_IO;
-    }
-}
-
-static cs_err log_fail(cs_log *log, cs_err err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(log->errmsg, sizeof(log->errmsg), fmt, ap);
-    va_end(ap);
-    return err;
-}
-
-uint64_t cs_log_checksum(const uint8_t *event, size_t len, uint64_t seq)
-{
-    return XXH3_64bits_withSeed(event, len, seq);
-}
-
-void cs_digest_kv(XXH3_state_t *st, const MDB_val *k, const MDB_val *v)
-{
-    uint8_t lens[16];
-    cs__put_u64(lens, k->mv_size);
-    cs__put_u64(lens + 8, v->mv_size);
-    XXH3_64bits_update(st, lens, sizeof(lens));
-    XXH3_64bits_update(st, k->mv_data, k->mv_size);
-    XXH3_64bits_update(st, v->mv_data, v->mv_size);
-}
-
-uint64_t cs_log_chain(uint64_t prev_chain, uint64_t checksum)
-{
-    uint8_t b[16];
-    cs__put_u64(b, prev_chain);
-    cs__put_u64(b + 8, checksum);
-    return XXH3_64bits(b, sizeof(b));
-}
-
-/* ---- the map size ------------------------------------------------------------------------ */
-
-cs_err cs__map_check(cs_log *log)
-{
-    if (!log->map_lost)
-        return CS_OK;
-    return log_fail(log, CS_IO,
-                    "the data directory is no longer mapped (a resize failed): reopen it");
-}
-
-/* After any mdb_env_set_mapsize: LMDB may have rounded the size up (never below the data). */
-static void map_bytes_refresh(cs_log *log)
-{
-    MDB_envinfo info;
-    int rc = mdb_env_info(log->env, &info); /* fails only on NULL arguments */
-    cs_assert(rc == 0);
-    (void)rc;
-    log->map_bytes = info.me_mapsize;
-}
-
-/* mdb_env_set_mapsize unmaps the old map before it maps the new one: when that fails, nothing
- * of the environment may be touched again (its meta pointers point into the old map). */
-static cs_err map_resize(cs_log *log, size_t bytes, cs_err err, const char *what)
-{
-    cs_assert(log->readers_open == 0);
-    cs_assert(!log->in_write);
-    int rc = mdb_env_set_mapsize(log->env, bytes);
-    if (rc) {
-        log->map_lost = true;
-        return log_fail(log, rc == ENOMEM ? CS_NO_MEMORY : err, "%s: %s", what, mdb_strerror(rc));
-    }
-    map_bytes_refresh(log);
-    return CS_OK;
-}
-
-cs_err cs__map_adopt(cs_log *log)
-{
-    if (log->readers_open > 0 || log->in_write)
-        return log_fail(log, CS_IO,
-                        "another process grew the data directory's map; this process adopts "
-                        "the new size only with no transaction of its own open (%u read%s open)",
-                        log->readers_open, log->readers_open == 1 ? " is" : "s are");
-    size_t before = log->map_bytes;
-    cs_err err = map_resize(log, 0, CS_IO, "cannot map the data directory at its new size");
-    /* MDB_MAP_RESIZED means the data outgrew our map: the size adopted covers it. */
-    cs_assert(err != CS_OK || log->map_bytes >= before);
-    (void)before;
-    return err;
-}
-
 /* ---- open / close ------------------------------------------------------------------------ */
 
 static cs_err open_dbis(cs_log *log)
@@ -141,7 +40,7 @@ static cs_err open_dbis(cs_log *log)
     MDB_txn *txn;
     int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
     if (rc)
-        return log_fail(log, cs__mdb_err(rc), "begin: %s", mdb_strerror(rc));
+        return cs__log_fail(log, cs__mdb_err(rc), "begin: %s", mdb_strerror(rc));
     /* A directory without our `meta` database is new only if LMDB's main database is empty
      * too: anything else is another program's environment, not ours to take over. */
     MDB_dbi main_dbi;
@@ -150,54 +49,56 @@ static cs_err open_dbis(cs_log *log)
         (rc = mdb_dbi_open(txn, NULL, 0, &main_dbi)) == 0 &&
         (rc = mdb_stat(txn, main_dbi, &ms)) == 0 && ms.ms_entries > 0) {
         mdb_txn_abort(txn);
-        return log_fail(log, CS_CORRUPT, "not a chainsync data directory (another LMDB store)");
+        return cs__log_fail(log, CS_CORRUPT,
+                            "not a chainsync data directory (another LMDB store)" CS_CORRUPT_AT);
     }
     if ((rc = mdb_dbi_open(txn, "events", MDB_CREATE, &log->events)) ||
         (rc = mdb_dbi_open(txn, "times", MDB_CREATE, &log->times)) ||
         (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &log->meta))) {
         mdb_txn_abort(txn);
-        return log_fail(log, cs__mdb_err(rc), "open databases: %s", mdb_strerror(rc));
+        return cs__log_fail(log, cs__mdb_err(rc), "open databases: %s", mdb_strerror(rc));
     }
     MDB_val k = {6, "format"}, v;
     rc = mdb_get(txn, log->meta, &k, &v);
     if (rc == MDB_NOTFOUND) {
         uint8_t fmt[4];
-        cs__put_u32(fmt, CS__LOG_FORMAT_VERSION);
+        cs_be32_put(fmt, CS__LOG_FORMAT_VERSION);
         v.mv_size = 4;
         v.mv_data = fmt;
         rc = mdb_put(txn, log->meta, &k, &v, 0);
-    } else if (rc == 0 && (v.mv_size != 4 || cs__get_u32(v.mv_data) != CS__LOG_FORMAT_VERSION)) {
+    } else if (rc == 0 && (v.mv_size != 4 || cs_be32_get(v.mv_data) != CS__LOG_FORMAT_VERSION)) {
         mdb_txn_abort(txn);
-        return log_fail(log, CS_CORRUPT, "data directory has an unknown log format");
+        return cs__log_fail(log, CS_CORRUPT,
+                            "data directory has an unknown log format" CS_CORRUPT_AT);
     }
     if (rc == 0)
         rc = mdb_txn_commit(txn);
     else
         mdb_txn_abort(txn);
     if (rc)
-        return log_fail(log, cs__mdb_err(rc), "initialise: %s", mdb_strerror(rc));
+        return cs__log_fail(log, cs__mdb_err(rc), "initialise: %s", mdb_strerror(rc));
     return CS_OK;
 }
 
 static cs_err open_env(cs_log *log, const char *dir)
 {
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return log_fail(log, CS_IO, "cannot create %s: %s", dir, strerror(errno));
+        return cs__log_fail(log, CS_IO, "cannot create %s: %s", dir, strerror(errno));
     int rc = mdb_env_create(&log->env);
     if (rc)
-        return log_fail(log, cs__mdb_err(rc), "mdb_env_create: %s", mdb_strerror(rc));
+        return cs__log_fail(log, cs__mdb_err(rc), "mdb_env_create: %s", mdb_strerror(rc));
     /* The engine and projections keep their own databases beside the log's. */
-    if ((rc = mdb_env_set_maxdbs(log->env, 32)) ||
+    if ((rc = mdb_env_set_maxdbs(log->env, CS_LOG_DBS_MAX)) ||
         (rc = mdb_env_set_mapsize(log->env, log->map_bytes)))
-        return log_fail(log, cs__mdb_err(rc), "configure: %s", mdb_strerror(rc));
+        return cs__log_fail(log, cs__mdb_err(rc), "configure: %s", mdb_strerror(rc));
     /* Never MDB_WRITEMAP: a full disk would then kill us with SIGBUS (SPEC 4). */
     unsigned flags = (log->flags & CS_LOG_NOSYNC) ? MDB_NOSYNC : 0;
     rc = mdb_env_open(log->env, dir, flags, 0600);
     if (rc)
-        return log_fail(log, cs__mdb_err(rc), "cannot open %s: %s", dir, mdb_strerror(rc));
+        return cs__log_fail(log, cs__mdb_err(rc), "cannot open %s: %s", dir, mdb_strerror(rc));
     MDB_envinfo info;
     if ((rc = mdb_env_info(log->env, &info)))
-        return log_fail(log, cs__mdb_err(rc), "env info: %s", mdb_strerror(rc));
+        return cs__log_fail(log, cs__mdb_err(rc), "env info: %s", mdb_strerror(rc));
     log->map_bytes = info.me_mapsize; /* an existing, larger map wins */
     return open_dbis(log);
 }
@@ -277,12 +178,30 @@ cs_err cs_log_dbi_open(cs_log *log, const char *name, unsigned mdb_flags, MDB_db
 
 /* ---- the write transaction --------------------------------------------------------------- */
 
+/* Invariant 6, for cs_assert only. */
+static bool txn_invariants_hold(const cs_log_txn *t)
+{
+    if (t->log == NULL || t->txn == NULL || !t->log->in_write)
+        return false;
+    if (t->map_full && t->failed == CS_OK)
+        return false; /* a full map is the cause of a failure, never a state of its own */
+    if (!t->tail_loaded)
+        return !t->appended; /* nothing is appended before the tail is read */
+    if (t->next_seq <= t->tail_seq)
+        return false; /* sequences only move forward in a transaction */
+    if (t->appended != (t->next_seq > t->tail_seq + 1))
+        return false;
+    if (t->next_seq == 1 && t->last_chain != 0)
+        return false; /* chain(0) = 0 */
+    return true;
+}
+
 static cs_err txn_fail(cs_log_txn *t, int rc, const char *what)
 {
     if (rc == MDB_MAP_FULL)
         t->map_full = true;
     cs_err err = cs__mdb_err(rc);
-    log_fail(t->log, err, "%s: %s", what, mdb_strerror(rc));
+    cs__log_fail(t->log, err, "%s: %s", what, mdb_strerror(rc));
     if (t->failed == CS_OK)
         t->failed = err;
     return t->failed;
@@ -292,8 +211,8 @@ static cs_err txn_fail(cs_log_txn *t, int rc, const char *what)
 static cs_err put_head(cs_log_txn *t)
 {
     uint8_t hb[16];
-    cs__put_u64(hb, t->next_seq - 1);
-    cs__put_u64(hb + 8, t->last_chain);
+    cs_be64_put(hb, t->next_seq - 1);
+    cs_be64_put(hb + 8, t->last_chain);
     MDB_val k = {sizeof(CS__META_HEAD_KEY) - 1, CS__META_HEAD_KEY}, v = {16, hb};
     int rc = mdb_put(t->txn, t->log->meta, &k, &v, 0);
     return rc ? txn_fail(t, rc, "record the head") : CS_OK;
@@ -305,15 +224,16 @@ static cs_err put_head(cs_log_txn *t)
 static cs_err grow_map(cs_log *log)
 {
     if (log->readers_open > 0)
-        return log_fail(log, CS_STORAGE_FULL, "map full while a reader is open");
+        return cs__log_fail(log, CS_STORAGE_FULL, "map full while a reader is open");
     size_t cur = log->map_bytes;
     if (cur >= log->map_bytes_max)
-        return log_fail(log, CS_STORAGE_FULL, "data directory reached its maximum size (%zu bytes)",
-                        log->map_bytes_max);
+        return cs__log_fail(log, CS_STORAGE_FULL,
+                            "data directory reached its maximum size (%zu bytes)",
+                            log->map_bytes_max);
     size_t next = cur * 2;
     if (next < cur || next > log->map_bytes_max)
         next = log->map_bytes_max;
-    cs_err err = map_resize(log, next, CS_STORAGE_FULL, "cannot grow the map");
+    cs_err err = cs__map_resize(log, next, CS_STORAGE_FULL, "cannot grow the map");
     cs_assert(err != CS_OK || log->map_bytes >= next);
     return err;
 }
@@ -335,9 +255,11 @@ cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
             continue;
         }
         if (rc)
-            return log_fail(log, cs__mdb_err(rc), "begin write: %s", mdb_strerror(rc));
+            return cs__log_fail(log, cs__mdb_err(rc), "begin write: %s", mdb_strerror(rc));
         log->in_write = true;
+        cs_assert(txn_invariants_hold(&t));
         cs_err err = fn(&t, ctx);
+        cs_assert(txn_invariants_hold(&t));
         if (err == CS_OK && t.failed != CS_OK)
             err = t.failed; /* fn ignored a failure: never commit half-done work */
         if (err == CS_OK && t.appended)
@@ -348,7 +270,7 @@ cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
             if (rc == 0)
                 return CS_OK;
             if (rc != MDB_MAP_FULL)
-                return log_fail(log, cs__mdb_err(rc), "commit: %s", mdb_strerror(rc));
+                return cs__log_fail(log, cs__mdb_err(rc), "commit: %s", mdb_strerror(rc));
             t.map_full = true;
         } else {
             mdb_txn_abort(t.txn);
@@ -360,7 +282,8 @@ cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
         if (gerr != CS_OK)
             return gerr;
     }
-    return log_fail(log, CS_STORAGE_FULL, "map kept filling after %d growths", WRITE_ATTEMPTS_MAX);
+    return cs__log_fail(log, CS_STORAGE_FULL, "map kept filling after %d growths",
+                        WRITE_ATTEMPTS_MAX);
 }
 
 MDB_txn *cs_log_txn_mdb(cs_log_txn *txn)
@@ -401,19 +324,23 @@ static cs_err txn_load_tail(cs_log_txn *t)
         return txn_fail(t, rc, "cursor");
     rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
     mdb_cursor_close(cur);
+    cs_assert(!t->appended);
     t->next_seq = 1;
+    t->tail_seq = 0;
     t->last_chain = 0;
     t->last_time_ms = 0;
     if (rc == 0) {
-        uint64_t seq = k.mv_size == 8 ? cs__get_u64(k.mv_data) : 0;
+        uint64_t seq = k.mv_size == 8 ? cs_be64_get(k.mv_data) : 0;
         cs_log_record rec;
-        if (seq == 0 || cs__record_parse(seq, v.mv_data, v.mv_size, &rec) != CS_OK) {
+        const char *why = CS_CORRUPT_AT; /* the key is not a sequence */
+        if (seq == 0 || cs__record_parse(seq, v.mv_data, v.mv_size, &rec, &why) != CS_OK) {
             t->failed =
-                log_fail(log, CS_CORRUPT, "event %llu: the log's last event does not verify",
-                         (unsigned long long)seq);
+                cs__log_fail(log, CS_CORRUPT, "event %llu: the log's last event does not verify%s",
+                             (unsigned long long)seq, why);
             return t->failed;
         }
         t->next_seq = seq + 1;
+        t->tail_seq = seq;
         t->last_chain = rec.chain;
     } else if (rc != MDB_NOTFOUND) {
         return txn_fail(t, rc, "read tail");
@@ -429,10 +356,11 @@ static cs_err txn_load_tail(cs_log_txn *t)
     rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
     mdb_cursor_close(cur);
     if (rc == 0 && k.mv_size == 8)
-        t->last_time_ms = cs__get_u64(k.mv_data);
+        t->last_time_ms = cs_be64_get(k.mv_data);
     else if (rc != 0 && rc != MDB_NOTFOUND)
         return txn_fail(t, rc, "read time index");
     t->tail_loaded = true;
+    cs_assert(txn_invariants_hold(t));
     return CS_OK;
 }
 
@@ -447,10 +375,13 @@ static uint64_t now_ms(void)
 static cs_err append_one(cs_log_txn *t, const cs_event *ev, uint64_t now)
 {
     cs_log *log = t->log;
+    cs_assert(t->tail_loaded);
+    cs_assert(t->failed == CS_OK);
     uint64_t seq = t->next_seq;
     uint64_t time_ms = ev->time_ms ? ev->time_ms : now;
     if (time_ms < t->last_time_ms)
         time_ms = t->last_time_ms; /* times never go back: as-of by time relies on it */
+    cs_assert(time_ms >= t->last_time_ms);
     size_t env_len;
     cs_err err =
         cs__event_encode_envelope(ev, seq, time_ms, &log->scratch, &log->scratch_cap, &env_len);
@@ -461,11 +392,11 @@ static cs_err append_one(cs_log_txn *t, const cs_event *ev, uint64_t now)
     size_t fields_len = ev->fields ? ev->fields_len : 1;
     size_t len = env_len + fields_len;
     if (len > CS_EVENT_BYTES_MAX) /* SPEC 6: a refusal says why, not just its code */
-        return t->failed =
-                   log_fail(log, CS_INVALID_INPUT, "an event of the batch is over %u bytes encoded",
-                            CS_EVENT_BYTES_MAX);
+        return t->failed = cs__log_fail(log, CS_INVALID_INPUT,
+                                        "an event of the batch is over %u bytes encoded",
+                                        CS_EVENT_BYTES_MAX);
     uint8_t kb[8];
-    cs__put_u64(kb, seq);
+    cs_be64_put(kb, seq);
     /* MDB_RESERVE: the record is assembled in LMDB's own dirty page, so the fields are copied
      * once (caller -> page) instead of twice (caller -> scratch -> page). Not WRITEMAP: the page
      * is process memory until the commit writes it. */
@@ -478,11 +409,11 @@ static cs_err append_one(cs_log_txn *t, const cs_event *ev, uint64_t now)
     memcpy(val + CS_RECORD_HEADER_BYTES + env_len, fields, fields_len);
     uint64_t sum = cs_log_checksum(val + CS_RECORD_HEADER_BYTES, len, seq);
     uint64_t chain = cs_log_chain(t->last_chain, sum);
-    cs__put_u64(val, sum);
-    cs__put_u64(val + 8, chain);
+    cs_be64_put(val, sum);
+    cs_be64_put(val + 8, chain);
     if (time_ms > t->last_time_ms || seq == 1) {
         uint8_t tb[8];
-        cs__put_u64(tb, time_ms);
+        cs_be64_put(tb, time_ms);
         MDB_val tk = {8, tb}, tv = {8, kb};
         if ((rc = mdb_put(t->txn, log->times, &tk, &tv, MDB_APPEND)))
             return txn_fail(t, rc, "time index");
@@ -491,28 +422,50 @@ static cs_err append_one(cs_log_txn *t, const cs_event *ev, uint64_t now)
     t->last_chain = chain;
     t->last_time_ms = time_ms;
     t->appended = true;
+    /* The header as record.c will read it back (the read side checks the checksum itself). */
+    cs_assert(cs_be64_get(val) == sum);
+    cs_assert(cs_be64_get(val + 8) == chain);
     return CS_OK;
+}
+
+/* The sequence and time postconditions of cs_log_txn_append, for cs_assert only: the batch
+ * took the n sequences after the old tail, and time did not go back. */
+static bool append_postconditions_hold(const cs_log_txn *t, uint64_t first, size_t n,
+                                       uint64_t time_before_ms)
+{
+    return t->failed == CS_OK && first >= 1 && t->next_seq == first + n &&
+           t->last_time_ms >= time_before_ms && txn_invariants_hold(t);
 }
 
 cs_err cs_log_txn_append(cs_log_txn *t, const cs_event *events, size_t n, uint64_t *first_seq_out)
 {
+    cs_assert(txn_invariants_hold(t));
     if (t->failed != CS_OK)
         return t->failed;
     if (n == 0 || n > CS_LOG_BATCH_EVENTS_MAX)
-        return t->failed = log_fail(t->log, CS_INVALID_INPUT, "a batch holds 1 to %u events",
-                                    CS_LOG_BATCH_EVENTS_MAX);
+        return t->failed = cs__log_fail(t->log, CS_INVALID_INPUT, "a batch holds 1 to %u events",
+                                        CS_LOG_BATCH_EVENTS_MAX);
     for (size_t i = 0; i < n; i++) /* refuse the whole batch before writing any of it */
         if (cs__event_check(&events[i]) != CS_OK)
-            return t->failed = log_fail(t->log, CS_INVALID_INPUT,
-                                        "event %zu of the batch is over a limit or malformed", i);
+            return t->failed =
+                       cs__log_fail(t->log, CS_INVALID_INPUT,
+                                    "event %zu of the batch is over a limit or malformed", i);
     cs_err err = txn_load_tail(t);
-    if (err != CS_OK)
+    if (err != CS_OK) {
+        cs_assert(t->failed == err); /* a failed transaction stays failed */
         return err;
+    }
     uint64_t first = t->next_seq;
+    uint64_t time_before_ms = t->last_time_ms;
     uint64_t now = now_ms();
-    for (size_t i = 0; i < n; i++)
-        if ((err = append_one(t, &events[i], now)) != CS_OK)
+    for (size_t i = 0; i < n; i++) {
+        if ((err = append_one(t, &events[i], now)) != CS_OK) {
+            cs_assert(t->failed == err);
             return err;
+        }
+    }
+    cs_assert(append_postconditions_hold(t, first, n, time_before_ms));
+    (void)time_before_ms;
     if (first_seq_out)
         *first_seq_out = first;
     return CS_OK;

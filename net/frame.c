@@ -77,14 +77,6 @@ void cs__buf_unref(cs__buf *b)
         free(b);
 }
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
 cs__buf *cs__frame_from_msgpack(unsigned type, const msgpack_sbuffer *sb)
 {
     cs_assert(type != CS__F_SEGMENT);
@@ -92,7 +84,7 @@ cs__buf *cs__frame_from_msgpack(unsigned type, const msgpack_sbuffer *sb)
     cs__buf *b = cs__buf_new(4 + 1 + sb->size);
     if (!b)
         return NULL;
-    put_u32(b->data, (uint32_t)(1 + sb->size));
+    cs_be32_put(b->data, (uint32_t)(1 + sb->size));
     b->data[4] = (uint8_t)type;
     memcpy(b->data + 5, sb->data, sb->size);
     return b;
@@ -195,7 +187,7 @@ cs_err cs__rx_frame_at(cs__rx *rx, size_t off, unsigned *type, const uint8_t **b
     if (rx->len < off + 4)
         return CS_NOT_FOUND;
     const uint8_t *p = rx->buf + off;
-    uint32_t flen = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+    uint32_t flen = cs_be32_get(p);
     if (flen == 0 || flen > rx->max_bytes) {
         snprintf(msg, msg_len, "a frame of %u bytes (the limit is %zu)", flen, rx->max_bytes);
         return CS_INVALID_INPUT;
@@ -229,8 +221,7 @@ void cs__rx_consume_bytes(cs__rx *rx, size_t n)
 void cs__rx_consume(cs__rx *rx)
 {
     cs_assert(rx->len >= 4);
-    cs__rx_consume_bytes(rx, 4 + (((size_t)rx->buf[0] << 24) | ((size_t)rx->buf[1] << 16) |
-                                  ((size_t)rx->buf[2] << 8) | rx->buf[3]));
+    cs__rx_consume_bytes(rx, 4 + (size_t)cs_be32_get(rx->buf));
 }
 
 /* ---- control bodies ---------------------------------------------------------------------- */

@@ -14,24 +14,22 @@
 static const char auth_label[16] = {'c', 'h', 'a', 'i', 'n', 's', 'y', 'n',
                                     'c', '-', 'a', 'u', 't', 'h', '-', '1'};
 
-static uint8_t *put_be(uint8_t *p, uint64_t v, int bytes)
-{
-    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-    return p + bytes;
-}
-
 void cs__auth_message(uint8_t out[CS__AUTH_MESSAGE_BYTES], uint64_t shop,
                       const uint8_t cnonce[CS_NET_NONCE_BYTES],
                       const uint8_t snonce[CS_NET_NONCE_BYTES], uint64_t log_id, uint32_t proto)
 {
     uint8_t *p = out;
     memcpy(p, auth_label, sizeof(auth_label));
-    p = put_be(p + sizeof(auth_label), shop, 8);
+    p += sizeof(auth_label);
+    cs_be64_put(p, shop);
+    p += 8;
     memcpy(p, cnonce, CS_NET_NONCE_BYTES);
     memcpy(p + CS_NET_NONCE_BYTES, snonce, CS_NET_NONCE_BYTES);
-    p = put_be(p + 2 * CS_NET_NONCE_BYTES, log_id, 8);
-    p = put_be(p, proto, 4);
+    p += 2 * CS_NET_NONCE_BYTES;
+    cs_be64_put(p, log_id);
+    p += 8;
+    cs_be32_put(p, proto);
+    p += 4;
     cs_assert(p == out + CS__AUTH_MESSAGE_BYTES);
 }
 

@@ -160,7 +160,7 @@ static void node_drop(node *n, cs_err code, bool tell, const char *fmt, ...)
     va_list ap;
     va_start(ap, fmt);
     char m[256];
-    vsnprintf(m, sizeof(m), fmt, ap);
+    cs_errmsg_vformat(m, sizeof(m), code, fmt, ap);
     va_end(ap);
     if (code != CS_OK) {
         node_logf(n, "%s: %s", cs_err_name(code), m);
@@ -252,8 +252,8 @@ static void send_outbox(node *n)
     cs__buf *f = NULL;
     if (err == CS_OK && len + 1 <= CS_NET_CONTROL_FRAME_BYTES_MAX && (f = cs__buf_new(5 + len))) {
         uint32_t flen = (uint32_t)(1 + len);
-        f->data[0] = (uint8_t)(flen >> 24), f->data[1] = (uint8_t)(flen >> 16);
-        f->data[2] = (uint8_t)(flen >> 8), f->data[3] = (uint8_t)flen, f->data[4] = CS__F_WRITE;
+        cs_be32_put(f->data, flen);
+        f->data[4] = CS__F_WRITE;
         memcpy(f->data + 5, entry, len);
     }
     free(entry);
@@ -421,9 +421,9 @@ static bool bin_body(const uint8_t *p, size_t n, const uint8_t **seg, size_t *le
     if (n >= 2 && p[0] == 0xc4)
         hdr = 2, l = p[1];
     else if (n >= 3 && p[0] == 0xc5)
-        hdr = 3, l = ((size_t)p[1] << 8) | p[2];
+        hdr = 3, l = cs_be16_get(p + 1);
     else if (n >= 5 && p[0] == 0xc6)
-        hdr = 5, l = ((size_t)p[1] << 24) | ((size_t)p[2] << 16) | ((size_t)p[3] << 8) | p[4];
+        hdr = 5, l = cs_be32_get(p + 1);
     else
         return false;
     if (hdr + l != n)

@@ -105,11 +105,10 @@ static cs_err encode(cs_log_reader *r, uint64_t first, uint64_t last_max, cs__bu
     }
     uint32_t flen = (uint32_t)(1 + 5 + seg_len);
     uint8_t *p = b->data;
-    p[0] = (uint8_t)(flen >> 24), p[1] = (uint8_t)(flen >> 16), p[2] = (uint8_t)(flen >> 8);
-    p[3] = (uint8_t)flen, p[4] = CS__F_SEGMENT;
+    cs_be32_put(p, flen);
+    p[4] = CS__F_SEGMENT;
     p[5] = 0xc6; /* msgpack bin 32 */
-    p[6] = (uint8_t)(seg_len >> 24), p[7] = (uint8_t)(seg_len >> 16);
-    p[8] = (uint8_t)(seg_len >> 8), p[9] = (uint8_t)seg_len;
+    cs_be32_put(p + 6, (uint32_t)seg_len);
     memcpy(p + 10, seg, seg_len);
     free(seg);
     b->first = first;

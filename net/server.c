@@ -731,7 +731,7 @@ static cs_err server_fail(char *errmsg, size_t len, cs_err err, const char *fmt,
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(errmsg, len, fmt, ap);
+    cs_errmsg_vformat(errmsg, len, err, fmt, ap);
     va_end(ap);
     return err;
 }

@@ -35,17 +35,11 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
 cs_err cs__audit_fail(cs_audit *a, cs_err err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(a->errmsg, sizeof(a->errmsg), fmt, ap);
+    cs_errmsg_vformat(a->errmsg, sizeof(a->errmsg), err, fmt, ap);
     va_end(ap);
     return err;
 }
@@ -117,13 +111,13 @@ uint64_t cs__audit_meta_get(MDB_txn *txn, MDB_dbi meta, const char *key)
     MDB_val k = {strlen(key), (void *)key}, v;
     if (mdb_get(txn, meta, &k, &v) != 0 || v.mv_size != 8)
         return 0;
-    return cs__u64_be(v.mv_data);
+    return cs_be64_get(v.mv_data);
 }
 
 cs_err cs__audit_meta_put(cs_log_txn *txn, MDB_dbi meta, const char *key, uint64_t val)
 {
     uint8_t b[8];
-    put_u64(b, val);
+    cs_be64_put(b, val);
     MDB_val k = {strlen(key), (void *)key}, v = {8, b};
     return cs_log_txn_put(txn, meta, &k, &v, 0);
 }
@@ -259,7 +253,7 @@ cs_err cs_audit_seq_at_time(cs_audit *a, uint64_t time_ms, uint64_t *seq_out)
 cs_err cs__ckpt_header_get(MDB_txn *txn, MDB_dbi ckpt, uint64_t seq, cs__ckpt_header *out)
 {
     uint8_t kb[9];
-    put_u64(kb, seq);
+    cs_be64_put(kb, seq);
     kb[8] = CS__CKPT_TAG_HEADER;
     MDB_val k = {9, kb}, v;
     int rc = mdb_get(txn, ckpt, &k, &v);
@@ -271,10 +265,10 @@ cs_err cs__ckpt_header_get(MDB_txn *txn, MDB_dbi ckpt, uint64_t seq, cs__ckpt_he
         return CS_CORRUPT;
     const uint8_t *p = v.mv_data;
     *out = (cs__ckpt_header){.seq = seq,
-                             .chain = cs__u64_be(p),
-                             .digest = cs__u64_be(p + 8),
-                             .time_ms = cs__u64_be(p + 16),
-                             .records = cs__u64_be(p + 24)};
+                             .chain = cs_be64_get(p),
+                             .digest = cs_be64_get(p + 8),
+                             .time_ms = cs_be64_get(p + 16),
+                             .records = cs_be64_get(p + 24)};
     return CS_OK;
 }
 
@@ -309,7 +303,7 @@ static cs_err ckpt_walk(MDB_txn *txn, MDB_dbi ckpt, uint64_t seq, int code, ckpt
                         void *ctx)
 {
     uint8_t p[10];
-    put_u64(p, seq);
+    cs_be64_put(p, seq);
     p[8] = CS__CKPT_TAG_ITEMS;
     p[9] = (uint8_t)code;
     cs_err err = ckpt_range(txn, ckpt, p, code >= 0 ? 10 : 9, fn, ctx);
@@ -360,7 +354,7 @@ static cs_err ckpt_copy_db(cs_log_txn *txn, MDB_dbi ckpt, MDB_txn *src, MDB_dbi 
     if (mdb_cursor_open(src, dbi, &cur))
         return CS_IO;
     uint8_t kb[CS__CKPT_KEY_BYTES_MAX];
-    put_u64(kb, seq);
+    cs_be64_put(kb, seq);
     kb[8] = tag;
     MDB_val k, v;
     int rc;
@@ -387,12 +381,12 @@ static cs_err ckpt_write_fn(cs_log_txn *txn, void *ctx)
     ckpt_write_ctx *c = ctx;
     cs_assert(c->h.seq > 0);
     uint8_t kb[9], hb[CS__CKPT_HEADER_BYTES];
-    put_u64(kb, c->h.seq);
+    cs_be64_put(kb, c->h.seq);
     kb[8] = CS__CKPT_TAG_HEADER;
-    put_u64(hb, c->h.chain);
-    put_u64(hb + 8, c->h.digest);
-    put_u64(hb + 16, c->h.time_ms);
-    put_u64(hb + 24, c->h.records);
+    cs_be64_put(hb, c->h.chain);
+    cs_be64_put(hb + 8, c->h.digest);
+    cs_be64_put(hb + 16, c->h.time_ms);
+    cs_be64_put(hb + 24, c->h.records);
     MDB_val k = {9, kb}, v = {sizeof(hb), hb};
     cs_err err = cs_log_txn_put(txn, c->a->ckpt, &k, &v, MDB_APPEND);
     if (err == CS_INVALID_INPUT)
@@ -527,7 +521,7 @@ static cs_err ckpt_nearest(cs_audit *a, uint64_t seq, uint64_t *out)
         return CS_IO;
     }
     uint8_t kb[9];
-    put_u64(kb, seq + 1);
+    cs_be64_put(kb, seq + 1);
     kb[8] = CS__CKPT_TAG_HEADER;
     MDB_val k = {9, kb}, v;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
@@ -535,7 +529,7 @@ static cs_err ckpt_nearest(cs_audit *a, uint64_t seq, uint64_t *out)
     uint64_t cp = 0;
     if (rc == 0 && k.mv_size >= 9) {
         cs__ckpt_header h;
-        cp = cs__u64_be(k.mv_data); /* < seq + 1: every key of a checkpoint starts with it */
+        cp = cs_be64_get(k.mv_data); /* < seq + 1: every key of a checkpoint starts with it */
         err = cs__ckpt_header_get(t, a->ckpt, cp, &h);
         if (err == CS_NOT_FOUND)
             err = cs__audit_fail(a, CS_CORRUPT, "checkpoint %llu has no header",
@@ -728,7 +722,7 @@ static bool shop_known(cs_audit *a, uint64_t shop)
         return false;
     uint8_t kb[13];
     memcpy(kb, "shop:", 5);
-    put_u64(kb + 5, shop);
+    cs_be64_put(kb + 5, shop);
     MDB_val k = {13, kb}, v;
     bool known = mdb_get(t, cs_engine_network_dbi(a->e), &k, &v) == 0;
     cs_log_read_end(a->log, t);
@@ -922,7 +916,7 @@ static cs_err item_json(list_ctx *l, MDB_txn *t, MDB_dbi items, const MDB_val *k
     msgpack_zone_clear(&l->z);
     if (!type || cs_item_parse(v, &l->z, &it) != CS_OK)
         return CS_CORRUPT;
-    uint64_t id = cs__u64_be(kb + 1);
+    uint64_t id = cs_be64_get(kb + 1);
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     cs_err err = CS_OK;

@@ -23,12 +23,6 @@
 #define HISTORY_SCAN_EVENTS 100000u
 #define HISTORY_KEY_BYTES 17u
 
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
 /* ---- the index --------------------------------------------------------------------------- */
 
 typedef struct hist_batch {
@@ -75,8 +69,8 @@ static cs_err history_scan(cs_audit *a, uint64_t from, uint64_t to, hist_batch *
             continue;
         uint8_t *k = hb->keys[hb->n++];
         k[0] = t->code;
-        put_u64(k + 1, ev.id);
-        put_u64(k + 9, seq);
+        cs_be64_put(k + 1, ev.id);
+        cs_be64_put(k + 9, seq);
     }
     if (err == CS_NOT_FOUND)
         err =
@@ -185,7 +179,7 @@ static cs_err history_seqs(cs_audit *a, const cs_type *t, uint64_t id, uint64_t 
     }
     uint8_t kb[9];
     kb[0] = t->code;
-    put_u64(kb + 1, id);
+    cs_be64_put(kb + 1, id);
     MDB_val k = {9, kb}, v;
     size_t cap = 0;
     *seqs = NULL;
@@ -208,7 +202,7 @@ static cs_err history_seqs(cs_audit *a, const cs_type *t, uint64_t id, uint64_t 
             }
             *seqs = p;
         }
-        (*seqs)[(*n)++] = cs__u64_be((const uint8_t *)k.mv_data + 9);
+        (*seqs)[(*n)++] = cs_be64_get((const uint8_t *)k.mv_data + 9);
     }
     if (err == CS_OK && rc != 0 && rc != MDB_NOTFOUND)
         err = CS_IO;

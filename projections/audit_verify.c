@@ -42,12 +42,6 @@ typedef struct verify_ctx {
     char first[CS__AUDIT_ERRMSG_BYTES];
 } verify_ctx;
 
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
 static json_t *ju64(uint64_t v)
 {
     return json_integer((json_int_t)v);
@@ -75,7 +69,7 @@ static void problem(verify_ctx *vc, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(vc->first, sizeof(vc->first), fmt, ap);
+    cs_errmsg_vformat(vc->first, sizeof(vc->first), CS_CORRUPT, fmt, ap);
     va_end(ap);
     vc->first_found = true;
 }
@@ -262,7 +256,7 @@ static cs_err state_item_differ(const MDB_val *k, const MDB_val *va, const MDB_v
     if (k->mv_size != 9)
         return part_diff(sc->vc, sc->part,
                          json_pack("{s:s,s:s}", "type", "items", "what", "a malformed key"));
-    uint64_t id = cs__u64_be(kb + 1);
+    uint64_t id = cs_be64_get(kb + 1);
     if (!va)
         return part_diff(sc->vc, sc->part,
                          item_diff_new(kb[0], id, "is missing here: a replay of the log has it"));
@@ -288,7 +282,7 @@ static cs_err state_net_differ(const MDB_val *k, const MDB_val *va, const MDB_va
     char key[40];
     if (k->mv_size == 13 && memcmp(k->mv_data, "shop:", 5) == 0)
         snprintf(key, sizeof(key), "shop %llu",
-                 (unsigned long long)cs__u64_be((const uint8_t *)k->mv_data + 5));
+                 (unsigned long long)cs_be64_get((const uint8_t *)k->mv_data + 5));
     else
         snprintf(key, sizeof(key), "%.*s", (int)(k->mv_size < 32 ? k->mv_size : 32),
                  (const char *)k->mv_data);
@@ -365,10 +359,10 @@ static cs_err ckpt_next(cs_audit *a, uint64_t after, uint64_t *out)
         return CS_IO;
     }
     uint8_t kb[9] = {0};
-    put_u64(kb, after + 1);
+    cs_be64_put(kb, after + 1);
     MDB_val k = {9, kb}, v;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    *out = rc == 0 && k.mv_size >= 9 ? cs__u64_be(k.mv_data) : 0;
+    *out = rc == 0 && k.mv_size >= 9 ? cs_be64_get(k.mv_data) : 0;
     mdb_cursor_close(cur);
     cs_log_read_end(a->log, t);
     return rc == 0 || rc == MDB_NOTFOUND ? CS_OK : CS_IO;
@@ -750,14 +744,14 @@ static cs_err copy_differ(const MDB_val *k, const MDB_val *va, const MDB_val *vb
         return part_diff(
             bc->vc, bc->part,
             json_pack("{s:s,s:s}", "type", "origin index", "what", "holds a malformed entry"));
-    uint64_t head_id = cs__u64_be(kb + 1);
+    uint64_t head_id = cs_be64_get(kb + 1);
     char what[160];
     if (!va)
         return part_diff(bc->vc, bc->part,
                          item_diff_new(kb[0], head_id,
                                        "has no copy on the branch: a replay "
                                        "of the head office's log gives it one"));
-    uint64_t copy_id = cs__u64_be(va->mv_data);
+    uint64_t copy_id = cs_be64_get(va->mv_data);
     if (!vb) {
         snprintf(what, sizeof(what), "has copy %llu on the branch, which a replay does not give",
                  (unsigned long long)copy_id);
@@ -773,7 +767,7 @@ static cs_err copy_differ(const MDB_val *k, const MDB_val *va, const MDB_val *vb
         return part_diff(bc->vc, bc->part, item_diff_new(kb[0], head_id, what));
     }
     if (err == CS_OK)
-        err = read_unmapped(bc, bc->ts, cs_engine_items_dbi(bc->s->e), t, cs__u64_be(vb->mv_data),
+        err = read_unmapped(bc, bc->ts, cs_engine_items_dbi(bc->s->e), t, cs_be64_get(vb->mv_data),
                             &y);
     if (err != CS_OK || items_equal(&x, &y))
         return err == CS_CORRUPT
@@ -818,7 +812,7 @@ static cs_err copies_indexed(branch_cmp *bc)
         }
         uint8_t ok[9];
         ok[0] = kb[0];
-        put_u64(ok + 1, it.has_origin ? it.origin[1] : it.detached[1]);
+        cs_be64_put(ok + 1, it.has_origin ? it.origin[1] : it.detached[1]);
         MDB_val ik = {9, ok}, iv;
         if (mdb_get(bc->tr, bc->rb->origin, &ik, &iv) == 0 && iv.mv_size == 8 &&
             memcmp(iv.mv_data, kb + 1, 8) == 0)
@@ -827,8 +821,8 @@ static cs_err copies_indexed(branch_cmp *bc)
         snprintf(what, sizeof(what),
                  "is copy %llu on the branch, which its origin index "
                  "does not name",
-                 (unsigned long long)cs__u64_be(kb + 1));
-        err = part_diff(bc->vc, bc->part, item_diff_new(kb[0], cs__u64_be(ok + 1), what));
+                 (unsigned long long)cs_be64_get(kb + 1));
+        err = part_diff(bc->vc, bc->part, item_diff_new(kb[0], cs_be64_get(ok + 1), what));
     }
     mdb_cursor_close(cur);
     return err == CS_OK && rc != MDB_NOTFOUND ? CS_IO : err;
@@ -861,7 +855,7 @@ static cs_err shared_differ(const MDB_val *k, const MDB_val *va, const MDB_val *
     branch_cmp *bc = ctx;
     const uint8_t *kb = k->mv_data;
     const cs_type *t = cs_schema_by_code(kb[0]);
-    uint64_t id = cs__u64_be(kb + 1);
+    uint64_t id = cs_be64_get(kb + 1);
     if (va && pending(bc, t, id)) {
         bc->pending++;
         return CS_OK;
@@ -908,7 +902,7 @@ static cs_err raw_differ(const MDB_val *k, const MDB_val *va, const MDB_val *vb,
     if (k->mv_size != 9)
         return part_diff(bc->vc, bc->part,
                          json_pack("{s:s,s:s}", "type", bc->label, "what", "a malformed key"));
-    return part_diff(bc->vc, bc->part, item_diff_new(kb[0], cs__u64_be(kb + 1), what));
+    return part_diff(bc->vc, bc->part, item_diff_new(kb[0], cs_be64_get(kb + 1), what));
 }
 
 static cs_err branch_compare(branch_cmp *bc)

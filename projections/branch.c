@@ -14,7 +14,7 @@ cs_err cs__branch_fail(cs_branch *b, cs_err err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(b->errmsg, sizeof(b->errmsg), fmt, ap);
+    cs_errmsg_vformat(b->errmsg, sizeof(b->errmsg), err, fmt, ap);
     va_end(ap);
     return err;
 }
@@ -173,7 +173,7 @@ cs_err cs__state_load(cs_branch *b, MDB_txn *txn, cs__bstate *out)
     json_decref(j);
     k = (MDB_val){5, "chain"};
     if ((rc = mdb_get(txn, b->meta, &k, &v)) == 0 && v.mv_size == 8)
-        st.chain = cs__u64_be(v.mv_data);
+        st.chain = cs_be64_get(v.mv_data);
     else if (rc != MDB_NOTFOUND)
         return cs__branch_fail(b, CS_CORRUPT, "the branch's chain value does not read back");
     *out = st;
@@ -195,9 +195,7 @@ cs_err cs__state_save(cs_branch *b, cs_log_txn *txn, const cs__bstate *st)
     cs_err err = cs_log_txn_put(txn, b->meta, &k, &v, 0);
     free(s);
     uint8_t cb[8];
-    uint64_t c = st->chain;
-    for (int i = 7; i >= 0; i--, c >>= 8)
-        cb[i] = (uint8_t)c;
+    cs_be64_put(cb, st->chain);
     k = (MDB_val){5, "chain"};
     v = (MDB_val){8, cb};
     if (err == CS_OK)

@@ -88,16 +88,7 @@ cs_err cs__unlink(cs_branch *b, cs_log_txn *txn);
 static inline void cs__key9(uint8_t key[9], uint8_t code, uint64_t id)
 {
     key[0] = code;
-    for (int i = 8; i >= 1; i--, id >>= 8)
-        key[i] = (uint8_t)id;
-}
-
-static inline uint64_t cs__u64_be(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | p[i];
-    return v;
+    cs_be64_put(key + 1, id);
 }
 
 #endif

@@ -37,7 +37,7 @@ static cs_err origin_get(cs_branch *b, MDB_txn *m, uint8_t code, uint64_t head_i
         return CS_NOT_FOUND;
     if (rc || v.mv_size != 8)
         return CS_CORRUPT;
-    *out = cs__u64_be(v.mv_data);
+    *out = cs_be64_get(v.mv_data);
     return CS_OK;
 }
 
@@ -79,7 +79,7 @@ static cs_err assign_ids(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_t 
         b->ids[i] = 0;
         if (!cs_type_set_has(b->st.types_mask, kb[0]))
             continue;
-        if ((err = origin_get(b, m, kb[0], cs__u64_be(kb + 1), &id)) != CS_NOT_FOUND) {
+        if ((err = origin_get(b, m, kb[0], cs_be64_get(kb + 1), &id)) != CS_NOT_FOUND) {
             b->ids[i] = id;
             continue;
         }
@@ -199,7 +199,7 @@ static cs_err write_copies(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_
         if (!t || mdb_get(m, b->mirror, &k, &mv) || cs_item_parse(&mv, &b->zone, &it) != CS_OK)
             err = cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no mirror record");
         else
-            err = write_copy(b, txn, rctx, t, cs__u64_be(kb + 1), &it, b->ids[i]);
+            err = write_copy(b, txn, rctx, t, cs_be64_get(kb + 1), &it, b->ids[i]);
     }
     free(rctx);
     if (err != CS_OK)
@@ -320,7 +320,7 @@ cs_err cs__unlink(cs_branch *b, cs_log_txn *txn)
         it.has_detached = true; /* nothing is lost: the copy remembers where it came from */
         memcpy(it.detached, it.origin, sizeof(it.detached));
         it.has_origin = false;
-        err = cs_item_write(txn, b->items, t, cs__u64_be((uint8_t *)k.mv_data + 1), &it);
+        err = cs_item_write(txn, b->items, t, cs_be64_get((uint8_t *)k.mv_data + 1), &it);
     }
     mdb_cursor_close(cur);
     if (err != CS_OK)

@@ -101,8 +101,7 @@ static bool raw_close(raw *r, bool commit)
 
 static void key_u64(uint8_t kb[8], uint64_t v)
 {
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        kb[i] = (uint8_t)v;
+    cs_be64_put(kb, v);
 }
 
 /* Flips one byte in the middle of event seq's msgpack. */
@@ -442,9 +441,7 @@ static void test_r14_verify_names_an_item_edited_behind_the_logs_back(void)
     json_t *log = json_object_get(rep, "log"), *d = part_diff0(rep, "state");
     CHECK(json_is_true(json_object_get(log, "ok")));
     CHECK(d && strcmp(json_string_value(json_object_get(d, "type")), "service") == 0);
-    uint64_t id = 0;
-    for (int i = 1; i < 9; i++)
-        id = (id << 8) | key[i];
+    uint64_t id = cs_be64_get(key + 1);
     CHECK((uint64_t)json_integer_value(json_object_get(d, "id")) == id);
     json_t *c = json_array_get(json_object_get(d, "changes"), 0);
     CHECK(c && strcmp(json_string_value(json_object_get(c, "field")), "name") == 0);

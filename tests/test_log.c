@@ -663,8 +663,7 @@ static uint8_t *bin_fields(size_t n)
         return NULL;
     static const uint8_t head[] = {0x81, 0xa1, 'b', 0xc6}; /* {"b": bin32 */
     memcpy(p, head, sizeof(head));
-    p[4] = (uint8_t)(n >> 24), p[5] = (uint8_t)(n >> 16);
-    p[6] = (uint8_t)(n >> 8), p[7] = (uint8_t)n;
+    cs_be32_put(p + 4, (uint32_t)n);
     memset(p + 8, 0x33, n);
     return p;
 }
@@ -872,10 +871,7 @@ out:
 
 static void seq_key(uint8_t kb[8], uint64_t seq)
 {
-    for (int i = 7; i >= 0; i--) {
-        kb[i] = (uint8_t)seq;
-        seq >>= 8;
-    }
+    cs_be64_put(kb, seq);
 }
 
 /* Copies the stored value of seq into a malloc'd buffer. */
@@ -992,6 +988,9 @@ static void test_log_flipped_byte_is_corrupt_on_read_and_verify(void)
         CHECK_OK(cs_log_reader_open(f.log, &r));
         CHECK(cs_log_reader_get(r, 17, &rec) == CS_CORRUPT);
         CHECK(msg_names_seq(cs_log_reader_errmsg(r), 17));
+        /* ... and names the check that failed (SQLITE_CORRUPT_BKPT's manner), after its words */
+        CHECK(strstr(cs_log_reader_errmsg(r), "event 17: checksum mismatch [record.c:") ==
+              cs_log_reader_errmsg(r));
         CHECK_OK(cs_log_reader_get(r, 16, &rec));
         CHECK_OK(cs_log_reader_get(r, 18, &rec));
         CHECK(cs_log_reader_verify(r, &bad) == CS_CORRUPT);
@@ -1536,8 +1535,7 @@ static void test_log_lost_tail_is_corrupt_and_not_extended(void)
     CHECK(mdb_dbi_open(txn, "events", 0, &dbi) == 0);
     for (uint64_t seq = 4; seq <= 5; seq++) {
         uint8_t kb[8];
-        for (int i = 7; i >= 0; i--)
-            kb[i] = (uint8_t)(seq >> (8 * (7 - i)));
+        cs_be64_put(kb, seq);
         MDB_val k = {8, kb};
         CHECK(mdb_del(txn, dbi, &k, NULL) == 0);
     }

@@ -550,8 +550,9 @@ static bool raw_send(int fd, const void *p, size_t n)
 /* Sends one frame: length u32 BE (1 + body), type, body. */
 static bool raw_frame(int fd, unsigned type, const void *body, size_t len)
 {
-    uint8_t h[5] = {(uint8_t)((len + 1) >> 24), (uint8_t)((len + 1) >> 16),
-                    (uint8_t)((len + 1) >> 8), (uint8_t)(len + 1), (uint8_t)type};
+    uint8_t h[5];
+    cs_be32_put(h, (uint32_t)(len + 1));
+    h[4] = (uint8_t)type;
     return raw_send(fd, h, 5) && (len == 0 || raw_send(fd, body, len));
 }
 
@@ -602,8 +603,7 @@ static int raw_next(int fd, rawrx *r, unsigned *type, const uint8_t **body, size
     uint64_t end = cs_run_now_ms() + timeout_ms;
     for (;;) {
         if (r->len >= 5) {
-            uint32_t flen = ((uint32_t)r->buf[0] << 24) | ((uint32_t)r->buf[1] << 16) |
-                            ((uint32_t)r->buf[2] << 8) | r->buf[3];
+            uint32_t flen = cs_be32_get(r->buf);
             if (flen == 0 || flen > 2u * 1024 * 1024)
                 return -2; /* not a frame the server may send */
             if (r->len >= 4 + (size_t)flen) {
@@ -624,8 +624,7 @@ static int raw_next(int fd, rawrx *r, unsigned *type, const uint8_t **body, size
 
 static void raw_consume(rawrx *r)
 {
-    size_t flen = 4 + (((size_t)r->buf[0] << 24) | ((size_t)r->buf[1] << 16) |
-                       ((size_t)r->buf[2] << 8) | r->buf[3]);
+    size_t flen = 4 + (size_t)cs_be32_get(r->buf);
     memmove(r->buf, r->buf + flen, r->len - flen);
     r->len -= flen;
 }
@@ -798,12 +797,6 @@ static bool derive_keys(const uint8_t salt[16], uint64_t ops, uint64_t mem)
     return true;
 }
 
-static void put_be(uint8_t *p, uint64_t v, int bytes)
-{
-    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
 /* HELLO, CHALLENGE, PROOF, WELCOME (signature checked): the connection is in state START. */
 static bool raw_login(rawc *c, int port, uint64_t shop)
 {
@@ -833,11 +826,11 @@ static bool raw_login(rawc *c, int port, uint64_t shop)
     uint8_t am[100], proof[32], hm[32], sig[32];
     if (good) {
         memcpy(am, "chainsync-auth-1", 16);
-        put_be(am + 16, shop, 8);
+        cs_be64_put(am + 16, shop);
         memcpy(am + 24, c->cnonce, 32);
         memcpy(am + 56, snonce->via.bin.ptr, 32);
-        put_be(am + 88, log_id->via.u64, 8);
-        put_be(am + 96, 1, 4);
+        cs_be64_put(am + 88, log_id->via.u64);
+        cs_be32_put(am + 96, 1);
         good = derive_keys((const uint8_t *)salt->via.bin.ptr, ops->via.u64, mem->via.u64);
     }
     msgpack_zone_destroy(&z);
@@ -928,8 +921,9 @@ static void frames_oversize_refused_from_length_prefix_invalid_input(void)
     CHECK(f1_ready);
     const uint32_t lens[] = {CONTROL_LIMIT + 1, 0x7fffffffu, 0xffffffffu};
     for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
-        uint8_t h[5] = {(uint8_t)(lens[i] >> 24), (uint8_t)(lens[i] >> 16), (uint8_t)(lens[i] >> 8),
-                        (uint8_t)lens[i], 0x01};
+        uint8_t h[5];
+        cs_be32_put(h, lens[i]);
+        h[4] = 0x01;
         long rss0, anon0, rss1, anon1;
         CHECK(mem_kib(f1.serve, &rss0, &anon0));
         CHECK(attack(f1.port, h, sizeof(h), "invalid_input", "the limit is 131072"));
@@ -940,12 +934,10 @@ static void frames_oversize_refused_from_length_prefix_invalid_input(void)
     size_t blen = CONTROL_LIMIT - 1;
     uint8_t *f = calloc(1, 4 + CONTROL_LIMIT);
     CHECK(f);
-    f[0] = (uint8_t)(CONTROL_LIMIT >> 24), f[1] = (uint8_t)(CONTROL_LIMIT >> 16);
-    f[2] = (uint8_t)(CONTROL_LIMIT >> 8), f[3] = (uint8_t)CONTROL_LIMIT, f[4] = 0x01;
+    cs_be32_put(f, CONTROL_LIMIT);
+    f[4] = 0x01;
     f[5] = 0xc6; /* bin32 of blen - 5 bytes */
-    uint32_t bl = (uint32_t)(blen - 5);
-    f[6] = (uint8_t)(bl >> 24), f[7] = (uint8_t)(bl >> 16), f[8] = (uint8_t)(bl >> 8),
-    f[9] = (uint8_t)bl;
+    cs_be32_put(f + 6, (uint32_t)(blen - 5));
     bool good = attack(f1.port, f, 4 + CONTROL_LIMIT, "invalid_input", "not one msgpack map");
     free(f);
     CHECK(good);

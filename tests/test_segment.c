@@ -82,32 +82,13 @@ static void fx_close(fx *f)
     memset(f, 0, sizeof(*f));
 }
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
-
 /* Recomputes the segment checksum after an edit (layout: bytes 32..40 = XXH3_64bits_withSeed(
  * body, body_bytes, XXH3_64bits(header[0..32)))), so only the deeper checks can catch it. */
 static void reseal(uint8_t *seg, size_t len)
 {
     uint64_t seed = XXH3_64bits(seg, 32);
-    put_u64(seg + 32, XXH3_64bits_withSeed(seg + CS_SEGMENT_HEADER_BYTES,
-                                           len - CS_SEGMENT_HEADER_BYTES, seed));
+    cs_be64_put(seg + 32, XXH3_64bits_withSeed(seg + CS_SEGMENT_HEADER_BYTES,
+                                               len - CS_SEGMENT_HEADER_BYTES, seed));
 }
 
 /* Every record of v equals the log's record at the same sequence, from v->first to v->last,
@@ -276,7 +257,7 @@ static void test_segment_size_reads_full_size_from_header(void)
     seg[0] ^= 0x20; /* magic */
     CHECK(cs_segment_size(seg, len, &size) == CS_CORRUPT);
     seg[0] ^= 0x20;
-    put_u32(seg + 28, CS_SEGMENT_BYTES_MAX); /* body bigger than any segment may be */
+    cs_be32_put(seg + 28, CS_SEGMENT_BYTES_MAX); /* body bigger than any segment may be */
     CHECK(cs_segment_size(seg, len, &size) == CS_CORRUPT);
     CHECK(size == 4242);
     free(seg);
@@ -357,6 +338,7 @@ static void test_segment_refuses_record_not_chaining_onto_prev_chain(void)
     v.prev_chain = prev.chain ^ 1;
     v.prev_chain_known = true;
     CHECK(cs_segment_next(&v, &rec) == CS_CORRUPT);
+    CHECK(strstr(v.corrupt_at, "hash chain [segment.c:") == v.corrupt_at); /* names its check */
 
     CHECK_OK(cs_log_reader_get(f.r, 9, &prev)); /* a branch one record behind */
     CHECK_OK(cs_segment_open(seg, len, &v));
@@ -386,10 +368,10 @@ static void test_segment_next_verifies_records_behind_a_valid_frame(void)
     cs_segment_view v;
     cs_log_record rec;
     CHECK_OK(cs_segment_encode(f.r, 1, 10, CS_SEGMENT_BYTES_MAX, &seg, &len, &last));
-    size_t second = CS_SEGMENT_HEADER_BYTES + 4 + get_u32(seg + CS_SEGMENT_HEADER_BYTES);
+    size_t second = CS_SEGMENT_HEADER_BYTES + 4 + cs_be32_get(seg + CS_SEGMENT_HEADER_BYTES);
 
     /* the second record's last event byte */
-    size_t at = second + 4 + get_u32(seg + second) - 1;
+    size_t at = second + 4 + cs_be32_get(seg + second) - 1;
     seg[at] ^= 0x01;
     reseal(seg, len);
     CHECK_OK(cs_segment_open(seg, len, &v));
@@ -416,8 +398,8 @@ static void test_segment_next_verifies_records_behind_a_valid_frame(void)
     seg[first_chain] ^= 0x01;
 
     /* a header claiming 11 records (first 1, last 11) over a body of 10 */
-    put_u64(seg + 16, 11);
-    put_u32(seg + 24, 11);
+    cs_be64_put(seg + 16, 11);
+    cs_be32_put(seg + 24, 11);
     reseal(seg, len);
     CHECK_OK(cs_segment_open(seg, len, &v));
     for (int i = 0; i < 10; i++)
@@ -425,11 +407,12 @@ static void test_segment_next_verifies_records_behind_a_valid_frame(void)
     CHECK(cs_segment_next(&v, &rec) == CS_CORRUPT);
 
     /* first, last and count that disagree with each other */
-    put_u64(seg + 16, 10);
+    cs_be64_put(seg + 16, 10);
     reseal(seg, len);
     CHECK(cs_segment_open(seg, len, &v) == CS_CORRUPT);
-    put_u64(seg + 8, 0);
-    put_u32(seg + 24, 10);
+    CHECK(strstr(v.corrupt_at, "range [segment.c:") == v.corrupt_at);
+    cs_be64_put(seg + 8, 0);
+    cs_be32_put(seg + 24, 10);
     reseal(seg, len);
     CHECK(cs_segment_open(seg, len, &v) == CS_CORRUPT);
     free(seg);

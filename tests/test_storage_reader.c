@@ -178,20 +178,6 @@ static bool raw_begin(cs_log *log, MDB_txn **txn, MDB_dbi *dbi, const char *db)
     return true;
 }
 
-static void be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
 /* A copy of the stored value of seq (owned by the caller), or NULL. */
 static uint8_t *raw_get(cs_log *log, uint64_t seq, size_t *len)
 {
@@ -200,7 +186,7 @@ static uint8_t *raw_get(cs_log *log, uint64_t seq, size_t *len)
     if (!raw_begin(log, &txn, &dbi, "events"))
         return NULL;
     uint8_t kb[8];
-    be64(kb, seq);
+    cs_be64_put(kb, seq);
     MDB_val k = {8, kb}, v;
     uint8_t *copy = NULL;
     if (mdb_get(txn, dbi, &k, &v) == 0 && (copy = malloc(v.mv_size)) != NULL) {
@@ -219,7 +205,7 @@ static bool raw_set(cs_log *log, uint64_t seq, const uint8_t *val, size_t len)
     if (!raw_begin(log, &txn, &dbi, "events"))
         return false;
     uint8_t kb[8];
-    be64(kb, seq);
+    cs_be64_put(kb, seq);
     MDB_val k = {8, kb}, v = {len, (void *)val};
     int rc = val ? mdb_put(txn, dbi, &k, &v, 0) : mdb_del(txn, dbi, &k, NULL);
     if (rc != 0) {
@@ -609,8 +595,8 @@ static void test_storage_reader_finds_changed_lost_and_reordered_events(void)
     CHECK(len > 24 && memcmp(last + 16, seq300, sizeof(seq300)) == 0);
     last[16 + 7] = 0x2b; /* "seq": 299 */
     uint64_t sum = cs_log_checksum(last + 16, len - 16, N_EVENTS);
-    be64(last, sum);
-    be64(last + 8, cs_log_chain(get_be64(prev + 8), sum));
+    cs_be64_put(last, sum);
+    cs_be64_put(last + 8, cs_log_chain(cs_be64_get(prev + 8), sum));
     CHECK(raw_set(log, N_EVENTS, last, len));
     CHECK(verdict(NULL, dir) == -(int64_t)N_EVENTS);
     CHECK(c_verdict(log) == -(int64_t)N_EVENTS);
@@ -1006,13 +992,13 @@ static void test_storage_reader_finds_a_broken_origin_index(void)
     MDB_txn *txn;
     MDB_dbi origin;
     uint8_t key[9] = {1}, bad[8], *orig = NULL;
-    be64(key + 1, n.cat);
+    cs_be64_put(key + 1, n.cat);
     MDB_val k = {9, key}, v;
     bool ok = raw_begin(log, &txn, &origin, "origin") && mdb_get(txn, origin, &k, &v) == 0 &&
               v.mv_size == 8 && (orig = malloc(8)) != NULL;
     if (ok) {
         memcpy(orig, v.mv_data, 8);
-        be64(bad, get_be64(orig) + 1000);
+        cs_be64_put(bad, cs_be64_get(orig) + 1000);
         v = (MDB_val){8, bad};
         ok = mdb_put(txn, origin, &k, &v, 0) == 0 && mdb_txn_commit(txn) == 0;
     }
@@ -1025,7 +1011,7 @@ static void test_storage_reader_finds_a_broken_origin_index(void)
     ok = again != NULL;
     json_decref(again);
     MDB_dbi dirty;
-    be64(key + 1, n.late + 1000); /* no such mirror entry */
+    cs_be64_put(key + 1, n.late + 1000); /* no such mirror entry */
     v = (MDB_val){0, ""};
     ok = ok && raw_begin(log, &txn, &dirty, "dirty") && mdb_put(txn, dirty, &k, &v, 0) == 0 &&
          mdb_txn_commit(txn) == 0 && verdict("--state", n.bdir) == 0;
@@ -1381,7 +1367,7 @@ static void test_storage_reader_finds_secrets_outside_their_records(void)
     MDB_txn *txn;
     MDB_dbi secrets, meta;
     uint8_t key[8], copy[32];
-    be64(key, live.shop_id);
+    cs_be64_put(key, live.shop_id);
     MDB_val k = {8, key}, val;
     bool ok = raw_begin(log, &txn, &secrets, "secrets");
     if (ok) {

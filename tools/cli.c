@@ -100,7 +100,7 @@ int cs_cli_fail(cs_err err, const char *fmt, ...)
     if (fmt) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(buf, sizeof(buf), fmt, ap);
+        cs_errmsg_vformat(buf, sizeof(buf), err, fmt, ap);
         va_end(ap);
     }
     return fail_sentence(err, buf);
