@@ -7,7 +7,8 @@
  *     server loop in a child, K receivers spread over 2 child processes, chainsync's
  *     backpressure rule, one shared buffer of 1,024 events per write;
  *   - the peer, Redis replication of the same N writes to R replicas (bench/peer_redis.h),
- *     installed with apt-get when missing and we are root (not under --quick).
+ *     timed until every replica has applied up to the master's offset; installed with apt-get
+ *     when missing and we are root (not under --quick).
  *
  * Usage: bench/ceilings [--events N] [--branches K] [--replicas R] [--bytes B] [--reps M]
  *                       [--quick]

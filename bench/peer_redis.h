@@ -13,26 +13,28 @@
  * otherwise: the caller then prints the peer as unavailable.
  *
  * cs_peer_redis: in a fresh temporary directory, starts a real redis-server master on 127.0.0.1
- * (a free port; --save "" --appendonly no --daemonize no; initial sync through a (tiny) RDB file,
- * because after a diskless one a master streams nothing to a replica until its first
- * once-a-second REPLCONF ACK; no * output-buffer limit on replicas, so that a replica falling
- * behind is not dropped) and R replicas
- * (--replicaof 127.0.0.1 PORT), all children of this process, and waits until the master's INFO
+ * (a free port; --save "" --appendonly no --daemonize no; no output-buffer limit on replicas, so
+ * that a replica falling behind is not dropped) and R replicas (--replicaof 127.0.0.1 PORT), all
+ * children of this process. The initial sync goes through a (tiny) RDB file: after a diskless
+ * one, Redis 7 streams nothing to a replica until that replica's first once-a-second REPLCONF
+ * ACK, which showed here as runs up to a second late. It waits until the master's INFO
  * replication says connected_slaves:R with every slave online and every replica's says
- * master_link_status:up. Then, on one plain TCP socket speaking RESP (no hiredis), it writes N
- * pipelined `SET key value` (distinct 12-byte keys, values of value_bytes; the whole stream is
- * built before timing), reading the replies as they come. Once the master has answered all N,
- * its master_repl_offset is read (INFO replication) and every replica's own INFO replication is
+ * master_link_status:up, then makes one untimed warm-up SET and waits until every replica has
+ * applied it (the stream is known to flow to each).
+ *
+ * The timed part: on one plain TCP socket speaking RESP (no hiredis), N pipelined
+ * `SET key value` (distinct 12-byte keys, values of value_bytes; the stream is built before
+ * timing), the replies read as they come. Once the master has answered all N, its
+ * master_repl_offset is read (INFO replication) and every replica's own INFO replication is
  * polled (one connection each) until its slave_repl_offset, what it has applied, reaches that
  * offset. The time runs from the first byte written to the moment the last replica is seen
- * there. Two mechanisms were rejected as too coarse for a run of about a second: the slaves'
- * offset= on the master's INFO moves only with the replicas' once-a-second REPLCONF ACK, and
- * WAIT R 0 was seen here returning up to a second late in one run of three. Untimed checks
- * afterwards: the master's INFO shows every slave's offset= equal to its master_repl_offset
- * (after their next ACK), and every replica has N keys (DBSIZE; N + 1 with the warm-up key: one
- * SET, untimed, that every replica must have applied before the timed writes start, so that the
- * stream is known to flow to each). Every redis process is stopped by
- * pid (SIGTERM, SIGKILL after 5 s) and the directory removed, whatever happened.
+ * there. (The slaves' offset= on the master's INFO moves only with the replicas'
+ * once-a-second ACK: too coarse for a run of about a second; it is checked afterwards instead.)
+ *
+ * Untimed checks afterwards: the master's INFO shows every slave's offset= equal to its
+ * master_repl_offset (after their next ACK), and every replica holds N + 1 keys (DBSIZE, the
+ * warm-up key included). Every redis process is stopped by pid (SIGTERM, SIGKILL after 5 s) and
+ * the directory removed, whatever happened.
  *
  * Returns false on any failure (reported on stderr).
  */
