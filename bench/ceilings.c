@@ -7,11 +7,14 @@
  *     server loop in a child, K receivers spread over 2 child processes, chainsync's
  *     backpressure rule, one shared buffer of 1,024 events per write;
  *   - the peer, Redis replication of the same N writes to R replicas (bench/peer_redis.h),
- *     installed with apt-get when missing and we are root (not under --quick).
+ *     timed until every replica has applied up to the master's offset; installed with apt-get
+ *     when missing and we are root (not under --quick).
  *
- * Usage: bench/ceilings [--events N] [--branches K] [--replicas R] [--bytes B] [--quick]
- *   defaults N = 100,000, K = 100, R = 16, B = 200; --quick: N = 2,000, K = 4, R = 2 (the ctest
- *   smoke test: figures not meaningful; Redis is used only if already installed).
+ * Usage: bench/ceilings [--events N] [--branches K] [--replicas R] [--bytes B] [--reps M]
+ *                       [--quick]
+ *   defaults N = 100,000, K = 100, R = 16, B = 200, each part run M = 3 times and the median
+ *   printed (the machine is shared: single runs are noisy); --quick: N = 2,000, K = 4, R = 2,
+ *   M = 1 (the ctest smoke test: figures not meaningful; Redis used only if already installed).
  * SPEC 8 reference, 2-core machine: raw libuv fan-out of 100,000 x 200 B to 1,000 sockets about
  * 15-19 M events/s aggregate; Redis 7 to 16 replicas about 1.2 M events/s aggregate.
  * Exit status: 0 when every part ran (an unavailable peer is not a failure), 1 on an error,
@@ -26,11 +29,12 @@
 #include <inttypes.h>
 
 #define EVENTS_MAX 100000000ull
+#define REPS_MAX 9u
 #define BYTES_MAX (64u * 1024u)
 
 typedef struct args {
     uint64_t n;
-    unsigned k, r;
+    unsigned k, r, reps;
     size_t b;
     bool quick;
 } args;
@@ -38,13 +42,15 @@ typedef struct args {
 static int usage(const char *argv0, int status)
 {
     fprintf(status ? stderr : stdout,
-            "usage: %s [--events N] [--branches K] [--replicas R] [--bytes B] [--quick]\n"
+            "usage: %s [--events N] [--branches K] [--replicas R] [--bytes B] [--reps M] "
+            "[--quick]\n"
             "  --events N    events per branch / writes to Redis (default 100000)\n"
             "  --branches K  sockets of the fan-out ceiling, 1..%u (default 100)\n"
             "  --replicas R  Redis replicas, 1..%u (default 16)\n"
             "  --bytes B     bytes per event (default 200)\n"
+            "  --reps M      runs of each part, the median printed, 1..%u (default 3)\n"
             "  --quick       N=2000 K=4 R=2, no installing (ctest smoke; figures not meaningful)\n",
-            argv0, CS_CEIL_FANOUT_K_MAX, CS_PEER_REDIS_REPLICAS_MAX);
+            argv0, CS_CEIL_FANOUT_K_MAX, CS_PEER_REDIS_REPLICAS_MAX, REPS_MAX);
     return status;
 }
 
@@ -61,16 +67,14 @@ static bool parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
 
 static int parse_args(int argc, char **argv, args *a)
 {
-    static const struct option opts[] = {{"events", required_argument, NULL, 'n'},
-                                         {"branches", required_argument, NULL, 'k'},
-                                         {"replicas", required_argument, NULL, 'r'},
-                                         {"bytes", required_argument, NULL, 'b'},
-                                         {"quick", no_argument, NULL, 'q'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    uint64_t n = 0, k = 0, r = 0, b = 0;
+    static const struct option opts[] = {
+        {"events", required_argument, NULL, 'n'},   {"branches", required_argument, NULL, 'k'},
+        {"replicas", required_argument, NULL, 'r'}, {"bytes", required_argument, NULL, 'b'},
+        {"reps", required_argument, NULL, 'm'},     {"quick", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+    uint64_t n = 0, k = 0, r = 0, b = 0, m = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "n:k:r:b:qh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "n:k:r:b:m:qh", opts, NULL)) != -1) {
         bool ok = true;
         switch (c) {
         case 'n':
@@ -84,6 +88,9 @@ static int parse_args(int argc, char **argv, args *a)
             break;
         case 'b':
             ok = parse_u64(optarg, 1, BYTES_MAX, &b);
+            break;
+        case 'm':
+            ok = parse_u64(optarg, 1, REPS_MAX, &m);
             break;
         case 'q':
             a->quick = true;
@@ -102,12 +109,36 @@ static int parse_args(int argc, char **argv, args *a)
     a->k = k ? (unsigned)k : a->quick ? 4 : 100;
     a->r = r ? (unsigned)r : a->quick ? 2 : CS_PEER_REDIS_REPLICAS;
     a->b = b ? (size_t)b : 200;
+    a->reps = m ? (unsigned)m : a->quick ? 1 : 3;
     return 0;
 }
 
-static void print_row(const char *what, const char *setting, double eps, double mbps, double secs)
+/* Events/s of up to REPS_MAX runs of one part: the median is printed, with the spread. */
+typedef struct runs {
+    double eps[REPS_MAX];
+    unsigned n;
+} runs;
+
+static int by_value(const void *x, const void *y)
 {
-    printf("%-34s %-30s %14.0f %9.1f %8.3f\n", what, setting, eps, mbps, secs);
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+static double median(runs *r)
+{
+    qsort(r->eps, r->n, sizeof(r->eps[0]), by_value);
+    return r->eps[r->n / 2];
+}
+
+static void print_row(const char *what, const char *setting, runs *r, size_t bytes_per_event,
+                      uint64_t events)
+{
+    double eps = median(r);
+    char spread[48];
+    snprintf(spread, sizeof(spread), "%.2f-%.2f", r->eps[0] / 1e6, r->eps[r->n - 1] / 1e6);
+    printf("%-34s %-28s %12.0f %8.1f %7.3f  %s\n", what, setting, eps,
+           eps * (double)bytes_per_event / 1e6, (double)events / eps, spread);
     fflush(stdout);
 }
 
@@ -131,7 +162,11 @@ int main(int argc, char **argv)
     printf("  events/s: LMDB puts/s of one writer; fan-out and Redis: aggregate (K*N or R*N over "
            "the wall\n"
            "  time); MB/s = 10^6 value bytes per second the same way\n\n");
-    printf("%-34s %-30s %14s %9s %8s\n", "ceiling / peer", "setting", "events/s", "MB/s", "secs");
+    printf("  each part run %u time(s): the median printed, and the min-max of events/s in "
+           "millions\n\n",
+           a.reps);
+    printf("%-34s %-28s %12s %8s %7s  %s\n", "ceiling / peer", "setting", "events/s", "MB/s",
+           "secs", "M ev/s runs");
 
     static const struct {
         unsigned batch;
@@ -139,24 +174,31 @@ int main(int argc, char **argv)
     } lmdb_rows[] = {{1000, true}, {10000, true}, {10000, false}};
     for (unsigned i = 0; i < sizeof(lmdb_rows) / sizeof(lmdb_rows[0]); i++) {
         char dir[128], what[64], setting[64];
-        snprintf(dir, sizeof(dir), "%s/lmdb-%u", base, i);
-        double rate = cs_ceil_lmdb_puts(dir, a.n, a.b, lmdb_rows[i].batch, lmdb_rows[i].durable);
-        if (rate < 0)
-            goto done;
+        runs r = {.n = a.reps};
+        for (unsigned j = 0; j < a.reps; j++) {
+            snprintf(dir, sizeof(dir), "%s/lmdb-%u-%u", base, i, j);
+            r.eps[j] = cs_ceil_lmdb_puts(dir, a.n, a.b, lmdb_rows[i].batch, lmdb_rows[i].durable);
+            if (r.eps[j] < 0)
+                goto done;
+        }
         snprintf(what, sizeof(what), "raw LMDB MDB_APPEND, %s",
                  lmdb_rows[i].durable ? "durable" : "no-sync");
         snprintf(setting, sizeof(setting), "batch %u", lmdb_rows[i].batch);
-        print_row(what, setting, rate, rate * (double)a.b / 1e6, (double)a.n / rate);
+        print_row(what, setting, &r, a.b, a.n);
     }
 
     cs_ceil_fanout_opts fo = {.k = a.k, .n = a.n, .event_bytes = a.b};
-    cs_ceil_fanout_result fr;
-    if (!cs_ceil_fanout(&fo, &fr))
-        goto done;
+    runs fr = {.n = a.reps};
+    for (unsigned j = 0; j < a.reps; j++) {
+        cs_ceil_fanout_result res;
+        if (!cs_ceil_fanout(&fo, &res))
+            goto done;
+        fr.eps[j] = res.events_per_s;
+    }
     char setting[64];
     snprintf(setting, sizeof(setting), "%u sockets, %u recv procs", a.k,
              a.k < CS_CEIL_FANOUT_PROCS ? a.k : CS_CEIL_FANOUT_PROCS);
-    print_row("raw libuv fan-out (aggregate)", setting, fr.events_per_s, fr.mb_per_s, fr.secs);
+    print_row("raw libuv fan-out (aggregate)", setting, &fr, a.b, (uint64_t)a.k * a.n);
 
     char why[128];
     if (!cs_peer_redis_ensure(!a.quick, why, sizeof(why))) {
@@ -164,15 +206,19 @@ int main(int argc, char **argv)
     } else {
         cs_peer_redis_opts po = {.replicas = a.r, .n = a.n, .value_bytes = a.b};
         cs_peer_redis_result pr;
-        if (!cs_peer_redis(&po, &pr))
-            goto done;
+        runs rr = {.n = a.reps};
+        for (unsigned j = 0; j < a.reps; j++) {
+            if (!cs_peer_redis(&po, &pr))
+                goto done;
+            rr.eps[j] = pr.events_per_s;
+        }
         char what[96];
         snprintf(what, sizeof(what), "peer: Redis %s (aggregate)", pr.version);
-        snprintf(setting, sizeof(setting), "%u replicas, WAIT %u", a.r, a.r);
-        print_row(what, setting, pr.events_per_s, pr.events_per_s * (double)a.b / 1e6, pr.secs);
-        printf("  Redis: %.0f writes/s to the master; %" PRIu64 " RESP bytes written, "
-               "replication offset %" PRIu64 "\n",
-               pr.writes_per_s, pr.stream_bytes, pr.repl_offset);
+        snprintf(setting, sizeof(setting), "%u replicas", a.r);
+        print_row(what, setting, &rr, a.b, (uint64_t)a.r * a.n);
+        printf("  Redis, last run: master answered all writes after %.3f s, replicas at its offset "
+               "after\n  %.3f s; %" PRIu64 " RESP bytes written, replication offset %" PRIu64 "\n",
+               pr.master_secs, pr.secs, pr.stream_bytes, pr.repl_offset);
     }
     ret = 0;
 done:

@@ -13,20 +13,28 @@
  * otherwise: the caller then prints the peer as unavailable.
  *
  * cs_peer_redis: in a fresh temporary directory, starts a real redis-server master on 127.0.0.1
- * (a free port; --save "" --appendonly no --daemonize no; diskless initial sync with no delay; no
- * output-buffer limit on replicas, so that a replica falling behind is not dropped) and R replicas
- * (--replicaof 127.0.0.1 PORT), all children of this process, and waits until the master's INFO
+ * (a free port; --save "" --appendonly no --daemonize no; no output-buffer limit on replicas, so
+ * that a replica falling behind is not dropped) and R replicas (--replicaof 127.0.0.1 PORT), all
+ * children of this process. The initial sync goes through a (tiny) RDB file: after a diskless
+ * one, Redis 7 streams nothing to a replica until that replica's first once-a-second REPLCONF
+ * ACK, which showed here as runs up to a second late. It waits until the master's INFO
  * replication says connected_slaves:R with every slave online and every replica's says
- * master_link_status:up. Then, on one plain TCP socket speaking RESP (no hiredis), it writes N
- * pipelined `SET key value` (distinct 12-byte keys, values of value_bytes; the whole stream is
- * built before timing) followed by `WAIT R 0`, reading the replies as they come. The time runs
- * from the first byte written to the WAIT reply: WAIT returns once all R replicas have
- * acknowledged the master's offset after the last SET, i.e. once every replica's offset equals
- * the master's. (Polling the master's INFO for the slaves' offsets instead would only see the
- * replicas' once-a-second REPLCONF ACK, too coarse for a run of about a second.) Untimed checks
- * afterwards: the master's INFO shows every slave's offset= equal to its master_repl_offset, and
- * every replica has N keys (DBSIZE). Every redis process is stopped by pid (SIGTERM, SIGKILL after
- * 5 s) and the directory removed, whatever happened.
+ * master_link_status:up, then makes one untimed warm-up SET and waits until every replica has
+ * applied it (the stream is known to flow to each).
+ *
+ * The timed part: on one plain TCP socket speaking RESP (no hiredis), N pipelined
+ * `SET key value` (distinct 12-byte keys, values of value_bytes; the stream is built before
+ * timing), the replies read as they come. Once the master has answered all N, its
+ * master_repl_offset is read (INFO replication) and every replica's own INFO replication is
+ * polled (one connection each) until its slave_repl_offset, what it has applied, reaches that
+ * offset. The time runs from the first byte written to the moment the last replica is seen
+ * there. (The slaves' offset= on the master's INFO moves only with the replicas'
+ * once-a-second ACK: too coarse for a run of about a second; it is checked afterwards instead.)
+ *
+ * Untimed checks afterwards: the master's INFO shows every slave's offset= equal to its
+ * master_repl_offset (after their next ACK), and every replica holds N + 1 keys (DBSIZE, the
+ * warm-up key included). Every redis process is stopped by pid (SIGTERM, SIGKILL after 5 s) and
+ * the directory removed, whatever happened.
  *
  * Returns false on any failure (reported on stderr).
  */
@@ -65,6 +73,7 @@ typedef struct cs_peer_redis_result {
     double secs;           /* first byte written to every replica at the master's offset */
     double events_per_s;   /* aggregate: n * replicas / secs */
     double writes_per_s;   /* n / secs */
+    double master_secs;    /* first byte written to the master's last +OK */
     uint64_t stream_bytes; /* RESP bytes written to the master */
     uint64_t repl_offset;  /* the master's replication offset at the end */
     char version[64];      /* "7.0.15", from redis-server --version */
@@ -280,9 +289,7 @@ static inline pid_t cs__rd_spawn(const char *root, unsigned idx, int port, int m
                             "--protected-mode",
                             "no",
                             "--repl-diskless-sync",
-                            "yes",
-                            "--repl-diskless-sync-delay",
-                            "0",
+                            "no",
                             "--client-output-buffer-limit",
                             "replica 0 0 0",
                             NULL};
@@ -370,16 +377,14 @@ static inline bool cs__rd_wait_up(int mfd, const int *rfd, unsigned r, double de
     return false;
 }
 
-/* Writes the stream to the master while reading its replies: n +OK then the WAIT's integer
- * (at least r). Returns the second at which the WAIT reply arrived, or -1. */
-static inline double cs__rd_pump(int fd, const char *stream, size_t len, uint64_t n, unsigned r,
+/* Writes the stream to the master while reading its replies, until all n +OK have come.
+ * Returns the second at which the last one arrived, or -1. */
+static inline double cs__rd_pump(int fd, const char *stream, size_t len, uint64_t n,
                                  double deadline)
 {
     size_t off = 0;
     uint64_t lines = 0;
     bool line_start = true, err = false;
-    char first = 0, tail[32];
-    size_t tail_len = 0;
     static char rbuf[65536];
     while (cs_bench_now_s() < deadline) {
         struct pollfd pf = {.fd = fd, .events = POLLIN | (off < len ? POLLOUT : 0)};
@@ -400,34 +405,78 @@ static inline double cs__rd_pump(int fd, const char *stream, size_t len, uint64_
             if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR))
                 return -1;
             for (ssize_t i = 0; i < got; i++) {
-                if (line_start) {
-                    first = rbuf[i], line_start = false, tail_len = 0;
-                    err |= first == '-';
+                if (line_start)
+                    err |= rbuf[i] != '+', line_start = false;
+                if (rbuf[i] != '\n')
+                    continue;
+                line_start = true;
+                if (++lines < n)
+                    continue;
+                if (err) {
+                    fprintf(stderr, "peer_redis: the master refused a write\n");
+                    return -1;
                 }
-                if (lines == n && tail_len < sizeof(tail) - 1)
-                    tail[tail_len++] = rbuf[i];
-                if (rbuf[i] == '\n') {
-                    line_start = true;
-                    if (++lines == n + 1) {
-                        double t = cs_bench_now_s();
-                        tail[tail_len] = '\0';
-                        if (err || first != ':' || strtoul(tail + 1, NULL, 10) < r) {
-                            fprintf(stderr, "peer_redis: a write failed or WAIT said %s", tail);
-                            return -1;
-                        }
-                        return t;
-                    }
-                }
+                return cs_bench_now_s();
             }
         }
     }
     fprintf(stderr, "peer_redis: timed out (%llu of %llu replies)\n", (unsigned long long)lines,
-            (unsigned long long)n + 1);
+            (unsigned long long)n);
     return -1;
 }
 
-/* The N SETs and the WAIT, as one RESP stream (malloc'd). */
-static inline char *cs__rd_stream(uint64_t n, size_t value_bytes, unsigned r, size_t *len)
+/* Polls every replica's own INFO replication until its slave_repl_offset (what it has applied)
+ * reaches the master's master_repl_offset, read once the master has answered every write.
+ * Returns the second at which the last replica was seen there, or -1. */
+static inline double cs__rd_caught_up(int mfd, const int *rfd, unsigned r, double deadline)
+{
+    const char *args[] = {"INFO", "replication"};
+    char *info = cs__rd_call(mfd, 2, args);
+    int64_t target = info ? cs__rd_field(info, "master_repl_offset:") : -1;
+    free(info);
+    if (target < 0) {
+        fprintf(stderr, "peer_redis: no master_repl_offset from the master\n");
+        return -1;
+    }
+    bool at[CS_PEER_REDIS_REPLICAS_MAX] = {false};
+    unsigned left = r;
+    while (cs_bench_now_s() < deadline) {
+        for (unsigned i = 0; i < r; i++) {
+            if (at[i])
+                continue;
+            info = cs__rd_call(rfd[i], 2, args);
+            int64_t off = info ? cs__rd_field(info, "slave_repl_offset:") : -2;
+            free(info);
+            if (off == -2) {
+                fprintf(stderr, "peer_redis: replica %u does not answer\n", i);
+                return -1;
+            }
+            if (off >= target)
+                at[i] = true, left--;
+        }
+        if (left == 0)
+            return cs_bench_now_s();
+    }
+    fprintf(stderr, "peer_redis: timed out, %u replicas behind\n", left);
+    return -1;
+}
+
+/* Untimed: one SET that every replica must apply before the timed writes (the stream flows). */
+static inline bool cs__rd_warm_up(int mfd, const int *rfd, unsigned r, double deadline)
+{
+    const char *args[] = {"SET", "warm-up", "1"};
+    char *reply = cs__rd_call(mfd, 3, args);
+    bool ok = reply && strcmp(reply, "+OK") == 0;
+    free(reply);
+    if (!ok || cs__rd_caught_up(mfd, rfd, r, deadline) < 0) {
+        fprintf(stderr, "peer_redis: the warm-up write did not reach every replica\n");
+        return false;
+    }
+    return true;
+}
+
+/* The N SETs as one RESP stream (malloc'd). */
+static inline char *cs__rd_stream(uint64_t n, size_t value_bytes, size_t *len)
 {
     size_t per = 64 + 24 + value_bytes; /* keys are 12 bytes below 10^10 writes */
     char *s = malloc(per * n + 128), *value = malloc(value_bytes + 1);
@@ -446,11 +495,6 @@ static inline char *cs__rd_stream(uint64_t n, size_t value_bytes, unsigned r, si
         size_t lens[3] = {3, (size_t)klen, value_bytes};
         off += cs__rd_put_cmd(s + off, 3, argv, lens);
     }
-    char rs[16];
-    snprintf(rs, sizeof(rs), "%u", r);
-    const char *argv[3] = {"WAIT", rs, "0"};
-    size_t lens[3] = {4, strlen(rs), 1};
-    off += cs__rd_put_cmd(s + off, 3, argv, lens);
     free(value);
     *len = off;
     return s;
@@ -495,7 +539,7 @@ static inline bool cs__rd_verify(int mfd, const int *rfd, unsigned r, uint64_t n
         const char *info_args[] = {"INFO", "replication"}, *size_args[] = {"DBSIZE"};
         char *info = cs__rd_call(rfd[i], 2, info_args);
         char *size = cs__rd_call(rfd[i], 1, size_args);
-        bool ok = info && size && size[0] == ':' && strtoull(size + 1, NULL, 10) == n &&
+        bool ok = info && size && size[0] == ':' && strtoull(size + 1, NULL, 10) == n + 1 &&
                   cs__rd_field(info, "slave_repl_offset:") >= (int64_t)*off;
         free(info);
         free(size);
@@ -550,9 +594,9 @@ static inline bool cs_peer_redis(const cs_peer_redis_opts *o, cs_peer_redis_resu
             fprintf(stderr, "peer_redis: cannot reach replica %u\n", i);
             goto done;
         }
-    if (!cs__rd_wait_up(mfd, rfd, r, up_deadline))
+    if (!cs__rd_wait_up(mfd, rfd, r, up_deadline) || !cs__rd_warm_up(mfd, rfd, r, up_deadline))
         goto done;
-    if (!(stream = cs__rd_stream(o->n, o->value_bytes, r, &len))) {
+    if (!(stream = cs__rd_stream(o->n, o->value_bytes, &len))) {
         fprintf(stderr, "peer_redis: out of memory for the stream\n");
         goto done;
     }
@@ -561,10 +605,12 @@ static inline bool cs_peer_redis(const cs_peer_redis_opts *o, cs_peer_redis_resu
         goto done;
     }
     double t0 = cs_bench_now_s();
-    double t1 = cs__rd_pump(wfd, stream, len, o->n, r,
-                            t0 + (o->timeout_s ? o->timeout_s : CS_PEER_REDIS_TIMEOUT_S));
+    double deadline = t0 + (o->timeout_s ? o->timeout_s : CS_PEER_REDIS_TIMEOUT_S);
+    double t_acked = cs__rd_pump(wfd, stream, len, o->n, deadline);
+    double t1 = t_acked < 0 ? -1 : cs__rd_caught_up(mfd, rfd, r, deadline);
     if (t1 < 0 || !cs__rd_verify(mfd, rfd, r, o->n, &out->repl_offset))
         goto done;
+    out->master_secs = t_acked - t0;
     double secs = t1 - t0 > 1e-9 ? t1 - t0 : 1e-9;
     out->secs = secs;
     out->events_per_s = (double)o->n * r / secs;
