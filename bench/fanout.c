@@ -796,6 +796,12 @@ int main(int argc, char **argv)
             .k = k, .n = n, .event_bytes = (size_t)b.event_bytes, .procs = o.procs};
         cs_ceil_fanout_result fr = {0};
         bool have_fan = cs_ceil_fanout(&fo, &fr);
+        if (json && have_fan)
+            fprintf(json, "{\"k\":%u,\"mode\":\"raw-fanout\",\"events_per_s\":%.0f}\n", k,
+                    fr.events_per_s);
+        if (json && have_redis)
+            fprintf(json, "{\"k\":%u,\"mode\":\"redis-16\",\"events_per_s\":%.0f}\n", k,
+                    redis.events_per_s);
         row r1 = catch_up(&b, k, true);
         print_row(&r1, json);
         r1.agg_eps = r1.ok ? r1.agg_eps : 0;
