@@ -165,6 +165,9 @@ static cs_err check_start(cs_branch *b, const cs_segment_view *v)
 
 static cs_err apply_record(cs_branch *b, cs_log_txn *txn, const cs_log_record *rec)
 {
+    /* One event at a time, in order: segment_fn skips what the cursor covers and
+     * cs_segment_next yields consecutive sequences from a first <= cursor + 1 (check_start). */
+    cs_assert(rec->seq == b->st.cursor + 1);
     cs_event_view ev;
     if (cs_event_decode(b->dec, rec->event, rec->event_len, &ev) != CS_OK || ev.seq != rec->seq)
         return cs__branch_fail(b, CS_CORRUPT, "event %llu does not decode",
@@ -172,7 +175,23 @@ static cs_err apply_record(cs_branch *b, cs_log_txn *txn, const cs_log_record *r
     cs_err err = cs__branch_apply_event(b, txn, &ev);
     b->st.cursor = rec->seq;
     b->st.chain = rec->chain;
+    cs_assert(err != CS_OK || cs__bstate_invariants_hold(&b->st));
     return err;
+}
+
+/* What a segment that verified to its end did to the state: the cursor never moved back, and
+ * when it applied anything the cursor is the segment's last event, the chain that event's, and
+ * every event after the old cursor was applied once. */
+static bool segment_applied(const seg_ctx *c, const cs_segment_view *end, uint64_t cursor_before)
+{
+    const cs__bstate *st = &c->b->st;
+    uint64_t last = c->view.last;
+    if (st->cursor < cursor_before || end->next_seq != last + 1)
+        return false;
+    if (last <= cursor_before)
+        return c->applied == 0 && st->cursor == cursor_before;
+    return c->applied == last - cursor_before && st->cursor == last &&
+           st->chain == end->prev_chain && cs__bstate_invariants_hold(st);
 }
 
 static cs_err segment_fn(cs_log_txn *txn, void *ctx)
@@ -188,6 +207,9 @@ static cs_err segment_fn(cs_log_txn *txn, void *ctx)
         err = check_start(b, &v);
     if (err != CS_OK)
         return err;
+    cs_assert(b->st.shop != 0); /* check_start */
+    cs_assert(v.first <= b->st.cursor + 1);
+    uint64_t cursor_before = b->st.cursor;
     if (v.first == b->st.cursor + 1 && b->st.cursor > 0) {
         v.prev_chain = b->st.chain; /* the segment must continue the chain we hold */
         v.prev_chain_known = true;
@@ -212,6 +234,7 @@ static cs_err segment_fn(cs_log_txn *txn, void *ctx)
         return cs__branch_fail(b, CS_CORRUPT, "segment %llu-%llu: event %llu does not verify",
                                (unsigned long long)c->view.first, (unsigned long long)c->view.last,
                                (unsigned long long)v.next_seq);
+    cs_assert(segment_applied(c, &v, cursor_before));
     return c->applied ? cs__state_save(b, txn, &b->st) : CS_OK;
 }
 
