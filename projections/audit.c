@@ -202,24 +202,63 @@ static void digest_record(XXH3_state_t *st, const MDB_val *k, const MDB_val *v)
     cs_digest_kv(st, k, v);
 }
 
+typedef struct digest_ctx {
+    XXH3_state_t *st;
+    uint64_t records;
+} digest_ctx;
+
 static cs_err digest_fn(uint8_t tag, const MDB_val *k, const MDB_val *v, void *ctx)
 {
     (void)tag;
-    digest_record(ctx, k, v);
+    digest_ctx *d = ctx;
+    digest_record(d->st, k, v);
+    d->records++;
     return CS_OK;
+}
+
+/* The digest and the number of the records checkpoint seq stores. */
+static cs_err ckpt_content(MDB_txn *txn, MDB_dbi ckpt, uint64_t seq, uint64_t *digest,
+                           uint64_t *records)
+{
+    digest_ctx d = {.st = XXH3_createState()};
+    if (!d.st)
+        return CS_NO_MEMORY;
+    XXH3_64bits_reset(d.st);
+    cs_err err = ckpt_walk(txn, ckpt, seq, -1, digest_fn, &d);
+    if (err == CS_OK) {
+        *digest = XXH3_64bits_digest(d.st);
+        *records = d.records;
+    }
+    XXH3_freeState(d.st);
+    return err;
 }
 
 cs_err cs__ckpt_content_digest(MDB_txn *txn, MDB_dbi ckpt, uint64_t seq, uint64_t *out)
 {
-    XXH3_state_t *st = XXH3_createState();
-    if (!st)
-        return CS_NO_MEMORY;
-    XXH3_64bits_reset(st);
-    cs_err err = ckpt_walk(txn, ckpt, seq, -1, digest_fn, st);
-    if (err == CS_OK)
-        *out = XXH3_64bits_digest(st);
-    XXH3_freeState(st);
-    return err;
+    uint64_t records;
+    return ckpt_content(txn, ckpt, seq, out, &records);
+}
+
+/* What holds of any header this file builds (invariant 1 of audit_int.h, the part a header can
+ * say about itself): it follows an event, and a state with no records has the digest of
+ * nothing. The rest (chain, digest against the content, the multiple of `every`) is checked
+ * where the header is written. */
+static bool ckpt_header_invariants_hold(const cs__ckpt_header *h)
+{
+    return h->seq > 0 && (h->records != 0 || h->digest == XXH3_64bits("", 0));
+}
+
+/* Invariant 1, read back inside the transaction that wrote checkpoint h->seq: the header is
+ * the one written and the records under it are exactly the state it describes. */
+static bool ckpt_written(MDB_txn *txn, MDB_dbi ckpt, const cs__ckpt_header *h)
+{
+    cs__ckpt_header back;
+    uint64_t digest, records;
+    if (cs__ckpt_header_get(txn, ckpt, h->seq, &back) != CS_OK ||
+        ckpt_content(txn, ckpt, h->seq, &digest, &records) != CS_OK)
+        return false;
+    return back.chain == h->chain && back.digest == h->digest && back.time_ms == h->time_ms &&
+           back.records == h->records && digest == h->digest && records == h->records;
 }
 
 /* ---- writing a checkpoint ----------------------------------------------------------------- */
@@ -264,7 +303,7 @@ static cs_err ckpt_copy_db(cs_log_txn *txn, MDB_dbi ckpt, MDB_txn *src, MDB_dbi 
 static cs_err ckpt_write_fn(cs_log_txn *txn, void *ctx)
 {
     ckpt_write_ctx *c = ctx;
-    cs_assert(c->h.seq > 0);
+    cs_assert(ckpt_header_invariants_hold(&c->h));
     uint8_t kb[9], hb[CS__CKPT_HEADER_BYTES];
     put_u64(kb, c->h.seq);
     kb[8] = CS__CKPT_TAG_HEADER;
@@ -289,6 +328,7 @@ static cs_err ckpt_write_fn(cs_log_txn *txn, void *ctx)
     }
     if (err == CS_OK)
         err = cs__audit_meta_put(txn, c->a->meta, "ckpt_last", c->h.seq);
+    cs_assert(err != CS_OK || ckpt_written(cs_log_txn_mdb(txn), c->a->ckpt, &c->h));
     return err;
 }
 
@@ -474,9 +514,17 @@ static cs_err ckpt_settle(cs_audit *a, uint64_t every_req, bool rebuild, uint64_
     if (err != CS_OK)
         return err;
     uint64_t want = every_req ? every_req : (*every ? *every : CS_AUDIT_EVERY_DEFAULT);
+    /* Read from disk: invariant 2 (checkpoints at multiples of `every`) is checked, not
+     * assumed, since ckpt_build relies on it. */
+    bool inconsistent = *every > CS_AUDIT_EVERY_MAX || (*every == 0 ? *last != 0 : *last % *every);
+    if (!rebuild && want == *every && inconsistent)
+        return cs__audit_fail(a, CS_CORRUPT,
+                              "the audit's checkpoint records are inconsistent (last %llu, every "
+                              "%llu): `chainsync audit checkpoint --rebuild` rebuilds them",
+                              (unsigned long long)*last, (unsigned long long)*every);
     if (!rebuild && want == *every)
         return CS_OK;
-    reset_ctx c = {.a = a, .every = want, .drop = rebuild || *every != 0};
+    reset_ctx c = {.a = a, .every = want, .drop = rebuild || *every != 0 || *last != 0};
     err = cs_log_write(a->log, reset_fn, &c);
     if (err != CS_OK)
         return cs__audit_fail(a, err, "cannot reset the checkpoints: %s", cs_log_errmsg(a->log));
@@ -491,7 +539,9 @@ static cs_err ckpt_settle(cs_audit *a, uint64_t every_req, bool rebuild, uint64_
 static cs_err ckpt_build(cs_audit *a, uint64_t every, uint64_t last, uint64_t head, uint64_t *built)
 {
     cs_assert(every > 0);
-    cs_assert(last % every == 0); /* invariant 2: a new interval drops every checkpoint */
+    cs_assert(every <= CS_AUDIT_EVERY_MAX);
+    cs_assert(last % every == 0); /* invariant 2: ckpt_settle checked it or dropped them all */
+    cs_assert(head - last >= every);
     cs_audit_state *s = NULL;
     cs_err err = cs__audit_scratch(a, 0, &s);
     if (err == CS_OK && last > 0)
@@ -509,6 +559,7 @@ static cs_err ckpt_build(cs_audit *a, uint64_t every, uint64_t last, uint64_t he
         cs_log_reader_close(r);
         if (err == CS_OK)
             err = cs__audit_log_point(a, target, &h2, &chain, &time_ms);
+        cs_assert(err != CS_OK || target % every == 0); /* invariant 2 */
         if (err == CS_OK)
             err = ckpt_store(a, s, target, chain, time_ms);
         if (err == CS_OK)
