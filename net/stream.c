@@ -164,10 +164,15 @@ void cs__conn_close(cs__conn *c, cs_err code, const char *message, bool now)
 
 /* ---- streaming --------------------------------------------------------------------------- */
 
+/* Invariants 1 (in part: nothing queued past the head), 2 and 3, and what START and the pause
+ * set up: the caught-up point is a position of the log, and a paused connection is over the
+ * low-water mark or has a write that will bring it under (write_done resumes it). */
 static bool conn_stream_invariants_hold(const cs__conn *c)
 {
     return c->state == CS__C_STREAMING && c->acked < c->send_next &&
-           c->queued <= CS_NET_SENDQ_BYTES_HIGH + CS_NET_FRAME_BYTES_MAX;
+           c->send_next <= c->srv->head + 1 && c->caught_up_seq <= c->srv->head &&
+           c->queued <= CS_NET_SENDQ_BYTES_HIGH + CS_NET_FRAME_BYTES_MAX &&
+           (c->paused_ms == 0 || c->queued > 0);
 }
 
 static void send_caught_up(cs__conn *c)
