@@ -1,7 +1,9 @@
 /*
- * branch.c: the branch handle: opening its directory, binding it to a network (R10), and
- * loading and saving its projection state. The state is small (a dozen numbers and the synced
- * set) and kept as compact JSON with sorted keys so equal states have equal bytes.
+ * branch.c: the branch handle: opening its directory, binding it to a network (R10), writing
+ * item records for apply.c and syncpoint.c (cs__rec_put), and loading and saving its projection
+ * state. The state is small (five numbers, four flags and the synced set) and kept as compact
+ * JSON with sorted keys so equal states have equal bytes; its invariants are listed with
+ * cs__bstate in projection_int.h and checked here on every load and save.
  */
 #include "projections/projection_int.h"
 
