@@ -165,14 +165,15 @@ void cs__conn_close(cs__conn *c, cs_err code, const char *message, bool now)
 /* ---- streaming --------------------------------------------------------------------------- */
 
 /* Invariants 1 (in part: nothing queued past the head), 2 and 3, and what START and the pause
- * set up: the caught-up point is a position of the log, and a paused connection is over the
- * low-water mark or has a write that will bring it under (write_done resumes it). */
+ * set up: the caught-up point is a position of the log, and a paused connection holds at least
+ * the low-water mark in flight, so a write_done still comes to resume it (a paused empty queue
+ * would never be pumped again). */
 static bool conn_stream_invariants_hold(const cs__conn *c)
 {
     return c->state == CS__C_STREAMING && c->acked < c->send_next &&
            c->send_next <= c->srv->head + 1 && c->caught_up_seq <= c->srv->head &&
            c->queued <= CS_NET_SENDQ_BYTES_HIGH + CS_NET_FRAME_BYTES_MAX &&
-           (c->paused_ms == 0 || c->queued > 0);
+           (c->paused_ms == 0 || c->queued >= CS_NET_SENDQ_BYTES_LOW);
 }
 
 static void send_caught_up(cs__conn *c)
