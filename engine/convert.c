@@ -16,6 +16,9 @@
 #define PATH_BYTES 160
 #define FIELDS_MAX 16 /* fields of one type or object in the schema table (schema.c) */
 #define INT_LIST_MAX_ITEMS 64
+/* The allowed values named in an enum's refusal; a longer list is cut (conv_fail's message has
+ * room for about 200 bytes in all). */
+#define ENUM_TEXT_BYTES 160
 
 typedef struct conv {
     msgpack_packer pk;
@@ -40,15 +43,26 @@ static cs_err conv_fail(conv *c, const char *path, const char *fmt, ...)
     return CS_INVALID_INPUT;
 }
 
-/* Appends len bytes of s at out[*at], keeping room for the NUL; a cut path still points. */
-static void path_put(char *out, size_t *at, const char *s, size_t len)
+/* Appends len bytes of s at out[*at] (out holds size bytes and a NUL at *at), cut to keep room
+ * for the NUL. Returns false when s was cut. */
+static bool text_put(char *out, size_t size, size_t *at, const char *s, size_t len)
 {
-    size_t room = PATH_BYTES - 1 - *at;
-    if (len > room)
+    cs_assert(size > 0);
+    cs_assert(*at < size);
+    size_t room = size - 1 - *at;
+    bool whole = len <= room;
+    if (!whole)
         len = room;
     memcpy(out + *at, s, len);
     *at += len;
     out[*at] = '\0';
+    return whole;
+}
+
+/* A cut path still points. */
+static void path_put(char *out, size_t *at, const char *s, size_t len)
+{
+    text_put(out, PATH_BYTES, at, s, len);
 }
 
 /* Paths name a field in messages ("price_table[0].tier"). Built with memcpy, not snprintf: it
@@ -134,12 +148,15 @@ static cs_err pack_enum(conv *c, const cs_field *f, const json_t *v, const char 
                 msgpack_pack_str_with_body(&c->pk, *e, strlen(*e));
                 return CS_OK;
             }
-    char allowed[160] = "";
-    for (const char *const *e = f->enum_values; *e; e++) {
-        strncat(allowed, *e, sizeof(allowed) - strlen(allowed) - 3);
-        if (e[1])
-            strncat(allowed, ", ", sizeof(allowed) - strlen(allowed) - 1);
-    }
+    /* The list is cut to fit a message, never the buffer overrun: a cut list ends in "...". */
+    char allowed[ENUM_TEXT_BYTES] = "";
+    size_t at = 0;
+    bool whole = true;
+    for (const char *const *e = f->enum_values; *e && whole; e++)
+        whole = text_put(allowed, sizeof(allowed), &at, *e, strlen(*e)) &&
+                (!e[1] || text_put(allowed, sizeof(allowed), &at, ", ", 2));
+    if (!whole)
+        memcpy(allowed + sizeof(allowed) - 4, "...", 4);
     return conv_fail(c, path, "expected one of %s", allowed);
 }
 

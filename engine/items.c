@@ -1,5 +1,7 @@
 /*
- * items.c: the item commands of a head office or single store: init, put, del, get, list.
+ * items.c: the item commands of a head office or single store: put, del, put_many (an import),
+ * the id allocation they share, and cs__write_item, the one write path remote.c's shared-record
+ * writes go through too. Reads (get, list) are query.c's; `init` is network.c's.
  *
  * A write runs inside cs_log_write: it reads the current state, refuses with a code and a
  * sentence when a rule or the schema says no (nothing is written then), else emits its event,

@@ -1,6 +1,9 @@
 /*
- * netquery.c: read-only questions about the network: this shop, the list of shops (the
- * Managing shops view) and which WhatsApp number a shop answers with (R12).
+ * netquery.c: questions about the network: this shop, the list of shops (the Managing shops
+ * view), which WhatsApp number a shop answers with (R12), and a branch's outbox as JSON
+ * (through cs__dbi_json_array, which outbox.c uses for `rejected` too). One writer lives here
+ * beside the reader of the same record: cs_engine_set_self, which the projection calls inside
+ * its own transaction when a directory becomes a branch or a single store again.
  */
 #include "engine/engine_int.h"
 

@@ -1,6 +1,7 @@
 /*
  * network.c: the shop and network commands (SPEC R5, R6, R7, R9-R12): init, network create,
- * synced types, mode, WhatsApp, shops (add, switch, password, unlink, WhatsApp), sync points.
+ * synced types, mode, WhatsApp, shops (add, switch, password, unlink, WhatsApp), sync points,
+ * and the check of a shop's password against its stored keys (cs_engine_shop_auth).
  *
  * Every command is a net_cmd: a check of the caller's role and the arguments against the state,
  * then one event. Roles (R11): a single store may run only `init` and `network create`

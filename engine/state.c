@@ -1,9 +1,14 @@
 /*
- * state.c: the engine's state databases and the one transition that changes them, cs__apply.
- * Commands (items.c, network.c) validate, then emit events through cs__emit, which appends
- * them and applies each; replay applies the same events from the log. Because nothing else
- * writes `items` or `network`, the state is a pure function of the log, and
- * cs_engine_replay_digest checks exactly that.
+ * state.c: the records of the engine's state and what every engine file uses to reach them:
+ * the refusal sentence (cs__fail), read snapshots, item records (key, pack, write, read, parse,
+ * JSON; the layout is in engine_int.h), the network's small JSON records ("self", "net",
+ * "shop:" + id) and the caller's role.
+ *
+ * The one transition that changes the state, cs__apply, lives in apply.c: commands (items.c,
+ * network.c) validate, then emit events through cs__emit (apply.c), which appends them and
+ * applies each; replay applies the same events from the log. Because nothing else writes
+ * `items` or `network`, the state is a pure function of the log, and cs_engine_replay_digest
+ * checks exactly that.
  */
 #include "engine/engine_int.h"
 

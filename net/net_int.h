@@ -144,7 +144,7 @@ typedef struct cs__link {
 cs_err cs__link_load(cs_branch *b, cs__link *out);
 cs_err cs__link_save(cs_branch *b, const cs__link *l);
 
-/* ---- the server (server.c: connections and handshake; stream.c: streaming) --------------- */
+/* ---- the server (server.c: accept, handshake, timers; stream.c: writes, close, streaming) - */
 
 /* A connection's states (docs/protocol.md, "connection states"), with what moves it on:
  *
@@ -212,14 +212,16 @@ struct cs__server {
     uint8_t rbuf[64 * 1024]; /* every read lands here first: libuv reads one stream at a time */
 };
 
-/* Queues a frame (takes a new reference of b). */
+/* stream.c. Queues a frame (takes a new reference of b). */
 void cs__conn_send(cs__conn *c, cs__buf *b);
 /* Sends ERROR {code, message} unless code is CS_OK, then closes once it is written (at once
  * when `now` is set: a stuck peer never reads it). Logs the reason. Idempotent. */
 void cs__conn_close(cs__conn *c, cs_err code, const char *message, bool now);
+/* The close callback of a connection's handle: unlinks c from the server's list and frees it. */
+void cs__conn_closed(uv_handle_t *h);
 void cs__server_logf(cs__server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* stream.c: reads the head and queues segments to every streaming connection that needs them. */
+/* Reads the head and queues segments to every streaming connection that needs them. */
 void cs__server_pump_all(cs__server *s);
 /* The same for one connection (after its queue drained below the low-water mark). */
 void cs__server_pump_one(cs__server *s, cs__conn *c);

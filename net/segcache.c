@@ -31,11 +31,18 @@ struct cs__segcache {
     uint64_t clock;
 };
 
+/* Invariants 1 and 2, and what every entry is: a segment frame of a non-empty range, handed
+ * out no later than the cache's clock. */
 static bool segcache_invariants_hold(const cs__segcache *c)
 {
     size_t sum = 0;
-    for (unsigned i = 0; i < c->n; i++)
-        sum += c->e[i].buf->len;
+    for (unsigned i = 0; i < c->n; i++) {
+        const entry *e = &c->e[i];
+        if (e->buf->refs < 1 || e->buf->first < 1 || e->buf->last < e->buf->first ||
+            e->used > c->clock)
+            return false;
+        sum += e->buf->len;
+    }
     return c->n <= CS_NET_CACHE_ENTRIES_MAX && sum == c->bytes;
 }
 
@@ -125,6 +132,8 @@ cs_err cs__segcache_get(cs__segcache *c, cs_log_reader *r, uint64_t first, uint6
     c->clock++;
     for (unsigned i = 0; i < c->n; i++) {
         if (c->e[i].buf->first == first) {
+            /* Built when the head was at most today's (the head only grows): it ends in range. */
+            cs_assert(c->e[i].buf->last <= head);
             c->e[i].used = c->clock;
             cs__buf_ref(c->e[i].buf);
             *out = c->e[i].buf;

@@ -1,13 +1,14 @@
 /*
  * server.c: `chainsync serve`: one libuv loop that accepts branch connections, runs the
- * handshake of docs/protocol.md, hands streaming to stream.c, applies the branches' shared-record
- * writes through the engine, and keeps each branch's cursor and last contact (docs/design.md,
- * "Network").
+ * handshake of docs/protocol.md, applies the branches' shared-record writes through the engine,
+ * and keeps each branch's cursor and last contact (docs/design.md, "Network"). What goes out to a
+ * connection (its write queue, its closing, the log streamed to it) is stream.c's, below this
+ * file: stream.c calls nothing here.
  *
  * Lifetimes (libuv's rule: memory of a handle is freed only in its close callback): a cs__conn is
- * allocated at accept and freed in conn_closed; it stays in the server's list until then, so
- * every walk of the list skips CLOSING connections. Pending writes complete (or are cancelled)
- * before the close callback runs, and each holds its own buffer reference.
+ * allocated at accept and freed in cs__conn_closed (stream.c); it stays in the server's list
+ * until then, so every walk of the list skips CLOSING connections. Pending writes complete (or are
+ * cancelled) before the close callback runs, and each holds its own buffer reference.
  *
  * Wake-up: a file watch (inotify through uv_fs_event) on the directory's data.mdb fires when any
  * process commits; a safety timer re-reads the head every CS_NET_SAFETY_MS, so a missed
@@ -25,144 +26,6 @@
 
 #define TICK_MS 250u
 #define CLOSING_GRACE_MS 2000u
-
-void cs__server_logf(cs__server *s, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    cs__net_vlogf(s->out, "serve", fmt, ap);
-    va_end(ap);
-}
-
-/* ---- writing ----------------------------------------------------------------------------- */
-
-typedef struct wreq {
-    uv_write_t req;
-    cs__buf *buf; /* one reference, dropped when the write is done */
-    cs__conn *c;
-} wreq;
-
-static void write_done(uv_write_t *req, int status)
-{
-    wreq *w = (wreq *)req;
-    cs__conn *c = w->c;
-    cs_assert(c->queued >= w->buf->len);
-    c->queued -= w->buf->len;
-    cs__buf_unref(w->buf);
-    free(w);
-    if (status < 0) {
-        if (c->state != CS__C_CLOSING)
-            cs__conn_close(c, CS_OK, uv_strerror(status), true);
-        return;
-    }
-    if (c->paused_ms && c->queued < CS_NET_SENDQ_BYTES_LOW) {
-        c->paused_ms = 0;
-        cs__server_pump_one(c->srv, c);
-    }
-}
-
-void cs__conn_send(cs__conn *c, cs__buf *b)
-{
-    if (c->state == CS__C_CLOSING)
-        return;
-    wreq *w = malloc(sizeof(*w));
-    if (!w) {
-        cs__conn_close(c, CS_OK, "out of memory", true);
-        return;
-    }
-    cs__buf_ref(b);
-    w->buf = b;
-    w->c = c;
-    uv_buf_t ub = uv_buf_init((char *)b->data, (unsigned)b->len);
-    c->queued += b->len;
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, write_done);
-    if (rc < 0) {
-        c->queued -= b->len;
-        cs__buf_unref(b);
-        free(w);
-        cs__conn_close(c, CS_OK, uv_strerror(rc), true);
-        return;
-    }
-    c->last_tx_ms = cs__net_now_ms();
-}
-
-/* ---- closing ----------------------------------------------------------------------------- */
-
-static void remember_gone(cs__server *s, const cs__conn *c)
-{
-    if (s->ngone == s->gone_cap) {
-        size_t cap = s->gone_cap ? s->gone_cap * 2 : 16;
-        cs_shop_status *g = realloc(s->gone, cap * sizeof(*g));
-        if (!g)
-            return; /* the status is observation only: losing one costs a stale "connected" */
-        s->gone = g;
-        s->gone_cap = cap;
-    }
-    s->gone[s->ngone++] = (cs_shop_status){
-        .shop = c->shop, .cursor = c->acked, .last_seen_ms = c->last_rx_ms, .connected = false};
-}
-
-static void conn_closed(uv_handle_t *h)
-{
-    cs__conn *c = (cs__conn *)h;
-    cs__server *s = c->srv;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    s->nconns--;
-    cs__rx_free(&c->rx);
-    free(c);
-}
-
-static void shutdown_done(uv_shutdown_t *req, int status)
-{
-    (void)status;
-    cs__conn *c = req->data;
-    if (!uv_is_closing((uv_handle_t *)&c->tcp))
-        uv_close((uv_handle_t *)&c->tcp, conn_closed);
-}
-
-void cs__conn_close(cs__conn *c, cs_err code, const char *message, bool now)
-{
-    if (c->state == CS__C_CLOSING) {
-        if (now && !uv_is_closing((uv_handle_t *)&c->tcp))
-            uv_close((uv_handle_t *)&c->tcp, conn_closed);
-        return;
-    }
-    cs__server *s = c->srv;
-    bool was_streaming = c->state == CS__C_STREAMING;
-    if (code != CS_OK && !now) {
-        cs__buf *b = cs__frame_error(code, message);
-        if (b) {
-            cs__conn_send(c, b);
-            cs__buf_unref(b);
-        }
-    }
-    if (c->shop && was_streaming && code != CS_OK)
-        cs__server_logf(s, "shop %llu from %s: dropped: %s: %s", (unsigned long long)c->shop,
-                        c->peer, cs_err_name(code), message);
-    else if (c->shop && was_streaming)
-        cs__server_logf(s, "shop %llu from %s: disconnected: %s", (unsigned long long)c->shop,
-                        c->peer, message);
-    else if (code != CS_OK && c->state != CS__C_STREAMING)
-        cs__server_logf(s, "connection from %s: refused: %s: %s", c->peer, cs_err_name(code),
-                        message);
-    else
-        cs__server_logf(s, "connection from %s: closed: %s", c->peer, message);
-    if (was_streaming)
-        remember_gone(s, c);
-    c->state = CS__C_CLOSING;
-    c->closing_ms = cs__net_now_ms();
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->shutdown.data = c;
-    /* shutdown waits for the ERROR frame to be written; the tick closes it anyway after a
-     * grace period, since a peer that stopped reading would hold it forever. */
-    if (now || uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, shutdown_done) != 0)
-        uv_close((uv_handle_t *)&c->tcp, conn_closed);
-}
 
 /* ---- the handshake ----------------------------------------------------------------------- */
 
@@ -554,7 +417,7 @@ static void on_connection(uv_stream_t *l, int status)
     s->nconns++;
     if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0) {
         c->state = CS__C_CLOSING;
-        uv_close((uv_handle_t *)&c->tcp, conn_closed);
+        uv_close((uv_handle_t *)&c->tcp, cs__conn_closed);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);

@@ -1,9 +1,14 @@
 /*
- * stream.c: the server's data path. When the head moves (a file-watch wake-up, the safety timer,
- * or a shared-record write the server appended itself), one read snapshot is opened and every
- * streaming connection whose next sequence is at or below the head gets the segments it lacks,
- * from the shared cache, until its queue reaches the high-water mark (then it is paused: nothing
- * more is queued until its queue drains below the low-water mark, see server.c's write_done).
+ * stream.c: what the server sends a connection: its write queue (cs__conn_send), its closing
+ * (cs__conn_close, cs__conn_closed) and the log streamed to it. server.c, above, calls these;
+ * this file calls nothing in server.c (the queue's drain resumes the stream, so writing,
+ * closing and streaming live together).
+ *
+ * The data path: when the head moves (a file-watch wake-up, the safety timer, or a shared-record
+ * write the server appended itself), one read snapshot is opened and every streaming connection
+ * whose next sequence is at or below the head gets the segments it lacks, from the shared cache,
+ * until its queue reaches the high-water mark (then it is paused: nothing more is queued until
+ * its queue drains below the low-water mark, see write_done).
  *
  * Invariants, per streaming connection c:
  *  1. c->send_next == (the last sequence queued to c) + 1, and segments are queued in order with
@@ -16,10 +21,159 @@
  */
 #include "net/net_int.h"
 
+#include <stdarg.h>
+#include <stdlib.h>
+
+void cs__server_logf(cs__server *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cs__net_vlogf(s->out, "serve", fmt, ap);
+    va_end(ap);
+}
+
+/* ---- writing ----------------------------------------------------------------------------- */
+
+typedef struct wreq {
+    uv_write_t req;
+    cs__buf *buf; /* one reference, dropped when the write is done */
+    cs__conn *c;
+} wreq;
+
+static void write_done(uv_write_t *req, int status)
+{
+    wreq *w = (wreq *)req;
+    cs__conn *c = w->c;
+    cs_assert(c->queued >= w->buf->len);
+    c->queued -= w->buf->len;
+    cs__buf_unref(w->buf);
+    free(w);
+    if (status < 0) {
+        if (c->state != CS__C_CLOSING)
+            cs__conn_close(c, CS_OK, uv_strerror(status), true);
+        return;
+    }
+    if (c->paused_ms && c->queued < CS_NET_SENDQ_BYTES_LOW) {
+        c->paused_ms = 0;
+        cs__server_pump_one(c->srv, c);
+    }
+}
+
+void cs__conn_send(cs__conn *c, cs__buf *b)
+{
+    if (c->state == CS__C_CLOSING)
+        return;
+    wreq *w = malloc(sizeof(*w));
+    if (!w) {
+        cs__conn_close(c, CS_OK, "out of memory", true);
+        return;
+    }
+    cs__buf_ref(b);
+    w->buf = b;
+    w->c = c;
+    uv_buf_t ub = uv_buf_init((char *)b->data, (unsigned)b->len);
+    c->queued += b->len;
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, write_done);
+    if (rc < 0) {
+        c->queued -= b->len;
+        cs__buf_unref(b);
+        free(w);
+        cs__conn_close(c, CS_OK, uv_strerror(rc), true);
+        return;
+    }
+    c->last_tx_ms = cs__net_now_ms();
+}
+
+/* ---- closing ----------------------------------------------------------------------------- */
+
+static void remember_gone(cs__server *s, const cs__conn *c)
+{
+    if (s->ngone == s->gone_cap) {
+        size_t cap = s->gone_cap ? s->gone_cap * 2 : 16;
+        cs_shop_status *g = realloc(s->gone, cap * sizeof(*g));
+        if (!g)
+            return; /* the status is observation only: losing one costs a stale "connected" */
+        s->gone = g;
+        s->gone_cap = cap;
+    }
+    s->gone[s->ngone++] = (cs_shop_status){
+        .shop = c->shop, .cursor = c->acked, .last_seen_ms = c->last_rx_ms, .connected = false};
+}
+
+void cs__conn_closed(uv_handle_t *h)
+{
+    cs__conn *c = (cs__conn *)h;
+    cs__server *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    cs__rx_free(&c->rx);
+    free(c);
+}
+
+static void shutdown_done(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    cs__conn *c = req->data;
+    if (!uv_is_closing((uv_handle_t *)&c->tcp))
+        uv_close((uv_handle_t *)&c->tcp, cs__conn_closed);
+}
+
+void cs__conn_close(cs__conn *c, cs_err code, const char *message, bool now)
+{
+    if (c->state == CS__C_CLOSING) {
+        if (now && !uv_is_closing((uv_handle_t *)&c->tcp))
+            uv_close((uv_handle_t *)&c->tcp, cs__conn_closed);
+        return;
+    }
+    cs__server *s = c->srv;
+    bool was_streaming = c->state == CS__C_STREAMING;
+    if (code != CS_OK && !now) {
+        cs__buf *b = cs__frame_error(code, message);
+        if (b) {
+            cs__conn_send(c, b);
+            cs__buf_unref(b);
+        }
+    }
+    if (c->shop && was_streaming && code != CS_OK)
+        cs__server_logf(s, "shop %llu from %s: dropped: %s: %s", (unsigned long long)c->shop,
+                        c->peer, cs_err_name(code), message);
+    else if (c->shop && was_streaming)
+        cs__server_logf(s, "shop %llu from %s: disconnected: %s", (unsigned long long)c->shop,
+                        c->peer, message);
+    else if (code != CS_OK && c->state != CS__C_STREAMING)
+        cs__server_logf(s, "connection from %s: refused: %s: %s", c->peer, cs_err_name(code),
+                        message);
+    else
+        cs__server_logf(s, "connection from %s: closed: %s", c->peer, message);
+    if (was_streaming)
+        remember_gone(s, c);
+    c->state = CS__C_CLOSING;
+    c->closing_ms = cs__net_now_ms();
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->shutdown.data = c;
+    /* shutdown waits for the ERROR frame to be written; the tick closes it anyway after a
+     * grace period, since a peer that stopped reading would hold it forever. */
+    if (now || uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, shutdown_done) != 0)
+        uv_close((uv_handle_t *)&c->tcp, cs__conn_closed);
+}
+
+/* ---- streaming --------------------------------------------------------------------------- */
+
+/* Invariants 1 (in part: nothing queued past the head), 2 and 3, and what START and the pause
+ * set up: the caught-up point is a position of the log, and a paused connection holds at least
+ * the low-water mark in flight, so a write_done still comes to resume it (a paused empty queue
+ * would never be pumped again). */
 static bool conn_stream_invariants_hold(const cs__conn *c)
 {
     return c->state == CS__C_STREAMING && c->acked < c->send_next &&
-           c->queued <= CS_NET_SENDQ_BYTES_HIGH + CS_NET_FRAME_BYTES_MAX;
+           c->send_next <= c->srv->head + 1 && c->caught_up_seq <= c->srv->head &&
+           c->queued <= CS_NET_SENDQ_BYTES_HIGH + CS_NET_FRAME_BYTES_MAX &&
+           (c->paused_ms == 0 || c->queued >= CS_NET_SENDQ_BYTES_LOW);
 }
 
 static void send_caught_up(cs__conn *c)

@@ -177,6 +177,9 @@ static cs_err check_start(cs_branch *b, const cs_segment_view *v)
 
 static cs_err apply_record(cs_branch *b, cs_log_txn *txn, const cs_log_record *rec)
 {
+    /* One event at a time, in order: segment_fn skips what the cursor covers and
+     * cs_segment_next yields consecutive sequences from a first <= cursor + 1 (check_start). */
+    cs_assert(rec->seq == b->st.cursor + 1);
     cs_event_view ev;
     if (cs_event_decode(b->dec, rec->event, rec->event_len, &ev) != CS_OK || ev.seq != rec->seq)
         return cs__branch_fail(b, CS_CORRUPT, "event %llu does not decode",
@@ -184,7 +187,22 @@ static cs_err apply_record(cs_branch *b, cs_log_txn *txn, const cs_log_record *r
     cs_err err = cs__branch_apply_event(b, txn, &ev);
     b->st.cursor = rec->seq;
     b->st.chain = rec->chain;
+    cs_assert(err != CS_OK || cs__bstate_invariants_hold(&b->st));
     return err;
+}
+
+/* What a segment that verified to its end did to the state: the cursor never moved back, and
+ * when it applied anything the cursor is the segment's last event, the chain that event's, and
+ * every event after the old cursor was applied once. */
+static bool view_applied(const cs__bstate *st, uint64_t last, const cs_segment_view *end,
+                         uint64_t cursor_before, uint64_t applied)
+{
+    if (st->cursor < cursor_before || end->next_seq != last + 1)
+        return false;
+    if (last <= cursor_before)
+        return applied == 0 && st->cursor == cursor_before;
+    return applied == last - cursor_before && st->cursor == last && st->chain == end->prev_chain &&
+           cs__bstate_invariants_hold(st);
 }
 
 /* One segment inside the transaction, after the state was loaded. */
@@ -193,6 +211,9 @@ static cs_err apply_view(cs_branch *b, cs_log_txn *txn, cs_segment_view v, uint6
     cs_err err = check_start(b, &v);
     if (err != CS_OK)
         return err;
+    cs_assert(b->st.shop != 0); /* check_start */
+    cs_assert(v.first <= b->st.cursor + 1);
+    uint64_t cursor_before = b->st.cursor, applied_before = *applied;
     if (v.first == b->st.cursor + 1 && b->st.cursor > 0) {
         v.prev_chain = b->st.chain; /* the segment must continue the chain we hold */
         v.prev_chain_known = true;
@@ -218,7 +239,7 @@ static cs_err apply_view(cs_branch *b, cs_log_txn *txn, cs_segment_view v, uint6
         return cs__branch_fail(b, CS_CORRUPT, "segment %llu-%llu: event %llu does not verify",
                                (unsigned long long)first, (unsigned long long)last,
                                (unsigned long long)v.next_seq);
-    cs_assert(b->st.cursor >= last); /* postcondition: the whole segment is behind the cursor */
+    cs_assert(view_applied(&b->st, last, &v, cursor_before, *applied - applied_before));
     return CS_OK;
 }
 

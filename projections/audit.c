@@ -1,5 +1,6 @@
 /*
- * audit.c: the audit handle, scratch directories, checkpoints and past states (R14).
+ * audit.c: scratch directories, checkpoints and past states (R14). The handle, read snapshots,
+ * the metadata database and log points it stands on are in audit_handle.c.
  *
  * A past state is rebuilt, never stored whole per event: the nearest checkpoint at or before
  * the wanted position is copied into a scratch directory and the events after it are applied
@@ -28,101 +29,13 @@
 #include "projections/audit_int.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <xxhash.h>
 
-cs_err cs__audit_fail(cs_audit *a, cs_err err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    cs_errmsg_vformat(a->errmsg, sizeof(a->errmsg), err, fmt, ap);
-    va_end(ap);
-    return err;
-}
-
-cs_err cs__audit_read_begin(cs_audit *a, cs_log *log, MDB_txn **txn)
-{
-    cs_err err = cs_log_read_begin(log, txn);
-    return err == CS_OK ? CS_OK : cs__audit_fail(a, err, "%s", cs_log_errmsg(log));
-}
-
-const char *cs__audit_type_name(uint8_t code, char *buf, size_t len)
-{
-    const cs_type *t = cs_schema_by_code(code);
-    if (t)
-        return t->name;
-    snprintf(buf, len, "type %u", code);
-    return buf;
-}
-
-/* ---- the handle -------------------------------------------------------------------------- */
-
-/* A directory that is or was a branch has the projection's `branch` database. Its own log then
- * holds only its local writes. Opened read-only, so auditing never creates it. */
-static bool dir_is_branch(cs_audit *a)
-{
-    MDB_txn *t;
-    MDB_dbi d;
-    if (cs_log_read_begin(a->log, &t) != CS_OK)
-        return false;
-    int rc = mdb_dbi_open(t, "branch", 0, &d);
-    cs_log_read_end(a->log, t);
-    cs_shop_info self;
-    return rc == 0 || (cs_engine_self(a->e, &self) == CS_OK && self.role == CS_ROLE_BRANCH);
-}
-
-cs_err cs_audit_open(cs_engine *e, cs_audit **out)
-{
-    cs_audit *a = calloc(1, sizeof(*a));
-    if (!a)
-        return CS_NO_MEMORY;
-    a->e = e;
-    a->log = cs_engine_log(e);
-    cs_err err = cs_log_dbi_open(a->log, "ckpt", 0, &a->ckpt);
-    if (err == CS_OK)
-        err = cs_log_dbi_open(a->log, "history", 0, &a->history);
-    if (err == CS_OK)
-        err = cs_log_dbi_open(a->log, "audit", 0, &a->meta);
-    if (err != CS_OK) {
-        free(a);
-        return err;
-    }
-    a->branch_dir = dir_is_branch(a);
-    *out = a;
-    return CS_OK;
-}
-
-void cs_audit_close(cs_audit *a)
-{
-    free(a);
-}
-
-const char *cs_audit_errmsg(const cs_audit *a)
-{
-    return a->errmsg;
-}
-
-uint64_t cs__audit_meta_get(MDB_txn *txn, MDB_dbi meta, const char *key)
-{
-    MDB_val k = {strlen(key), (void *)key}, v;
-    if (mdb_get(txn, meta, &k, &v) != 0 || v.mv_size != 8)
-        return 0;
-    return cs_be64_get(v.mv_data);
-}
-
-cs_err cs__audit_meta_put(cs_log_txn *txn, MDB_dbi meta, const char *key, uint64_t val)
-{
-    uint8_t b[8];
-    cs_be64_put(b, val);
-    MDB_val k = {strlen(key), (void *)key}, v = {8, b};
-    return cs_log_txn_put(txn, meta, &k, &v, 0);
-}
-
-/* ---- scratch directories and log points --------------------------------------------------- */
+/* ---- scratch directories ----------------------------------------------------------------- */
 
 cs_err cs__audit_scratch(cs_audit *a, uint64_t branch_shop, cs_audit_state **out)
 {
@@ -183,40 +96,6 @@ const cs_audit_state_info *cs_audit_state_info_get(const cs_audit_state *s)
 cs_engine *cs_audit_state_engine(cs_audit_state *s)
 {
     return s->e;
-}
-
-cs_err cs__audit_log_point(cs_audit *a, uint64_t seq, uint64_t *head, uint64_t *chain,
-                           uint64_t *time_ms)
-{
-    cs_log_reader *r = NULL;
-    cs_event_decoder *dec = NULL;
-    cs_err err = cs_log_reader_open(a->log, &r);
-    if (err == CS_OK)
-        err = cs_log_reader_head(r, head);
-    if (err == CS_OK && seq > *head)
-        err = cs__audit_fail(a, CS_NOT_FOUND, "the log has %llu events, there is no event %llu",
-                             (unsigned long long)*head, (unsigned long long)seq);
-    cs_log_record rec;
-    cs_event_view ev;
-    if (err == CS_OK && seq > 0) {
-        err = cs_log_reader_get(r, seq, &rec);
-        if (err == CS_OK)
-            err = cs_event_decoder_new(&dec);
-        if (err == CS_OK && cs_event_decode(dec, rec.event, rec.event_len, &ev) != CS_OK)
-            err = cs__audit_fail(a, CS_CORRUPT, "event %llu does not decode",
-                                 (unsigned long long)seq);
-        if (err == CS_OK) {
-            if (chain)
-                *chain = rec.chain;
-            if (time_ms)
-                *time_ms = ev.time_ms;
-        } else if (!a->errmsg[0]) {
-            cs__audit_fail(a, err, "%s", cs_log_reader_errmsg(r));
-        }
-    }
-    cs_event_decoder_free(dec);
-    cs_log_reader_close(r);
-    return err;
 }
 
 cs_err cs_audit_seq_at_time(cs_audit *a, uint64_t time_ms, uint64_t *seq_out)
@@ -317,24 +196,63 @@ static void digest_record(XXH3_state_t *st, const MDB_val *k, const MDB_val *v)
     cs_digest_kv(st, k, v);
 }
 
+typedef struct digest_ctx {
+    XXH3_state_t *st;
+    uint64_t records;
+} digest_ctx;
+
 static cs_err digest_fn(uint8_t tag, const MDB_val *k, const MDB_val *v, void *ctx)
 {
     (void)tag;
-    digest_record(ctx, k, v);
+    digest_ctx *d = ctx;
+    digest_record(d->st, k, v);
+    d->records++;
     return CS_OK;
+}
+
+/* The digest and the number of the records checkpoint seq stores. */
+static cs_err ckpt_content(MDB_txn *txn, MDB_dbi ckpt, uint64_t seq, uint64_t *digest,
+                           uint64_t *records)
+{
+    digest_ctx d = {.st = XXH3_createState()};
+    if (!d.st)
+        return CS_NO_MEMORY;
+    XXH3_64bits_reset(d.st);
+    cs_err err = ckpt_walk(txn, ckpt, seq, -1, digest_fn, &d);
+    if (err == CS_OK) {
+        *digest = XXH3_64bits_digest(d.st);
+        *records = d.records;
+    }
+    XXH3_freeState(d.st);
+    return err;
 }
 
 cs_err cs__ckpt_content_digest(MDB_txn *txn, MDB_dbi ckpt, uint64_t seq, uint64_t *out)
 {
-    XXH3_state_t *st = XXH3_createState();
-    if (!st)
-        return CS_NO_MEMORY;
-    XXH3_64bits_reset(st);
-    cs_err err = ckpt_walk(txn, ckpt, seq, -1, digest_fn, st);
-    if (err == CS_OK)
-        *out = XXH3_64bits_digest(st);
-    XXH3_freeState(st);
-    return err;
+    uint64_t records;
+    return ckpt_content(txn, ckpt, seq, out, &records);
+}
+
+/* What holds of any header this file builds (invariant 1 of audit_int.h, the part a header can
+ * say about itself): it follows an event, and a state with no records has the digest of
+ * nothing. The rest (chain, digest against the content, the multiple of `every`) is checked
+ * where the header is written. */
+static bool ckpt_header_invariants_hold(const cs__ckpt_header *h)
+{
+    return h->seq > 0 && (h->records != 0 || h->digest == XXH3_64bits("", 0));
+}
+
+/* Invariant 1, read back inside the transaction that wrote checkpoint h->seq: the header is
+ * the one written and the records under it are exactly the state it describes. */
+static bool ckpt_written(MDB_txn *txn, MDB_dbi ckpt, const cs__ckpt_header *h)
+{
+    cs__ckpt_header back;
+    uint64_t digest, records;
+    if (cs__ckpt_header_get(txn, ckpt, h->seq, &back) != CS_OK ||
+        ckpt_content(txn, ckpt, h->seq, &digest, &records) != CS_OK)
+        return false;
+    return back.chain == h->chain && back.digest == h->digest && back.time_ms == h->time_ms &&
+           back.records == h->records && digest == h->digest && records == h->records;
 }
 
 /* ---- writing a checkpoint ----------------------------------------------------------------- */
@@ -379,7 +297,7 @@ static cs_err ckpt_copy_db(cs_log_txn *txn, MDB_dbi ckpt, MDB_txn *src, MDB_dbi 
 static cs_err ckpt_write_fn(cs_log_txn *txn, void *ctx)
 {
     ckpt_write_ctx *c = ctx;
-    cs_assert(c->h.seq > 0);
+    cs_assert(ckpt_header_invariants_hold(&c->h));
     uint8_t kb[9], hb[CS__CKPT_HEADER_BYTES];
     cs_be64_put(kb, c->h.seq);
     kb[8] = CS__CKPT_TAG_HEADER;
@@ -404,6 +322,7 @@ static cs_err ckpt_write_fn(cs_log_txn *txn, void *ctx)
     }
     if (err == CS_OK)
         err = cs__audit_meta_put(txn, c->a->meta, "ckpt_last", c->h.seq);
+    cs_assert(err != CS_OK || ckpt_written(cs_log_txn_mdb(txn), c->a->ckpt, &c->h));
     return err;
 }
 
@@ -589,9 +508,17 @@ static cs_err ckpt_settle(cs_audit *a, uint64_t every_req, bool rebuild, uint64_
     if (err != CS_OK)
         return err;
     uint64_t want = every_req ? every_req : (*every ? *every : CS_AUDIT_EVERY_DEFAULT);
+    /* Read from disk: invariant 2 (checkpoints at multiples of `every`) is checked, not
+     * assumed, since ckpt_build relies on it. */
+    bool inconsistent = *every > CS_AUDIT_EVERY_MAX || (*every == 0 ? *last != 0 : *last % *every);
+    if (!rebuild && want == *every && inconsistent)
+        return cs__audit_fail(a, CS_CORRUPT,
+                              "the audit's checkpoint records are inconsistent (last %llu, every "
+                              "%llu): `chainsync audit checkpoint --rebuild` rebuilds them",
+                              (unsigned long long)*last, (unsigned long long)*every);
     if (!rebuild && want == *every)
         return CS_OK;
-    reset_ctx c = {.a = a, .every = want, .drop = rebuild || *every != 0};
+    reset_ctx c = {.a = a, .every = want, .drop = rebuild || *every != 0 || *last != 0};
     err = cs_log_write(a->log, reset_fn, &c);
     if (err != CS_OK)
         return cs__audit_fail(a, err, "cannot reset the checkpoints: %s", cs_log_errmsg(a->log));
@@ -606,7 +533,9 @@ static cs_err ckpt_settle(cs_audit *a, uint64_t every_req, bool rebuild, uint64_
 static cs_err ckpt_build(cs_audit *a, uint64_t every, uint64_t last, uint64_t head, uint64_t *built)
 {
     cs_assert(every > 0);
-    cs_assert(last % every == 0); /* invariant 2: a new interval drops every checkpoint */
+    cs_assert(every <= CS_AUDIT_EVERY_MAX);
+    cs_assert(last % every == 0); /* invariant 2: ckpt_settle checked it or dropped them all */
+    cs_assert(head - last >= every);
     cs_audit_state *s = NULL;
     cs_err err = cs__audit_scratch(a, 0, &s);
     if (err == CS_OK && last > 0)
@@ -624,6 +553,7 @@ static cs_err ckpt_build(cs_audit *a, uint64_t every, uint64_t last, uint64_t he
         cs_log_reader_close(r);
         if (err == CS_OK)
             err = cs__audit_log_point(a, target, &h2, &chain, &time_ms);
+        cs_assert(err != CS_OK || target % every == 0); /* invariant 2 */
         if (err == CS_OK)
             err = ckpt_store(a, s, target, chain, time_ms);
         if (err == CS_OK)

@@ -129,6 +129,8 @@ cs_err cs__history_extend(cs_audit *a)
         err = history_scan(a, seen + 1, to, &hb);
         if (err != CS_OK)
             break;
+        cs_assert(hb.upto == to); /* invariant 3: one key per event of seen+1..to */
+        cs_assert(hb.n <= to - seen);
         qsort(hb.keys, hb.n, sizeof(*hb.keys), key_cmp); /* sorted puts touch fewer pages */
         err = cs_log_write(a->log, history_write_fn, &hb);
         if (err != CS_OK)
@@ -136,6 +138,7 @@ cs_err cs__history_extend(cs_audit *a)
         seen = to;
     }
     free(hb.keys);
+    cs_assert(err != CS_OK || seen == head); /* invariant 3: the index reaches the head */
     return err;
 }
 

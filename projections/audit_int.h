@@ -1,7 +1,10 @@
 /*
- * audit_int.h: what the audit's files share (audit.c: the handle, scratch directories,
- * checkpoints and past states; audit_history.c: the history index and item histories;
- * audit_verify.c: verification of a directory and of a branch against the head office).
+ * audit_int.h: what the audit's files share. Each file calls only the files below it (so the
+ * module reads top-down; audit_handle.c draws the layers):
+ *   audit_verify.c   verification of a directory and of a branch against the head office
+ *   audit.c          scratch directories, checkpoints and past states
+ *   audit_history.c  the history index and item histories
+ *   audit_handle.c   the handle, read snapshots, the metadata database, log points
  *
  * Databases the audit keeps in the audited directory's environment (docs/storage.md, "audit").
  * All are derived from the log, lazily, and may be dropped at any time: nothing else reads them.
@@ -63,6 +66,8 @@ struct cs_audit_state {
     cs_audit_state_info info;
 };
 
+/* ---- audit_handle.c ---------------------------------------------------------------------- */
+
 cs_err cs__audit_fail(cs_audit *a, cs_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -71,19 +76,23 @@ cs_err cs__audit_fail(cs_audit *a, cs_err err, const char *fmt, ...)
  * holds cs_log_errmsg's sentence. End it with cs_log_read_end(log, txn). */
 cs_err cs__audit_read_begin(cs_audit *a, cs_log *log, MDB_txn **txn);
 
-/* ---- audit.c ----------------------------------------------------------------------------- */
-
 uint64_t cs__audit_meta_get(MDB_txn *txn, MDB_dbi meta, const char *key);
 cs_err cs__audit_meta_put(cs_log_txn *txn, MDB_dbi meta, const char *key, uint64_t v);
-
-/* Makes an empty scratch directory and opens an engine (branch_shop == 0) or a branch bound to
- * branch_shop in it, without fsync (it is thrown away). Free with cs_audit_state_free. */
-cs_err cs__audit_scratch(cs_audit *a, uint64_t branch_shop, cs_audit_state **out);
 
 /* The head of the log and, when seq != 0, the chain and time of event seq (one short reader,
  * closed before returning so the caller may open LMDB transactions on the same environment). */
 cs_err cs__audit_log_point(cs_audit *a, uint64_t seq, uint64_t *head, uint64_t *chain,
                            uint64_t *time_ms);
+
+/* A type's name for reports: "service", or "type 77" for an unknown code (static buffer-free:
+ * writes into buf). */
+const char *cs__audit_type_name(uint8_t code, char *buf, size_t len);
+
+/* ---- audit.c ----------------------------------------------------------------------------- */
+
+/* Makes an empty scratch directory and opens an engine (branch_shop == 0) or a branch bound to
+ * branch_shop in it, without fsync (it is thrown away). Free with cs_audit_state_free. */
+cs_err cs__audit_scratch(cs_audit *a, uint64_t branch_shop, cs_audit_state **out);
 
 /* Packs a branch item's fields with every reference to one of the branch's copies translated
  * back to the head-office id of its origin (copies are compared and shown by origin). */
@@ -95,10 +104,6 @@ cs_err cs__ckpt_header_get(MDB_txn *txn, MDB_dbi ckpt, uint64_t seq, cs__ckpt_he
 /* The digest cs_engine_digest would give of the state a checkpoint stores, recomputed from its
  * records (so a damaged checkpoint is noticed). */
 cs_err cs__ckpt_content_digest(MDB_txn *txn, MDB_dbi ckpt, uint64_t seq, uint64_t *out);
-
-/* A type's name for reports: "service", or "type 77" for an unknown code (static buffer-free:
- * writes into buf). */
-const char *cs__audit_type_name(uint8_t code, char *buf, size_t len);
 
 /* ---- audit_history.c --------------------------------------------------------------------- */
 

@@ -1,7 +1,9 @@
 /*
- * branch.c: the branch handle: opening its directory, binding it to a network (R10), and
- * loading and saving its projection state. The state is small (a dozen numbers and the synced
- * set) and kept as compact JSON with sorted keys so equal states have equal bytes.
+ * branch.c: the branch handle: opening its directory, binding it to a network (R10), writing
+ * item records for apply.c and syncpoint.c (cs__rec_put), and loading and saving its projection
+ * state. The state is small (five numbers, four flags and the synced set) and kept as compact
+ * JSON with sorted keys so equal states have equal bytes; its invariants are listed with
+ * cs__bstate in projection_int.h and checked here on every load and save.
  */
 #include "projections/projection_int.h"
 
@@ -147,6 +149,18 @@ static cs_type_set all_synced_types(void)
     return set;
 }
 
+bool cs__bstate_invariants_hold(const cs__bstate *st)
+{
+    bool fresh =
+        st->cursor == 0 && st->chain == 0 && st->sync_seq == 0 && !st->linked && !st->unlinked;
+    return (st->shop != 0 || fresh) &&                            /* 1 */
+           !(st->linked && st->unlinked) &&                       /* 2 */
+           st->sync_seq <= st->cursor &&                          /* 3 */
+           (st->sync_seq == 0 || st->linked || st->unlinked) &&   /* 3 */
+           (st->cursor != 0 || st->chain == 0) &&                 /* 4 */
+           (st->types_mask.bits & ~all_synced_types().bits) == 0; /* 5 */
+}
+
 cs_err cs__state_load(cs_branch *b, MDB_txn *txn, cs__bstate *out)
 {
     cs__bstate st = {.types_mask = all_synced_types(), .sync_on = true};
@@ -176,12 +190,20 @@ cs_err cs__state_load(cs_branch *b, MDB_txn *txn, cs__bstate *out)
         st.chain = cs_be64_get(v.mv_data);
     else if (rc != MDB_NOTFOUND)
         return cs__branch_fail(b, CS_CORRUPT, "the branch's chain value does not read back");
+    /* Read from disk: a state that breaks an invariant is damage, never an assertion. */
+    if (!cs__bstate_invariants_hold(&st))
+        return cs__branch_fail(b, CS_CORRUPT,
+                               "the branch state is inconsistent (shop %llu, cursor %llu, sync "
+                               "point %llu, linked %d, unlinked %d)",
+                               (unsigned long long)st.shop, (unsigned long long)st.cursor,
+                               (unsigned long long)st.sync_seq, st.linked, st.unlinked);
     *out = st;
     return CS_OK;
 }
 
 cs_err cs__state_save(cs_branch *b, cs_log_txn *txn, const cs__bstate *st)
 {
+    cs_assert(cs__bstate_invariants_hold(st));
     json_t *j = json_pack("{s:I,s:I,s:I,s:I,s:o,s:b,s:b,s:b,s:b}", "shop", (json_int_t)st->shop,
                           "head", (json_int_t)st->head, "cursor", (json_int_t)st->cursor,
                           "sync_seq", (json_int_t)st->sync_seq, "types",
@@ -271,6 +293,7 @@ static cs_err bind_check(cs_branch *b, MDB_txn *m, uint64_t shop, bool *needed)
 
 cs_err cs__bind_write(cs_branch *b, cs_log_txn *txn)
 {
+    cs_assert(b->bind_shop != 0); /* cs_branch_bind refuses shop 0 */
     MDB_txn *m = cs_log_txn_mdb(txn);
     bool needed;
     cs_err err = bind_check(b, m, b->bind_shop, &needed);

@@ -17,6 +17,19 @@
 
 #define CS__BRANCH_ERRMSG_BYTES 320
 
+/* The branch's projection state, kept in `branch` "state" and loaded into b->st by each apply
+ * transaction. Invariants (cs__bstate_invariants_hold; asserted before every save and after
+ * every event; a stored state that breaks one is reported CS_CORRUPT by cs__state_load):
+ *   1. shop == 0 only in a directory never bound, and then nothing has been applied: cursor,
+ *      chain and sync_seq are 0 and the branch is neither linked nor unlinked.
+ *   2. linked and unlinked are never both set (shop_unlink moves linked -> unlinked, R13).
+ *   3. sync_seq <= cursor: a sync point runs at the event being applied, and the cursor moves
+ *      to that event in the same transaction. sync_seq != 0 only when linked or unlinked: a
+ *      sync point runs only while linked (shop_add links before its own sync point).
+ *   4. cursor == 0 implies chain == 0: the chain is the value at the cursor.
+ *   5. types_mask holds only codes of synced types (codes < 64: it is a 64-bit mask).
+ * The cursor never moves backwards, and after a segment that applied events it equals the
+ * segment's last sequence and chain equals that event's chain (apply.c checks both sides). */
 typedef struct cs__bstate {
     uint64_t shop;
     uint64_t head;
@@ -60,8 +73,14 @@ cs_err cs__branch_read_begin(cs_branch *b, MDB_txn **txn);
 /* Makes the directory branch b->bind_shop inside txn (R10), when cs_branch_bind asked for it. */
 cs_err cs__bind_write(cs_branch *b, cs_log_txn *txn);
 
+/* Reads the state (a fresh one when none is stored). Errors: CS_CORRUPT (it does not read back,
+ * or breaks an invariant above), CS_IO. */
 cs_err cs__state_load(cs_branch *b, MDB_txn *txn, cs__bstate *out);
+/* Asserts the invariants above, then writes st. Errors: storage errors, CS_NO_MEMORY. */
 cs_err cs__state_save(cs_branch *b, cs_log_txn *txn, const cs__bstate *st);
+/* The invariants of cs__bstate above; for cs_assert, and for cs__state_load's check of what it
+ * read from disk. */
+bool cs__bstate_invariants_hold(const cs__bstate *st);
 
 /* Writes the item record (docs/storage.md, "engine") key -> [version, archived, origin or nil,
  * nil, fields bytes] into dbi through b->rec; origin NULL = nil. The fields stay bytes, never

@@ -98,6 +98,8 @@ static cs_err assign_ids(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_t 
     *n_out = i;
     if (err != CS_OK)
         return err;
+    /* The walk and mdb_stat read the same transaction: b->ids has one slot per entry. */
+    cs_assert(rc != MDB_NOTFOUND || i == ms.ms_entries);
     return rc == MDB_NOTFOUND ? CS_OK : CS_IO;
 }
 
@@ -143,6 +145,8 @@ static cs_err remap_ref(const cs_type *target, uint64_t id, uint64_t *mapped, vo
 static cs_err write_copy(cs_branch *b, cs_log_txn *txn, remap_ctx *rctx, const cs_type *t,
                          uint64_t head_id, const cs_item *m_it, uint64_t copy_id)
 {
+    cs_assert(t->cls == CS_CLASS_SYNCED); /* only entries of synced types get a copy id */
+    cs_assert(copy_id != 0);
     MDB_txn *m = cs_log_txn_mdb(txn);
     uint8_t kb[9];
     cs__key9(kb, t->code, copy_id);
@@ -193,10 +197,13 @@ static cs_err write_copies(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_
             continue;
         }
         const cs_type *t = cs_schema_by_code(kb[0]);
+        /* Pass 1 gave an id only to a synced code, and types_mask holds only synced types
+         * (cs__bstate invariant 5), so the code names a type. */
+        cs_assert(t != NULL);
         MDB_val mv;
         cs_item it;
         msgpack_zone_clear(&b->zone);
-        if (!t || mdb_get(m, b->mirror, &k, &mv) || cs_item_parse(&mv, &b->zone, &it) != CS_OK)
+        if (mdb_get(m, b->mirror, &k, &mv) || cs_item_parse(&mv, &b->zone, &it) != CS_OK)
             err = cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no mirror record");
         else
             err = write_copy(b, txn, rctx, t, cs_be64_get(kb + 1), &it, b->ids[i]);
@@ -226,8 +233,33 @@ static cs_err clear_dirty(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_t
     return rc == MDB_NOTFOUND ? CS_OK : CS_IO;
 }
 
+/* After a sync point only entries of types outside the synced set stay dirty (R7): `kept` of
+ * them, and none of a synced type. Walks what stays, which is empty in the common case. */
+static bool sync_point_done(cs_branch *b, MDB_txn *m, size_t kept)
+{
+    MDB_stat ms;
+    MDB_cursor *cur;
+    if (mdb_stat(m, b->dirty, &ms) || mdb_cursor_open(m, b->dirty, &cur))
+        return true; /* a storage failure here is not ours to assert on */
+    bool ok = ms.ms_entries == kept;
+    MDB_val k, v;
+    int rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); ok && rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        ok = k.mv_size == 9 && !cs_type_set_has(b->st.types_mask, ((const uint8_t *)k.mv_data)[0]);
+    mdb_cursor_close(cur);
+    return ok;
+}
+
 cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq)
 {
+    /* Callers (apply.c): shop_add of this branch, a sync covering it, or a catalog event in
+     * continuous mode; all only while linked and switched on, at the event being applied. */
+    cs_assert(b->st.linked);
+    cs_assert(b->st.sync_on);
+    cs_assert(!b->st.unlinked);
+    cs_assert(seq == b->st.cursor + 1);
+    cs_assert(seq > b->st.sync_seq);
     MDB_cursor *cur;
     size_t n = 0, kept = 0;
     if (mdb_cursor_open(cs_log_txn_mdb(txn), b->dirty, &cur))
@@ -238,8 +270,11 @@ cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq)
     if (err == CS_OK)
         err = clear_dirty(b, txn, cur, kept);
     mdb_cursor_close(cur);
-    if (err == CS_OK)
+    if (err == CS_OK) {
+        cs_assert(kept <= n);
+        cs_assert(sync_point_done(b, cs_log_txn_mdb(txn), kept));
         b->st.sync_seq = seq;
+    }
     return err;
 }
 
@@ -281,6 +316,8 @@ static cs_err mark_type_dirty(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, ui
 
 cs_err cs__mark_referrers(cs_branch *b, cs_log_txn *txn, cs_type_set gained)
 {
+    cs_assert(gained.bits != 0);
+    cs_assert((gained.bits & ~b->st.types_mask.bits) == 0); /* put back: now in the synced set */
     unsigned n;
     const cs_type *types = cs_schema_types(&n);
     MDB_cursor *cur;
@@ -300,6 +337,8 @@ cs_err cs__mark_referrers(cs_branch *b, cs_log_txn *txn, cs_type_set gained)
 
 cs_err cs__unlink(cs_branch *b, cs_log_txn *txn)
 {
+    cs_assert(!b->st.unlinked); /* apply.c ignores every event once unlinked */
+    cs_assert(b->st.shop != 0);
     MDB_txn *m = cs_log_txn_mdb(txn);
     MDB_cursor *cur;
     if (mdb_cursor_open(m, b->items, &cur))
@@ -326,6 +365,6 @@ cs_err cs__unlink(cs_branch *b, cs_log_txn *txn)
     if (err != CS_OK)
         return err;
     b->st.linked = false;
-    b->st.unlinked = true;
+    b->st.unlinked = true; /* cs__bstate invariant 2: never both */
     return cs_engine_set_self(b->engine, txn, b->st.shop, NULL, CS_ROLE_SINGLE);
 }

@@ -497,6 +497,45 @@ static void test_r14_verify_finds_a_damaged_checkpoint_and_rebuild_repairs_it(vo
     head_free(&h);
 }
 
+/* Puts one u64 of the `audit` database (its checkpoint records) behind the audit's back. */
+static bool tamper_audit_meta(const char *dir, const char *key, uint64_t val)
+{
+    raw r;
+    uint8_t vb[8];
+    key_u64(vb, val);
+    MDB_val k = {strlen(key), (void *)key}, v = {8, vb};
+    bool ok = raw_open(&r, dir, "audit") && mdb_put(r.txn, r.dbi, &k, &v, 0) == 0;
+    return raw_close(&r, ok) && ok;
+}
+
+/* audit_int.h invariant 2 (checkpoints at multiples of `every`) is read from disk: a last
+ * checkpoint off the interval is reported corrupt, never trusted (nor asserted on), and a
+ * rebuild repairs it. */
+static void test_r14_checkpoint_records_off_their_interval_are_corrupt(void)
+{
+    head h;
+    CHECK(head_open(&h, "audit-meta"));
+    CHECK(head_history(&h));
+    cs_audit *a;
+    cs_audit_ckpt_info info;
+    CHECK_OK(cs_audit_open(h.e, &a));
+    CHECK_OK(cs_audit_checkpoint(a, TEST_EVERY, false, &info));
+    CHECK(info.head >= 2 * TEST_EVERY);
+    cs_audit_close(a);
+    head_close_engine(&h);
+    CHECK(tamper_audit_meta(h.dir, "ckpt_last", 1));
+    cs_audit_state *s = NULL;
+    CHECK_OK(cs_engine_open(h.dir, NULL, &h.e));
+    CHECK_OK(cs_audit_open(h.e, &a));
+    CHECK(cs_audit_checkpoint(a, 0, false, &info) == CS_CORRUPT);
+    CHECK(strstr(cs_audit_errmsg(a), "inconsistent"));
+    CHECK(cs_audit_state_at(a, info.head, NULL, 0, &s) == CS_CORRUPT);
+    CHECK_OK(cs_audit_checkpoint(a, 0, true, &info));
+    CHECK(info.every == TEST_EVERY && info.last % TEST_EVERY == 0 && info.count >= 2);
+    cs_audit_close(a);
+    head_free(&h);
+}
+
 /* A log that verifies but holds an event the engine cannot apply (written around the engine):
  * the replay stops there and verify says so, naming the event, instead of failing to run. */
 static void test_r14_verify_reports_an_event_the_engine_cannot_apply(void)
@@ -978,6 +1017,7 @@ int main(void)
     RUN(test_r14_verify_names_swapped_events);
     RUN(test_r14_verify_names_an_item_edited_behind_the_logs_back);
     RUN(test_r14_verify_finds_a_damaged_checkpoint_and_rebuild_repairs_it);
+    RUN(test_r14_checkpoint_records_off_their_interval_are_corrupt);
     RUN(test_r14_verify_reports_an_event_the_engine_cannot_apply);
     RUN(test_r14_history_lists_each_version_with_actor_time_and_changes);
     RUN(test_r14_cli_history_prints_versions);

@@ -656,6 +656,30 @@ static void test_spec7_log_prints_json_lines(void)
     store_free(dir);
 }
 
+/* SPEC 7 `log export --json-out`: one JSON object whose "out" is the path exactly as given, even
+ * when it holds a quote and a backslash (it was once printed into the JSON unescaped). */
+static void test_spec7_log_export_json_out_escapes_the_path(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    char out[512];
+    snprintf(out, sizeof(out), "%s/exp\"ort\\1.seg", dir);
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("log", "export", "--data", dir, "--out", out, "--json-out")));
+    CHECK(r.exit_code == 0 && count_lines(r.out) == 1);
+    json_t *o = json_loads(r.out, 0, NULL);
+    run_free(&r);
+    CHECK(o);
+    bool same = json_is_string(json_object_get(o, "out")) &&
+                strcmp(json_string_value(json_object_get(o, "out")), out) == 0;
+    bool counts = json_integer_value(json_object_get(o, "from")) == 1 &&
+                  json_integer_value(json_object_get(o, "events")) >= 2;
+    json_decref(o);
+    CHECK(same && counts);
+    CHECK(access(out, R_OK) == 0);
+    store_free(dir);
+}
+
 /* SPEC 7 --actor: recorded in the events the command causes. */
 static void test_spec7_actor_is_recorded(void)
 {
@@ -733,6 +757,7 @@ int main(void)
     RUN(test_spec7_command_on_missing_store_creates_nothing);
     RUN(test_spec6_refused_command_leaves_log_unchanged);
     RUN(test_spec7_log_prints_json_lines);
+    RUN(test_spec7_log_export_json_out_escapes_the_path);
     RUN(test_spec7_actor_is_recorded);
     RUN(test_spec7_help_lists_every_command);
     tmpdirs_cleanup();

@@ -312,6 +312,35 @@ static void test_s6_enum_value_not_allowed_is_refused(void)
     fx_close(&f);
 }
 
+/* SPEC 6: the refusal of an enum names its allowed values; a list longer than the message has
+ * room for is cut with "..." (it once overran its buffer past 157 bytes), at and around the
+ * length where the old bound underflowed. */
+static void test_s6_enum_refusal_with_a_long_value_list_is_cut_not_overrun(void)
+{
+    static const char *const values[] = {
+        "alpha_value", "bravo_value",  "charlie_value", "delta_value", "echo_value",
+        "foxtrot_val", "golf_value",   "hotel_value",   "india_value", "juliett_val",
+        "kilo_value",  "lima_value",   "mike_value",    "november_v",  "oscar_value",
+        "papa_value",  "quebec_value", "romeo_value",   "sierra_val",  "tango_value",
+        NULL};
+    static const cs_field fields[] = {
+        {.name = "kind", .kind = CS_FIELD_ENUM, .required = true, .enum_values = values}};
+    const cs_type t = {
+        .name = "long_enum", .code = 250, .cls = CS_CLASS_LOCAL, .fields = fields, .nfields = 1};
+    uint8_t *out = NULL;
+    size_t len = 0;
+    char msg[512];
+    json_t *bad = J("{\"kind\":\"zulu\"}");
+    CHECK(cs_schema_from_json(&t, bad, &out, &len, msg, sizeof(msg)) == CS_INVALID_INPUT);
+    json_decref(bad);
+    CHECK(strstr(msg, "kind") && strstr(msg, "alpha_value, bravo_value"));
+    CHECK(strlen(msg) < 260 && strcmp(msg + strlen(msg) - 3, "...") == 0);
+    json_t *good = J("{\"kind\":\"tango_value\"}"); /* the last value is still allowed */
+    CHECK_OK(cs_schema_from_json(&t, good, &out, &len, msg, sizeof(msg)));
+    json_decref(good);
+    free(out);
+}
+
 /* SPEC 2, 6: a combo needs at least two services; one is invalid_input naming `services`. */
 static void test_s6_combo_with_one_service_is_refused(void)
 {
@@ -1530,6 +1559,7 @@ int main(void)
     RUN(test_s6_wrong_kind_is_refused_and_changes_nothing);
     RUN(test_s6_string_over_limit_is_refused_at_limit_accepted);
     RUN(test_s6_enum_value_not_allowed_is_refused);
+    RUN(test_s6_enum_refusal_with_a_long_value_list_is_cut_not_overrun);
     RUN(test_s6_combo_with_one_service_is_refused);
     RUN(test_s6_price_out_of_range_is_refused_at_limit_accepted);
     RUN(test_s6_reference_to_missing_item_is_dangling);

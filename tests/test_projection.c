@@ -1447,6 +1447,61 @@ static void test_single_store_joining_keeps_its_items_local(void)
     head_close(&h);
 }
 
+/* Writes the branch's stored projection state (`branch` "state") behind the projection's back,
+ * through the branch's own environment (one open per path per process). */
+static bool branch_state_replace(cs_branch *b, const char *json)
+{
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    if (mdb_txn_begin(cs_log_env(cs_engine_log(cs_branch_engine(b))), NULL, 0, &txn))
+        return false;
+    MDB_val k = {5, "state"}, v = {strlen(json), (void *)json};
+    if (mdb_dbi_open(txn, "branch", 0, &dbi) || mdb_put(txn, dbi, &k, &v, 0)) {
+        mdb_txn_abort(txn);
+        return false;
+    }
+    return mdb_txn_commit(txn) == 0;
+}
+
+/* projection_int.h: the apply path asserts the branch state's invariants, so a stored state
+ * that breaks one (damage: the code never writes it) is reported corrupt by every reader, and
+ * a segment is refused rather than applied to it. */
+static void test_branch_state_breaking_an_invariant_is_corrupt(void)
+{
+    head h;
+    bdir d;
+    uint64_t shop = 0;
+    CHECK(head_open(&h, "proj-inv-h") && build_script(&h, &shop));
+    CHECK(bdir_open(&d, "proj-inv-b", shop));
+    CHECK_OK(feed(d.b, h.e, 0, NULL));
+    cs_branch_state st;
+    CHECK_OK(cs_branch_state_get(d.b, &st));
+    CHECK(st.linked && st.cursor > 0 && st.sync_seq > 0);
+    char json[512];
+    snprintf(json, sizeof(json),
+             "{\"continuous\":false,\"cursor\":%llu,\"head\":%llu,\"linked\":true,"
+             "\"shop\":%llu,\"switch\":true,\"sync_seq\":%llu,\"types\":[],"
+             "\"unlinked\":true}",
+             (unsigned long long)st.cursor, (unsigned long long)st.head,
+             (unsigned long long)st.shop, (unsigned long long)st.sync_seq);
+    CHECK(branch_state_replace(d.b, json));
+    CHECK(cs_branch_state_get(d.b, &st) == CS_CORRUPT);
+    CHECK(strstr(cs_branch_errmsg(d.b), "inconsistent"));
+    cs_log_reader *r;
+    uint8_t *seg = NULL;
+    size_t len;
+    uint64_t last;
+    CHECK_OK(cs_log_reader_open(cs_engine_log(h.e), &r));
+    cs_err err = cs_segment_encode(r, 1, UINT64_MAX, CS_SEGMENT_BYTES_MAX, &seg, &len, &last);
+    cs_log_reader_close(r);
+    CHECK_OK(err);
+    err = cs_branch_apply_segment(d.b, seg, len, NULL);
+    free(seg);
+    CHECK(err == CS_CORRUPT);
+    bdir_close(&d);
+    head_close(&h);
+}
+
 /* The state a refusal must leave alone: the branch's projection digest and its own log. */
 static bool branch_snapshot(cs_branch *b, uint64_t snap[2])
 {
@@ -1573,6 +1628,7 @@ int main(void)
     RUN(test_projection_reimport_is_idempotent_and_refusals_change_nothing);
     RUN(test_single_store_joining_keeps_its_items_local);
     RUN(test_branch_refuses_copy_writes_and_head_office_commands);
+    RUN(test_branch_state_breaking_an_invariant_is_corrupt);
     RUN(test_projection_matches_model_seed_1);
     RUN(test_projection_matches_model_seed_2);
     RUN(test_projection_matches_model_seed_3);

@@ -129,6 +129,10 @@ int cs_cli_read_json_object(const char *text, json_t **out);
 
 /* One JSON value on one line of stdout (compact). Returns CS_CLI_GO or exit code. */
 int cs_cli_print_json(const json_t *v);
+/* The same for a new value (transferred: freed here), as json_pack returns it; NULL (out of
+ * memory) is refused with no_memory. Strings go through jansson, so a quote in a path stays
+ * inside its JSON string. */
+int cs_cli_print_json_new(json_t *v);
 /* {"id","version","seq"} of a write. */
 int cs_cli_print_write_json(const cs_write_result *w);
 /* An item as `field: value` lines, schema fields in schema order (SPEC 7 get). */

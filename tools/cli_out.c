@@ -29,6 +29,13 @@ int cs_cli_print_json(const json_t *v)
     return CS_CLI_GO;
 }
 
+int cs_cli_print_json_new(json_t *v)
+{
+    int rc = v ? cs_cli_print_json(v) : cs_cli_fail(CS_NO_MEMORY, "cannot format the JSON output");
+    json_decref(v);
+    return rc;
+}
+
 int cs_cli_print_write_json(const cs_write_result *w)
 {
     /* printf, not json_integer: jansson integers are signed and ids are u64. */

@@ -36,13 +36,13 @@ int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
     else if (err != CS_OK)
         rc = cs_cli_fail(err, "cannot export to %s", out);
     else if (cs_cli_g.json_out)
-        printf("{\"from\":%llu,\"events\":%llu,\"out\":\"%s\"}\n", (unsigned long long)from,
-               (unsigned long long)events, out);
+        rc = cs_cli_print_json_new(json_pack("{s:I,s:I,s:s}", "from", (json_int_t)from, "events",
+                                             (json_int_t)events, "out", out));
     else
         printf("exported events %llu to %llu (%llu events) to %s\n", (unsigned long long)from,
                (unsigned long long)(from + events - 1), (unsigned long long)events, out);
     cs_engine_close(e);
-    return err == CS_OK ? 0 : rc;
+    return rc == CS_CLI_GO ? 0 : rc;
 }
 
 static int import_into(const char *dir, uint64_t shop, const char *file)
@@ -65,9 +65,9 @@ static int import_into(const char *dir, uint64_t shop, const char *file)
     if (err != CS_OK)
         rc = cs_cli_fail(err, "%s", cs_branch_errmsg(b));
     else if (cs_cli_g.json_out)
-        printf("{\"applied\":%llu,\"cursor\":%llu,\"sync_seq\":%llu,\"linked\":%s}\n",
-               (unsigned long long)applied, (unsigned long long)st.cursor,
-               (unsigned long long)st.sync_seq, st.linked ? "true" : "false");
+        rc = cs_cli_print_json_new(json_pack("{s:I,s:I,s:I,s:b}", "applied", (json_int_t)applied,
+                                             "cursor", (json_int_t)st.cursor, "sync_seq",
+                                             (json_int_t)st.sync_seq, "linked", st.linked));
     else
         printf("applied %llu events; branch %llu is at event %llu (last sync point %llu)%s\n",
                (unsigned long long)applied, (unsigned long long)shop, (unsigned long long)st.cursor,
@@ -79,7 +79,7 @@ static int import_into(const char *dir, uint64_t shop, const char *file)
     cs_branch_close(b);
     if (undo)
         cs_cli_created_undo(dir, fresh);
-    return rc;
+    return rc == CS_CLI_GO ? 0 : rc;
 }
 
 int cs_cmd_branch_import(const cs_cli_cmd *cmd, int argc, char **argv)
