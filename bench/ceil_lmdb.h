@@ -16,6 +16,8 @@
 
 #include "bench/bench.h"
 
+#include "log/log.h"
+
 #include <lmdb.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -76,9 +78,7 @@ static inline int cs_ceil_lmdb_batch(MDB_env *env, MDB_dbi dbi, uint64_t first, 
         return cs_ceil_lmdb_fail("txn_begin", rc);
     for (uint64_t i = first; i < first + count; i++) {
         uint8_t kb[8];
-        uint64_t seq = i + 1;
-        for (int b = 7; b >= 0; b--, seq >>= 8)
-            kb[b] = (uint8_t)seq;
+        cs_be64_put(kb, i + 1);
         memcpy(value, kb, value_bytes < 8 ? value_bytes : 8);
         MDB_val k = {sizeof(kb), kb}, v = {value_bytes, value};
         if ((rc = mdb_put(txn, dbi, &k, &v, MDB_APPEND))) {
