@@ -828,5 +828,8 @@ int main(int argc, char **argv)
     if (json)
         fclose(json);
     cs_bench_rm_tree(b.net.root);
+    free(b.net.shops);
+    free(b.tmpl);
+    free(b.run);
     return 0;
 }

@@ -607,8 +607,8 @@ static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
 
 /* Segments applied per transaction, and bytes: bounded by the projection's own limit and by
  * what the receive buffer holds in one loop iteration. */
-#define BATCH_SEGMENTS_MAX 64u
-#define BATCH_BYTES_MAX (16u * 1024u * 1024u)
+#define BATCH_SEGMENTS_MAX 16u
+#define BATCH_BYTES_MAX (8u * 1024u * 1024u)
 
 /* The SEGMENT frames at the front of the buffer, as many as are complete (at least the first):
  * applied in one transaction, acknowledged once. */
