@@ -10,6 +10,8 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
@@ -308,6 +310,15 @@ void cs__net_vlogf(FILE *out, const char *who, const char *fmt, va_list ap)
     vfprintf(out, fmt, ap);
     fputc('\n', out);
     fflush(out);
+}
+
+void cs__signals_unblock(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
 int cs__dir_lock(const char *dir, const char *name, int how)

@@ -182,6 +182,7 @@ typedef struct cs__conn {
     size_t queued;      /* bytes handed to uv_write and not yet written */
     uint64_t paused_ms; /* when the queue passed the high-water mark; 0 = not paused */
     uint64_t opened_ms, last_rx_ms, last_tx_ms, closing_ms;
+    uint64_t last_alive_ms; /* when the peer last took bytes we wrote (a write completed) */
     bool status_dirty;
     uv_shutdown_t shutdown;
     cs__rx rx;
@@ -236,6 +237,10 @@ void cs__net_vlogf(FILE *out, const char *who, const char *fmt, va_list ap);
  * the descriptor (close it to release), -2 when another process holds it, -1 when it cannot be
  * created. */
 int cs__dir_lock(const char *dir, const char *name, int how);
+/* Unblocks SIGINT and SIGTERM once the loop's handlers are in place: a program that blocks
+ * them before it starts (the CLI does, for serve and the branch nodes) then loses no stop
+ * request that came during start-up, and never dies of one without a clean stop. */
+void cs__signals_unblock(void);
 /* Splits "HOST:PORT" into a sockaddr. Errors: CS_INVALID_INPUT. */
 cs_err cs__parse_addr(const char *hostport, struct sockaddr_storage *out);
 

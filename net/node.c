@@ -992,6 +992,7 @@ cs_err cs_node_run(cs_branch *b, const char *dir, const cs_node_options *o, char
     if (err == CS_OK && (uv_signal_start(&r.sigint, run_signal, SIGINT) != 0 ||
                          uv_signal_start(&r.sigterm, run_signal, SIGTERM) != 0))
         cs_node_stop(r.n); /* without signals a follower could not be stopped cleanly */
+    cs__signals_unblock(); /* one that came during start-up (the CLI blocks them) is handled now */
     if (err != CS_OK) {    /* run_done never comes: close the signals here */
         if (si)
             uv_close((uv_handle_t *)&r.sigint, NULL);

@@ -487,8 +487,9 @@ static void conn_tick(cs__server *s, cs__conn *c, uint64_t now)
             cs__conn_close(c, CS_OK, "", true);
     } else if (c->state != CS__C_STREAMING && now - c->opened_ms > CS_NET_HANDSHAKE_MS) {
         cs__conn_close(c, CS_INVALID_INPUT, "handshake took too long", false);
-    } else if (now - c->last_rx_ms > CS_NET_DEAD_MS) {
-        snprintf(m, sizeof(m), "nothing received for %llu ms",
+    } else if (now - (c->last_rx_ms > c->last_alive_ms ? c->last_rx_ms : c->last_alive_ms) >
+               CS_NET_DEAD_MS) {
+        snprintf(m, sizeof(m), "nothing received nor read for %llu ms",
                  (unsigned long long)(now - c->last_rx_ms));
         cs__conn_close(c, CS_NETWORK, m, false);
     } else if (c->paused_ms && now - c->paused_ms > s->stuck_ms) {
@@ -683,6 +684,8 @@ static cs_err server_handles(cs__server *s, const char *dir, char *errmsg, size_
         s->sigterm.data = s;
         rc = uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     }
+    if (rc == 0)
+        cs__signals_unblock(); /* one that came during start-up is handled now */
     if (rc != 0)
         return server_fail(errmsg, len, CS_IO, "cannot start the server's timers and watch: %s",
                            uv_strerror(rc));

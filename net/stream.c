@@ -53,6 +53,11 @@ static void write_done(uv_write_t *req, int status)
             cs__conn_close(c, CS_OK, uv_strerror(status), true);
         return;
     }
+    /* A segment the peer's kernel took is a sign of life too: a branch busy applying a long
+     * catch-up may send nothing for a while, yet it keeps reading (docs/protocol.md: dead means
+     * nothing moves either way). */
+    if (c->state == CS__C_STREAMING)
+        c->last_alive_ms = cs__net_now_ms();
     if (c->paused_ms && c->queued < CS_NET_SENDQ_BYTES_LOW) {
         c->paused_ms = 0;
         cs__server_pump_one(c->srv, c);

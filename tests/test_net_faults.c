@@ -1453,7 +1453,11 @@ static void follower_kill9_mid_catch_up_nothing_twice_or_skipped(void)
         kills += after < f3_head;
     }
     CHECK(kills >= 1); /* at least one kill was mid-catch-up */
+    /* The last follower is stopped with SIGTERM below: it must be up first (a signal that comes
+     * while a program is still starting, before main, ends it the Unix way, by the signal). */
+    unsigned ups = count_text(f3_blog, "authenticated as shop");
     CHECK((f3_follow = follow_start(f3_bdir, f3_blog)) > 0);
+    CHECK(wait_text(f3_blog, "authenticated as shop", ups + 1, 15000));
     uint64_t end = cs_run_now_ms() + 30000;
     while (cs_run_now_ms() < end && branch_cursor(f3_bdir) < f3_head)
         sleep_ms(50);

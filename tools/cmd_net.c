@@ -7,6 +7,7 @@
 #include "net/net.h"
 #include "tools/cli.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +15,20 @@
 #include <time.h>
 #include <unistd.h>
 
+/* SIGINT and SIGTERM wait until the loop handles them (net/ unblocks them then): a stop that
+ * comes while the directory is being opened is a clean stop too. */
+static void block_stop_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+}
+
 int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv)
 {
+    block_stop_signals();
     const char *listen = NULL, *stuck_s = NULL, *ready = NULL, *dir = NULL;
     const cs_cli_opt opts[] = {{"listen", true, &listen, NULL},
                                {"stuck-ms", true, &stuck_s, NULL},
@@ -142,6 +155,7 @@ int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv)
 
 static int follow_or_pull(const cs_cli_cmd *cmd, int argc, char **argv, cs_node_mode mode)
 {
+    block_stop_signals();
     const char *head = NULL, *dir = NULL;
     const cs_cli_opt opts[] = {{"head", true, &head, NULL}};
     char *pos[CS_CLI_POS_MAX];
