@@ -97,15 +97,21 @@ static uint64_t head_seq(const char *dir)
     return head;
 }
 
-/* The branch's cursor, read from its directory by this process as any reader would. */
-static uint64_t branch_cursor(const char *dir)
+/* The branch's state, read from its directory by this process as any reader would (zeros when
+ * it cannot be read). */
+static cs_branch_state branch_state(const char *dir)
 {
     cs_branch *b = NULL;
     cs_branch_state st = {0};
     if (cs_branch_open(dir, NULL, &b) == CS_OK)
         cs_branch_state_get(b, &st);
     cs_branch_close(b);
-    return st.cursor;
+    return st;
+}
+
+static uint64_t branch_cursor(const char *dir)
+{
+    return branch_state(dir).cursor;
 }
 
 /* Waits until the branch's cursor reaches `seq`. */
@@ -665,12 +671,7 @@ static int cmd_err(const char *const *args, const char *input, const char *want)
 
 static bool branch_unlinked(const char *dir)
 {
-    cs_branch *b = NULL;
-    cs_branch_state st = {0};
-    if (cs_branch_open(dir, NULL, &b) == CS_OK)
-        cs_branch_state_get(b, &st);
-    cs_branch_close(b);
-    return st.unlinked;
+    return branch_state(dir).unlinked;
 }
 
 /* R13 over the network: a branch that was offline when the head office unlinked it learns of
