@@ -85,6 +85,20 @@ static uint64_t cmd_u64(const char *input, const char *key, const char *const *a
     return v;
 }
 
+static int cmd_err(const char *const *args, const char *input, const char *want)
+{
+    cs_run_result r;
+    if (!cs_run(&r, input, NULL, args, CMD_MS))
+        return -1;
+    int rc = strstr(r.err, want) ? r.exit_code : -2;
+    if (rc == -2)
+        fprintf(stderr, "  %s %s: exit %d, wanted %s: %s\n", args[0], args[1], r.exit_code, want,
+                r.err);
+    free(r.out);
+    free(r.err);
+    return rc;
+}
+
 static uint64_t head_seq(const char *dir)
 {
     cs_engine *e = NULL;
@@ -261,7 +275,9 @@ static bool serve_start(net *n, const char *port)
     return false;
 }
 
-static int join(net *n, unsigned i, const char *password)
+/* `branch join` for branch i: its exit code, or with want (a code's name) the exit code only
+ * when standard error names it (-2 otherwise). */
+static int join_with(net *n, unsigned i, const char *password, const char *want)
 {
     char shop[32];
     snprintf(shop, sizeof(shop), "%llu", (unsigned long long)n->shops[i]);
@@ -269,7 +285,17 @@ static int join(net *n, unsigned i, const char *password)
                           n->addr,  "--shop", shop,     "--password-stdin", NULL};
     char input[128];
     snprintf(input, sizeof(input), "%s\n", password);
-    return cmd(input, NULL, args);
+    return want ? cmd_err(args, input, want) : cmd(input, NULL, args);
+}
+
+static int join(net *n, unsigned i, const char *password)
+{
+    return join_with(n, i, password, NULL);
+}
+
+static int join_err(net *n, unsigned i, const char *password, const char *want)
+{
+    return join_with(n, i, password, want);
 }
 
 static int pull(net *n, unsigned i)
@@ -587,25 +613,6 @@ static void test_r8_refused_write_is_reported_and_leaves_outbox(void)
     net_free(&n);
 }
 
-static int join_err(net *n, unsigned i, const char *password, const char *want)
-{
-    char shop[32];
-    snprintf(shop, sizeof(shop), "%llu", (unsigned long long)n->shops[i]);
-    const char *args[] = {"branch", "join",   "--data", n->dir[i],          "--head",
-                          n->addr,  "--shop", shop,     "--password-stdin", NULL};
-    char input[128];
-    snprintf(input, sizeof(input), "%s\n", password);
-    cs_run_result r;
-    if (!cs_run(&r, input, NULL, args, CMD_MS))
-        return -1;
-    int rc = strstr(r.err, want) ? r.exit_code : -2;
-    if (rc == -2)
-        fprintf(stderr, "  join: exit %d, wanted %s: %s\n", r.exit_code, want, r.err);
-    free(r.out);
-    free(r.err);
-    return rc;
-}
-
 /* SPEC 5, 6: the handshake's refusals, each with its code; a refused join into a new directory
  * leaves no directory behind (bad input changes nothing). */
 static void test_net_join_refusals_have_codes_and_leave_nothing(void)
@@ -653,20 +660,6 @@ static void test_net_branch_refuses_another_networks_head_office(void)
     CHECK(branch_cursor(a.dir[0]) == before);
     net_free(&a);
     net_free(&b);
-}
-
-static int cmd_err(const char *const *args, const char *input, const char *want)
-{
-    cs_run_result r;
-    if (!cs_run(&r, input, NULL, args, CMD_MS))
-        return -1;
-    int rc = strstr(r.err, want) ? r.exit_code : -2;
-    if (rc == -2)
-        fprintf(stderr, "  %s %s: exit %d, wanted %s: %s\n", args[0], args[1], r.exit_code, want,
-                r.err);
-    free(r.out);
-    free(r.err);
-    return rc;
 }
 
 static bool branch_unlinked(const char *dir)
