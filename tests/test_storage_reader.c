@@ -705,6 +705,17 @@ static void net2_close(net2 *n)
     memset(n, 0, sizeof(*n));
 }
 
+/* The reader script found and the fixture made, or nothing left behind. */
+static bool net2_ready(net2 *n)
+{
+    if (!find_script())
+        return false;
+    bool made = net2_open(n);
+    if (!made)
+        net2_close(n);
+    return made;
+}
+
 /* The object `storage_reader.py --state dir` prints (new reference), or NULL (printed). */
 static json_t *reader_state(const char *dir)
 {
@@ -893,12 +904,8 @@ static void test_storage_doc_type_table_is_the_schema(void)
  * them. */
 static void test_storage_doc_lets_another_language_read_a_branch(void)
 {
-    CHECK(find_script());
     net2 n;
-    bool made = net2_open(&n);
-    if (!made)
-        net2_close(&n);
-    CHECK(made);
+    CHECK(net2_ready(&n));
     json_t *state = reader_state(n.bdir);
     CHECK(state);
     uint64_t d;
@@ -950,12 +957,8 @@ static void test_storage_doc_lets_another_language_read_an_unlinked_branch(void)
 /* docs/storage.md is enough to read a head office: its identity, network, shops and items. */
 static void test_storage_doc_lets_another_language_read_a_head_office(void)
 {
-    CHECK(find_script());
     net2 n;
-    bool made = net2_open(&n);
-    if (!made)
-        net2_close(&n);
-    CHECK(made);
+    CHECK(net2_ready(&n));
     json_t *state = reader_state(n.hdir), *shops = NULL;
     CHECK(state);
     uint64_t d;
@@ -982,12 +985,8 @@ static void test_storage_doc_lets_another_language_read_a_head_office(void)
  * copy, or a dirty entry with no mirror record, is corrupt; repaired, the branch reads again. */
 static void test_storage_reader_finds_a_broken_origin_index(void)
 {
-    CHECK(find_script());
     net2 n;
-    bool made = net2_open(&n);
-    if (!made)
-        net2_close(&n);
-    CHECK(made);
+    CHECK(net2_ready(&n));
     cs_log *log = cs_engine_log(cs_branch_engine(n.b));
     MDB_txn *txn;
     MDB_dbi origin;
