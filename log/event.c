@@ -439,7 +439,25 @@ static cs_err unpack_at(cs_event_decoder *dec, const uint8_t *buf, size_t len, s
     return decode_corrupt(dec, CS_CORRUPT_AT); /* msgpack-c refused what the check passed */
 }
 
-cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs_event_view *out)
+/* The value of `fields` left as bytes: skipped over by the bounds check that already walked
+ * it, and its map header checked, so that msgpack-c never builds objects nobody reads. */
+static cs_err skip_fields(cs_event_decoder *dec, const uint8_t *buf, size_t len, size_t *off,
+                          msgpack_object *out)
+{
+    size_t vlen;
+    if (cs_msgpack_check(buf + *off, len - *off, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK)
+        return decode_corrupt(dec, CS_CORRUPT_AT); /* the whole-event check passed it */
+    uint8_t b = buf[*off];
+    out->type =
+        (b & 0xf0) == 0x80 || b == 0xde || b == 0xdf ? MSGPACK_OBJECT_MAP : MSGPACK_OBJECT_NIL;
+    out->via.map.size = 0;
+    out->via.map.ptr = NULL;
+    *off += vlen;
+    return CS_OK;
+}
+
+static cs_err decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, bool lazy,
+                     cs_event_view *out)
 {
     size_t vlen, hdr;
     uint64_t payload, children;
@@ -465,7 +483,8 @@ cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs
         cs_err err = unpack_at(dec, buf, len, &off, &kv.key);
         size_t start = off;
         if (err == CS_OK)
-            err = unpack_at(dec, buf, len, &off, &kv.val);
+            err = lazy && key_is(&kv.key, "fields") ? skip_fields(dec, buf, len, &off, &kv.val)
+                                                    : unpack_at(dec, buf, len, &off, &kv.val);
         if (err != CS_OK)
             return err;
         unsigned bit = decode_key(&kv, &ev, &bad);
@@ -483,4 +502,15 @@ cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs
         return decode_corrupt(dec, CS_CORRUPT_AT); /* bytes after the map */
     *out = ev;
     return CS_OK;
+}
+
+cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs_event_view *out)
+{
+    return decode(dec, buf, len, false, out);
+}
+
+cs_err cs_event_decode_lazy(cs_event_decoder *dec, const uint8_t *buf, size_t len,
+                            cs_event_view *out)
+{
+    return decode(dec, buf, len, true, out);
 }

@@ -228,6 +228,12 @@ void cs_event_decoder_free(cs_event_decoder *dec); /* accepts NULL */
 /* Decodes one event. Errors: CS_CORRUPT (not msgpack, a container longer than the input,
  * too deep, a missing or wrongly-typed key, trailing bytes), CS_NO_MEMORY. */
 cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs_event_view *out);
+/* The same checks, but `fields` is left undecoded: out->fields is an empty map (nil when the
+ * value is not a map, which cs_event_decode refuses: so is it here) and only fields_bytes /
+ * fields_len hold it. For a branch applying catalog events, which stores those bytes as they
+ * are and decodes them only at a sync point, once per item and transaction. */
+cs_err cs_event_decode_lazy(cs_event_decoder *dec, const uint8_t *buf, size_t len,
+                            cs_event_view *out);
 /* After cs_event_decode returned CS_CORRUPT: the check that refused the bytes (CS_CORRUPT_AT,
  * static), for the caller's sentence; "" when the last decode did not fail so. */
 const char *cs_event_decoder_corrupt_at(const cs_event_decoder *dec);

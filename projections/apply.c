@@ -1,5 +1,5 @@
 /*
- * apply.c: applying the head office's events to a branch, one segment per transaction.
+ * apply.c: applying the head office's events to a branch, up to 64 segments per transaction.
  *
  * Per event (docs/design.md, "projection"):
  *   put/delete of a catalog type   -> the mirror, and the entry is marked dirty; in continuous
@@ -19,26 +19,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The item joins the batch with this event's state (the mirror is written once, at the end
+ * of the transaction: cs__batch_write) and waits for a sync point. */
 static cs_err apply_catalog(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev,
                             const cs_type *t, bool del)
 {
     uint8_t kb[9];
     cs__key9(kb, t->code, ev->id);
-    cs_err err;
-    if (ev->fields_bytes) { /* stored as they were logged: no decode and pack again */
-        err = cs__rec_put(b, txn, b->mirror, kb, ev->version, del, NULL, ev->fields_bytes,
-                          ev->fields_len);
-    } else {
-        cs_item it = {.version = ev->version, .archived = del, .fields = ev->fields};
-        err = cs_item_write(txn, b->mirror, t, ev->id, &it);
-    }
-    /* Already dirty is the common case while catching up: NOOVERWRITE stops at the search. */
-    MDB_val k = {9, kb}, v = {0, ""};
-    if (err == CS_OK && (err = cs_log_txn_put(txn, b->dirty, &k, &v, MDB_NOOVERWRITE)) ==
-                            CS_INVALID_INPUT) /* cs_log_txn_put's answer for an existing key */
-        err = CS_OK;
-    if (err == CS_OK && b->st.linked && b->st.sync_on && b->st.continuous &&
-        cs_type_set_has(b->st.types_mask, t->code))
+    cs__batch *bt = &b->batch;
+    uint32_t i;
+    cs_assert(ev->fields_bytes != NULL); /* every decode sets them */
+    cs_err err = cs__batch_get(bt, kb, &i);
+    if (err != CS_OK)
+        return err;
+    cs__bitem *it = &bt->items[i];
+    it->latest = (cs__istate){
+        .fields = ev->fields_bytes, .len = ev->fields_len, .version = ev->version, .archived = del};
+    it->flags |= CS__BI_LATEST;
+    if ((err = cs__batch_mark_dirty(bt, i)) == CS_OK && b->st.linked && b->st.sync_on &&
+        b->st.continuous && cs_type_set_has(b->st.types_mask, t->code))
         err = cs__sync_point(b, txn, ev->seq);
     return err;
 }
@@ -95,6 +94,10 @@ static cs_err apply_network_event(cs_branch *b, cs_log_txn *txn, const cs_event_
 {
     cs__bstate *st = &b->st;
     cs_type_set before = st->types_mask;
+    /* What the batch noted was remapped under the old view: written before it changes. */
+    cs_err err = cs__batch_write(b, txn);
+    if (err != CS_OK)
+        return err;
     if (kind == CS_KIND_NETWORK)
         st->head = ev->shop;
     apply_network_fields(st, ev);
@@ -133,8 +136,12 @@ cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view
         if ((ev->id == 0 || mine) && st->linked && st->sync_on)
             return cs__sync_point(b, txn, ev->seq);
         return CS_OK;
-    case CS_KIND_SHOP_UNLINK:
-        return mine ? cs__unlink(b, txn) : CS_OK;
+    case CS_KIND_SHOP_UNLINK: {
+        if (!mine)
+            return CS_OK;
+        cs_err err = cs__batch_write(b, txn); /* unlink walks the catalog as it stands */
+        return err == CS_OK ? cs__unlink(b, txn) : err;
+    }
     case CS_KIND_INIT:
     case CS_KIND_SHOP_PASSWORD:
     case CS_KIND_SHOP_WHATSAPP:
@@ -175,16 +182,32 @@ static cs_err check_start(cs_branch *b, const cs_segment_view *v)
     return CS_OK;
 }
 
+/* A put or delete of a synced type: what apply_catalog takes as bytes. */
+static bool catalog_event(const cs_event_view *ev)
+{
+    cs_kind kind = cs_kind_parse(ev->kind);
+    const cs_type *t =
+        kind == CS_KIND_PUT || kind == CS_KIND_DELETE ? cs_schema_find_str(ev->type) : NULL;
+    return t && t->cls == CS_CLASS_SYNCED;
+}
+
 static cs_err apply_record(cs_branch *b, cs_log_txn *txn, const cs_log_record *rec)
 {
     /* One event at a time, in order: segment_fn skips what the cursor covers and
      * cs_segment_next yields consecutive sequences from a first <= cursor + 1 (check_start). */
     cs_assert(rec->seq == b->st.cursor + 1);
     cs_event_view ev;
-    if (cs_event_decode(b->dec, rec->event, rec->event_len, &ev) != CS_OK || ev.seq != rec->seq)
+    /* Fields stay bytes for catalog puts and deletes (nearly every event); anything else reads
+     * its fields, so it is decoded again, whole. */
+    cs_err err = cs_event_decode_lazy(b->dec, rec->event, rec->event_len, &ev);
+    if (err == CS_OK && !catalog_event(&ev))
+        err = cs_event_decode(b->dec, rec->event, rec->event_len, &ev);
+    if (err == CS_NO_MEMORY)
+        return err;
+    if (err != CS_OK || ev.seq != rec->seq)
         return cs__branch_fail(b, CS_CORRUPT, "event %llu does not decode",
                                (unsigned long long)rec->seq);
-    cs_err err = cs__branch_apply_event(b, txn, &ev);
+    err = cs__branch_apply_event(b, txn, &ev);
     b->st.cursor = rec->seq;
     b->st.chain = rec->chain;
     cs_assert(err != CS_OK || cs__bstate_invariants_hold(&b->st));
@@ -248,6 +271,7 @@ static cs_err segment_fn(cs_log_txn *txn, void *ctx)
     seg_ctx *c = ctx;
     cs_branch *b = c->b;
     c->applied = 0;
+    cs__batch_reset(&b->batch); /* a retry (the map grew) starts again from nothing */
     cs_err err = b->bind_shop ? cs__bind_write(b, txn) : CS_OK;
     if (err == CS_OK)
         err = cs__state_load(b, cs_log_txn_mdb(txn), &b->st);
@@ -257,6 +281,8 @@ static cs_err segment_fn(cs_log_txn *txn, void *ctx)
     if (err != CS_OK)
         return err;
     cs_assert(b->st.cursor >= before); /* the cursor never moves back */
+    if ((err = cs__batch_write(b, txn)) != CS_OK)
+        return err;
     return c->applied ? cs__state_save(b, txn, &b->st) : CS_OK;
 }
 

@@ -70,7 +70,7 @@ void cs_branch_close(cs_branch *b)
     msgpack_zone_destroy(&b->zone);
     msgpack_sbuffer_destroy(&b->rec);
     msgpack_sbuffer_destroy(&b->flds);
-    free(b->ids);
+    cs__batch_free(&b->batch);
     free(b);
 }
 

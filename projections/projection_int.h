@@ -43,6 +43,64 @@ typedef struct cs__bstate {
     bool unlinked;
 } cs__bstate;
 
+/* An item's state as one event gave it: the fields' bytes point into a segment being applied
+ * (borrowed: the segments outlive the transaction's work, cs_branch_apply_segments). */
+typedef struct cs__istate {
+    const uint8_t *fields;
+    size_t len;
+    uint64_t version;
+    bool archived;
+} cs__istate;
+
+/* Flags of a cs__bitem. */
+#define CS__BI_LATEST 0x01u   /* an event of this transaction set `latest` */
+#define CS__BI_DIRTY 0x02u    /* waiting for a sync point (on the dirty list) */
+#define CS__BI_FROM_DB 0x04u  /* in the `dirty` database when the transaction began */
+#define CS__BI_ID_KNOWN 0x08u /* copy_id is what the origin index holds (0: no copy yet) */
+
+/* One catalog item the current apply transaction touched (batch.c). Within one transaction the
+ * states between its sync points cannot be seen by anyone, so the mirror gets only the last
+ * event's state and the copy only its state at the last sync point that covered it, once;
+ * docs/design.md, "Applying a batch", says why the result equals event-by-event application. */
+typedef struct cs__bitem {
+    uint8_t key[9];     /* type code, head id BE */
+    uint8_t flags;      /* CS__BI_* */
+    uint32_t slot;      /* its slot in the hash table */
+    uint32_t bumps;     /* sync points of this batch that found it changed (its copy's versions) */
+    uint32_t last_sync; /* the last of those (1-based, within the batch) */
+    uint32_t id_sync;   /* the sync point that gave it its copy id; 0: before this batch */
+    uint64_t copy_id;   /* with CS__BI_ID_KNOWN; 0 = no copy */
+    cs__istate latest;  /* with CS__BI_LATEST: for the mirror */
+    cs__istate synced;  /* with bumps > 0: for the copy */
+} cs__bitem;
+
+/* The items one apply transaction touched, reset at its start and written at its end (or
+ * before an event that changes the branch's view of the network). Arrays owned, reused. */
+typedef struct cs__batch {
+    cs__bitem *items; /* dense, in order of first touch */
+    uint32_t n, cap;
+    uint32_t *slots; /* open addressing: index + 1 into items, 0 = empty */
+    uint32_t nslots; /* a power of two, at least twice n */
+    uint32_t *dirty; /* indices of the items with CS__BI_DIRTY */
+    uint32_t ndirty, dirty_cap;
+    uint32_t *scratch; /* a sync point's new copies, then its kept entries */
+    uint32_t scratch_cap;
+    uint32_t syncs; /* sync points run in this batch */
+    bool db_loaded; /* the `dirty` database's entries are items of the batch */
+} cs__batch;
+
+void cs__batch_free(cs__batch *bt);
+void cs__batch_reset(cs__batch *bt);
+/* The item with this key, added (flags 0) when missing; *idx_out its index. Pointers into
+ * bt->items are invalid after a call that added. Errors: CS_NO_MEMORY. */
+cs_err cs__batch_get(cs__batch *bt, const uint8_t key[9], uint32_t *idx_out);
+/* The index of the item with this key, or UINT32_MAX. */
+uint32_t cs__batch_find(const cs__batch *bt, const uint8_t key[9]);
+/* Puts the item on the dirty list (once). Errors: CS_NO_MEMORY. */
+cs_err cs__batch_mark_dirty(cs__batch *bt, uint32_t idx);
+/* Room for n indices in bt->scratch. Errors: CS_NO_MEMORY. */
+cs_err cs__batch_scratch(cs__batch *bt, size_t n);
+
 struct cs_branch {
     cs_engine *engine; /* owned */
     MDB_dbi mirror;
@@ -55,10 +113,9 @@ struct cs_branch {
     msgpack_sbuffer rec;   /* owned: one item record being written, reused (no malloc per item) */
     msgpack_packer rec_pk; /* packs into rec */
     msgpack_sbuffer flds;  /* owned: a copy's remapped fields, reused */
-    uint64_t *ids;         /* owned: a sync point's copy id per dirty entry (syncpoint.c) */
-    size_t ids_cap;
-    cs__bstate st;      /* the state inside the current apply transaction */
-    uint64_t bind_shop; /* cs_branch_bind's shop, written by the next segment applied */
+    cs__batch batch;       /* owned: the items the current apply transaction touched */
+    cs__bstate st;         /* the state inside the current apply transaction */
+    uint64_t bind_shop;    /* cs_branch_bind's shop, written by the next segment applied */
     char errmsg[CS__BRANCH_ERRMSG_BYTES];
 };
 
@@ -95,8 +152,12 @@ cs_err cs__rec_put(cs_branch *b, cs_log_txn *txn, MDB_dbi dbi, const uint8_t key
 cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev);
 
 /* A sync point covering this branch (syncpoint.c): brings every dirty entry of a synced type
- * to the mirror's state (R2, R4, R7). */
+ * to the mirror's state (R2, R4, R7). Entries the batch touched are only noted (their copy is
+ * written by cs__batch_write); the others, dirty since an earlier transaction, are written. */
 cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq);
+/* Writes what the batch holds: each touched item's mirror entry, each copy its sync points
+ * changed, the dirty set; then resets the batch (syncpoint.c). */
+cs_err cs__batch_write(cs_branch *b, cs_log_txn *txn);
 /* R2, R7: `gained` types were put back into the synced set; marks dirty every mirror entry of
  * a type that references one of them, so the next sync point names this branch's copies of the
  * items of those types instead of the head-office ids kept while they were out (syncpoint.c). */

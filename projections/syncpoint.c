@@ -8,10 +8,21 @@
  * and the first sync point after the switch comes back on catches up (R6).
  *
  * Two passes, because a copy's references must name this branch's copies (R2) and a combo may
- * arrive in the same sync point as the services it lists: pass 1 gives every new copy its id,
- * pass 2 writes each copy with its references remapped through the origin index. Pass 1
- * remembers each entry's copy id (b->ids) for pass 2; then the written entries leave the dirty
- * set, in one mdb_drop when no entry of an unsynced type stays.
+ * arrive in the same sync point as the services it lists: pass 1 gives every new copy its id
+ * (in key order, the dirty set's), pass 2 brings each copy to its entry's state with its
+ * references remapped through the origin index.
+ *
+ * The entries live in the transaction's batch (batch.c): the dirty set of earlier transactions
+ * is loaded into it at the batch's first sync point. Pass 2 writes the copies of entries the
+ * batch did not touch at once, from the mirror; for the others it only notes the state and
+ * counts the sync point, and cs__batch_write writes each such copy once, at the end, as of its
+ * last sync point: its version moves by the number of sync points that changed it, and a
+ * reference to a copy created after that sync point keeps the head-office id, exactly as event
+ * by event. That rests on two facts: an item's events carry increasing versions (the head
+ * office's engine gives version + 1 to every put and delete), so every sync point that finds
+ * an entry changed by an event changes its copy's origin; and apply.c writes the batch before
+ * any event that changes the synced types, the head office or the link, so what a copy is
+ * remapped through at the end is what it would have been at its sync point.
  *
  * Invariants after a sync point (tests/test_projection.c checks them against a model):
  *   1. every mirror entry of a synced type has a copy, archived ones included: an item deleted
@@ -25,6 +36,7 @@
  */
 #include "projections/projection_int.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static cs_err origin_get(cs_branch *b, MDB_txn *m, uint8_t code, uint64_t head_id, uint64_t *out)
@@ -41,75 +53,14 @@ static cs_err origin_get(cs_branch *b, MDB_txn *m, uint8_t code, uint64_t head_i
     return CS_OK;
 }
 
-/* Room for a copy id per dirty entry in b->ids (grown by doubling; never shrunk). */
-static cs_err ids_reserve(cs_branch *b, size_t n)
-{
-    if (n <= b->ids_cap)
-        return CS_OK;
-    size_t cap = b->ids_cap ? b->ids_cap : 1024;
-    while (cap < n)
-        cap *= 2;
-    uint64_t *p = realloc(b->ids, cap * sizeof(*p));
-    if (!p)
-        return CS_NO_MEMORY;
-    b->ids = p;
-    b->ids_cap = cap;
-    return CS_OK;
-}
-
-/* Pass 1: an id for every mirror entry of a synced type that has no copy yet, archived ones
- * included (invariant 1). b->ids[i] gets the copy id of the i-th dirty entry (0: its type is
- * not synced), so pass 2, which walks the same entries in the same order, looks none up. */
-static cs_err assign_ids(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_t *n_out)
-{
-    MDB_txn *m = cs_log_txn_mdb(txn);
-    MDB_val k, v;
-    MDB_stat ms;
-    size_t i = 0;
-    if (mdb_stat(m, b->dirty, &ms))
-        return CS_IO;
-    cs_err err = ids_reserve(b, ms.ms_entries);
-    int rc;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && err == CS_OK;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), i++) {
-        const uint8_t *kb = k.mv_data;
-        uint64_t id = 0;
-        if (k.mv_size != 9 || i >= ms.ms_entries)
-            return CS_CORRUPT;
-        b->ids[i] = 0;
-        if (!cs_type_set_has(b->st.types_mask, kb[0]))
-            continue;
-        if ((err = origin_get(b, m, kb[0], cs_be64_get(kb + 1), &id)) != CS_NOT_FOUND) {
-            b->ids[i] = id;
-            continue;
-        }
-        MDB_val mv;
-        if (mdb_get(m, b->mirror, &k, &mv))
-            return cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no mirror record");
-        err = cs_engine_alloc_id(b->engine, txn, b->st.shop, &id);
-        uint8_t idb[8];
-        for (int j = 7; j >= 0; j--)
-            idb[j] = (uint8_t)(id >> (8 * (7 - j)));
-        MDB_val ik = {9, k.mv_data}, iv = {8, idb};
-        if (err == CS_OK)
-            err = cs_log_txn_put(txn, b->origin, &ik, &iv, 0);
-        b->ids[i] = id;
-    }
-    *n_out = i;
-    if (err != CS_OK)
-        return err;
-    /* The walk and mdb_stat read the same transaction: b->ids has one slot per entry. */
-    cs_assert(rc != MDB_NOTFOUND || i == ms.ms_entries);
-    return rc == MDB_NOTFOUND ? CS_OK : CS_IO;
-}
-
-/* References looked up during one pass 2 (the origin index does not change in it): a combo's
- * services and a service's category repeat across the copies of one sync point. */
+/* References looked up while copies are written: a combo's services and a service's category
+ * repeat across the copies of one sync point. */
 #define REMAP_CACHE_SLOTS 64u
 
 typedef struct remap_ctx {
     cs_branch *b;
     MDB_txn *m;
+    uint32_t cutoff; /* the sync point of the batch the copy being written is as of */
     struct {
         uint64_t head_id; /* 0: empty (head ids are never 0) */
         uint64_t mapped;
@@ -119,13 +70,27 @@ typedef struct remap_ctx {
 
 /* A reference to a catalog item becomes this branch's copy of it; shared records keep their id
  * (they are one record everywhere). A catalog item with no copy here (its type is not synced)
- * keeps the head-office id: docs/design.md explains why that is the least surprising choice. */
+ * keeps the head-office id: docs/design.md explains why that is the least surprising choice.
+ * A copy the batch created after the sync point the copy being written is as of did not exist
+ * then: the reference keeps the head-office id, as it would have event by event. */
 static cs_err remap_ref(const cs_type *target, uint64_t id, uint64_t *mapped, void *ctx)
 {
     remap_ctx *rc = ctx;
     *mapped = id;
     if (target->cls != CS_CLASS_SYNCED)
         return CS_OK;
+    const cs__batch *bt = &rc->b->batch;
+    uint8_t kb[9];
+    cs__key9(kb, target->code, id);
+    uint32_t i = cs__batch_find(bt, kb);
+    if (i != UINT32_MAX && (bt->items[i].flags & CS__BI_ID_KNOWN)) {
+        const cs__bitem *t = &bt->items[i];
+        if (t->copy_id != 0 && t->id_sync <= rc->cutoff)
+            *mapped = t->copy_id;
+        return CS_OK;
+    }
+    /* Not known to the batch: the origin index as the batch found it (every copy id the batch
+     * allocates is known to it), so a cached answer stays true for the whole batch. */
     unsigned slot = (unsigned)((id ^ (id >> 32) ^ target->code) % REMAP_CACHE_SLOTS);
     if (rc->cache[slot].head_id == id && rc->cache[slot].code == target->code) {
         *mapped = rc->cache[slot].mapped;
@@ -140,13 +105,15 @@ static cs_err remap_ref(const cs_type *target, uint64_t id, uint64_t *mapped, vo
     return CS_OK;
 }
 
-/* Brings one copy to its mirror entry's state. The remapped fields are compared with the
- * copy's as bytes: both come from msgpack-c's packer over the same values. */
+/* Brings one copy to the state m_it of its head-office item, as of `bumps` sync points that
+ * each found it changed (one, or more when a batch noted several). The remapped fields are
+ * compared with the copy's as bytes: both come from msgpack-c's packer over the same values. */
 static cs_err write_copy(cs_branch *b, cs_log_txn *txn, remap_ctx *rctx, const cs_type *t,
-                         uint64_t head_id, const cs_item *m_it, uint64_t copy_id)
+                         uint64_t head_id, const cs_item *m_it, uint64_t copy_id, uint32_t bumps)
 {
     cs_assert(t->cls == CS_CLASS_SYNCED); /* only entries of synced types get a copy id */
     cs_assert(copy_id != 0);
+    cs_assert(bumps > 0);
     MDB_txn *m = cs_log_txn_mdb(txn);
     uint8_t kb[9];
     cs__key9(kb, t->code, copy_id);
@@ -170,85 +137,161 @@ static cs_err write_copy(cs_branch *b, cs_log_txn *txn, remap_ctx *rctx, const c
                 memcmp(old.fields_bytes, b->flds.data, b->flds.size) == 0;
     if (same)
         return CS_OK;
-    return cs__rec_put(b, txn, b->items, kb, rc == 0 ? old.version + 1 : 1, m_it->archived /* R4 */,
-                       origin, (const uint8_t *)b->flds.data, b->flds.size);
+    return cs__rec_put(b, txn, b->items, kb, (rc == 0 ? old.version : 0) + bumps,
+                       m_it->archived /* R4 */, origin, (const uint8_t *)b->flds.data,
+                       b->flds.size);
 }
 
-/* Pass 2: every dirty entry of a synced type is written. *kept gets how many entries of other
- * types stay dirty (R7). */
-static cs_err write_copies(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_t n, size_t *kept)
+/* The dirty set of earlier transactions joins the batch, once per batch: a sync point covers
+ * all of it (R6: what waited while the switch was off; R7: types put back). */
+static cs_err load_dirty(cs_branch *b, MDB_txn *m)
 {
-    MDB_txn *m = cs_log_txn_mdb(txn);
+    cs__batch *bt = &b->batch;
+    MDB_cursor *cur;
+    if (mdb_cursor_open(m, b->dirty, &cur))
+        return CS_IO;
     MDB_val k, v;
-    remap_ctx *rctx = calloc(1, sizeof(*rctx));
-    if (!rctx)
-        return CS_NO_MEMORY;
-    *rctx = (remap_ctx){.b = b, .m = m};
     cs_err err = CS_OK;
-    size_t i = 0;
     int rc;
-    *kept = 0;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && err == CS_OK;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), i++) {
-        const uint8_t *kb = k.mv_data;
-        cs_assert(i < n); /* pass 1 saw the same entries */
-        if (b->ids[i] == 0) {
-            (*kept)++;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        uint32_t i;
+        if (k.mv_size != 9) {
+            err = cs__branch_fail(b, CS_CORRUPT, "a dirty entry has a key of %zu bytes", k.mv_size);
+            break;
+        }
+        if ((err = cs__batch_get(bt, k.mv_data, &i)) == CS_OK) {
+            bt->items[i].flags |= CS__BI_FROM_DB;
+            err = cs__batch_mark_dirty(bt, i);
+        }
+    }
+    mdb_cursor_close(cur);
+    if (err != CS_OK)
+        return err;
+    if (rc != MDB_NOTFOUND)
+        return CS_IO;
+    bt->db_loaded = true;
+    return CS_OK;
+}
+
+/* The order LMDB keeps the dirty set in (bytes, as its default comparison), so copy ids go to
+ * new items in the same order whatever the batches were. */
+static int key_cmp(const void *x, const void *y, void *items)
+{
+    const cs__bitem *it = items;
+    return memcmp(it[*(const uint32_t *)x].key, it[*(const uint32_t *)y].key, 9);
+}
+
+/* Pass 1: an id for every dirty entry of a synced type that has no copy yet, archived ones
+ * included (invariant 1), in key order. */
+static cs_err assign_ids(cs_branch *b, cs_log_txn *txn)
+{
+    cs__batch *bt = &b->batch;
+    MDB_txn *m = cs_log_txn_mdb(txn);
+    uint32_t nnew = 0;
+    cs_err err = cs__batch_scratch(bt, bt->ndirty);
+    for (uint32_t i = 0; i < bt->ndirty && err == CS_OK; i++) {
+        cs__bitem *it = &bt->items[bt->dirty[i]];
+        if (!cs_type_set_has(b->st.types_mask, it->key[0]))
+            continue;
+        if (!(it->flags & CS__BI_ID_KNOWN)) {
+            uint64_t id = 0;
+            err = origin_get(b, m, it->key[0], cs_be64_get(it->key + 1), &id);
+            if (err == CS_CORRUPT)
+                return cs__branch_fail(b, err, "the origin index does not read back");
+            if (err != CS_OK && err != CS_NOT_FOUND)
+                return err;
+            err = CS_OK;
+            it->copy_id = id;
+            it->id_sync = 0;
+            it->flags |= CS__BI_ID_KNOWN;
+        }
+        if (it->copy_id == 0)
+            bt->scratch[nnew++] = bt->dirty[i];
+    }
+    if (err != CS_OK)
+        return err;
+    qsort_r(bt->scratch, nnew, sizeof(*bt->scratch), key_cmp, bt->items);
+    for (uint32_t j = 0; j < nnew && err == CS_OK; j++) {
+        cs__bitem *it = &bt->items[bt->scratch[j]];
+        uint64_t id;
+        uint8_t idb[8];
+        if ((err = cs_engine_alloc_id(b->engine, txn, b->st.shop, &id)) != CS_OK)
+            break;
+        cs_be64_put(idb, id);
+        MDB_val k = {9, it->key}, v = {8, idb};
+        err = cs_log_txn_put(txn, b->origin, &k, &v, 0);
+        it->copy_id = id;
+        it->id_sync = bt->syncs;
+    }
+    return err;
+}
+
+/* An entry dirty since an earlier transaction and not touched by this one: its state is the
+ * mirror's, and its copy is written now (the batch holds no bytes of it). */
+static cs_err copy_from_mirror(cs_branch *b, cs_log_txn *txn, remap_ctx *rctx, const cs__bitem *it)
+{
+    const cs_type *t = cs_schema_by_code(it->key[0]);
+    cs_assert(t != NULL); /* a synced code (types_mask, cs__bstate invariant 5) */
+    MDB_val k = {9, (void *)it->key}, mv;
+    cs_item m_it;
+    msgpack_zone_clear(&b->zone);
+    if (mdb_get(cs_log_txn_mdb(txn), b->mirror, &k, &mv) ||
+        cs_item_parse(&mv, &b->zone, &m_it) != CS_OK)
+        return cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no mirror record");
+    rctx->cutoff = b->batch.syncs;
+    return write_copy(b, txn, rctx, t, cs_be64_get(it->key + 1), &m_it, it->copy_id, 1);
+}
+
+/* Pass 2: every dirty entry of a synced type leaves the dirty list; those the batch touched
+ * are noted (their state now is the one their copy gets), the others written. What stays is
+ * the entries of unsynced types (R7). */
+static cs_err note_copies(cs_branch *b, cs_log_txn *txn)
+{
+    cs__batch *bt = &b->batch;
+    uint32_t nkept = 0;
+    cs_err err = cs__batch_scratch(bt, bt->ndirty);
+    remap_ctx *rctx = NULL;
+    for (uint32_t i = 0; i < bt->ndirty && err == CS_OK; i++) {
+        uint32_t idx = bt->dirty[i];
+        cs__bitem *it = &bt->items[idx];
+        if (!cs_type_set_has(b->st.types_mask, it->key[0])) {
+            bt->scratch[nkept++] = idx;
             continue;
         }
-        const cs_type *t = cs_schema_by_code(kb[0]);
-        /* Pass 1 gave an id only to a synced code, and types_mask holds only synced types
-         * (cs__bstate invariant 5), so the code names a type. */
-        cs_assert(t != NULL);
-        MDB_val mv;
-        cs_item it;
-        msgpack_zone_clear(&b->zone);
-        if (mdb_get(m, b->mirror, &k, &mv) || cs_item_parse(&mv, &b->zone, &it) != CS_OK)
-            err = cs__branch_fail(b, CS_CORRUPT, "a dirty entry has no mirror record");
-        else
-            err = write_copy(b, txn, rctx, t, cs_be64_get(kb + 1), &it, b->ids[i]);
+        cs_assert(it->copy_id != 0); /* pass 1 */
+        it->flags &= (uint8_t)~CS__BI_DIRTY;
+        if (it->flags & CS__BI_LATEST) {
+            it->synced = it->latest;
+            it->bumps++;
+            it->last_sync = bt->syncs;
+            continue;
+        }
+        cs_assert(it->flags & CS__BI_FROM_DB); /* dirty and untouched: from the database */
+        if (!rctx && !(rctx = calloc(1, sizeof(*rctx))))
+            err = CS_NO_MEMORY;
+        if (err == CS_OK) {
+            rctx->b = b;
+            rctx->m = cs_log_txn_mdb(txn);
+            err = copy_from_mirror(b, txn, rctx, it);
+        }
     }
     free(rctx);
     if (err != CS_OK)
         return err;
-    return rc == MDB_NOTFOUND && i == n ? CS_OK : CS_IO;
+    memcpy(bt->dirty, bt->scratch, nkept * sizeof(*bt->dirty));
+    bt->ndirty = nkept;
+    return CS_OK;
 }
 
-/* The written entries leave the dirty set: all at once when no other type stays dirty. */
-static cs_err clear_dirty(cs_branch *b, cs_log_txn *txn, MDB_cursor *cur, size_t kept)
+/* After a sync point only entries of types outside the synced set stay dirty (R7). */
+static bool sync_point_done(const cs_branch *b)
 {
-    MDB_txn *m = cs_log_txn_mdb(txn);
-    if (kept == 0) {
-        int rc = mdb_drop(m, b->dirty, 0);
-        return rc == MDB_MAP_FULL ? CS_STORAGE_FULL : rc ? CS_IO : CS_OK;
-    }
-    MDB_val k, v;
-    size_t i = 0;
-    int rc;
-    /* After mdb_cursor_del the cursor stands on the next entry and MDB_NEXT does not skip it. */
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-        if (b->ids[i++] != 0 && mdb_cursor_del(cur, 0))
-            return CS_IO;
-    return rc == MDB_NOTFOUND ? CS_OK : CS_IO;
-}
-
-/* After a sync point only entries of types outside the synced set stay dirty (R7): `kept` of
- * them, and none of a synced type. Walks what stays, which is empty in the common case. */
-static bool sync_point_done(cs_branch *b, MDB_txn *m, size_t kept)
-{
-    MDB_stat ms;
-    MDB_cursor *cur;
-    if (mdb_stat(m, b->dirty, &ms) || mdb_cursor_open(m, b->dirty, &cur))
-        return true; /* a storage failure here is not ours to assert on */
-    bool ok = ms.ms_entries == kept;
-    MDB_val k, v;
-    int rc;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); ok && rc == 0;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-        ok = k.mv_size == 9 && !cs_type_set_has(b->st.types_mask, ((const uint8_t *)k.mv_data)[0]);
-    mdb_cursor_close(cur);
-    return ok;
+    const cs__batch *bt = &b->batch;
+    for (uint32_t i = 0; i < bt->ndirty; i++)
+        if (cs_type_set_has(b->st.types_mask, bt->items[bt->dirty[i]].key[0]))
+            return false;
+    return bt->db_loaded;
 }
 
 cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq)
@@ -260,21 +303,92 @@ cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq)
     cs_assert(!b->st.unlinked);
     cs_assert(seq == b->st.cursor + 1);
     cs_assert(seq > b->st.sync_seq);
-    MDB_cursor *cur;
-    size_t n = 0, kept = 0;
-    if (mdb_cursor_open(cs_log_txn_mdb(txn), b->dirty, &cur))
-        return CS_IO;
-    cs_err err = assign_ids(b, txn, cur, &n);
-    if (err == CS_OK)
-        err = write_copies(b, txn, cur, n, &kept);
-    if (err == CS_OK)
-        err = clear_dirty(b, txn, cur, kept);
-    mdb_cursor_close(cur);
+    cs__batch *bt = &b->batch;
+    cs_err err = CS_OK;
+    if (bt->syncs == UINT32_MAX) /* 4 billion sync points in one batch: write it first */
+        err = cs__batch_write(b, txn);
+    if (err == CS_OK && !bt->db_loaded)
+        err = load_dirty(b, cs_log_txn_mdb(txn));
+    if (err != CS_OK)
+        return err;
+    bt->syncs++;
+    if ((err = assign_ids(b, txn)) == CS_OK)
+        err = note_copies(b, txn);
     if (err == CS_OK) {
-        cs_assert(kept <= n);
-        cs_assert(sync_point_done(b, cs_log_txn_mdb(txn), kept));
+        cs_assert(sync_point_done(b));
         b->st.sync_seq = seq;
     }
+    return err;
+}
+
+/* The dirty set after the batch: an entry still waiting is put, one that came from the
+ * database and was written is deleted (all at once when none waits). */
+static cs_err write_dirty(cs_branch *b, cs_log_txn *txn, const cs__bitem *it, bool dropped)
+{
+    MDB_val k = {9, (void *)it->key}, v = {0, ""};
+    bool dirty = it->flags & CS__BI_DIRTY, from_db = it->flags & CS__BI_FROM_DB;
+    if (dirty && !from_db) {
+        cs_err err = cs_log_txn_put(txn, b->dirty, &k, &v, MDB_NOOVERWRITE);
+        return err == CS_INVALID_INPUT ? CS_OK : err; /* already dirty from an earlier batch */
+    }
+    if (dirty || !from_db || dropped)
+        return CS_OK;
+    int rc = mdb_del(cs_log_txn_mdb(txn), b->dirty, &k, NULL);
+    return rc == 0 || rc == MDB_NOTFOUND ? CS_OK : CS_IO;
+}
+
+/* A copy its batch's sync points changed, as of the last of them. */
+static cs_err write_noted_copy(cs_branch *b, cs_log_txn *txn, remap_ctx *rctx, const cs__bitem *it)
+{
+    const cs_type *t = cs_schema_by_code(it->key[0]);
+    cs_assert(t != NULL && t->cls == CS_CLASS_SYNCED); /* noted only while synced */
+    msgpack_zone_clear(&b->zone);
+    msgpack_object fields;
+    size_t off = 0;
+    /* The bytes passed the event's bounds check (cs_event_decode_lazy) before they were noted. */
+    msgpack_unpack_return ur =
+        msgpack_unpack((const char *)it->synced.fields, it->synced.len, &off, &b->zone, &fields);
+    if (ur == MSGPACK_UNPACK_NOMEM_ERROR)
+        return CS_NO_MEMORY;
+    if (ur != MSGPACK_UNPACK_SUCCESS || fields.type != MSGPACK_OBJECT_MAP)
+        return cs__branch_fail(b, CS_CORRUPT, "the fields of %s %llu do not decode", t->name,
+                               (unsigned long long)cs_be64_get(it->key + 1));
+    cs_item m_it = {
+        .version = it->synced.version, .archived = it->synced.archived, .fields = fields};
+    rctx->cutoff = it->last_sync;
+    return write_copy(b, txn, rctx, t, cs_be64_get(it->key + 1), &m_it, it->copy_id, it->bumps);
+}
+
+cs_err cs__batch_write(cs_branch *b, cs_log_txn *txn)
+{
+    cs__batch *bt = &b->batch;
+    if (bt->n == 0) { /* nothing to write; but a dirty set loaded empty is no longer known */
+        cs__batch_reset(bt);
+        return CS_OK;
+    }
+    remap_ctx *rctx = calloc(1, sizeof(*rctx));
+    if (!rctx)
+        return CS_NO_MEMORY;
+    *rctx = (remap_ctx){.b = b, .m = cs_log_txn_mdb(txn)};
+    bool drop = bt->db_loaded && bt->ndirty == 0; /* every entry it had was written */
+    cs_err err = CS_OK;
+    for (uint32_t i = 0; i < bt->n && err == CS_OK; i++) {
+        const cs__bitem *it = &bt->items[i];
+        if (it->flags & CS__BI_LATEST)
+            err = cs__rec_put(b, txn, b->mirror, it->key, it->latest.version, it->latest.archived,
+                              NULL, it->latest.fields, it->latest.len);
+        if (err == CS_OK && it->bumps)
+            err = write_noted_copy(b, txn, rctx, it);
+        if (err == CS_OK)
+            err = write_dirty(b, txn, it, drop);
+    }
+    free(rctx);
+    if (err == CS_OK && drop) {
+        int rc = mdb_drop(cs_log_txn_mdb(txn), b->dirty, 0);
+        err = rc == MDB_MAP_FULL ? CS_STORAGE_FULL : rc ? CS_IO : CS_OK;
+    }
+    if (err == CS_OK)
+        cs__batch_reset(bt);
     return err;
 }
 

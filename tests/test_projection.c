@@ -1290,6 +1290,146 @@ static void test_projection_replay_is_deterministic(void)
     head_close(&h);
 }
 
+/* The first index from `from` on (wrapping) whose flag is set, or -1. */
+static int pick_live(const bool *live, int n, unsigned from)
+{
+    for (int k = 0; k < n; k++)
+        if (live[(from + (unsigned)k) % (unsigned)n])
+            return (int)((from + (unsigned)k) % (unsigned)n);
+    return -1;
+}
+
+/* A random head-office history for the batching test: many edits of few items between sync
+ * points (so a batch sees an item several times between and across sync points), deletes,
+ * sync for all and for the branch, the switch, synced types (a type put back marks its
+ * referrers), both modes; with lo > 0 the first lo of every 100 choices are never made (66:
+ * no edits; 78: only sync points, the switch, types and modes, with batches that hold nothing
+ * but them). Returns the branch's shop through *shop. */
+static bool build_random_history(head *h, uint64_t seed, unsigned ops, unsigned lo, uint64_t *shop)
+{
+    rng r = {seed};
+    enum { N = 12 };
+    cs_write_result cat[N], svc[N], w;
+    bool cat_live[N], svc_live[N];
+    bool ok = true, on = true, continuous = false;
+    for (int i = 0; ok && i < N; i++) {
+        ok = put(h->e, "service_category", 0, cat_fields(&r, (unsigned)i), &cat[i]) &&
+             put(h->e, "service", 0, svc_fields(&r, (unsigned)i, cat[i].id), &svc[i]);
+        cat_live[i] = svc_live[i] = true;
+    }
+    ok = ok && cs_engine_shop_add(h->e, "Downtown", "branch-password", shop) == CS_OK;
+    const char *some[] = {"service", "combo"}, *all[] = {"service_category", "service", "combo"};
+    for (unsigned n = 0; ok && n < ops; n++) {
+        unsigned op = lo + rng_below(&r, 100 - lo);
+        int i = pick_live(svc_live, N, rng_below(&r, N)),
+            j = pick_live(cat_live, N, rng_below(&r, N));
+        int free_svc = -1;
+        for (int k = 0; k < N; k++)
+            if (!svc_live[k])
+                free_svc = k;
+        if (j < 0) { /* every category deleted: a new one */
+            ok = put(h->e, "service_category", 0, cat_fields(&r, 100 + n), &cat[0]);
+            cat_live[0] = true;
+        } else if (op < 45 && i >= 0)
+            ok = put(h->e, "service", svc[i].id, svc_fields(&r, 100 + n, cat[j].id), &w);
+        else if (op < 60)
+            ok = put(h->e, "service_category", cat[j].id, cat_fields(&r, 100 + n), &w);
+        else if (op < 66 && i >= 0) {
+            int k = pick_live(svc_live, N, rng_below(&r, N));
+            uint64_t two[2] = {svc[i].id, svc[k].id};
+            ok = put(h->e, "combo", 0, combo_fields(&r, n, two, 2), &w);
+        } else if (op < 70 && i >= 0) {
+            ok = cs_engine_del(h->e, "service", svc[i].id, 0, &w) == CS_OK;
+            svc_live[i] = false;
+        } else if (op < 72) {
+            ok = cs_engine_del(h->e, "service_category", cat[j].id, 0, &w) == CS_OK;
+            cat_live[j] = false;
+        } else if (op < 78 && free_svc >= 0) { /* a new service in a freed slot */
+            ok = put(h->e, "service", 0, svc_fields(&r, 200 + n, cat[j].id), &svc[free_svc]);
+            svc_live[free_svc] = ok;
+        } else if (op < 86)
+            ok = cs_engine_sync(h->e, rng_below(&r, 2) ? 0 : *shop, NULL) == CS_OK;
+        else if (op < 90) {
+            on = !on;
+            ok = cs_engine_shop_switch(h->e, *shop, on) == CS_OK;
+        } else if (op < 95) {
+            bool few = rng_below(&r, 2);
+            ok = cs_engine_network_types(h->e, few ? some : all, few ? 2 : 3, NULL) == CS_OK;
+        } else if (op < 98) {
+            continuous = !continuous;
+            ok = cs_engine_network_mode(h->e, continuous ? "continuous" : "on-trigger", NULL) ==
+                 CS_OK;
+        }
+    }
+    return ok && cs_engine_sync(h->e, 0, NULL) == CS_OK;
+}
+
+/* Segments of `per` events from `first`, up to `k` of them, applied in one transaction. */
+static cs_err feed_batch(cs_branch *b, cs_log_reader *r, uint64_t first, uint64_t head,
+                         uint64_t per, size_t k, uint64_t *next_out)
+{
+    uint8_t *segs[8] = {0};
+    size_t lens[8] = {0}, n = 0;
+    cs_err err = CS_OK;
+    uint64_t s = first;
+    while (err == CS_OK && n < k && n < 8 && s <= head) {
+        uint64_t last, last_max = s + per - 1 < head ? s + per - 1 : head;
+        err = cs_segment_encode(r, s, last_max, CS_SEGMENT_BYTES_MAX, &segs[n], &lens[n], &last);
+        if (err == CS_OK) {
+            n++;
+            s = last + 1;
+        }
+    }
+    if (err == CS_OK)
+        err = cs_branch_apply_segments(b, (const uint8_t *const *)segs, lens, n, NULL);
+    if (err != CS_OK)
+        fprintf(stderr, "  batch from %llu: %s: %s\n", (unsigned long long)first, cs_err_name(err),
+                cs_branch_errmsg(b));
+    for (size_t i = 0; i < n; i++)
+        free(segs[i]);
+    *next_out = s;
+    return err;
+}
+
+/* SPEC 4, and the batch of projections/batch.c: a transaction applies many events at once and
+ * writes each item's mirror entry and copy once, yet the branch must be the same, byte for
+ * byte, as one transaction per event, over random histories and random cuts. */
+static void test_projection_batches_equal_event_by_event(void)
+{
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+        head h;
+        uint64_t shop = 0, head_seq = 0, d[3] = {0};
+        bdir bd[3] = {{0}};
+        bool ok = head_open(&h, "proj-batch-h") &&
+                  build_random_history(&h, seed, 1500, seed == 4 ? 78 : 0, &shop);
+        for (int i = 0; ok && i < 3; i++)
+            ok = bdir_open(&bd[i], "proj-batch-b", shop);
+        CHECK(ok && log_head(cs_engine_log(h.e), &head_seq) == CS_OK);
+        CHECK_OK(feed(bd[0].b, h.e, 1, NULL)); /* event by event */
+        CHECK_OK(feed(bd[1].b, h.e, 0, NULL)); /* as few segments as fit */
+        cs_log_reader *r = NULL;
+        CHECK_OK(cs_log_reader_open(cs_engine_log(h.e), &r));
+        rng cut = {seed * 977};
+        for (uint64_t s = 1; s <= head_seq;) /* random segments, 1 to 8 per transaction */
+            CHECK_OK(feed_batch(bd[2].b, r, s, head_seq, 1 + rng_below(&cut, 300),
+                                1 + rng_below(&cut, 8), &s));
+        cs_log_reader_close(r);
+        for (int i = 0; i < 3; i++) {
+            CHECK(digest_of(bd[i].b, &d[i]));
+            CHECK(d[i] == d[0]);
+        }
+        json_t *live = NULL, *gone = NULL; /* copies exist: the history synced something */
+        CHECK_OK(cs_engine_list(cs_branch_engine(bd[0].b), "service", false, &live));
+        CHECK_OK(cs_engine_list(cs_branch_engine(bd[0].b), "service", true, &gone));
+        CHECK(json_array_size(live) + json_array_size(gone) > 0);
+        json_decref(live);
+        json_decref(gone);
+        for (int i = 0; i < 3; i++)
+            bdir_close(&bd[i]);
+        head_close(&h);
+    }
+}
+
 /* A segment with one byte flipped at `pos` is refused and changes nothing. */
 static bool flipped_segment_refused(cs_branch *b, const uint8_t *seg, size_t len, size_t pos,
                                     uint64_t digest)
@@ -1624,6 +1764,7 @@ static void test_projection_matches_model_seed_3(void)
 int main(void)
 {
     RUN(test_projection_replay_is_deterministic);
+    RUN(test_projection_batches_equal_event_by_event);
     RUN(test_archived_copy_is_read_only_and_detached_link_survives_edits);
     RUN(test_projection_reimport_is_idempotent_and_refusals_change_nothing);
     RUN(test_single_store_joining_keeps_its_items_local);
