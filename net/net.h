@@ -7,7 +7,9 @@
  * ("Network"); keep them in step with this header.
  *
  * Both run a loop of their own until told to stop (SIGINT/SIGTERM, or for a node in pull or join
- * mode, once it is in step). No threads: LMDB is read and written from the loop's thread.
+ * mode, once it is in step). LMDB is read and written from the loop's thread only; the one
+ * other thread, the optional HTTP listener's (--http, --metrics), reads nothing but a snapshot
+ * of rendered documents the loop publishes (docs/design.md, "Metrics and the HTTP listener").
  */
 #ifndef CS_NET_H
 #define CS_NET_H
