@@ -183,13 +183,16 @@ static void node_drop(node *n, cs_err code, bool tell, const char *fmt, ...)
     cs_errmsg_vformat(m, sizeof(m), code, fmt, ap);
     va_end(ap);
     if (code != CS_OK) {
-        bool refused = n->state < N_STREAMING && n->state >= N_HELLO_SENT && final_code(code);
+        bool refused = n->state < N_STREAMING && n->state >= N_HELLO_SENT;
         if (refused)
             n->refusals[code]++;
         else if (n->state == N_STREAMING)
             n->drops[code]++;
-        node_log(n, refused ? CS_NET_LOG_ERROR : CS_NET_LOG_WARN, refused ? "refused" : "drop",
-                 code, "%s: %s", cs_err_name(code), m);
+        const char *event = refused                    ? "refused"
+                            : n->state == N_CONNECTING ? "connect_failed"
+                                                       : "drop";
+        node_log(n, refused && final_code(code) ? CS_NET_LOG_ERROR : CS_NET_LOG_WARN, event, code,
+                 "%s: %s", cs_err_name(code), m);
         if (final_code(code) || n->o->mode != CS_NODE_FOLLOW) {
             n->done = true;
             n->result = final_code(code) ? code : CS_NETWORK;
