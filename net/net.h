@@ -7,7 +7,9 @@
  * ("Network"); keep them in step with this header.
  *
  * Both run a loop of their own until told to stop (SIGINT/SIGTERM, or for a node in pull or join
- * mode, once it is in step). No threads: LMDB is read and written from the loop's thread.
+ * mode, once it is in step). LMDB is read and written from the loop's thread only; the one
+ * other thread, the optional HTTP listener's (--http, --metrics), reads nothing but a snapshot
+ * of rendered documents the loop publishes (docs/design.md, "Metrics and the HTTP listener").
  */
 #ifndef CS_NET_H
 #define CS_NET_H
@@ -62,13 +64,51 @@ _Static_assert(CS_NET_SEGMENT_BYTES_MAX <= CS_SEGMENT_BYTES_MAX, "streamed segme
 _Static_assert(CS_NET_SENDQ_BYTES_LOW < CS_NET_SENDQ_BYTES_HIGH, "low water below high water");
 _Static_assert(CS_NET_HEARTBEAT_MS * 3 <= CS_NET_DEAD_MS, "a peer misses 3 heartbeats first");
 
+/* ---- logs, metrics and the HTTP listener (netlog.c, metrics.c, http.c) ------------------- */
+
+/* What `serve` and `branch follow` log (one line per event that matters, on stderr): error <
+ * warn < info < debug; a line is written when its level is at or below the chosen one. */
+typedef enum cs_net_log_level {
+    CS_NET_LOG_DEFAULT, /* 0 in zeroed options: info */
+    CS_NET_LOG_ERROR,
+    CS_NET_LOG_WARN,
+    CS_NET_LOG_INFO,
+    CS_NET_LOG_DEBUG,
+} cs_net_log_level;
+
+/* Human lines ("<UTC time> <who>: <message>") or JSON lines ({"time","level","who","event",
+ * "msg", and "shop", "code" when they apply}). */
+typedef enum cs_net_log_format {
+    CS_NET_LOG_HUMAN,
+    CS_NET_LOG_JSON,
+} cs_net_log_format;
+
+/* Parses "error|warn|info|debug" and "human|json". Errors: CS_INVALID_INPUT. */
+cs_err cs_net_log_level_parse(const char *s, cs_net_log_level *out);
+cs_err cs_net_log_format_parse(const char *s, cs_net_log_format *out);
+
+/* The HTTP listener (libmicrohttpd, a thread of its own) serves what the loop last published:
+ * GET /metrics (Prometheus text format 0.0.4), and on a head office GET /api/shops, GET
+ * /api/history (JSON) and GET / (the Managing shops page). It never touches the loop's LMDB
+ * handles or libuv state: the loop renders the documents into a snapshot once a second and
+ * the listener copies them out under the snapshot's mutex (docs/design.md, "Metrics").
+ * The address is HOST:PORT; a bare PORT binds 127.0.0.1 (loopback unless told otherwise). */
+#define CS_NET_METRICS_EVERY_MS 1000u
+/* The lag chart: one sample per branch every CS_NET_HISTORY_STEP_MS, the last hour kept. */
+#define CS_NET_HISTORY_STEP_MS 10000u
+#define CS_NET_HISTORY_SAMPLES 360u
+
 /* ---- the head office's server ------------------------------------------------------------ */
 
 typedef struct cs_server_options {
-    const char *listen;     /* "HOST:PORT"; PORT 0 picks a free port (printed in the log) */
-    uint64_t stuck_ms;      /* 0 = CS_NET_STUCK_MS */
-    FILE *log;              /* one line per connection event; NULL = stderr */
-    const char *ready_file; /* when not NULL, "HOST:PORT\n" is written there once listening */
+    const char *listen;           /* "HOST:PORT"; PORT 0 picks a free port (printed in the log) */
+    uint64_t stuck_ms;            /* 0 = CS_NET_STUCK_MS */
+    FILE *log;                    /* one line per connection event; NULL = stderr */
+    const char *ready_file;       /* when not NULL, "HOST:PORT\n" is written there once listening */
+    cs_net_log_level log_level;   /* CS_NET_LOG_DEFAULT = info */
+    cs_net_log_format log_format; /* human or JSON lines */
+    const char *http;            /* "HOST:PORT" of /metrics, /api/shops and the page; NULL = none */
+    const char *http_ready_file; /* when not NULL, the HTTP listener's "HOST:PORT\n" */
 } cs_server_options;
 
 /* Serves the head office whose directory `dir` e has open until SIGINT or SIGTERM, then closes
@@ -102,6 +142,10 @@ typedef struct cs_node_options {
      * call) and the time it was received (ms since the epoch): for benchmarks. May be NULL. */
     void (*on_segment)(void *hook_arg, const uint8_t *seg, size_t len, uint64_t recv_ms);
     void *hook_arg;
+    cs_net_log_level log_level;   /* CS_NET_LOG_DEFAULT = info */
+    cs_net_log_format log_format; /* human or JSON lines */
+    const char *http;             /* "HOST:PORT" of /metrics; NULL = none */
+    const char *http_ready_file;  /* when not NULL, the HTTP listener's "HOST:PORT\n" */
 } cs_node_options;
 
 typedef struct cs_node cs_node;

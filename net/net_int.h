@@ -144,6 +144,84 @@ typedef struct cs__link {
 cs_err cs__link_load(cs_branch *b, cs__link *out);
 cs_err cs__link_save(cs_branch *b, const cs__link *l);
 
+/* ---- logs (netlog.c) -------------------------------------------------------------------- */
+
+/* A log's settings, kept in the handle of whoever logs (server, node). */
+typedef struct cs__netlog {
+    FILE *out;
+    const char *who; /* "serve", "branch" */
+    cs_net_log_level level;
+    bool json;
+} cs__netlog;
+
+void cs__netlog_init(cs__netlog *l, FILE *out, const char *who, cs_net_log_level level,
+                     cs_net_log_format format);
+bool cs__netlog_on(const cs__netlog *l, cs_net_log_level level);
+/* One line: event is a stable word for JSON lines ("listen", "accepted", "refused", "drop",
+ * ...); shop 0 and code CS_OK are left out. */
+void cs__netlog_emit(const cs__netlog *l, cs_net_log_level level, const char *event, uint64_t shop,
+                     cs_err code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+void cs__netlog_v(const cs__netlog *l, cs_net_log_level level, const char *event, uint64_t shop,
+                  cs_err code, const char *fmt, va_list ap);
+
+/* ---- metrics: the snapshot hand-off and the HTTP listener (metrics.c, http.c) ------------ */
+
+typedef enum cs__doc {
+    CS__DOC_METRICS, /* Prometheus text */
+    CS__DOC_SHOPS,   /* /api/shops JSON (head office) */
+    CS__DOC_HISTORY, /* /api/history JSON (head office) */
+    CS__DOC_COUNT,
+} cs__doc;
+
+/* The documents the loop last rendered. The loop replaces one under the mutex (a pointer swap);
+ * the HTTP thread copies one out under it. Nothing else is shared between the two threads. */
+typedef struct cs__snapshot cs__snapshot;
+
+cs_err cs__snapshot_new(cs__snapshot **out);
+void cs__snapshot_free(cs__snapshot *s);
+/* Takes text (malloc'd, len bytes) as the new document d; frees the one it replaces. */
+void cs__snapshot_publish(cs__snapshot *s, cs__doc d, char *text, size_t len);
+/* A malloc'd copy of document d (NULL when none was published or out of memory). */
+char *cs__snapshot_copy(cs__snapshot *s, cs__doc d, size_t *len);
+
+/* A text document being written (open_memstream): failures are remembered, never lost. */
+typedef struct cs__mtext {
+    FILE *f;
+    char *buf;
+    size_t len;
+} cs__mtext;
+
+cs_err cs__mtext_open(cs__mtext *t);
+/* "# HELP name help" and "# TYPE name type" (counter, gauge). */
+void cs__mtext_family(cs__mtext *t, const char *name, const char *type, const char *help);
+/* A label value with Prometheus' escapes (backslash, quote, newline). */
+void cs__mtext_label(cs__mtext *t, const char *v);
+/* Ends the document: *out (malloc'd) and *len. Errors: CS_NO_MEMORY (nothing returned). */
+cs_err cs__mtext_close(cs__mtext *t, char **out, size_t *len);
+
+/* The lag chart's history: every branch's lag (events) once per CS_NET_HISTORY_STEP_MS, the
+ * last CS_NET_HISTORY_SAMPLES kept in a ring. Loop thread only. */
+typedef struct cs__lagring cs__lagring;
+
+cs_err cs__lagring_new(cs__lagring **out);
+void cs__lagring_free(cs__lagring *r);
+/* Adds a sample when a step has passed since the last (true then). Shops not seen before get a
+ * series of their own; a series whose shop is gone keeps its past. */
+bool cs__lagring_sample(cs__lagring *r, uint64_t now_ms, const uint64_t *shops,
+                        const uint64_t *lags, size_t n);
+/* {"step_ms","times":[ms...],"series":[{"shop","lag":[n|null...]}]} oldest first. */
+cs_err cs__lagring_json(const cs__lagring *r, char **out, size_t *len);
+
+/* The HTTP listener over a snapshot (libmicrohttpd's own thread). page: serve /, /api/shops
+ * and /api/history too (a head office). Writes "HOST:PORT\n" of the bound address to
+ * ready_file when set. Errors: CS_INVALID_INPUT (address), CS_NETWORK (cannot listen). */
+typedef struct cs__http cs__http;
+
+cs_err cs__http_start(const char *hostport, cs__snapshot *snap, bool page, const char *ready_file,
+                      char *bound, size_t bound_len, cs__http **out, char *errmsg,
+                      size_t errmsg_len);
+void cs__http_stop(cs__http *h); /* joins the thread; accepts NULL */
+
 /* ---- the server (server.c: accept, handshake, timers; stream.c: writes, close, streaming) - */
 
 /* A connection's states (docs/protocol.md, "connection states"), with what moves it on:
@@ -210,6 +288,16 @@ struct cs__server {
     size_t ngone, gone_cap;
     uint64_t last_flush_ms, last_safety_ms;
     bool stopping;
+    cs__netlog nl;
+    /* metrics (metrics.c renders them from these once a second when --http is given) */
+    cs__snapshot *snap; /* NULL without an HTTP listener */
+    cs__http *http;
+    cs__lagring *ring;
+    uint64_t last_metrics_ms;
+    uint64_t head_at_start;
+    uint64_t bytes_sent, frames_sent, segments_sent, connections_total, writes_applied;
+    uint64_t drops[CS_ERR_COUNT + 1];    /* streaming connections closed, by code; [CS_OK]: */
+    uint64_t refusals[CS_ERR_COUNT + 1]; /* closed by the branch. Handshakes refused, by code */
     uint8_t rbuf[64 * 1024]; /* every read lands here first: libuv reads one stream at a time */
 };
 
@@ -221,6 +309,11 @@ void cs__conn_close(cs__conn *c, cs_err code, const char *message, bool now);
 /* The close callback of a connection's handle: unlinks c from the server's list and frees it. */
 void cs__conn_closed(uv_handle_t *h);
 void cs__server_logf(cs__server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A line with its level, event word, shop (0: none) and code (CS_OK: none). */
+void cs__server_log(cs__server *s, cs_net_log_level level, const char *event, uint64_t shop,
+                    cs_err code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* metrics.c: renders /metrics, /api/shops and /api/history into s->snap (loop thread). */
+void cs__server_publish(cs__server *s, uint64_t now);
 
 /* Reads the head and queues segments to every streaming connection that needs them. */
 void cs__server_pump_all(cs__server *s);

@@ -77,20 +77,38 @@ typedef struct cs_node {
     bool done;          /* stop after this connection: no retry */
     cs_err result;      /* what cs_node_run returns */
     char errmsg[320];
+    cs__netlog nl;
+    uint64_t sync_seq;     /* the last sync point applied, to log the next one */
+    bool caught_up_logged; /* this connection's "caught up" line was written */
+    /* metrics (node_publish renders them once a second when --http is given) */
+    cs__snapshot *snap; /* NULL without an HTTP listener */
+    cs__http *http;
+    char name[128];
+    uint64_t head_seq;        /* the head office's head, as last heard (WELCOME, PING, segments) */
+    uint64_t behind_since_ms; /* when the branch last fell behind head_seq; 0 = in step */
+    uint64_t last_metrics_ms, rate_cursor, rate_ms;
+    double rate; /* events applied per second over the last interval */
+    uint64_t bytes_received, segments_received, events_applied, reconnects;
+    uint64_t drops[CS_ERR_COUNT], refusals[CS_ERR_COUNT];
     uint8_t rbuf[64 * 1024];
 } node;
 
-static void node_logf(node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void node_log(node *n, cs_net_log_level level, const char *event, cs_err code,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
-static void node_logf(node *n, const char *fmt, ...)
+/* One log line (netlog.c) with the branch's shop id. */
+static void node_log(node *n, cs_net_log_level level, const char *event, cs_err code,
+                     const char *fmt, ...)
 {
+    if (!cs__netlog_on(&n->nl, level))
+        return;
     if (n->progress_line) { /* end the progress line first: a log line of its own */
         fputc('\n', stderr);
         n->progress_line = false;
     }
     va_list ap;
     va_start(ap, fmt);
-    cs__net_vlogf(n->out, "branch", fmt, ap);
+    cs__netlog_v(&n->nl, level, event, n->link.shop, code, fmt, ap);
     va_end(ap);
 }
 
@@ -144,7 +162,9 @@ static void on_closed(uv_handle_t *h)
         cap = CS_NET_BACKOFF_MAX_MS;
     uint64_t delay = randombytes_uniform((uint32_t)cap + 1);
     n->attempt++;
-    node_logf(n, "reconnecting in %llu ms", (unsigned long long)delay);
+    n->reconnects++;
+    node_log(n, CS_NET_LOG_INFO, "reconnect", CS_OK, "reconnecting in %llu ms",
+             (unsigned long long)delay);
     uv_timer_start(&n->retry, on_retry, delay, 0);
 }
 
@@ -163,7 +183,16 @@ static void node_drop(node *n, cs_err code, bool tell, const char *fmt, ...)
     cs_errmsg_vformat(m, sizeof(m), code, fmt, ap);
     va_end(ap);
     if (code != CS_OK) {
-        node_logf(n, "%s: %s", cs_err_name(code), m);
+        bool refused = n->state < N_STREAMING && n->state >= N_HELLO_SENT;
+        if (refused)
+            n->refusals[code]++;
+        else if (n->state == N_STREAMING)
+            n->drops[code]++;
+        const char *event = refused                    ? "refused"
+                            : n->state == N_CONNECTING ? "connect_failed"
+                                                       : "drop";
+        node_log(n, refused && final_code(code) ? CS_NET_LOG_ERROR : CS_NET_LOG_WARN, event, code,
+                 "%s: %s", cs_err_name(code), m);
         if (final_code(code) || n->o->mode != CS_NODE_FOLLOW) {
             n->done = true;
             n->result = final_code(code) ? code : CS_NETWORK;
@@ -284,7 +313,8 @@ static void check_done(node *n)
     if (err == CS_OK)
         return; /* more to send: send_outbox runs after every answer */
     progress(n, true);
-    node_logf(n, "in step at event %llu", (unsigned long long)n->cursor);
+    node_log(n, CS_NET_LOG_INFO, "in_step", CS_OK, "in step at event %llu",
+             (unsigned long long)n->cursor);
     n->done = true;
     n->result = err == CS_NOT_FOUND ? CS_OK : err;
     n->state = N_CLOSING;
@@ -400,9 +430,16 @@ static void on_welcome(node *n, const cs__body *b)
     n->progress_from = st.cursor;
     n->progress_total = head_seq > st.cursor ? head_seq - st.cursor : 0;
     n->progress_t0 = cs__net_now_ms();
-    node_logf(n, "authenticated as shop %llu at head office %llu; cursor %llu, head %llu",
-              (unsigned long long)n->link.shop, (unsigned long long)head,
-              (unsigned long long)st.cursor, (unsigned long long)head_seq);
+    if (head_seq > n->head_seq)
+        n->head_seq = head_seq;
+    if (n->head_seq > st.cursor && !n->behind_since_ms)
+        n->behind_since_ms = cs__net_now_ms();
+    n->caught_up_logged = false;
+    n->sync_seq = st.sync_seq;
+    node_log(n, CS_NET_LOG_INFO, "accepted", CS_OK,
+             "authenticated as shop %llu at head office %llu; cursor %llu, head %llu",
+             (unsigned long long)n->link.shop, (unsigned long long)head,
+             (unsigned long long)st.cursor, (unsigned long long)head_seq);
     cs__pk pk;
     cs__pk_init(&pk, 2);
     cs__pk_uint(&pk, "cursor", st.cursor);
@@ -460,6 +497,16 @@ static void verify_segment(node *n, const uint8_t *seg, size_t len)
 
 static void segment_applied(node *n);
 
+/* Once per connection: the branch holds everything the head office had when it started. */
+static void log_caught_up(node *n)
+{
+    if (n->caught_up_logged || !n->caught_up || n->cursor < n->target)
+        return;
+    n->caught_up_logged = true;
+    node_log(n, CS_NET_LOG_INFO, "caught_up", CS_OK, "caught up at event %llu",
+             (unsigned long long)n->cursor);
+}
+
 static void on_segment(node *n, const uint8_t *body, size_t len)
 {
     const uint8_t *seg;
@@ -469,6 +516,7 @@ static void on_segment(node *n, const uint8_t *body, size_t len)
         return;
     }
     uint64_t recv_ms = n->o->on_segment ? cs__net_now_ms() : 0;
+    n->segments_received++;
     if (n->o->receive_only) {
         verify_segment(n, seg, seg_len);
         if (n->state == N_STREAMING && n->o->on_segment)
@@ -496,8 +544,19 @@ static void segment_applied(node *n)
         return;
     }
     cs_assert(st.cursor >= n->cursor); /* a segment never moves the cursor back */
+    n->events_applied += st.cursor - n->cursor;
     n->cursor = st.cursor;
     n->chain = st.chain;
+    if (st.cursor > n->head_seq)
+        n->head_seq = st.cursor; /* the head office has at least what it sent */
+    if (st.cursor >= n->head_seq)
+        n->behind_since_ms = 0;
+    if (st.sync_seq > n->sync_seq) {
+        n->sync_seq = st.sync_seq;
+        node_log(n, CS_NET_LOG_INFO, "sync_point", CS_OK, "sync point at event %llu applied",
+                 (unsigned long long)st.sync_seq);
+    }
+    log_caught_up(n);
     send_uint_frame(n, CS__F_ACK, "cursor", n->cursor);
     if (st.unlinked) { /* R13: the segment held this branch's unlink */
         node_drop(n, CS_NOT_IN_NETWORK, false,
@@ -535,8 +594,8 @@ static void on_write_result(node *n, const cs__body *b)
         return;
     }
     if (ans.code != CS_OK)
-        node_logf(n, "write refused by the head office: %s: %s", cs_err_name(ans.code),
-                  ans.message);
+        node_log(n, CS_NET_LOG_WARN, "write_refused", ans.code,
+                 "write refused by the head office: %s: %s", cs_err_name(ans.code), ans.message);
     n->write_inflight = false;
     send_outbox(n);
     check_done(n);
@@ -583,6 +642,7 @@ static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
     case CS__F_CAUGHT_UP:
         if (cs__body_uint(&b, "seq", &n->target)) {
             n->caught_up = true;
+            log_caught_up(n);
             check_done(n);
         }
         break;
@@ -597,8 +657,15 @@ static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
                   "the head office said: %.*s", (int)msg.len, msg.ptr);
         break;
     }
-    default:
-        break; /* PING: contact is all it carries */
+    default: { /* PING: contact, and the head office's head (for the lag figures) */
+        uint64_t head;
+        if (cs__body_uint(&b, "head_seq", &head) && head > n->head_seq) {
+            n->head_seq = head;
+            if (head > n->cursor && !n->behind_since_ms)
+                n->behind_since_ms = cs__net_now_ms();
+        }
+        break;
+    }
     }
     cs__body_free(&b);
 }
@@ -631,6 +698,7 @@ static void apply_batch(node *n)
         k++;
     }
     cs_assert(k > 0); /* called with a whole SEGMENT frame at the front */
+    n->segments_received += k;
     uint64_t recv_ms = n->o->on_segment ? cs__net_now_ms() : 0, applied = 0;
     cs_err err = cs_branch_apply_segments(n->b, segs, lens, k, &applied);
     if (err != CS_OK) {
@@ -687,6 +755,7 @@ static void node_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || n->state == N_CLOSING)
         return;
     n->last_rx_ms = cs__net_now_ms();
+    n->bytes_received += (uint64_t)nread;
     if (cs__rx_feed(&n->rx, n->rbuf, (size_t)nread) != CS_OK) {
         node_drop(n, CS_NETWORK, false, "out of memory");
         return;
@@ -704,6 +773,8 @@ static void on_connected(uv_connect_t *req, int status)
         return;
     }
     uv_tcp_nodelay(&n->tcp, 1);
+    node_log(n, CS_NET_LOG_INFO, "connect", CS_OK, "connected to the head office at %s",
+             n->link.head);
     n->last_rx_ms = n->last_tx_ms = cs__net_now_ms();
     n->caught_up = false;
     n->target = 0;
@@ -753,6 +824,103 @@ static void node_connect(node *n)
                   uv_strerror(rc));
 }
 
+/* ---- metrics (docs/design.md, "Metrics") ----------------------------------------------- */
+
+static void node_gauge(cs__mtext *t, node *n, const char *name, const char *help, double v)
+{
+    cs__mtext_family(t, name, "gauge", help);
+    fprintf(t->f, "%s{shop=\"%llu\",name=\"", name, (unsigned long long)n->link.shop);
+    cs__mtext_label(t, n->name);
+    fprintf(t->f, "\"} %.17g\n", v);
+}
+
+static void node_counter(cs__mtext *t, const char *name, const char *help, uint64_t v)
+{
+    cs__mtext_family(t, name, "counter", help);
+    fprintf(t->f, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static void node_by_code(cs__mtext *t, const char *name, const char *label, const char *help,
+                         const uint64_t *by)
+{
+    cs__mtext_family(t, name, "counter", help);
+    for (int c = 1; c < CS_ERR_COUNT; c++)
+        if (by[c])
+            fprintf(t->f, "%s{%s=\"%s\"} %llu\n", name, label, cs_err_name((cs_err)c),
+                    (unsigned long long)by[c]);
+}
+
+/* Renders /metrics into the snapshot: loop thread, once a second. */
+static void node_publish(node *n, uint64_t now)
+{
+    if (n->rate_ms && now > n->rate_ms)
+        n->rate = (double)(n->cursor - n->rate_cursor) * 1000.0 / (double)(now - n->rate_ms);
+    n->rate_ms = now;
+    n->rate_cursor = n->cursor;
+    n->last_metrics_ms = now;
+    json_t *ob = NULL;
+    size_t outbox = cs_engine_outbox(n->e, &ob) == CS_OK ? json_array_size(ob) : 0;
+    json_decref(ob);
+    uint64_t lag = n->head_seq > n->cursor ? n->head_seq - n->cursor : 0;
+    cs__mtext t;
+    char *text;
+    size_t len;
+    if (cs__mtext_open(&t) != CS_OK)
+        return;
+    node_gauge(&t, n, "chainsync_branch_cursor", "The last event applied durably.",
+               (double)n->cursor);
+    node_gauge(&t, n, "chainsync_head_sequence", "The head office's head, as last heard.",
+               (double)n->head_seq);
+    node_gauge(&t, n, "chainsync_branch_lag_events", "Events behind the head as last heard.",
+               (double)lag);
+    node_gauge(&t, n, "chainsync_branch_lag_seconds",
+               "Seconds since the branch was last in step (0 when in step).",
+               lag && n->behind_since_ms ? (double)(now - n->behind_since_ms) / 1000.0 : 0.0);
+    node_gauge(&t, n, "chainsync_branch_connected", "1 while streaming from the head office.",
+               n->state == N_STREAMING ? 1 : 0);
+    node_gauge(&t, n, "chainsync_branch_last_contact_timestamp_seconds",
+               "When the last bytes from the head office arrived (Unix time).",
+               (double)n->last_rx_ms / 1000.0);
+    node_gauge(&t, n, "chainsync_outbox_entries",
+               "Shared-record writes waiting for the head office's answer.", (double)outbox);
+    node_gauge(&t, n, "chainsync_apply_rate_events_per_second",
+               "Events applied per second over the last second.", n->rate);
+    node_gauge(&t, n, "chainsync_sync_point_sequence", "The last sync point applied.",
+               (double)n->sync_seq);
+    node_counter(&t, "chainsync_events_applied_total", "Events applied by this node.",
+                 n->events_applied);
+    node_counter(&t, "chainsync_segments_received_total", "Log segments received.",
+                 n->segments_received);
+    node_counter(&t, "chainsync_received_bytes_total", "Bytes received from the head office.",
+                 n->bytes_received);
+    node_counter(&t, "chainsync_reconnects_total", "Reconnection attempts scheduled.",
+                 n->reconnects);
+    node_by_code(&t, "chainsync_drops_total", "reason", "Streaming connections lost, by reason.",
+                 n->drops);
+    node_by_code(&t, "chainsync_handshake_refusals_total", "code",
+                 "Handshakes the head office refused, by error code.", n->refusals);
+    if (cs__mtext_close(&t, &text, &len) == CS_OK)
+        cs__snapshot_publish(n->snap, CS__DOC_METRICS, text, len);
+}
+
+static cs_err node_http(node *n)
+{
+    cs_shop_info self;
+    if (cs_engine_self(n->e, &self) == CS_OK)
+        snprintf(n->name, sizeof(n->name), "%s", self.name);
+    if (cs__snapshot_new(&n->snap) != CS_OK) {
+        snprintf(n->errmsg, sizeof(n->errmsg), "out of memory");
+        return CS_NO_MEMORY;
+    }
+    node_publish(n, cs__net_now_ms());
+    char bound[128];
+    cs_err err = cs__http_start(n->o->http, n->snap, false, n->o->http_ready_file, bound,
+                                sizeof(bound), &n->http, n->errmsg, sizeof(n->errmsg));
+    if (err == CS_OK)
+        node_log(n, CS_NET_LOG_INFO, "listen", CS_OK, "HTTP on %s: /metrics", bound);
+    return err;
+}
+
 /* ---- timers, watch, signals -------------------------------------------------------------- */
 
 static void node_tick(uv_timer_t *t)
@@ -770,6 +938,8 @@ static void node_tick(uv_timer_t *t)
         send_uint_frame(n, CS__F_PING, "time", now);
     if (n->state == N_STREAMING)
         send_outbox(n); /* the safety net behind the watch */
+    if (n->snap && now - n->last_metrics_ms >= CS_NET_METRICS_EVERY_MS)
+        node_publish(n, now);
 }
 
 static void node_watch(uv_fs_event_t *h, const char *file, int events, int status)
@@ -800,6 +970,8 @@ static void handle_closed(uv_handle_t *h)
         return;
     cs__rx_free(&n->rx);
     sodium_memzero(&n->link, sizeof(n->link));
+    cs__http_stop(n->http); /* its thread is gone before the snapshot is freed */
+    cs__snapshot_free(n->snap);
     free(n);
 }
 
@@ -915,13 +1087,23 @@ cs_err cs_node_start(uv_loop_t *loop, cs_branch *b, const char *dir, const cs_no
     n->out = o->log ? o->log : stderr;
     n->done_cb = done;
     n->done_arg = arg;
+    cs__netlog_init(&n->nl, n->out, "branch", o->log_level, o->log_format);
     cs_err err = node_setup(n);
+    if (err == CS_OK)
+        node_log(n, CS_NET_LOG_INFO, "start", CS_OK, "starting on %s, head office at %s", dir,
+                 n->link.head);
+    if (err == CS_OK && o->http)
+        err = node_http(n);
     if (err == CS_OK && node_handles(n, dir) != 0) {
         err = CS_IO;
         snprintf(n->errmsg, sizeof(n->errmsg), "cannot start the node's timers");
     }
     if (err != CS_OK) {
         snprintf(errmsg, errmsg_len, "%s", n->errmsg);
+        cs__http_stop(n->http);
+        n->http = NULL;
+        cs__snapshot_free(n->snap);
+        n->snap = NULL;
         n->finished = true;
         n->done_cb = NULL;
         if (n->handles_open)
@@ -949,7 +1131,7 @@ typedef struct run_ctx {
 static void run_signal(uv_signal_t *s, int signum)
 {
     run_ctx *r = s->data;
-    node_logf(r->n, "stopping (signal %d)", signum);
+    node_log(r->n, CS_NET_LOG_INFO, "stop", CS_OK, "stopping (signal %d)", signum);
     cs_node_stop(r->n);
 }
 
@@ -957,6 +1139,9 @@ static void run_done(cs_node *n, cs_err result, void *arg)
 {
     run_ctx *r = arg;
     progress(n, true);
+    if (result == CS_OK && n->o->mode == CS_NODE_FOLLOW)
+        node_log(n, CS_NET_LOG_INFO, "stop", CS_OK, "stopped at event %llu",
+                 (unsigned long long)n->cursor);
     r->result = result;
     snprintf(r->errmsg, r->errmsg_len, "%s", n->errmsg);
     uv_close((uv_handle_t *)&r->sigint, NULL);

@@ -195,9 +195,10 @@ static void conn_on_start(cs__conn *c, const cs__body *b)
     c->caught_up_seq = s->head;
     c->caught_up_due = true;
     c->status_dirty = true;
-    cs__server_logf(s, "shop %llu from %s: authenticated, cursor %llu, head %llu",
-                    (unsigned long long)c->shop, c->peer, (unsigned long long)cursor,
-                    (unsigned long long)s->head);
+    cs__server_log(s, CS_NET_LOG_INFO, "accepted", c->shop, CS_OK,
+                   "shop %llu from %s: authenticated, cursor %llu, head %llu",
+                   (unsigned long long)c->shop, c->peer, (unsigned long long)cursor,
+                   (unsigned long long)s->head);
     cs__server_pump_one(s, c);
 }
 
@@ -251,8 +252,11 @@ static void conn_on_write(cs__conn *c, const uint8_t *body, size_t len)
         return;
     }
     if (ans.code != CS_OK)
-        cs__server_logf(s, "shop %llu: write refused: %s: %s", (unsigned long long)c->shop,
-                        cs_err_name(ans.code), ans.message);
+        cs__server_log(s, CS_NET_LOG_WARN, "write_refused", c->shop, ans.code,
+                       "shop %llu: write refused: %s: %s", (unsigned long long)c->shop,
+                       cs_err_name(ans.code), ans.message);
+    else
+        s->writes_applied++;
     cs__conn_send(c, f);
     cs__buf_unref(f);
     if (ans.code == CS_OK)
@@ -423,7 +427,8 @@ static void on_connection(uv_stream_t *l, int status)
     uv_tcp_nodelay(&c->tcp, 1);
     peer_name(c);
     c->opened_ms = c->last_rx_ms = c->last_tx_ms = cs__net_now_ms();
-    cs__server_logf(s, "connection from %s", c->peer);
+    s->connections_total++;
+    cs__server_log(s, CS_NET_LOG_INFO, "connect", 0, CS_OK, "connection from %s", c->peer);
     if (s->nconns > CS_NET_CONNECTIONS_MAX) {
         cs__conn_close(c, CS_NETWORK, "the head office has too many connections", false);
         return;
@@ -456,8 +461,9 @@ static void flush_status(cs__server *s)
     cs_err err = cs_engine_shop_status_save(s->e, st, k);
     free(st);
     if (err != CS_OK) {
-        cs__server_logf(s, "cannot record branch statuses: %s: %s", cs_err_name(err),
-                        cs_engine_errmsg(s->e));
+        cs__server_log(s, CS_NET_LOG_ERROR, "status", 0, err,
+                       "cannot record branch statuses: %s: %s", cs_err_name(err),
+                       cs_engine_errmsg(s->e));
         return;
     }
     s->ngone = 0;
@@ -515,6 +521,10 @@ static void on_tick(uv_timer_t *t)
         s->last_flush_ms = now;
         flush_status(s);
     }
+    if (s->snap && !s->stopping && now - s->last_metrics_ms >= CS_NET_METRICS_EVERY_MS) {
+        s->last_metrics_ms = now;
+        cs__server_publish(s, now); /* after the flush: the statuses it reads are current */
+    }
     if (now - s->last_safety_ms >= CS_NET_SAFETY_MS) {
         s->last_safety_ms = now;
         cs__server_pump_all(s);
@@ -565,7 +575,7 @@ static void on_signal(uv_signal_t *sig, int signum)
     if (s->stopping)
         return;
     s->stopping = true;
-    cs__server_logf(s, "stopping (signal %d)", signum);
+    cs__server_log(s, CS_NET_LOG_INFO, "stop", 0, CS_OK, "stopping (signal %d)", signum);
     for (cs__conn *c = s->conns, *next; c; c = next) {
         next = c->next;
         cs__conn_close(c, CS_NETWORK, "the head office is shutting down", false);
@@ -649,8 +659,9 @@ static cs_err server_listen(cs__server *s, const cs_server_options *o, char *err
             port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
         }
     }
-    cs__server_logf(s, "listening on %s:%d, head office %llu, log at event %llu", ip, port,
-                    (unsigned long long)s->self, (unsigned long long)s->head);
+    cs__server_log(s, CS_NET_LOG_INFO, "listen", 0, CS_OK,
+                   "listening on %s:%d, head office %llu, log at event %llu", ip, port,
+                   (unsigned long long)s->self, (unsigned long long)s->head);
     if (o->ready_file) {
         char tmp[4096];
         snprintf(tmp, sizeof(tmp), "%s.tmp", o->ready_file);
@@ -692,6 +703,23 @@ static cs_err server_handles(cs__server *s, const char *dir, char *errmsg, size_
     return CS_OK;
 }
 
+/* The HTTP listener and what it serves: the first snapshot is rendered before it listens. */
+static cs_err server_http(cs__server *s, const cs_server_options *o, char *errmsg, size_t len)
+{
+    if (cs__snapshot_new(&s->snap) != CS_OK || cs__lagring_new(&s->ring) != CS_OK)
+        return server_fail(errmsg, len, CS_NO_MEMORY, "out of memory");
+    s->last_metrics_ms = cs__net_now_ms();
+    cs__server_publish(s, s->last_metrics_ms);
+    char bound[128], m[300];
+    cs_err err = cs__http_start(o->http, s->snap, true, o->http_ready_file, bound, sizeof(bound),
+                                &s->http, m, sizeof(m));
+    if (err != CS_OK)
+        return server_fail(errmsg, len, err, "%s", m);
+    cs__server_log(s, CS_NET_LOG_INFO, "listen", 0, CS_OK,
+                   "HTTP on %s: /metrics, /api/shops and the Managing shops page at /", bound);
+    return CS_OK;
+}
+
 static void close_all(uv_handle_t *h, void *arg)
 {
     (void)arg;
@@ -723,7 +751,13 @@ cs_err cs_server_run(cs_engine *e, const char *dir, const cs_server_options *o, 
     s->out = o->log ? o->log : stderr;
     s->stuck_ms = o->stuck_ms ? o->stuck_ms : CS_NET_STUCK_MS;
     s->last_flush_ms = s->last_safety_ms = cs__net_now_ms();
+    cs__netlog_init(&s->nl, s->out, "serve", o->log_level, o->log_format);
+    cs__server_log(s, CS_NET_LOG_INFO, "start", 0, CS_OK, "starting on %s", dir);
     cs_err err = server_load(s, errmsg, errmsg_len);
+    s->head_at_start = s->head;
+    if (err == CS_OK && o->http) /* before server_handles unblocks the signals: its thread
+                                  * keeps them blocked, so a stop always reaches the loop */
+        err = server_http(s, o, errmsg, errmsg_len);
     if (err == CS_OK)
         err = server_handles(s, dir, errmsg, errmsg_len);
     if (err == CS_OK)
@@ -732,7 +766,10 @@ cs_err cs_server_run(cs_engine *e, const char *dir, const cs_server_options *o, 
         uv_walk(loop, close_all, NULL);
     uv_run(loop, UV_RUN_DEFAULT);
     if (err == CS_OK)
-        cs__server_logf(s, "stopped");
+        cs__server_log(s, CS_NET_LOG_INFO, "stop", 0, CS_OK, "stopped");
+    cs__http_stop(s->http); /* its thread is gone before the snapshot is freed */
+    cs__snapshot_free(s->snap);
+    cs__lagring_free(s->ring);
     cs_assert(s->conns == NULL);
     int rc = uv_loop_close(loop);
     cs_assert(rc == 0);

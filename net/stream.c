@@ -28,7 +28,16 @@ void cs__server_logf(cs__server *s, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    cs__net_vlogf(s->out, "serve", fmt, ap);
+    cs__netlog_v(&s->nl, CS_NET_LOG_INFO, "info", 0, CS_OK, fmt, ap);
+    va_end(ap);
+}
+
+void cs__server_log(cs__server *s, cs_net_log_level level, const char *event, uint64_t shop,
+                    cs_err code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cs__netlog_v(&s->nl, level, event, shop, code, fmt, ap);
     va_end(ap);
 }
 
@@ -78,6 +87,7 @@ void cs__conn_send(cs__conn *c, cs__buf *b)
     w->c = c;
     uv_buf_t ub = uv_buf_init((char *)b->data, (unsigned)b->len);
     c->queued += b->len;
+    c->srv->bytes_sent += b->len;
     int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, write_done);
     if (rc < 0) {
         c->queued -= b->len;
@@ -144,17 +154,24 @@ void cs__conn_close(cs__conn *c, cs_err code, const char *message, bool now)
             cs__buf_unref(b);
         }
     }
+    if (was_streaming)
+        s->drops[code]++;
+    else if (code != CS_OK)
+        s->refusals[code]++;
     if (c->shop && was_streaming && code != CS_OK)
-        cs__server_logf(s, "shop %llu from %s: dropped: %s: %s", (unsigned long long)c->shop,
-                        c->peer, cs_err_name(code), message);
+        cs__server_log(s, CS_NET_LOG_WARN, "drop", c->shop, code,
+                       "shop %llu from %s: dropped: %s: %s", (unsigned long long)c->shop, c->peer,
+                       cs_err_name(code), message);
     else if (c->shop && was_streaming)
-        cs__server_logf(s, "shop %llu from %s: disconnected: %s", (unsigned long long)c->shop,
-                        c->peer, message);
+        cs__server_log(s, CS_NET_LOG_INFO, "drop", c->shop, CS_OK,
+                       "shop %llu from %s: disconnected: %s", (unsigned long long)c->shop, c->peer,
+                       message);
     else if (code != CS_OK && c->state != CS__C_STREAMING)
-        cs__server_logf(s, "connection from %s: refused: %s: %s", c->peer, cs_err_name(code),
-                        message);
+        cs__server_log(s, CS_NET_LOG_WARN, "refused", c->shop, code,
+                       "connection from %s: refused: %s: %s", c->peer, cs_err_name(code), message);
     else
-        cs__server_logf(s, "connection from %s: closed: %s", c->peer, message);
+        cs__server_log(s, CS_NET_LOG_DEBUG, "closed", c->shop, CS_OK,
+                       "connection from %s: closed: %s", c->peer, message);
     if (was_streaming)
         remember_gone(s, c);
     c->state = CS__C_CLOSING;
@@ -193,6 +210,9 @@ static void send_caught_up(cs__conn *c)
         return;
     }
     c->caught_up_due = false;
+    cs__server_log(c->srv, CS_NET_LOG_INFO, "caught_up", c->shop, CS_OK,
+                   "shop %llu from %s: sent up to event %llu, the head when it started",
+                   (unsigned long long)c->shop, c->peer, (unsigned long long)c->caught_up_seq);
     cs__conn_send(c, b);
     cs__buf_unref(b);
 }
@@ -215,6 +235,7 @@ static void pump(cs__server *s, cs_log_reader *r, cs__conn *c)
         cs_assert(b->first == first);
         cs_assert(b->last >= first && b->last <= s->head);
         c->send_next = b->last + 1;
+        s->segments_sent++;
         cs__conn_send(c, b);
         cs__buf_unref(b);
     }
@@ -237,7 +258,8 @@ static cs_err read_head(cs__server *s, cs_log_reader **r)
         *r = NULL;
     }
     if (err != CS_OK) {
-        cs__server_logf(s, "cannot read the log: %s %s", cs_err_name(err), cs_log_errmsg(s->log));
+        cs__server_log(s, CS_NET_LOG_ERROR, "log", 0, err, "cannot read the log: %s %s",
+                       cs_err_name(err), cs_log_errmsg(s->log));
         return err;
     }
     cs_assert(head >= s->head); /* the log only grows */

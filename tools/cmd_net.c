@@ -26,17 +26,54 @@ static void block_stop_signals(void)
     sigprocmask(SIG_BLOCK, &set, NULL);
 }
 
+/* What serve and the branch nodes share: the log's level and format, and the HTTP listener
+ * (--metrics and --http name the same one: /metrics, and on a head office the page). */
+typedef struct net_opts {
+    const char *log_level, *log_format, *metrics, *http, *http_ready;
+    cs_net_log_level level;
+    cs_net_log_format format;
+} net_opts;
+
+#define NET_OPTS(no)                                                                               \
+    {"log-level", true, &(no).log_level, NULL}, {"log-format", true, &(no).log_format, NULL},      \
+        {"metrics", true, &(no).metrics, NULL}, {"http", true, &(no).http, NULL},                  \
+    {                                                                                              \
+        "http-ready-file", true, &(no).http_ready, NULL                                            \
+    }
+#define NET_OPTS_COUNT 5u
+
+static int net_opts_check(const cs_cli_cmd *cmd, net_opts *no)
+{
+    no->level = CS_NET_LOG_DEFAULT;
+    no->format = CS_NET_LOG_HUMAN;
+    if (no->log_level && cs_net_log_level_parse(no->log_level, &no->level) != CS_OK)
+        return cs_cli_usage(cmd, "--log-level is error, warn, info or debug");
+    if (no->log_format && cs_net_log_format_parse(no->log_format, &no->format) != CS_OK)
+        return cs_cli_usage(cmd, "--log-format is human or json");
+    if (no->metrics && no->http && strcmp(no->metrics, no->http) != 0)
+        return cs_cli_usage(cmd, "--metrics and --http name one listener: give one address");
+    if (!no->http)
+        no->http = no->metrics;
+    if (no->http_ready && !no->http)
+        return cs_cli_usage(cmd, "--http-ready-file needs --metrics or --http");
+    return CS_CLI_GO;
+}
+
 int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     block_stop_signals();
     const char *listen = NULL, *stuck_s = NULL, *ready = NULL, *dir = NULL;
+    net_opts no = {0};
     const cs_cli_opt opts[] = {{"listen", true, &listen, NULL},
                                {"stuck-ms", true, &stuck_s, NULL},
-                               {"ready-file", true, &ready, NULL}};
+                               {"ready-file", true, &ready, NULL},
+                               NET_OPTS(no)};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
     uint64_t stuck = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, opts, 3, 0, 0, pos, &npos);
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 3 + NET_OPTS_COUNT, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO)
+        rc = net_opts_check(cmd, &no);
     if (rc == CS_CLI_GO && !listen)
         rc = cs_cli_usage(cmd, "--listen HOST:PORT is required");
     if (rc == CS_CLI_GO && stuck_s)
@@ -48,7 +85,13 @@ int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv)
         rc = cs_cli_open(dir, true, &e);
     if (rc != CS_CLI_GO)
         return rc;
-    cs_server_options o = {.listen = listen, .stuck_ms = stuck, .ready_file = ready};
+    cs_server_options o = {.listen = listen,
+                           .stuck_ms = stuck,
+                           .ready_file = ready,
+                           .log_level = no.level,
+                           .log_format = no.format,
+                           .http = no.http,
+                           .http_ready_file = no.http_ready};
     char msg[320] = "";
     cs_err err = cs_server_run(e, dir, &o, msg, sizeof(msg));
     cs_engine_close(e);
@@ -157,17 +200,28 @@ static int follow_or_pull(const cs_cli_cmd *cmd, int argc, char **argv, cs_node_
 {
     block_stop_signals();
     const char *head = NULL, *dir = NULL;
-    const cs_cli_opt opts[] = {{"head", true, &head, NULL}};
+    net_opts no = {0};
+    const cs_cli_opt opts[] = {{"head", true, &head, NULL}, NET_OPTS(no)};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, opts, 1, 0, 0, pos, &npos);
+    /* pull exits once in step: logs yes, a metrics listener no */
+    unsigned nopts = mode == CS_NODE_FOLLOW ? 1 + NET_OPTS_COUNT : 3;
+    int rc = cs_cli_parse(cmd, argc, argv, opts, nopts, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO)
+        rc = net_opts_check(cmd, &no);
     if (rc == CS_CLI_GO)
         rc = cs_cli_data_dir(cmd, &dir);
     if (rc != CS_CLI_GO)
         return rc;
     if (!store_exists(dir))
         return cs_cli_fail(CS_NOT_FOUND, "%s holds no branch: run chainsync branch join", dir);
-    cs_node_options o = {.mode = mode, .head = head, .progress = isatty(STDERR_FILENO)};
+    cs_node_options o = {.mode = mode,
+                         .head = head,
+                         .progress = isatty(STDERR_FILENO),
+                         .log_level = no.level,
+                         .log_format = no.format,
+                         .http = no.http,
+                         .http_ready_file = no.http_ready};
     return run_node(dir, &o, NULL, true);
 }
 

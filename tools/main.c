@@ -181,16 +181,24 @@ static const cs_cli_cmd commands[] = {
      "Example:\n  chainsync demo\n",
      NULL},
     {"serve", NULL, cs_cmd_serve, "serve the network: stream the log to every branch over TCP",
-     "serve --listen HOST:PORT [--stuck-ms MS] [--ready-file FILE]",
+     "serve --listen HOST:PORT [--stuck-ms MS] [--ready-file FILE] [--http HOST:PORT]\n"
+     "      [--http-ready-file FILE] [--log-level LEVEL] [--log-format human|json]",
      "Runs the head office's server in the foreground: branches connect, authenticate with a\n"
      "challenge-response (no password on the wire), receive the log from their cursor and then\n"
-     "live, and send their shared-record writes (R8). One log line per connection event on\n"
-     "standard error. Commands run in other processes on the same directory (put, sync, ...)\n"
-     "reach connected branches at once. SIGINT or SIGTERM stops it cleanly. Head office only.\n\n"
+     "live, and send their shared-record writes (R8). One log line per event that matters\n"
+     "(start, listen, connect, accepted, refused, caught up, drop, stop) on standard error.\n"
+     "Commands run in other processes on the same directory (put, sync, ...) reach connected\n"
+     "branches at once. SIGINT or SIGTERM stops it cleanly. Head office only.\n\n"
      "Options:\n  --listen HOST:PORT   where to listen (port 0: any free port)\n"
      "  --stuck-ms MS        drop a branch that reads nothing for this long (default 15000)\n"
-     "  --ready-file FILE    write the bound HOST:PORT there once listening (for scripts)\n\n"
-     "Example:\n  chainsync serve --data /srv/hq --listen 0.0.0.0:7400\n",
+     "  --ready-file FILE    write the bound HOST:PORT there once listening (for scripts)\n"
+     "  --http HOST:PORT     serve /metrics (Prometheus), /api/shops and the Managing shops\n"
+     "                       page at /; read-only; a bare PORT binds 127.0.0.1\n"
+     "  --metrics HOST:PORT  the same listener as --http\n"
+     "  --http-ready-file FILE  write the HTTP listener's HOST:PORT there once listening\n"
+     "  --log-level LEVEL    error, warn, info (default) or debug\n"
+     "  --log-format FORMAT  human (default) or json (one JSON object per line)\n\n"
+     "Example:\n  chainsync serve --data /srv/hq --listen 0.0.0.0:7400 --http 127.0.0.1:9400\n",
      NULL},
     {"branch", "join", cs_cmd_branch_join, "join a network as a branch and take its catalog",
      "branch join --data DIR --head HOST:PORT --shop ID --password-stdin",
@@ -205,20 +213,29 @@ static const cs_cli_cmd commands[] = {
      "--password-stdin\n",
      NULL},
     {"branch", "follow", cs_cmd_branch_follow, "stay connected to the head office, apply live",
-     "branch follow [--head HOST:PORT]",
+     "branch follow [--head HOST:PORT] [--metrics HOST:PORT] [--http-ready-file FILE]\n"
+     "      [--log-level LEVEL] [--log-format human|json]",
      "Connects to the head office this branch joined, catches up and stays connected: events\n"
      "arrive as they are committed, copies change at sync points (R5), shared records at once\n"
      "(R8), and the outbox is sent upstream. Reconnects with backoff when the connection\n"
-     "breaks. SIGINT or SIGTERM stops it.\n\n"
-     "Options:\n  --head HOST:PORT   connect here instead of the address stored at join\n\n"
+     "breaks. One log line per event that matters on standard error. SIGINT or SIGTERM stops\n"
+     "it.\n\n"
+     "Options:\n  --head HOST:PORT   connect here instead of the address stored at join\n"
+     "  --metrics HOST:PORT  serve /metrics (Prometheus) there; a bare PORT binds 127.0.0.1\n"
+     "  --http HOST:PORT   the same listener as --metrics\n"
+     "  --http-ready-file FILE  write the listener's HOST:PORT there once listening\n"
+     "  --log-level LEVEL  error, warn, info (default) or debug\n"
+     "  --log-format FORMAT  human (default) or json (one JSON object per line)\n\n"
      "Example:\n  chainsync branch follow --data /srv/b1\n",
      NULL},
     {"branch", "pull", cs_cmd_branch_pull, "catch up with the head office once, send the outbox",
-     "branch pull [--head HOST:PORT]",
+     "branch pull [--head HOST:PORT] [--log-level LEVEL] [--log-format human|json]",
      "Connects once, applies everything up to the head office's head as of connecting, sends\n"
      "the outbox and waits for each answer, then exits 0. Exits 4 when the head office cannot\n"
      "be reached (with the reason).\n\n"
-     "Options:\n  --head HOST:PORT   connect here instead of the address stored at join\n\n"
+     "Options:\n  --head HOST:PORT   connect here instead of the address stored at join\n"
+     "  --log-level LEVEL  error, warn, info (default) or debug\n"
+     "  --log-format FORMAT  human (default) or json\n\n"
      "Example:\n  chainsync branch pull --data /srv/b1\n",
      NULL},
     {"branch", "import", cs_cmd_branch_import, "apply an exported file to a branch directory",
