@@ -385,45 +385,59 @@ void cs_event_decoder_free(cs_event_decoder *dec)
     free(dec);
 }
 
-static bool key_is(const msgpack_object *k, const char *name)
+/* Which of the event's nine keys k is: its bit in the "seen" mask (0..8), or -1. By length
+ * first: this runs for every key of every event a branch applies. */
+static int key_index(const msgpack_object *k)
 {
-    size_t n = strlen(name);
-    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-           memcmp(k->via.str.ptr, name, n) == 0;
+    if (k->type != MSGPACK_OBJECT_STR)
+        return -1;
+    const char *p = k->via.str.ptr;
+    switch (k->via.str.size) {
+    case 2:
+        return memcmp(p, "id", 2) == 0 ? 3 : -1;
+    case 3:
+        return memcmp(p, "seq", 3) == 0 ? 0 : -1;
+    case 4:
+        return memcmp(p, "time", 4) == 0   ? 1
+               : memcmp(p, "shop", 4) == 0 ? 2
+               : memcmp(p, "kind", 4) == 0 ? 6
+               : memcmp(p, "type", 4) == 0 ? 7
+                                           : -1;
+    case 5:
+        return memcmp(p, "actor", 5) == 0 ? 5 : -1;
+    case 6:
+        return memcmp(p, "fields", 6) == 0 ? 8 : -1;
+    case 7:
+        return memcmp(p, "version", 7) == 0 ? 4 : -1;
+    }
+    return -1;
 }
 
+#define KEY_FIELDS 8
+
 /* Stores one known key's value; returns the bit it sets in the "seen" mask, 0 when unknown. */
-static unsigned decode_key(const msgpack_object_kv *kv, cs_event_view *ev, bool *bad)
+static unsigned decode_key(const msgpack_object_kv *kv, int idx, cs_event_view *ev, bool *bad)
 {
-    static const char *const u64_keys[] = {"seq", "time", "shop", "id", "version"};
     uint64_t *u64_dst[] = {&ev->seq, &ev->time_ms, &ev->shop, &ev->id, &ev->version};
-    static const char *const str_keys[] = {"actor", "kind", "type"};
     cs_str *str_dst[] = {&ev->actor, &ev->kind, &ev->type};
-    for (unsigned i = 0; i < 5; i++) {
-        if (!key_is(&kv->key, u64_keys[i]))
-            continue;
+    if (idx < 0)
+        return 0; /* unknown keys are ignored: a later format-1 writer may add some */
+    if (idx < 5) {
         if (kv->val.type != MSGPACK_OBJECT_POSITIVE_INTEGER)
             *bad = true;
-        *u64_dst[i] = kv->val.via.u64;
-        return 1u << i;
-    }
-    for (unsigned i = 0; i < 3; i++) {
-        if (!key_is(&kv->key, str_keys[i]))
-            continue;
+        *u64_dst[idx] = kv->val.via.u64;
+    } else if (idx < KEY_FIELDS) {
         if (kv->val.type != MSGPACK_OBJECT_STR)
             *bad = true;
         /* msgpack-c may leave an empty string's pointer NULL: callers get "" instead. */
-        str_dst[i]->ptr = kv->val.via.str.size ? kv->val.via.str.ptr : "";
-        str_dst[i]->len = kv->val.via.str.size;
-        return 1u << (5 + i);
-    }
-    if (key_is(&kv->key, "fields")) {
+        str_dst[idx - 5]->ptr = kv->val.via.str.size ? kv->val.via.str.ptr : "";
+        str_dst[idx - 5]->len = kv->val.via.str.size;
+    } else {
         if (kv->val.type != MSGPACK_OBJECT_MAP)
             *bad = true;
         ev->fields = kv->val;
-        return 1u << 8;
     }
-    return 0; /* unknown keys are ignored: a later format-1 writer may add some */
+    return 1u << idx;
 }
 
 /* One object of buf at *off through msgpack-c (which stops at its end and says EXTRA_BYTES when
@@ -442,10 +456,12 @@ static cs_err unpack_at(cs_event_decoder *dec, const uint8_t *buf, size_t len, s
 /* The value of `fields` left as bytes: skipped over by the bounds check that already walked
  * it, and its map header checked, so that msgpack-c never builds objects nobody reads. */
 static cs_err skip_fields(cs_event_decoder *dec, const uint8_t *buf, size_t len, size_t *off,
-                          msgpack_object *out)
+                          bool last, msgpack_object *out)
 {
-    size_t vlen;
-    if (cs_msgpack_check(buf + *off, len - *off, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK)
+    size_t vlen = len - *off;
+    /* The last value of the map ends where the event does (the whole-event check walked it;
+     * cs_event_encode writes `fields` last); any other is walked again for its size. */
+    if (!last && cs_msgpack_check(buf + *off, len - *off, CS_MSGPACK_DEPTH_MAX, &vlen) != CS_OK)
         return decode_corrupt(dec, CS_CORRUPT_AT); /* the whole-event check passed it */
     uint8_t b = buf[*off];
     out->type =
@@ -482,13 +498,15 @@ static cs_err decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, bool
         msgpack_object_kv kv;
         cs_err err = unpack_at(dec, buf, len, &off, &kv.key);
         size_t start = off;
+        int idx = err == CS_OK ? key_index(&kv.key) : -1;
         if (err == CS_OK)
-            err = lazy && key_is(&kv.key, "fields") ? skip_fields(dec, buf, len, &off, &kv.val)
-                                                    : unpack_at(dec, buf, len, &off, &kv.val);
+            err = lazy && idx == KEY_FIELDS
+                      ? skip_fields(dec, buf, len, &off, i + 1 == children / 2, &kv.val)
+                      : unpack_at(dec, buf, len, &off, &kv.val);
         if (err != CS_OK)
             return err;
-        unsigned bit = decode_key(&kv, &ev, &bad);
-        if (bit == 1u << 8) {
+        unsigned bit = decode_key(&kv, idx, &ev, &bad);
+        if (bit == 1u << KEY_FIELDS) {
             ev.fields_bytes = buf + start;
             ev.fields_len = off - start;
         }

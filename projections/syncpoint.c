@@ -371,9 +371,15 @@ cs_err cs__batch_write(cs_branch *b, cs_log_txn *txn)
         return CS_NO_MEMORY;
     *rctx = (remap_ctx){.b = b, .m = cs_log_txn_mdb(txn)};
     bool drop = bt->db_loaded && bt->ndirty == 0; /* every entry it had was written */
-    cs_err err = CS_OK;
+    cs_err err = cs__batch_scratch(bt, bt->n);
+    /* In key order: LMDB's pages are then filled one after another, not revisited at random
+     * (copy ids, given in key order, follow the same order). */
+    for (uint32_t i = 0; err == CS_OK && i < bt->n; i++)
+        bt->scratch[i] = i;
+    if (err == CS_OK)
+        qsort_r(bt->scratch, bt->n, sizeof(*bt->scratch), key_cmp, bt->items);
     for (uint32_t i = 0; i < bt->n && err == CS_OK; i++) {
-        const cs__bitem *it = &bt->items[i];
+        const cs__bitem *it = &bt->items[bt->scratch[i]];
         if (it->flags & CS__BI_LATEST)
             err = cs__rec_put(b, txn, b->mirror, it->key, it->latest.version, it->latest.archived,
                               NULL, it->latest.fields, it->latest.len);
