@@ -67,6 +67,9 @@ cs_err cs_branch_apply_segments(cs_branch *b, const uint8_t *const *segs, const 
 /* Applies every segment of a file written by cs_export_file, one transaction per segment.
  * *applied_out gets the events applied. Errors: as cs_branch_apply_segment, CS_IO. */
 cs_err cs_branch_import_file(cs_branch *b, const char *path, uint64_t *applied_out);
+/* The same, reporting the bytes of the file applied so far to p (may be NULL). */
+cs_err cs_branch_import_file_progress(cs_branch *b, const char *path, uint64_t *applied_out,
+                                      const cs_progress *p);
 
 /* XXH3 of the branch's catalog and projection state (items, origin index, mirror, dirty set,
  * cursor): equal digests mean byte-identical branches. */
@@ -76,6 +79,9 @@ cs_err cs_branch_digest(cs_branch *b, uint64_t *out);
  * atomically, fsynced). *events_out gets how many. Errors: CS_NOT_FOUND (from is past the head),
  * CS_IO, log read errors. */
 cs_err cs_export_file(cs_log *log, uint64_t from, const char *path, uint64_t *events_out);
+/* The same, reporting the events written so far to p (may be NULL). */
+cs_err cs_export_file_progress(cs_log *log, uint64_t from, const char *path, uint64_t *events_out,
+                               const cs_progress *p);
 
 /* Segments in an export file are at most this large: big enough to amortise a transaction,
  * small enough that an import holds one in memory at a time. */

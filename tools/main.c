@@ -180,6 +180,20 @@ static const cs_cli_cmd commands[] = {
      "it goes; everything it starts is stopped, and its data is left in ./demo-data.\n\n"
      "Example:\n  chainsync demo\n",
      NULL},
+    {"status", NULL, cs_cmd_status, "is the network in step? head, branches, lag (exit 5: lagging)",
+     "status [--max-lag N]",
+     "At a head office: the head of the log, whether serve runs, how many linked branches are\n"
+     "connected, and the branch furthest behind (from what serve records once a second, as\n"
+     "`shop list`). At a branch: its head office and address, whether a node (follow) is\n"
+     "connected, its cursor and last sync point, its lag behind the head office's head as the\n"
+     "node last saw it, the outbox and the last connection error. Reads only.\n"
+     "Exits 0 when in step, 5 when a branch (at a branch: this one) is more than --max-lag\n"
+     "events behind (a branch serve never saw counts as behind by the whole log), 1-4 when\n"
+     "status itself fails. With --json-out, one object.\n\n"
+     "Options:\n  --max-lag N    events a branch may be behind and still be in step (default 0)\n\n"
+     "Examples:\n  chainsync status --data /srv/hq\n"
+     "  chainsync status --data /srv/hq --json-out --max-lag 100 || alert\n",
+     NULL},
     {"serve", NULL, cs_cmd_serve, "serve the network: stream the log to every branch over TCP",
      "serve --listen HOST:PORT [--stuck-ms MS] [--ready-file FILE]",
      "Runs the head office's server in the foreground: branches connect, authenticate with a\n"
