@@ -125,6 +125,10 @@ void cs_audit_close(cs_audit *a); /* accepts NULL */
 /* The sentence of the last failure or, after cs_audit_verify, of the first problem found.
  * Borrowed until the next call on the audit. */
 const char *cs_audit_errmsg(const cs_audit *a);
+/* Reports the events replayed of the log's head as checkpoints are built (cs_audit_checkpoint,
+ * and every call that extends them) and as cs_audit_verify replays, at each checkpoint. p is
+ * copied; NULL stops reporting. */
+void cs_audit_set_progress(cs_audit *a, const cs_progress *p);
 
 typedef struct cs_audit_ckpt_info {
     uint64_t every; /* events between checkpoints */

@@ -94,13 +94,13 @@ test_sigterm_clean_stop() {
     local shop
     shop=$(echo 'branch-secret-1' | "$cs" shop add --data "$hq" --name B1 --password-stdin --json-out |
         sed 's/.*"id":\([0-9]*\).*/\1/')
-    "$cs" serve --data "$hq" --listen 127.0.0.1:0 --ready-file "$scratch/ready" 2>"$scratch/serve.log" &
+    "$cs" serve --data "$hq" --listen 127.0.0.1:0 --ready-file "$scratch/ready" >"$scratch/serve.log" 2>&1 &
     local serve=$!
     echo "$serve" >>"$scratch/pids"
     wait_file "$scratch/ready" || fail "serve did not start: $(cat "$scratch/serve.log")" || return 1
     echo 'branch-secret-1' | "$cs" branch join --data "$b" --head "$(cat "$scratch/ready")" \
         --shop "$shop" --password-stdin >/dev/null || fail "join failed" || return 1
-    "$cs" branch follow --data "$b" 2>"$scratch/follow.log" &
+    "$cs" branch follow --data "$b" >"$scratch/follow.log" 2>&1 &
     local follow=$!
     echo "$follow" >>"$scratch/pids"
     for ((i = 0; i < 300; i++)); do grep -q authenticated "$scratch/follow.log" && break; sleep 0.05; done

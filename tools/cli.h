@@ -170,6 +170,8 @@ typedef struct cs_cli_progress {
  * not given, else does nothing (fn NULL). p lives as long as the work. */
 cs_progress cs_cli_progress_start(cs_cli_progress *p, const char *verb, const char *unit,
                                   bool bytes);
+/* Ends the line when one was drawn (for layers that do not report a last call). */
+void cs_cli_progress_end(cs_cli_progress *p);
 
 /* ---- handlers (cmd_*.c) and their help texts -------------------------------------------- */
 

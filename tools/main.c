@@ -412,7 +412,9 @@ static int help_all(const char *group)
 static int help_command(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[argc - 1], "--all") == 0)
-        return argc == 2 ? help_all(NULL) : argc == 3 ? help_all(argv[1]) : cs_cli_usage(NULL, "help --all takes at most one group");
+        return argc == 2   ? help_all(NULL)
+               : argc == 3 ? help_all(argv[1])
+                           : cs_cli_usage(NULL, "help --all takes at most one group");
     if (argc < 2) {
         print_overview();
         return 0;

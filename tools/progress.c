@@ -42,17 +42,19 @@ static void draw(cs_cli_progress *p, uint64_t done, uint64_t total, bool last)
     p->last_ms = now;
     p->drawn = true;
     double secs = (double)(now - p->t0_ms) / 1000.0;
-    double rate = secs > 0 ? (double)done / secs : 0.0;
-    char d[32], t[32], r[32];
-    amount(d, sizeof(d), done, p->bytes);
-    amount(r, sizeof(r), (uint64_t)rate, p->bytes);
     const char *sep = p->unit[0] ? " " : "";
+    char d[32], t[32], r[32], rate[64] = "";
+    amount(d, sizeof(d), done, p->bytes);
+    if (secs >= 0.1) { /* a rate over less is noise */
+        amount(r, sizeof(r), (uint64_t)((double)done / secs), p->bytes);
+        snprintf(rate, sizeof(rate), ", %s%s%s/s", r, sep, p->unit);
+    }
     if (total > 0) {
         amount(t, sizeof(t), total, p->bytes);
-        fprintf(stderr, "\r%s %s of %s%s%s (%.0f%%), %s%s%s/s\033[K", p->verb, d, t, sep, p->unit,
-                100.0 * (double)done / (double)total, r, sep, p->unit);
+        fprintf(stderr, "\r%s %s of %s%s%s (%.0f%%)%s\033[K", p->verb, d, t, sep, p->unit,
+                100.0 * (double)done / (double)total, rate);
     } else {
-        fprintf(stderr, "\r%s %s%s%s, %s%s%s/s\033[K", p->verb, d, sep, p->unit, r, sep, p->unit);
+        fprintf(stderr, "\r%s %s%s%s%s\033[K", p->verb, d, sep, p->unit, rate);
     }
     if (last)
         fputc('\n', stderr);
@@ -71,4 +73,13 @@ cs_progress cs_cli_progress_start(cs_cli_progress *p, const char *verb, const ch
     if (!isatty(STDERR_FILENO) || cs_cli_g.json_out)
         return (cs_progress){0};
     return (cs_progress){.fn = on_progress, .arg = p};
+}
+
+void cs_cli_progress_end(cs_cli_progress *p)
+{
+    if (p->drawn) {
+        fputc('\n', stderr);
+        fflush(stderr);
+        p->drawn = false;
+    }
 }
