@@ -76,7 +76,7 @@ test_live_backup_verifies() {
     local before
     before=$(head_seq "$hq")
     mkdir -p "$copy"
-    (umask 077 && mdb_copy "$hq" "$copy") || fail "mdb_copy failed" || return 1
+    (umask 077 && mdb_copy -c "$hq" "$copy") || fail "mdb_copy failed" || return 1
     wait "$writer" || fail "the writer failed" || return 1
     local after at
     after=$(head_seq "$hq")
