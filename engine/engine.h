@@ -227,6 +227,25 @@ cs_err cs_item_write(cs_log_txn *txn, MDB_dbi dbi, const cs_type *t, uint64_t id
 /* The SPEC 7 JSON object of an item. New reference owned by the caller. */
 cs_err cs_item_json(const cs_type *t, uint64_t id, const cs_item *it, json_t **out);
 
+/* ---- progress of long work ---------------------------------------------------------------- */
+
+/* How a layer reports the progress of long work (a catch-up, an import, an export, an audit):
+ * fn is called with the units done so far and the total (0 when not known) as the work goes,
+ * and once more with last = true when it ends. Layers never print progress: the program draws
+ * it on a terminal (tools/progress.c). fn == NULL: nobody listens. */
+typedef struct cs_progress {
+    void (*fn)(void *arg, uint64_t done, uint64_t total, bool last);
+    void *arg;
+} cs_progress;
+
+/* Calls p's fn when there is one. */
+static inline void cs_progress_report(const cs_progress *p, uint64_t done, uint64_t total,
+                                      bool last)
+{
+    if (p && p->fn)
+        p->fn(p->arg, done, total, last);
+}
+
 /* ---- the engine -------------------------------------------------------------------------- */
 
 typedef struct cs_engine cs_engine;

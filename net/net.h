@@ -119,6 +119,9 @@ typedef struct cs_server_options {
 cs_err cs_server_run(cs_engine *e, const char *dir, const cs_server_options *opts, char *errmsg,
                      size_t errmsg_len);
 
+/* Whether a `serve` holds the head office directory `dir` now (for `chainsync status`). */
+bool cs_server_running(const char *dir);
+
 /* ---- the branch node --------------------------------------------------------------------- */
 
 typedef enum cs_node_mode {
@@ -133,11 +136,16 @@ typedef struct cs_node_options {
     uint64_t shop;        /* JOIN: the branch's shop id */
     const char *password; /* JOIN only; never stored */
     FILE *log;            /* connection events; NULL = stderr */
-    bool progress;        /* print "applied N of M events" on stderr (a terminal) */
-    uint64_t timeout_ms;  /* JOIN/PULL: give up connecting after this long (0 = 10 s) */
-    bool no_watch;        /* no file watch on the directory's outbox (many nodes in a process) */
-    bool receive_only;    /* verify each segment (checksums, chain) and apply nothing: the
-                           * benchmark's ceiling; the cursor is kept in memory only */
+    /* Called as a join or pull catches up (done of total events) and once with last = true;
+     * NULL = none. The layer never prints progress itself: tools/progress.c draws it. */
+    cs_progress progress;
+    /* Keep what `chainsync status` shows of this node (connected, head seen, last error) in the
+     * directory's netlink database: one write per connection change. Off for benchmarks. */
+    bool record_state;
+    uint64_t timeout_ms; /* JOIN/PULL: give up connecting after this long (0 = 10 s) */
+    bool no_watch;       /* no file watch on the directory's outbox (many nodes in a process) */
+    bool receive_only;   /* verify each segment (checksums, chain) and apply nothing: the
+                          * benchmark's ceiling; the cursor is kept in memory only */
     /* Called after each segment is applied (or verified), with its bytes (borrowed for the
      * call) and the time it was received (ms since the epoch): for benchmarks. May be NULL. */
     void (*on_segment)(void *hook_arg, const uint8_t *seg, size_t len, uint64_t recv_ms);
@@ -178,6 +186,20 @@ cs_err cs_node_cursor(const cs_node *n, uint64_t *cursor_out);
  * directory), storage errors. */
 cs_err cs_node_run(cs_branch *b, const char *dir, const cs_node_options *opts, char *errmsg,
                    size_t errmsg_len);
+
+/* What a branch knows of its head office, for `chainsync status`: the stored link and what the
+ * last node that ran with record_state saw (docs/storage.md, "netlink"). */
+typedef struct cs_branch_link_status {
+    char head[256];       /* HOST:PORT stored at join ("" before any) */
+    bool joined;          /* a link is stored */
+    bool connected;       /* the node said it was connected (check cs_node_running too) */
+    uint64_t head_seq;    /* the head office's head as the node last saw it */
+    uint64_t contact_ms;  /* when it last connected or lost the connection, ms since the epoch */
+    char last_error[256]; /* the last connection failure's "code: sentence", "" when none */
+} cs_branch_link_status;
+
+/* Errors: CS_CORRUPT, storage errors (no link is not an error: joined = false). */
+cs_err cs_branch_link_status_get(cs_branch *b, cs_branch_link_status *out);
 
 /* Whether a branch node (follow or pull) holds `dir` now: how `put --wait` decides to wait for
  * it or to deliver the outbox itself. */

@@ -143,6 +143,8 @@ typedef struct cs__link {
 /* Errors: CS_NOT_FOUND (never joined), CS_CORRUPT, storage errors. */
 cs_err cs__link_load(cs_branch *b, cs__link *out);
 cs_err cs__link_save(cs_branch *b, const cs__link *l);
+/* The node's state for `chainsync status` (key "state"; now as contact_ms). */
+cs_err cs__link_state_save(cs_branch *b, bool connected, uint64_t head_seq, const char *last_error);
 
 /* ---- logs (netlog.c) -------------------------------------------------------------------- */
 

@@ -30,7 +30,6 @@
 #include <unistd.h>
 
 #define NODE_TICK_MS 250u
-#define PROGRESS_EVERY_MS 200u
 
 typedef enum node_state {
     N_IDLE,
@@ -72,10 +71,13 @@ typedef struct cs_node {
     uint8_t inflight_req[CS_REQUEST_ID_BYTES];
     unsigned attempt;
     uint64_t opened_ms, last_rx_ms, last_tx_ms;
-    uint64_t progress_ms, progress_from, progress_total, progress_t0;
+    uint64_t progress_from, progress_total;
     bool progress_line; /* a progress line without its newline is on the terminal */
-    bool done;          /* stop after this connection: no retry */
-    cs_err result;      /* what cs_node_run returns */
+    bool state_ok;      /* record_state may write: the directory holds this branch's link */
+    uint64_t head_seen; /* the head office's head as last seen (WELCOME, then the cursor) */
+    char last_error[256];
+    bool done;     /* stop after this connection: no retry */
+    cs_err result; /* what cs_node_run returns */
     char errmsg[320];
     cs__netlog nl;
     uint64_t sync_seq;     /* the last sync point applied, to log the next one */
@@ -113,6 +115,7 @@ static void node_log(node *n, cs_net_log_level level, const char *event, cs_err 
 }
 
 static void node_connect(node *n);
+static void record_state(node *n, bool connected);
 
 /* ---- closing and retrying ---------------------------------------------------------------- */
 
@@ -151,6 +154,7 @@ static void on_closed(uv_handle_t *h)
 {
     node *n = h->data;
     n->state = N_IDLE;
+    record_state(n, false);
     cs__rx_free(&n->rx);
     n->write_inflight = false; /* unanswered: sent again, with the same req, next time */
     if (n->done || n->o->mode != CS_NODE_FOLLOW) {
@@ -193,6 +197,7 @@ static void node_drop(node *n, cs_err code, bool tell, const char *fmt, ...)
                                                        : "drop";
         node_log(n, refused && final_code(code) ? CS_NET_LOG_ERROR : CS_NET_LOG_WARN, event, code,
                  "%s: %s", cs_err_name(code), m);
+        snprintf(n->last_error, sizeof(n->last_error), "%s: %.200s", cs_err_name(code), m);
         if (final_code(code) || n->o->mode != CS_NODE_FOLLOW) {
             n->done = true;
             n->result = final_code(code) ? code : CS_NETWORK;
@@ -321,22 +326,33 @@ static void check_done(node *n)
     uv_close((uv_handle_t *)&n->tcp, on_closed);
 }
 
+/* Reports the catch-up (events applied of those the head office had at WELCOME) to the
+ * caller's progress callback, which draws it (the callback rate-limits). */
 static void progress(node *n, bool last)
 {
-    if (!n->o->progress || n->progress_total == 0)
+    if (!n->o->progress.fn || n->progress_total == 0)
         return;
-    uint64_t now = cs__net_now_ms();
-    if (!last && now - n->progress_ms < PROGRESS_EVERY_MS)
-        return;
-    n->progress_ms = now;
     uint64_t done = n->cursor > n->progress_from ? n->cursor - n->progress_from : 0;
-    double secs = (double)(now - n->progress_t0) / 1000.0;
-    fprintf(stderr, "\rapplied %llu of %llu events (%.0f events/s)%s", (unsigned long long)done,
-            (unsigned long long)n->progress_total, secs > 0 ? (double)done / secs : 0.0,
-            last ? "\n" : "");
+    if (done > n->progress_total)
+        done = n->progress_total;
+    cs_progress_report(&n->o->progress, done, n->progress_total, last);
     n->progress_line = !last;
     if (last)
         n->progress_total = 0;
+}
+
+/* record_state: what `chainsync status` shows of this node. A failure to write it costs the
+ * display only, so it is logged and the node goes on. */
+static void record_state(node *n, bool connected)
+{
+    if (!n->o->record_state || !n->state_ok)
+        return;
+    if (n->cursor > n->head_seen)
+        n->head_seen = n->cursor;
+    cs_err err = cs__link_state_save(n->b, connected, n->head_seen, n->last_error);
+    if (err != CS_OK)
+        node_log(n, CS_NET_LOG_WARN, "state_not_recorded", err,
+                 "cannot record the node's state for status: %s", cs_err_name(err));
 }
 
 /* ---- frames from the head office --------------------------------------------------------- */
@@ -429,13 +445,14 @@ static void on_welcome(node *n, const cs__body *b)
     n->chain = st.chain;
     n->progress_from = st.cursor;
     n->progress_total = head_seq > st.cursor ? head_seq - st.cursor : 0;
-    n->progress_t0 = cs__net_now_ms();
     if (head_seq > n->head_seq)
         n->head_seq = head_seq;
     if (n->head_seq > st.cursor && !n->behind_since_ms)
         n->behind_since_ms = cs__net_now_ms();
     n->caught_up_logged = false;
     n->sync_seq = st.sync_seq;
+    n->head_seen = head_seq;
+    n->state_ok = true;
     node_log(n, CS_NET_LOG_INFO, "accepted", CS_OK,
              "authenticated as shop %llu at head office %llu; cursor %llu, head %llu",
              (unsigned long long)n->link.shop, (unsigned long long)head,
@@ -446,6 +463,7 @@ static void on_welcome(node *n, const cs__body *b)
     cs__pk_uint(&pk, "chain", st.chain);
     n->state = N_STREAMING;
     n->attempt = 0;
+    record_state(n, true);
     node_send(n, cs__pk_frame(&pk, CS__F_START));
     cs__pk_destroy(&pk);
     send_outbox(n);
@@ -1084,6 +1102,7 @@ cs_err cs_node_start(uv_loop_t *loop, cs_branch *b, const char *dir, const cs_no
     n->b = b;
     n->e = cs_branch_engine(b);
     n->o = o;
+    n->state_ok = o->mode != CS_NODE_JOIN; /* a join has a link only once WELCOME came */
     n->out = o->log ? o->log : stderr;
     n->done_cb = done;
     n->done_arg = arg;

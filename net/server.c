@@ -781,3 +781,11 @@ cs_err cs_server_run(cs_engine *e, const char *dir, const cs_server_options *o, 
     close(lock);
     return err;
 }
+
+bool cs_server_running(const char *dir)
+{
+    int fd = cs__dir_lock(dir, "serve.lock", LOCK_SH);
+    if (fd >= 0)
+        close(fd);
+    return fd == -2;
+}

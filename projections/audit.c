@@ -558,6 +558,7 @@ static cs_err ckpt_build(cs_audit *a, uint64_t every, uint64_t last, uint64_t he
             err = ckpt_store(a, s, target, chain, time_ms);
         if (err == CS_OK)
             (*built)++;
+        cs_progress_report(&a->progress, target, head, false);
     }
     cs_audit_state_free(s);
     return err;
@@ -586,6 +587,11 @@ static cs_err ckpt_extend(cs_audit *a, uint64_t every_req, bool rebuild, cs_audi
                                      .built = built,
                                      .head = head};
     return err;
+}
+
+void cs_audit_set_progress(cs_audit *a, const cs_progress *p)
+{
+    a->progress = p ? *p : (cs_progress){0};
 }
 
 cs_err cs_audit_checkpoint(cs_audit *a, uint64_t every, bool rebuild, cs_audit_ckpt_info *info)

@@ -44,6 +44,7 @@ struct cs_audit {
     MDB_dbi history;
     MDB_dbi meta;
     bool branch_dir; /* the directory is (or was) a branch: its own log holds only local writes */
+    cs_progress progress; /* events replayed by checkpoint builds and verification */
     char errmsg[CS__AUDIT_ERRMSG_BYTES];
 };
 

@@ -423,6 +423,7 @@ static cs_err replay_with_checkpoints(verify_ctx *vc, json_t *ckpart, cs_audit_s
         if (err != CS_OK)
             break;
         at = to;
+        cs_progress_report(&a->progress, at, head, false);
         if (cp == 0)
             break;
         if (cp > head) {

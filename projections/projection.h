@@ -67,6 +67,9 @@ cs_err cs_branch_apply_segments(cs_branch *b, const uint8_t *const *segs, const 
 /* Applies every segment of a file written by cs_export_file, one transaction per segment.
  * *applied_out gets the events applied. Errors: as cs_branch_apply_segment, CS_IO. */
 cs_err cs_branch_import_file(cs_branch *b, const char *path, uint64_t *applied_out);
+/* The same, reporting the bytes of the file applied so far to p (may be NULL). */
+cs_err cs_branch_import_file_progress(cs_branch *b, const char *path, uint64_t *applied_out,
+                                      const cs_progress *p);
 
 /* XXH3 of the branch's catalog and projection state (items, origin index, mirror, dirty set,
  * cursor): equal digests mean byte-identical branches. */
@@ -76,6 +79,9 @@ cs_err cs_branch_digest(cs_branch *b, uint64_t *out);
  * atomically, fsynced). *events_out gets how many. Errors: CS_NOT_FOUND (from is past the head),
  * CS_IO, log read errors. */
 cs_err cs_export_file(cs_log *log, uint64_t from, const char *path, uint64_t *events_out);
+/* The same, reporting the events written so far to p (may be NULL). */
+cs_err cs_export_file_progress(cs_log *log, uint64_t from, const char *path, uint64_t *events_out,
+                               const cs_progress *p);
 
 /* Segments in an export file are at most this large: big enough to amortise a transaction,
  * small enough that an import holds one in memory at a time. */
@@ -119,6 +125,10 @@ void cs_audit_close(cs_audit *a); /* accepts NULL */
 /* The sentence of the last failure or, after cs_audit_verify, of the first problem found.
  * Borrowed until the next call on the audit. */
 const char *cs_audit_errmsg(const cs_audit *a);
+/* Reports the events replayed of the log's head as checkpoints are built (cs_audit_checkpoint,
+ * and every call that extends them) and as cs_audit_verify replays, at each checkpoint. p is
+ * copied; NULL stops reporting. */
+void cs_audit_set_progress(cs_audit *a, const cs_progress *p);
 
 typedef struct cs_audit_ckpt_info {
     uint64_t every; /* events between checkpoints */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static cs_err write_all(int fd, const uint8_t *buf, size_t len)
@@ -28,7 +29,7 @@ static cs_err write_all(int fd, const uint8_t *buf, size_t len)
 }
 
 static cs_err export_segments(cs_log_reader *r, uint64_t from, uint64_t head, int fd,
-                              uint64_t *events)
+                              uint64_t *events, const cs_progress *p)
 {
     for (uint64_t s = from; s <= head;) {
         uint8_t *seg;
@@ -43,11 +44,19 @@ static cs_err export_segments(cs_log_reader *r, uint64_t from, uint64_t head, in
             return err;
         *events += last - s + 1;
         s = last + 1;
+        cs_progress_report(p, *events, head - from + 1, false);
     }
+    cs_progress_report(p, *events, head - from + 1, true);
     return CS_OK;
 }
 
 cs_err cs_export_file(cs_log *log, uint64_t from, const char *path, uint64_t *events_out)
+{
+    return cs_export_file_progress(log, from, path, events_out, NULL);
+}
+
+cs_err cs_export_file_progress(cs_log *log, uint64_t from, const char *path, uint64_t *events_out,
+                               const cs_progress *p)
 {
     char tmp[4096];
     if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
@@ -63,7 +72,7 @@ cs_err cs_export_file(cs_log *log, uint64_t from, const char *path, uint64_t *ev
     if (err == CS_OK && fd < 0)
         err = CS_IO;
     if (err == CS_OK)
-        err = export_segments(r, from, head, fd, &events);
+        err = export_segments(r, from, head, fd, &events, p);
     /* Durable before it is visible under its name: a crash leaves the old file or the new. */
     if (err == CS_OK && fsync(fd) != 0)
         err = CS_IO;
@@ -109,10 +118,18 @@ static cs_err read_segment(FILE *f, uint8_t **buf, size_t *cap, size_t *len)
 
 cs_err cs_branch_import_file(cs_branch *b, const char *path, uint64_t *applied_out)
 {
+    return cs_branch_import_file_progress(b, path, applied_out, NULL);
+}
+
+cs_err cs_branch_import_file_progress(cs_branch *b, const char *path, uint64_t *applied_out,
+                                      const cs_progress *p)
+{
     b->errmsg[0] = '\0';
     FILE *f = fopen(path, "rb");
     if (!f)
         return cs__branch_fail(b, CS_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat sb;
+    uint64_t size = fstat(fileno(f), &sb) == 0 ? (uint64_t)sb.st_size : 0, done = 0;
     uint8_t *buf = NULL;
     size_t cap = 0, len, nseg = 0;
     uint64_t total = 0;
@@ -123,7 +140,10 @@ cs_err cs_branch_import_file(cs_branch *b, const char *path, uint64_t *applied_o
         if ((err = cs_branch_apply_segment(b, buf, len, &applied)) != CS_OK)
             break;
         total += applied;
+        done += len;
+        cs_progress_report(p, done, size, false);
     }
+    cs_progress_report(p, done, size, true);
     if (err == CS_NOT_FOUND)
         err = CS_OK;
     else if (err == CS_CORRUPT && !b->errmsg[0])

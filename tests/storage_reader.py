@@ -28,7 +28,8 @@ running).
 
 --secrets reads the records that are not derived from a log (docs/storage.md, "Engine records
 outside the state" and "The branch node's records"): `secrets` (password keys and the decoy),
-`status`, `requests`, `outbox`, `rejected`, `netlink` and the `node.lock` file; checks each
+`status`, `requests`, `outbox`, `rejected`, `netlink` (with the node's `state`) and the
+`node.lock` file; checks each
 against its documented layout and prints them as one JSON object (salts and costs, never a
 key). It checks R9 as the document states it: no database of the directory holds an argon2
 hash string (`$argon2`), and each secret (salts, StoredKey, ServerKey, ClientKey, the decoy)
@@ -719,9 +720,20 @@ def read_rejected(txn, dbs):
 
 
 def read_netlink(txn, dbs):
-    """`netlink`: `link` -> {head, shop, log_id, salt, ops, mem, client_key, server_key}."""
-    out = None
+    """`netlink`: `link` -> {head, shop, log_id, salt, ops, mem, client_key, server_key}, and
+    `state` (what the node saw, for `chainsync status`) -> {connected, head_seq, contact_ms,
+    last_error}, kept under the link's "state" (None when absent)."""
+    out, state = None, None
     for k, v in records(txn, dbs, "netlink"):
+        if k == b"state":
+            r = small_map(v, "netlink state")
+            state = {"connected": want(r, "connected", "uint", "netlink state"),
+                     "head_seq": want(r, "head_seq", "uint", "netlink state"),
+                     "contact_ms": want(r, "contact_ms", "uint", "netlink state"),
+                     "last_error": want(r, "last_error", "str", "netlink state")}
+            if state["connected"] > 1 or len(state["last_error"].encode()) > HEAD_BYTES_MAX:
+                raise corrupt("netlink state: connected is 0 or 1, last_error under 256 bytes")
+            continue
         if k != b"link":
             raise corrupt("netlink: unknown key %s" % k.hex())
         r = small_map(v, "netlink")
@@ -734,6 +746,10 @@ def read_netlink(txn, dbs):
                "ops": want(r, "ops", "uint", "netlink"), "mem": want(r, "mem", "uint", "netlink"),
                "client_key": want(r, "client_key", "bin", "netlink", KEY_BYTES),
                "server_key": want(r, "server_key", "bin", "netlink", KEY_BYTES)}
+    if state is not None and out is None:
+        raise corrupt("netlink: a node state without a link")
+    if out is not None:
+        out["state"] = state
     return out
 
 
@@ -818,7 +834,8 @@ def read_secrets_view(env, txn, dbs, path, password, shop):
            "rejected": read_rejected(txn, dbs),
            "netlink": None if link_ is None else {
                "head": link_["head"], "shop": link_["shop"], "log_id": "%016x" % link_["log_id"],
-               "salt": link_["salt"].hex(), "ops": link_["ops"], "mem": link_["mem"]},
+               "salt": link_["salt"].hex(), "ops": link_["ops"], "mem": link_["mem"],
+               "state": link_["state"]},
            "node_lock": read_node_lock(path)}
     secret_bytes = [("the decoy", "secrets", b"decoy", decoy)] if decoy else []
     for s, r in recs.items():

@@ -24,6 +24,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* `chainsync status`: a branch is more than --max-lag events behind (docs/cli.md). Beyond SPEC
+ * 6's 0-4 so that a monitoring check tells "lagging" from "status itself failed". */
+#define CS_CLI_EXIT_LAGGING 5
 /* A handler's "keep going" value from cs_cli_parse: every exit code is >= 0. */
 #define CS_CLI_GO (-1)
 /* Extra options one command may declare (put has the most: --json, --expect-version). */
@@ -153,6 +156,23 @@ bool cs_cli_table_add(cs_cli_table *t, const char *const *cells);
 void cs_cli_table_print(const cs_cli_table *t);
 void cs_cli_table_free(cs_cli_table *t); /* accepts NULL */
 
+/* ---- progress.c: the progress line on a terminal ---------------------------------------- */
+
+typedef struct cs_cli_progress {
+    const char *verb; /* "applied", "exported" */
+    const char *unit; /* "events", "" */
+    bool bytes;       /* done and total are bytes (shown in MiB) */
+    bool drawn;
+    uint64_t t0_ms, last_ms;
+} cs_cli_progress;
+
+/* The callback to hand a layer: draws on standard error when it is a terminal and --json-out is
+ * not given, else does nothing (fn NULL). p lives as long as the work. */
+cs_progress cs_cli_progress_start(cs_cli_progress *p, const char *verb, const char *unit,
+                                  bool bytes);
+/* Ends the line when one was drawn (for layers that do not report a last call). */
+void cs_cli_progress_end(cs_cli_progress *p);
+
 /* ---- handlers (cmd_*.c) and their help texts -------------------------------------------- */
 
 int cs_cmd_init(const cs_cli_cmd *cmd, int argc, char **argv);
@@ -180,6 +200,7 @@ int cs_cmd_audit_as_of(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_audit_verify(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_audit_checkpoint(const cs_cli_cmd *cmd, int argc, char **argv);
 
+int cs_cmd_status(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_demo(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv);

@@ -352,7 +352,8 @@ int cs_cli_print_shops_table(const json_t *shops)
             const json_t *v = json_object_get(shop, keys[c]);
             if (strcmp(keys[c], "switch") == 0 && json_is_boolean(v))
                 cells[c] = strdup(json_is_true(v) ? "on" : "off");
-            else if (strcmp(keys[c], "connected") == 0 && json_is_boolean(v))
+            else if ((strcmp(keys[c], "connected") == 0 || strcmp(keys[c], "linked") == 0) &&
+                     json_is_boolean(v))
                 cells[c] = strdup(json_is_true(v) ? "yes" : "no");
             else
                 cells[c] = v && !json_is_null(v) ? cs_cli_value_text(v) : strdup("-");

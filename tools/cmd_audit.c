@@ -499,7 +499,11 @@ int cs_cmd_audit_verify(const cs_cli_cmd *cmd, int argc, char **argv)
     if (rc != CS_CLI_GO)
         return rc;
     json_t *report = NULL;
+    cs_cli_progress pr;
+    cs_progress p = cs_cli_progress_start(&pr, "replayed", "events", false);
+    cs_audit_set_progress(a, &p);
     cs_err err = cs_audit_verify(a, branch, &report);
+    cs_cli_progress_end(&pr);
     if (report && cs_cli_g.json_out)
         rc = cs_cli_print_json(report);
     else if (report)
@@ -536,7 +540,11 @@ int cs_cmd_audit_checkpoint(const cs_cli_cmd *cmd, int argc, char **argv)
     if (rc != CS_CLI_GO)
         return rc;
     cs_audit_ckpt_info info = {0};
+    cs_cli_progress pr;
+    cs_progress p = cs_cli_progress_start(&pr, "replayed", "events", false);
+    cs_audit_set_progress(a, &p);
     cs_err err = cs_audit_checkpoint(a, every, rebuild, &info);
+    cs_cli_progress_end(&pr);
     if (err != CS_OK)
         rc = audit_fail(err, a, "cannot build the checkpoints");
     else if (cs_cli_g.json_out)

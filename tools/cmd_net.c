@@ -185,11 +185,13 @@ int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv)
         rc = cs_cli_read_password(password, sizeof(password));
     if (rc != CS_CLI_GO)
         return rc;
+    cs_cli_progress pr;
     cs_node_options o = {.mode = CS_NODE_JOIN,
                          .head = head,
                          .shop = shop,
                          .password = password,
-                         .progress = isatty(STDERR_FILENO)};
+                         .progress = cs_cli_progress_start(&pr, "applied", "events", false),
+                         .record_state = true};
     cs_cli_created fresh = cs_cli_created_before(dir);
     rc = run_node(dir, &o, &fresh, true);
     memset(password, 0, sizeof(password));
@@ -215,9 +217,11 @@ static int follow_or_pull(const cs_cli_cmd *cmd, int argc, char **argv, cs_node_
         return rc;
     if (!store_exists(dir))
         return cs_cli_fail(CS_NOT_FOUND, "%s holds no branch: run chainsync branch join", dir);
+    cs_cli_progress pr;
     cs_node_options o = {.mode = mode,
                          .head = head,
-                         .progress = isatty(STDERR_FILENO),
+                         .progress = cs_cli_progress_start(&pr, "applied", "events", false),
+                         .record_state = true,
                          .log_level = no.level,
                          .log_format = no.format,
                          .http = no.http,
@@ -276,7 +280,7 @@ static void sleep_ms(unsigned ms)
 int cs_cli_put_wait(const char *dir, const cs_write_result *w, unsigned timeout_ms)
 {
     if (!cs_node_running(dir)) { /* nobody will deliver it: do it ourselves */
-        cs_node_options o = {.mode = CS_NODE_PULL};
+        cs_node_options o = {.mode = CS_NODE_PULL, .record_state = true};
         int rc = run_node(dir, &o, NULL, false);
         if (rc != 0)
             return rc;

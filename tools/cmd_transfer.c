@@ -30,7 +30,9 @@ int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
     if (rc != CS_CLI_GO)
         return rc;
     uint64_t events = 0;
-    cs_err err = cs_export_file(cs_engine_log(e), from, out, &events);
+    cs_cli_progress pr;
+    cs_progress p = cs_cli_progress_start(&pr, "exported", "events", false);
+    cs_err err = cs_export_file_progress(cs_engine_log(e), from, out, &events, &p);
     if (err == CS_NOT_FOUND)
         rc = cs_cli_fail(err, "the log has no event %llu to export from", (unsigned long long)from);
     else if (err != CS_OK)
@@ -56,8 +58,10 @@ static int import_into(const char *dir, uint64_t shop, const char *file)
         cs_engine_set_actor(cs_branch_engine(b), cs_cli_g.actor);
     uint64_t applied = 0;
     err = cs_branch_bind(b, shop);
+    cs_cli_progress pr;
+    cs_progress p = cs_cli_progress_start(&pr, "imported", "", true);
     if (err == CS_OK)
-        err = cs_branch_import_file(b, file, &applied);
+        err = cs_branch_import_file_progress(b, file, &applied, &p);
     cs_branch_state st = {0};
     if (err == CS_OK)
         err = cs_branch_state_get(b, &st);

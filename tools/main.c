@@ -180,6 +180,20 @@ static const cs_cli_cmd commands[] = {
      "it goes; everything it starts is stopped, and its data is left in ./demo-data.\n\n"
      "Example:\n  chainsync demo\n",
      NULL},
+    {"status", NULL, cs_cmd_status, "is the network in step? head, branches, lag (exit 5: lagging)",
+     "status [--max-lag N]",
+     "At a head office: the head of the log, whether serve runs, how many linked branches are\n"
+     "connected, and the branch furthest behind (from what serve records once a second, as\n"
+     "`shop list`). At a branch: its head office and address, whether a node (follow) is\n"
+     "connected, its cursor and last sync point, its lag behind the head office's head as the\n"
+     "node last saw it, the outbox and the last connection error. Reads only.\n"
+     "Exits 0 when in step, 5 when a branch (at a branch: this one) is more than --max-lag\n"
+     "events behind (a branch serve never saw counts as behind by the whole log), 1-4 when\n"
+     "status itself fails. With --json-out, one object.\n\n"
+     "Options:\n  --max-lag N    events a branch may be behind and still be in step (default 0)\n\n"
+     "Examples:\n  chainsync status --data /srv/hq\n"
+     "  chainsync status --data /srv/hq --json-out --max-lag 100 || alert\n",
+     NULL},
     {"serve", NULL, cs_cmd_serve, "serve the network: stream the log to every branch over TCP",
      "serve --listen HOST:PORT [--stuck-ms MS] [--ready-file FILE] [--http HOST:PORT]\n"
      "      [--http-ready-file FILE] [--log-level LEVEL] [--log-format human|json]",
@@ -325,8 +339,9 @@ static void print_overview(void)
     printf("\nCommon options: --data DIR (default $CHAINSYNC_DATA), --json-out (JSON lines),\n"
            "--actor NAME (recorded in the log; default cli), --help. `chainsync COMMAND --help`\n"
            "explains a command with an example; `chainsync put --help` lists every type and its\n"
-           "fields.\n\n"
-           "Exit codes: 0 ok, 1 usage, 2 refused by a rule or validation, 3 storage, 4 network.\n"
+           "fields; `chainsync help [GROUP] --all` prints every help text; --version.\n\n"
+           "Exit codes: 0 ok, 1 usage, 2 refused by a rule or validation, 3 storage, 4 network;\n"
+           "`status` exits 5 when a branch lags past --max-lag.\n"
            "Errors go to standard error as `error: <code>: <sentence>`.\n\n"
            "A small network by hand:\n"
            "  export CHAINSYNC_DATA=/tmp/hq\n"
@@ -379,9 +394,44 @@ static bool is_help_word(const char *s)
     return strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0 || strcmp(s, "help") == 0;
 }
 
+/* Prints command c's --help text. */
+static int help_of(const cs_cli_cmd *c)
+{
+    char help[] = "--help", word[64];
+    snprintf(word, sizeof(word), "%s", c->subname ? c->subname : c->name);
+    char *args[] = {word, help, NULL};
+    return c->handler(c, 2, args);
+}
+
+/* `chainsync help --all` (the overview and every one-word command) and `chainsync help GROUP
+ * --all` (the group and each of its commands): every help text one after another, which is
+ * what the man pages are generated from (help2man, tools/CMakeLists.txt). */
+static int help_all(const char *group)
+{
+    if (group && !is_group(group))
+        return cs_cli_usage(NULL, "'%s' is no command group", group);
+    if (group)
+        print_group(stdout, group);
+    else
+        print_overview();
+    int rc = 0;
+    for (size_t i = 0; i < COMMAND_COUNT && rc == 0; i++) {
+        const cs_cli_cmd *c = &commands[i];
+        if (group ? strcmp(c->name, group) != 0 : is_group(c->name))
+            continue;
+        printf("\n");
+        rc = help_of(c);
+    }
+    return rc;
+}
+
 /* `chainsync help [COMMAND [SUBCOMMAND]]`: the same text as --help. */
 static int help_command(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[argc - 1], "--all") == 0)
+        return argc == 2   ? help_all(NULL)
+               : argc == 3 ? help_all(argv[1])
+                           : cs_cli_usage(NULL, "help --all takes at most one group");
     if (argc < 2) {
         print_overview();
         return 0;
@@ -429,6 +479,10 @@ static int dispatch(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+        printf("chainsync %s\n", CS_VERSION);
+        return 0;
+    }
     int first = 0;
     bool help = false;
     int rc = cs_cli_parse_globals(argc, argv, &first, &help);
