@@ -24,7 +24,8 @@ cs_build() {
         dir=build-asan
         opts+=(-DCS_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug)
     fi
-    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "${opts[@]}" >/dev/null
+    # The test build treats warnings as errors (CMake's default does not, for users' builds).
+    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCS_WERROR=ON "${opts[@]}" >/dev/null
     cmake --build "$dir" -j "$(nproc)" >/dev/null || cmake --build "$dir" -j 1
     CS_BUILD_DIR="$PWD/$dir"
 }
