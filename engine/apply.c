@@ -27,6 +27,14 @@ const char *cs_role_name(cs_role role)
 
 cs_err cs_engine_open(const char *dir, const cs_log_options *opts, cs_engine **out)
 {
+    return cs_engine_open_why(dir, opts, out, NULL, 0);
+}
+
+cs_err cs_engine_open_why(const char *dir, const cs_log_options *opts, cs_engine **out, char *why,
+                          size_t why_bytes)
+{
+    if (why_bytes > 0)
+        why[0] = '\0';
     cs_engine *e = calloc(1, sizeof(*e));
     if (!e)
         return CS_NO_MEMORY;
@@ -55,6 +63,8 @@ cs_err cs_engine_open(const char *dir, const cs_log_options *opts, cs_engine **o
     if (err == CS_OK)
         err = cs_log_dbi_open(e->log, "rejected", 0, &e->rejected);
     if (err != CS_OK) {
+        if (why_bytes > 0 && e->log)
+            snprintf(why, why_bytes, "%s", cs_log_errmsg(e->log));
         cs_engine_close(e);
         return err;
     }

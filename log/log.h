@@ -246,6 +246,9 @@ typedef struct cs_log_reader cs_log_reader;
 
 /* Flags for cs_log_options.flags. */
 #define CS_LOG_NOSYNC 0x1u /* MDB_NOSYNC: benchmarks only; may lose commits on power loss */
+/* MDB_RDONLY: nothing is created or written (every write fails with CS_IO, cs_log_dbi_open
+ * only finds existing databases): `audit verify` reads the store it checks this way. */
+#define CS_LOG_READ_ONLY 0x2u
 
 typedef struct cs_log_options {
     size_t map_bytes;     /* initial map size; 0 = CS_LOG_MAP_BYTES_DEFAULT */
@@ -270,8 +273,13 @@ const char *cs_log_errmsg(const cs_log *log);
 MDB_env *cs_log_env(cs_log *log);
 
 /* Opens (creating) a named database in the environment for a module above. Must not run
- * inside a transaction. Errors: CS_IO, CS_STORAGE_FULL. */
+ * inside a transaction. With CS_LOG_READ_ONLY, as cs_log_dbi_find (CS_NOT_FOUND when it is not
+ * there). Errors: CS_IO, CS_STORAGE_FULL. */
 cs_err cs_log_dbi_open(cs_log *log, const char *name, unsigned mdb_flags, MDB_dbi *out);
+/* Opens an existing named database without writing anything (a read transaction): for a
+ * reader that must not change the directory it reads (`audit verify`). Must not run inside a
+ * transaction. Errors: CS_NOT_FOUND (no such database), CS_IO, CS_CORRUPT. */
+cs_err cs_log_dbi_find(cs_log *log, const char *name, MDB_dbi *out);
 
 /* Runs fn inside one write transaction and commits it durably when fn returns CS_OK; any
  * other code aborts the transaction and is returned. When LMDB's map fills, the transaction is
