@@ -65,8 +65,14 @@ static cs_err check_refs(cs_engine *e, MDB_txn *txn, const write_ctx *w)
 
 cs_err cs_engine_alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t shop, uint64_t *out)
 {
-    if (shop == 0 && cs__role(cs_log_txn_mdb(txn), e, &shop) == CS_ROLE_NONE)
-        return cs__fail(e, CS_NOT_FOUND, "this directory is not initialised");
+    cs_role role = CS_ROLE_NONE;
+    if (shop == 0) {
+        cs_err err = cs__role_get(cs_log_txn_mdb(txn), e, &role, &shop);
+        if (err != CS_OK)
+            return err;
+        if (role == CS_ROLE_NONE)
+            return cs__fail(e, CS_NOT_FOUND, "this directory is not initialised");
+    }
     return alloc_id(e, txn, shop, out);
 }
 
@@ -287,8 +293,9 @@ static cs_err write_fn(cs_log_txn *txn, void *ctx)
 {
     write_ctx *w = ctx;
     uint64_t self = 0;
-    cs_role role = cs__role(cs_log_txn_mdb(txn), w->e, &self);
-    return write_one(txn, w, role, self);
+    cs_role role = CS_ROLE_NONE;
+    cs_err err = cs__role_get(cs_log_txn_mdb(txn), w->e, &role, &self);
+    return err != CS_OK ? err : write_one(txn, w, role, self);
 }
 
 static cs_err find_type(cs_engine *e, const char *type, const cs_type **out)
@@ -350,7 +357,10 @@ static cs_err many_fn(cs_log_txn *txn, void *ctx)
      * record (read per element it was a fifth of put_many's instructions, bench/engine.c),
      * and no item write changes `self`, so every element would read the same answer. */
     uint64_t self = 0;
-    cs_role role = cs__role(cs_log_txn_mdb(txn), m->w[0].e, &self);
+    cs_role role = CS_ROLE_NONE;
+    cs_err rerr = cs__role_get(cs_log_txn_mdb(txn), m->w[0].e, &role, &self);
+    if (rerr != CS_OK)
+        return rerr;
     for (size_t i = 0; i < m->n; i++) {
         cs_err err = write_one(txn, &m->w[i], role, self);
         if (err != CS_OK) {

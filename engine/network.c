@@ -100,7 +100,10 @@ static cs_err net_fn(cs_log_txn *txn, void *ctx)
     cs_engine *e = c->e;
     cs_assert(c->kind != CS_KIND_UNKNOWN); /* every command names the kind it logs */
     msgpack_zone_clear(&e->zone);
-    cs_err err = check_role(c, cs__role(cs_log_txn_mdb(txn), e, &c->self));
+    cs_role role = CS_ROLE_NONE;
+    cs_err err = cs__role_get(cs_log_txn_mdb(txn), e, &role, &c->self);
+    if (err == CS_OK)
+        err = check_role(c, role);
     if (err == CS_OK && c->check)
         err = c->check(c, txn);
     if (err == CS_OK && c->secret)

@@ -261,6 +261,9 @@ typedef struct cs_log_options {
  * cs_log_close. Errors: CS_IO (cannot create or open), CS_CORRUPT (not a chainsync directory
  * or a newer format), CS_NO_MEMORY. */
 cs_err cs_log_open(const char *dir, const cs_log_options *opts, cs_log **out);
+/* As cs_log_open; on failure why[0..why_bytes) gets the sentence (no handle is left to ask). */
+cs_err cs_log_open_why(const char *dir, const cs_log_options *opts, cs_log **out, char *why,
+                       size_t why_bytes);
 void cs_log_close(cs_log *log); /* accepts NULL; all readers must be closed first */
 
 /* The last error's sentence for this handle ("event 17: checksum mismatch"). Borrowed until

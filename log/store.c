@@ -169,6 +169,14 @@ static cs_err open_env(cs_log *log, const char *dir)
 
 cs_err cs_log_open(const char *dir, const cs_log_options *opts, cs_log **out)
 {
+    return cs_log_open_why(dir, opts, out, NULL, 0);
+}
+
+cs_err cs_log_open_why(const char *dir, const cs_log_options *opts, cs_log **out, char *why,
+                       size_t why_bytes)
+{
+    if (why_bytes > 0)
+        why[0] = '\0';
     cs_log *log = calloc(1, sizeof(*log));
     if (!log)
         return CS_NO_MEMORY;
@@ -180,6 +188,8 @@ cs_err cs_log_open(const char *dir, const cs_log_options *opts, cs_log **out)
         log->map_bytes_max = log->map_bytes;
     cs_err err = open_env(log, dir);
     if (err != CS_OK) {
+        if (why_bytes > 0)
+            snprintf(why, why_bytes, "%s", log->errmsg);
         cs_log_close(log);
         return err;
     }

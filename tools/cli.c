@@ -284,6 +284,10 @@ static int cli_open(const char *dir, bool must_exist, const cs_log_options *opts
     cs_engine *e = NULL;
     char why[256];
     cs_err err = cs_engine_open_why(dir, opts, &e, why, sizeof(why));
+    /* Read-only, a database that is not there (data.mdb exists: checked above) means the
+     * store lost it: damage, not a directory that was never initialised. */
+    if (err == CS_NOT_FOUND && opts && (opts->flags & CS_LOG_READ_ONLY))
+        err = CS_CORRUPT;
     if (err != CS_OK)
         return cs_cli_fail(err, "cannot open the data directory %s%s%s", dir, why[0] ? ": " : "",
                            why);
