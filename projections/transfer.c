@@ -90,6 +90,10 @@ static cs_err read_segment(FILE *f, uint8_t **buf, size_t *cap, size_t *len)
         return ferror(f) ? CS_IO : CS_CORRUPT;
     size_t size;
     cs_err err = cs_segment_size(hdr, sizeof(hdr), &size);
+    /* No network is involved in a file: a version or flags we do not know after the right
+     * magic is damage (or not our file), never a peer's protocol (issue 12). */
+    if (err == CS_PROTOCOL_MISMATCH)
+        err = CS_CORRUPT;
     if (err != CS_OK)
         return err;
     if (size > *cap) {
@@ -124,7 +128,9 @@ cs_err cs_branch_import_file(cs_branch *b, const char *path, uint64_t *applied_o
             break;
         total += applied;
     }
-    if (err == CS_NOT_FOUND)
+    if (err == CS_NOT_FOUND && nseg == 0) /* an empty file is a mistake, not "nothing new" */
+        err = cs__branch_fail(b, CS_INVALID_INPUT, "%s is empty: it holds no segment", path);
+    else if (err == CS_NOT_FOUND)
         err = CS_OK;
     else if (err == CS_CORRUPT && !b->errmsg[0])
         cs__branch_fail(b, err, "%s: segment %zu is cut short or damaged", path, nseg + 1);

@@ -45,9 +45,39 @@ int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
     return rc == CS_CLI_GO ? 0 : rc;
 }
 
+/* A head office is refused before cs_branch_open, which would create the projection's
+ * databases (branch, dirty, mirror, origin) in it: a refused command changes nothing (SPEC 6,
+ * issue 12). Read-only, so the check itself writes nothing. CS_CLI_GO to go on. */
+static int refuse_head_office(const char *dir)
+{
+    const cs_log_options ro = {.flags = CS_LOG_READ_ONLY};
+    cs_engine *e = NULL;
+    char why[256];
+    cs_err err = cs_engine_open_why(dir, &ro, &e, why, sizeof(why));
+    if (err == CS_NOT_FOUND)
+        return CS_CLI_GO; /* no chainsync databases yet: cs_branch_open makes them */
+    if (err != CS_OK)
+        return cs_cli_fail(err, "cannot open the data directory %s%s%s", dir, why[0] ? ": " : "",
+                           why);
+    cs_shop_info self;
+    err = cs_engine_self(e, &self);
+    int rc = CS_CLI_GO;
+    if (err == CS_OK && self.role == CS_ROLE_HEAD)
+        rc = cs_cli_fail(CS_FORBIDDEN, "this directory is a head office");
+    else if (err != CS_OK && err != CS_NOT_FOUND)
+        rc = cs_cli_fail_engine(err, e, "reading this shop's identity");
+    cs_engine_close(e);
+    return rc;
+}
+
 static int import_into(const char *dir, uint64_t shop, const char *file)
 {
     cs_cli_created fresh = cs_cli_created_before(dir);
+    if (!fresh.store) {
+        int hrc = refuse_head_office(dir);
+        if (hrc != CS_CLI_GO)
+            return hrc;
+    }
     cs_branch *b = NULL;
     cs_err err = cs_branch_open(dir, NULL, &b);
     if (err != CS_OK)
@@ -61,8 +91,16 @@ static int import_into(const char *dir, uint64_t shop, const char *file)
     cs_branch_state st = {0};
     if (err == CS_OK)
         err = cs_branch_state_get(b, &st);
+    /* A directory this command made must end as a branch of the network in the file: when
+     * --shop is no branch there, it would be neither initialised nor linked (issue 12). */
+    bool not_branch = err == CS_OK && fresh.store && !st.linked && !st.unlinked;
     int rc = 0;
-    if (err != CS_OK)
+    if (not_branch)
+        rc = cs_cli_fail(CS_NOT_IN_NETWORK,
+                         "shop %llu is not a branch of the network in %s: check --shop (the id "
+                         "`shop add` printed) and that the file was exported after it",
+                         (unsigned long long)shop, file);
+    else if (err != CS_OK)
         rc = cs_cli_fail(err, "%s", cs_branch_errmsg(b));
     else if (cs_cli_g.json_out)
         rc = cs_cli_print_json_new(json_pack("{s:I,s:I,s:I,s:b}", "applied", (json_int_t)applied,
@@ -74,8 +112,9 @@ static int import_into(const char *dir, uint64_t shop, const char *file)
                (unsigned long long)st.sync_seq,
                st.unlinked ? "; it was unlinked and is a single store now" : "");
     cs_branch_state now;
-    bool undo = err != CS_OK && cs_branch_state_get(b, &now) == CS_OK && now.cursor == 0 &&
-                now.shop == 0; /* refused before anything of the file was applied */
+    bool undo =
+        not_branch || (err != CS_OK && cs_branch_state_get(b, &now) == CS_OK && now.cursor == 0);
+    /* refused before anything of the file was applied (or, not_branch, all of it undone) */
     cs_branch_close(b);
     if (undo)
         cs_cli_created_undo(dir, fresh);
