@@ -7,8 +7,60 @@
 #include "projections/projection.h"
 #include "tools/cli.h"
 
+#include <limits.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* True when dir or one of its ancestors is a data directory (holds data.mdb). */
+static bool inside_store(const char *real)
+{
+    char d[PATH_MAX], probe[PATH_MAX + 16];
+    snprintf(d, sizeof(d), "%s", real);
+    for (unsigned depth = 0; depth < PATH_MAX / 2; depth++) { /* each step drops a component */
+        snprintf(probe, sizeof(probe), "%s/data.mdb", d[0] ? d : "/");
+        if (access(probe, F_OK) == 0)
+            return true;
+        char *slash = strrchr(d, '/');
+        if (!slash || d[0] == '\0')
+            return false;
+        *slash = '\0';
+    }
+    return false;
+}
+
+/* --out must be a new path or a regular file, outside every data directory: an export over
+ * HQ/data.mdb replaced the head office's store, one over /dev/full the device node (issue 12).
+ * Checked before anything is opened. CS_CLI_GO, or the exit code after printing. */
+static int export_target_check(const char *out, const char *data_dir)
+{
+    struct stat st;
+    if (lstat(out, &st) == 0 && !S_ISREG(st.st_mode))
+        return cs_cli_fail(CS_INVALID_INPUT,
+                           "--out %s exists and is not a regular file: give a new path or a file "
+                           "to replace",
+                           out);
+    char parent[PATH_MAX], real[PATH_MAX], data_real[PATH_MAX];
+    snprintf(parent, sizeof(parent), "%s", out);
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        snprintf(parent, sizeof(parent), ".");
+    else if (slash == parent)
+        parent[1] = '\0';
+    else
+        *slash = '\0';
+    if (!realpath(parent, real))
+        return cs_cli_fail(CS_INVALID_INPUT, "--out %s: its directory %s does not exist", out,
+                           parent);
+    bool in_data = realpath(data_dir, data_real) && strcmp(real, data_real) == 0;
+    if (in_data || inside_store(real))
+        return cs_cli_fail(CS_INVALID_INPUT,
+                           "--out %s is inside a data directory (%s): an export is written "
+                           "elsewhere, never beside a store",
+                           out, real);
+    return CS_CLI_GO;
+}
 
 int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
 {
@@ -24,6 +76,8 @@ int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
         rc = cs_cli_usage(cmd, "--out FILE is required");
     if (rc == CS_CLI_GO)
         rc = cs_cli_data_dir(cmd, &dir);
+    if (rc == CS_CLI_GO)
+        rc = export_target_check(out, dir);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
         rc = cs_cli_open(dir, true, &e);
@@ -33,6 +87,9 @@ int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
     cs_err err = cs_export_file(cs_engine_log(e), from, out, &events);
     if (err == CS_NOT_FOUND)
         rc = cs_cli_fail(err, "the log has no event %llu to export from", (unsigned long long)from);
+    else if (err == CS_INVALID_INPUT)
+        rc =
+            cs_cli_fail(err, "cannot export to %s: it (or %s.tmp) is not a regular file", out, out);
     else if (err != CS_OK)
         rc = cs_cli_fail(err, "cannot export to %s", out);
     else if (cs_cli_g.json_out)
