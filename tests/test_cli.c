@@ -660,10 +660,10 @@ static void test_spec7_log_prints_json_lines(void)
  * when it holds a quote and a backslash (it was once printed into the JSON unescaped). */
 static void test_spec7_log_export_json_out_escapes_the_path(void)
 {
-    char *dir = store_new(true);
-    CHECK(dir);
+    char *dir = store_new(true), *odir = tmpdir_new(); /* never inside the data directory */
+    CHECK(dir && odir);
     char out[512];
-    snprintf(out, sizeof(out), "%s/exp\"ort\\1.seg", dir);
+    snprintf(out, sizeof(out), "%s/exp\"ort\\1.seg", odir);
     run_result r;
     CHECK(run(&r, NULL, ARGS("log", "export", "--data", dir, "--out", out, "--json-out")));
     CHECK(r.exit_code == 0 && count_lines(r.out) == 1);
@@ -678,6 +678,7 @@ static void test_spec7_log_export_json_out_escapes_the_path(void)
     CHECK(same && counts);
     CHECK(access(out, R_OK) == 0);
     store_free(dir);
+    store_free(odir);
 }
 
 /* SPEC 7 --actor: recorded in the events the command causes. */
