@@ -291,6 +291,7 @@ static int cli_open(const char *dir, bool must_exist, const cs_log_options *opts
     if (err != CS_OK)
         return cs_cli_fail(err, "cannot open the data directory %s%s%s", dir, why[0] ? ": " : "",
                            why);
+    cs_cli_fault_watch(e);
     if (cs_cli_g.actor)
         cs_engine_set_actor(e, cs_cli_g.actor);
     if (must_exist) {

@@ -111,6 +111,7 @@ static int refuse_head_office(const char *dir)
     cs_engine *e = NULL;
     char why[256];
     cs_err err = cs_engine_open_why(dir, &ro, &e, why, sizeof(why));
+    cs_cli_fault_watch(e);
     if (err == CS_NOT_FOUND)
         return CS_CLI_GO; /* no chainsync databases yet: cs_branch_open makes them */
     if (err != CS_OK)
@@ -139,6 +140,7 @@ static int import_into(const char *dir, uint64_t shop, const char *file)
     cs_err err = cs_branch_open(dir, NULL, &b);
     if (err != CS_OK)
         return cs_cli_fail(err, "cannot open the data directory %s", dir);
+    cs_cli_fault_watch(cs_branch_engine(b));
     if (cs_cli_g.actor)
         cs_engine_set_actor(cs_branch_engine(b), cs_cli_g.actor);
     uint64_t applied = 0;

@@ -439,8 +439,33 @@ static void fault_write(const char *s)
     (void)n;
 }
 
+/* LMDB's assertion message, kept by fault_lmdb_assert for the SIGABRT that follows it. */
+#define FAULT_LMDB_MSG_BYTES 256
+static char fault_lmdb_msg[FAULT_LMDB_MSG_BYTES];
+
+/* LMDB calls this on a failed assertion, then abort()s: instead of its own line on stderr
+ * before ours, its words go into our one `error: corrupt:` line. */
+static void fault_lmdb_assert(MDB_env *env, const char *msg)
+{
+    (void)env;
+    snprintf(fault_lmdb_msg, sizeof(fault_lmdb_msg), "%s", msg);
+}
+
+void cs_cli_fault_watch(cs_engine *e)
+{
+    if (e && CS_FAULT_HANDLER)
+        mdb_env_set_assert(cs_log_env(cs_engine_log(e)), fault_lmdb_assert);
+}
+
 static void fault_handler(int sig)
 {
+    if (sig == SIGABRT && fault_lmdb_msg[0]) {
+        fault_write("error: corrupt: LMDB stopped on a damaged page (");
+        fault_write(fault_lmdb_msg);
+        fault_write("): the data directory's store is damaged (see docs/security.md); "
+                    "`chainsync audit verify` names the damage\n");
+        _exit(3);
+    }
     fault_write("error: corrupt: the process stopped on ");
     fault_write(sig == SIGBUS ? "SIGBUS" : sig == SIGSEGV ? "SIGSEGV" : "SIGABRT");
     fault_write(" while reading the data directory: its store is damaged (LMDB cannot detect "
