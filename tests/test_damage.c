@@ -342,6 +342,32 @@ static void test_issue12_damaged_self_is_corrupt(void)
     }
 }
 
+/* Issue 12: a damaged network record (`net`, not JSON) is `corrupt` (exit 3) for the commands
+ * that read it, never not_found or a success that ignores it (`shop switch` reads the mode to
+ * know whether to add a sync point). */
+static void test_issue12_damaged_net_record_is_corrupt(void)
+{
+    fixture f;
+    CHECK(fixture_open(&f));
+    char dir[600];
+    snprintf(dir, sizeof(dir), "%s/net", f.root);
+    CHECK(store_copy(f.hq, dir));
+    CHECK(cs_damage_record(dir, "network", "net", "{\"name\":"));
+    static const char *const cmds[][2] = {
+        {"network", "types"}, {"network", "mode"}, {"network", "whatsapp"}, {"shop", "switch"}};
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        run_result r;
+        CHECK(strcmp(cmds[i][0], "shop") == 0
+                  ? run(&r, NULL, ARGS("shop", "switch", f.shop, "on", "--data", dir))
+                  : run(&r, NULL, ARGS(cmds[i][0], cmds[i][1], "--data", dir)));
+        bool good = refused(&r, "corrupt", 3);
+        if (!good)
+            fprintf(stderr, "  `%s %s`\n", cmds[i][0], cmds[i][1] ? cmds[i][1] : "");
+        run_free(&r);
+        CHECK(good);
+    }
+}
+
 /* Issue 12 (`log export --out` overwrote anything): the store itself, a path inside a data
  * directory (the head office's or a branch's), a directory, a FIFO and a symbolic link are
  * refused (invalid_input) and left as they were; a new path and a regular file are written. */
@@ -411,6 +437,7 @@ int main(void)
         printf("SKIP test_issue12_verify_with_damaged_branch_ends_cleanly (AddressSanitizer)\n");
     }
     TEST(test_issue12_damaged_self_is_corrupt);
+    TEST(test_issue12_damaged_net_record_is_corrupt);
     TEST(test_issue12_export_refuses_unsafe_targets);
     return cs_test_finish();
 }
