@@ -8,6 +8,11 @@
  * the one-word form ("log"), so a group can grow subcommands beside a one-word command. Words
  * not in the table are usage errors.
  * The full reference is docs/cli.md.
+ *
+ * Also here: the fault handlers that turn a crash of LMDB on a damaged store (SIGBUS, SIGSEGV,
+ * its assertions' abort) into `error: corrupt: ...` and exit 3 (docs/security.md, "What LMDB
+ * cannot detect"). Their state (an alternate stack, LMDB's last assertion text) is the only
+ * global mutable state of this file.
  */
 #include "tools/cli.h"
 
