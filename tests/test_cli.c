@@ -660,10 +660,10 @@ static void test_spec7_log_prints_json_lines(void)
  * when it holds a quote and a backslash (it was once printed into the JSON unescaped). */
 static void test_spec7_log_export_json_out_escapes_the_path(void)
 {
-    char *dir = store_new(true);
-    CHECK(dir);
+    char *dir = store_new(true), *odir = tmpdir_new(); /* never inside the data directory */
+    CHECK(dir && odir);
     char out[512];
-    snprintf(out, sizeof(out), "%s/exp\"ort\\1.seg", dir);
+    snprintf(out, sizeof(out), "%s/exp\"ort\\1.seg", odir);
     run_result r;
     CHECK(run(&r, NULL, ARGS("log", "export", "--data", dir, "--out", out, "--json-out")));
     CHECK(r.exit_code == 0 && count_lines(r.out) == 1);
@@ -678,6 +678,7 @@ static void test_spec7_log_export_json_out_escapes_the_path(void)
     CHECK(same && counts);
     CHECK(access(out, R_OK) == 0);
     store_free(dir);
+    store_free(odir);
 }
 
 /* SPEC 7 --actor: recorded in the events the command causes. */
@@ -733,6 +734,44 @@ static void test_spec7_help_lists_every_command(void)
     free(overview);
 }
 
+/* Issue 12 (rule bug 2, docs/design.md "Deletes archive"): an update that keeps a reference to
+ * an archived item is accepted (a service whose category was deleted can be renamed); a new
+ * reference to it, from a new item or newly in an update, is dangling_reference. */
+static void test_issue12_kept_reference_to_archived_item_accepted(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    char cat[32], other[32], js[SERVICE_JSON_BYTES];
+    CHECK(category_new(dir, cat, sizeof(cat)) && category_new(dir, other, sizeof(other)));
+    uint64_t sid = write_id(service_json(js, cat, "Bath"),
+                            ARGS("put", "service", "--data", dir, "--json-out"), NULL);
+    uint64_t oid = write_id(service_json(js, other, "Trim"),
+                            ARGS("put", "service", "--data", dir, "--json-out"), NULL);
+    CHECK(sid && oid);
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("del", "service_category", cat, "--data", dir)) && r.exit_code == 0);
+    run_free(&r);
+    char id[32], id2[32];
+    snprintf(id, sizeof(id), "%llu", (unsigned long long)sid);
+    snprintf(id2, sizeof(id2), "%llu", (unsigned long long)oid);
+    CHECK(write_id(service_json(js, cat, "Bath, renamed"),
+                   ARGS("put", "service", id, "--data", dir, "--json-out"), NULL) == sid);
+    char *before = log_text(dir);
+    CHECK(before);
+    CHECK(run(&r, service_json(js, cat, "New"), ARGS("put", "service", "--data", dir)));
+    bool new_refused = refused(&r, "dangling_reference", 2);
+    run_free(&r);
+    CHECK(run(&r, service_json(js, cat, "Trim"), ARGS("put", "service", id2, "--data", dir)));
+    bool moved_refused = refused(&r, "dangling_reference", 2);
+    run_free(&r);
+    char *after = log_text(dir);
+    bool same = after && strcmp(before, after) == 0;
+    free(before);
+    free(after);
+    CHECK(new_refused && moved_refused && same);
+    store_free(dir);
+}
+
 int main(void)
 {
     if (!getenv("CS_BIN")) {
@@ -760,6 +799,7 @@ int main(void)
     RUN(test_spec7_log_export_json_out_escapes_the_path);
     RUN(test_spec7_actor_is_recorded);
     RUN(test_spec7_help_lists_every_command);
+    RUN(test_issue12_kept_reference_to_archived_item_accepted);
     tmpdirs_cleanup();
     return cs_test_finish();
 }
