@@ -16,6 +16,87 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- strings and timestamps -------------------------------------------------------------- */
+
+size_t cs_utf8_prefix(const char *s, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)s;
+    size_t i = 0;
+    while (i < len) {
+        /* Field text is mostly ASCII: eight bytes at a time while no high bit is set. */
+        while (len - i >= 8) {
+            uint64_t w;
+            memcpy(&w, p + i, 8);
+            if (w & 0x8080808080808080ull)
+                break;
+            i += 8;
+        }
+        if (i == len)
+            break;
+        uint8_t b = p[i];
+        if (b < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;                     /* continuation bytes */
+        uint8_t lo = 0x80, hi = 0xbf; /* the first one's range shuts out overlongs, surrogates */
+        if (b >= 0xc2 && b <= 0xdf) {
+            n = 1;
+        } else if (b >= 0xe0 && b <= 0xef) {
+            n = 2;
+            lo = b == 0xe0 ? 0xa0 : 0x80;
+            hi = b == 0xed ? 0x9f : 0xbf;
+        } else if (b >= 0xf0 && b <= 0xf4) {
+            n = 3;
+            lo = b == 0xf0 ? 0x90 : 0x80;
+            hi = b == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return i;
+        }
+        if (n > len - i - 1 || p[i + 1] < lo || p[i + 1] > hi)
+            return i;
+        for (size_t j = 2; j <= n; j++)
+            if ((p[i + j] & 0xc0) != 0x80)
+                return i;
+        i += n + 1;
+    }
+    return i;
+}
+
+/* True when s is well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF): msgpack's
+ * str holds UTF-8, and strict readers (and JSON output) refuse anything else. */
+static bool utf8_valid(const uint8_t *p, size_t len)
+{
+    return cs_utf8_prefix((const char *)p, len) == len;
+}
+
+/* The msgpack spec's timestamp, ext type -1: 4 bytes of seconds; 8 bytes of nanoseconds (30
+ * bits) and seconds (34 bits); or 12 bytes, nanoseconds u32 then seconds i64. Nanoseconds are
+ * below 10^9. Any other ext -1 is one strict readers (python-msgpack) refuse to decode. */
+static bool timestamp_valid(const uint8_t *data, size_t len)
+{
+    if (len == 4)
+        return true;
+    if (len == 8)
+        return (cs_be64_get(data) >> 34) < 1000000000u;
+    if (len == 12)
+        return cs_be32_get(data) < 1000000000u;
+    return false;
+}
+
+/* The payload rules for a str (UTF-8) or an ext (type -1 is a timestamp) at p, whose header is
+ * hdr bytes and payload `payload` bytes (an ext's type byte included); both fit the input. */
+static bool payload_valid(const uint8_t *p, size_t hdr, size_t payload)
+{
+    uint8_t b = p[0];
+    if ((b & 0xe0) == 0xa0 || (b >= 0xd9 && b <= 0xdb))
+        return utf8_valid(p + hdr, payload);
+    bool ext = (b >= 0xd4 && b <= 0xd8) || (b >= 0xc7 && b <= 0xc9);
+    if (!ext || p[hdr] != 0xff)
+        return true;
+    return timestamp_valid(p + hdr + 1, payload - 1);
+}
+
 /* ---- bounds check ------------------------------------------------------------------------ */
 
 /* Reads the header of the value at buf[0..len): its total header+payload size for scalars and
@@ -163,9 +244,14 @@ cs_err cs_msgpack_check(const uint8_t *buf, size_t len, unsigned depth_max, size
             return CS_CORRUPT;
         /* The fast path, for what catalog fields are mostly made of: a value whose size the
          * first byte gives. One table load instead of a branch per kind keeps the walk cheap. */
-        size_t sz = scalar_bytes[buf[pos]];
+        uint8_t b = buf[pos];
+        size_t sz = scalar_bytes[b];
         if (sz != 0) {
             if (sz > len - pos)
+                return CS_CORRUPT;
+            /* fixstr and fixext: their contents have rules of their own (SPEC 4). */
+            if (b >= 0xa0 && (b <= 0xbf || (b >= 0xd4 && b <= 0xd8)) &&
+                !payload_valid(buf + pos, 1, sz - 1))
                 return CS_CORRUPT;
             pos += sz;
             continue;
@@ -175,6 +261,8 @@ cs_err cs_msgpack_check(const uint8_t *buf, size_t len, unsigned depth_max, size
         if (check_header(buf + pos, len - pos, &hdr, &payload, &children) != CS_OK)
             return CS_CORRUPT;
         if (payload > len - pos - hdr)
+            return CS_CORRUPT;
+        if (payload > 0 && !payload_valid(buf + pos, hdr, (size_t)payload))
             return CS_CORRUPT;
         pos += hdr + (size_t)payload;
         if (children == 0)
@@ -265,64 +353,37 @@ static void encode_envelope(msgpack_packer *pk, const cs_event *ev, uint64_t seq
     PACK_KEY(pk, "fields");
 }
 
-/* True when s is well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF): msgpack's
- * str holds UTF-8, and strict readers (and JSON output) refuse anything else. */
-static bool utf8_valid(cs_str s)
+cs_err cs__event_check(const cs_event *ev, const char **why)
 {
-    const uint8_t *p = (const uint8_t *)s.ptr;
-    size_t i = 0;
-    while (i < s.len) {
-        uint8_t b = p[i];
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n;                     /* continuation bytes */
-        uint8_t lo = 0x80, hi = 0xbf; /* the first one's range shuts out overlongs, surrogates */
-        if (b >= 0xc2 && b <= 0xdf) {
-            n = 1;
-        } else if (b >= 0xe0 && b <= 0xef) {
-            n = 2;
-            lo = b == 0xe0 ? 0xa0 : 0x80;
-            hi = b == 0xed ? 0x9f : 0xbf;
-        } else if (b >= 0xf0 && b <= 0xf4) {
-            n = 3;
-            lo = b == 0xf0 ? 0x90 : 0x80;
-            hi = b == 0xf4 ? 0x8f : 0xbf;
-        } else {
-            return false;
-        }
-        if (n > s.len - i - 1 || p[i + 1] < lo || p[i + 1] > hi)
-            return false;
-        for (size_t j = 2; j <= n; j++)
-            if ((p[i + j] & 0xc0) != 0x80)
-                return false;
-        i += n + 1;
-    }
-    return true;
-}
-
-cs_err cs__event_check(const cs_event *ev)
-{
+    *why = "a string is over its limit or kind is empty";
     if (ev->actor.len > CS_EVENT_STR_BYTES_MAX || ev->kind.len > CS_EVENT_STR_BYTES_MAX ||
         ev->type.len > CS_EVENT_STR_BYTES_MAX || ev->kind.len == 0)
         return CS_INVALID_INPUT;
-    if (!utf8_valid(ev->actor) || !utf8_valid(ev->kind) || !utf8_valid(ev->type))
+    *why = "actor, kind or type is not UTF-8";
+    if (!utf8_valid((const uint8_t *)ev->actor.ptr, ev->actor.len) ||
+        !utf8_valid((const uint8_t *)ev->kind.ptr, ev->kind.len) ||
+        !utf8_valid((const uint8_t *)ev->type.ptr, ev->type.len))
         return CS_INVALID_INPUT;
+    *why = "";
     if (ev->fields == NULL)
         return CS_OK;
     size_t vlen;
+    *why = "its fields are empty or larger than an event";
     if (ev->fields_len == 0 || ev->fields_len > CS_EVENT_BYTES_MAX)
         return CS_INVALID_INPUT;
     /* The event map around the fields adds a level, and readers bound the whole event at
      * CS_MSGPACK_DEPTH_MAX: deeper fields would be stored as an event that verify calls corrupt
      * (docs/storage.md, "Nesting"). */
+    *why = "its fields are not one msgpack value (a length past the end, nesting deeper than 15, "
+           "a str that is not UTF-8 or an ext -1 that is not a timestamp)";
     if (cs_msgpack_check(ev->fields, ev->fields_len, CS_MSGPACK_DEPTH_MAX - 1, &vlen) != CS_OK ||
         vlen != ev->fields_len)
         return CS_INVALID_INPUT;
     uint8_t b = ev->fields[0];
+    *why = "its fields are not a map";
     if ((b & 0xf0) != 0x80 && b != 0xde && b != 0xdf)
-        return CS_INVALID_INPUT; /* fields must be a map */
+        return CS_INVALID_INPUT;
+    *why = "";
     return CS_OK;
 }
 

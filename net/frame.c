@@ -111,10 +111,12 @@ void cs__pk_key(cs__pk *p, const char *key)
     msgpack_pack_str_with_body(&p->pk, key, strlen(key));
 }
 
+/* A str holds UTF-8 (the receiver's cs_msgpack_check refuses anything else): a message cut by
+ * snprintf inside a character, or text from a peer, is packed up to its last whole character. */
 void cs__pk_str(cs__pk *p, const char *key, const char *val)
 {
     cs__pk_key(p, key);
-    msgpack_pack_str_with_body(&p->pk, val, strlen(val));
+    msgpack_pack_str_with_body(&p->pk, val, cs_utf8_prefix(val, strlen(val)));
 }
 
 void cs__pk_uint(cs__pk *p, const char *key, uint64_t val)

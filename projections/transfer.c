@@ -128,6 +128,13 @@ cs_err cs_branch_import_file(cs_branch *b, const char *path, uint64_t *applied_o
         err = CS_OK;
     else if (err == CS_CORRUPT && !b->errmsg[0])
         cs__branch_fail(b, err, "%s: segment %zu is cut short or damaged", path, nseg + 1);
+    else if (err == CS_PROTOCOL_MISMATCH && !b->errmsg[0]) /* every refusal says why */
+        cs__branch_fail(b, err,
+                        "%s: segment %zu has a format version or flags this program "
+                        "does not know",
+                        path, nseg + 1);
+    else if (err != CS_OK && !b->errmsg[0])
+        cs__branch_fail(b, err, "%s: cannot read segment %zu", path, nseg + 1);
     free(buf);
     fclose(f);
     if (applied_out)
