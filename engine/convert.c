@@ -94,6 +94,16 @@ static void path_index(char *out, const char *prefix, size_t i)
 static cs_err pack_object(conv *c, const cs_field *fields, unsigned n, const json_t *obj,
                           const char *prefix);
 
+/* jansson's parser gives only UTF-8 without NUL, but a library caller can build a string with
+ * json_stringn_nocheck: the log would refuse its bytes (a str holds UTF-8) with a vaguer
+ * sentence, so validation names the field. */
+static bool text_ok(const json_t *v)
+{
+    size_t len = json_string_length(v);
+    const char *s = json_string_value(v);
+    return cs_utf8_prefix(s, len) == len && memchr(s, '\0', len) == NULL;
+}
+
 static cs_err pack_ref(conv *c, const json_t *v, const char *path)
 {
     if (!json_is_integer(v) || json_integer_value(v) <= 0)
@@ -126,6 +136,8 @@ static cs_err pack_list(conv *c, const cs_field *f, const json_t *v, const char 
         } else if (f->kind == CS_FIELD_STRING_LIST) {
             if (!json_is_string(e) || json_string_length(e) == 0 || json_string_length(e) > 200)
                 return conv_fail(c, sub, "expected a non-empty string of at most 200 bytes");
+            if (!text_ok(e))
+                return conv_fail(c, sub, "must be UTF-8 text without NUL bytes");
             msgpack_pack_str_with_body(&c->pk, json_string_value(e), json_string_length(e));
         } else {
             if (!json_is_integer(e) || json_integer_value(e) < f->min ||
@@ -171,6 +183,8 @@ static cs_err pack_value(conv *c, const cs_field *f, const json_t *v, const char
             return conv_fail(c, path, "longer than %lld bytes", (long long)f->max);
         if ((int64_t)len < f->min)
             return conv_fail(c, path, "must not be empty");
+        if (!text_ok(v))
+            return conv_fail(c, path, "must be UTF-8 text without NUL bytes");
         msgpack_pack_str_with_body(&c->pk, json_string_value(v), len);
         return CS_OK;
     }
