@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static cs_err write_all(int fd, const uint8_t *buf, size_t len)
@@ -79,9 +80,15 @@ cs_err cs_export_file(cs_log *log, uint64_t from, const char *path, uint64_t *ev
     return err;
 }
 
-/* Reads the next segment of f into *buf (grown as needed). CS_NOT_FOUND at a clean end. */
+/* Reads the next segment of f into *buf (grown as needed). CS_NOT_FOUND at a clean end. A size
+ * in the header beyond the bytes the file still holds is refused before the buffer grows for
+ * it: a 40-byte file cannot make the import allocate a segment's worth. */
 static cs_err read_segment(FILE *f, uint8_t **buf, size_t *cap, size_t *len)
 {
+    struct stat st;
+    long at = ftell(f);
+    if (at < 0 || fstat(fileno(f), &st) != 0)
+        return CS_IO;
     uint8_t hdr[CS_SEGMENT_HEADER_BYTES];
     size_t n = fread(hdr, 1, sizeof(hdr), f);
     if (n == 0 && feof(f))
@@ -92,6 +99,8 @@ static cs_err read_segment(FILE *f, uint8_t **buf, size_t *cap, size_t *len)
     cs_err err = cs_segment_size(hdr, sizeof(hdr), &size);
     if (err != CS_OK)
         return err;
+    if (S_ISREG(st.st_mode) && (off_t)size > st.st_size - (off_t)at)
+        return CS_CORRUPT; /* cut short: the header promises more than is there */
     if (size > *cap) {
         uint8_t *p = realloc(*buf, size);
         if (!p)
