@@ -36,10 +36,11 @@ static cs_err conv_fail(conv *c, const char *path, const char *fmt, ...)
     va_start(ap, fmt);
     cs_errmsg_vformat(what, sizeof(what), CS_INVALID_INPUT, fmt, ap);
     va_end(ap);
-    int n = path[0] ? snprintf(c->msg, c->msg_len, "field '%s': %s", path, what)
-                    : snprintf(c->msg, c->msg_len, "%s", what);
-    if (n < 0 && c->msg_len > 0) /* a cut sentence is still a sentence; none at all is not */
-        c->msg[0] = '\0';
+    /* A cut sentence is still a sentence, cut between characters (cs_errmsg_format). */
+    if (path[0])
+        cs_errmsg_format(c->msg, c->msg_len, CS_INVALID_INPUT, "field '%s': %s", path, what);
+    else
+        cs_errmsg_format(c->msg, c->msg_len, CS_INVALID_INPUT, "%s", what);
     return CS_INVALID_INPUT;
 }
 
@@ -51,8 +52,8 @@ static bool text_put(char *out, size_t size, size_t *at, const char *s, size_t l
     cs_assert(*at < size);
     size_t room = size - 1 - *at;
     bool whole = len <= room;
-    if (!whole)
-        len = room;
+    if (!whole) /* a cut path stays text: it is cut between characters */
+        len = cs_utf8_cut(s, room);
     memcpy(out + *at, s, len);
     *at += len;
     out[*at] = '\0';

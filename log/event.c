@@ -64,9 +64,33 @@ size_t cs_utf8_prefix(const char *s, size_t len)
 }
 
 /* True when s is well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF): msgpack's
- * str holds UTF-8, and strict readers (and JSON output) refuse anything else. */
-static bool utf8_valid(const uint8_t *p, size_t len)
+ * str holds UTF-8, and strict readers (and JSON output) refuse anything else. Every str of
+ * every event goes through here, mostly short ASCII keys: one OR over the bytes decides those
+ * without a call, and only a string with a high bit set is walked character by character. */
+__attribute__((always_inline)) static inline bool utf8_valid(const uint8_t *p, size_t len)
 {
+    /* Overlapping loads cover any length without a byte-by-byte tail (and read nothing outside
+     * p[0..len)): words from the start and one ending at len; 4-byte halves below 8; the
+     * first, middle and last byte below 4. */
+    uint64_t acc = 0;
+    if (len >= 8) {
+        uint64_t w;
+        for (size_t i = 0; i + 8 < len; i += 8) {
+            memcpy(&w, p + i, 8);
+            acc |= w;
+        }
+        memcpy(&w, p + len - 8, 8);
+        acc |= w;
+    } else if (len >= 4) {
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + len - 4, 4);
+        acc = a | b;
+    } else if (len > 0) {
+        acc = (uint64_t)(p[0] | p[len / 2] | p[len - 1]);
+    }
+    if (!(acc & 0x8080808080808080ull))
+        return true;
     return cs_utf8_prefix((const char *)p, len) == len;
 }
 
@@ -86,7 +110,8 @@ static bool timestamp_valid(const uint8_t *data, size_t len)
 
 /* The payload rules for a str (UTF-8) or an ext (type -1 is a timestamp) at p, whose header is
  * hdr bytes and payload `payload` bytes (an ext's type byte included); both fit the input. */
-static bool payload_valid(const uint8_t *p, size_t hdr, size_t payload)
+__attribute__((always_inline)) static inline bool payload_valid(const uint8_t *p, size_t hdr,
+                                                                size_t payload)
 {
     uint8_t b = p[0];
     if ((b & 0xe0) == 0xa0 || (b >= 0xd9 && b <= 0xdb))
@@ -199,22 +224,33 @@ static cs_err check_header(const uint8_t *p, size_t len, size_t *hdr, uint64_t *
     return CS_OK;
 }
 
+/* Flags beside a size in scalar_bytes: the value's payload has rules of its own (SPEC 4). */
+#define SB_STR 0x40u  /* fixstr: UTF-8 */
+#define SB_EXT 0x80u  /* fixext: type -1 is a timestamp */
+#define SB_SIZE 0x3fu /* the size itself */
+
 /* The whole size in bytes of a value that the first byte alone determines (positive and negative
  * fixint, nil, bool, fixstr, fixed-width numbers, fixext); 0 for containers, variable-length
  * values and the unused 0xc1, which check_header handles. Must agree with check_header. */
 /* clang-format off */
 static const uint8_t scalar_bytes[256] = {
     [0x00 ... 0x7f] = 1,                                            /* positive fixint */
-    [0xa0] = 1,  [0xa1] = 2,  [0xa2] = 3,  [0xa3] = 4,  [0xa4] = 5,  [0xa5] = 6,  [0xa6] = 7,
-    [0xa7] = 8,  [0xa8] = 9,  [0xa9] = 10, [0xaa] = 11, [0xab] = 12, [0xac] = 13, [0xad] = 14,
-    [0xae] = 15, [0xaf] = 16, [0xb0] = 17, [0xb1] = 18, [0xb2] = 19, [0xb3] = 20, [0xb4] = 21,
-    [0xb5] = 22, [0xb6] = 23, [0xb7] = 24, [0xb8] = 25, [0xb9] = 26, [0xba] = 27, [0xbb] = 28,
-    [0xbc] = 29, [0xbd] = 30, [0xbe] = 31, [0xbf] = 32,             /* fixstr: 1 + 0..31 */
+    /* fixstr: 1 + 0..31 */
+    [0xa0] = 1 | SB_STR,  [0xa1] = 2 | SB_STR,  [0xa2] = 3 | SB_STR,  [0xa3] = 4 | SB_STR,
+    [0xa4] = 5 | SB_STR,  [0xa5] = 6 | SB_STR,  [0xa6] = 7 | SB_STR,  [0xa7] = 8 | SB_STR,
+    [0xa8] = 9 | SB_STR,  [0xa9] = 10 | SB_STR, [0xaa] = 11 | SB_STR, [0xab] = 12 | SB_STR,
+    [0xac] = 13 | SB_STR, [0xad] = 14 | SB_STR, [0xae] = 15 | SB_STR, [0xaf] = 16 | SB_STR,
+    [0xb0] = 17 | SB_STR, [0xb1] = 18 | SB_STR, [0xb2] = 19 | SB_STR, [0xb3] = 20 | SB_STR,
+    [0xb4] = 21 | SB_STR, [0xb5] = 22 | SB_STR, [0xb6] = 23 | SB_STR, [0xb7] = 24 | SB_STR,
+    [0xb8] = 25 | SB_STR, [0xb9] = 26 | SB_STR, [0xba] = 27 | SB_STR, [0xbb] = 28 | SB_STR,
+    [0xbc] = 29 | SB_STR, [0xbd] = 30 | SB_STR, [0xbe] = 31 | SB_STR, [0xbf] = 32 | SB_STR,
     [0xc0] = 1,  [0xc2] = 1,  [0xc3] = 1,                           /* nil, false, true */
     [0xca] = 5,  [0xcb] = 9,                                        /* float 32, 64 */
     [0xcc] = 2,  [0xcd] = 3,  [0xce] = 5,  [0xcf] = 9,              /* uint 8..64 */
     [0xd0] = 2,  [0xd1] = 3,  [0xd2] = 5,  [0xd3] = 9,              /* int 8..64 */
-    [0xd4] = 3,  [0xd5] = 4,  [0xd6] = 6,  [0xd7] = 10, [0xd8] = 18, /* fixext 1..16 */
+    /* fixext 1..16 */
+    [0xd4] = 3 | SB_EXT, [0xd5] = 4 | SB_EXT, [0xd6] = 6 | SB_EXT, [0xd7] = 10 | SB_EXT,
+    [0xd8] = 18 | SB_EXT,
     [0xe0 ... 0xff] = 1,                                            /* negative fixint */
 };
 /* clang-format on */
@@ -244,15 +280,19 @@ cs_err cs_msgpack_check(const uint8_t *buf, size_t len, unsigned depth_max, size
             return CS_CORRUPT;
         /* The fast path, for what catalog fields are mostly made of: a value whose size the
          * first byte gives. One table load instead of a branch per kind keeps the walk cheap. */
-        uint8_t b = buf[pos];
-        size_t sz = scalar_bytes[b];
-        if (sz != 0) {
+        unsigned t = scalar_bytes[buf[pos]];
+        if (t != 0) {
+            size_t sz = t & SB_SIZE;
             if (sz > len - pos)
                 return CS_CORRUPT;
-            /* fixstr and fixext: their contents have rules of their own (SPEC 4). */
-            if (b >= 0xa0 && (b <= 0xbf || (b >= 0xd4 && b <= 0xd8)) &&
-                !payload_valid(buf + pos, 1, sz - 1))
+            /* One flag test keeps numbers, nil and bools on the path they had before. */
+            if (t & SB_STR) {
+                if (!utf8_valid(buf + pos + 1, sz - 1))
+                    return CS_CORRUPT;
+            } else if ((t & SB_EXT) && buf[pos + 1] == 0xff &&
+                       !timestamp_valid(buf + pos + 2, sz - 2)) {
                 return CS_CORRUPT;
+            }
             pos += sz;
             continue;
         }

@@ -241,6 +241,9 @@ cs_err cs_msgpack_check(const uint8_t *buf, size_t len, unsigned depth_max, size
 /* The length of the longest prefix of s[0..len) that is well-formed UTF-8 (no overlongs, no
  * surrogates, at most U+10FFFF): where to cut a message so that it stays a msgpack str. */
 size_t cs_utf8_prefix(const char *s, size_t len);
+/* Where to cut s[0..len), a text cut at len by a fixed-size buffer, so that it does not end
+ * inside a character: len, or the start of a last character that len cut. */
+size_t cs_utf8_cut(const char *s, size_t len);
 
 /* ---- the log ----------------------------------------------------------------------------- */
 

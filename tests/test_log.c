@@ -1683,7 +1683,7 @@ static void test_log_refuses_field_strings_not_utf8_and_bad_timestamps(void)
 
 /* cs_utf8_prefix, which cuts a message so that it stays a str: it stops before the first byte
  * that does not begin a whole, well-formed character. */
-static void test_utf8_prefix_stops_before_a_cut_character(void)
+static void test_utf8_prefix_and_cut_stop_before_a_cut_character(void)
 {
     CHECK(cs_utf8_prefix("", 0) == 0);
     CHECK(cs_utf8_prefix("abcdefghijklmnop", 16) == 16);
@@ -1692,6 +1692,17 @@ static void test_utf8_prefix_stops_before_a_cut_character(void)
     CHECK(cs_utf8_prefix("ab\xf0\x9f\x90", 5) == 2);   /* cut inside an emoji */
     CHECK(cs_utf8_prefix("abcdefghij\xff", 11) == 10); /* a stray byte after the fast path */
     CHECK(cs_utf8_prefix("\xe0\x80\x80", 3) == 0);     /* overlong */
+    /* cs_utf8_cut: a text cut by a buffer ends before a character the cut split, never
+     * inside it; a cut between characters stays where it is. */
+    CHECK(cs_utf8_cut("ab\xc3\xa1", 4) == 4);
+    CHECK(cs_utf8_cut("ab\xc3\xa1", 3) == 2);
+    CHECK(cs_utf8_cut("ab\xf0\x9f\x90\xb6", 5) == 2);
+    CHECK(cs_utf8_cut("ab\xf0\x9f\x90\xb6", 6) == 6);
+    CHECK(cs_utf8_cut("abc", 2) == 2);
+    /* and a message formatted into too small a buffer is cut so (it goes out as a str) */
+    char small[6];
+    cs_errmsg_format(small, sizeof(small), CS_INVALID_INPUT, "%s", "abcd\xc3\xa1");
+    CHECK(strcmp(small, "abcd") == 0);
 }
 
 int main(void)
@@ -1699,7 +1710,7 @@ int main(void)
     RUN(test_log_refuses_foreign_lmdb_environment);
     RUN(test_log_refuses_event_strings_that_are_not_utf8);
     RUN(test_log_refuses_field_strings_not_utf8_and_bad_timestamps);
-    RUN(test_utf8_prefix_stops_before_a_cut_character);
+    RUN(test_utf8_prefix_and_cut_stop_before_a_cut_character);
     RUN(test_log_lost_tail_is_corrupt_and_not_extended);
     RUN(test_log_round_trips_every_field_kind);
     RUN(test_log_round_trips_event_without_fields);
