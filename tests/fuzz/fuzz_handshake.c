@@ -27,7 +27,7 @@
 #include <sys/socket.h>
 
 #define PASSWORD "fuzz-password-1"
-#define READ_WAIT_MS 3000
+#define READ_WAIT_MS 10000 /* a loaded machine may stall a while; longer than that: a hang */
 
 static struct {
     cs_engine *e;
@@ -44,8 +44,13 @@ static void *serve_thread(void *arg)
 {
     (void)arg;
     cs_server_options o = {.listen = "127.0.0.1:0", .ready_file = fz.ready};
-    o.log = fopen("/dev/null", "w");
-    char msg[256];
+    /* CS_FUZZ_VERBOSE: the server's log in the scratch directory (kept when a finding aborts). */
+    char path[600];
+    snprintf(path, sizeof(path), "%s/serve.log", fuzz_scratch());
+    o.log = fopen(getenv("CS_FUZZ_VERBOSE") ? path : "/dev/null", "w");
+    if (getenv("CS_FUZZ_VERBOSE"))
+        fprintf(stderr, "fuzz_handshake: the server logs to %s\n", path);
+    char msg[256] = "";
     cs_err err = cs_server_run(fz.e, fz.dir, &o, msg, sizeof(msg));
     fprintf(stderr, "fuzz_handshake: the server stopped: %s: %s\n", cs_err_name(err), msg);
     abort(); /* it runs until the process ends: stopping is a finding */
@@ -153,6 +158,26 @@ static cs_err read_frame(int fd, cs__rx *rx, unsigned *type, cs__body *body, boo
     }
 }
 
+/* The server's answer to a correct message must be `want`: anything else is a finding, said
+ * with what the server said (an ERROR's code and message) or that it closed or stalled. */
+static void expect(cs_err got, unsigned type, cs__body *b, bool parsed, unsigned want)
+{
+    if (got == CS_OK && type == want)
+        return;
+    cs_str code = {"", 0}, msg = {"", 0};
+    if (got == CS_OK && parsed && type == CS__F_ERROR) {
+        cs__body_str(b, "code", &code);
+        cs__body_str(b, "message", &msg);
+    }
+    fprintf(stderr, "fuzz_handshake: wanted %s, got %s %s: %.*s: %.*s\n", cs__frame_name(want),
+            got == CS_OK          ? "frame"
+            : got == CS_NOT_FOUND ? "close"
+                                  : "timeout",
+            got == CS_OK ? cs__frame_name(type) : "", (int)code.len, code.ptr, (int)msg.len,
+            msg.ptr);
+    abort();
+}
+
 /* A correct HELLO and PROOF (and START at cursor 0 when `start`). False when the server
  * refused or closed. */
 static bool authenticate(int fd, cs__rx *rx, bool start)
@@ -167,12 +192,12 @@ static bool authenticate(int fd, cs__rx *rx, bool start)
     msgpack_pack_uint32(&p.pk, CS_NET_PROTO_VERSION);
     cs__pk_uint(&p, "shop", fz.shop);
     cs__pk_bin(&p, "nonce", cnonce, sizeof(cnonce));
-    unsigned type;
+    unsigned type = 0;
     cs__body b;
-    bool parsed;
-    if (!send_frame(fd, CS__F_HELLO, &p) || read_frame(fd, rx, &type, &b, &parsed) != CS_OK)
-        return false;
-    FUZZ_ASSERT(type == CS__F_CHALLENGE);
+    bool parsed = false;
+    FUZZ_ASSERT(send_frame(fd, CS__F_HELLO, &p));
+    cs_err got = read_frame(fd, rx, &type, &b, &parsed);
+    expect(got, type, &b, parsed, CS__F_CHALLENGE);
     const uint8_t *snonce;
     uint64_t log_id = 0, proto = 0;
     FUZZ_ASSERT(cs__body_bin(&b, "nonce", CS_NET_NONCE_BYTES, &snonce) &&
@@ -183,9 +208,10 @@ static bool authenticate(int fd, cs__rx *rx, bool start)
     cs_auth_client_proof(&fz.client, msg, sizeof(msg), proof);
     cs__pk_init(&p, 1);
     cs__pk_bin(&p, "proof", proof, sizeof(proof));
-    if (!send_frame(fd, CS__F_PROOF, &p) || read_frame(fd, rx, &type, &b, &parsed) != CS_OK)
-        return false;
-    FUZZ_ASSERT(type == CS__F_WELCOME); /* the right proof is always let in */
+    FUZZ_ASSERT(send_frame(fd, CS__F_PROOF, &p));
+    /* the right proof is always let in */
+    got = read_frame(fd, rx, &type, &b, &parsed);
+    expect(got, type, &b, parsed, CS__F_WELCOME);
     cs__body_free(&b);
     if (!start)
         return true;
@@ -210,6 +236,10 @@ static void session(const uint8_t *data, size_t size, unsigned mode)
     while ((err = read_frame(fd, &rx, &type, &b, &parsed)) == CS_OK)
         if (parsed)
             cs__body_free(&b);
+    if (err != CS_NOT_FOUND && getenv("CS_FUZZ_HANG_SLEEP")) { /* time to attach a debugger */
+        fprintf(stderr, "fuzz_handshake: no close from the server; pid %d sleeps\n", getpid());
+        sleep((unsigned)atoi(getenv("CS_FUZZ_HANG_SLEEP")));
+    }
     FUZZ_ASSERT(err == CS_NOT_FOUND); /* closed, not hanging */
     cs__rx_free(&rx);
     close(fd);
