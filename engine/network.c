@@ -149,6 +149,11 @@ static cs_err check_name(cs_engine *e, const char *what, const char *name)
     size_t n = name ? strlen(name) : 0;
     if (n == 0 || n > NAME_MAX_BYTES)
         return cs__fail(e, CS_INVALID_INPUT, "%s name must be 1 to %d bytes", what, NAME_MAX_BYTES);
+    /* Names are str in the log and text in JSON: a byte that is no UTF-8 is refused here, with
+     * a sentence, not later as an event the log refuses (or JSON cannot hold). */
+    if (cs_utf8_prefix(name, n) != n)
+        return cs__fail(e, CS_INVALID_INPUT, "%s name must be UTF-8 (byte %zu is not)", what,
+                        cs_utf8_prefix(name, n) + 1);
     return CS_OK;
 }
 

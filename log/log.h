@@ -240,9 +240,16 @@ const char *cs_event_decoder_corrupt_at(const cs_event_decoder *dec);
 
 /* Checks that buf starts with one well-formed msgpack value whose every container length fits
  * the remaining input and whose nesting is <= depth_max, before msgpack-c is allowed to
- * allocate for it (SPEC 4: its unpacker trusts lengths). Sets *value_len to the value's size.
- * Errors: CS_CORRUPT. */
+ * allocate for it (SPEC 4: its unpacker trusts lengths), whose every str is well-formed UTF-8
+ * and whose every ext of type -1 is a valid timestamp (the msgpack spec's rules, which strict
+ * readers enforce). Sets *value_len to the value's size. Errors: CS_CORRUPT. */
 cs_err cs_msgpack_check(const uint8_t *buf, size_t len, unsigned depth_max, size_t *value_len);
+/* The length of the longest prefix of s[0..len) that is well-formed UTF-8 (no overlongs, no
+ * surrogates, at most U+10FFFF): where to cut a message so that it stays a msgpack str. */
+size_t cs_utf8_prefix(const char *s, size_t len);
+/* Where to cut s[0..len), a text cut at len by a fixed-size buffer, so that it does not end
+ * inside a character: len, or the start of a last character that len cut. */
+size_t cs_utf8_cut(const char *s, size_t len);
 
 /* ---- the log ----------------------------------------------------------------------------- */
 

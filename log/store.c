@@ -548,11 +548,11 @@ cs_err cs_log_txn_append(cs_log_txn *t, const cs_event *events, size_t n, uint64
     if (n == 0 || n > CS_LOG_BATCH_EVENTS_MAX)
         return t->failed = cs__log_fail(t->log, CS_INVALID_INPUT, "a batch holds 1 to %u events",
                                         CS_LOG_BATCH_EVENTS_MAX);
+    const char *why;
     for (size_t i = 0; i < n; i++) /* refuse the whole batch before writing any of it */
-        if (cs__event_check(&events[i]) != CS_OK)
+        if (cs__event_check(&events[i], &why) != CS_OK)
             return t->failed =
-                       cs__log_fail(t->log, CS_INVALID_INPUT,
-                                    "event %zu of the batch is over a limit or malformed", i);
+                       cs__log_fail(t->log, CS_INVALID_INPUT, "event %zu of the batch: %s", i, why);
     cs_err err = txn_load_tail(t);
     if (err != CS_OK) {
         cs_assert(t->failed == err); /* a failed transaction stays failed */

@@ -76,6 +76,7 @@ void cs__rx_consume_bytes(cs__rx *rx, size_t n);
 /* A decoded control body: a msgpack map checked with cs_msgpack_check first. */
 typedef struct cs__body {
     msgpack_zone zone;
+    bool zoned; /* zone was initialised (it is not when that ran out of memory) */
     msgpack_object obj;
 } cs__body;
 

@@ -124,9 +124,15 @@ cs_err cs_export_file_progress(cs_log *log, uint64_t from, const char *path, uin
     return err;
 }
 
-/* Reads the next segment of f into *buf (grown as needed). CS_NOT_FOUND at a clean end. */
+/* Reads the next segment of f into *buf (grown as needed). CS_NOT_FOUND at a clean end. A size
+ * in the header beyond the bytes the file still holds is refused before the buffer grows for
+ * it: a 40-byte file cannot make the import allocate a segment's worth. */
 static cs_err read_segment(FILE *f, uint8_t **buf, size_t *cap, size_t *len)
 {
+    struct stat st;
+    long at = ftell(f);
+    if (at < 0 || fstat(fileno(f), &st) != 0)
+        return CS_IO;
     uint8_t hdr[CS_SEGMENT_HEADER_BYTES];
     size_t n = fread(hdr, 1, sizeof(hdr), f);
     if (n == 0 && feof(f))
@@ -141,6 +147,8 @@ static cs_err read_segment(FILE *f, uint8_t **buf, size_t *cap, size_t *len)
         err = CS_CORRUPT;
     if (err != CS_OK)
         return err;
+    if (S_ISREG(st.st_mode) && (off_t)size > st.st_size - (off_t)at)
+        return CS_CORRUPT; /* cut short: the header promises more than is there */
     if (size > *cap) {
         uint8_t *p = realloc(*buf, size);
         if (!p)
@@ -190,6 +198,13 @@ cs_err cs_branch_import_file_progress(cs_branch *b, const char *path, uint64_t *
         err = CS_OK;
     else if (err == CS_CORRUPT && !b->errmsg[0])
         cs__branch_fail(b, err, "%s: segment %zu is cut short or damaged", path, nseg + 1);
+    else if (err == CS_PROTOCOL_MISMATCH && !b->errmsg[0]) /* every refusal says why */
+        cs__branch_fail(b, err,
+                        "%s: segment %zu has a format version or flags this program "
+                        "does not know",
+                        path, nseg + 1);
+    else if (err != CS_OK && !b->errmsg[0])
+        cs__branch_fail(b, err, "%s: cannot read segment %zu", path, nseg + 1);
     free(buf);
     fclose(f);
     if (applied_out)

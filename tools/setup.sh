@@ -1,9 +1,10 @@
-# tools/setup.sh: sourced by tools/test and tools/demo. Installs the Debian packages chainsync
+# tools/setup.sh: sourced by tools/test, tools/demo and tools/fuzz (with --no-build). Installs the Debian packages chainsync
 # needs when one is missing (apt-get update first, as root or through sudo), then configures and
 # builds with CMake. CS_SANITIZE=1 builds with AddressSanitizer + UBSan into build-asan/.
 CS_PACKAGES="build-essential cmake pkg-config liblmdb-dev libmsgpack-dev libuv1-dev
 libxxhash-dev libsodium-dev libjansson-dev libmicrohttpd-dev python3 python3-lmdb python3-msgpack
-python3-nacl python3-xxhash prometheus chromium systemd help2man dpkg-dev bsdutils lmdb-utils clang"
+python3-nacl python3-xxhash prometheus chromium systemd help2man dpkg-dev bsdutils lmdb-utils clang
+libclang-rt-14-dev"
 
 cs_install_missing() {
     local missing=() p
@@ -32,4 +33,5 @@ cs_build() {
 }
 
 cs_install_missing
-cs_build
+# tools/fuzz builds a build directory of its own (build-fuzz/) and only needs the packages.
+[ "${1:-}" = --no-build ] || cs_build
