@@ -31,15 +31,15 @@
  *
  * Why: a branch's password is guessed by trying it; each guess costs the attacker one
  * connection and the head office one proof check. After a failed login from an address (a wrong
- * proof, or an id that is not a branch), the next CHALLENGE to that address is held back by
- * LOGIN_DELAY_BASE_MS * 2^(failures-1), at most LOGIN_DELAY_MAX_MS, and HELLOs that arrive at
- * once from that address are answered one delay apart (next_slot_ms), so parallel connections do
- * not multiply the rate. A HELLO whose turn would come after the handshake limit is refused at
- * once (auth_failed) without a challenge. A successful login from the address clears it; an
- * address with no failure for LOGIN_FORGET_MS is forgotten. The table holds
- * CS__LOGIN_FAIL_ADDRS addresses; when full, the one whose last failure is oldest is replaced,
- * so memory stays bounded whatever the number of attackers. Only the CHALLENGE waits: other
- * connections, and branches from other addresses, are served as before. */
+ * proof, or an id that is not a branch), every CHALLENGE to that address is held back, counted
+ * from its HELLO, by LOGIN_DELAY_BASE_MS * 2^(failures-1), at most LOGIN_DELAY_MAX_MS, and HELLOs
+ * that arrive at once from that address are answered one delay apart (next_slot_ms), so parallel
+ * connections do not multiply the rate. A HELLO whose turn would come after the handshake limit is
+ * refused at once (auth_failed) without a challenge. A successful login from the address clears it;
+ * an address with no failure for LOGIN_FORGET_MS is forgotten. The table holds CS__LOGIN_FAIL_ADDRS
+ * addresses; when full, the one whose last failure is oldest is replaced, so memory stays bounded
+ * whatever the number of attackers. Only the CHALLENGE waits: other connections, and branches from
+ * other addresses, are served as before. */
 #define LOGIN_DELAY_BASE_MS 500u
 #define LOGIN_DELAY_MAX_MS 8000u
 #define LOGIN_FORGET_MS (15u * 60u * 1000u)
@@ -99,11 +99,9 @@ static uint64_t login_slot(cs__server *s, const cs__conn *c, uint64_t now, uint3
     *fails_out = f ? f->fails : 0;
     if (!f || f->fails == 0)
         return now;
-    uint64_t d = login_delay_ms(f->fails), due = f->last_fail_ms + d;
+    uint64_t d = login_delay_ms(f->fails), due = now + d;
     if (due < f->next_slot_ms)
         due = f->next_slot_ms;
-    if (due < now)
-        due = now;
     if (due - now <= LOGIN_DELAY_MAX_MS)
         f->next_slot_ms = due + d; /* only a HELLO that is answered takes a turn */
     return due;
