@@ -2,7 +2,8 @@
 # needs when one is missing (apt-get update first, as root or through sudo), then configures and
 # builds with CMake. CS_SANITIZE=1 builds with AddressSanitizer + UBSan into build-asan/.
 CS_PACKAGES="build-essential cmake pkg-config liblmdb-dev libmsgpack-dev libuv1-dev
-libxxhash-dev libsodium-dev libjansson-dev python3 python3-lmdb python3-msgpack python3-nacl python3-xxhash"
+libxxhash-dev libsodium-dev libjansson-dev python3 python3-lmdb python3-msgpack python3-nacl python3-xxhash
+e2fsprogs mount stunnel4 openssl"
 
 cs_install_missing() {
     local missing=() p
