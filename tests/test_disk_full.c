@@ -9,6 +9,11 @@
  *   - apply: a branch on the full filesystem pulls a catch-up larger than the space left:
  *     `branch pull` fails with storage_full, the branch still equals what the audit replays
  *     for it at its cursor; once space returns, pull catches up and verifies.
+ *   - map growth at the filesystem's limit: a log opened with a 512 KiB map grows it (log/map.c,
+ *     doubling) while it fills the filesystem; the append that finds no room is storage_full,
+ *     the map's growth never gets ahead of the disk in a harmful way (no SIGBUS: the map is
+ *     never written through), the log reopens and verifies with every acknowledged event, and
+ *     appends resume once space returns.
  * The map itself is virtual (log/map.c doubles it up to 1 TiB without using disk), so at the
  * filesystem's limit it is the disk that fills; LMDB reports the short write as EIO, which
  * log/store.c turns into storage_full when the filesystem has no space left.
@@ -17,8 +22,11 @@
  * (or why) and passes nothing. The filesystem is unmounted and removed at the end, every child
  * is reaped.
  */
+#include "log/log.h"
 #include "tests/harness.h"
 #include "tests/run.h"
+
+#include <msgpack.h>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -290,6 +298,72 @@ static void test_disk_full_apply_storage_full_branch_valid_recovers(void)
     CHECK(pull == 0 && verify == 0);
 }
 
+/* SPEC 4/6, issue 12 "map full": the map doubles past what the filesystem holds, but it is the
+ * disk that fills first; the failing append is storage_full, nothing acknowledged is lost, the
+ * log verifies after a reopen, and appends resume when space returns. */
+static void test_disk_full_map_grows_to_filesystem_limit_storage_full(void)
+{
+    char dir[400];
+    snprintf(dir, sizeof(dir), "%s/maplog", mnt);
+    int fd = open(ballast, O_WRONLY | O_CREAT | O_TRUNC, 0600); /* 1 MiB to give back later */
+    CHECK(fd >= 0);
+    bool held = posix_fallocate(fd, 0, 1024 * 1024) == 0;
+    close(fd);
+    CHECK(held);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    static char note[3000];
+    memset(note, 'm', sizeof(note));
+    msgpack_pack_map(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "note", 4);
+    msgpack_pack_str_with_body(&pk, note, sizeof(note));
+    cs_event evs[16];
+    for (unsigned i = 0; i < 16; i++)
+        evs[i] = (cs_event){.shop = 1,
+                            .id = i + 1,
+                            .version = 1,
+                            .actor = CS_STR("disk"),
+                            .kind = CS_STR("put"),
+                            .type = CS_STR("note"),
+                            .fields = (const uint8_t *)sb.data,
+                            .fields_len = sb.size};
+    cs_log_options o = {.map_bytes = 512 * 1024};
+    cs_log *log = NULL;
+    cs_err err = cs_log_open(dir, &o, &log);
+    uint64_t acked = 0, first = 0;
+    for (unsigned b = 0; err == CS_OK && b < 4000; b++)
+        if ((err = cs_log_append(log, evs, 16, &first)) == CS_OK)
+            acked = first + 15;
+    if (err != CS_STORAGE_FULL)
+        fprintf(stderr, "  append ended with %s: %s\n", cs_err_name(err), cs_log_errmsg(log));
+    cs_log_close(log);
+    struct stat st;
+    char mdb[450];
+    snprintf(mdb, sizeof(mdb), "%s/data.mdb", dir);
+    bool grew = stat(mdb, &st) == 0 && st.st_size > 2 * 512 * 1024;
+    fprintf(stderr, "  %llu events acknowledged, data.mdb %lld bytes, then %s\n",
+            (unsigned long long)acked, (long long)st.st_size, cs_err_name(err));
+    log = NULL;
+    cs_log_reader *r = NULL;
+    uint64_t head = 0, bad = 0;
+    cs_err verr = cs_log_open(dir, NULL, &log);
+    if (verr == CS_OK && (verr = cs_log_reader_open(log, &r)) == CS_OK &&
+        (verr = cs_log_reader_head(r, &head)) == CS_OK)
+        verr = cs_log_reader_verify(r, &bad);
+    cs_log_reader_close(r);
+    bool resumed = unlink(ballast) == 0 && verr == CS_OK &&
+                   cs_log_append(log, evs, 16, &first) == CS_OK && first == head + 1;
+    cs_log_close(log);
+    msgpack_sbuffer_destroy(&sb);
+    cs_test_rmtree(dir);
+    CHECK(err == CS_STORAGE_FULL);
+    CHECK(grew && acked > 0);
+    CHECK(verr == CS_OK && head == acked);
+    CHECK(resumed);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -301,6 +375,7 @@ int main(void)
     }
     RUN(test_disk_full_append_storage_full_valid_log_recovers);
     RUN(test_disk_full_apply_storage_full_branch_valid_recovers);
+    RUN(test_disk_full_map_grows_to_filesystem_limit_storage_full);
     fs_unmount();
     return cs_test_finish();
 }
