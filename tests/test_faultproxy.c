@@ -36,6 +36,7 @@
 #define PASSWORD "proxy-branch-password"
 #define WAIT_MS 45000u
 #define QUICK_WRITE_MS 5000u
+#define ROUNDS_MIN 12u /* however slow the machine (ASan), enough bytes for the faults to hit */
 #define LONG_WRITE_MS 120000u
 #define SEED 0xfa17ull
 #define CHUNK_BYTES 65536u
@@ -474,7 +475,8 @@ static void test_faults_cuts_stalls_half_open_restart_all_catch_up(void)
     unsigned round = 0, pulls = 0, pulls_ok = 0, outbox_acked = 0;
     bool restarted = false, ok = true;
     char names[512][24];
-    while (ok && cs_run_now_ms() - t0 < write_ms && round < 512 / BRANCHES) {
+    while (ok && (cs_run_now_ms() - t0 < write_ms || round < ROUNDS_MIN) &&
+           round < 512 / BRANCHES) {
         char nm[24];
         for (unsigned k = 0; ok && k < 8; k++) {
             snprintf(nm, sizeof(nm), "hq-%u-%u", round, k);
@@ -493,7 +495,7 @@ static void test_faults_cuts_stalls_half_open_restart_all_catch_up(void)
             pulls++;
             pulls_ok += cs(NULL, ARGS("branch", "pull", "--data", n.dir[BRANCHES]), NULL) == 0;
         }
-        if (!restarted && cs_run_now_ms() - t0 > write_ms / 2) {
+        if (!restarted && round >= ROUNDS_MIN / 2 && cs_run_now_ms() - t0 > write_ms / 2) {
             cs_run_stop(n.serve, SIGKILL, 5000);
             n.serve = 0;
             ok = serve_start(&n);
