@@ -235,7 +235,9 @@ def read_challenge(conn):
 def hello(conn, shop, proto_range, cnonce, mode):
     conn.send(HELLO, {"proto": list(proto_range), "shop": shop, "nonce": cnonce, "mode": mode})
     conn.state = "AWAIT_CHALLENGE"
+    t0 = time.monotonic()
     ch = read_challenge(conn)
+    ch["wait_ms"] = int((time.monotonic() - t0) * 1000)  # the failed-login slow-down shows here
     if not proto_range[0] <= ch["proto"] <= proto_range[1]:
         raise Violation(f"CHALLENGE chose protocol {ch['proto']} outside the offered range")
     return ch
@@ -246,6 +248,7 @@ def handshake(conn, args, password, summary, cnonce=None, proof=None):
     cnonce = cnonce or os.urandom(32)
     ch = hello(conn, args.shop, args.proto, cnonce, "pull")
     summary["challenge"] = {"proto": ch["proto"], "ops": ch["ops"], "mem": ch["mem"],
+                            "wait_ms": ch["wait_ms"],
                             "salt": ch["salt"].hex(), "log_id": f"{ch['log_id']:016x}"}
     if args.log_id is not None and ch["log_id"] != args.log_id:
         conn.send(ERROR, {"code": "not_in_network",
