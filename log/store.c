@@ -27,7 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 /* A write is retried after growth at most this often; doubling 40 times covers any map. */
@@ -225,6 +227,26 @@ typedef struct dbi_open_ctx {
     MDB_dbi dbi;
 } dbi_open_ctx;
 
+/* Free bytes below which a failed commit is blamed on a full filesystem. */
+#define FS_FULL_BYTES ((uint64_t)1024 * 1024)
+
+/* The code of a failed commit. Why not cs__mdb_err alone: when the filesystem fills up, the
+ * kernel writes what fits and returns a short count, which LMDB reports as EIO, not ENOSPC. So
+ * an EIO with (almost) no free space left on the data file's filesystem is storage_full (SPEC 6:
+ * the user frees space and retries), a real I/O error elsewhere stays io_error. Space reserved
+ * for root counts for root, as the kernel lets it use that space. */
+static cs_err commit_err(cs_log *log, int rc)
+{
+    if (rc != EIO)
+        return cs__mdb_err(rc);
+    mdb_filehandle_t fd;
+    struct statvfs sv;
+    if (mdb_env_get_fd(log->env, &fd) != 0 || fstatvfs(fd, &sv) != 0)
+        return CS_IO;
+    uint64_t blocks = geteuid() == 0 ? sv.f_bfree : sv.f_bavail;
+    return blocks * (uint64_t)sv.f_frsize < FS_FULL_BYTES ? CS_STORAGE_FULL : CS_IO;
+}
+
 static cs_err txn_fail(cs_log_txn *t, int rc, const char *what);
 
 static cs_err dbi_open_fn(cs_log_txn *t, void *ctx)
@@ -301,7 +323,7 @@ static cs_err txn_fail(cs_log_txn *t, int rc, const char *what)
 {
     if (rc == MDB_MAP_FULL)
         t->map_full = true;
-    cs_err err = cs__mdb_err(rc);
+    cs_err err = commit_err(t->log, rc); /* a page spilled mid-transaction can hit a full disk */
     cs__log_fail(t->log, err, "%s: %s", what, mdb_strerror(rc));
     if (t->failed == CS_OK)
         t->failed = err;
@@ -372,6 +394,10 @@ cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
             log->in_write = false;
             if (rc == 0)
                 return CS_OK;
+            if (rc != MDB_MAP_FULL && commit_err(log, rc) == CS_STORAGE_FULL)
+                return cs__log_fail(log, CS_STORAGE_FULL,
+                                    "commit: the filesystem of the data directory is full (%s)",
+                                    mdb_strerror(rc));
             if (rc != MDB_MAP_FULL)
                 return cs__log_fail(log, cs__mdb_err(rc), "commit: %s", mdb_strerror(rc));
             t.map_full = true;
