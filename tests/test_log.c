@@ -1092,6 +1092,118 @@ static void test_log_refuses_append_onto_corrupt_tail(void)
     fx_close(&f);
 }
 
+/* How a meddler with LMDB would rewrite event `seq`: `event` stored under that key with a
+ * checksum and a chain that both verify (seeded with the key, chained onto event seq-1), and,
+ * with `head`, the head recorded in `meta` made to match too. */
+typedef struct reseal_ctx {
+    uint64_t seq;
+    uint64_t from_seq; /* the event bytes are those of this stored event ... */
+    long offset;       /* ... with this byte of the event flipped (negative: none) */
+    bool head;
+} reseal_ctx;
+
+static int reseal_edit(MDB_txn *txn, MDB_dbi dbi, void *ctx)
+{
+    reseal_ctx *c = ctx;
+    uint8_t *val = NULL, *prev = NULL;
+    size_t len = 0, plen = 0;
+    int rc = raw_get_copy(txn, dbi, c->from_seq, &val, &len);
+    if (!rc && c->seq > 1)
+        rc = raw_get_copy(txn, dbi, c->seq - 1, &prev, &plen);
+    if (!rc) {
+        uint8_t *ev = val + CS_RECORD_HEADER_BYTES;
+        size_t ev_len = len - CS_RECORD_HEADER_BYTES;
+        if (c->offset >= 0)
+            ev[c->offset] ^= 0x01;
+        uint64_t sum = cs_log_checksum(ev, ev_len, c->seq);
+        uint64_t chain = cs_log_chain(prev ? cs_be64_get(prev + 8) : 0, sum);
+        cs_be64_put(val, sum);
+        cs_be64_put(val + 8, chain);
+        rc = raw_put(txn, dbi, c->seq, val, len);
+        MDB_dbi meta;
+        uint8_t hb[16];
+        cs_be64_put(hb, c->seq);
+        cs_be64_put(hb + 8, chain);
+        MDB_val k = {4, "head"}, v = {16, hb};
+        if (!rc && c->head && !(rc = mdb_dbi_open(txn, "meta", 0, &meta)))
+            rc = mdb_put(txn, meta, &k, &v, 0);
+    }
+    free(val);
+    free(prev);
+    return rc;
+}
+
+/* SPEC 4 (the head recorded in `meta`): a last event replaced whole, with a checksum and a
+ * chain that verify, still differs from the head the log recorded at its last append: verify
+ * names it and the log refuses to grow from it (the head check compares the chain, not only
+ * the sequence). */
+static void test_log_replaced_last_event_differs_from_recorded_head(void)
+{
+    fx f;
+    CHECK(fx_open_closed_log(&f, "rehead", 5));
+    reseal_ctx c = {.seq = 5, .from_seq = 5, .offset = 30};
+    CHECK(raw_edit(f.dir, reseal_edit, &c) == 0);
+    CHECK_OK(cs_log_open(f.dir, NULL, &f.log));
+    cs_log_reader *r;
+    cs_log_record rec;
+    uint64_t bad = 0;
+    CHECK_OK(cs_log_reader_open(f.log, &r));
+    CHECK_OK(cs_log_reader_get(r, 5, &rec));            /* the record itself verifies ... */
+    CHECK(cs_log_reader_verify(r, &bad) == CS_CORRUPT); /* ... the log does not */
+    CHECK(bad == 5);
+    CHECK(msg_names_seq(cs_log_reader_errmsg(r), 5));
+    cs_log_reader_close(r);
+    CHECK(append_plain(f.log, 1, 6, NULL) == CS_CORRUPT);
+    uint64_t head = 0;
+    CHECK_OK(log_head(f.log, &head));
+    CHECK(head == 5);
+    fx_close(&f);
+}
+
+/* SPEC 4 (a range read verifies from its start): a read from seek(k) chains event k onto event
+ * k-1, so a changed chain at k is found by the first `next`, not only by a walk from 1. */
+static void test_log_range_read_chains_first_event_onto_its_predecessor(void)
+{
+    fx f;
+    CHECK(fx_open_closed_log(&f, "seekchain", 30));
+    flip_ctx c = {17, 9, 0x20}; /* a chain byte: the record's own checksum still holds */
+    CHECK(raw_edit(f.dir, flip_edit, &c) == 0);
+    CHECK_OK(cs_log_open(f.dir, NULL, &f.log));
+    cs_log_reader *r;
+    cs_log_record rec;
+    CHECK_OK(cs_log_reader_open(f.log, &r));
+    CHECK_OK(cs_log_reader_seek(r, 16));
+    CHECK_OK(cs_log_reader_next(r, &rec));
+    CHECK(rec.seq == 16);
+    CHECK_OK(cs_log_reader_seek(r, 17));
+    CHECK(cs_log_reader_next(r, &rec) == CS_CORRUPT);
+    CHECK(msg_names_seq(cs_log_reader_errmsg(r), 17));
+    cs_log_reader_close(r);
+    fx_close(&f);
+}
+
+/* SPEC 4 (verify): an event stored under another sequence than its own is misplaced even when
+ * its checksum, its chain and the recorded head were all recomputed for the new key. */
+static void test_log_verify_refuses_event_whose_seq_is_not_its_key(void)
+{
+    fx f;
+    CHECK(fx_open_closed_log(&f, "seqkey", 5));
+    reseal_ctx c = {.seq = 5, .from_seq = 4, .offset = -1, .head = true};
+    CHECK(raw_edit(f.dir, reseal_edit, &c) == 0);
+    CHECK_OK(cs_log_open(f.dir, NULL, &f.log));
+    uint64_t bad = 0;
+    CHECK(log_verify(f.log, &bad) == CS_CORRUPT);
+    CHECK(bad == 5);
+    fx_close(&f);
+    /* the control: the same reseal of the event's own bytes is a log that verifies */
+    CHECK(fx_open_closed_log(&f, "seqkey2", 5));
+    c.from_seq = 5;
+    CHECK(raw_edit(f.dir, reseal_edit, &c) == 0);
+    CHECK_OK(cs_log_open(f.dir, NULL, &f.log));
+    CHECK_OK(log_verify(f.log, &bad));
+    fx_close(&f);
+}
+
 /* ---- hostile msgpack --------------------------------------------------------------------- */
 
 typedef struct bytes {
@@ -1609,6 +1721,9 @@ int main(void)
     RUN(test_log_verify_detects_lost_event);
     RUN(test_log_verify_detects_reordered_events);
     RUN(test_log_refuses_append_onto_corrupt_tail);
+    RUN(test_log_replaced_last_event_differs_from_recorded_head);
+    RUN(test_log_range_read_chains_first_event_onto_its_predecessor);
+    RUN(test_log_verify_refuses_event_whose_seq_is_not_its_key);
     RUN(test_msgpack_check_refuses_lengths_beyond_input);
     RUN(test_msgpack_check_limits_nesting);
     RUN(test_event_decode_refuses_hostile_input);
