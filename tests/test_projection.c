@@ -1392,6 +1392,115 @@ static void test_projection_reimport_is_idempotent_and_refusals_change_nothing(v
     head_close(&h);
 }
 
+/* SPEC 4 (a branch applies one log): a segment that overlaps the cursor from another log, whose
+ * event at the cursor is not the one this branch applied, is refused whole (corrupt) even though
+ * the segment verifies on its own and its later events would chain onto each other. */
+static void test_projection_reimport_from_log_diverged_at_cursor_is_refused(void)
+{
+    head h, other;
+    uint64_t shop = 0, shop2 = 0, head_seq = 0, applied = 0, d1 = 0, d2 = 0;
+    bdir bd = {0};
+    CHECK(head_open(&h, "proj-div-h") && build_script(&h, &shop));
+    CHECK(head_open(&other, "proj-div-o") && build_script(&other, &shop2));
+    CHECK(bdir_open(&bd, "proj-div-b", shop));
+    CHECK_OK(feed(bd.b, h.e, 0, &applied));
+    CHECK_OK(log_head(cs_engine_log(h.e), &head_seq));
+    CHECK(applied == head_seq && digest_of(bd.b, &d1));
+    rng r = {5};
+    for (int i = 0; i < 3; i++)
+        CHECK(put(other.e, "service_category", 0, cat_fields(&r, 300u + (unsigned)i), NULL));
+    cs_log_reader *rd;
+    uint8_t *seg = NULL;
+    size_t len = 0;
+    uint64_t last = 0;
+    CHECK_OK(cs_log_reader_open(cs_engine_log(other.e), &rd));
+    cs_err err =
+        cs_segment_encode(rd, head_seq, head_seq + 3, CS_SEGMENT_BYTES_MAX, &seg, &len, &last);
+    cs_log_reader_close(rd);
+    CHECK_OK(err);
+    applied = 99;
+    err = cs_branch_apply_segment(bd.b, seg, len, &applied);
+    free(seg);
+    cs_branch_state st;
+    CHECK(err == CS_CORRUPT && applied == 99);
+    CHECK_OK(cs_branch_state_get(bd.b, &st));
+    CHECK(st.cursor == head_seq && digest_of(bd.b, &d2) && d2 == d1);
+    bdir_close(&bd);
+    head_close(&other);
+    head_close(&h);
+}
+
+/* SPEC 7 (branch import), docs/storage.md (an export is segments one after another): a file cut
+ * inside a segment header is corrupt, not a clean end of file; the whole segments before the
+ * cut stay applied. */
+static void test_projection_import_refuses_file_cut_inside_segment_header(void)
+{
+    head h;
+    uint64_t shop = 0, head_seq = 0, applied = 0, exported = 0;
+    bdir bd = {0};
+    CHECK(head_open(&h, "proj-cut-h") && build_script(&h, &shop));
+    CHECK(bdir_open(&bd, "proj-cut-b", shop));
+    CHECK_OK(log_head(cs_engine_log(h.e), &head_seq));
+    char path[512];
+    snprintf(path, sizeof(path), "%s/export.cslog", bd.dir);
+    CHECK_OK(cs_export_file(cs_engine_log(h.e), 1, path, &exported));
+    CHECK(exported == head_seq);
+    FILE *f = fopen(path, "rb");
+    uint8_t hdr[CS_SEGMENT_HEADER_BYTES];
+    bool read_ok = f && fread(hdr, 1, sizeof(hdr), f) == sizeof(hdr);
+    long whole = read_ok && fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (f)
+        fclose(f);
+    CHECK(read_ok && whole > 0);
+    static const size_t cuts[] = {1, 8, 20, CS_SEGMENT_HEADER_BYTES - 1};
+    for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+        CHECK(truncate(path, whole) == 0);
+        f = fopen(path, "ab"); /* the file, then the start of another segment's header */
+        bool ok = f && fwrite(hdr, 1, cuts[i], f) == cuts[i];
+        CHECK(f && fclose(f) == 0 && ok);
+        cs_err err = cs_branch_import_file(bd.b, path, &applied);
+        if (err != CS_CORRUPT)
+            fprintf(stderr, "  header cut after %zu bytes: %s\n", cuts[i], cs_err_name(err));
+        CHECK(err == CS_CORRUPT);
+        cs_branch_state st;
+        CHECK_OK(cs_branch_state_get(bd.b, &st));
+        CHECK(st.cursor == head_seq); /* what came before the cut is applied */
+    }
+    CHECK(truncate(path, whole) == 0);
+    CHECK_OK(cs_branch_import_file(bd.b, path, &applied)); /* the control: the whole file */
+    CHECK(applied == 0);
+    bdir_close(&bd);
+    head_close(&h);
+}
+
+/* SPEC 7 (log export --from SEQ): exporting from the head exports exactly the head event; from
+ * past the head there is nothing to export (not_found) and no file is written. */
+static void test_projection_export_from_head_is_exactly_the_head_event(void)
+{
+    head h;
+    uint64_t shop = 0, head_seq = 0, exported = 0;
+    CHECK(head_open(&h, "proj-exph-h") && build_script(&h, &shop));
+    CHECK_OK(log_head(cs_engine_log(h.e), &head_seq));
+    char path[512];
+    snprintf(path, sizeof(path), "%s/head.cslog", h.dir);
+    CHECK_OK(cs_export_file(cs_engine_log(h.e), head_seq, path, &exported));
+    CHECK(exported == 1);
+    FILE *f = fopen(path, "rb");
+    uint8_t buf[CS_SEGMENT_BYTES_MAX > 65536 ? 65536 : CS_SEGMENT_BYTES_MAX];
+    size_t n = f ? fread(buf, 1, sizeof(buf), f) : 0;
+    if (f)
+        fclose(f);
+    cs_segment_view v;
+    CHECK(n > 0 && n < sizeof(buf));
+    CHECK_OK(cs_segment_open(buf, n, &v));
+    CHECK(v.first == head_seq && v.last == head_seq && v.count == 1);
+    char past[520];
+    snprintf(past, sizeof(past), "%s.past", path);
+    CHECK(cs_export_file(cs_engine_log(h.e), head_seq + 1, past, &exported) == CS_NOT_FOUND);
+    CHECK(access(past, F_OK) != 0);
+    head_close(&h);
+}
+
 /* ---- R10 and R1 -------------------------------------------------------------------------- */
 
 /* R10: a single store that joins a network keeps its own items as local items; the head
@@ -1626,6 +1735,9 @@ int main(void)
     RUN(test_projection_replay_is_deterministic);
     RUN(test_archived_copy_is_read_only_and_detached_link_survives_edits);
     RUN(test_projection_reimport_is_idempotent_and_refusals_change_nothing);
+    RUN(test_projection_reimport_from_log_diverged_at_cursor_is_refused);
+    RUN(test_projection_import_refuses_file_cut_inside_segment_header);
+    RUN(test_projection_export_from_head_is_exactly_the_head_event);
     RUN(test_single_store_joining_keeps_its_items_local);
     RUN(test_branch_refuses_copy_writes_and_head_office_commands);
     RUN(test_branch_state_breaking_an_invariant_is_corrupt);
