@@ -1501,6 +1501,108 @@ static void test_projection_export_from_head_is_exactly_the_head_event(void)
     head_close(&h);
 }
 
+/* The copy on b of head item head_id of `type`, archived or not (a new reference), or NULL. */
+static json_t *copy_on(cs_branch *b, const char *type, uint64_t head_id)
+{
+    json_t *found = NULL;
+    for (int archived = 0; archived < 2 && !found; archived++) {
+        json_t *l = NULL, *o;
+        size_t i;
+        if (cs_engine_list(cs_branch_engine(b), type, archived, &l) != CS_OK)
+            return NULL;
+        json_array_foreach(l, i, o)
+        {
+            if (jid(json_object_get(o, "origin"), "id") == head_id)
+                found = json_incref(o);
+        }
+        json_decref(l);
+    }
+    return found;
+}
+
+/* R6: while a branch's switch is off, a sync for all and a sync naming it are no sync point for
+ * it: its last sync point (sync_seq) stays where it was and no copy arrives; once it is switched
+ * back on, the next sync is its sync point. */
+static void test_r6_sync_while_switched_off_keeps_sync_seq(void)
+{
+    head h;
+    uint64_t shop = 0, seq = 0;
+    bdir bd = {0};
+    CHECK(head_open(&h, "proj-r6s-h"));
+    const char *types[] = {"service_category"};
+    CHECK_OK(cs_engine_network_types(h.e, types, 1, NULL));
+    CHECK_OK(cs_engine_shop_add(h.e, "Downtown", "branch-password", &shop));
+    CHECK(bdir_open(&bd, "proj-r6s-b", shop));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    CHECK_OK(cs_engine_shop_switch(h.e, shop, false));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    cs_branch_state st0, st;
+    CHECK_OK(cs_branch_state_get(bd.b, &st0));
+    CHECK(st0.linked && st0.sync_seq > 0);
+    rng r = {6};
+    cs_write_result cat;
+    CHECK(put(h.e, "service_category", 0, cat_fields(&r, 1), &cat));
+    CHECK_OK(cs_engine_sync(h.e, 0, NULL));
+    CHECK_OK(cs_engine_sync(h.e, shop, NULL));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    CHECK_OK(cs_branch_state_get(bd.b, &st));
+    CHECK(st.cursor > st0.cursor && st.sync_seq == st0.sync_seq);
+    json_t *c = copy_on(bd.b, "service_category", cat.id);
+    json_decref(c);
+    CHECK(c == NULL);
+    CHECK_OK(cs_engine_shop_switch(h.e, shop, true));
+    CHECK_OK(cs_engine_sync(h.e, shop, &seq));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    CHECK_OK(cs_branch_state_get(bd.b, &st));
+    CHECK(st.sync_seq == seq);
+    c = copy_on(bd.b, "service_category", cat.id);
+    json_decref(c);
+    CHECK(c != NULL);
+    bdir_close(&bd);
+    head_close(&h);
+}
+
+/* R2 (a copy's origin names the head item and its version): a head update that changes only
+ * the version (the same fields put again) reaches the copy at the next sync point: its origin
+ * names the new version, and the copy's own version grows by one. */
+static void test_r2_version_only_change_moves_copy_origin_version(void)
+{
+    head h;
+    uint64_t shop = 0;
+    bdir bd = {0};
+    CHECK(head_open(&h, "proj-r2v-h"));
+    const char *types[] = {"service_category"};
+    CHECK_OK(cs_engine_network_types(h.e, types, 1, NULL));
+    CHECK_OK(cs_engine_shop_add(h.e, "Downtown", "branch-password", &shop));
+    CHECK(bdir_open(&bd, "proj-r2v-b", shop));
+    rng r = {8};
+    cs_write_result cat, again;
+    CHECK(put(h.e, "service_category", 0, cat_fields(&r, 1), &cat));
+    CHECK_OK(cs_engine_sync(h.e, 0, NULL));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    json_t *c1 = copy_on(bd.b, "service_category", cat.id);
+    CHECK(c1 != NULL);
+    uint64_t v1 = jid(json_object_get(c1, "origin"), "version"), own1 = jid(c1, "version");
+    json_decref(c1);
+    CHECK(v1 == cat.version);
+    json_t *head_item = NULL;
+    CHECK_OK(cs_engine_get(h.e, "service_category", cat.id, &head_item));
+    json_t *same = fields_of(head_item);
+    json_decref(head_item);
+    CHECK(put(h.e, "service_category", cat.id, same, &again));
+    CHECK(again.version == cat.version + 1);
+    CHECK_OK(cs_engine_sync(h.e, 0, NULL));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    json_t *c2 = copy_on(bd.b, "service_category", cat.id);
+    CHECK(c2 != NULL);
+    uint64_t v2 = jid(json_object_get(c2, "origin"), "version"), own2 = jid(c2, "version");
+    json_decref(c2);
+    CHECK(v2 == again.version);
+    CHECK(own2 == own1 + 1);
+    bdir_close(&bd);
+    head_close(&h);
+}
+
 /* ---- R10 and R1 -------------------------------------------------------------------------- */
 
 /* R10: a single store that joins a network keeps its own items as local items; the head
@@ -1738,6 +1840,8 @@ int main(void)
     RUN(test_projection_reimport_from_log_diverged_at_cursor_is_refused);
     RUN(test_projection_import_refuses_file_cut_inside_segment_header);
     RUN(test_projection_export_from_head_is_exactly_the_head_event);
+    RUN(test_r6_sync_while_switched_off_keeps_sync_seq);
+    RUN(test_r2_version_only_change_moves_copy_origin_version);
     RUN(test_single_store_joining_keeps_its_items_local);
     RUN(test_branch_refuses_copy_writes_and_head_office_commands);
     RUN(test_branch_state_breaking_an_invariant_is_corrupt);
