@@ -645,6 +645,45 @@ static void test_r11_password_of_unknown_or_unlinked_shop_is_not_found(void)
     fx_close(&f);
 }
 
+/* engine.h (outputs through pointers, untouched on failure): a refused `shop add` (on a single
+ * store: not_in_network) and an `init` the log cannot take (a full map: storage_full) leave
+ * *shop_out as it was, so a caller never reads an id that was not created. */
+static void test_refused_shop_commands_leave_their_output_untouched(void)
+{
+    fx f;
+    CHECK(fx_open(&f, "eng-out", NULL));
+    uint64_t shop = 77;
+    CHECK(refused_with(f.e, cs_engine_shop_add(f.e, "Filial", "long-enough-secret", &shop),
+                       CS_NOT_IN_NETWORK, NULL));
+    CHECK(shop == 77);
+    CHECK_OK(cs_engine_network_create(f.e, "Rede Pet"));
+    CHECK(refused_with(f.e, cs_engine_shop_add(f.e, "", "long-enough-secret", &shop),
+                       CS_INVALID_INPUT, NULL));
+    CHECK(shop == 77);
+    fx_close(&f);
+    /* The smallest map that opens the engine: too small for its init event too. */
+    cs_err err = CS_OK;
+    for (size_t kib = 16; kib <= 1024; kib += 4) {
+        char *dir = cs_test_tmpdir("eng-out-full");
+        CHECK(dir);
+        cs_log_options o = {
+            .map_bytes = kib << 10, .map_bytes_max = kib << 10, .flags = CS_LOG_NOSYNC};
+        cs_engine *e = NULL;
+        bool opened = cs_engine_open(dir, &o, &e) == CS_OK;
+        if (opened) {
+            shop = 77;
+            err = cs_engine_init(e, "Pet Shop Centro", &shop);
+            cs_engine_close(e);
+        }
+        cs_test_rmtree(dir);
+        free(dir);
+        if (opened)
+            break;
+    }
+    CHECK(err == CS_STORAGE_FULL);
+    CHECK(shop == 77);
+}
+
 /* ---- R10, R11: roles ---------------------------------------------------------------------- */
 
 /* R10: a single store runs no network command: each is not_in_network and changes nothing. */
@@ -1638,6 +1677,7 @@ int main(void)
     RUN(test_r9_password_change_logs_no_hash);
     RUN(test_r9_password_length_bounds_are_exact);
     RUN(test_r11_password_of_unknown_or_unlinked_shop_is_not_found);
+    RUN(test_refused_shop_commands_leave_their_output_untouched);
     RUN(test_r10_single_store_refuses_network_commands);
     RUN(test_r10_network_create_makes_head_and_keeps_items);
     RUN(test_r11_network_create_on_head_is_forbidden);

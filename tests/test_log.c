@@ -1694,10 +1694,68 @@ static void test_log_refuses_event_strings_that_are_not_utf8(void)
     free(dir);
 }
 
+/* SPEC 6 (UTF-8, RFC 3629 table 3-7): each lead byte's range of the next byte is exact: the
+ * first and last code point of every range is accepted, the sequence one step outside refused. */
+static void test_log_utf8_ranges_are_exact_at_both_ends(void)
+{
+    char *dir = cs_test_tmpdir("utf8b");
+    CHECK(dir);
+    cs_log *log;
+    CHECK_OK(cs_log_open(dir, NULL, &log));
+    static const char *const good[] = {"\x7f",
+                                       "\xc2\x80",
+                                       "\xdf\xbf",
+                                       "\xe0\xa0\x80",
+                                       "\xe0\xbf\xbf",
+                                       "\xe1\x80\x80",
+                                       "\xec\xbf\xbf",
+                                       "\xed\x80\x80",
+                                       "\xed\x9f\xbf",
+                                       "\xee\x80\x80",
+                                       "\xef\xbf\xbf",
+                                       "\xf0\x90\x80\x80",
+                                       "\xf0\xbf\xbf\xbf",
+                                       "\xf1\x80\x80\x80",
+                                       "\xf3\xbf\xbf\xbf",
+                                       "\xf4\x80\x80\x80",
+                                       "\xf4\x8f\xbf\xbf"};
+    static const char *const bad[] = {"\x80",
+                                      "\xc1\xbf",
+                                      "\xc2\x7f",
+                                      "\xc2\xc0",
+                                      "\xe0\x9f\xbf",
+                                      "\xe0\xa0\x7f",
+                                      "\xe1\x80\xc0",
+                                      "\xed\xa0\x80",
+                                      "\xf0\x8f\xbf\xbf",
+                                      "\xf4\x90\x80\x80",
+                                      "\xf4\x8f\xbf\x7f",
+                                      "\xf5\x80\x80\x80"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cs_event ev = {.kind = CS_STR("put"), .actor = {bad[i], strlen(bad[i])}};
+        cs_err err = cs_log_append(log, &ev, 1, NULL);
+        if (err != CS_INVALID_INPUT)
+            fprintf(stderr, "  bad string %zu accepted\n", i);
+        CHECK(err == CS_INVALID_INPUT);
+    }
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        cs_event ev = {.kind = CS_STR("put"), .actor = {good[i], strlen(good[i])}};
+        uint64_t seq = 0;
+        cs_err err = cs_log_append(log, &ev, 1, &seq);
+        if (err != CS_OK)
+            fprintf(stderr, "  good string %zu refused\n", i);
+        CHECK(err == CS_OK && seq == i + 1);
+    }
+    cs_log_close(log);
+    cs_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
     RUN(test_log_refuses_foreign_lmdb_environment);
     RUN(test_log_refuses_event_strings_that_are_not_utf8);
+    RUN(test_log_utf8_ranges_are_exact_at_both_ends);
     RUN(test_log_lost_tail_is_corrupt_and_not_extended);
     RUN(test_log_round_trips_every_field_kind);
     RUN(test_log_round_trips_event_without_fields);
