@@ -1511,6 +1511,22 @@ static void test_log_full_map_refuses_append_and_keeps_log(void)
     fx_close(&f);
 }
 
+/* log.h (map_bytes_max: the map doubles up to it, never past it): with a maximum that is not a
+ * doubling of the start (256 KiB -> 384 KiB), the last growth stops at the maximum exactly and the
+ * append after it is storage_full. */
+static void test_log_map_growth_stops_at_max_exactly(void)
+{
+    cs_log_options o = {.map_bytes = 256 * 1024, .map_bytes_max = 384 * 1024};
+    fx f;
+    CHECK(fx_open(&f, "mapclamp", &o));
+    uint64_t last_ok = 0, bad = 0;
+    CHECK(append_until_refused(f.log, 1000, &last_ok) == CS_STORAGE_FULL);
+    CHECK(map_size(f.log) == 384 * 1024);
+    CHECK(last_ok >= FULL_BATCH);
+    CHECK_OK(log_verify(f.log, &bad));
+    fx_close(&f);
+}
+
 /* SPEC 4 / log.h (the map doubles up to its maximum): 5 MB of events in a log that starts at
  * 256 KiB grow the map, and the log verifies before and after a reopen. */
 static void test_log_map_grows_up_to_max(void)
@@ -1789,6 +1805,7 @@ int main(void)
     RUN(test_event_decode_accepts_nesting_at_the_limit);
     RUN(test_event_decode_survives_random_damage);
     RUN(test_log_full_map_refuses_append_and_keeps_log);
+    RUN(test_log_map_growth_stops_at_max_exactly);
     RUN(test_log_map_grows_up_to_max);
     RUN(test_log_map_does_not_grow_under_open_reader);
     RUN(test_err_names_are_the_product_codes);
