@@ -447,6 +447,10 @@ static void test_r14_verify_names_an_item_edited_behind_the_logs_back(void)
     CHECK(c && strcmp(json_string_value(json_object_get(c, "field")), "name") == 0);
     CHECK(strcmp(json_string_value(json_object_get(c, "new")), "Hairkut") == 0);
     CHECK(strcmp(json_string_value(json_object_get(c, "old")), "Haircut") == 0);
+    /* the sentence names what differs, and only that: version and flags are the replay's */
+    const char *what = json_string_value(json_object_get(d, "what"));
+    CHECK(what && strstr(what, "fields differ: name"));
+    CHECK(!strstr(what, "version") && !strstr(what, "archived") && !strstr(what, "origin"));
     json_decref(rep);
     snprintf(want, sizeof(want), "service %llu", (unsigned long long)id);
     CHECK(strstr(msg, want));
@@ -1005,6 +1009,25 @@ static void test_r14_verify_branch_reports_a_tampered_copy(void)
     head_free(&h);
 }
 
+/* R14 (history): the history of the item whose versions end the history index (the walk meets
+ * the end of the index, not another item's key) lists its versions like any other. */
+static void test_r14_history_of_the_last_indexed_item(void)
+{
+    head h;
+    CHECK(head_open(&h, "audit-hlast")); /* a category, then the service Bath: Bath is last */
+    cs_audit *a;
+    json_t *v = NULL;
+    CHECK_OK(cs_audit_open(h.e, &a));
+    cs_err err = cs_audit_history(a, "service", h.service, &v);
+    cs_audit_close(a);
+    CHECK_OK(err);
+    CHECK(json_array_size(v) == 1);
+    CHECK(strcmp(json_string_value(json_object_get(json_array_get(v, 0), "change")), "created") ==
+          0);
+    json_decref(v);
+    head_free(&h);
+}
+
 /* Sets one integer field of a branch directory's state (`branch` database, key "state", a JSON
  * object) behind the projection's back. */
 static bool tamper_branch_state(const char *dir, const char *field, json_int_t val)
@@ -1324,6 +1347,7 @@ int main(void)
     RUN(test_r14_as_of_branch_follows_its_sync_points);
     RUN(test_r14_verify_branch_reports_a_tampered_copy);
     RUN(test_r14_verify_finds_a_history_index_of_another_log);
+    RUN(test_r14_history_of_the_last_indexed_item);
     RUN(test_r14_verify_branch_reports_a_changed_sync_seq);
     RUN(test_r14_verify_branch_checks_the_origin_index);
     RUN(test_r14_as_of_refuses_a_checkpoint_of_another_chain);
