@@ -1028,16 +1028,16 @@ static void test_r14_history_of_the_last_indexed_item(void)
     head_free(&h);
 }
 
-/* Sets one integer field of a branch directory's state (`branch` database, key "state", a JSON
- * object) behind the projection's back. */
-static bool tamper_branch_state(const char *dir, const char *field, json_int_t val)
+/* Sets one field of a branch directory's state (`branch` database, key "state", a JSON object)
+ * behind the projection's back; takes val's reference. */
+static bool tamper_branch_state_json(const char *dir, const char *field, json_t *val)
 {
     raw r;
     MDB_val k = {5, "state"}, v;
     bool ok = raw_open(&r, dir, "branch") && mdb_get(r.txn, r.dbi, &k, &v) == 0;
     json_t *j = ok ? json_loadb(v.mv_data, v.mv_size, 0, NULL) : NULL;
     char *text = NULL;
-    ok = j && json_object_set_new(j, field, json_integer(val)) == 0 &&
+    ok = j && json_object_set_new(j, field, val) == 0 &&
          (text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS)) != NULL;
     if (ok) {
         MDB_val nv = {strlen(text), text};
@@ -1046,6 +1046,11 @@ static bool tamper_branch_state(const char *dir, const char *field, json_int_t v
     free(text);
     json_decref(j);
     return raw_close(&r, ok) && ok;
+}
+
+static bool tamper_branch_state(const char *dir, const char *field, json_int_t val)
+{
+    return tamper_branch_state_json(dir, field, json_integer(val));
 }
 
 /* The first record of db whose key is key_len bytes and starts with byte `first`: its key in
@@ -1160,8 +1165,8 @@ static void test_r14_verify_finds_a_history_index_of_another_log(void)
 }
 
 /* R14 (verify step 4 compares the projection's own state): a branch whose last sync point
- * (sync_seq) was changed behind its back is reported under that key, though every item still
- * matches. */
+ * (sync_seq), or whose linked flag, was changed behind its back is reported under that key,
+ * though every item still matches. */
 static void test_r14_verify_branch_reports_a_changed_sync_seq(void)
 {
     head h;
@@ -1184,6 +1189,16 @@ static void test_r14_verify_branch_reports_a_changed_sync_seq(void)
     CHECK(d && strcmp(json_string_value(json_object_get(d, "key")), "sync_seq") == 0);
     json_decref(rep);
     CHECK(cli_verify(h.dir, bdir, 3, "sync_seq"));
+    /* linked: a branch that says it was unlinked, which the log does not say (each field is
+     * compared: the first difference named is the first field that differs) */
+    CHECK(tamper_branch_state(bdir, "sync_seq", (json_int_t)st.sync_seq));
+    CHECK(tamper_branch_state_json(bdir, "linked", json_false()));
+    CHECK(tamper_branch_state_json(bdir, "unlinked", json_true()));
+    CHECK(lib_verify(h.dir, bdir, &rep, NULL, 0) == CS_CORRUPT);
+    d = part_diff0(rep, "branch");
+    bool linked_first = d && strcmp(json_string_value(json_object_get(d, "key")), "linked") == 0;
+    json_decref(rep);
+    CHECK(linked_first);
     dir_free(bdir);
     head_free(&h);
 }
