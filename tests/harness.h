@@ -33,8 +33,13 @@ static cs_test_state cs_test_st; /* test programs only: one per process */
 
 #define CHECK_OK(expr) CHECK((expr) == CS_OK)
 
+/* CS_TEST_ONLY=WORD runs only the tests whose name contains WORD (a quick rerun of one test,
+ * as tools/mutate's hand checks do); unset, every test runs. */
 #define RUN(fn)                                                                                    \
     do {                                                                                           \
+        const char *only_ = getenv("CS_TEST_ONLY");                                                \
+        if (only_ && *only_ && !strstr(#fn, only_))                                                \
+            break;                                                                                 \
         cs_test_st.current_failed = 0;                                                             \
         fn();                                                                                      \
         if (cs_test_st.current_failed) {                                                           \

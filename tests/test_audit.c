@@ -447,6 +447,10 @@ static void test_r14_verify_names_an_item_edited_behind_the_logs_back(void)
     CHECK(c && strcmp(json_string_value(json_object_get(c, "field")), "name") == 0);
     CHECK(strcmp(json_string_value(json_object_get(c, "new")), "Hairkut") == 0);
     CHECK(strcmp(json_string_value(json_object_get(c, "old")), "Haircut") == 0);
+    /* the sentence names what differs, and only that: version and flags are the replay's */
+    const char *what = json_string_value(json_object_get(d, "what"));
+    CHECK(what && strstr(what, "fields differ: name"));
+    CHECK(!strstr(what, "version") && !strstr(what, "archived") && !strstr(what, "origin"));
     json_decref(rep);
     snprintf(want, sizeof(want), "service %llu", (unsigned long long)id);
     CHECK(strstr(msg, want));
@@ -1005,6 +1009,337 @@ static void test_r14_verify_branch_reports_a_tampered_copy(void)
     head_free(&h);
 }
 
+/* R14 (history): the history of the item whose versions end the history index (the walk meets
+ * the end of the index, not another item's key) lists its versions like any other. */
+static void test_r14_history_of_the_last_indexed_item(void)
+{
+    head h;
+    CHECK(head_open(&h, "audit-hlast")); /* a category, then the service Bath: Bath is last */
+    cs_audit *a;
+    json_t *v = NULL;
+    CHECK_OK(cs_audit_open(h.e, &a));
+    cs_err err = cs_audit_history(a, "service", h.service, &v);
+    cs_audit_close(a);
+    CHECK_OK(err);
+    CHECK(json_array_size(v) == 1);
+    CHECK(strcmp(json_string_value(json_object_get(json_array_get(v, 0), "change")), "created") ==
+          0);
+    json_decref(v);
+    head_free(&h);
+}
+
+/* Sets one field of a branch directory's state (`branch` database, key "state", a JSON object)
+ * behind the projection's back; takes val's reference. */
+static bool tamper_branch_state_json(const char *dir, const char *field, json_t *val)
+{
+    raw r;
+    MDB_val k = {5, "state"}, v;
+    bool ok = raw_open(&r, dir, "branch") && mdb_get(r.txn, r.dbi, &k, &v) == 0;
+    json_t *j = ok ? json_loadb(v.mv_data, v.mv_size, 0, NULL) : NULL;
+    char *text = NULL;
+    ok = j && json_object_set_new(j, field, val) == 0 &&
+         (text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS)) != NULL;
+    if (ok) {
+        MDB_val nv = {strlen(text), text};
+        ok = mdb_put(r.txn, r.dbi, &k, &nv, 0) == 0;
+    }
+    free(text);
+    json_decref(j);
+    return raw_close(&r, ok) && ok;
+}
+
+static bool tamper_branch_state(const char *dir, const char *field, json_int_t val)
+{
+    return tamper_branch_state_json(dir, field, json_integer(val));
+}
+
+/* The first record of db whose key is key_len bytes and starts with byte `first`: its key in
+ * key_out, a malloc'd copy of its value in *val. */
+static bool raw_first_with(raw *r, uint8_t first, size_t key_len, uint8_t *key_out, uint8_t **val,
+                           size_t *val_len)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    bool found = false;
+    if (mdb_cursor_open(r->txn, r->dbi, &cur))
+        return false;
+    while (!found && mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
+        if (k.mv_size != key_len || ((const uint8_t *)k.mv_data)[0] != first)
+            continue;
+        memcpy(key_out, k.mv_data, key_len);
+        found = (*val = malloc(v.mv_size)) != NULL;
+        if (found) {
+            memcpy(*val, v.mv_data, v.mv_size);
+            *val_len = v.mv_size;
+        }
+    }
+    mdb_cursor_close(cur);
+    return found;
+}
+
+/* The branch's origin-index key (type code, head id) of head item head_id. */
+static bool origin_key_of(const char *bdir, uint64_t head_id, uint8_t key[9])
+{
+    raw r;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    bool found = false;
+    if (!raw_open(&r, bdir, "origin") || mdb_cursor_open(r.txn, r.dbi, &cur)) {
+        raw_close(&r, false);
+        return false;
+    }
+    while (!found && mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0)
+        if (k.mv_size == 9 && cs_be64_get((const uint8_t *)k.mv_data + 1) == head_id) {
+            memcpy(key, k.mv_data, 9);
+            found = true;
+        }
+    mdb_cursor_close(cur);
+    raw_close(&r, false);
+    return found;
+}
+
+/* Stores a second copy of the branch's copy of head item head_id under an unused item id: a
+ * copy the origin index does not name. */
+static bool tamper_duplicate_copy(const char *bdir, uint64_t head_id)
+{
+    uint8_t ok9[9], key[9];
+    if (!origin_key_of(bdir, head_id, ok9))
+        return false;
+    raw r;
+    uint8_t *val = NULL;
+    size_t len = 0;
+    bool ok = raw_open(&r, bdir, "items") && raw_first_with(&r, ok9[0], 9, key, &val, &len);
+    if (ok) {
+        cs_be64_put(key + 1, cs_be64_get(key + 1) + 100000); /* far past any id the branch used */
+        MDB_val k = {9, key}, v = {len, val};
+        ok = mdb_put(r.txn, r.dbi, &k, &v, MDB_NOOVERWRITE) == 0;
+    }
+    free(val);
+    return raw_close(&r, ok) && ok;
+}
+
+/* Deletes the origin-index entry of head item head_id on the branch. */
+static bool tamper_drop_origin(const char *bdir, uint64_t head_id)
+{
+    uint8_t ok9[9];
+    if (!origin_key_of(bdir, head_id, ok9))
+        return false;
+    raw r;
+    MDB_val k = {9, ok9};
+    bool ok = raw_open(&r, bdir, "origin") && mdb_del(r.txn, r.dbi, &k, NULL) == 0;
+    return raw_close(&r, ok) && ok;
+}
+
+/* The `what` of the first difference of report part `part`, or "". */
+static const char *diff_what(const json_t *rep, const char *part)
+{
+    const char *w = json_string_value(json_object_get(part_diff0(rep, part), "what"));
+    return w ? w : "";
+}
+
+/* R14 (verify step 3): a history index whose recorded chain is not the log's at the event it
+ * has seen was built from another log: verify reports it in its history part. */
+static void test_r14_verify_finds_a_history_index_of_another_log(void)
+{
+    head h;
+    CHECK(head_open(&h, "audit-hist"));
+    CHECK(head_history(&h));
+    cs_audit *a;
+    cs_audit_ckpt_info info;
+    CHECK_OK(cs_audit_open(h.e, &a));
+    CHECK_OK(cs_audit_checkpoint(a, TEST_EVERY, false, &info)); /* extends the history index */
+    cs_audit_close(a);
+    head_close_engine(&h);
+    json_t *rep;
+    CHECK_OK(lib_verify(h.dir, NULL, &rep, NULL, 0));
+    CHECK(json_integer_value(json_object_get(json_object_get(rep, "history"), "indexed")) > 0);
+    json_decref(rep);
+    CHECK(tamper_audit_meta(h.dir, "history_chain", 0x1234567890abcdefull));
+    CHECK(lib_verify(h.dir, NULL, &rep, NULL, 0) == CS_CORRUPT);
+    json_t *d = part_diff0(rep, "history");
+    CHECK(d && strcmp(json_string_value(json_object_get(d, "type")), "history index") == 0);
+    CHECK(strstr(diff_what(rep, "history"), "another log"));
+    json_decref(rep);
+    CHECK(cli_verify(h.dir, NULL, 3, NULL));
+    head_free(&h);
+}
+
+/* R14 (verify step 4 compares the projection's own state): a branch whose last sync point
+ * (sync_seq), or whose linked flag, was changed behind its back is reported under that key,
+ * though every item still matches. */
+static void test_r14_verify_branch_reports_a_changed_sync_seq(void)
+{
+    head h;
+    char *bdir = NULL;
+    CHECK(head_open(&h, "audit-vbs"));
+    CHECK(head_history(&h));
+    CHECK(branch_make(&h, "audit-vbs-branch", &bdir));
+    head_close_engine(&h);
+    cs_branch *b = NULL;
+    cs_branch_state st;
+    CHECK_OK(cs_branch_open(bdir, NULL, &b));
+    cs_err err = cs_branch_state_get(b, &st);
+    cs_branch_close(b);
+    CHECK_OK(err);
+    CHECK(st.sync_seq >= 2 && st.sync_seq <= st.cursor);
+    CHECK(tamper_branch_state(bdir, "sync_seq", (json_int_t)st.sync_seq - 1));
+    json_t *rep;
+    CHECK(lib_verify(h.dir, bdir, &rep, NULL, 0) == CS_CORRUPT);
+    json_t *d = part_diff0(rep, "branch");
+    CHECK(d && strcmp(json_string_value(json_object_get(d, "key")), "sync_seq") == 0);
+    json_decref(rep);
+    CHECK(cli_verify(h.dir, bdir, 3, "sync_seq"));
+    /* linked: a branch that says it was unlinked, which the log does not say (each field is
+     * compared: the first difference named is the first field that differs) */
+    CHECK(tamper_branch_state(bdir, "sync_seq", (json_int_t)st.sync_seq));
+    CHECK(tamper_branch_state_json(bdir, "linked", json_false()));
+    CHECK(tamper_branch_state_json(bdir, "unlinked", json_true()));
+    CHECK(lib_verify(h.dir, bdir, &rep, NULL, 0) == CS_CORRUPT);
+    d = part_diff0(rep, "branch");
+    bool linked_first = d && strcmp(json_string_value(json_object_get(d, "key")), "linked") == 0;
+    json_decref(rep);
+    CHECK(linked_first);
+    dir_free(bdir);
+    head_free(&h);
+}
+
+/* R14, R2 (a branch's origin index names its one copy of each head item): a second copy of a
+ * head item the index does not name, and an index entry removed, are each reported with the
+ * item's type and head-office id. */
+static void test_r14_verify_branch_checks_the_origin_index(void)
+{
+    head h;
+    char *bdir = NULL, *bcopy = NULL;
+    CHECK(head_open(&h, "audit-vbo"));
+    CHECK(head_history(&h));
+    CHECK(branch_make(&h, "audit-vbo-branch", &bdir));
+    head_close_engine(&h);
+    json_t *rep;
+    char want[64];
+    snprintf(want, sizeof(want), "%llu", (unsigned long long)h.service);
+    CHECK(bcopy = dir_copy(bdir, "audit-vbo-dup"));
+    CHECK(tamper_duplicate_copy(bcopy, h.service));
+    CHECK(lib_verify(h.dir, bcopy, &rep, NULL, 0) == CS_CORRUPT);
+    CHECK((uint64_t)json_integer_value(json_object_get(part_diff0(rep, "branch"), "id")) ==
+          h.service);
+    CHECK(strstr(diff_what(rep, "branch"), "origin index does not name"));
+    json_decref(rep);
+    CHECK(cli_verify(h.dir, bcopy, 3, want));
+    dir_free(bcopy);
+    CHECK(bcopy = dir_copy(bdir, "audit-vbo-drop"));
+    CHECK(tamper_drop_origin(bcopy, h.service));
+    CHECK(lib_verify(h.dir, bcopy, &rep, NULL, 0) == CS_CORRUPT);
+    CHECK((uint64_t)json_integer_value(json_object_get(part_diff0(rep, "branch"), "id")) ==
+          h.service);
+    CHECK(strstr(diff_what(rep, "branch"), "no copy on the branch"));
+    json_decref(rep);
+    dir_free(bcopy);
+    CHECK_OK(lib_verify(h.dir, bdir, &rep, NULL, 0)); /* the control: the untouched branch */
+    json_decref(rep);
+    dir_free(bdir);
+    head_free(&h);
+}
+
+/* R14 (as-of trusts a checkpoint only for the log it was taken from): a checkpoint whose chain
+ * is not the log's at its event is refused (corrupt) by as-of, not answered from. */
+static void test_r14_as_of_refuses_a_checkpoint_of_another_chain(void)
+{
+    head h;
+    CHECK(head_open(&h, "audit-ckch"));
+    CHECK(head_history(&h));
+    cs_audit *a;
+    cs_audit_ckpt_info info;
+    CHECK_OK(cs_audit_open(h.e, &a));
+    CHECK_OK(cs_audit_checkpoint(a, TEST_EVERY, false, &info));
+    CHECK(info.count >= 2);
+    cs_audit_close(a);
+    head_close_engine(&h);
+    raw r;
+    uint8_t kb[9];
+    key_u64(kb, TEST_EVERY);
+    kb[8] = 0; /* the checkpoint's header (CS__CKPT_TAG_HEADER): chain(8) digest(8) ... */
+    MDB_val k = {9, kb}, v;
+    uint8_t hb[64];
+    bool ok = raw_open(&r, h.dir, "ckpt") && mdb_get(r.txn, r.dbi, &k, &v) == 0 &&
+              v.mv_size <= sizeof(hb) && v.mv_size >= 8;
+    if (ok) {
+        memcpy(hb, v.mv_data, v.mv_size);
+        hb[3] ^= 0x10;
+        MDB_val nv = {v.mv_size, hb};
+        ok = mdb_put(r.txn, r.dbi, &k, &nv, 0) == 0;
+    }
+    CHECK(raw_close(&r, ok) && ok);
+    cs_audit_state *s = NULL;
+    CHECK_OK(cs_engine_open(h.dir, NULL, &h.e));
+    CHECK_OK(cs_audit_open(h.e, &a));
+    cs_err err = cs_audit_state_at(a, TEST_EVERY + 1, NULL, 0, &s);
+    bool named = strstr(cs_audit_errmsg(a), "does not match the log") != NULL;
+    cs_audit_state_free(s);
+    cs_audit_close(a);
+    CHECK(err == CS_CORRUPT);
+    CHECK(named);
+    head_free(&h);
+}
+
+/* audit_int.h invariant 2: a checkpoint is stored at every multiple of `every` the log has
+ * reached, the head included when it is one exactly. */
+static void test_r14_checkpoint_at_an_exact_multiple_of_every(void)
+{
+    head h;
+    CHECK(head_open(&h, "audit-exact"));
+    CHECK(log_head_of(h.e) == TEST_EVERY); /* head_open: events 1..4 */
+    cs_audit *a;
+    cs_audit_ckpt_info info;
+    CHECK_OK(cs_audit_open(h.e, &a));
+    CHECK_OK(cs_audit_checkpoint(a, TEST_EVERY, false, &info));
+    CHECK(info.head == TEST_EVERY && info.last == TEST_EVERY && info.count == 1);
+    for (int i = 0; i < TEST_EVERY - 1; i++)
+        CHECK_OK(put_service(&h, h.service, "Bath", 3100 + i, NULL, NULL));
+    CHECK_OK(cs_audit_checkpoint(a, 0, false, &info));
+    CHECK(info.last == TEST_EVERY && info.built == 0); /* 7 events: not yet */
+    CHECK_OK(put_service(&h, h.service, "Bath", 3200, NULL, NULL));
+    CHECK_OK(cs_audit_checkpoint(a, 0, false, &info));
+    CHECK(info.head == 2 * TEST_EVERY && info.last == 2 * TEST_EVERY && info.built == 1);
+    cs_audit_close(a);
+    head_free(&h);
+}
+
+/* R13, R14: a branch unlinked from its network is a single store whose catalog holds detached
+ * copies its own log never wrote: `audit verify` of its own directory checks its local items
+ * and passes. */
+static void test_r14_verify_of_an_unlinked_branch_own_directory_passes(void)
+{
+    head h;
+    char *bdir = NULL, path[512];
+    CHECK(head_open(&h, "audit-unl"));
+    CHECK(head_history(&h));
+    CHECK(branch_make(&h, "audit-unl-branch", &bdir));
+    CHECK_OK(cs_engine_shop_unlink(h.e, h.branch));
+    snprintf(path, sizeof(path), "%s.seg", bdir);
+    cs_branch *b = NULL;
+    bool ok = cs_export_file(cs_engine_log(h.e), 1, path, NULL) == CS_OK &&
+              cs_branch_open(bdir, NULL, &b) == CS_OK &&
+              cs_branch_import_file(b, path, NULL) == CS_OK;
+    cs_branch_state st = {0};
+    ok = ok && cs_branch_state_get(b, &st) == CS_OK;
+    cs_branch_close(b);
+    unlink(path);
+    CHECK(ok && st.unlinked);
+    json_t *rep;
+    char msg[512];
+    cs_err err = lib_verify(bdir, NULL, &rep, msg, sizeof(msg));
+    if (err != CS_OK)
+        fprintf(stderr, "  verify of the unlinked branch: %s: %s\n", cs_err_name(err), msg);
+    CHECK_OK(err);
+    json_t *state = json_object_get(rep, "state");
+    bool local = strcmp(json_string_value(json_object_get(state, "checked")), "local items") == 0;
+    json_decref(rep);
+    CHECK(local);
+    CHECK(cli_verify(bdir, NULL, 0, NULL));
+    dir_free(bdir);
+    head_free(&h);
+}
+
 int main(void)
 {
     if (!getenv("CS_BIN")) {
@@ -1026,5 +1361,12 @@ int main(void)
     RUN(test_r14_cli_as_of_usage_errors);
     RUN(test_r14_as_of_branch_follows_its_sync_points);
     RUN(test_r14_verify_branch_reports_a_tampered_copy);
+    RUN(test_r14_verify_finds_a_history_index_of_another_log);
+    RUN(test_r14_history_of_the_last_indexed_item);
+    RUN(test_r14_verify_branch_reports_a_changed_sync_seq);
+    RUN(test_r14_verify_branch_checks_the_origin_index);
+    RUN(test_r14_as_of_refuses_a_checkpoint_of_another_chain);
+    RUN(test_r14_checkpoint_at_an_exact_multiple_of_every);
+    RUN(test_r14_verify_of_an_unlinked_branch_own_directory_passes);
     return cs_test_finish();
 }

@@ -1010,6 +1010,56 @@ static void test_issue12_detached_item_keeps_unsynced_reference(void)
     CHECK(refused(&r, "dangling_reference", 2));
 }
 
+/* R10 (a directory is one shop): `branch import --shop OTHER` into a directory that is already
+ * branch X is refused (invalid_input, exit 2) and changes nothing: the directory stays branch X
+ * (an import as X still applies; as OTHER it is refused again). */
+static void test_import_refuses_rebinding_a_branch_directory(void)
+{
+    net n;
+    CHECK(net_open(&n, 2));
+    CHECK(carry(&n, 0));
+    const char *b = n.bdir[0];
+    CHECK(bath_price(&n, 3300));
+    CHECK(sync_all(&n));
+    CHECK(export_all(&n));
+    char *before = catalog_text(b);
+    CHECK(before);
+    run_result r;
+    for (int round = 0; round < 2; round++) {
+        CHECK(run(&r, NULL,
+                  ARGS("branch", "import", n.seg, "--data", b, "--shop", n.shop[1], "--json-out")));
+        CHECK(refused(&r, "invalid_input", 2));
+        CHECK(strstr(r.err, n.shop[0]) != NULL); /* names what the directory is */
+        char *after = catalog_text(b);
+        CHECK(after && strcmp(before, after) == 0);
+    }
+    CHECK(import_run(&n, 0, &r) && r.exit_code == 0);
+    json_t *o = parse_one(r.out);
+    CHECK(o && jint(o, "applied") >= 2);
+    CHECK(copy_price(b, n.bath) == 3300);
+}
+
+/* R11 (the head office is not a branch): `branch import` into the head office's directory is
+ * refused (forbidden, exit 2), and its log and catalog are unchanged. */
+static void test_import_into_head_office_is_forbidden(void)
+{
+    net n;
+    CHECK(net_open(&n, 1));
+    CHECK(export_all(&n));
+    run_result r;
+    CHECK(ok(&r, NULL, ARGS("log", "--data", n.hq)));
+    char *log_before = keep(strdup(r.out));
+    char *before = catalog_text(n.hq);
+    CHECK(log_before && before);
+    CHECK(run(&r, NULL,
+              ARGS("branch", "import", n.seg, "--data", n.hq, "--shop", n.shop[0], "--json-out")));
+    CHECK(refused(&r, "forbidden", 2));
+    char *after = catalog_text(n.hq);
+    CHECK(after && strcmp(before, after) == 0);
+    CHECK(ok(&r, NULL, ARGS("log", "--data", n.hq)));
+    CHECK(strcmp(log_before, r.out) == 0);
+}
+
 int main(void)
 {
     if (!getenv("CS_BIN")) {
@@ -1036,5 +1086,7 @@ int main(void)
     TEST(test_issue12_refused_import_and_verify_change_nothing);
     TEST(test_r1_copied_advanced_setting_is_read_only_copy);
     TEST(test_issue12_detached_item_keeps_unsynced_reference);
+    TEST(test_import_refuses_rebinding_a_branch_directory);
+    TEST(test_import_into_head_office_is_forbidden);
     return cs_test_finish();
 }

@@ -612,6 +612,112 @@ static void test_r9_password_change_logs_no_hash(void)
     fx_close(&f);
 }
 
+/* R9, R11 (a shop's password is set at the head office): a password has 8 to 128 bytes; 7 is
+ * refused (invalid_input, nothing logged), 8 is accepted and logs in, for `shop add` and for
+ * `shop password` alike; 128 is accepted and 129 refused. */
+static void test_r9_password_length_bounds_are_exact(void)
+{
+    fx f;
+    CHECK(fx_open(&f, "eng-pwlen", NULL));
+    CHECK_OK(cs_engine_network_create(f.e, "Rede Pet"));
+    char long_ok[129], long_bad[130];
+    memset(long_ok, 'p', 128);
+    long_ok[128] = '\0';
+    memset(long_bad, 'p', 129);
+    long_bad[129] = '\0';
+    snap before;
+    uint64_t branch = 0;
+    CHECK(snap_take(f.e, &before));
+    CHECK(refused_with(f.e, cs_engine_shop_add(f.e, "Filial", "seven77", &branch), CS_INVALID_INPUT,
+                       "password"));
+    CHECK(refused_with(f.e, cs_engine_shop_add(f.e, "Filial", long_bad, &branch), CS_INVALID_INPUT,
+                       "password"));
+    CHECK(snap_unchanged(f.e, &before));
+    CHECK_OK(cs_engine_shop_add(f.e, "Filial", "eight888", &branch));
+    CHECK_OK(cs_engine_shop_auth(f.e, branch, "eight888"));
+    CHECK(snap_take(f.e, &before));
+    CHECK(refused_with(f.e, cs_engine_shop_password(f.e, branch, "seven77"), CS_INVALID_INPUT,
+                       "password"));
+    CHECK(refused_with(f.e, cs_engine_shop_password(f.e, branch, long_bad), CS_INVALID_INPUT,
+                       "password"));
+    CHECK(snap_unchanged(f.e, &before));
+    CHECK_OK(cs_engine_shop_auth(f.e, branch, "eight888")); /* the refusals changed nothing */
+    CHECK_OK(cs_engine_shop_password(f.e, branch, "ate8ate8"));
+    CHECK_OK(cs_engine_shop_auth(f.e, branch, "ate8ate8"));
+    CHECK_OK(cs_engine_shop_password(f.e, branch, long_ok));
+    CHECK_OK(cs_engine_shop_auth(f.e, branch, long_ok));
+    fx_close(&f);
+}
+
+/* R11, SPEC 6: `shop password` names a linked branch of this network (or the head office
+ * itself); an unknown shop and an unlinked one are not_found, named, and change nothing. */
+static void test_r11_password_of_unknown_or_unlinked_shop_is_not_found(void)
+{
+    fx f;
+    uint64_t branches[2];
+    CHECK(fx_open(&f, "eng-pwshop", NULL));
+    CHECK_OK(cs_engine_network_create(f.e, "Rede Pet"));
+    CHECK_OK(cs_engine_shop_add(f.e, "Filial Norte", "secret-norte", &branches[0]));
+    CHECK_OK(cs_engine_shop_add(f.e, "Filial Sul", "secret-sul", &branches[1]));
+    CHECK_OK(cs_engine_shop_unlink(f.e, branches[1]));
+    uint64_t unknown = branches[0] ^ branches[1] ^ 0x5a5a5a;
+    CHECK(unknown != branches[0] && unknown != branches[1]);
+    char name[24];
+    snap before;
+    CHECK(snap_take(f.e, &before));
+    snprintf(name, sizeof(name), "%llu", (unsigned long long)unknown);
+    CHECK(
+        refused_with(f.e, cs_engine_shop_password(f.e, unknown, "new-secret"), CS_NOT_FOUND, name));
+    snprintf(name, sizeof(name), "%llu", (unsigned long long)branches[1]);
+    CHECK(refused_with(f.e, cs_engine_shop_password(f.e, branches[1], "new-secret"), CS_NOT_FOUND,
+                       name));
+    CHECK(snap_unchanged(f.e, &before));
+    CHECK_OK(cs_engine_shop_password(f.e, branches[0], "new-secret")); /* the control */
+    cs_shop_info self;
+    CHECK_OK(cs_engine_self(f.e, &self));
+    CHECK_OK(cs_engine_shop_password(f.e, self.id, "head-secret")); /* its own */
+    fx_close(&f);
+}
+
+/* engine.h (outputs through pointers, untouched on failure): a refused `shop add` (on a single
+ * store: not_in_network) and an `init` the log cannot take (a full map: storage_full) leave
+ * *shop_out as it was, so a caller never reads an id that was not created. */
+static void test_refused_shop_commands_leave_their_output_untouched(void)
+{
+    fx f;
+    CHECK(fx_open(&f, "eng-out", NULL));
+    uint64_t shop = 77;
+    CHECK(refused_with(f.e, cs_engine_shop_add(f.e, "Filial", "long-enough-secret", &shop),
+                       CS_NOT_IN_NETWORK, NULL));
+    CHECK(shop == 77);
+    CHECK_OK(cs_engine_network_create(f.e, "Rede Pet"));
+    CHECK(refused_with(f.e, cs_engine_shop_add(f.e, "", "long-enough-secret", &shop),
+                       CS_INVALID_INPUT, NULL));
+    CHECK(shop == 77);
+    fx_close(&f);
+    /* The smallest map that opens the engine: too small for its init event too. */
+    cs_err err = CS_OK;
+    for (size_t kib = 16; kib <= 1024; kib += 4) {
+        char *dir = cs_test_tmpdir("eng-out-full");
+        CHECK(dir);
+        cs_log_options o = {
+            .map_bytes = kib << 10, .map_bytes_max = kib << 10, .flags = CS_LOG_NOSYNC};
+        cs_engine *e = NULL;
+        bool opened = cs_engine_open(dir, &o, &e) == CS_OK;
+        if (opened) {
+            shop = 77;
+            err = cs_engine_init(e, "Pet Shop Centro", &shop);
+            cs_engine_close(e);
+        }
+        cs_test_rmtree(dir);
+        free(dir);
+        if (opened)
+            break;
+    }
+    CHECK(err == CS_STORAGE_FULL);
+    CHECK(shop == 77);
+}
+
 /* ---- R10, R11: roles ---------------------------------------------------------------------- */
 
 /* R10: a single store runs no network command: each is not_in_network and changes nothing. */
@@ -1604,6 +1710,9 @@ int main(void)
     RUN(test_s6_put_many_with_one_bad_element_changes_nothing);
     RUN(test_r9_local_records_are_not_logged);
     RUN(test_r9_password_change_logs_no_hash);
+    RUN(test_r9_password_length_bounds_are_exact);
+    RUN(test_r11_password_of_unknown_or_unlinked_shop_is_not_found);
+    RUN(test_refused_shop_commands_leave_their_output_untouched);
     RUN(test_r10_single_store_refuses_network_commands);
     RUN(test_r10_network_create_makes_head_and_keeps_items);
     RUN(test_r11_network_create_on_head_is_forbidden);

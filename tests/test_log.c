@@ -19,6 +19,8 @@
 #include <msgpack.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 
 /* ---- helpers ----------------------------------------------------------------------------- */
@@ -1092,6 +1094,118 @@ static void test_log_refuses_append_onto_corrupt_tail(void)
     fx_close(&f);
 }
 
+/* How a meddler with LMDB would rewrite event `seq`: `event` stored under that key with a
+ * checksum and a chain that both verify (seeded with the key, chained onto event seq-1), and,
+ * with `head`, the head recorded in `meta` made to match too. */
+typedef struct reseal_ctx {
+    uint64_t seq;
+    uint64_t from_seq; /* the event bytes are those of this stored event ... */
+    long offset;       /* ... with this byte of the event flipped (negative: none) */
+    bool head;
+} reseal_ctx;
+
+static int reseal_edit(MDB_txn *txn, MDB_dbi dbi, void *ctx)
+{
+    reseal_ctx *c = ctx;
+    uint8_t *val = NULL, *prev = NULL;
+    size_t len = 0, plen = 0;
+    int rc = raw_get_copy(txn, dbi, c->from_seq, &val, &len);
+    if (!rc && c->seq > 1)
+        rc = raw_get_copy(txn, dbi, c->seq - 1, &prev, &plen);
+    if (!rc) {
+        uint8_t *ev = val + CS_RECORD_HEADER_BYTES;
+        size_t ev_len = len - CS_RECORD_HEADER_BYTES;
+        if (c->offset >= 0)
+            ev[c->offset] ^= 0x01;
+        uint64_t sum = cs_log_checksum(ev, ev_len, c->seq);
+        uint64_t chain = cs_log_chain(prev ? cs_be64_get(prev + 8) : 0, sum);
+        cs_be64_put(val, sum);
+        cs_be64_put(val + 8, chain);
+        rc = raw_put(txn, dbi, c->seq, val, len);
+        MDB_dbi meta;
+        uint8_t hb[16];
+        cs_be64_put(hb, c->seq);
+        cs_be64_put(hb + 8, chain);
+        MDB_val k = {4, "head"}, v = {16, hb};
+        if (!rc && c->head && !(rc = mdb_dbi_open(txn, "meta", 0, &meta)))
+            rc = mdb_put(txn, meta, &k, &v, 0);
+    }
+    free(val);
+    free(prev);
+    return rc;
+}
+
+/* SPEC 4 (the head recorded in `meta`): a last event replaced whole, with a checksum and a
+ * chain that verify, still differs from the head the log recorded at its last append: verify
+ * names it and the log refuses to grow from it (the head check compares the chain, not only
+ * the sequence). */
+static void test_log_replaced_last_event_differs_from_recorded_head(void)
+{
+    fx f;
+    CHECK(fx_open_closed_log(&f, "rehead", 5));
+    reseal_ctx c = {.seq = 5, .from_seq = 5, .offset = 30};
+    CHECK(raw_edit(f.dir, reseal_edit, &c) == 0);
+    CHECK_OK(cs_log_open(f.dir, NULL, &f.log));
+    cs_log_reader *r;
+    cs_log_record rec;
+    uint64_t bad = 0;
+    CHECK_OK(cs_log_reader_open(f.log, &r));
+    CHECK_OK(cs_log_reader_get(r, 5, &rec));            /* the record itself verifies ... */
+    CHECK(cs_log_reader_verify(r, &bad) == CS_CORRUPT); /* ... the log does not */
+    CHECK(bad == 5);
+    CHECK(msg_names_seq(cs_log_reader_errmsg(r), 5));
+    cs_log_reader_close(r);
+    CHECK(append_plain(f.log, 1, 6, NULL) == CS_CORRUPT);
+    uint64_t head = 0;
+    CHECK_OK(log_head(f.log, &head));
+    CHECK(head == 5);
+    fx_close(&f);
+}
+
+/* SPEC 4 (a range read verifies from its start): a read from seek(k) chains event k onto event
+ * k-1, so a changed chain at k is found by the first `next`, not only by a walk from 1. */
+static void test_log_range_read_chains_first_event_onto_its_predecessor(void)
+{
+    fx f;
+    CHECK(fx_open_closed_log(&f, "seekchain", 30));
+    flip_ctx c = {17, 9, 0x20}; /* a chain byte: the record's own checksum still holds */
+    CHECK(raw_edit(f.dir, flip_edit, &c) == 0);
+    CHECK_OK(cs_log_open(f.dir, NULL, &f.log));
+    cs_log_reader *r;
+    cs_log_record rec;
+    CHECK_OK(cs_log_reader_open(f.log, &r));
+    CHECK_OK(cs_log_reader_seek(r, 16));
+    CHECK_OK(cs_log_reader_next(r, &rec));
+    CHECK(rec.seq == 16);
+    CHECK_OK(cs_log_reader_seek(r, 17));
+    CHECK(cs_log_reader_next(r, &rec) == CS_CORRUPT);
+    CHECK(msg_names_seq(cs_log_reader_errmsg(r), 17));
+    cs_log_reader_close(r);
+    fx_close(&f);
+}
+
+/* SPEC 4 (verify): an event stored under another sequence than its own is misplaced even when
+ * its checksum, its chain and the recorded head were all recomputed for the new key. */
+static void test_log_verify_refuses_event_whose_seq_is_not_its_key(void)
+{
+    fx f;
+    CHECK(fx_open_closed_log(&f, "seqkey", 5));
+    reseal_ctx c = {.seq = 5, .from_seq = 4, .offset = -1, .head = true};
+    CHECK(raw_edit(f.dir, reseal_edit, &c) == 0);
+    CHECK_OK(cs_log_open(f.dir, NULL, &f.log));
+    uint64_t bad = 0;
+    CHECK(log_verify(f.log, &bad) == CS_CORRUPT);
+    CHECK(bad == 5);
+    fx_close(&f);
+    /* the control: the same reseal of the event's own bytes is a log that verifies */
+    CHECK(fx_open_closed_log(&f, "seqkey2", 5));
+    c.from_seq = 5;
+    CHECK(raw_edit(f.dir, reseal_edit, &c) == 0);
+    CHECK_OK(cs_log_open(f.dir, NULL, &f.log));
+    CHECK_OK(log_verify(f.log, &bad));
+    fx_close(&f);
+}
+
 /* ---- hostile msgpack --------------------------------------------------------------------- */
 
 typedef struct bytes {
@@ -1399,6 +1513,124 @@ static void test_log_full_map_refuses_append_and_keeps_log(void)
     fx_close(&f);
 }
 
+/* log.h (map_bytes_max: the map doubles up to it, never past it): with a maximum that is not a
+ * doubling of the start (256 KiB -> 384 KiB), the last growth stops at the maximum exactly and the
+ * append after it is storage_full. */
+static void test_log_map_growth_stops_at_max_exactly(void)
+{
+    cs_log_options o = {.map_bytes = 256 * 1024, .map_bytes_max = 384 * 1024};
+    fx f;
+    CHECK(fx_open(&f, "mapclamp", &o));
+    uint64_t last_ok = 0, bad = 0;
+    CHECK(append_until_refused(f.log, 1000, &last_ok) == CS_STORAGE_FULL);
+    CHECK(map_size(f.log) == 384 * 1024);
+    CHECK(last_ok >= FULL_BATCH);
+    CHECK_OK(log_verify(f.log, &bad));
+    fx_close(&f);
+}
+
+/* This process's address space in bytes (/proc/self/statm, first field), or 0. */
+static size_t vm_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    bool ok = f && fscanf(f, "%lu", &pages) == 1;
+    if (f)
+        fclose(f);
+    return ok ? (size_t)pages * (size_t)sysconf(_SC_PAGESIZE) : 0;
+}
+
+/* The child of test_log_failed_resize_leaves_the_log_unusable_until_reopened: its exit code
+ * says which step went wrong (0: all as promised). */
+static int failed_resize_child(const char *dir, uint64_t *last_ok_out, int fd)
+{
+    cs_log_options o = {
+        .map_bytes = 1 << 20, .map_bytes_max = (size_t)1 << 36, .flags = CS_LOG_NOSYNC};
+    cs_log *log;
+    if (cs_log_open(dir, &o, &log) != CS_OK)
+        return 10;
+    enum { EVENT_BYTES = 64 * 1024, BATCH = 16 };
+    uint8_t *fields = bin_fields(EVENT_BYTES);
+    cs_event evs[BATCH];
+    for (int i = 0; i < BATCH; i++) {
+        evs[i] = plain_event((uint64_t)i + 1);
+        evs[i].fields = fields;
+        evs[i].fields_len = EVENT_BYTES + 8;
+    }
+    /* Room for the heap, not for a map of 32 MiB beside the 16 MiB one LMDB drops late. */
+    struct rlimit rl = {.rlim_cur = vm_bytes() + ((size_t)40 << 20), .rlim_max = RLIM_INFINITY};
+    if (!fields || vm_bytes() == 0 || setrlimit(RLIMIT_AS, &rl) != 0)
+        return 11;
+    cs_err err = CS_OK;
+    uint64_t last_ok = 0;
+    for (int calls = 0; calls < 400 && err == CS_OK; calls++) {
+        uint64_t first = 0;
+        if ((err = cs_log_append(log, evs, BATCH, &first)) == CS_OK)
+            last_ok = first + BATCH - 1;
+    }
+    if (write(fd, &last_ok, sizeof(last_ok)) != sizeof(last_ok))
+        return 12;
+    if (err != CS_NO_MEMORY)
+        return 13; /* the resize failed for want of address space */
+    cs_log_reader *r;
+    if (cs_log_reader_open(log, &r) != CS_IO) /* map.c invariant 3: nothing touches the env */
+        return 14;
+    MDB_txn *t = NULL;
+    if (cs_log_read_begin(log, &t) != CS_IO) /* what the engine's reads begin with */
+        return 17;
+    if (cs_log_append(log, evs, 1, NULL) != CS_IO)
+        return 15;
+    if (!strstr(cs_log_errmsg(log), "reopen"))
+        return 16;
+    *last_ok_out = last_ok;
+    return 0; /* no close: the environment is not to be touched again */
+}
+
+/* log/map.c invariant 3 (a failed resize leaves the environment alone): when growing the map
+ * fails (here for want of address space, RLIMIT_AS in a child), the append is refused
+ * (no_memory), every later read and write is io_error saying to reopen, and the directory
+ * reopened holds every acknowledged event and verifies. Not under AddressSanitizer, whose
+ * shadow memory an address-space limit breaks. */
+static void test_log_failed_resize_leaves_the_log_unusable_until_reopened(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    printf("  (skipped under AddressSanitizer)\n");
+    return;
+#endif
+    char *dir = cs_test_tmpdir("resizefail");
+    CHECK(dir);
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        uint64_t ignored;
+        _exit(failed_resize_child(dir, &ignored, fds[1]));
+    }
+    close(fds[1]);
+    uint64_t last_ok = 0;
+    ssize_t got = read(fds[0], &last_ok, sizeof(last_ok));
+    close(fds[0]);
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fprintf(stderr, "  child: %s %d\n", WIFEXITED(status) ? "exit" : "signal",
+                WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(got == sizeof(last_ok) && last_ok >= 16);
+    cs_log *log;
+    uint64_t head = 0, bad = 0;
+    CHECK_OK(cs_log_open(dir, NULL, &log));
+    cs_err herr = log_head(log, &head), verr = log_verify(log, &bad);
+    cs_log_close(log);
+    cs_test_rmtree(dir);
+    free(dir);
+    CHECK(herr == CS_OK && head == last_ok);
+    CHECK(verr == CS_OK);
+}
+
 /* SPEC 4 / log.h (the map doubles up to its maximum): 5 MB of events in a log that starts at
  * 256 KiB grow the map, and the log verifies before and after a reopen. */
 static void test_log_map_grows_up_to_max(void)
@@ -1676,6 +1908,60 @@ static void test_log_refuses_field_strings_not_utf8_and_bad_timestamps(void)
         CHECK(k ? err == CS_OK : err == CS_CORRUPT);
     }
     cs_event_decoder_free(dec);
+}
+
+/* SPEC 6 (UTF-8, RFC 3629 table 3-7): each lead byte's range of the next byte is exact: the
+ * first and last code point of every range is accepted, the sequence one step outside refused. */
+static void test_log_utf8_ranges_are_exact_at_both_ends(void)
+{
+    char *dir = cs_test_tmpdir("utf8b");
+    CHECK(dir);
+    cs_log *log;
+    CHECK_OK(cs_log_open(dir, NULL, &log));
+    static const char *const good[] = {"\x7f",
+                                       "\xc2\x80",
+                                       "\xdf\xbf",
+                                       "\xe0\xa0\x80",
+                                       "\xe0\xbf\xbf",
+                                       "\xe1\x80\x80",
+                                       "\xec\xbf\xbf",
+                                       "\xed\x80\x80",
+                                       "\xed\x9f\xbf",
+                                       "\xee\x80\x80",
+                                       "\xef\xbf\xbf",
+                                       "\xf0\x90\x80\x80",
+                                       "\xf0\xbf\xbf\xbf",
+                                       "\xf1\x80\x80\x80",
+                                       "\xf3\xbf\xbf\xbf",
+                                       "\xf4\x80\x80\x80",
+                                       "\xf4\x8f\xbf\xbf"};
+    static const char *const bad[] = {"\x80",
+                                      "\xc1\xbf",
+                                      "\xc2\x7f",
+                                      "\xc2\xc0",
+                                      "\xe0\x9f\xbf",
+                                      "\xe0\xa0\x7f",
+                                      "\xe1\x80\xc0",
+                                      "\xed\xa0\x80",
+                                      "\xf0\x8f\xbf\xbf",
+                                      "\xf4\x90\x80\x80",
+                                      "\xf4\x8f\xbf\x7f",
+                                      "\xf5\x80\x80\x80"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cs_event ev = {.kind = CS_STR("put"), .actor = {bad[i], strlen(bad[i])}};
+        cs_err err = cs_log_append(log, &ev, 1, NULL);
+        if (err != CS_INVALID_INPUT)
+            fprintf(stderr, "  bad string %zu accepted\n", i);
+        CHECK(err == CS_INVALID_INPUT);
+    }
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        cs_event ev = {.kind = CS_STR("put"), .actor = {good[i], strlen(good[i])}};
+        uint64_t seq = 0;
+        cs_err err = cs_log_append(log, &ev, 1, &seq);
+        if (err != CS_OK)
+            fprintf(stderr, "  good string %zu refused\n", i);
+        CHECK(err == CS_OK && seq == i + 1);
+    }
     cs_log_close(log);
     cs_test_rmtree(dir);
     free(dir);
@@ -1711,6 +1997,7 @@ int main(void)
     RUN(test_log_refuses_event_strings_that_are_not_utf8);
     RUN(test_log_refuses_field_strings_not_utf8_and_bad_timestamps);
     RUN(test_utf8_prefix_and_cut_stop_before_a_cut_character);
+    RUN(test_log_utf8_ranges_are_exact_at_both_ends);
     RUN(test_log_lost_tail_is_corrupt_and_not_extended);
     RUN(test_log_round_trips_every_field_kind);
     RUN(test_log_round_trips_event_without_fields);
@@ -1734,6 +2021,9 @@ int main(void)
     RUN(test_log_verify_detects_lost_event);
     RUN(test_log_verify_detects_reordered_events);
     RUN(test_log_refuses_append_onto_corrupt_tail);
+    RUN(test_log_replaced_last_event_differs_from_recorded_head);
+    RUN(test_log_range_read_chains_first_event_onto_its_predecessor);
+    RUN(test_log_verify_refuses_event_whose_seq_is_not_its_key);
     RUN(test_msgpack_check_refuses_lengths_beyond_input);
     RUN(test_msgpack_check_limits_nesting);
     RUN(test_event_decode_refuses_hostile_input);
@@ -1741,6 +2031,8 @@ int main(void)
     RUN(test_event_decode_accepts_nesting_at_the_limit);
     RUN(test_event_decode_survives_random_damage);
     RUN(test_log_full_map_refuses_append_and_keeps_log);
+    RUN(test_log_map_growth_stops_at_max_exactly);
+    RUN(test_log_failed_resize_leaves_the_log_unusable_until_reopened);
     RUN(test_log_map_grows_up_to_max);
     RUN(test_log_map_does_not_grow_under_open_reader);
     RUN(test_err_names_are_the_product_codes);

@@ -667,6 +667,76 @@ static void test_net_branch_refuses_another_networks_head_office(void)
     net_free(&b);
 }
 
+static bool log_has(const char *path, const char *needle);
+
+/* Starts tests/optional_frame_proxy.py between a branch and n's server; its address in addr. */
+static pid_t proxy_start(net *n, char *addr, size_t addr_len, const char *log_path)
+{
+    char script[600], ready[300];
+    const char *src = getenv("CS_SRC");
+    snprintf(script, sizeof(script), "%s/tests/optional_frame_proxy.py", src ? src : ".");
+    snprintf(ready, sizeof(ready), "%s/proxy.ready", n->root);
+    unlink(ready);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int out = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (out >= 0) {
+            dup2(out, 1);
+            dup2(out, 2);
+        }
+        execlp("python3", "python3", script, n->addr, ready, (char *)NULL);
+        _exit(127);
+    }
+    uint64_t deadline = cs_run_now_ms() + WAIT_MS;
+    while (pid > 0 && cs_run_now_ms() < deadline) {
+        FILE *f = fopen(ready, "r");
+        if (f) {
+            bool ok = fgets(addr, (int)addr_len, f) != NULL;
+            fclose(f);
+            addr[strcspn(addr, "\n")] = '\0';
+            return ok ? pid : (cs_run_stop(pid, SIGKILL, 5000), -1);
+        }
+        cs_run_sleep_ms(20);
+    }
+    if (pid > 0)
+        cs_run_stop(pid, SIGKILL, 5000);
+    return -1;
+}
+
+/* docs/protocol.md (Types: 0x80-0xff are optional, a receiver that does not know one skips it):
+ * a branch pulling through a relay that puts a frame of type 0x80 before every frame of the head
+ * office skips them all and catches up as it would without them. */
+static void test_net_branch_skips_optional_frames(void)
+{
+    static net n;
+    uint64_t svc = 0;
+    CHECK(net_make(&n, 1, &svc));
+    CHECK(serve_start(&n, NULL));
+    CHECK(join(&n, 0, PASSWORD) == 0);
+    CHECK(put_json(n.hq, "service_category", NULL, "{\"name\":\"Clinic\"}") != 0);
+    CHECK(sync_all(n.hq));
+    char addr[64] = "", log_path[300];
+    snprintf(log_path, sizeof(log_path), "%s/proxy.log", n.root);
+    pid_t proxy = proxy_start(&n, addr, sizeof(addr), log_path);
+    CHECK(proxy > 0);
+    const char *args[] = {"branch", "pull", "--data", n.dir[0], "--head", addr, NULL};
+    cs_run_result r;
+    bool ran = cs_run(&r, NULL, NULL, args, CMD_MS);
+    int code = ran ? r.exit_code : -1;
+    if (ran && code != 0)
+        fprintf(stderr, "  pull through the relay exited %d: %s", code, r.err);
+    if (ran) {
+        free(r.out);
+        free(r.err);
+    }
+    int proxy_code = cs_run_reap(proxy, cs_run_now_ms() + WAIT_MS); /* ends with the connection */
+    CHECK(code == 0);
+    CHECK(proxy_code == 0);
+    CHECK(branch_cursor(n.dir[0]) == head_seq(n.hq));
+    CHECK(log_has(log_path, "injected ") && !log_has(log_path, "injected 0\n"));
+    net_free(&n);
+}
+
 static bool branch_unlinked(const char *dir)
 {
     return branch_state(dir).unlinked;
@@ -821,6 +891,7 @@ int main(void)
     RUN_NET(test_r8_refused_write_is_reported_and_leaves_outbox);
     RUN_NET(test_net_join_refusals_have_codes_and_leave_nothing);
     RUN_NET(test_net_branch_refuses_another_networks_head_office);
+    RUN_NET(test_net_branch_skips_optional_frames);
     RUN_NET(test_r13_branch_offline_at_unlink_becomes_single_store_at_next_pull);
     RUN_NET(test_net_password_changed_at_head_office_needs_join_again);
     RUN_NET(test_r10_single_store_joins_and_keeps_its_items);

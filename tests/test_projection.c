@@ -1532,6 +1532,217 @@ static void test_projection_reimport_is_idempotent_and_refusals_change_nothing(v
     head_close(&h);
 }
 
+/* SPEC 4 (a branch applies one log): a segment that overlaps the cursor from another log, whose
+ * event at the cursor is not the one this branch applied, is refused whole (corrupt) even though
+ * the segment verifies on its own and its later events would chain onto each other. */
+static void test_projection_reimport_from_log_diverged_at_cursor_is_refused(void)
+{
+    head h, other;
+    uint64_t shop = 0, shop2 = 0, head_seq = 0, applied = 0, d1 = 0, d2 = 0;
+    bdir bd = {0};
+    CHECK(head_open(&h, "proj-div-h") && build_script(&h, &shop));
+    CHECK(head_open(&other, "proj-div-o") && build_script(&other, &shop2));
+    CHECK(bdir_open(&bd, "proj-div-b", shop));
+    CHECK_OK(feed(bd.b, h.e, 0, &applied));
+    CHECK_OK(log_head(cs_engine_log(h.e), &head_seq));
+    CHECK(applied == head_seq && digest_of(bd.b, &d1));
+    rng r = {5};
+    for (int i = 0; i < 3; i++)
+        CHECK(put(other.e, "service_category", 0, cat_fields(&r, 300u + (unsigned)i), NULL));
+    cs_log_reader *rd;
+    uint8_t *seg = NULL;
+    size_t len = 0;
+    uint64_t last = 0;
+    CHECK_OK(cs_log_reader_open(cs_engine_log(other.e), &rd));
+    cs_err err =
+        cs_segment_encode(rd, head_seq, head_seq + 3, CS_SEGMENT_BYTES_MAX, &seg, &len, &last);
+    cs_log_reader_close(rd);
+    CHECK_OK(err);
+    applied = 99;
+    err = cs_branch_apply_segment(bd.b, seg, len, &applied);
+    free(seg);
+    cs_branch_state st;
+    CHECK(err == CS_CORRUPT && applied == 99);
+    CHECK_OK(cs_branch_state_get(bd.b, &st));
+    CHECK(st.cursor == head_seq && digest_of(bd.b, &d2) && d2 == d1);
+    bdir_close(&bd);
+    head_close(&other);
+    head_close(&h);
+}
+
+/* SPEC 7 (branch import), docs/storage.md (an export is segments one after another): a file cut
+ * inside a segment header is corrupt, not a clean end of file; the whole segments before the
+ * cut stay applied. */
+static void test_projection_import_refuses_file_cut_inside_segment_header(void)
+{
+    head h;
+    uint64_t shop = 0, head_seq = 0, applied = 0, exported = 0;
+    bdir bd = {0};
+    CHECK(head_open(&h, "proj-cut-h") && build_script(&h, &shop));
+    CHECK(bdir_open(&bd, "proj-cut-b", shop));
+    CHECK_OK(log_head(cs_engine_log(h.e), &head_seq));
+    char path[512];
+    snprintf(path, sizeof(path), "%s/export.cslog", bd.dir);
+    CHECK_OK(cs_export_file(cs_engine_log(h.e), 1, path, &exported));
+    CHECK(exported == head_seq);
+    FILE *f = fopen(path, "rb");
+    uint8_t hdr[CS_SEGMENT_HEADER_BYTES];
+    bool read_ok = f && fread(hdr, 1, sizeof(hdr), f) == sizeof(hdr);
+    long whole = read_ok && fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (f)
+        fclose(f);
+    CHECK(read_ok && whole > 0);
+    static const size_t cuts[] = {1, 8, 20, CS_SEGMENT_HEADER_BYTES - 1};
+    for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+        CHECK(truncate(path, whole) == 0);
+        f = fopen(path, "ab"); /* the file, then the start of another segment's header */
+        bool ok = f && fwrite(hdr, 1, cuts[i], f) == cuts[i];
+        CHECK(f && fclose(f) == 0 && ok);
+        cs_err err = cs_branch_import_file(bd.b, path, &applied);
+        if (err != CS_CORRUPT)
+            fprintf(stderr, "  header cut after %zu bytes: %s\n", cuts[i], cs_err_name(err));
+        CHECK(err == CS_CORRUPT);
+        cs_branch_state st;
+        CHECK_OK(cs_branch_state_get(bd.b, &st));
+        CHECK(st.cursor == head_seq); /* what came before the cut is applied */
+    }
+    CHECK(truncate(path, whole) == 0);
+    CHECK_OK(cs_branch_import_file(bd.b, path, &applied)); /* the control: the whole file */
+    CHECK(applied == 0);
+    bdir_close(&bd);
+    head_close(&h);
+}
+
+/* SPEC 7 (log export --from SEQ): exporting from the head exports exactly the head event; from
+ * past the head there is nothing to export (not_found) and no file is written. */
+static void test_projection_export_from_head_is_exactly_the_head_event(void)
+{
+    head h;
+    uint64_t shop = 0, head_seq = 0, exported = 0;
+    CHECK(head_open(&h, "proj-exph-h") && build_script(&h, &shop));
+    CHECK_OK(log_head(cs_engine_log(h.e), &head_seq));
+    char path[512];
+    snprintf(path, sizeof(path), "%s/head.cslog", h.dir);
+    CHECK_OK(cs_export_file(cs_engine_log(h.e), head_seq, path, &exported));
+    CHECK(exported == 1);
+    FILE *f = fopen(path, "rb");
+    uint8_t buf[CS_SEGMENT_BYTES_MAX > 65536 ? 65536 : CS_SEGMENT_BYTES_MAX];
+    size_t n = f ? fread(buf, 1, sizeof(buf), f) : 0;
+    if (f)
+        fclose(f);
+    cs_segment_view v;
+    CHECK(n > 0 && n < sizeof(buf));
+    CHECK_OK(cs_segment_open(buf, n, &v));
+    CHECK(v.first == head_seq && v.last == head_seq && v.count == 1);
+    char past[520];
+    snprintf(past, sizeof(past), "%s.past", path);
+    CHECK(cs_export_file(cs_engine_log(h.e), head_seq + 1, past, &exported) == CS_NOT_FOUND);
+    CHECK(access(past, F_OK) != 0);
+    head_close(&h);
+}
+
+/* The copy on b of head item head_id of `type`, archived or not (a new reference), or NULL. */
+static json_t *copy_on(cs_branch *b, const char *type, uint64_t head_id)
+{
+    json_t *found = NULL;
+    for (int archived = 0; archived < 2 && !found; archived++) {
+        json_t *l = NULL, *o;
+        size_t i;
+        if (cs_engine_list(cs_branch_engine(b), type, archived, &l) != CS_OK)
+            return NULL;
+        json_array_foreach(l, i, o)
+        {
+            if (jid(json_object_get(o, "origin"), "id") == head_id)
+                found = json_incref(o);
+        }
+        json_decref(l);
+    }
+    return found;
+}
+
+/* R6: while a branch's switch is off, a sync for all and a sync naming it are no sync point for
+ * it: its last sync point (sync_seq) stays where it was and no copy arrives; once it is switched
+ * back on, the next sync is its sync point. */
+static void test_r6_sync_while_switched_off_keeps_sync_seq(void)
+{
+    head h;
+    uint64_t shop = 0, seq = 0;
+    bdir bd = {0};
+    CHECK(head_open(&h, "proj-r6s-h"));
+    const char *types[] = {"service_category"};
+    CHECK_OK(cs_engine_network_types(h.e, types, 1, NULL));
+    CHECK_OK(cs_engine_shop_add(h.e, "Downtown", "branch-password", &shop));
+    CHECK(bdir_open(&bd, "proj-r6s-b", shop));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    CHECK_OK(cs_engine_shop_switch(h.e, shop, false));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    cs_branch_state st0, st;
+    CHECK_OK(cs_branch_state_get(bd.b, &st0));
+    CHECK(st0.linked && st0.sync_seq > 0);
+    rng r = {6};
+    cs_write_result cat;
+    CHECK(put(h.e, "service_category", 0, cat_fields(&r, 1), &cat));
+    CHECK_OK(cs_engine_sync(h.e, 0, NULL));
+    CHECK_OK(cs_engine_sync(h.e, shop, NULL));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    CHECK_OK(cs_branch_state_get(bd.b, &st));
+    CHECK(st.cursor > st0.cursor && st.sync_seq == st0.sync_seq);
+    json_t *c = copy_on(bd.b, "service_category", cat.id);
+    json_decref(c);
+    CHECK(c == NULL);
+    CHECK_OK(cs_engine_shop_switch(h.e, shop, true));
+    CHECK_OK(cs_engine_sync(h.e, shop, &seq));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    CHECK_OK(cs_branch_state_get(bd.b, &st));
+    CHECK(st.sync_seq == seq);
+    c = copy_on(bd.b, "service_category", cat.id);
+    json_decref(c);
+    CHECK(c != NULL);
+    bdir_close(&bd);
+    head_close(&h);
+}
+
+/* R2 (a copy's origin names the head item and its version): a head update that changes only
+ * the version (the same fields put again) reaches the copy at the next sync point: its origin
+ * names the new version, and the copy's own version grows by one. */
+static void test_r2_version_only_change_moves_copy_origin_version(void)
+{
+    head h;
+    uint64_t shop = 0;
+    bdir bd = {0};
+    CHECK(head_open(&h, "proj-r2v-h"));
+    const char *types[] = {"service_category"};
+    CHECK_OK(cs_engine_network_types(h.e, types, 1, NULL));
+    CHECK_OK(cs_engine_shop_add(h.e, "Downtown", "branch-password", &shop));
+    CHECK(bdir_open(&bd, "proj-r2v-b", shop));
+    rng r = {8};
+    cs_write_result cat, again;
+    CHECK(put(h.e, "service_category", 0, cat_fields(&r, 1), &cat));
+    CHECK_OK(cs_engine_sync(h.e, 0, NULL));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    json_t *c1 = copy_on(bd.b, "service_category", cat.id);
+    CHECK(c1 != NULL);
+    uint64_t v1 = jid(json_object_get(c1, "origin"), "version"), own1 = jid(c1, "version");
+    json_decref(c1);
+    CHECK(v1 == cat.version);
+    json_t *head_item = NULL;
+    CHECK_OK(cs_engine_get(h.e, "service_category", cat.id, &head_item));
+    json_t *same = fields_of(head_item);
+    json_decref(head_item);
+    CHECK(put(h.e, "service_category", cat.id, same, &again));
+    CHECK(again.version == cat.version + 1);
+    CHECK_OK(cs_engine_sync(h.e, 0, NULL));
+    CHECK_OK(feed(bd.b, h.e, 0, NULL));
+    json_t *c2 = copy_on(bd.b, "service_category", cat.id);
+    CHECK(c2 != NULL);
+    uint64_t v2 = jid(json_object_get(c2, "origin"), "version"), own2 = jid(c2, "version");
+    json_decref(c2);
+    CHECK(v2 == again.version);
+    CHECK(own2 == own1 + 1);
+    bdir_close(&bd);
+    head_close(&h);
+}
+
 /* ---- R10 and R1 -------------------------------------------------------------------------- */
 
 /* R10: a single store that joins a network keeps its own items as local items; the head
@@ -1767,6 +1978,11 @@ int main(void)
     RUN(test_projection_batches_equal_event_by_event);
     RUN(test_archived_copy_is_read_only_and_detached_link_survives_edits);
     RUN(test_projection_reimport_is_idempotent_and_refusals_change_nothing);
+    RUN(test_projection_reimport_from_log_diverged_at_cursor_is_refused);
+    RUN(test_projection_import_refuses_file_cut_inside_segment_header);
+    RUN(test_projection_export_from_head_is_exactly_the_head_event);
+    RUN(test_r6_sync_while_switched_off_keeps_sync_seq);
+    RUN(test_r2_version_only_change_moves_copy_origin_version);
     RUN(test_single_store_joining_keeps_its_items_local);
     RUN(test_branch_refuses_copy_writes_and_head_office_commands);
     RUN(test_branch_state_breaking_an_invariant_is_corrupt);
