@@ -16,8 +16,8 @@
 
 /* A table cell is shortened past this many characters: a list is for scanning, get shows all. */
 #define CELL_CHARS_MAX 60u
-/* Columns in one table: the widest is shop list (8). */
-#define TABLE_COLS_MAX 10u
+/* Columns in one table: the widest is shop list (11). */
+#define TABLE_COLS_MAX 12u
 
 int cs_cli_print_json(const json_t *v)
 {
