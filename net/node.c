@@ -72,6 +72,7 @@ typedef struct cs_node {
     uint64_t inflight_key;
     uint64_t outbox_told; /* the outbox depth last sent in PING or ACK, this connection */
     bool outbox_told_known;
+    bool start_taken; /* a frame after START came: the head office took it (report_outbox) */
     uint8_t inflight_req[CS_REQUEST_ID_BYTES];
     unsigned attempt;
     uint64_t opened_ms, last_rx_ms, last_tx_ms;
@@ -278,11 +279,15 @@ static void send_report(node *n, unsigned type, const char *key, uint64_t v)
 }
 
 /* A PING now when the depth changed since the last report (a write answered or queued), so
- * the head office's figure does not wait for the next heartbeat. */
+ * the head office's figure does not wait for the next heartbeat. Only once the head office took
+ * START: a PING still unread when a head office that refuses START closes would make the close
+ * reset the connection and lose the ERROR (the watch fires right after START, on record_state's
+ * write). */
 static void report_outbox(node *n)
 {
     uint64_t depth;
-    if (n->state == N_STREAMING && cs_engine_outbox_count(n->e, &depth) == CS_OK &&
+    if (n->state == N_STREAMING && n->start_taken &&
+        cs_engine_outbox_count(n->e, &depth) == CS_OK &&
         (!n->outbox_told_known || depth != n->outbox_told))
         send_report(n, CS__F_PING, "time", cs__net_now_ms());
 }
@@ -490,8 +495,9 @@ static void on_welcome(node *n, const cs__body *b)
     record_state(n, true);
     node_send(n, cs__pk_frame(&pk, CS__F_START));
     cs__pk_destroy(&pk);
+    /* Not reported here (report_outbox says why): the first ACK or CAUGHT_UP does. */
     n->outbox_told_known = false;
-    report_outbox(n); /* the depth before any WRITE of this connection */
+    n->start_taken = false;
     send_outbox(n);
 }
 
@@ -665,6 +671,8 @@ static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
         node_drop(n, CS_INVALID_INPUT, true, "unexpected %s", cs__frame_name(type));
         return;
     }
+    if (n->state == N_STREAMING && type != CS__F_ERROR)
+        n->start_taken = true;
     if (type == CS__F_SEGMENT) {
         on_segment(n, body, len);
         return;
@@ -688,6 +696,7 @@ static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
         if (cs__body_uint(&b, "seq", &n->target)) {
             n->caught_up = true;
             log_caught_up(n);
+            report_outbox(n); /* START was taken: the first report of an in-step branch */
             check_done(n);
         }
         break;
