@@ -27,6 +27,14 @@ const char *cs_role_name(cs_role role)
 
 cs_err cs_engine_open(const char *dir, const cs_log_options *opts, cs_engine **out)
 {
+    return cs_engine_open_why(dir, opts, out, NULL, 0);
+}
+
+cs_err cs_engine_open_why(const char *dir, const cs_log_options *opts, cs_engine **out, char *why,
+                          size_t why_bytes)
+{
+    if (why_bytes > 0)
+        why[0] = '\0';
     cs_engine *e = calloc(1, sizeof(*e));
     if (!e)
         return CS_NO_MEMORY;
@@ -35,7 +43,7 @@ cs_err cs_engine_open(const char *dir, const cs_log_options *opts, cs_engine **o
         free(e);
         return CS_NO_MEMORY;
     }
-    cs_err err = cs_log_open(dir, opts, &e->log);
+    cs_err err = cs_log_open_why(dir, opts, &e->log, why, why_bytes);
     if (err == CS_OK)
         err = cs_event_decoder_new(&e->dec);
     if (err == CS_OK)
@@ -55,6 +63,8 @@ cs_err cs_engine_open(const char *dir, const cs_log_options *opts, cs_engine **o
     if (err == CS_OK)
         err = cs_log_dbi_open(e->log, "rejected", 0, &e->rejected);
     if (err != CS_OK) {
+        if (why_bytes > 0 && e->log)
+            snprintf(why, why_bytes, "%s", cs_log_errmsg(e->log));
         cs_engine_close(e);
         return err;
     }
@@ -185,6 +195,12 @@ static cs_err update_shops(cs_engine *e, cs_log_txn *txn, const cs_event_view *e
         json_decref(shop);
     }
     mdb_cursor_close(cur);
+    /* A walk that stopped on a storage error did not reach every shop: never ok (issue 12). */
+    if (err == CS_OK && rc != 0 && rc != MDB_NOTFOUND)
+        err = cs__fail(e, rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND ? CS_CORRUPT : CS_IO,
+                       "walking the shops: %s", mdb_strerror(rc));
+    if (err == CS_CORRUPT && !e->errmsg[0])
+        cs__fail(e, err, "a shop record is not JSON: the store is damaged");
     return err;
 }
 

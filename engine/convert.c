@@ -36,10 +36,11 @@ static cs_err conv_fail(conv *c, const char *path, const char *fmt, ...)
     va_start(ap, fmt);
     cs_errmsg_vformat(what, sizeof(what), CS_INVALID_INPUT, fmt, ap);
     va_end(ap);
-    int n = path[0] ? snprintf(c->msg, c->msg_len, "field '%s': %s", path, what)
-                    : snprintf(c->msg, c->msg_len, "%s", what);
-    if (n < 0 && c->msg_len > 0) /* a cut sentence is still a sentence; none at all is not */
-        c->msg[0] = '\0';
+    /* A cut sentence is still a sentence, cut between characters (cs_errmsg_format). */
+    if (path[0])
+        cs_errmsg_format(c->msg, c->msg_len, CS_INVALID_INPUT, "field '%s': %s", path, what);
+    else
+        cs_errmsg_format(c->msg, c->msg_len, CS_INVALID_INPUT, "%s", what);
     return CS_INVALID_INPUT;
 }
 
@@ -51,8 +52,8 @@ static bool text_put(char *out, size_t size, size_t *at, const char *s, size_t l
     cs_assert(*at < size);
     size_t room = size - 1 - *at;
     bool whole = len <= room;
-    if (!whole)
-        len = room;
+    if (!whole) /* a cut path stays text: it is cut between characters */
+        len = cs_utf8_cut(s, room);
     memcpy(out + *at, s, len);
     *at += len;
     out[*at] = '\0';
@@ -94,6 +95,16 @@ static void path_index(char *out, const char *prefix, size_t i)
 static cs_err pack_object(conv *c, const cs_field *fields, unsigned n, const json_t *obj,
                           const char *prefix);
 
+/* jansson's parser gives only UTF-8 without NUL, but a library caller can build a string with
+ * json_stringn_nocheck: the log would refuse its bytes (a str holds UTF-8) with a vaguer
+ * sentence, so validation names the field. */
+static bool text_ok(const json_t *v)
+{
+    size_t len = json_string_length(v);
+    const char *s = json_string_value(v);
+    return cs_utf8_prefix(s, len) == len && memchr(s, '\0', len) == NULL;
+}
+
 static cs_err pack_ref(conv *c, const json_t *v, const char *path)
 {
     if (!json_is_integer(v) || json_integer_value(v) <= 0)
@@ -126,6 +137,8 @@ static cs_err pack_list(conv *c, const cs_field *f, const json_t *v, const char 
         } else if (f->kind == CS_FIELD_STRING_LIST) {
             if (!json_is_string(e) || json_string_length(e) == 0 || json_string_length(e) > 200)
                 return conv_fail(c, sub, "expected a non-empty string of at most 200 bytes");
+            if (!text_ok(e))
+                return conv_fail(c, sub, "must be UTF-8 text without NUL bytes");
             msgpack_pack_str_with_body(&c->pk, json_string_value(e), json_string_length(e));
         } else {
             if (!json_is_integer(e) || json_integer_value(e) < f->min ||
@@ -171,6 +184,8 @@ static cs_err pack_value(conv *c, const cs_field *f, const json_t *v, const char
             return conv_fail(c, path, "longer than %lld bytes", (long long)f->max);
         if ((int64_t)len < f->min)
             return conv_fail(c, path, "must not be empty");
+        if (!text_ok(v))
+            return conv_fail(c, path, "must be UTF-8 text without NUL bytes");
         msgpack_pack_str_with_body(&c->pk, json_string_value(v), len);
         return CS_OK;
     }

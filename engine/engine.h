@@ -262,6 +262,10 @@ const char *cs_role_name(cs_role role); /* "single", "head", "branch", "none" */
 /* Opens (creating) the data directory. Owned by the caller; close with cs_engine_close.
  * Errors: as cs_log_open. */
 cs_err cs_engine_open(const char *dir, const cs_log_options *opts, cs_engine **out);
+/* As cs_engine_open; on failure why[0..why_bytes) gets the log's sentence (why the directory
+ * could not be opened: "data.mdb is cut short", ...), since no handle is left to ask. */
+cs_err cs_engine_open_why(const char *dir, const cs_log_options *opts, cs_engine **out, char *why,
+                          size_t why_bytes);
 void cs_engine_close(cs_engine *e); /* accepts NULL */
 
 /* The sentence for the last refusal or failure ("service 12: field 'name' is required").

@@ -80,6 +80,12 @@ json_t *cs__json_from_msgpack(const msgpack_object *o);
 void cs__pack_json(msgpack_packer *pk, const json_t *j);
 
 /* Reads this shop's role in a transaction; CS_ROLE_NONE before init. */
+/* This shop's role and id from the `self` record. CS_ROLE_NONE only for a directory that holds
+ * nothing; a `self` that cannot be read or parsed, or is missing beside other data, is
+ * CS_CORRUPT (e->errmsg says which). *self_id may be NULL. */
+cs_err cs__role_get(MDB_txn *txn, cs_engine *e, cs_role *role_out, uint64_t *self_id);
+/* As cs__role_get, for callers that refuse every role but the one they need: an error reads
+ * as CS_ROLE_NONE. Commands reach these only after cs_engine_self, which reports damage. */
 cs_role cs__role(MDB_txn *txn, cs_engine *e, uint64_t *self_id);
 
 /* ---- items.c: the one write path of an item (local commands and branches' writes, R8) ---- */

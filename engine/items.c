@@ -27,24 +27,82 @@ typedef cs__write write_ctx; /* engine_int.h: remote.c writes branches' records 
 
 static cs_err alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t self, uint64_t *out);
 
+/* The references the item being updated holds already (target type code, id). */
+typedef struct ref_set {
+    uint64_t (*refs)[2];
+    size_t n, cap;
+} ref_set;
+
 typedef struct ref_ctx {
     cs_engine *e;
     MDB_txn *txn;
     msgpack_zone zone;
+    const ref_set *kept;
 } ref_ctx;
 
+static cs_err ref_collect(const cs_type *target, uint64_t id, const char *path, void *ctx)
+{
+    (void)path;
+    ref_set *s = ctx;
+    if (s->n == s->cap) {
+        size_t ncap = s->cap ? s->cap * 2 : 16;
+        void *p = realloc(s->refs, ncap * sizeof(s->refs[0]));
+        if (!p)
+            return CS_NO_MEMORY;
+        s->refs = p;
+        s->cap = ncap;
+    }
+    s->refs[s->n][0] = target->code;
+    s->refs[s->n][1] = id;
+    s->n++;
+    return CS_OK;
+}
+
+static bool ref_kept(const ref_set *s, const cs_type *target, uint64_t id)
+{
+    for (size_t i = 0; s && i < s->n; i++)
+        if (s->refs[i][0] == target->code && s->refs[i][1] == id)
+            return true;
+    return false;
+}
+
+/* Decision (docs/design.md, "Deletes archive"): only a *new* reference must name a live item.
+ * One the item holds already is kept whatever became of its target (archived at the head
+ * office, or, on a store after unlink, a head-office id of a type that was never synced), so a
+ * service whose category was deleted can still be renamed. */
 static cs_err check_ref(const cs_type *target, uint64_t id, const char *path, void *ctx)
 {
     ref_ctx *rc = ctx;
     cs_item it;
     msgpack_zone_clear(&rc->zone);
     cs_err err = cs_item_read(rc->txn, rc->e->items, target, id, &rc->zone, &it);
+    if ((err == CS_NOT_FOUND || (err == CS_OK && it.archived)) && ref_kept(rc->kept, target, id))
+        return CS_OK;
     if (err == CS_NOT_FOUND)
         return cs__fail(rc->e, CS_DANGLING_REFERENCE, "field '%s': %s %llu does not exist", path,
                         target->name, (unsigned long long)id);
     if (err == CS_OK && it.archived)
         return cs__fail(rc->e, CS_DANGLING_REFERENCE, "field '%s': %s %llu was deleted", path,
                         target->name, (unsigned long long)id);
+    return err;
+}
+
+/* The references of the stored version of w's item, when w updates one. */
+static cs_err kept_refs(cs_engine *e, MDB_txn *txn, const write_ctx *w, ref_set *out)
+{
+    if (!w->id || w->create)
+        return CS_OK;
+    msgpack_zone z;
+    if (!msgpack_zone_init(&z, 1024))
+        return CS_NO_MEMORY;
+    cs_item old;
+    MDB_dbi dbi = w->t->cls == CS_CLASS_LOCAL ? e->local : e->items;
+    cs_err err = cs_item_read(txn, dbi, w->t, w->id, &z, &old);
+    if (err == CS_OK)
+        err = cs_schema_refs(w->t, &old.fields, ref_collect, out);
+    else if (err == CS_NOT_FOUND)
+        err = CS_OK; /* check_existing has refused it already */
+    msgpack_zone_destroy(&z);
     return err;
 }
 
@@ -55,18 +113,29 @@ static cs_err check_refs(cs_engine *e, MDB_txn *txn, const write_ctx *w)
     if (msgpack_unpack((const char *)w->fields, w->fields_len, &off, &e->zone, &fields) !=
         MSGPACK_UNPACK_SUCCESS)
         return CS_NO_MEMORY; /* we packed these bytes ourselves */
-    ref_ctx rc = {.e = e, .txn = txn};
-    if (!msgpack_zone_init(&rc.zone, 1024))
-        return CS_NO_MEMORY;
-    cs_err err = cs_schema_refs(w->t, &fields, check_ref, &rc);
-    msgpack_zone_destroy(&rc.zone);
+    ref_set kept = {0};
+    cs_err err = kept_refs(e, txn, w, &kept);
+    ref_ctx rc = {.e = e, .txn = txn, .kept = &kept};
+    if (err == CS_OK && !msgpack_zone_init(&rc.zone, 1024))
+        err = CS_NO_MEMORY;
+    else if (err == CS_OK) {
+        err = cs_schema_refs(w->t, &fields, check_ref, &rc);
+        msgpack_zone_destroy(&rc.zone);
+    }
+    free(kept.refs);
     return err;
 }
 
 cs_err cs_engine_alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t shop, uint64_t *out)
 {
-    if (shop == 0 && cs__role(cs_log_txn_mdb(txn), e, &shop) == CS_ROLE_NONE)
-        return cs__fail(e, CS_NOT_FOUND, "this directory is not initialised");
+    cs_role role = CS_ROLE_NONE;
+    if (shop == 0) {
+        cs_err err = cs__role_get(cs_log_txn_mdb(txn), e, &role, &shop);
+        if (err != CS_OK)
+            return err;
+        if (role == CS_ROLE_NONE)
+            return cs__fail(e, CS_NOT_FOUND, "this directory is not initialised");
+    }
     return alloc_id(e, txn, shop, out);
 }
 
@@ -147,16 +216,23 @@ static bool is_copy(cs_engine *e, const cs_type *t, uint64_t id)
 /* R1, R11 on a branch: copies are read-only, advanced settings belong to the head office. */
 static cs_err branch_rules(cs_engine *e, MDB_txn *m, write_ctx *w)
 {
+    /* The copy check comes first (R1: a copy is read-only, whatever its type): a copied
+     * advanced_setting is `read_only_copy`, only a branch's own write of one is R11's. */
+    if (w->id && w->t->cls != CS_CLASS_LOCAL) {
+        cs_item it;
+        cs_err err = cs_item_read(m, e->items, w->t, w->id, &e->zone, &it);
+        if (err != CS_OK && err != CS_NOT_FOUND)
+            return cs__fail(e, err, "%s %llu cannot be read", w->t->name,
+                            (unsigned long long)w->id);
+        if (err == CS_OK && it.has_origin)
+            return cs__fail(e, CS_READ_ONLY_COPY,
+                            "%s %llu is a copy of head-office item %llu: change it at the head "
+                            "office",
+                            w->t->name, (unsigned long long)w->id,
+                            (unsigned long long)it.origin[1]);
+    }
     if (strcmp(w->t->name, "advanced_setting") == 0)
         return cs__fail(e, CS_FORBIDDEN, "only the head office edits advanced settings");
-    if (!w->id || w->t->cls == CS_CLASS_LOCAL)
-        return CS_OK;
-    cs_item it;
-    cs_err err = cs_item_read(m, e->items, w->t, w->id, &e->zone, &it);
-    if (err == CS_OK && it.has_origin)
-        return cs__fail(e, CS_READ_ONLY_COPY,
-                        "%s %llu is a copy of head-office item %llu: change it at the head office",
-                        w->t->name, (unsigned long long)w->id, (unsigned long long)it.origin[1]);
     return CS_OK;
 }
 
@@ -287,8 +363,9 @@ static cs_err write_fn(cs_log_txn *txn, void *ctx)
 {
     write_ctx *w = ctx;
     uint64_t self = 0;
-    cs_role role = cs__role(cs_log_txn_mdb(txn), w->e, &self);
-    return write_one(txn, w, role, self);
+    cs_role role = CS_ROLE_NONE;
+    cs_err err = cs__role_get(cs_log_txn_mdb(txn), w->e, &role, &self);
+    return err != CS_OK ? err : write_one(txn, w, role, self);
 }
 
 static cs_err find_type(cs_engine *e, const char *type, const cs_type **out)
@@ -350,7 +427,10 @@ static cs_err many_fn(cs_log_txn *txn, void *ctx)
      * record (read per element it was a fifth of put_many's instructions, bench/engine.c),
      * and no item write changes `self`, so every element would read the same answer. */
     uint64_t self = 0;
-    cs_role role = cs__role(cs_log_txn_mdb(txn), m->w[0].e, &self);
+    cs_role role = CS_ROLE_NONE;
+    cs_err rerr = cs__role_get(cs_log_txn_mdb(txn), m->w[0].e, &role, &self);
+    if (rerr != CS_OK)
+        return rerr;
     for (size_t i = 0; i < m->n; i++) {
         cs_err err = write_one(txn, &m->w[i], role, self);
         if (err != CS_OK) {

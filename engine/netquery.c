@@ -14,18 +14,21 @@
 cs_err cs_engine_self_txn(cs_engine *e, MDB_txn *m, cs_shop_info *out)
 {
     json_t *self;
-    cs_err err = cs__net_get(m, e->network, "self", 4, &self);
-    if (err == CS_OK) {
-        cs_shop_info s = {.id = (uint64_t)json_integer_value(json_object_get(self, "id"))};
-        const char *name = json_string_value(json_object_get(self, "name"));
-        snprintf(s.name, sizeof(s.name), "%s", name ? name : "");
-        s.role = cs__role(m, e, NULL);
-        *out = s;
-        json_decref(self);
-    } else if (err == CS_NOT_FOUND) {
-        cs__fail(e, err, "this directory is not initialised: run chainsync init");
-    }
-    return err;
+    cs_role role = CS_ROLE_NONE;
+    cs_err err = cs__role_get(m, e, &role, NULL); /* CS_CORRUPT for a damaged `self` */
+    if (err != CS_OK)
+        return err;
+    if (role == CS_ROLE_NONE)
+        return cs__fail(e, CS_NOT_FOUND, "this directory is not initialised: run chainsync init");
+    if ((err = cs__net_get(m, e->network, "self", 4, &self)) != CS_OK)
+        return cs__fail(e, err == CS_NOT_FOUND ? CS_CORRUPT : err, "cannot read `self`");
+    cs_shop_info s = {.id = (uint64_t)json_integer_value(json_object_get(self, "id")),
+                      .role = role};
+    const char *name = json_string_value(json_object_get(self, "name"));
+    snprintf(s.name, sizeof(s.name), "%s", name ? name : "");
+    *out = s;
+    json_decref(self);
+    return CS_OK;
 }
 
 cs_err cs_engine_self(cs_engine *e, cs_shop_info *out)

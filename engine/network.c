@@ -67,14 +67,21 @@ static cs_err put_secret(net_cmd *c, cs_log_txn *txn)
 }
 
 /* The network's mode as the state holds it now (after this command's own event applied). */
-static bool is_continuous(cs_engine *e, MDB_txn *m)
+static cs_err is_continuous(cs_engine *e, MDB_txn *m, bool *yes)
 {
     json_t *net = NULL;
-    bool yes = cs__net_get(m, e->network, "net", 3, &net) == CS_OK &&
-               json_is_string(json_object_get(net, "mode")) &&
-               strcmp(json_string_value(json_object_get(net, "mode")), "continuous") == 0;
+    cs_err err = cs__net_get(m, e->network, "net", 3, &net);
+    if (err == CS_NOT_FOUND) { /* a single store: no network, no mode */
+        *yes = false;
+        return CS_OK;
+    }
+    if (err != CS_OK) /* a damaged `net` is never read as "on-trigger" (issue 12) */
+        return cs__fail(e, err, "cannot read the network record `net`%s",
+                        err == CS_CORRUPT ? ": it is not JSON; the store is damaged" : "");
+    *yes = json_is_string(json_object_get(net, "mode")) &&
+           strcmp(json_string_value(json_object_get(net, "mode")), "continuous") == 0;
     json_decref(net);
-    return yes;
+    return CS_OK;
 }
 
 /* In continuous mode every catalog event is a sync point (R5d); a switch turned on, types put
@@ -100,7 +107,10 @@ static cs_err net_fn(cs_log_txn *txn, void *ctx)
     cs_engine *e = c->e;
     cs_assert(c->kind != CS_KIND_UNKNOWN); /* every command names the kind it logs */
     msgpack_zone_clear(&e->zone);
-    cs_err err = check_role(c, cs__role(cs_log_txn_mdb(txn), e, &c->self));
+    cs_role role = CS_ROLE_NONE;
+    cs_err err = cs__role_get(cs_log_txn_mdb(txn), e, &role, &c->self);
+    if (err == CS_OK)
+        err = check_role(c, role);
     if (err == CS_OK && c->check)
         err = c->check(c, txn);
     if (err == CS_OK && c->secret)
@@ -118,7 +128,10 @@ static cs_err net_fn(cs_log_txn *txn, void *ctx)
                    .fields_len = p.sb.size};
     err = p.failed ? CS_NO_MEMORY : cs__emit(e, txn, &ev, 1, &c->seq);
     cs__pack_destroy(&p);
-    if (err == CS_OK && c->sync_if_continuous && is_continuous(e, cs_log_txn_mdb(txn)))
+    bool continuous = false;
+    if (err == CS_OK && c->sync_if_continuous)
+        err = is_continuous(e, cs_log_txn_mdb(txn), &continuous);
+    if (err == CS_OK && continuous)
         err = emit_sync(c, txn);
     return err;
 }
@@ -136,6 +149,11 @@ static cs_err check_name(cs_engine *e, const char *what, const char *name)
     size_t n = name ? strlen(name) : 0;
     if (n == 0 || n > NAME_MAX_BYTES)
         return cs__fail(e, CS_INVALID_INPUT, "%s name must be 1 to %d bytes", what, NAME_MAX_BYTES);
+    /* Names are str in the log and text in JSON: a byte that is no UTF-8 is refused here, with
+     * a sentence, not later as an event the log refuses (or JSON cannot hold). */
+    if (cs_utf8_prefix(name, n) != n)
+        return cs__fail(e, CS_INVALID_INPUT, "%s name must be UTF-8 (byte %zu is not)", what,
+                        cs_utf8_prefix(name, n) + 1);
     return CS_OK;
 }
 

@@ -12,6 +12,9 @@ static cs_err read_type(cs_engine *e, const char *type, const cs_type **t, MDB_t
                         MDB_dbi *dbi)
 {
     e->errmsg[0] = '\0';
+    /* Set on every path: gcc -O3 cannot see that callers only use them on CS_OK and warns. */
+    *dbi = 0;
+    *txn = NULL;
     *t = type ? cs_schema_find(type) : NULL;
     if (!*t)
         return cs__fail(e, CS_UNKNOWN_TYPE, "'%s' is not a type", type ? type : "");

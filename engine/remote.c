@@ -165,6 +165,45 @@ static cs_err refusal_fn(cs_log_txn *txn, void *ctx)
     return err == CS_NOT_FOUND ? request_put(txn, rc->e, rc->key, &rc->ans) : err;
 }
 
+/* Whether a WRITE's fields are something the CLI could have given: the CLI reads JSON with
+ * jansson, which refuses invalid UTF-8 and NUL inside strings, and JSON has no bin, ext or
+ * non-string keys. The conversion to JSON below (cs__json_from_msgpack) trusts its input (it
+ * reads the head office's own events) and would pass such values on, so a branch could make the
+ * head office append what it refuses from the CLI. jansson's checking json_stringn is the UTF-8
+ * validator. */
+static bool remote_value_ok(const msgpack_object *o, unsigned depth, const char **why)
+{
+    if (depth > CS_MSGPACK_DEPTH_MAX)
+        return *why = "nested too deeply", false;
+    switch (o->type) {
+    case MSGPACK_OBJECT_STR: {
+        if (memchr(o->via.str.ptr, '\0', o->via.str.size))
+            return *why = "a string holds a NUL character", false;
+        json_t *j = json_stringn(o->via.str.ptr, o->via.str.size);
+        json_decref(j);
+        return j ? true : (*why = "a string is not valid UTF-8", false);
+    }
+    case MSGPACK_OBJECT_ARRAY:
+        for (uint32_t i = 0; i < o->via.array.size; i++)
+            if (!remote_value_ok(&o->via.array.ptr[i], depth + 1, why))
+                return false;
+        return true;
+    case MSGPACK_OBJECT_MAP:
+        for (uint32_t i = 0; i < o->via.map.size; i++)
+            if (o->via.map.ptr[i].key.type != MSGPACK_OBJECT_STR)
+                return *why = "a map key is not a string", false;
+            else if (!remote_value_ok(&o->via.map.ptr[i].key, depth + 1, why) ||
+                     !remote_value_ok(&o->via.map.ptr[i].val, depth + 1, why))
+                return false;
+        return true;
+    case MSGPACK_OBJECT_BIN:
+    case MSGPACK_OBJECT_EXT:
+        return *why = "a value is binary, which JSON cannot hold", false;
+    default:
+        return true;
+    }
+}
+
 /* The checks that need no state: a shared type, fields the schema accepts. *packed (owned by
  * the caller) gets the canonical fields of a put. */
 static cs_err remote_prepare(remote_ctx *rc, const entry_view *ev, uint8_t **packed)
@@ -183,6 +222,10 @@ static cs_err remote_prepare(remote_ctx *rc, const entry_view *ev, uint8_t **pac
                         w->t->name);
     if (ev->del)
         return CS_OK; /* a delete archives the head office's own fields (items.c) */
+    const char *why = NULL;
+    if (!remote_value_ok(ev->fields, 0, &why))
+        return cs__fail(e, CS_INVALID_INPUT, "%s %llu: %s", w->t->name, (unsigned long long)ev->id,
+                        why);
     json_t *j = cs__json_from_msgpack(ev->fields);
     char msg[256];
     cs_err err =

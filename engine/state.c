@@ -243,12 +243,43 @@ cs_err cs__net_put(cs_log_txn *txn, MDB_dbi dbi, const char *key, size_t key_len
     return err;
 }
 
-cs_role cs__role(MDB_txn *txn, cs_engine *e, uint64_t *self_id)
+/* No `self` is "not initialised" only in an empty directory: with items or network records
+ * there, the record was lost (a damaged page or key), and `init` must not start a second shop
+ * on top of that log (issue 12). */
+static cs_err self_missing(MDB_txn *txn, cs_engine *e)
+{
+    const MDB_dbi dbis[] = {e->network, e->items, e->local};
+    for (size_t i = 0; i < sizeof(dbis) / sizeof(dbis[0]); i++) {
+        MDB_stat st;
+        int rc = mdb_stat(txn, dbis[i], &st);
+        if (rc)
+            return cs__fail(e, CS_IO, "cannot read the store: %s", mdb_strerror(rc));
+        if (st.ms_entries > 0)
+            return cs__fail(e, CS_CORRUPT,
+                            "this shop's identity (the `self` record) is missing though the store "
+                            "holds data: the store is damaged" CS_CORRUPT_AT);
+    }
+    return CS_OK;
+}
+
+cs_err cs__role_get(MDB_txn *txn, cs_engine *e, cs_role *role_out, uint64_t *self_id)
 {
     json_t *self;
-    if (cs__net_get(txn, e->network, "self", 4, &self) != CS_OK)
-        return CS_ROLE_NONE;
+    cs_err err = cs__net_get(txn, e->network, "self", 4, &self);
+    if (err == CS_NOT_FOUND) {
+        err = self_missing(txn, e);
+        if (err == CS_OK) {
+            *role_out = CS_ROLE_NONE;
+            if (self_id)
+                *self_id = 0;
+        }
+        return err;
+    }
+    if (err != CS_OK)
+        return cs__fail(e, err, "cannot read this shop's identity (the `self` record)%s",
+                        err == CS_CORRUPT ? ": it is not JSON; the store is damaged" : "");
     const char *role = json_string_value(json_object_get(self, "role"));
+    json_t *id = json_object_get(self, "id");
     cs_role r = CS_ROLE_NONE;
     if (role && strcmp(role, "single") == 0)
         r = CS_ROLE_SINGLE;
@@ -256,8 +287,25 @@ cs_role cs__role(MDB_txn *txn, cs_engine *e, uint64_t *self_id)
         r = CS_ROLE_HEAD;
     else if (role && strcmp(role, "branch") == 0)
         r = CS_ROLE_BRANCH;
-    if (self_id)
-        *self_id = (uint64_t)json_integer_value(json_object_get(self, "id"));
+    bool id_ok = json_is_integer(id) && json_integer_value(id) != 0;
+    uint64_t id_v = id_ok ? (uint64_t)json_integer_value(id) : 0;
     json_decref(self);
+    /* Any record we wrote has both: anything else is damage, never "not initialised". */
+    if (r == CS_ROLE_NONE || !id_ok)
+        return cs__fail(e, CS_CORRUPT,
+                        "this shop's identity (the `self` record) has no valid %s: the store is "
+                        "damaged" CS_CORRUPT_AT,
+                        r == CS_ROLE_NONE ? "role" : "id");
+    *role_out = r;
+    if (self_id)
+        *self_id = id_v;
+    return CS_OK;
+}
+
+cs_role cs__role(MDB_txn *txn, cs_engine *e, uint64_t *self_id)
+{
+    cs_role r = CS_ROLE_NONE;
+    if (cs__role_get(txn, e, &r, self_id) != CS_OK)
+        return CS_ROLE_NONE; /* callers that refuse anything but a known role */
     return r;
 }

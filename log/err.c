@@ -78,11 +78,25 @@ cs_err cs__mdb_err(int rc)
     }
 }
 
+size_t cs_utf8_cut(const char *s, size_t len)
+{
+    /* Back to the first byte of the last character: continuation bytes are 10xxxxxx. */
+    size_t start = len;
+    for (int k = 0; k < 3 && start > 0 && ((uint8_t)s[start - 1] & 0xc0) == 0x80; k++)
+        start--;
+    if (start > 0 && (uint8_t)s[start - 1] >= 0xc0)
+        start--;
+    return cs_utf8_prefix(s + start, len - start) == len - start ? len : start;
+}
+
 cs_err cs_errmsg_vformat(char *buf, size_t len, cs_err err, const char *fmt, va_list ap)
 {
     cs_assert(buf != NULL || len == 0);
-    if (len > 0 && vsnprintf(buf, len, fmt, ap) < 0)
+    int n = len > 0 ? vsnprintf(buf, len, fmt, ap) : 0;
+    if (n < 0)
         buf[0] = '\0'; /* an encoding error: no sentence rather than a half-written one */
+    else if ((size_t)n >= len && len > 0) /* cut: not inside a character (it goes out as str) */
+        buf[cs_utf8_cut(buf, len - 1)] = '\0';
     return err;
 }
 

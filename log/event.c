@@ -16,6 +16,112 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- strings and timestamps -------------------------------------------------------------- */
+
+size_t cs_utf8_prefix(const char *s, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)s;
+    size_t i = 0;
+    while (i < len) {
+        /* Field text is mostly ASCII: eight bytes at a time while no high bit is set. */
+        while (len - i >= 8) {
+            uint64_t w;
+            memcpy(&w, p + i, 8);
+            if (w & 0x8080808080808080ull)
+                break;
+            i += 8;
+        }
+        if (i == len)
+            break;
+        uint8_t b = p[i];
+        if (b < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;                     /* continuation bytes */
+        uint8_t lo = 0x80, hi = 0xbf; /* the first one's range shuts out overlongs, surrogates */
+        if (b >= 0xc2 && b <= 0xdf) {
+            n = 1;
+        } else if (b >= 0xe0 && b <= 0xef) {
+            n = 2;
+            lo = b == 0xe0 ? 0xa0 : 0x80;
+            hi = b == 0xed ? 0x9f : 0xbf;
+        } else if (b >= 0xf0 && b <= 0xf4) {
+            n = 3;
+            lo = b == 0xf0 ? 0x90 : 0x80;
+            hi = b == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return i;
+        }
+        if (n > len - i - 1 || p[i + 1] < lo || p[i + 1] > hi)
+            return i;
+        for (size_t j = 2; j <= n; j++)
+            if ((p[i + j] & 0xc0) != 0x80)
+                return i;
+        i += n + 1;
+    }
+    return i;
+}
+
+/* True when s is well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF): msgpack's
+ * str holds UTF-8, and strict readers (and JSON output) refuse anything else. Every str of
+ * every event goes through here, mostly short ASCII keys: one OR over the bytes decides those
+ * without a call, and only a string with a high bit set is walked character by character. */
+__attribute__((always_inline)) static inline bool utf8_valid(const uint8_t *p, size_t len)
+{
+    /* Overlapping loads cover any length without a byte-by-byte tail (and read nothing outside
+     * p[0..len)): words from the start and one ending at len; 4-byte halves below 8; the
+     * first, middle and last byte below 4. */
+    uint64_t acc = 0;
+    if (len >= 8) {
+        uint64_t w;
+        for (size_t i = 0; i + 8 < len; i += 8) {
+            memcpy(&w, p + i, 8);
+            acc |= w;
+        }
+        memcpy(&w, p + len - 8, 8);
+        acc |= w;
+    } else if (len >= 4) {
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + len - 4, 4);
+        acc = a | b;
+    } else if (len > 0) {
+        acc = (uint64_t)(p[0] | p[len / 2] | p[len - 1]);
+    }
+    if (!(acc & 0x8080808080808080ull))
+        return true;
+    return cs_utf8_prefix((const char *)p, len) == len;
+}
+
+/* The msgpack spec's timestamp, ext type -1: 4 bytes of seconds; 8 bytes of nanoseconds (30
+ * bits) and seconds (34 bits); or 12 bytes, nanoseconds u32 then seconds i64. Nanoseconds are
+ * below 10^9. Any other ext -1 is one strict readers (python-msgpack) refuse to decode. */
+static bool timestamp_valid(const uint8_t *data, size_t len)
+{
+    if (len == 4)
+        return true;
+    if (len == 8)
+        return (cs_be64_get(data) >> 34) < 1000000000u;
+    if (len == 12)
+        return cs_be32_get(data) < 1000000000u;
+    return false;
+}
+
+/* The payload rules for a str (UTF-8) or an ext (type -1 is a timestamp) at p, whose header is
+ * hdr bytes and payload `payload` bytes (an ext's type byte included); both fit the input. */
+__attribute__((always_inline)) static inline bool payload_valid(const uint8_t *p, size_t hdr,
+                                                                size_t payload)
+{
+    uint8_t b = p[0];
+    if ((b & 0xe0) == 0xa0 || (b >= 0xd9 && b <= 0xdb))
+        return utf8_valid(p + hdr, payload);
+    bool ext = (b >= 0xd4 && b <= 0xd8) || (b >= 0xc7 && b <= 0xc9);
+    if (!ext || p[hdr] != 0xff)
+        return true;
+    return timestamp_valid(p + hdr + 1, payload - 1);
+}
+
 /* ---- bounds check ------------------------------------------------------------------------ */
 
 /* Reads the header of the value at buf[0..len): its total header+payload size for scalars and
@@ -118,22 +224,33 @@ static cs_err check_header(const uint8_t *p, size_t len, size_t *hdr, uint64_t *
     return CS_OK;
 }
 
+/* Flags beside a size in scalar_bytes: the value's payload has rules of its own (SPEC 4). */
+#define SB_STR 0x40u  /* fixstr: UTF-8 */
+#define SB_EXT 0x80u  /* fixext: type -1 is a timestamp */
+#define SB_SIZE 0x3fu /* the size itself */
+
 /* The whole size in bytes of a value that the first byte alone determines (positive and negative
  * fixint, nil, bool, fixstr, fixed-width numbers, fixext); 0 for containers, variable-length
  * values and the unused 0xc1, which check_header handles. Must agree with check_header. */
 /* clang-format off */
 static const uint8_t scalar_bytes[256] = {
     [0x00 ... 0x7f] = 1,                                            /* positive fixint */
-    [0xa0] = 1,  [0xa1] = 2,  [0xa2] = 3,  [0xa3] = 4,  [0xa4] = 5,  [0xa5] = 6,  [0xa6] = 7,
-    [0xa7] = 8,  [0xa8] = 9,  [0xa9] = 10, [0xaa] = 11, [0xab] = 12, [0xac] = 13, [0xad] = 14,
-    [0xae] = 15, [0xaf] = 16, [0xb0] = 17, [0xb1] = 18, [0xb2] = 19, [0xb3] = 20, [0xb4] = 21,
-    [0xb5] = 22, [0xb6] = 23, [0xb7] = 24, [0xb8] = 25, [0xb9] = 26, [0xba] = 27, [0xbb] = 28,
-    [0xbc] = 29, [0xbd] = 30, [0xbe] = 31, [0xbf] = 32,             /* fixstr: 1 + 0..31 */
+    /* fixstr: 1 + 0..31 */
+    [0xa0] = 1 | SB_STR,  [0xa1] = 2 | SB_STR,  [0xa2] = 3 | SB_STR,  [0xa3] = 4 | SB_STR,
+    [0xa4] = 5 | SB_STR,  [0xa5] = 6 | SB_STR,  [0xa6] = 7 | SB_STR,  [0xa7] = 8 | SB_STR,
+    [0xa8] = 9 | SB_STR,  [0xa9] = 10 | SB_STR, [0xaa] = 11 | SB_STR, [0xab] = 12 | SB_STR,
+    [0xac] = 13 | SB_STR, [0xad] = 14 | SB_STR, [0xae] = 15 | SB_STR, [0xaf] = 16 | SB_STR,
+    [0xb0] = 17 | SB_STR, [0xb1] = 18 | SB_STR, [0xb2] = 19 | SB_STR, [0xb3] = 20 | SB_STR,
+    [0xb4] = 21 | SB_STR, [0xb5] = 22 | SB_STR, [0xb6] = 23 | SB_STR, [0xb7] = 24 | SB_STR,
+    [0xb8] = 25 | SB_STR, [0xb9] = 26 | SB_STR, [0xba] = 27 | SB_STR, [0xbb] = 28 | SB_STR,
+    [0xbc] = 29 | SB_STR, [0xbd] = 30 | SB_STR, [0xbe] = 31 | SB_STR, [0xbf] = 32 | SB_STR,
     [0xc0] = 1,  [0xc2] = 1,  [0xc3] = 1,                           /* nil, false, true */
     [0xca] = 5,  [0xcb] = 9,                                        /* float 32, 64 */
     [0xcc] = 2,  [0xcd] = 3,  [0xce] = 5,  [0xcf] = 9,              /* uint 8..64 */
     [0xd0] = 2,  [0xd1] = 3,  [0xd2] = 5,  [0xd3] = 9,              /* int 8..64 */
-    [0xd4] = 3,  [0xd5] = 4,  [0xd6] = 6,  [0xd7] = 10, [0xd8] = 18, /* fixext 1..16 */
+    /* fixext 1..16 */
+    [0xd4] = 3 | SB_EXT, [0xd5] = 4 | SB_EXT, [0xd6] = 6 | SB_EXT, [0xd7] = 10 | SB_EXT,
+    [0xd8] = 18 | SB_EXT,
     [0xe0 ... 0xff] = 1,                                            /* negative fixint */
 };
 /* clang-format on */
@@ -163,10 +280,19 @@ cs_err cs_msgpack_check(const uint8_t *buf, size_t len, unsigned depth_max, size
             return CS_CORRUPT;
         /* The fast path, for what catalog fields are mostly made of: a value whose size the
          * first byte gives. One table load instead of a branch per kind keeps the walk cheap. */
-        size_t sz = scalar_bytes[buf[pos]];
-        if (sz != 0) {
+        unsigned t = scalar_bytes[buf[pos]];
+        if (t != 0) {
+            size_t sz = t & SB_SIZE;
             if (sz > len - pos)
                 return CS_CORRUPT;
+            /* One flag test keeps numbers, nil and bools on the path they had before. */
+            if (t & SB_STR) {
+                if (!utf8_valid(buf + pos + 1, sz - 1))
+                    return CS_CORRUPT;
+            } else if ((t & SB_EXT) && buf[pos + 1] == 0xff &&
+                       !timestamp_valid(buf + pos + 2, sz - 2)) {
+                return CS_CORRUPT;
+            }
             pos += sz;
             continue;
         }
@@ -175,6 +301,8 @@ cs_err cs_msgpack_check(const uint8_t *buf, size_t len, unsigned depth_max, size
         if (check_header(buf + pos, len - pos, &hdr, &payload, &children) != CS_OK)
             return CS_CORRUPT;
         if (payload > len - pos - hdr)
+            return CS_CORRUPT;
+        if (payload > 0 && !payload_valid(buf + pos, hdr, (size_t)payload))
             return CS_CORRUPT;
         pos += hdr + (size_t)payload;
         if (children == 0)
@@ -265,64 +393,37 @@ static void encode_envelope(msgpack_packer *pk, const cs_event *ev, uint64_t seq
     PACK_KEY(pk, "fields");
 }
 
-/* True when s is well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF): msgpack's
- * str holds UTF-8, and strict readers (and JSON output) refuse anything else. */
-static bool utf8_valid(cs_str s)
+cs_err cs__event_check(const cs_event *ev, const char **why)
 {
-    const uint8_t *p = (const uint8_t *)s.ptr;
-    size_t i = 0;
-    while (i < s.len) {
-        uint8_t b = p[i];
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n;                     /* continuation bytes */
-        uint8_t lo = 0x80, hi = 0xbf; /* the first one's range shuts out overlongs, surrogates */
-        if (b >= 0xc2 && b <= 0xdf) {
-            n = 1;
-        } else if (b >= 0xe0 && b <= 0xef) {
-            n = 2;
-            lo = b == 0xe0 ? 0xa0 : 0x80;
-            hi = b == 0xed ? 0x9f : 0xbf;
-        } else if (b >= 0xf0 && b <= 0xf4) {
-            n = 3;
-            lo = b == 0xf0 ? 0x90 : 0x80;
-            hi = b == 0xf4 ? 0x8f : 0xbf;
-        } else {
-            return false;
-        }
-        if (n > s.len - i - 1 || p[i + 1] < lo || p[i + 1] > hi)
-            return false;
-        for (size_t j = 2; j <= n; j++)
-            if ((p[i + j] & 0xc0) != 0x80)
-                return false;
-        i += n + 1;
-    }
-    return true;
-}
-
-cs_err cs__event_check(const cs_event *ev)
-{
+    *why = "a string is over its limit or kind is empty";
     if (ev->actor.len > CS_EVENT_STR_BYTES_MAX || ev->kind.len > CS_EVENT_STR_BYTES_MAX ||
         ev->type.len > CS_EVENT_STR_BYTES_MAX || ev->kind.len == 0)
         return CS_INVALID_INPUT;
-    if (!utf8_valid(ev->actor) || !utf8_valid(ev->kind) || !utf8_valid(ev->type))
+    *why = "actor, kind or type is not UTF-8";
+    if (!utf8_valid((const uint8_t *)ev->actor.ptr, ev->actor.len) ||
+        !utf8_valid((const uint8_t *)ev->kind.ptr, ev->kind.len) ||
+        !utf8_valid((const uint8_t *)ev->type.ptr, ev->type.len))
         return CS_INVALID_INPUT;
+    *why = "";
     if (ev->fields == NULL)
         return CS_OK;
     size_t vlen;
+    *why = "its fields are empty or larger than an event";
     if (ev->fields_len == 0 || ev->fields_len > CS_EVENT_BYTES_MAX)
         return CS_INVALID_INPUT;
     /* The event map around the fields adds a level, and readers bound the whole event at
      * CS_MSGPACK_DEPTH_MAX: deeper fields would be stored as an event that verify calls corrupt
      * (docs/storage.md, "Nesting"). */
+    *why = "its fields are not one msgpack value (a length past the end, nesting deeper than 15, "
+           "a str that is not UTF-8 or an ext -1 that is not a timestamp)";
     if (cs_msgpack_check(ev->fields, ev->fields_len, CS_MSGPACK_DEPTH_MAX - 1, &vlen) != CS_OK ||
         vlen != ev->fields_len)
         return CS_INVALID_INPUT;
     uint8_t b = ev->fields[0];
+    *why = "its fields are not a map";
     if ((b & 0xf0) != 0x80 && b != 0xde && b != 0xdf)
-        return CS_INVALID_INPUT; /* fields must be a map */
+        return CS_INVALID_INPUT;
+    *why = "";
     return CS_OK;
 }
 

@@ -240,9 +240,16 @@ const char *cs_event_decoder_corrupt_at(const cs_event_decoder *dec);
 
 /* Checks that buf starts with one well-formed msgpack value whose every container length fits
  * the remaining input and whose nesting is <= depth_max, before msgpack-c is allowed to
- * allocate for it (SPEC 4: its unpacker trusts lengths). Sets *value_len to the value's size.
- * Errors: CS_CORRUPT. */
+ * allocate for it (SPEC 4: its unpacker trusts lengths), whose every str is well-formed UTF-8
+ * and whose every ext of type -1 is a valid timestamp (the msgpack spec's rules, which strict
+ * readers enforce). Sets *value_len to the value's size. Errors: CS_CORRUPT. */
 cs_err cs_msgpack_check(const uint8_t *buf, size_t len, unsigned depth_max, size_t *value_len);
+/* The length of the longest prefix of s[0..len) that is well-formed UTF-8 (no overlongs, no
+ * surrogates, at most U+10FFFF): where to cut a message so that it stays a msgpack str. */
+size_t cs_utf8_prefix(const char *s, size_t len);
+/* Where to cut s[0..len), a text cut at len by a fixed-size buffer, so that it does not end
+ * inside a character: len, or the start of a last character that len cut. */
+size_t cs_utf8_cut(const char *s, size_t len);
 
 /* ---- the log ----------------------------------------------------------------------------- */
 
@@ -252,6 +259,9 @@ typedef struct cs_log_reader cs_log_reader;
 
 /* Flags for cs_log_options.flags. */
 #define CS_LOG_NOSYNC 0x1u /* MDB_NOSYNC: benchmarks only; may lose commits on power loss */
+/* MDB_RDONLY: nothing is created or written (every write fails with CS_IO, cs_log_dbi_open
+ * only finds existing databases): `audit verify` reads the store it checks this way. */
+#define CS_LOG_READ_ONLY 0x2u
 
 typedef struct cs_log_options {
     size_t map_bytes;     /* initial map size; 0 = CS_LOG_MAP_BYTES_DEFAULT */
@@ -264,6 +274,9 @@ typedef struct cs_log_options {
  * cs_log_close. Errors: CS_IO (cannot create or open), CS_CORRUPT (not a chainsync directory
  * or a newer format), CS_NO_MEMORY. */
 cs_err cs_log_open(const char *dir, const cs_log_options *opts, cs_log **out);
+/* As cs_log_open; on failure why[0..why_bytes) gets the sentence (no handle is left to ask). */
+cs_err cs_log_open_why(const char *dir, const cs_log_options *opts, cs_log **out, char *why,
+                       size_t why_bytes);
 void cs_log_close(cs_log *log); /* accepts NULL; all readers must be closed first */
 
 /* The last error's sentence for this handle ("event 17: checksum mismatch"). Borrowed until
@@ -276,8 +289,13 @@ const char *cs_log_errmsg(const cs_log *log);
 MDB_env *cs_log_env(cs_log *log);
 
 /* Opens (creating) a named database in the environment for a module above. Must not run
- * inside a transaction. Errors: CS_IO, CS_STORAGE_FULL. */
+ * inside a transaction. With CS_LOG_READ_ONLY, as cs_log_dbi_find (CS_NOT_FOUND when it is not
+ * there). Errors: CS_IO, CS_STORAGE_FULL. */
 cs_err cs_log_dbi_open(cs_log *log, const char *name, unsigned mdb_flags, MDB_dbi *out);
+/* Opens an existing named database without writing anything (a read transaction): for a
+ * reader that must not change the directory it reads (`audit verify`). Must not run inside a
+ * transaction. Errors: CS_NOT_FOUND (no such database), CS_IO, CS_CORRUPT. */
+cs_err cs_log_dbi_find(cs_log *log, const char *name, MDB_dbi *out);
 
 /* Runs fn inside one write transaction and commits it durably when fn returns CS_OK; any
  * other code aborts the transaction and is returned. When LMDB's map fills, the transaction is

@@ -102,7 +102,8 @@ cs_err cs__record_parse(uint64_t seq, const uint8_t *val, size_t len, cs_log_rec
 cs_err cs__event_encode_envelope(const cs_event *ev, uint64_t seq, uint64_t time_ms, uint8_t **buf,
                                  size_t *cap, size_t *len_out);
 
-/* Validates an event's caller-supplied parts against the limits. */
-cs_err cs__event_check(const cs_event *ev);
+/* Validates an event's caller-supplied parts against the limits and msgpack's rules; *why gets
+ * the sentence of a refusal (static). */
+cs_err cs__event_check(const cs_event *ev, const char **why);
 
 #endif

@@ -27,7 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 /* A write is retried after growth at most this often; doubling 40 times covers any map. */
@@ -35,8 +37,42 @@
 
 /* ---- open / close ------------------------------------------------------------------------ */
 
+/* CS_LOG_READ_ONLY: the log's databases must be there already; a read transaction, committed
+ * so that its handles stay open (LMDB), creates and writes nothing. */
+static cs_err open_dbis_read_only(cs_log *log)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return cs__log_fail(log, cs__mdb_err(rc), "begin: %s", mdb_strerror(rc));
+    if ((rc = mdb_dbi_open(txn, "events", 0, &log->events)) ||
+        (rc = mdb_dbi_open(txn, "times", 0, &log->times)) ||
+        (rc = mdb_dbi_open(txn, "meta", 0, &log->meta))) {
+        mdb_txn_abort(txn);
+        if (rc == MDB_NOTFOUND)
+            return cs__log_fail(log, CS_NOT_FOUND, "holds no chainsync log");
+        return cs__log_fail(log, cs__mdb_err(rc), "open databases: %s", mdb_strerror(rc));
+    }
+    MDB_val k = {6, "format"}, v;
+    rc = mdb_get(txn, log->meta, &k, &v);
+    if (rc == 0 && (v.mv_size != 4 || cs_be32_get(v.mv_data) != CS__LOG_FORMAT_VERSION)) {
+        mdb_txn_abort(txn);
+        return cs__log_fail(log, CS_CORRUPT,
+                            "data directory has an unknown log format" CS_CORRUPT_AT);
+    }
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (rc)
+        return cs__log_fail(log, cs__mdb_err(rc), "read the log's format: %s", mdb_strerror(rc));
+    return CS_OK;
+}
+
 static cs_err open_dbis(cs_log *log)
 {
+    if (log->flags & CS_LOG_READ_ONLY)
+        return open_dbis_read_only(log);
     MDB_txn *txn;
     int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
     if (rc)
@@ -80,9 +116,36 @@ static cs_err open_dbis(cs_log *log)
     return CS_OK;
 }
 
+/* LMDB trusts its file: a data.mdb cut shorter than the pages its meta page says are in use
+ * (a truncated copy, a full disk during a copy) maps pages past the end of the file, and the
+ * first read of one kills the process with SIGBUS. Refuse it here, before any read. The meta
+ * (info) is read before the file's size so that a commit by another process in between only
+ * makes the file longer than what the meta asks for (LMDB writes pages before the meta). */
+static cs_err file_covers_pages(cs_log *log, const MDB_envinfo *info)
+{
+    MDB_stat st;
+    mdb_filehandle_t fd;
+    struct stat fs;
+    int rc = mdb_env_stat(log->env, &st);
+    if (rc == 0)
+        rc = mdb_env_get_fd(log->env, &fd);
+    if (rc)
+        return cs__log_fail(log, cs__mdb_err(rc), "env stat: %s", mdb_strerror(rc));
+    if (fstat(fd, &fs) != 0)
+        return cs__log_fail(log, CS_IO, "cannot stat data.mdb: %s", strerror(errno));
+    uint64_t need = ((uint64_t)info->me_last_pgno + 1) * st.ms_psize;
+    if ((uint64_t)fs.st_size < need)
+        return cs__log_fail(log, CS_CORRUPT,
+                            "data.mdb is %lld bytes but its meta page says %llu pages of %u "
+                            "bytes are in use: the file was cut short" CS_CORRUPT_AT,
+                            (long long)fs.st_size, (unsigned long long)info->me_last_pgno + 1,
+                            st.ms_psize);
+    return CS_OK;
+}
+
 static cs_err open_env(cs_log *log, const char *dir)
 {
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    if (!(log->flags & CS_LOG_READ_ONLY) && mkdir(dir, 0700) != 0 && errno != EEXIST)
         return cs__log_fail(log, CS_IO, "cannot create %s: %s", dir, strerror(errno));
     int rc = mdb_env_create(&log->env);
     if (rc)
@@ -93,6 +156,8 @@ static cs_err open_env(cs_log *log, const char *dir)
         return cs__log_fail(log, cs__mdb_err(rc), "configure: %s", mdb_strerror(rc));
     /* Never MDB_WRITEMAP: a full disk would then kill us with SIGBUS (SPEC 4). */
     unsigned flags = (log->flags & CS_LOG_NOSYNC) ? MDB_NOSYNC : 0;
+    if (log->flags & CS_LOG_READ_ONLY)
+        flags |= MDB_RDONLY; /* LMDB itself then refuses every write transaction */
     rc = mdb_env_open(log->env, dir, flags, 0600);
     if (rc)
         return cs__log_fail(log, cs__mdb_err(rc), "cannot open %s: %s", dir, mdb_strerror(rc));
@@ -100,11 +165,20 @@ static cs_err open_env(cs_log *log, const char *dir)
     if ((rc = mdb_env_info(log->env, &info)))
         return cs__log_fail(log, cs__mdb_err(rc), "env info: %s", mdb_strerror(rc));
     log->map_bytes = info.me_mapsize; /* an existing, larger map wins */
-    return open_dbis(log);
+    cs_err err = file_covers_pages(log, &info);
+    return err != CS_OK ? err : open_dbis(log);
 }
 
 cs_err cs_log_open(const char *dir, const cs_log_options *opts, cs_log **out)
 {
+    return cs_log_open_why(dir, opts, out, NULL, 0);
+}
+
+cs_err cs_log_open_why(const char *dir, const cs_log_options *opts, cs_log **out, char *why,
+                       size_t why_bytes)
+{
+    if (why_bytes > 0)
+        why[0] = '\0';
     cs_log *log = calloc(1, sizeof(*log));
     if (!log)
         return CS_NO_MEMORY;
@@ -116,6 +190,8 @@ cs_err cs_log_open(const char *dir, const cs_log_options *opts, cs_log **out)
         log->map_bytes_max = log->map_bytes;
     cs_err err = open_env(log, dir);
     if (err != CS_OK) {
+        if (why_bytes > 0)
+            snprintf(why, why_bytes, "%s", log->errmsg);
         cs_log_close(log);
         return err;
     }
@@ -151,6 +227,26 @@ typedef struct dbi_open_ctx {
     MDB_dbi dbi;
 } dbi_open_ctx;
 
+/* Free bytes below which a failed commit is blamed on a full filesystem. */
+#define FS_FULL_BYTES ((uint64_t)1024 * 1024)
+
+/* The code of a failed commit. Why not cs__mdb_err alone: when the filesystem fills up, the
+ * kernel writes what fits and returns a short count, which LMDB reports as EIO, not ENOSPC. So
+ * an EIO with (almost) no free space left on the data file's filesystem is storage_full (SPEC 6:
+ * the user frees space and retries), a real I/O error elsewhere stays io_error. Space reserved
+ * for root counts for root, as the kernel lets it use that space. */
+static cs_err commit_err(cs_log *log, int rc)
+{
+    if (rc != EIO)
+        return cs__mdb_err(rc);
+    mdb_filehandle_t fd;
+    struct statvfs sv;
+    if (mdb_env_get_fd(log->env, &fd) != 0 || fstatvfs(fd, &sv) != 0)
+        return CS_IO;
+    uint64_t blocks = geteuid() == 0 ? sv.f_bfree : sv.f_bavail;
+    return blocks * (uint64_t)sv.f_frsize < FS_FULL_BYTES ? CS_STORAGE_FULL : CS_IO;
+}
+
 static cs_err txn_fail(cs_log_txn *t, int rc, const char *what);
 
 static cs_err dbi_open_fn(cs_log_txn *t, void *ctx)
@@ -169,11 +265,38 @@ static cs_err dbi_open_fn(cs_log_txn *t, void *ctx)
 cs_err cs_log_dbi_open(cs_log *log, const char *name, unsigned mdb_flags, MDB_dbi *out)
 {
     cs_assert(!log->in_write);
+    if (log->flags & CS_LOG_READ_ONLY)
+        return cs_log_dbi_find(log, name, out);
     dbi_open_ctx c = {.name = name, .flags = mdb_flags};
     cs_err err = cs_log_write(log, dbi_open_fn, &c);
     if (err == CS_OK)
         *out = c.dbi;
     return err;
+}
+
+cs_err cs_log_dbi_find(cs_log *log, const char *name, MDB_dbi *out)
+{
+    cs_assert(!log->in_write);
+    MDB_txn *txn;
+    cs_err err = cs_log_read_begin(log, &txn);
+    if (err != CS_OK)
+        return err;
+    MDB_dbi dbi;
+    int rc = mdb_dbi_open(txn, name, 0, &dbi);
+    if (rc) {
+        cs_log_read_end(log, txn);
+        if (rc == MDB_NOTFOUND)
+            return CS_NOT_FOUND;
+        return cs__log_fail(log, cs__mdb_err(rc), "open database %s: %s", name, mdb_strerror(rc));
+    }
+    /* Committing (not aborting) a read transaction keeps the handle it opened (LMDB). */
+    rc = mdb_txn_commit(txn);
+    cs_assert(log->readers_open > 0);
+    log->readers_open--;
+    if (rc)
+        return cs__log_fail(log, cs__mdb_err(rc), "open database %s: %s", name, mdb_strerror(rc));
+    *out = dbi;
+    return CS_OK;
 }
 
 /* ---- the write transaction --------------------------------------------------------------- */
@@ -200,7 +323,7 @@ static cs_err txn_fail(cs_log_txn *t, int rc, const char *what)
 {
     if (rc == MDB_MAP_FULL)
         t->map_full = true;
-    cs_err err = cs__mdb_err(rc);
+    cs_err err = commit_err(t->log, rc); /* a page spilled mid-transaction can hit a full disk */
     cs__log_fail(t->log, err, "%s: %s", what, mdb_strerror(rc));
     if (t->failed == CS_OK)
         t->failed = err;
@@ -242,6 +365,8 @@ cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
 {
     cs_assert(!log->in_write);
     log->errmsg[0] = '\0';
+    if (log->flags & CS_LOG_READ_ONLY)
+        return cs__log_fail(log, CS_IO, "the data directory was opened read-only");
     cs_err merr = cs__map_check(log);
     if (merr != CS_OK)
         return merr;
@@ -269,6 +394,10 @@ cs_err cs_log_write(cs_log *log, cs_log_write_fn fn, void *ctx)
             log->in_write = false;
             if (rc == 0)
                 return CS_OK;
+            if (rc != MDB_MAP_FULL && commit_err(log, rc) == CS_STORAGE_FULL)
+                return cs__log_fail(log, CS_STORAGE_FULL,
+                                    "commit: the filesystem of the data directory is full (%s)",
+                                    mdb_strerror(rc));
             if (rc != MDB_MAP_FULL)
                 return cs__log_fail(log, cs__mdb_err(rc), "commit: %s", mdb_strerror(rc));
             t.map_full = true;
@@ -445,11 +574,11 @@ cs_err cs_log_txn_append(cs_log_txn *t, const cs_event *events, size_t n, uint64
     if (n == 0 || n > CS_LOG_BATCH_EVENTS_MAX)
         return t->failed = cs__log_fail(t->log, CS_INVALID_INPUT, "a batch holds 1 to %u events",
                                         CS_LOG_BATCH_EVENTS_MAX);
+    const char *why;
     for (size_t i = 0; i < n; i++) /* refuse the whole batch before writing any of it */
-        if (cs__event_check(&events[i]) != CS_OK)
+        if (cs__event_check(&events[i], &why) != CS_OK)
             return t->failed =
-                       cs__log_fail(t->log, CS_INVALID_INPUT,
-                                    "event %zu of the batch is over a limit or malformed", i);
+                       cs__log_fail(t->log, CS_INVALID_INPUT, "event %zu of the batch: %s", i, why);
     cs_err err = txn_load_tail(t);
     if (err != CS_OK) {
         cs_assert(t->failed == err); /* a failed transaction stays failed */

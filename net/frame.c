@@ -111,10 +111,12 @@ void cs__pk_key(cs__pk *p, const char *key)
     msgpack_pack_str_with_body(&p->pk, key, strlen(key));
 }
 
+/* A str holds UTF-8 (the receiver's cs_msgpack_check refuses anything else): a message cut by
+ * snprintf inside a character, or text from a peer, is packed up to its last whole character. */
 void cs__pk_str(cs__pk *p, const char *key, const char *val)
 {
     cs__pk_key(p, key);
-    msgpack_pack_str_with_body(&p->pk, val, strlen(val));
+    msgpack_pack_str_with_body(&p->pk, val, cs_utf8_prefix(val, strlen(val)));
 }
 
 void cs__pk_uint(cs__pk *p, const char *key, uint64_t val)
@@ -231,9 +233,10 @@ void cs__rx_consume(cs__rx *rx)
 cs_err cs__body_parse(cs__body *b, const uint8_t *p, size_t n)
 {
     size_t used = 0;
-    if (!msgpack_zone_init(&b->zone, 512))
-        return CS_NO_MEMORY;
     b->obj.type = MSGPACK_OBJECT_NIL;
+    b->zoned = msgpack_zone_init(&b->zone, 512);
+    if (!b->zoned) /* callers free the body on every path: cs__body_free skips the zone */
+        return CS_NO_MEMORY;
     if (cs_msgpack_check(p, n, CS_MSGPACK_DEPTH_MAX, &used) != CS_OK || used != n)
         return CS_INVALID_INPUT;
     size_t off = 0;
@@ -247,7 +250,9 @@ cs_err cs__body_parse(cs__body *b, const uint8_t *p, size_t n)
 
 void cs__body_free(cs__body *b)
 {
-    msgpack_zone_destroy(&b->zone);
+    if (b->zoned)
+        msgpack_zone_destroy(&b->zone);
+    b->zoned = false;
 }
 
 const msgpack_object *cs__body_get(const cs__body *b, const char *key)

@@ -76,6 +76,7 @@ void cs__rx_consume_bytes(cs__rx *rx, size_t n);
 /* A decoded control body: a msgpack map checked with cs_msgpack_check first. */
 typedef struct cs__body {
     msgpack_zone zone;
+    bool zoned; /* zone was initialised (it is not when that ran out of memory) */
     msgpack_object obj;
 } cs__body;
 
@@ -242,6 +243,16 @@ typedef enum cs__cstate {
 
 typedef struct cs__server cs__server;
 
+/* Failed logins from one address (server.c, "slowing repeated failed logins"): the table is
+ * bounded, so an attacker with many addresses costs memory of at most this many entries. */
+#define CS__LOGIN_FAIL_ADDRS 1024u
+typedef struct cs__login_fail {
+    char addr[64];         /* the peer's IP address, no port; "" = free slot */
+    uint32_t fails;        /* consecutive failures since the last success */
+    uint64_t last_fail_ms; /* forgotten CS__LOGIN_FORGET_MS after the last failure */
+    uint64_t next_slot_ms; /* the next CHALLENGE for this address goes out no earlier */
+} cs__login_fail;
+
 typedef struct cs__conn {
     uv_tcp_t tcp; /* first: the handle's data is the conn too */
     cs__server *srv;
@@ -250,7 +261,8 @@ typedef struct cs__conn {
     char peer[64];
     uint64_t shop;
     bool known, linked;
-    bool joining; /* HELLO's mode was "join": only a linked branch may */
+    bool joining;              /* HELLO's mode was "join": only a linked branch may */
+    uint64_t challenge_due_ms; /* HELLO answered but CHALLENGE held back until then (slow-down) */
     cs_auth_keys keys;
     uint8_t cnonce[CS_NET_NONCE_BYTES];
     uint8_t snonce[CS_NET_NONCE_BYTES];
@@ -302,6 +314,7 @@ struct cs__server {
     uint64_t bytes_sent, frames_sent, segments_sent, connections_total, writes_applied;
     uint64_t drops[CS_ERR_COUNT + 1];    /* streaming connections closed, by code; [CS_OK]: */
     uint64_t refusals[CS_ERR_COUNT + 1]; /* closed by the branch. Handshakes refused, by code */
+    cs__login_fail login_fails[CS__LOGIN_FAIL_ADDRS];
     uint8_t rbuf[64 * 1024]; /* every read lands here first: libuv reads one stream at a time */
 };
 

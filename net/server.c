@@ -27,7 +27,124 @@
 #define TICK_MS 250u
 #define CLOSING_GRACE_MS 2000u
 
+/* ---- slowing repeated failed logins ------------------------------------------------------
+ *
+ * Why: a branch's password is guessed by trying it; each guess costs the attacker one
+ * connection and the head office one proof check. After a failed login from an address (a wrong
+ * proof, or an id that is not a branch), every CHALLENGE to that address is held back, counted
+ * from its HELLO, by LOGIN_DELAY_BASE_MS * 2^(failures-1), at most LOGIN_DELAY_MAX_MS, and HELLOs
+ * that arrive at once from that address are answered one delay apart (next_slot_ms), so parallel
+ * connections do not multiply the rate. A HELLO whose turn would come after the handshake limit is
+ * refused at once (auth_failed) without a challenge. A successful login from the address clears it;
+ * an address with no failure for LOGIN_FORGET_MS is forgotten. The table holds CS__LOGIN_FAIL_ADDRS
+ * addresses; when full, the one whose last failure is oldest is replaced, so memory stays bounded
+ * whatever the number of attackers. Only the CHALLENGE waits: other connections, and branches from
+ * other addresses, are served as before. */
+#define LOGIN_DELAY_BASE_MS 500u
+#define LOGIN_DELAY_MAX_MS 8000u
+#define LOGIN_FORGET_MS (15u * 60u * 1000u)
+_Static_assert(LOGIN_DELAY_MAX_MS + 2 * TICK_MS < CS_NET_HANDSHAKE_MS,
+               "a slowed login still fits in the handshake limit");
+
+/* The peer's address without its port (c->peer is "IP:PORT"). */
+static void peer_addr(const cs__conn *c, char *out, size_t len)
+{
+    snprintf(out, len, "%s", c->peer);
+    char *colon = strrchr(out, ':');
+    if (colon)
+        *colon = '\0';
+}
+
+static uint64_t login_delay_ms(uint32_t fails)
+{
+    if (fails == 0)
+        return 0;
+    uint64_t d = LOGIN_DELAY_BASE_MS;
+    for (uint32_t i = 1; i < fails && d < LOGIN_DELAY_MAX_MS; i++)
+        d *= 2;
+    return d < LOGIN_DELAY_MAX_MS ? d : LOGIN_DELAY_MAX_MS;
+}
+
+/* The entry of addr, or NULL; with `create`, a new or recycled entry (never NULL then). */
+static cs__login_fail *login_find(cs__server *s, const char *addr, uint64_t now, bool create)
+{
+    cs__login_fail *oldest = &s->login_fails[0];
+    for (unsigned i = 0; i < CS__LOGIN_FAIL_ADDRS; i++) {
+        cs__login_fail *f = &s->login_fails[i];
+        if (f->addr[0] && now - f->last_fail_ms > LOGIN_FORGET_MS)
+            f->addr[0] = '\0';
+        if (f->addr[0] && strcmp(f->addr, addr) == 0)
+            return f;
+        if (!f->addr[0]) {
+            if (oldest->addr[0])
+                oldest = f; /* a free slot beats any used one */
+        } else if (oldest->addr[0] && f->last_fail_ms < oldest->last_fail_ms) {
+            oldest = f;
+        }
+    }
+    if (!create)
+        return NULL;
+    memset(oldest, 0, sizeof(*oldest));
+    snprintf(oldest->addr, sizeof(oldest->addr), "%s", addr);
+    oldest->last_fail_ms = now;
+    return oldest;
+}
+
+/* When the CHALLENGE for a HELLO from c's address may go out (now when it has no failures). */
+static uint64_t login_slot(cs__server *s, const cs__conn *c, uint64_t now, uint32_t *fails_out)
+{
+    char addr[sizeof(((cs__conn *)0)->peer)];
+    peer_addr(c, addr, sizeof(addr));
+    cs__login_fail *f = login_find(s, addr, now, false);
+    *fails_out = f ? f->fails : 0;
+    if (!f || f->fails == 0)
+        return now;
+    uint64_t d = login_delay_ms(f->fails), due = now + d;
+    if (due < f->next_slot_ms)
+        due = f->next_slot_ms;
+    if (due - now <= LOGIN_DELAY_MAX_MS)
+        f->next_slot_ms = due + d; /* only a HELLO that is answered takes a turn */
+    return due;
+}
+
+static void login_result(cs__server *s, const cs__conn *c, bool ok)
+{
+    char addr[sizeof(((cs__conn *)0)->peer)];
+    uint64_t now = cs__net_now_ms();
+    peer_addr(c, addr, sizeof(addr));
+    cs__login_fail *f = login_find(s, addr, now, !ok);
+    if (ok && f) {
+        f->addr[0] = '\0';
+    } else if (!ok) {
+        f->fails += f->fails < 64;
+        f->last_fail_ms = now;
+    }
+}
+
 /* ---- the handshake ----------------------------------------------------------------------- */
+
+static void send_challenge(cs__conn *c)
+{
+    cs__pk p;
+    cs__pk_init(&p, 6);
+    cs__pk_uint(&p, "proto", c->proto);
+    cs__pk_bin(&p, "nonce", c->snonce, CS_NET_NONCE_BYTES);
+    cs__pk_bin(&p, "salt", c->keys.params.salt, CS_AUTH_SALT_BYTES);
+    cs__pk_uint(&p, "ops", c->keys.params.opslimit);
+    cs__pk_uint(&p, "mem", c->keys.params.memlimit);
+    cs__pk_uint(&p, "log_id", c->srv->log_id);
+    cs__buf *f = cs__pk_frame(&p, CS__F_CHALLENGE);
+    cs__pk_destroy(&p);
+    if (!f) {
+        cs__conn_close(c, CS_NO_MEMORY, "out of memory", true);
+        return;
+    }
+    if (c->challenge_due_ms) /* held back: the handshake limit counts from now */
+        c->opened_ms = cs__net_now_ms();
+    c->challenge_due_ms = 0;
+    cs__conn_send(c, f);
+    cs__buf_unref(f);
+}
 
 static void conn_on_hello(cs__conn *c, const cs__body *b)
 {
@@ -65,23 +182,22 @@ static void conn_on_hello(cs__conn *c, const cs__body *b)
     c->proto = CS_NET_PROTO_VERSION;
     memcpy(c->cnonce, nonce, CS_NET_NONCE_BYTES);
     randombytes_buf(c->snonce, sizeof(c->snonce));
-    cs__pk p;
-    cs__pk_init(&p, 6);
-    cs__pk_uint(&p, "proto", c->proto);
-    cs__pk_bin(&p, "nonce", c->snonce, CS_NET_NONCE_BYTES);
-    cs__pk_bin(&p, "salt", c->keys.params.salt, CS_AUTH_SALT_BYTES);
-    cs__pk_uint(&p, "ops", c->keys.params.opslimit);
-    cs__pk_uint(&p, "mem", c->keys.params.memlimit);
-    cs__pk_uint(&p, "log_id", s->log_id);
-    cs__buf *f = cs__pk_frame(&p, CS__F_CHALLENGE);
-    cs__pk_destroy(&p);
-    if (!f) {
-        cs__conn_close(c, CS_NO_MEMORY, "out of memory", true);
-        return;
-    }
     c->state = CS__C_PROOF;
-    cs__conn_send(c, f);
-    cs__buf_unref(f);
+    uint64_t now = cs__net_now_ms();
+    uint32_t fails;
+    uint64_t due = login_slot(s, c, now, &fails);
+    if (due - now > LOGIN_DELAY_MAX_MS) {
+        char m[160];
+        snprintf(m, sizeof(m), "%u failed logins from this address: try again in %llu s", fails,
+                 (unsigned long long)((due - now + 999) / 1000));
+        cs__conn_close(c, CS_AUTH_FAILED, m, false);
+    } else if (due > now) {
+        cs__server_logf(s, "connection from %s: %u failed logins: CHALLENGE held %llu ms", c->peer,
+                        fails, (unsigned long long)(due - now));
+        c->challenge_due_ms = due; /* sent by conn_tick */
+    } else {
+        send_challenge(c);
+    }
 }
 
 static void conn_on_proof(cs__conn *c, const cs__body *b)
@@ -90,6 +206,10 @@ static void conn_on_proof(cs__conn *c, const cs__body *b)
     const uint8_t *proof;
     if (!cs__body_bin(b, "proof", CS_AUTH_KEY_BYTES, &proof)) {
         cs__conn_close(c, CS_INVALID_INPUT, "PROOF needs a 32-byte proof", false);
+        return;
+    }
+    if (c->challenge_due_ms) {
+        cs__conn_close(c, CS_INVALID_INPUT, "PROOF before CHALLENGE", false);
         return;
     }
     uint8_t msg[CS__AUTH_MESSAGE_BYTES];
@@ -102,6 +222,7 @@ static void conn_on_proof(cs__conn *c, const cs__body *b)
      * else who is not a linked branch, and an unlinked one that cannot prove itself or asks to
      * join, gets the same answer as an unknown id. */
     bool unlinked_ok = ok && !c->linked && c->shop != s->self && !c->joining;
+    login_result(s, c, ok && (c->linked || unlinked_ok));
     if (!c->linked && !unlinked_ok) {
         snprintf(m, sizeof(m), "shop %llu is not a branch of this network",
                  (unsigned long long)c->shop);
@@ -516,6 +637,8 @@ static void conn_tick(cs__server *s, cs__conn *c, uint64_t now)
     if (c->state == CS__C_CLOSING) {
         if (now - c->closing_ms > CLOSING_GRACE_MS)
             cs__conn_close(c, CS_OK, "", true);
+    } else if (c->state == CS__C_PROOF && c->challenge_due_ms && now >= c->challenge_due_ms) {
+        send_challenge(c);
     } else if (c->state != CS__C_STREAMING && now - c->opened_ms > CS_NET_HANDSHAKE_MS) {
         cs__conn_close(c, CS_INVALID_INPUT, "handshake took too long", false);
     } else if (now - (c->last_rx_ms > c->last_alive_ms ? c->last_rx_ms : c->last_alive_ms) >

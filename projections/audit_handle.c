@@ -57,18 +57,38 @@ static bool dir_is_branch(cs_audit *a)
     return rc == 0 || (cs_engine_self(a->e, &self) == CS_OK && self.role == CS_ROLE_BRANCH);
 }
 
+/* Read-only: a database that is not there stays 0 (LMDB's free-page database, never valid
+ * for a read of ours: mdb_get returns EINVAL, which the readers take as "none"). */
+static cs_err dbi_get(cs_audit *a, const char *name, MDB_dbi *out)
+{
+    if (!a->read_only)
+        return cs_log_dbi_open(a->log, name, 0, out);
+    cs_err err = cs_log_dbi_find(a->log, name, out);
+    if (err == CS_NOT_FOUND) {
+        *out = 0;
+        return CS_OK;
+    }
+    return err;
+}
+
 cs_err cs_audit_open(cs_engine *e, cs_audit **out)
+{
+    return cs_audit_open_flags(e, 0, out);
+}
+
+cs_err cs_audit_open_flags(cs_engine *e, unsigned flags, cs_audit **out)
 {
     cs_audit *a = calloc(1, sizeof(*a));
     if (!a)
         return CS_NO_MEMORY;
     a->e = e;
     a->log = cs_engine_log(e);
-    cs_err err = cs_log_dbi_open(a->log, "ckpt", 0, &a->ckpt);
+    a->read_only = (flags & CS_AUDIT_READ_ONLY) != 0;
+    cs_err err = dbi_get(a, "ckpt", &a->ckpt);
     if (err == CS_OK)
-        err = cs_log_dbi_open(a->log, "history", 0, &a->history);
+        err = dbi_get(a, "history", &a->history);
     if (err == CS_OK)
-        err = cs_log_dbi_open(a->log, "audit", 0, &a->meta);
+        err = dbi_get(a, "audit", &a->meta);
     if (err != CS_OK) {
         free(a);
         return err;

@@ -45,6 +45,7 @@ struct cs_audit {
     MDB_dbi meta;
     bool branch_dir; /* the directory is (or was) a branch: its own log holds only local writes */
     cs_progress progress; /* events replayed by checkpoint builds and verification */
+    bool read_only;  /* CS_AUDIT_READ_ONLY: nothing is written; absent databases are 0 */
     char errmsg[CS__AUDIT_ERRMSG_BYTES];
 };
 

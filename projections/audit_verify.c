@@ -351,6 +351,10 @@ static cs_err ckpt_next(cs_audit *a, uint64_t after, uint64_t *out)
 {
     MDB_txn *t;
     MDB_cursor *cur;
+    if (a->read_only && a->ckpt == 0) { /* never checkpointed: no `ckpt` database */
+        *out = 0;
+        return CS_OK;
+    }
     cs_err err = cs__audit_read_begin(a, a->log, &t);
     if (err != CS_OK)
         return err;
@@ -937,7 +941,9 @@ static cs_err branch_compare(branch_cmp *bc)
 static cs_err branch_prepare(branch_cmp *bc, const char *real, cs__bstate *st)
 {
     cs_audit *a = bc->vc->a;
-    cs_err err = cs_branch_open(real, NULL, &bc->rb);
+    /* Read-only: the branch being checked is not written either. */
+    const cs_log_options ro = {.flags = CS_LOG_READ_ONLY};
+    cs_err err = cs_branch_open(real, &ro, &bc->rb);
     if (err != CS_OK)
         return cs__audit_fail(a, err, "cannot open the branch directory %s", real);
     MDB_txn *t;

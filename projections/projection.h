@@ -121,6 +121,12 @@ typedef struct cs_audit cs_audit;
  * the audit's databases in it when needed. Owned by the caller: cs_audit_close. Errors:
  * CS_IO, CS_STORAGE_FULL, CS_NO_MEMORY. */
 cs_err cs_audit_open(cs_engine *e, cs_audit **out);
+/* Flags of cs_audit_open_flags. CS_AUDIT_READ_ONLY: the audit writes nothing in the audited
+ * directory (not even its own databases, which it opens only when they exist): for
+ * cs_audit_verify, which must never change the store it checks. Only cs_audit_verify may be
+ * called on such a handle. */
+#define CS_AUDIT_READ_ONLY 0x1u
+cs_err cs_audit_open_flags(cs_engine *e, unsigned flags, cs_audit **out);
 void cs_audit_close(cs_audit *a); /* accepts NULL */
 /* The sentence of the last failure or, after cs_audit_verify, of the first problem found.
  * Borrowed until the next call on the audit. */

@@ -211,7 +211,8 @@ static cs_err assign_ids(cs_branch *b, cs_log_txn *txn)
     }
     if (err != CS_OK)
         return err;
-    qsort_r(bt->scratch, nnew, sizeof(*bt->scratch), key_cmp, bt->items);
+    if (nnew > 1) /* (scratch may still be NULL when there is nothing to sort) */
+        qsort_r(bt->scratch, nnew, sizeof(*bt->scratch), key_cmp, bt->items);
     for (uint32_t j = 0; j < nnew && err == CS_OK; j++) {
         cs__bitem *it = &bt->items[bt->scratch[j]];
         uint64_t id;
@@ -279,7 +280,8 @@ static cs_err note_copies(cs_branch *b, cs_log_txn *txn)
     free(rctx);
     if (err != CS_OK)
         return err;
-    memcpy(bt->dirty, bt->scratch, nkept * sizeof(*bt->dirty));
+    if (nkept)
+        memcpy(bt->dirty, bt->scratch, nkept * sizeof(*bt->dirty));
     bt->ndirty = nkept;
     return CS_OK;
 }
@@ -376,7 +378,7 @@ cs_err cs__batch_write(cs_branch *b, cs_log_txn *txn)
      * (copy ids, given in key order, follow the same order). */
     for (uint32_t i = 0; err == CS_OK && i < bt->n; i++)
         bt->scratch[i] = i;
-    if (err == CS_OK)
+    if (err == CS_OK && bt->n > 1)
         qsort_r(bt->scratch, bt->n, sizeof(*bt->scratch), key_cmp, bt->items);
     for (uint32_t i = 0; i < bt->n && err == CS_OK; i++) {
         const cs__bitem *it = &bt->items[bt->scratch[i]];

@@ -15,6 +15,12 @@ chain"), and nothing from the C code. tests/test_protocol.c runs it against a re
         [--write-customer NAME]     after CAUGHT_UP, WRITE a customer, then the same WRITE again
         [--report-outbox N]         after CAUGHT_UP, ACK with outbox N+1, PING with outbox N, then a
                                     PING without it (an older branch's), and stay 0.5 s
+        [--write-entry JSON]        after CAUGHT_UP, WRITE this outbox entry once (a hostile
+                                    branch: any keys, any kind or type; "req" is added) and
+                                    report its WRITE_RESULT or the ERROR that closed the link
+        [--source IP]               connect from this local address (127.0.0.2: another peer)
+        [--client-key HEX]          prove with this 32-byte key instead of one derived from the
+                                    password (what someone holding the head office's disk has)
         [--timeout S]               every socket wait (default 20 s)
 
 It prints one JSON object on stdout (u64 values that may pass 2^63, chains and ids, as strings:
@@ -114,10 +120,13 @@ def need(m, key, kind, what, size=None):
 
 
 class Conn:
+    source = None  # (ip, 0) from --source
+
     def __init__(self, hostport, timeout):
         host, port = hostport.rsplit(":", 1)
         self.timeout = timeout
-        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout,
+                                             source_address=Conn.source)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.state = "CONNECTED"
         self.last_sent = time.monotonic()
@@ -228,7 +237,9 @@ def read_challenge(conn):
 def hello(conn, shop, proto_range, cnonce, mode):
     conn.send(HELLO, {"proto": list(proto_range), "shop": shop, "nonce": cnonce, "mode": mode})
     conn.state = "AWAIT_CHALLENGE"
+    t0 = time.monotonic()
     ch = read_challenge(conn)
+    ch["wait_ms"] = int((time.monotonic() - t0) * 1000)  # the failed-login slow-down shows here
     if not proto_range[0] <= ch["proto"] <= proto_range[1]:
         raise Violation(f"CHALLENGE chose protocol {ch['proto']} outside the offered range")
     return ch
@@ -239,6 +250,7 @@ def handshake(conn, args, password, summary, cnonce=None, proof=None):
     cnonce = cnonce or os.urandom(32)
     ch = hello(conn, args.shop, args.proto, cnonce, "pull")
     summary["challenge"] = {"proto": ch["proto"], "ops": ch["ops"], "mem": ch["mem"],
+                            "wait_ms": ch["wait_ms"],
                             "salt": ch["salt"].hex(), "log_id": f"{ch['log_id']:016x}"}
     if args.log_id is not None and ch["log_id"] != args.log_id:
         conn.send(ERROR, {"code": "not_in_network",
@@ -246,6 +258,8 @@ def handshake(conn, args, password, summary, cnonce=None, proof=None):
         conn.close()
         raise Refused("not_in_network", "log_id differs (refused by the branch)", "client")
     client_key, server_key = derive_keys(password, ch["salt"], ch["ops"], ch["mem"])
+    if args.client_key is not None:
+        client_key = args.client_key
     am = auth_message(args.shop, cnonce, ch["nonce"], ch["log_id"], ch["proto"])
     if proof is None:
         proof = client_proof(client_key, am)
@@ -408,6 +422,8 @@ def run_stream(args, password, summary):
                 run_writes(args, st, summary)
             if args.report_outbox is not None:
                 run_report_outbox(args, st, summary)
+            if args.write_entry is not None:
+                run_write_entry(args, st, summary)
         finally:
             summary.update({"events": st.events, "last_seq": st.seq,
                             "last_chain": f"{st.chain:016x}", "caught_up": st.caught_up,
@@ -462,6 +478,25 @@ def run_report_outbox(args, st, summary):
         if r:
             st.on_frame(*st.conn.recv())
     summary["outbox_reported"] = args.report_outbox
+
+
+def run_write_entry(args, st, summary):
+    """A hostile branch's one WRITE: whatever the entry holds, then the answer and what followed
+    in the stream within a PING round (an event the head office appended reaches us too)."""
+    entry = json.loads(args.write_entry)
+    entry.setdefault("req", os.urandom(16))
+    before = st.seq
+    st.conn.send(WRITE, entry)
+    summary["write_entry"] = {"seq_before": before}
+    st.until(lambda: len(st.writes) > 0)
+    summary["write_entry"]["result"] = st.writes[0]
+    deadline = time.monotonic() + 0.5
+    st.conn.send(PING, {"time": int(time.time() * 1000)})
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([st.conn.sock], [], [], deadline - time.monotonic())
+        if r:
+            st.on_frame(*st.conn.recv())
+    summary["write_entry"]["seq_after"] = st.seq
 
 
 def run_replay(args, password, summary):
@@ -629,11 +664,16 @@ def main():
     p.add_argument("--replay", action="store_true")
     p.add_argument("--write-customer")
     p.add_argument("--report-outbox", type=int, help="after catching up: report this outbox depth")
+    p.add_argument("--write-entry")
+    p.add_argument("--source")
+    p.add_argument("--client-key", type=bytes.fromhex, default=None, help="64 hex digits")
     p.add_argument("--probe", action="store_true")
     p.add_argument("--messages", action="store_true", help="--probe: the ERROR messages too")
     p.add_argument("--timeout", type=float, default=20.0)
     args = p.parse_args()
     args.proto = tuple(int(x) for x in args.proto.split(","))
+    if args.source:
+        Conn.source = (args.source, 0)
     if args.password_stdin:
         args.password = sys.stdin.readline().rstrip("\n").rstrip("\r")
     if args.password is None:

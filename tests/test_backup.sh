@@ -31,6 +31,17 @@ run() {
 }
 fail() { echo "$*"; return 1; }
 
+stop() { # stop PID: SIGTERM, then wait (bounded, 10 s) until it is gone; it may not be our child
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null
+    for i in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    return 1
+}
+
 serve() { # serve DIR READY LOG: starts serve in the background, waits for READY
     "$BIN" serve --data "$1" --listen 127.0.0.1:0 --ready-file "$2" >"$3" 2>&1 &
     echo $! >>"$scratch/pids"
@@ -97,8 +108,7 @@ test_restore_serves() {
         [ "$("$BIN" status --data "$scratch/b1" --json-out | sed 's/.*"cursor":\([0-9]*\).*/\1/')" -ge "$(head_seq "$hq")" ] && break
         sleep 0.1
     done
-    kill -TERM "$(cat "$scratch/ready.pid")"
-    wait "$(cat "$scratch/ready.pid")" 2>/dev/null
+    stop "$(cat "$scratch/ready.pid")"
     local restored=$scratch/restored
     cp -a "$copy" "$restored" || return 1
     serve "$restored" "$scratch/ready2" "$scratch/serve2.log" || fail "serve on the restored copy did not start" || return 1
@@ -107,8 +117,7 @@ test_restore_serves() {
     "$BIN" status --data "$restored" --json-out --max-lag 1000000 >/dev/null ||
         fail "status on the restored head office failed" || return 1
     # B1 applied events the copy does not have: the restored log is not the one it follows.
-    kill -TERM "$(cat "$scratch/follow.pid")"
-    wait "$(cat "$scratch/follow.pid")" 2>/dev/null
+    stop "$(cat "$scratch/follow.pid")"
     local out rc
     out=$("$BIN" branch pull --data "$scratch/b1" --head "$(cat "$scratch/ready2")" 2>&1 </dev/null)
     rc=$?

@@ -621,6 +621,69 @@ static void test_spec6_refused_command_leaves_log_unchanged(void)
     store_free(dir);
 }
 
+/* Issue 12 (hostile input), SPEC 6: JSON to `put` nested far deeper than any item (100,000
+ * levels), bytes that are not UTF-8 in a value or a key, an escaped NUL or lone surrogate, an
+ * integer beyond 64 bits, values outside their field's range, a list longer than its field
+ * allows; and a shop or network name that is not UTF-8. Each is refused with invalid_input
+ * (exit 2) and a sentence that names the point, and the log is unchanged. */
+static void test_issue12_hostile_input_refused_and_log_unchanged(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    char *before = log_text(dir);
+    CHECK(before);
+    size_t depth = 100000;
+    char *deep = malloc(2 * depth + 16);
+    CHECK(deep);
+    memcpy(deep, "{\"name\":", 8);
+    memset(deep + 8, '[', depth);
+    memset(deep + 8 + depth, ']', depth);
+    strcpy(deep + 8 + 2 * depth, "}");
+    char long_list[2048] = "{\"name\":\"x\",\"items\":[";
+    for (int i = 0; i < 201; i++)
+        strcat(long_list, i ? ",\"a\"" : "\"a\"");
+    strcat(long_list, "]}");
+    struct {
+        const char *type, *input, *says;
+    } cases[] = {
+        {"customer", deep, "maximum parsing depth"},
+        {"customer", "{\"name\":\"a\xff\"}", "unable to decode byte 0xff"},
+        {"customer", "{\"na\xc0\xafme\":\"a\"}", "unable to decode byte 0xc0"},
+        {"customer", "{\"name\":\"a\\u0000b\"}", "\\u0000 is not allowed"},
+        {"customer", "{\"name\":\"a\\ud800\"}", "invalid Unicode"},
+        {"service_category",
+         "{\"name\":\"x\",\"price_table\":[{\"tier\":\"s\",\"price_cents\":9223372036854775808}]}",
+         "too big integer"},
+        {"service_category",
+         "{\"name\":\"x\",\"price_table\":[{\"tier\":\"s\",\"price_cents\":-1}]}",
+         "'price_table[0].price_cents': must be from 0 to"},
+        {"service_category",
+         "{\"name\":\"x\",\"price_table\":[{\"tier\":\"s\",\"price_cents\":1e300}]}",
+         "'price_table[0].price_cents': expected an integer"},
+        {"checklist", long_list, "'items': holds at most 200 entries"},
+    };
+    run_result r;
+    for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        CHECK(run(&r, cases[i].input, ARGS("put", cases[i].type, "--data", dir)));
+        if (!strstr(r.err, cases[i].says))
+            fprintf(stderr, "  case %u: %s", i, r.err);
+        CHECK(refused(&r, "invalid_input", 2) && strstr(r.err, cases[i].says));
+        run_free(&r);
+    }
+    free(deep);
+    CHECK(run(&r, "password123\n",
+              ARGS("shop", "add", "--data", dir, "--name", "Caf\xc3", "--password-stdin")));
+    CHECK(refused(&r, "invalid_input", 2) && strstr(r.err, "must be UTF-8"));
+    run_free(&r);
+    char *after = log_text(dir);
+    CHECK(after);
+    bool same = strcmp(before, after) == 0;
+    free(after);
+    free(before);
+    CHECK(same);
+    store_free(dir);
+}
+
 /* SPEC 7 `log`: events as JSON lines in sequence order; --from and --limit select a range. */
 static void test_spec7_log_prints_json_lines(void)
 {
@@ -660,10 +723,10 @@ static void test_spec7_log_prints_json_lines(void)
  * when it holds a quote and a backslash (it was once printed into the JSON unescaped). */
 static void test_spec7_log_export_json_out_escapes_the_path(void)
 {
-    char *dir = store_new(true);
-    CHECK(dir);
+    char *dir = store_new(true), *odir = tmpdir_new(); /* never inside the data directory */
+    CHECK(dir && odir);
     char out[512];
-    snprintf(out, sizeof(out), "%s/exp\"ort\\1.seg", dir);
+    snprintf(out, sizeof(out), "%s/exp\"ort\\1.seg", odir);
     run_result r;
     CHECK(run(&r, NULL, ARGS("log", "export", "--data", dir, "--out", out, "--json-out")));
     CHECK(r.exit_code == 0 && count_lines(r.out) == 1);
@@ -678,6 +741,7 @@ static void test_spec7_log_export_json_out_escapes_the_path(void)
     CHECK(same && counts);
     CHECK(access(out, R_OK) == 0);
     store_free(dir);
+    store_free(odir);
 }
 
 /* SPEC 7 --actor: recorded in the events the command causes. */
@@ -733,6 +797,44 @@ static void test_spec7_help_lists_every_command(void)
     free(overview);
 }
 
+/* Issue 12 (rule bug 2, docs/design.md "Deletes archive"): an update that keeps a reference to
+ * an archived item is accepted (a service whose category was deleted can be renamed); a new
+ * reference to it, from a new item or newly in an update, is dangling_reference. */
+static void test_issue12_kept_reference_to_archived_item_accepted(void)
+{
+    char *dir = store_new(true);
+    CHECK(dir);
+    char cat[32], other[32], js[SERVICE_JSON_BYTES];
+    CHECK(category_new(dir, cat, sizeof(cat)) && category_new(dir, other, sizeof(other)));
+    uint64_t sid = write_id(service_json(js, cat, "Bath"),
+                            ARGS("put", "service", "--data", dir, "--json-out"), NULL);
+    uint64_t oid = write_id(service_json(js, other, "Trim"),
+                            ARGS("put", "service", "--data", dir, "--json-out"), NULL);
+    CHECK(sid && oid);
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("del", "service_category", cat, "--data", dir)) && r.exit_code == 0);
+    run_free(&r);
+    char id[32], id2[32];
+    snprintf(id, sizeof(id), "%llu", (unsigned long long)sid);
+    snprintf(id2, sizeof(id2), "%llu", (unsigned long long)oid);
+    CHECK(write_id(service_json(js, cat, "Bath, renamed"),
+                   ARGS("put", "service", id, "--data", dir, "--json-out"), NULL) == sid);
+    char *before = log_text(dir);
+    CHECK(before);
+    CHECK(run(&r, service_json(js, cat, "New"), ARGS("put", "service", "--data", dir)));
+    bool new_refused = refused(&r, "dangling_reference", 2);
+    run_free(&r);
+    CHECK(run(&r, service_json(js, cat, "Trim"), ARGS("put", "service", id2, "--data", dir)));
+    bool moved_refused = refused(&r, "dangling_reference", 2);
+    run_free(&r);
+    char *after = log_text(dir);
+    bool same = after && strcmp(before, after) == 0;
+    free(before);
+    free(after);
+    CHECK(new_refused && moved_refused && same);
+    store_free(dir);
+}
+
 int main(void)
 {
     if (!getenv("CS_BIN")) {
@@ -756,10 +858,12 @@ int main(void)
     RUN(test_spec6_usage_errors_exit_1);
     RUN(test_spec7_command_on_missing_store_creates_nothing);
     RUN(test_spec6_refused_command_leaves_log_unchanged);
+    RUN(test_issue12_hostile_input_refused_and_log_unchanged);
     RUN(test_spec7_log_prints_json_lines);
     RUN(test_spec7_log_export_json_out_escapes_the_path);
     RUN(test_spec7_actor_is_recorded);
     RUN(test_spec7_help_lists_every_command);
+    RUN(test_issue12_kept_reference_to_archived_item_accepted);
     tmpdirs_cleanup();
     return cs_test_finish();
 }

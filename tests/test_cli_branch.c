@@ -12,6 +12,7 @@
  * released after it, whether it passed or stopped at a failed CHECK.
  */
 #include "tests/harness.h"
+#include "tests/damage.h"
 #include "tests/run.h"
 
 #include <errno.h>
@@ -848,6 +849,167 @@ static void test_import_refuses_corrupt_file(void)
     CHECK(copy_price(b, n.bath) == 4100);
 }
 
+/* ---- issue 12: import edge cases and refusals that change nothing ----------------------- */
+
+/* Issue 12 (import edge cases): an empty file is refused (invalid_input) and a fresh directory
+ * is left as it was: not there. */
+static void test_issue12_import_empty_file_refused_nothing_left(void)
+{
+    net n;
+    CHECK(net_open(&n, 1));
+    int fd = open(n.seg, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    CHECK(fd >= 0);
+    close(fd);
+    run_result r;
+    CHECK(import_run(&n, 0, &r));
+    CHECK(refused(&r, "invalid_input", 2));
+    CHECK(access(n.bdir[0], F_OK) != 0);
+}
+
+/* Issue 12: the right magic followed by garbage is `corrupt` (exit 3): no network was involved,
+ * so never protocol_mismatch (exit 4); nothing is left behind. */
+static void test_issue12_import_magic_then_garbage_is_corrupt(void)
+{
+    net n;
+    CHECK(net_open(&n, 1));
+    uint8_t junk[2048];
+    memcpy(junk, "CSSG", 4);
+    for (size_t i = 4; i < sizeof(junk); i++)
+        junk[i] = (uint8_t)(i * 131u + 7u); /* fixed, not a valid version or length */
+    int fd = open(n.seg, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    CHECK(fd >= 0);
+    bool written = write(fd, junk, sizeof(junk)) == (ssize_t)sizeof(junk);
+    close(fd);
+    CHECK(written);
+    run_result r;
+    CHECK(import_run(&n, 0, &r));
+    CHECK(refused(&r, "corrupt", 3));
+    CHECK(access(n.bdir[0], F_OK) != 0);
+}
+
+/* Issue 12: a fresh directory importing a network's log under a --shop that is no branch of
+ * that network is refused (not_in_network) and nothing is left behind. */
+static void test_issue12_import_shop_not_a_branch_refused(void)
+{
+    net n;
+    CHECK(net_open(&n, 1));
+    CHECK(export_all(&n));
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("branch", "import", n.seg, "--data", n.bdir[0], "--shop", "12345")));
+    CHECK(refused(&r, "not_in_network", 2));
+    CHECK(access(n.bdir[0], F_OK) != 0);
+    /* The head office's own id is no branch either. */
+    CHECK(
+        run(&r, NULL, ARGS("branch", "import", n.seg, "--data", n.bdir[0], "--shop", n.head_shop)));
+    CHECK(refused(&r, "not_in_network", 2));
+    CHECK(access(n.bdir[0], F_OK) != 0);
+    /* The right shop still imports. */
+    CHECK(carry(&n, 0));
+}
+
+/* Issue 12 (refused commands change nothing): `branch import` into a head office is refused
+ * (forbidden) and its store keeps the same databases and the same bytes; `audit verify
+ * --branch DIR` with DIR the audited directory is refused and creates no audit database. */
+static void test_issue12_refused_import_and_verify_change_nothing(void)
+{
+    net n;
+    CHECK(net_open(&n, 1));
+    CHECK(export_all(&n));
+    char *dbs = keep(cs_damage_dbs(n.hq));
+    size_t len = 0;
+    uint8_t *bytes = keep(cs_damage_file(n.hq, &len));
+    CHECK(dbs && bytes && strstr(dbs, "events") && !strstr(dbs, "branch"));
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("branch", "import", n.seg, "--data", n.hq, "--shop", n.shop[0])));
+    CHECK(refused(&r, "forbidden", 2));
+    char *dbs2 = keep(cs_damage_dbs(n.hq));
+    CHECK(dbs2 && strcmp(dbs, dbs2) == 0);
+    CHECK(cs_damage_file_same(n.hq, bytes, len));
+    CHECK(run(&r, NULL, ARGS("audit", "verify", "--data", n.hq, "--branch", n.hq)));
+    CHECK(refused(&r, "invalid_input", 2));
+    dbs2 = keep(cs_damage_dbs(n.hq));
+    CHECK(dbs2 && strcmp(dbs, dbs2) == 0 && !strstr(dbs2, "ckpt"));
+    CHECK(cs_damage_file_same(n.hq, bytes, len));
+    /* A verify that runs writes nothing in the store it checks, nor in the branch it
+     * compares (issue 12: it opened a write transaction there). */
+    CHECK(carry(&n, 0));
+    uint8_t *hq_bytes = keep(cs_damage_file(n.hq, &len));
+    size_t blen = 0;
+    uint8_t *b_bytes = keep(cs_damage_file(n.bdir[0], &blen));
+    CHECK(hq_bytes && b_bytes);
+    CHECK(ok(&r, NULL, ARGS("audit", "verify", "--data", n.hq, "--branch", n.bdir[0])));
+    CHECK(cs_damage_file_same(n.hq, hq_bytes, len));
+    CHECK(cs_damage_file_same(n.bdir[0], b_bytes, blen));
+    dbs2 = keep(cs_damage_dbs(n.hq));
+    CHECK(dbs2 && strcmp(dbs, dbs2) == 0);
+}
+
+/* R1 before R11 (issue 12): on a branch, `put` and `del` of a *copied* advanced_setting are
+ * read_only_copy; a new one written there is forbidden (only the head office edits them). */
+static void test_r1_copied_advanced_setting_is_read_only_copy(void)
+{
+    net n;
+    CHECK(net_open(&n, 1));
+    char head_set[ID_BYTES];
+    CHECK(put_item(n.hq, "advanced_setting", NULL, "{\"key\":\"max_discount\",\"value\":\"10\"}",
+                   head_set));
+    CHECK(carry(&n, 0));
+    CHECK(sync_all(&n));
+    CHECK(carry(&n, 0));
+    const char *b = n.bdir[0];
+    json_t *copy = copy_of(b, "advanced_setting", head_set);
+    CHECK(copy);
+    char cid[ID_BYTES];
+    id_text(jint(copy, "id"), cid);
+    run_result r;
+    CHECK(run(&r, NULL,
+              ARGS("put", "advanced_setting", cid, "--data", b, "--json",
+                   "{\"key\":\"max_discount\",\"value\":\"90\"}")));
+    CHECK(refused(&r, "read_only_copy", 2));
+    CHECK(run(&r, NULL, ARGS("del", "advanced_setting", cid, "--data", b)));
+    CHECK(refused(&r, "read_only_copy", 2));
+    CHECK(run(&r, NULL,
+              ARGS("put", "advanced_setting", "--data", b, "--json",
+                   "{\"key\":\"other\",\"value\":\"1\"}")));
+    CHECK(refused(&r, "forbidden", 2));
+    json_t *after = get_json(b, "advanced_setting", cid);
+    CHECK(after && json_equal(copy, after));
+}
+
+/* Kept references (issue 12, docs/design.md "Deletes archive"), on a store after unlink: a
+ * detached service whose category type was never synced keeps the head office's category id,
+ * which does not exist there; renaming the service keeps that reference and is accepted, while
+ * a new service naming that id is a dangling_reference. */
+static void test_issue12_detached_item_keeps_unsynced_reference(void)
+{
+    net n;
+    CHECK(net_open(&n, 0));
+    /* Before the branch is added: its first sync point (R5a) then carries no category. */
+    CHECK(ok(NULL, NULL, ARGS("network", "types", "--data", n.hq, "--set", "service,combo")));
+    CHECK(branch_add(&n, "branch0", n.shop[0]));
+    snprintf(n.bdir[0], sizeof(n.bdir[0]), "%s/b0", n.dir);
+    n.nbranches = 1;
+    CHECK(carry(&n, 0));
+    const char *b = n.bdir[0];
+    json_t *bath = copy_of(b, "service", n.bath);
+    CHECK(bath && jint(bath, "category") == id_num(n.cat)); /* not remapped: no copy there */
+    char bath_copy[ID_BYTES];
+    id_text(jint(bath, "id"), bath_copy);
+    CHECK(ok(NULL, NULL, ARGS("shop", "unlink", n.shop[0], "--data", n.hq)));
+    CHECK(carry(&n, 0));
+    CHECK(service_put(b, bath_copy, n.cat, "Corner bath", 2500, NULL));
+    json_t *got = get_json(b, "service", bath_copy);
+    CHECK(got && strcmp(jstr(got, "name"), "Corner bath") == 0);
+    char js[JSON_BYTES];
+    snprintf(js, sizeof(js),
+             "{\"name\":\"New\",\"category\":%s,\"price_table\":[{\"tier\":\"small\","
+             "\"price_cents\":100}]}",
+             n.cat);
+    run_result r;
+    CHECK(run(&r, NULL, ARGS("put", "service", "--data", b, "--json", js)));
+    CHECK(refused(&r, "dangling_reference", 2));
+}
+
 int main(void)
 {
     if (!getenv("CS_BIN")) {
@@ -868,5 +1030,11 @@ int main(void)
     TEST(test_import_refuses_gap_after_cursor);
     TEST(test_import_refuses_gap_on_fresh_branch);
     TEST(test_import_refuses_corrupt_file);
+    TEST(test_issue12_import_empty_file_refused_nothing_left);
+    TEST(test_issue12_import_magic_then_garbage_is_corrupt);
+    TEST(test_issue12_import_shop_not_a_branch_refused);
+    TEST(test_issue12_refused_import_and_verify_change_nothing);
+    TEST(test_r1_copied_advanced_setting_is_read_only_copy);
+    TEST(test_issue12_detached_item_keeps_unsynced_reference);
     return cs_test_finish();
 }

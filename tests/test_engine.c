@@ -387,6 +387,40 @@ static void test_s6_price_out_of_range_is_refused_at_limit_accepted(void)
     fx_close(&f);
 }
 
+/* Issue 12 (hostile input), SPEC 6: a library caller can hand put strings jansson's parser
+ * never makes (json_stringn_nocheck): bytes that are not UTF-8, or a NUL, in a string field or
+ * a string list, at the top or nested. Validation refuses them with invalid_input naming the
+ * field, and nothing changes; a UTF-8 name with accents and an emoji is accepted. */
+static void test_issue12_field_strings_not_utf8_are_refused_naming_the_field(void)
+{
+    fx f;
+    catalog c;
+    CHECK(fx_open(&f, "eng-utf8", NULL));
+    CHECK(catalog_make(f.e, &c));
+    static const struct {
+        const char *s;
+        size_t n;
+    } bad[] = {{"Bath\xff", 5}, {"\xc0\xaf", 2}, {"\xed\xa0\x80", 3}, {"Ba\0th", 5}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *s = service_fields(c.category, "Bath");
+        CHECK(s && json_object_set_new(s, "name", json_stringn_nocheck(bad[i].s, bad[i].n)) == 0);
+        CHECK(put_refused(f.e, "service", 0, s, 0, CS_INVALID_INPUT, "'name': must be UTF-8"));
+        s = service_fields(c.category, "Bath");
+        json_t *tier = json_array_get(json_object_get(s, "price_table"), 0);
+        CHECK(tier &&
+              json_object_set_new(tier, "tier", json_stringn_nocheck(bad[i].s, bad[i].n)) == 0);
+        CHECK(put_refused(f.e, "service", 0, s, 0, CS_INVALID_INPUT,
+                          "'price_table[0].tier': must be UTF-8"));
+        json_t *list = json_pack("{s:s,s:[s,o]}", "name", "Check", "items", "ok",
+                                 json_stringn_nocheck(bad[i].s, bad[i].n));
+        CHECK(put_refused(f.e, "checklist", 0, list, 0, CS_INVALID_INPUT,
+                          "'items[1]': must be UTF-8"));
+    }
+    json_t *s = service_fields(c.category, "Banho e tosa \xc3\xa0 m\xc3\xa3o \xf0\x9f\x90\xb6");
+    CHECK_OK(put_owned(f.e, "service", 0, s, 0, NULL));
+    fx_close(&f);
+}
+
 /* SPEC 2, 6: a service naming a category that does not exist is dangling_reference, naming
  * the field and the id; so is an id of another type. */
 static void test_s6_reference_to_missing_item_is_dangling(void)
@@ -1562,6 +1596,7 @@ int main(void)
     RUN(test_s6_enum_refusal_with_a_long_value_list_is_cut_not_overrun);
     RUN(test_s6_combo_with_one_service_is_refused);
     RUN(test_s6_price_out_of_range_is_refused_at_limit_accepted);
+    RUN(test_issue12_field_strings_not_utf8_are_refused_naming_the_field);
     RUN(test_s6_reference_to_missing_item_is_dangling);
     RUN(test_s6_reference_to_deleted_item_is_dangling);
     RUN(test_s6_expect_version_mismatch_is_version_conflict);

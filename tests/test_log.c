@@ -1582,10 +1582,135 @@ static void test_log_refuses_event_strings_that_are_not_utf8(void)
     free(dir);
 }
 
+/* An event whose fields are the map {"v": <value>}, the value given as raw msgpack bytes. */
+static size_t fields_with(uint8_t *buf, const uint8_t *value, size_t n)
+{
+    buf[0] = 0x81;
+    buf[1] = 0xa1;
+    buf[2] = 'v';
+    memcpy(buf + 3, value, n);
+    return 3 + n;
+}
+
+#define RAW(...)                                                                                   \
+    {                                                                                              \
+        (const uint8_t[]){__VA_ARGS__}, sizeof((const uint8_t[]){__VA_ARGS__})                     \
+    }
+
+/* Issue 12 (hostile input), SPEC 6: a str anywhere inside `fields` that is not UTF-8, and an
+ * ext of type -1 that is not a valid msgpack timestamp, are refused at append with a sentence
+ * naming the rule, before anything is written (the sequence is not taken); the same bytes
+ * reaching a reader (a segment from a hostile head office, an import file) are corrupt. Valid
+ * timestamps of all three sizes and real UTF-8 are stored as they are. */
+static void test_log_refuses_field_strings_not_utf8_and_bad_timestamps(void)
+{
+    char *dir = cs_test_tmpdir("fieldutf8");
+    CHECK(dir);
+    cs_log *log;
+    CHECK_OK(cs_log_open(dir, NULL, &log));
+    const struct {
+        const uint8_t *p;
+        size_t n;
+    } bad[] = {
+        RAW(0xa2, 'a', 0xff),                    /* fixstr with a stray byte */
+        RAW(0xd9, 0x02, 0xc0, 0xaf),             /* str8, an overlong '/' */
+        RAW(0xda, 0x00, 0x03, 0xed, 0xa0, 0x80), /* str16, a surrogate */
+        RAW(0x91, 0x81, 0xa1, 'k', 0xa1, 0xc3),  /* deep in a list of maps, a cut sequence */
+        RAW(0x81, 0xa2, 'k', 0xfe, 0x01),        /* a map key */
+        RAW(0xd4, 0xff, 0x00),                   /* fixext 1, type -1: no timestamp size */
+        RAW(0xd7, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0), /* timestamp 64, nanoseconds >= 1e9 */
+        RAW(0xc7, 0x0c, 0xff, 0x3b, 0x9a, 0xca, 0x00, 0, 0, 0, 0, 0, 0, 0, 0), /* 96, ns = 1e9 */
+        RAW(0xc7, 0x05, 0xff, 1, 2, 3, 4, 5), /* ext8 of 5 bytes, type -1 */
+    };
+    const struct {
+        const uint8_t *p;
+        size_t n;
+    } good[] = {
+        RAW(0xa5, 'o', 'l', 0xc3, 0xa1, '!'),                /* olá! */
+        RAW(0xd6, 0xff, 0x5f, 0x00, 0x00, 0x00),             /* timestamp 32 */
+        RAW(0xd7, 0xff, 0xee, 0x6b, 0x27, 0xfc, 0, 0, 0, 1), /* timestamp 64, 999999999 ns */
+        RAW(0xc7, 0x0c, 0xff, 0x3b, 0x9a, 0xc9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff),                   /* timestamp 96, before 1970 */
+        RAW(0xd4, 0x07, 0x00),       /* another ext type: any bytes */
+        RAW(0xc4, 0x02, 0xff, 0xfe), /* bin: any bytes */
+    };
+    uint8_t f[64];
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cs_event ev = {
+            .kind = CS_STR("put"), .fields = f, .fields_len = fields_with(f, bad[i].p, bad[i].n)};
+        CHECK(cs_log_append(log, &ev, 1, NULL) == CS_INVALID_INPUT);
+        CHECK(strstr(cs_log_errmsg(log), "UTF-8") && strstr(cs_log_errmsg(log), "timestamp"));
+    }
+    cs_event_decoder *dec;
+    CHECK_OK(cs_event_decoder_new(&dec));
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        cs_event ev = {
+            .kind = CS_STR("put"), .fields = f, .fields_len = fields_with(f, good[i].p, good[i].n)};
+        uint64_t seq = 0;
+        CHECK_OK(cs_log_append(log, &ev, 1, &seq));
+        CHECK(seq == i + 1); /* none of the refused ones took a sequence */
+    }
+    /* The reader's side: an event carrying a bad str decodes as corrupt, the good one does not. */
+    msgpack_sbuffer sb;
+    for (int k = 0; k < 2; k++) {
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&pk, 9);
+        static const char *const ukeys[] = {"seq", "time", "shop", "id", "version"};
+        for (int j = 0; j < 5; j++) {
+            pack_key(&pk, ukeys[j]);
+            msgpack_pack_uint64(&pk, 1);
+        }
+        static const char *const skeys[] = {"actor", "kind", "type"};
+        for (int j = 0; j < 3; j++) {
+            pack_key(&pk, skeys[j]);
+            msgpack_pack_str_with_body(&pk, "a", 1);
+        }
+        pack_key(&pk, "fields");
+        size_t n = fields_with(f, k ? good[0].p : bad[0].p, k ? good[0].n : bad[0].n);
+        msgpack_sbuffer_write(&sb, (const char *)f, n);
+        cs_event_view v;
+        cs_err err = cs_event_decode(dec, (const uint8_t *)sb.data, sb.size, &v);
+        msgpack_sbuffer_destroy(&sb);
+        CHECK(k ? err == CS_OK : err == CS_CORRUPT);
+    }
+    cs_event_decoder_free(dec);
+    cs_log_close(log);
+    cs_test_rmtree(dir);
+    free(dir);
+}
+
+/* cs_utf8_prefix, which cuts a message so that it stays a str: it stops before the first byte
+ * that does not begin a whole, well-formed character. */
+static void test_utf8_prefix_and_cut_stop_before_a_cut_character(void)
+{
+    CHECK(cs_utf8_prefix("", 0) == 0);
+    CHECK(cs_utf8_prefix("abcdefghijklmnop", 16) == 16);
+    CHECK(cs_utf8_prefix("abcdefgh\xc3\xa1", 10) == 10);
+    CHECK(cs_utf8_prefix("abcdefgh\xc3", 9) == 8);     /* cut inside á */
+    CHECK(cs_utf8_prefix("ab\xf0\x9f\x90", 5) == 2);   /* cut inside an emoji */
+    CHECK(cs_utf8_prefix("abcdefghij\xff", 11) == 10); /* a stray byte after the fast path */
+    CHECK(cs_utf8_prefix("\xe0\x80\x80", 3) == 0);     /* overlong */
+    /* cs_utf8_cut: a text cut by a buffer ends before a character the cut split, never
+     * inside it; a cut between characters stays where it is. */
+    CHECK(cs_utf8_cut("ab\xc3\xa1", 4) == 4);
+    CHECK(cs_utf8_cut("ab\xc3\xa1", 3) == 2);
+    CHECK(cs_utf8_cut("ab\xf0\x9f\x90\xb6", 5) == 2);
+    CHECK(cs_utf8_cut("ab\xf0\x9f\x90\xb6", 6) == 6);
+    CHECK(cs_utf8_cut("abc", 2) == 2);
+    /* and a message formatted into too small a buffer is cut so (it goes out as a str) */
+    char small[6];
+    cs_errmsg_format(small, sizeof(small), CS_INVALID_INPUT, "%s", "abcd\xc3\xa1");
+    CHECK(strcmp(small, "abcd") == 0);
+}
+
 int main(void)
 {
     RUN(test_log_refuses_foreign_lmdb_environment);
     RUN(test_log_refuses_event_strings_that_are_not_utf8);
+    RUN(test_log_refuses_field_strings_not_utf8_and_bad_timestamps);
+    RUN(test_utf8_prefix_and_cut_stop_before_a_cut_character);
     RUN(test_log_lost_tail_is_corrupt_and_not_extended);
     RUN(test_log_round_trips_every_field_kind);
     RUN(test_log_round_trips_event_without_fields);

@@ -260,7 +260,20 @@ static bool store_exists(const char *dir)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+static int cli_open(const char *dir, bool must_exist, const cs_log_options *opts, cs_engine **out);
+
 int cs_cli_open(const char *dir, bool must_exist, cs_engine **out)
+{
+    return cli_open(dir, must_exist, NULL, out);
+}
+
+int cs_cli_open_read_only(const char *dir, cs_engine **out)
+{
+    const cs_log_options opts = {.flags = CS_LOG_READ_ONLY};
+    return cli_open(dir, true, &opts, out);
+}
+
+static int cli_open(const char *dir, bool must_exist, const cs_log_options *opts, cs_engine **out)
 {
     if (must_exist && !store_exists(dir))
         return cs_cli_fail(
@@ -269,9 +282,16 @@ int cs_cli_open(const char *dir, bool must_exist, cs_engine **out)
             "first",
             dir, dir);
     cs_engine *e = NULL;
-    cs_err err = cs_engine_open(dir, NULL, &e);
+    char why[256];
+    cs_err err = cs_engine_open_why(dir, opts, &e, why, sizeof(why));
+    /* Read-only, a database that is not there (data.mdb exists: checked above) means the
+     * store lost it: damage, not a directory that was never initialised. */
+    if (err == CS_NOT_FOUND && opts && (opts->flags & CS_LOG_READ_ONLY))
+        err = CS_CORRUPT;
     if (err != CS_OK)
-        return cs_cli_fail(err, "cannot open the data directory %s", dir);
+        return cs_cli_fail(err, "cannot open the data directory %s%s%s", dir, why[0] ? ": " : "",
+                           why);
+    cs_cli_fault_watch(e);
     if (cs_cli_g.actor)
         cs_engine_set_actor(e, cs_cli_g.actor);
     if (must_exist) {

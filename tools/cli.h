@@ -98,6 +98,13 @@ int cs_cli_data_dir(const cs_cli_cmd *cmd, const char **dir_out);
  * that holds no chainsync store or an uninitialised one, without creating anything. Returns
  * CS_CLI_GO with *out set (close with cs_engine_close), or the exit code after printing. */
 int cs_cli_open(const char *dir, bool must_exist, cs_engine **out);
+/* As cs_cli_open with must_exist, but read-only (CS_LOG_READ_ONLY): nothing in dir is created
+ * or written, which `audit verify` needs of the store it checks. */
+int cs_cli_open_read_only(const char *dir, cs_engine **out);
+/* main.c: LMDB's assertion on a damaged page (it then aborts) becomes part of the one
+ * `error: corrupt:` line main's fault handler prints, exit 3. cs_cli_open calls it; a command
+ * opening an engine another way calls it too. Accepts NULL. */
+void cs_cli_fault_watch(cs_engine *e);
 
 /* For commands whose arguments are exactly `npos` positionals, the first a SHOP id (shop
  * switch, unlink, whatsapp; whatsapp resolve): parses them into pos[] and *shop. Same returns

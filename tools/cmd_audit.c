@@ -116,20 +116,26 @@ static bool parse_time_ms(const char *s, uint64_t *out)
 /* ---- opening ----------------------------------------------------------------------------- */
 
 /* Opens the directory and its audit. Returns CS_CLI_GO or the exit code after printing. */
-static int audit_open(const cs_cli_cmd *cmd, cs_engine **e, cs_audit **a)
+static int audit_open_flags(const cs_cli_cmd *cmd, unsigned flags, cs_engine **e, cs_audit **a)
 {
     const char *dir = NULL;
     int rc = cs_cli_data_dir(cmd, &dir);
     if (rc == CS_CLI_GO)
-        rc = cs_cli_open(dir, true, e);
+        rc = (flags & CS_AUDIT_READ_ONLY) ? cs_cli_open_read_only(dir, e)
+                                          : cs_cli_open(dir, true, e);
     if (rc != CS_CLI_GO)
         return rc;
-    cs_err err = cs_audit_open(*e, a);
+    cs_err err = cs_audit_open_flags(*e, flags, a);
     if (err != CS_OK) {
         cs_engine_close(*e);
         return cs_cli_fail(err, "cannot open the audit's databases in %s", dir);
     }
     return CS_CLI_GO;
+}
+
+static int audit_open(const cs_cli_cmd *cmd, cs_engine **e, cs_audit **a)
+{
+    return audit_open_flags(cmd, 0, e, a);
 }
 
 static int audit_fail(cs_err err, const cs_audit *a, const char *what)
@@ -494,8 +500,10 @@ int cs_cmd_audit_verify(const cs_cli_cmd *cmd, int argc, char **argv)
         rc = cs_cli_usage(cmd, "--branch needs a directory");
     cs_engine *e = NULL;
     cs_audit *a = NULL;
+    /* Read-only: verify never writes in the store it checks (issue 12), so a damaged store is
+     * not made worse and a verify can run beside anything. */
     if (rc == CS_CLI_GO)
-        rc = audit_open(cmd, &e, &a);
+        rc = audit_open_flags(cmd, CS_AUDIT_READ_ONLY, &e, &a);
     if (rc != CS_CLI_GO)
         return rc;
     json_t *report = NULL;

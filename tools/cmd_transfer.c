@@ -7,8 +7,60 @@
 #include "projections/projection.h"
 #include "tools/cli.h"
 
+#include <limits.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* True when dir or one of its ancestors is a data directory (holds data.mdb). */
+static bool inside_store(const char *real)
+{
+    char d[PATH_MAX], probe[PATH_MAX + 16];
+    snprintf(d, sizeof(d), "%s", real);
+    for (unsigned depth = 0; depth < PATH_MAX / 2; depth++) { /* each step drops a component */
+        snprintf(probe, sizeof(probe), "%s/data.mdb", d[0] ? d : "/");
+        if (access(probe, F_OK) == 0)
+            return true;
+        char *slash = strrchr(d, '/');
+        if (!slash || d[0] == '\0')
+            return false;
+        *slash = '\0';
+    }
+    return false;
+}
+
+/* --out must be a new path or a regular file, outside every data directory: an export over
+ * HQ/data.mdb replaced the head office's store, one over /dev/full the device node (issue 12).
+ * Checked before anything is opened. CS_CLI_GO, or the exit code after printing. */
+static int export_target_check(const char *out, const char *data_dir)
+{
+    struct stat st;
+    if (lstat(out, &st) == 0 && !S_ISREG(st.st_mode))
+        return cs_cli_fail(CS_INVALID_INPUT,
+                           "--out %s exists and is not a regular file: give a new path or a file "
+                           "to replace",
+                           out);
+    char parent[PATH_MAX], real[PATH_MAX], data_real[PATH_MAX];
+    snprintf(parent, sizeof(parent), "%s", out);
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        snprintf(parent, sizeof(parent), ".");
+    else if (slash == parent)
+        parent[1] = '\0';
+    else
+        *slash = '\0';
+    if (!realpath(parent, real))
+        return cs_cli_fail(CS_INVALID_INPUT, "--out %s: its directory %s does not exist", out,
+                           parent);
+    bool in_data = realpath(data_dir, data_real) && strcmp(real, data_real) == 0;
+    if (in_data || inside_store(real))
+        return cs_cli_fail(CS_INVALID_INPUT,
+                           "--out %s is inside a data directory (%s): an export is written "
+                           "elsewhere, never beside a store",
+                           out, real);
+    return CS_CLI_GO;
+}
 
 int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
 {
@@ -24,6 +76,8 @@ int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
         rc = cs_cli_usage(cmd, "--out FILE is required");
     if (rc == CS_CLI_GO)
         rc = cs_cli_data_dir(cmd, &dir);
+    if (rc == CS_CLI_GO)
+        rc = export_target_check(out, dir);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
         rc = cs_cli_open(dir, true, &e);
@@ -35,6 +89,9 @@ int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
     cs_err err = cs_export_file_progress(cs_engine_log(e), from, out, &events, &p);
     if (err == CS_NOT_FOUND)
         rc = cs_cli_fail(err, "the log has no event %llu to export from", (unsigned long long)from);
+    else if (err == CS_INVALID_INPUT)
+        rc =
+            cs_cli_fail(err, "cannot export to %s: it (or %s.tmp) is not a regular file", out, out);
     else if (err != CS_OK)
         rc = cs_cli_fail(err, "cannot export to %s", out);
     else if (cs_cli_g.json_out)
@@ -47,13 +104,45 @@ int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv)
     return rc == CS_CLI_GO ? 0 : rc;
 }
 
+/* A head office is refused before cs_branch_open, which would create the projection's
+ * databases (branch, dirty, mirror, origin) in it: a refused command changes nothing (SPEC 6,
+ * issue 12). Read-only, so the check itself writes nothing. CS_CLI_GO to go on. */
+static int refuse_head_office(const char *dir)
+{
+    const cs_log_options ro = {.flags = CS_LOG_READ_ONLY};
+    cs_engine *e = NULL;
+    char why[256];
+    cs_err err = cs_engine_open_why(dir, &ro, &e, why, sizeof(why));
+    cs_cli_fault_watch(e);
+    if (err == CS_NOT_FOUND)
+        return CS_CLI_GO; /* no chainsync databases yet: cs_branch_open makes them */
+    if (err != CS_OK)
+        return cs_cli_fail(err, "cannot open the data directory %s%s%s", dir, why[0] ? ": " : "",
+                           why);
+    cs_shop_info self;
+    err = cs_engine_self(e, &self);
+    int rc = CS_CLI_GO;
+    if (err == CS_OK && self.role == CS_ROLE_HEAD)
+        rc = cs_cli_fail(CS_FORBIDDEN, "this directory is a head office");
+    else if (err != CS_OK && err != CS_NOT_FOUND)
+        rc = cs_cli_fail_engine(err, e, "reading this shop's identity");
+    cs_engine_close(e);
+    return rc;
+}
+
 static int import_into(const char *dir, uint64_t shop, const char *file)
 {
     cs_cli_created fresh = cs_cli_created_before(dir);
+    if (!fresh.store) {
+        int hrc = refuse_head_office(dir);
+        if (hrc != CS_CLI_GO)
+            return hrc;
+    }
     cs_branch *b = NULL;
     cs_err err = cs_branch_open(dir, NULL, &b);
     if (err != CS_OK)
         return cs_cli_fail(err, "cannot open the data directory %s", dir);
+    cs_cli_fault_watch(cs_branch_engine(b));
     if (cs_cli_g.actor)
         cs_engine_set_actor(cs_branch_engine(b), cs_cli_g.actor);
     uint64_t applied = 0;
@@ -65,8 +154,16 @@ static int import_into(const char *dir, uint64_t shop, const char *file)
     cs_branch_state st = {0};
     if (err == CS_OK)
         err = cs_branch_state_get(b, &st);
+    /* A directory this command made must end as a branch of the network in the file: when
+     * --shop is no branch there, it would be neither initialised nor linked (issue 12). */
+    bool not_branch = err == CS_OK && fresh.store && !st.linked && !st.unlinked;
     int rc = 0;
-    if (err != CS_OK)
+    if (not_branch)
+        rc = cs_cli_fail(CS_NOT_IN_NETWORK,
+                         "shop %llu is not a branch of the network in %s: check --shop (the id "
+                         "`shop add` printed) and that the file was exported after it",
+                         (unsigned long long)shop, file);
+    else if (err != CS_OK)
         rc = cs_cli_fail(err, "%s", cs_branch_errmsg(b));
     else if (cs_cli_g.json_out)
         rc = cs_cli_print_json_new(json_pack("{s:I,s:I,s:I,s:b}", "applied", (json_int_t)applied,
@@ -78,8 +175,9 @@ static int import_into(const char *dir, uint64_t shop, const char *file)
                (unsigned long long)st.sync_seq,
                st.unlinked ? "; it was unlinked and is a single store now" : "");
     cs_branch_state now;
-    bool undo = err != CS_OK && cs_branch_state_get(b, &now) == CS_OK && now.cursor == 0 &&
-                now.shop == 0; /* refused before anything of the file was applied */
+    bool undo =
+        not_branch || (err != CS_OK && cs_branch_state_get(b, &now) == CS_OK && now.cursor == 0);
+    /* refused before anything of the file was applied (or, not_branch, all of it undone) */
     cs_branch_close(b);
     if (undo)
         cs_cli_created_undo(dir, fresh);

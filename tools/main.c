@@ -8,11 +8,18 @@
  * the one-word form ("log"), so a group can grow subcommands beside a one-word command. Words
  * not in the table are usage errors.
  * The full reference is docs/cli.md.
+ *
+ * Also here: the fault handlers that turn a crash of LMDB on a damaged store (SIGBUS, SIGSEGV,
+ * its assertions' abort) into `error: corrupt: ...` and exit 3 (docs/security.md, "What LMDB
+ * cannot detect"). Their state (an alternate stack, LMDB's last assertion text) is the only
+ * global mutable state of this file.
  */
 #include "tools/cli.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static const cs_cli_cmd commands[] = {
     {"init", NULL, cs_cmd_init, "make the data directory a single store; prints its shop id",
@@ -477,12 +484,90 @@ static int dispatch(int argc, char **argv)
     return 1;
 }
 
+/* ---- a damaged store ends the process with `corrupt`, not a signal ------------------------ */
+
+/* LMDB trusts its pages (docs/security.md, "What LMDB cannot detect"): bytes overwritten in
+ * data.mdb can make it read outside its map (SIGSEGV, SIGBUS) or fail one of its own asserts
+ * (abort). Nothing can be recovered in the process at that point, but the user gets the SPEC 6
+ * shape, `error: corrupt: ...` and exit 3, instead of a core dump. Only async-signal-safe calls
+ * (write, _exit). Not installed under the sanitizers, whose reports must not be replaced. */
+#if defined(__SANITIZE_ADDRESS__)
+#define CS_FAULT_HANDLER 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
+#define CS_FAULT_HANDLER 0
+#endif
+#endif
+#ifndef CS_FAULT_HANDLER
+#define CS_FAULT_HANDLER 1
+#endif
+
+#define FAULT_STACK_BYTES (64u * 1024u) /* a fault from a blown stack still has one to run on */
+static char fault_stack[FAULT_STACK_BYTES];
+
+static void fault_write(const char *s)
+{
+    ssize_t n = write(2, s, strlen(s));
+    (void)n;
+}
+
+/* LMDB's assertion message, kept by fault_lmdb_assert for the SIGABRT that follows it. */
+#define FAULT_LMDB_MSG_BYTES 256
+static char fault_lmdb_msg[FAULT_LMDB_MSG_BYTES];
+
+/* LMDB calls this on a failed assertion, then abort()s: instead of its own line on stderr
+ * before ours, its words go into our one `error: corrupt:` line. */
+static void fault_lmdb_assert(MDB_env *env, const char *msg)
+{
+    (void)env;
+    snprintf(fault_lmdb_msg, sizeof(fault_lmdb_msg), "%s", msg);
+}
+
+void cs_cli_fault_watch(cs_engine *e)
+{
+    if (e && CS_FAULT_HANDLER)
+        mdb_env_set_assert(cs_log_env(cs_engine_log(e)), fault_lmdb_assert);
+}
+
+static void fault_handler(int sig)
+{
+    if (sig == SIGABRT && fault_lmdb_msg[0]) {
+        fault_write("error: corrupt: LMDB stopped on a damaged page (");
+        fault_write(fault_lmdb_msg);
+        fault_write("): the data directory's store is damaged (see docs/security.md); "
+                    "`chainsync audit verify` names the damage\n");
+        _exit(3);
+    }
+    fault_write("error: corrupt: the process stopped on ");
+    fault_write(sig == SIGBUS ? "SIGBUS" : sig == SIGSEGV ? "SIGSEGV" : "SIGABRT");
+    fault_write(" while reading the data directory: its store is damaged (LMDB cannot detect "
+                "overwritten pages; see docs/security.md) or this is a bug; "
+                "`chainsync audit verify` names the damage\n");
+    _exit(3);
+}
+
+static void fault_handlers_install(void)
+{
+    if (!CS_FAULT_HANDLER)
+        return;
+    stack_t ss = {.ss_sp = fault_stack, .ss_size = sizeof(fault_stack)};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = fault_handler;
+    sa.sa_flags = sigaltstack(&ss, NULL) == 0 ? SA_ONSTACK : 0;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, NULL);
+    sigaction(SIGSEGV, &sa, NULL);
+    sigaction(SIGABRT, &sa, NULL);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[1], "--version") == 0) {
         printf("chainsync %s\n", CS_VERSION);
         return 0;
     }
+    fault_handlers_install();
     int first = 0;
     bool help = false;
     int rc = cs_cli_parse_globals(argc, argv, &first, &help);

@@ -1,0 +1,381 @@
+/*
+ * test_disk_full.c: issue 12 "Disk full and map full during append and apply" (SPEC 4, SPEC 6
+ * storage_full) with the real binary on a small filesystem of its own: an 8 MiB ext4 image
+ * loop-mounted (or, when loop devices are unavailable, a tmpfs with size=8m), filled up to a
+ * few hundred KiB by a ballast file, so that the log fills the rest within a few commands.
+ *   - append: `put` at a head office on the full filesystem fails with storage_full (exit 3),
+ *     every earlier acknowledged put is in the log, the log verifies, a retry still fails and
+ *     changes nothing; once the ballast is removed the next put succeeds and verify passes.
+ *   - apply: a branch on the full filesystem pulls a catch-up larger than the space left:
+ *     `branch pull` fails with storage_full, the branch still equals what the audit replays
+ *     for it at its cursor; once space returns, pull catches up and verifies.
+ *   - map growth at the filesystem's limit: a log opened with a 512 KiB map grows it (log/map.c,
+ *     doubling) while it fills the filesystem; the append that finds no room is storage_full,
+ *     the map's growth never gets ahead of the disk in a harmful way (no SIGBUS: the map is
+ *     never written through), the log reopens and verifies with every acknowledged event, and
+ *     appends resume once space returns.
+ * The map itself is virtual (log/map.c doubles it up to 1 TiB without using disk), so at the
+ * filesystem's limit it is the disk that fills; LMDB reports the short write as EIO, which
+ * log/store.c turns into storage_full when the filesystem has no space left.
+ *
+ * Needs root (mount). Without it, or when neither mount works, it prints "skipped: needs root"
+ * (or why) and passes nothing. The filesystem is unmounted and removed at the end, every child
+ * is reaped.
+ */
+#include "log/log.h"
+#include "tests/harness.h"
+#include "tests/run.h"
+
+#include <msgpack.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#define FS_BYTES (8u * 1024u * 1024u)
+#define LEFT_APPEND_BYTES (384u * 1024u) /* what the ballast leaves for the append test */
+#define LEFT_APPLY_BYTES (160u * 1024u)
+#define PUTS_MAX 400u
+#define CATCH_UP_PUTS 120u
+#define WAIT_MS 60000u
+#define PASSWORD "disk-full-password"
+#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static char root[256], mnt[300], img[300], ballast[320];
+static bool mounted;
+
+static int run_tool(const char *const *argv)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/dev/null", O_RDWR);
+        dup2(fd, 0), dup2(fd, 1), dup2(fd, 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    return pid < 0 ? -1 : cs_run_reap(pid, cs_run_now_ms() + WAIT_MS);
+}
+
+/* Mounts a small filesystem at mnt: ext4 on a loop device, else tmpfs. NULL when done, else
+ * why not. */
+static const char *fs_mount(void)
+{
+    if (geteuid() != 0)
+        return "needs root";
+    char *r = cs_test_tmpdir("diskfull");
+    if (!r)
+        return "no temporary directory";
+    snprintf(root, sizeof(root), "%s", r);
+    free(r);
+    snprintf(mnt, sizeof(mnt), "%s/mnt", root);
+    snprintf(img, sizeof(img), "%s/fs.img", root);
+    snprintf(ballast, sizeof(ballast), "%s/ballast", mnt);
+    if (mkdir(mnt, 0700) != 0)
+        return "cannot make the mount point";
+    int fd = open(img, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    bool made = fd >= 0 && ftruncate(fd, FS_BYTES) == 0;
+    if (fd >= 0)
+        close(fd);
+    if (made && run_tool(ARGS("/usr/sbin/mkfs.ext4", "-q", "-F", img)) == 0 &&
+        run_tool(ARGS("/usr/bin/mount", "-o", "loop", img, mnt)) == 0) {
+        mounted = true;
+        fprintf(stderr, "  an 8 MiB ext4 image, loop-mounted\n");
+        return NULL;
+    }
+    if (mount("tmpfs", mnt, "tmpfs", 0, "size=8m,mode=0700") == 0) {
+        mounted = true;
+        fprintf(stderr, "  a tmpfs of 8 MiB (no loop device)\n");
+        return NULL;
+    }
+    return "neither a loop mount nor a tmpfs mount works here";
+}
+
+static void fs_unmount(void)
+{
+    if (mounted && umount2(mnt, 0) != 0)
+        umount2(mnt, MNT_DETACH);
+    mounted = false;
+    if (root[0])
+        cs_test_rmtree(root);
+}
+
+/* Fills the filesystem with the ballast file until about `left` bytes remain. */
+static bool ballast_fill(uint64_t left)
+{
+    struct statvfs sv;
+    if (statvfs(mnt, &sv) != 0)
+        return false;
+    uint64_t free_bytes = (uint64_t)sv.f_bfree * sv.f_frsize; /* root may use all of it */
+    if (free_bytes <= left)
+        return true;
+    int fd = open(ballast, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0)
+        return false;
+    /* The filesystem's own metadata for the file takes a little of the space: asking for all of
+     * it can fail, so ask for a little less each time. */
+    bool ok = false;
+    for (uint64_t want = free_bytes - left, i = 0; !ok && i < 32 && want > 65536;
+         i++, want -= 65536)
+        ok = posix_fallocate(fd, 0, (off_t)want) == 0;
+    ok = ok && fsync(fd) == 0;
+    close(fd);
+    return ok;
+}
+
+static int cs(const char *input, const char *const *args, char **out, char **err)
+{
+    cs_run_result r;
+    bool ok = cs_run(&r, input, NULL, args, WAIT_MS);
+    int code = ok ? r.exit_code : -1;
+    if (out)
+        *out = r.out, r.out = NULL;
+    if (err)
+        *err = r.err, r.err = NULL;
+    free(r.out);
+    free(r.err);
+    return code;
+}
+
+static long log_count(const char *dir, const char *needle)
+{
+    char *out = NULL;
+    long n = -1;
+    if (cs(NULL, ARGS("log", "--data", dir), &out, NULL) == 0)
+        for (const char *p = (n = 0, out); (p = strstr(p, needle)); p++)
+            n++;
+    free(out);
+    return n;
+}
+
+static bool put_customer(const char *dir, unsigned i, char **err)
+{
+    static char js[4200];
+    int k = snprintf(js, sizeof(js), "{\"name\":\"full-%u\",\"notes\":\"", i);
+    memset(js + k, 'n', 3900);
+    snprintf(js + k + 3900, sizeof(js) - (size_t)k - 3900, "\"}");
+    return cs(NULL, ARGS("put", "customer", "--data", dir, "--json", js), NULL, err) == 0;
+}
+
+static bool storage_full(int code, const char *err)
+{
+    /* The error line is the last one (a node logs its connection first). */
+    bool ok =
+        code == 3 && err &&
+        (strncmp(err, "error: storage_full:", 20) == 0 || strstr(err, "\nerror: storage_full:"));
+    if (!ok)
+        fprintf(stderr, "  expected storage_full, exit 3; got exit %d: %s", code, err ? err : "");
+    return ok;
+}
+
+/* SPEC 4/6, issue 12: append on a full disk: storage_full, nothing acknowledged lost, a valid
+ * log, nothing changed by a retry, and recovery once space returns. */
+static void test_disk_full_append_storage_full_valid_log_recovers(void)
+{
+    char hq[400];
+    snprintf(hq, sizeof(hq), "%s/hq", mnt);
+    CHECK(cs(NULL, ARGS("init", "--data", hq, "--name", "HQ"), NULL, NULL) == 0);
+    CHECK(ballast_fill(LEFT_APPEND_BYTES));
+    unsigned acked = 0;
+    char *err = NULL;
+    while (acked < PUTS_MAX && put_customer(hq, acked, &err)) {
+        free(err);
+        err = NULL;
+        acked++;
+    }
+    fprintf(stderr, "  %u puts acknowledged before the disk was full\n", acked);
+    CHECK(acked > 0 && acked < PUTS_MAX);
+    CHECK(storage_full(3, err));
+    free(err);
+    err = NULL;
+    CHECK(log_count(hq, "\"type\":\"customer\"") == (long)acked);
+    int rc = put_customer(hq, 9999, &err) ? 0 : 3;
+    bool still = storage_full(rc, err);
+    free(err);
+    err = NULL;
+    CHECK(still);
+    CHECK(log_count(hq, "\"type\":\"customer\"") == (long)acked);
+    char *out = NULL;
+    rc = cs(NULL, ARGS("audit", "verify", "--data", hq), &out, &err);
+    if (rc != 0)
+        fprintf(stderr, "  verify on the full disk: exit %d: %s%s", rc, out, err);
+    free(out), free(err);
+    err = NULL;
+    CHECK(rc == 0);
+    CHECK(unlink(ballast) == 0);
+    CHECK(put_customer(hq, 10000, NULL));
+    CHECK(log_count(hq, "\"type\":\"customer\"") == (long)acked + 1);
+    CHECK(cs(NULL, ARGS("audit", "verify", "--data", hq), NULL, NULL) == 0);
+    cs_test_rmtree(hq);
+}
+
+static bool serve_start(const char *hq, const char *ready, char *addr, size_t addr_len, pid_t *pid)
+{
+    unlink(ready);
+    *pid = cs_run_spawn(
+        ARGS("serve", "--data", hq, "--listen", "127.0.0.1:0", "--ready-file", ready), NULL);
+    uint64_t deadline = cs_run_now_ms() + WAIT_MS;
+    while (*pid > 0 && cs_run_now_ms() < deadline) {
+        FILE *f = fopen(ready, "r");
+        if (f) {
+            bool ok = fgets(addr, (int)addr_len, f) && strchr(addr, '\n');
+            fclose(f);
+            if (ok) {
+                addr[strcspn(addr, "\n")] = '\0';
+                return true;
+            }
+        }
+        cs_run_sleep_ms(10);
+    }
+    return false;
+}
+
+/* SPEC 4/6, issue 12: a branch applying a catch-up on a full disk: storage_full, the branch
+ * still equals the audit's replay at its cursor, and it catches up once space returns. */
+static void test_disk_full_apply_storage_full_branch_valid_recovers(void)
+{
+    char hq[300], br[400], ready[300], addr[128] = "";
+    snprintf(hq, sizeof(hq), "%s/hq", root); /* the head office has room */
+    snprintf(br, sizeof(br), "%s/b1", mnt);
+    snprintf(ready, sizeof(ready), "%s/ready", root);
+    char *out = NULL;
+    CHECK(cs(NULL, ARGS("init", "--data", hq, "--name", "HQ"), NULL, NULL) == 0);
+    CHECK(cs(NULL, ARGS("network", "create", "--data", hq, "--name", "N"), NULL, NULL) == 0);
+    CHECK(cs(PASSWORD "\n",
+             ARGS("shop", "add", "--data", hq, "--name", "B1", "--password-stdin", "--json-out"),
+             &out, NULL) == 0);
+    unsigned long long id = 0;
+    bool got = sscanf(out, "{\"id\":%llu", &id) == 1;
+    free(out);
+    out = NULL;
+    CHECK(got);
+    char shop[32];
+    snprintf(shop, sizeof(shop), "%llu", id);
+    pid_t serve = 0;
+    bool ok =
+        serve_start(hq, ready, addr, sizeof(addr), &serve) &&
+        cs(PASSWORD "\n",
+           ARGS("branch", "join", "--data", br, "--head", addr, "--shop", shop, "--password-stdin"),
+           NULL, NULL) == 0;
+    if (!ok)
+        fprintf(stderr, "  serve or join failed\n");
+    for (unsigned i = 0; ok && i < CATCH_UP_PUTS; i++) {
+        char *perr = NULL;
+        ok = put_customer(hq, i, &perr);
+        if (!ok)
+            fprintf(stderr, "  put %u at the head office: %s", i, perr ? perr : "");
+        free(perr);
+    }
+    ok = ok && ballast_fill(LEFT_APPLY_BYTES);
+    if (!ok)
+        fprintf(stderr, "  the head office's puts or the ballast failed\n");
+    char *err = NULL;
+    int rc = ok ? cs(NULL, ARGS("branch", "pull", "--data", br), NULL, &err) : -1;
+    bool full = ok && storage_full(rc, err);
+    free(err);
+    err = NULL;
+    int verify_full =
+        ok ? cs(NULL, ARGS("audit", "verify", "--data", hq, "--branch", br), &out, &err) : -1;
+    if (verify_full != 0)
+        fprintf(stderr, "  verify --branch on the full disk: exit %d: %s%s", verify_full,
+                out ? out : "", err ? err : "");
+    free(out), free(err);
+    out = err = NULL;
+    bool freed = ok && unlink(ballast) == 0;
+    int pull = freed ? cs(NULL, ARGS("branch", "pull", "--data", br), NULL, NULL) : -1;
+    int verify = pull == 0
+                     ? cs(NULL, ARGS("audit", "verify", "--data", hq, "--branch", br), NULL, NULL)
+                     : -1;
+    cs_run_stop(serve, SIGTERM, 10000);
+    unlink(ready);
+    cs_test_rmtree(hq);
+    cs_test_rmtree(br);
+    CHECK(ok);
+    CHECK(full);
+    CHECK(verify_full == 0);
+    CHECK(pull == 0 && verify == 0);
+}
+
+/* SPEC 4/6, issue 12 "map full": the map doubles past what the filesystem holds, but it is the
+ * disk that fills first; the failing append is storage_full, nothing acknowledged is lost, the
+ * log verifies after a reopen, and appends resume when space returns. */
+static void test_disk_full_map_grows_to_filesystem_limit_storage_full(void)
+{
+    char dir[400];
+    snprintf(dir, sizeof(dir), "%s/maplog", mnt);
+    int fd = open(ballast, O_WRONLY | O_CREAT | O_TRUNC, 0600); /* 1 MiB to give back later */
+    CHECK(fd >= 0);
+    bool held = posix_fallocate(fd, 0, 1024 * 1024) == 0;
+    close(fd);
+    CHECK(held);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    static char note[3000];
+    memset(note, 'm', sizeof(note));
+    msgpack_pack_map(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "note", 4);
+    msgpack_pack_str_with_body(&pk, note, sizeof(note));
+    cs_event evs[16];
+    for (unsigned i = 0; i < 16; i++)
+        evs[i] = (cs_event){.shop = 1,
+                            .id = i + 1,
+                            .version = 1,
+                            .actor = CS_STR("disk"),
+                            .kind = CS_STR("put"),
+                            .type = CS_STR("note"),
+                            .fields = (const uint8_t *)sb.data,
+                            .fields_len = sb.size};
+    cs_log_options o = {.map_bytes = 512 * 1024};
+    cs_log *log = NULL;
+    cs_err err = cs_log_open(dir, &o, &log);
+    uint64_t acked = 0, first = 0;
+    for (unsigned b = 0; err == CS_OK && b < 4000; b++)
+        if ((err = cs_log_append(log, evs, 16, &first)) == CS_OK)
+            acked = first + 15;
+    if (err != CS_STORAGE_FULL)
+        fprintf(stderr, "  append ended with %s: %s\n", cs_err_name(err), cs_log_errmsg(log));
+    cs_log_close(log);
+    struct stat st;
+    char mdb[450];
+    snprintf(mdb, sizeof(mdb), "%s/data.mdb", dir);
+    bool grew = stat(mdb, &st) == 0 && st.st_size > 2 * 512 * 1024;
+    fprintf(stderr, "  %llu events acknowledged, data.mdb %lld bytes, then %s\n",
+            (unsigned long long)acked, (long long)st.st_size, cs_err_name(err));
+    log = NULL;
+    cs_log_reader *r = NULL;
+    uint64_t head = 0, bad = 0;
+    cs_err verr = cs_log_open(dir, NULL, &log);
+    if (verr == CS_OK && (verr = cs_log_reader_open(log, &r)) == CS_OK &&
+        (verr = cs_log_reader_head(r, &head)) == CS_OK)
+        verr = cs_log_reader_verify(r, &bad);
+    cs_log_reader_close(r);
+    bool resumed = unlink(ballast) == 0 && verr == CS_OK &&
+                   cs_log_append(log, evs, 16, &first) == CS_OK && first == head + 1;
+    cs_log_close(log);
+    msgpack_sbuffer_destroy(&sb);
+    cs_test_rmtree(dir);
+    CHECK(err == CS_STORAGE_FULL);
+    CHECK(grew && acked > 0);
+    CHECK(verr == CS_OK && head == acked);
+    CHECK(resumed);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const char *why = fs_mount();
+    if (why) {
+        printf("skipped: %s (test_disk_full mounts a small filesystem)\n", why);
+        fs_unmount();
+        return cs_test_finish();
+    }
+    RUN(test_disk_full_append_storage_full_valid_log_recovers);
+    RUN(test_disk_full_apply_storage_full_branch_valid_recovers);
+    RUN(test_disk_full_map_grows_to_filesystem_limit_storage_full);
+    fs_unmount();
+    return cs_test_finish();
+}
