@@ -286,6 +286,9 @@ cs_err cs_engine_set_self(cs_engine *e, cs_log_txn *txn, uint64_t shop, const ch
 /* The outbox of a branch (R8): a JSON array of {seq,kind,type,id,version,expect}, oldest first.
  * New reference owned by the caller. */
 cs_err cs_engine_outbox(cs_engine *e, json_t **out);
+/* How many entries the outbox holds: one mdb_stat, no entry read (what a branch node reports to
+ * its head office in every PING and ACK). */
+cs_err cs_engine_outbox_count(cs_engine *e, uint64_t *out);
 /* Allocates the next item id of shop `shop` (this directory's own; 0 = read it from the
  * directory, which costs a parse per call) inside txn (see items.c for the scheme). */
 cs_err cs_engine_alloc_id(cs_engine *e, cs_log_txn *txn, uint64_t shop, uint64_t *out);
@@ -350,10 +353,11 @@ cs_err cs_engine_network_whatsapp(cs_engine *e, const char *mode, const char *nu
 /* Shops. add links a new branch (a sync point for it, R5a); the password is stored only as the
  * keys derived from it (cs_auth_keys), outside the log (R9). */
 cs_err cs_engine_shop_add(cs_engine *e, const char *name, const char *password, uint64_t *shop_out);
-/* A JSON array of {id,name,role,switch,cursor,lag,lag_ms,last_seen,connected,linked}: cursor,
- * last_seen (ISO 8601) and connected from the server's status records, null for a branch never
- * seen; lag = head sequence - cursor, lag_ms = now - time of the first event it lacks (0 when
- * in step). */
+/* A JSON array of {id,name,role,switch,cursor,lag,lag_ms,last_seen,connected,outbox,linked}:
+ * cursor, last_seen (ISO 8601), connected and outbox (the branch's outbox depth as it last
+ * reported) from the server's status records, null for a branch never seen (outbox also for one
+ * that never reported it); lag = head sequence - cursor, lag_ms = now - time of the first event it
+ * lacks (0 when in step). */
 cs_err cs_engine_shop_list(cs_engine *e, json_t **out);
 cs_err cs_engine_shop_switch(cs_engine *e, uint64_t shop, bool on);
 cs_err cs_engine_shop_password(cs_engine *e, uint64_t shop, const char *password);
@@ -430,6 +434,10 @@ typedef struct cs_shop_status {
     uint64_t cursor;       /* the last sequence the branch said it has durably applied */
     uint64_t last_seen_ms; /* when the last frame from it arrived, ms since the epoch */
     bool connected;
+    /* Its outbox depth (R8 writes not yet answered) as it last reported in PING or ACK;
+     * outbox_known false when it never did (a branch older than the `outbox` key). */
+    uint64_t outbox;
+    bool outbox_known;
 } cs_shop_status;
 
 /* Writes n statuses in one transaction. Errors: CS_INVALID_INPUT (a shop that is no branch),

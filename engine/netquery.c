@@ -42,12 +42,14 @@ cs_err cs_engine_self(cs_engine *e, cs_shop_info *out)
     return err;
 }
 
-/* A branch row's cursor, last_seen (ISO 8601 UTC, ms) and connected from its status record;
- * lag and lag_ms null until shops_lag. A branch never seen keeps them all null. */
+/* A branch row's cursor, last_seen (ISO 8601 UTC, ms), connected and outbox from its status
+ * record; lag and lag_ms null until shops_lag. A branch never seen keeps them all null, and
+ * outbox stays null for one that never reported it. */
 static cs_err status_fill(cs_engine *e, MDB_txn *m, json_t *row)
 {
     int jrc = json_object_set_new(row, "lag_ms", json_null()) |
-              json_object_set_new(row, "connected", json_null());
+              json_object_set_new(row, "connected", json_null()) |
+              json_object_set_new(row, "outbox", json_null());
     cs_shop_status st;
     cs_err err =
         cs__status_read(e, m, (uint64_t)json_integer_value(json_object_get(row, "id")), &st);
@@ -61,6 +63,8 @@ static cs_err status_fill(cs_engine *e, MDB_txn *m, json_t *row)
     jrc |= json_object_set_new(row, "cursor", json_integer((json_int_t)st.cursor)) |
            json_object_set_new(row, "last_seen", json_string(when)) |
            json_object_set_new(row, "connected", json_boolean(st.connected));
+    if (st.outbox_known)
+        jrc |= json_object_set_new(row, "outbox", json_integer((json_int_t)st.outbox));
     return jrc ? CS_NO_MEMORY : CS_OK;
 }
 
@@ -109,10 +113,10 @@ static cs_err list_shops(cs_engine *e, MDB_txn *m, json_t *arr)
     cs_err err = cs__net_get(m, e->network, "self", 4, &self);
     if (err != CS_OK)
         return err;
-    json_t *head =
-        json_pack("{s:O,s:O,s:s,s:n,s:n,s:n,s:n,s:n,s:n,s:b}", "id", json_object_get(self, "id"),
-                  "name", json_object_get(self, "name"), "role", "head", "switch", "cursor", "lag",
-                  "lag_ms", "last_seen", "connected", "linked", 1);
+    json_t *head = json_pack("{s:O,s:O,s:s,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:b}", "id",
+                             json_object_get(self, "id"), "name", json_object_get(self, "name"),
+                             "role", "head", "switch", "cursor", "lag", "lag_ms", "last_seen",
+                             "connected", "outbox", "linked", 1);
     json_decref(self);
     if (!head || json_array_append_new(arr, head))
         return CS_NO_MEMORY;

@@ -2,6 +2,7 @@
  * outbox.c: a branch's side of R8 after the write: the connection takes the oldest entry the
  * head office has not answered (cs_engine_outbox_next), sends it, and when the answer comes
  * removes it (cs_engine_outbox_done), keeping a refusal in `rejected` so a person sees it.
+ * cs_engine_outbox_count is the depth the node reports to the head office (one mdb_stat).
  *
  * Exactly once: an entry leaves the outbox only on an answer, and the head office remembers
  * each (branch, req) answer (remote.c), so an entry sent again after a cut connection gets the
@@ -45,6 +46,22 @@ cs_err cs_engine_outbox_next(cs_engine *e, uint64_t after, uint64_t *key_out, ui
     mdb_cursor_close(cur);
     cs_log_read_end(e->log, m);
     return err;
+}
+
+cs_err cs_engine_outbox_count(cs_engine *e, uint64_t *out)
+{
+    e->errmsg[0] = '\0';
+    MDB_txn *m;
+    MDB_stat st;
+    cs_err err = cs__read_begin(e, &m);
+    if (err != CS_OK)
+        return err;
+    int rc = mdb_stat(m, e->outbox, &st);
+    cs_log_read_end(e->log, m);
+    if (rc)
+        return cs__fail(e, CS_IO, "cannot count the outbox: %s", mdb_strerror(rc));
+    *out = st.ms_entries;
+    return CS_OK;
 }
 
 typedef struct done_ctx {

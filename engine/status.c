@@ -1,10 +1,12 @@
 /*
  * status.c: what the head office's server records about each branch (SPEC 5, the Managing
  * shops view): the cursor it last acknowledged, when a frame from it last arrived, whether it
- * is connected. The `status` database is observation, not state: it is not logged, not in any
- * digest, and a replay does not rebuild it. serve batches it (one transaction per second of
- * changes), so a lost batch costs a second of display, never correctness: the branch's cursor
- * of record is the branch's own. Layout: docs/storage.md, "status".
+ * is connected, and its outbox depth as it last reported (optional: older branches never send
+ * it, and records written before the key existed lack it). The `status` database is observation,
+ * not state: it is not logged, not in any digest, and a replay does not rebuild it. serve batches
+ * it (one transaction per second of changes), so a lost batch costs a second of display, never
+ * correctness: the branch's cursor of record is the branch's own. Layout: docs/storage.md,
+ * "status".
  */
 #include "engine/engine_int.h"
 
@@ -30,7 +32,9 @@ static cs_err status_put(cs_log_txn *txn, cs_engine *e, const cs_shop_status *s)
     json_decref(shop);
     cs__pack p;
     cs__pack_init(&p);
-    msgpack_pack_map(&p.pk, 3);
+    /* `outbox` only when the branch reported it: a record without it (also every record
+     * written before the key existed) reads as unknown. */
+    msgpack_pack_map(&p.pk, s->outbox_known ? 4 : 3);
     msgpack_pack_str_with_body(&p.pk, "cursor", 6);
     msgpack_pack_uint64(&p.pk, s->cursor);
     msgpack_pack_str_with_body(&p.pk, "last_seen", 9);
@@ -40,6 +44,10 @@ static cs_err status_put(cs_log_txn *txn, cs_engine *e, const cs_shop_status *s)
         msgpack_pack_true(&p.pk);
     else
         msgpack_pack_false(&p.pk);
+    if (s->outbox_known) {
+        msgpack_pack_str_with_body(&p.pk, "outbox", 6);
+        msgpack_pack_uint64(&p.pk, s->outbox);
+    }
     uint8_t kb[8];
     cs_be64_put(kb, s->shop);
     MDB_val k = {8, kb}, v = {p.sb.size, p.sb.data};
@@ -80,9 +88,11 @@ cs_err cs__status_read(cs_engine *e, MDB_txn *m, uint64_t shop, cs_shop_status *
     cs_shop_status s = {.shop = shop};
     cs_err err = cs__record_get(m, e->status, kb, sizeof(kb), &z, &o);
     const msgpack_object *c = err == CS_OK ? cs__map_get(&o, "connected") : NULL;
+    const msgpack_object *ob = err == CS_OK ? cs__map_get(&o, "outbox") : NULL;
     if (err == CS_OK &&
         (!cs__map_u64(&o, "cursor", &s.cursor) || !cs__map_u64(&o, "last_seen", &s.last_seen_ms) ||
-         !c || c->type != MSGPACK_OBJECT_BOOLEAN))
+         !c || c->type != MSGPACK_OBJECT_BOOLEAN ||
+         (ob && !(s.outbox_known = cs__map_u64(&o, "outbox", &s.outbox)))))
         err = CS_CORRUPT;
     if (err == CS_OK) {
         s.connected = c->via.boolean;

@@ -316,6 +316,9 @@ static void publish_metrics(cs__server *s, json_t *branches)
     branch_family(&t, branches, "chainsync_branch_last_contact_timestamp_seconds",
                   "When the last frame from the branch arrived (Unix time).", "last_seen_ms",
                   0.001);
+    branch_family(&t, branches, "chainsync_branch_outbox_entries",
+                  "Shared-record writes the branch still has queued, as it last reported.",
+                  "outbox", 1);
     branch_family(&t, branches, "chainsync_branch_switch",
                   "The branch's sync switch (R6): 1 on, 0 off.", "switch", 1);
     if (cs__mtext_close(&t, &text, &len) == CS_OK)

@@ -267,8 +267,10 @@ typedef struct cs__conn {
     uint8_t cnonce[CS_NET_NONCE_BYTES];
     uint8_t snonce[CS_NET_NONCE_BYTES];
     uint32_t proto;
-    uint64_t send_next;     /* the next sequence to queue */
-    uint64_t acked;         /* the branch's durable cursor, as it last said */
+    uint64_t send_next; /* the next sequence to queue */
+    uint64_t acked;     /* the branch's durable cursor, as it last said */
+    uint64_t outbox;    /* its outbox depth, as it last said in PING or ACK (optional key) */
+    bool outbox_known;
     uint64_t caught_up_seq; /* the head as of START: CAUGHT_UP once send_next passes it */
     bool caught_up_due;
     size_t queued;      /* bytes handed to uv_write and not yet written */

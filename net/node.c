@@ -3,7 +3,9 @@
  * proves it knows its password without sending it, checks that the head office holds its
  * secret and keeps the log it follows, applies every segment through the projection in one
  * durable transaction with the cursor, acknowledges it, and sends its outbox of shared-record
- * writes upstream, one at a time, until each is answered (docs/protocol.md).
+ * writes upstream, one at a time, until each is answered (docs/protocol.md). Every PING and ACK
+ * carries the outbox depth, and a PING goes at once when it changed, so the head office shows
+ * each branch's backlog.
  *
  * States, with what moves the node on:
  *
@@ -68,6 +70,9 @@ typedef struct cs_node {
     bool caught_up;
     bool write_inflight;
     uint64_t inflight_key;
+    uint64_t outbox_told; /* the outbox depth last sent in PING or ACK, this connection */
+    bool outbox_told_known;
+    bool start_taken; /* a frame after START came: the head office took it (report_outbox) */
     uint8_t inflight_req[CS_REQUEST_ID_BYTES];
     unsigned attempt;
     uint64_t opened_ms, last_rx_ms, last_tx_ms;
@@ -254,13 +259,37 @@ static void node_send(node *n, cs__buf *b)
     n->last_tx_ms = cs__net_now_ms();
 }
 
-static void send_uint_frame(node *n, unsigned type, const char *key, uint64_t v)
+/* PING (key "time") or ACK (key "cursor") with the outbox depth, so the head office shows the
+ * backlog (docs/protocol.md, "outbox"). The depth is one mdb_stat; when it cannot be read the
+ * frame goes without it (the key is optional: the head office keeps the last figure). */
+static void send_report(node *n, unsigned type, const char *key, uint64_t v)
 {
+    uint64_t depth;
+    bool known = cs_engine_outbox_count(n->e, &depth) == CS_OK;
     cs__pk p;
-    cs__pk_init(&p, 1);
+    cs__pk_init(&p, known ? 2 : 1);
     cs__pk_uint(&p, key, v);
+    if (known) {
+        cs__pk_uint(&p, "outbox", depth);
+        n->outbox_told = depth;
+        n->outbox_told_known = true;
+    }
     node_send(n, cs__pk_frame(&p, type));
     cs__pk_destroy(&p);
+}
+
+/* A PING now when the depth changed since the last report (a write answered or queued), so
+ * the head office's figure does not wait for the next heartbeat. Only once the head office took
+ * START: a PING still unread when a head office that refuses START closes would make the close
+ * reset the connection and lose the ERROR (the watch fires right after START, on record_state's
+ * write). */
+static void report_outbox(node *n)
+{
+    uint64_t depth;
+    if (n->state == N_STREAMING && n->start_taken &&
+        cs_engine_outbox_count(n->e, &depth) == CS_OK &&
+        (!n->outbox_told_known || depth != n->outbox_told))
+        send_report(n, CS__F_PING, "time", cs__net_now_ms());
 }
 
 /* The oldest outbox entry, as a WRITE, when none is unanswered. */
@@ -466,6 +495,9 @@ static void on_welcome(node *n, const cs__body *b)
     record_state(n, true);
     node_send(n, cs__pk_frame(&pk, CS__F_START));
     cs__pk_destroy(&pk);
+    /* Not reported here (report_outbox says why): the first ACK or CAUGHT_UP does. */
+    n->outbox_told_known = false;
+    n->start_taken = false;
     send_outbox(n);
 }
 
@@ -509,7 +541,7 @@ static void verify_segment(node *n, const uint8_t *seg, size_t len)
                   (unsigned long long)n->cursor);
         return;
     }
-    send_uint_frame(n, CS__F_ACK, "cursor", n->cursor);
+    send_report(n, CS__F_ACK, "cursor", n->cursor);
     check_done(n);
 }
 
@@ -575,7 +607,7 @@ static void segment_applied(node *n)
                  (unsigned long long)st.sync_seq);
     }
     log_caught_up(n);
-    send_uint_frame(n, CS__F_ACK, "cursor", n->cursor);
+    send_report(n, CS__F_ACK, "cursor", n->cursor);
     if (st.unlinked) { /* R13: the segment held this branch's unlink */
         node_drop(n, CS_NOT_IN_NETWORK, false,
                   "the head office unlinked this branch: it is a single store now, its copies "
@@ -615,6 +647,7 @@ static void on_write_result(node *n, const cs__body *b)
         node_log(n, CS_NET_LOG_WARN, "write_refused", ans.code,
                  "write refused by the head office: %s: %s", cs_err_name(ans.code), ans.message);
     n->write_inflight = false;
+    report_outbox(n);
     send_outbox(n);
     check_done(n);
 }
@@ -638,6 +671,8 @@ static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
         node_drop(n, CS_INVALID_INPUT, true, "unexpected %s", cs__frame_name(type));
         return;
     }
+    if (n->state == N_STREAMING && type != CS__F_ERROR)
+        n->start_taken = true;
     if (type == CS__F_SEGMENT) {
         on_segment(n, body, len);
         return;
@@ -661,6 +696,7 @@ static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
         if (cs__body_uint(&b, "seq", &n->target)) {
             n->caught_up = true;
             log_caught_up(n);
+            report_outbox(n); /* START was taken: the first report of an in-step branch */
             check_done(n);
         }
         break;
@@ -876,9 +912,9 @@ static void node_publish(node *n, uint64_t now)
     n->rate_ms = now;
     n->rate_cursor = n->cursor;
     n->last_metrics_ms = now;
-    json_t *ob = NULL;
-    size_t outbox = cs_engine_outbox(n->e, &ob) == CS_OK ? json_array_size(ob) : 0;
-    json_decref(ob);
+    uint64_t outbox = 0;
+    if (cs_engine_outbox_count(n->e, &outbox) != CS_OK)
+        outbox = 0;
     uint64_t lag = n->head_seq > n->cursor ? n->head_seq - n->cursor : 0;
     cs__mtext t;
     char *text;
@@ -953,9 +989,11 @@ static void node_tick(uv_timer_t *t)
         node_drop(n, CS_NETWORK, false, "nothing from the head office for %llu ms",
                   (unsigned long long)(now - n->last_rx_ms));
     else if (n->state == N_STREAMING && now - n->last_tx_ms >= CS_NET_HEARTBEAT_MS)
-        send_uint_frame(n, CS__F_PING, "time", now);
-    if (n->state == N_STREAMING)
-        send_outbox(n); /* the safety net behind the watch */
+        send_report(n, CS__F_PING, "time", now);
+    if (n->state == N_STREAMING) {
+        report_outbox(n); /* a write queued that the watch did not see */
+        send_outbox(n);   /* the safety net behind the watch */
+    }
     if (n->snap && now - n->last_metrics_ms >= CS_NET_METRICS_EVERY_MS)
         node_publish(n, now);
 }
@@ -964,8 +1002,10 @@ static void node_watch(uv_fs_event_t *h, const char *file, int events, int statu
 {
     (void)file;
     (void)events;
-    if (status == 0)
+    if (status == 0) {
+        report_outbox(h->data); /* a write was queued (or the directory changed otherwise) */
         send_outbox(h->data);
+    }
 }
 
 void cs_node_stop(cs_node *n)

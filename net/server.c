@@ -325,6 +325,25 @@ static void conn_on_start(cs__conn *c, const cs__body *b)
 
 /* ---- streaming frames -------------------------------------------------------------------- */
 
+/* PING and ACK of a branch may carry `outbox`, its outbox depth (docs/protocol.md); a branch
+ * that never sends it stays unknown. Kept with the connection, flushed like the cursor. */
+static bool conn_take_outbox(cs__conn *c, const cs__body *b)
+{
+    const msgpack_object *o = cs__body_get(b, "outbox");
+    if (!o)
+        return true;
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        cs__conn_close(c, CS_INVALID_INPUT, "outbox is not a uint", false);
+        return false;
+    }
+    if (!c->outbox_known || c->outbox != o->via.u64) {
+        c->outbox = o->via.u64;
+        c->outbox_known = true;
+        c->status_dirty = true;
+    }
+    return true;
+}
+
 static void conn_on_ack(cs__conn *c, const cs__body *b)
 {
     uint64_t cursor;
@@ -332,6 +351,8 @@ static void conn_on_ack(cs__conn *c, const cs__body *b)
         cs__conn_close(c, CS_INVALID_INPUT, "ACK of an event never sent", false);
         return;
     }
+    if (!conn_take_outbox(c, b))
+        return;
     if (cursor > c->acked) {
         c->acked = cursor;
         c->status_dirty = true;
@@ -450,6 +471,8 @@ static void conn_on_frame(cs__conn *c, unsigned type, const uint8_t *body, size_
         conn_on_start(c, &b);
     } else if (type == CS__F_ACK) {
         conn_on_ack(c, &b);
+    } else if (type == CS__F_PING) {
+        conn_take_outbox(c, &b);
     } else if (type == CS__F_ERROR) {
         cs_str code = {"", 0}, msg = {"", 0};
         cs__body_str(&b, "code", &code);
@@ -578,7 +601,9 @@ static void flush_status(cs__server *s)
             st[k++] = (cs_shop_status){.shop = c->shop,
                                        .cursor = c->acked,
                                        .last_seen_ms = c->last_rx_ms,
-                                       .connected = true};
+                                       .connected = true,
+                                       .outbox = c->outbox,
+                                       .outbox_known = c->outbox_known};
     cs_err err = cs_engine_shop_status_save(s->e, st, k);
     free(st);
     if (err != CS_OK) {

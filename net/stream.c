@@ -111,8 +111,12 @@ static void remember_gone(cs__server *s, const cs__conn *c)
         s->gone = g;
         s->gone_cap = cap;
     }
-    s->gone[s->ngone++] = (cs_shop_status){
-        .shop = c->shop, .cursor = c->acked, .last_seen_ms = c->last_rx_ms, .connected = false};
+    s->gone[s->ngone++] = (cs_shop_status){.shop = c->shop,
+                                           .cursor = c->acked,
+                                           .last_seen_ms = c->last_rx_ms,
+                                           .connected = false,
+                                           .outbox = c->outbox,
+                                           .outbox_known = c->outbox_known};
 }
 
 void cs__conn_closed(uv_handle_t *h)

@@ -13,6 +13,8 @@ chain"), and nothing from the C code. tests/test_protocol.c runs it against a re
         [--wrong-password]          derive the keys from a different password
         [--replay]                  capture connection 1's nonce and PROOF, replay them on 2
         [--write-customer NAME]     after CAUGHT_UP, WRITE a customer, then the same WRITE again
+        [--report-outbox N]         after CAUGHT_UP, ACK with outbox N+1, PING with outbox N, then a
+                                    PING without it (an older branch's), and stay 0.5 s
         [--write-entry JSON]        after CAUGHT_UP, WRITE this outbox entry once (a hostile
                                     branch: any keys, any kind or type; "req" is added) and
                                     report its WRITE_RESULT or the ERROR that closed the link
@@ -418,6 +420,8 @@ def run_stream(args, password, summary):
             st.until(lambda: st.caught_up is not None)
             if args.write_customer is not None:
                 run_writes(args, st, summary)
+            if args.report_outbox is not None:
+                run_report_outbox(args, st, summary)
             if args.write_entry is not None:
                 run_write_entry(args, st, summary)
         finally:
@@ -459,6 +463,21 @@ def run_writes(args, st, summary):
             if r:
                 st.on_frame(*st.conn.recv())
         summary["write"]["events_in_stream"] = st.seen.get(("put", "customer", rid), 0)
+
+
+def run_report_outbox(args, st, summary):
+    """docs/protocol.md "Frames": PING and ACK may carry `outbox`, the branch's outbox depth;
+    a PING without it (an older branch's) is accepted too. ACK with the depth, PING with it, PING
+    without it, then half a second in which the head office must not close the connection."""
+    st.conn.send(ACK, {"cursor": st.seq, "outbox": args.report_outbox + 1})
+    st.conn.send(PING, {"time": int(time.time() * 1000), "outbox": args.report_outbox})
+    st.conn.send(PING, {"time": int(time.time() * 1000)})
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([st.conn.sock], [], [], deadline - time.monotonic())
+        if r:
+            st.on_frame(*st.conn.recv())
+    summary["outbox_reported"] = args.report_outbox
 
 
 def run_write_entry(args, st, summary):
@@ -570,7 +589,9 @@ def run_probe(args, password, summary):
     r["proto_range_0_5"] = probe_one(args, [raw_frame(HELLO, pk(dict(good, proto=[0, 5])))])
     # After the handshake: the wrong frame in AWAIT_START and in STREAMING.
     for name, frames, start in (("ack_instead_of_start", [(ACK, {"cursor": 0})], False),
-                                ("hello_while_streaming", [(HELLO, good)], True)):
+                                ("hello_while_streaming", [(HELLO, good)], True),
+                                ("ping_outbox_not_uint", [(PING, {"time": 1, "outbox": "many"})],
+                                 True)):
         c = Conn(args.hostport, min(args.timeout, 3.0))
         try:
             handshake(c, args, password, {})
@@ -642,6 +663,7 @@ def main():
     p.add_argument("--proto", default="1,1")
     p.add_argument("--replay", action="store_true")
     p.add_argument("--write-customer")
+    p.add_argument("--report-outbox", type=int, help="after catching up: report this outbox depth")
     p.add_argument("--write-entry")
     p.add_argument("--source")
     p.add_argument("--client-key", type=bytes.fromhex, default=None, help="64 hex digits")

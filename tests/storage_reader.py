@@ -635,7 +635,9 @@ def read_secrets(txn, dbs):
 
 
 def read_status(txn, dbs, shops):
-    """`status`: shop u64 BE -> {cursor, last_seen, connected}, only for shops in `network`."""
+    """`status`: shop u64 BE -> {cursor, last_seen, connected, outbox}, only for shops in
+    `network`; `outbox` is optional (a branch that never reported it, or a record written before
+    the key existed) and None when absent."""
     out = []
     for k, v in records(txn, dbs, "status"):
         if len(k) != 8:
@@ -646,7 +648,8 @@ def read_status(txn, dbs, shops):
         r = small_map(v, where)
         out.append({"shop": shop, "cursor": want(r, "cursor", "uint", where),
                     "last_seen": want(r, "last_seen", "uint", where),
-                    "connected": want(r, "connected", "bool", where)})
+                    "connected": want(r, "connected", "bool", where),
+                    "outbox": want(r, "outbox", "uint", where) if "outbox" in r else None})
     return out
 
 

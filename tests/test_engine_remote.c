@@ -464,6 +464,7 @@ static void test_status_save_and_shop_list_lag(void)
     CHECK(got.cursor == head - 2);
     CHECK(got.last_seen_ms == 1796164800123u);
     CHECK(got.connected);
+    CHECK(!got.outbox_known); /* never reported: unknown, not 0 (a record written without it) */
     json_t *list;
     CHECK_OK(cs_engine_shop_list(n.e, &list));
     uint64_t after_list = now_ms();
@@ -490,11 +491,16 @@ static void test_status_save_and_shop_list_lag(void)
          json_is_null(json_object_get(quiet_row, "lag")) &&
          json_is_null(json_object_get(quiet_row, "last_seen")) &&
          json_is_null(json_object_get(quiet_row, "connected"));
+    ok = ok && json_is_null(json_object_get(row, "outbox")) &&
+         json_is_null(json_object_get(quiet_row, "outbox"));
     json_decref(list);
     CHECK(ok);
-    /* In step: lag 0 and lag_ms 0; a disconnect is recorded. */
+    /* In step: lag 0 and lag_ms 0; a disconnect is recorded, with the outbox depth the branch
+     * last reported (issue 13, the outbox backlog). */
     st[0].cursor = head;
     st[0].connected = false;
+    st[0].outbox = 3;
+    st[0].outbox_known = true;
     CHECK_OK(cs_engine_shop_status_save(n.e, st, 1));
     CHECK_OK(cs_engine_shop_list(n.e, &list));
     row = NULL;
@@ -507,9 +513,12 @@ static void test_status_save_and_shop_list_lag(void)
     ok = json_integer_value(json_object_get(row, "lag")) == 0 &&
          json_is_integer(json_object_get(row, "lag_ms")) &&
          json_integer_value(json_object_get(row, "lag_ms")) == 0 &&
-         json_is_false(json_object_get(row, "connected"));
+         json_is_false(json_object_get(row, "connected")) &&
+         json_integer_value(json_object_get(row, "outbox")) == 3;
     json_decref(list);
     CHECK(ok);
+    CHECK_OK(cs_engine_shop_status_get(n.e, n.branch, &got));
+    CHECK(got.outbox_known && got.outbox == 3);
     /* Status is observation, not state: the digest a replay rebuilds still matches. */
     uint64_t d1, d2;
     char *scratch = cs_test_tmpdir("rem-status-replay");
@@ -581,9 +590,14 @@ static void test_r8_remote_write_applies_once_for_a_resent_request(void)
     cs_event_decoder_free(dec);
     CHECK(ok);
     /* An update of the record by the branch, then the answers reach the branch. */
+    uint64_t depth = 0;
+    CHECK_OK(cs_engine_outbox_count(b.e, &depth));
+    CHECK(depth == 1); /* what the node reports to the head office (issue 13) */
     CHECK_OK(cs_engine_outbox_done(b.e, key, &a1));
     CHECK_OK(cs_engine_outbox_done(b.e, key, &a1)); /* arrived twice */
     CHECK(cs_engine_outbox_next(b.e, 0, &key, &entry, &len) == CS_NOT_FOUND);
+    CHECK_OK(cs_engine_outbox_count(b.e, &depth));
+    CHECK(depth == 0);
     json_t *rej;
     CHECK_OK(cs_engine_rejected(b.e, &rej));
     ok = json_array_size(rej) == 0;

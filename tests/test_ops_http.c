@@ -323,7 +323,8 @@ static bool promtool_accepts(const char *doc)
 }
 
 /* Issue 13 "Metrics": serve's and a follower's /metrics pass `promtool check metrics` and say
- * what the network is: the lagging branch's lag, the follower's cursor, connection and counters. */
+ * what the network is: the lagging branch's lag, the follower's cursor, connection and counters,
+ * and (issue 13 Status, the backlog) the outbox depth the follower reported to the head office. */
 static void metrics_pass_promtool_and_tell_the_lag(void)
 {
     char *hq = metrics_settled(), *b1 = NULL;
@@ -331,6 +332,8 @@ static void metrics_pass_promtool_and_tell_the_lag(void)
     bool ok = promtool_accepts(hq) && strstr(hq, "# TYPE chainsync_segments_sent_total counter") &&
               sample(hq, "chainsync_branch_cursor", fx.shop2) >= 1 &&
               sample(hq, "chainsync_branch_lag_seconds", fx.shop2) > 0 &&
+              strstr(hq, "# TYPE chainsync_branch_outbox_entries gauge") &&
+              sample(hq, "chainsync_branch_outbox_entries", fx.shop1) == 0 && /* reported */
               strstr(hq, "name=\"Harbour \\\"B1\\\"\"") != NULL;
     free(hq);
     CHECK(ok);

@@ -458,6 +458,65 @@ static void test_protocol_r8_resent_write_answered_identically_appended_once(voi
     CHECK(after.events == before.events + 1);
 }
 
+/* The row of `shop list --json-out` whose id is shop_id (NULL when none). */
+static json_t *shop_row(void)
+{
+    cs_run_result r;
+    const char *list[] = {"shop", "list", "--data", hq, "--json-out", NULL};
+    json_t *row = NULL;
+    if (cs(&r, NULL, list))
+        for (char *line = strtok(r.out, "\n"); line && !row; line = strtok(NULL, "\n")) {
+            json_t *o = json_loads(line, 0, NULL);
+            if (jint(o, "id", NULL) == strtoll(shop_id, NULL, 10))
+                row = o;
+            else
+                json_decref(o);
+        }
+    run_free(&r);
+    return row;
+}
+
+/* Issue 13 Status, "the outbox backlog seen"; protocol.md "Frames": a branch's PING and ACK may
+ * carry `outbox`, its outbox depth, and a PING without it (an older branch's) is accepted and
+ * changes nothing. The head office keeps the last figure: shop list shows it for the branch and
+ * status counts it in the backlog, naming the branch with the most. */
+static void test_protocol_outbox_in_ping_and_ack_is_the_backlog_at_head(void)
+{
+    const char *args[] = {"--report-outbox", "5", NULL};
+    json_t *o = client(args, NULL);
+    CHECK(o);
+    bool ok = !json_object_get(o, "violation") && !json_object_get(o, "error") &&
+              jint(o, "outbox_reported", NULL) == 5;
+    if (!ok)
+        show("client", o);
+    json_decref(o);
+    CHECK(ok);
+    /* serve writes a closed connection's status at its next flush (within a second). */
+    json_int_t seen = -1;
+    for (uint64_t deadline = cs_run_now_ms() + READY_MS; cs_run_now_ms() < deadline && seen != 5;
+         cs_run_sleep_ms(100)) {
+        json_t *row = shop_row();
+        seen = jint(row, "outbox", NULL);
+        json_decref(row);
+    }
+    if (seen != 5)
+        fprintf(stderr, "  shop list's outbox: %lld, the client reported 5\n", (long long)seen);
+    CHECK(seen == 5);
+    cs_run_result r;
+    const char *st[] = {"status", "--data", hq, "--json-out", "--max-lag", "1000000", NULL};
+    CHECK(cs(&r, NULL, st));
+    json_t *j = json_loads(r.out, 0, NULL);
+    run_free(&r);
+    const json_t *ob = json_object_get(j, "outbox");
+    ok = jint(ob, "total", NULL) == 5 && jint(ob, "reported", NULL) == 1 &&
+         jint(json_object_get(ob, "largest"), "id", NULL) == strtoll(shop_id, NULL, 10) &&
+         jint(json_object_get(ob, "largest"), "outbox", NULL) == 5;
+    if (!ok)
+        show("status", j);
+    json_decref(j);
+    CHECK(ok);
+}
+
 /* protocol.md "Frames", "Connection states", "Handshake", "Heartbeats": the receiver's rules
  * seen from the head office: length limits, one msgpack value, depth 16, mandatory and
  * optional types, unknown keys, missing and mistyped keys, frames out of state, an unknown
@@ -496,6 +555,7 @@ static void test_protocol_frame_rules_as_documented(void)
         {"proof_31_bytes", "invalid_input"},
         {"ack_instead_of_start", "invalid_input"},
         {"hello_while_streaming", "invalid_input"},
+        {"ping_outbox_not_uint", "invalid_input"},
         {"second_connection_replaces_first", "network_error"},
     };
     bool ok = !json_object_get(o, "violation") && p;
@@ -582,6 +642,7 @@ int main(void)
         RUN(test_protocol_refusal_start_diverged_or_past_head_is_corrupt);
         RUN(test_protocol_handshake_replayed_proof_is_auth_failed);
         RUN(test_protocol_r8_resent_write_answered_identically_appended_once);
+        RUN(test_protocol_outbox_in_ping_and_ack_is_the_backlog_at_head);
         RUN(test_protocol_frame_rules_as_documented);
         RUN(test_protocol_real_branch_cursor_equals_doc_client_last_seq);
         stop_serve();

@@ -148,7 +148,7 @@ static void follow_start(net *n, unsigned i)
 {
     char log[300];
     snprintf(log, sizeof(log), "%s/follow%u.log", n->root, i + 1);
-    const char *args[] = {"branch", "follow", "--data", n->dir[i], NULL};
+    const char *args[] = {"branch", "follow", "--data", n->dir[i], "--head", n->addr, NULL};
     n->follow[i] = cs_run_spawn(args, log);
 }
 
@@ -321,6 +321,107 @@ static void test_shop_list_figures(void)
     CHECK(ok);
 }
 
+/* The branch row of `shop list --json-out` at the head office whose id is shop (NULL if none). */
+static json_t *shop_row(const net *n, uint64_t shop)
+{
+    const char *js[] = {"shop", "list", "--data", n->hq, "--json-out", NULL};
+    char *out = NULL;
+    json_t *row = NULL;
+    if (cmd(NULL, &out, js) == 0 && out)
+        for (char *line = strtok(out, "\n"); line && !row; line = strtok(NULL, "\n")) {
+            json_t *o = json_loads(line, 0, NULL);
+            if (ju(o, "id") == shop)
+                row = o;
+            else
+                json_decref(o);
+        }
+    free(out);
+    return row;
+}
+
+static uint64_t drained_shop; /* the branch b2_drained waits for */
+
+/* The head office has heard from the branch since serve came back: connected, outbox 0. */
+static bool b2_drained(const json_t *j, int rc)
+{
+    (void)j;
+    (void)rc;
+    json_t *row = shop_row(&the_net, drained_shop);
+    bool ok = json_is_true(json_object_get(row, "connected")) &&
+              json_is_integer(json_object_get(row, "outbox")) && ju(row, "outbox") == 0;
+    json_decref(row);
+    return ok;
+}
+
+/* Issue 13 Status, "the outbox backlog seen": the head office shows each branch's outbox depth
+ * as the branch last reported it (PING and ACK carry it). With serve stopped, B2's writes wait
+ * in its outbox and the head office cannot see them: its figure for B2 stays what B2 said
+ * before (0), not 3. With serve back and B2 following, the outbox drains (R8: each write
+ * answered, the head office's log has them) and the head office shows 0 for a connected B2, in
+ * shop list (table and JSON lines), status and its --json-out. The non-zero figure at the head
+ * office is checked with the protocol's own client (test_protocol), which reports a depth and
+ * keeps it. */
+static void test_status_head_outbox_backlog(void)
+{
+    net *n = &the_net;
+    CHECK(n->serve == 0 && n->follow[1] == 0); /* left so by test_status_branch_view */
+    if (n->follow[0] > 0)
+        cs_run_stop(n->follow[0], SIGTERM, 5000);
+    n->follow[0] = 0;
+    CHECK(put_customer(n->dir[1]) > 0 && put_customer(n->dir[1]) > 0);
+    int rc = -1;
+    json_t *j = status(n->dir[1], "1000000", &rc);
+    CHECK(j && ju(j, "outbox") == 3);
+    json_decref(j);
+    json_t *row = shop_row(n, n->shops[1]);
+    CHECK(row && json_is_integer(json_object_get(row, "outbox")) && ju(row, "outbox") == 0);
+    json_decref(row);
+    j = status(n->hq, "1000000", &rc);
+    const json_t *ob = json_object_get(j, "outbox");
+    CHECK(j && ju(ob, "total") == 0 && ju(ob, "reported") == 2);
+    json_decref(j);
+    uint64_t head_before = 0;
+    {
+        j = status(n->hq, "1000000", &rc);
+        head_before = ju(j, "head_seq");
+        json_decref(j);
+    }
+
+    CHECK(serve_start(n));
+    follow_start(n, 1);
+    CHECK(n->follow[1] > 0);
+    for (uint64_t deadline = cs_run_now_ms() + WAIT_MS; cs_run_now_ms() < deadline;
+         cs_run_sleep_ms(100)) {
+        j = status(n->dir[1], "1000000", &rc);
+        bool drained = j && ju(j, "outbox") == 0;
+        json_decref(j);
+        if (drained)
+            break;
+    }
+    j = status(n->dir[1], "1000000", &rc);
+    CHECK(j && ju(j, "outbox") == 0 && ju(j, "rejected") == 0); /* all three answered ok */
+    json_decref(j);
+    drained_shop = n->shops[1];
+    j = wait_head(n->hq, "1000000", b2_drained, &rc);
+    CHECK(j && b2_drained(j, rc));
+    ob = json_object_get(j, "outbox");
+    CHECK(ju(ob, "total") == 0 && ju(ob, "reported") == 2);
+    CHECK(ju(j, "head_seq") >= head_before + 3); /* the three writes are in the head's log */
+    json_decref(j);
+    const char *human[] = {"status", "--data", n->hq, "--max-lag", "1000000", NULL};
+    char *out = NULL;
+    CHECK(cmd(NULL, &out, human) == 0);
+    bool says = out && strstr(out, "outbox:      0 writes queued at branches (2 of 2 reported)");
+    if (!says)
+        fprintf(stderr, "  status printed:\n%s", out ? out : "");
+    free(out);
+    CHECK(says);
+    const char *table[] = {"shop", "list", "--data", n->hq, NULL};
+    out = NULL;
+    CHECK(cmd(NULL, &out, table) == 0 && out && strstr(out, "outbox"));
+    free(out);
+}
+
 /* status on a directory that holds no store refuses (not_found) and creates nothing. */
 static void test_status_no_store(void)
 {
@@ -341,6 +442,7 @@ int main(void)
     RUN(test_status_head_lagging_exit_code);
     RUN(test_status_branch_view);
     RUN(test_shop_list_figures);
+    RUN(test_status_head_outbox_backlog);
     net_free(&the_net);
     RUN(test_status_no_store);
     return cs_test_finish();

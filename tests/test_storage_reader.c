@@ -1235,7 +1235,8 @@ static void test_storage_doc_password_keys_verify_with_the_right_password_only(v
 }
 
 /* docs/storage.md "status": the server's record of the branch, saved when serve stopped, is
- * what `shop list` shows: the same cursor, not connected, seen. */
+ * what `shop list` shows: the same cursor, not connected, seen, and the outbox depth the branch
+ * last reported (a uint: this branch's node sends it in every ACK). */
 static void test_storage_doc_status_cursor_is_what_shop_list_says(void)
 {
     CHECK(find_script() && live_up());
@@ -1253,6 +1254,7 @@ static void test_storage_doc_status_cursor_is_what_shop_list_says(void)
     free(out);
     CHECK(row);
     json_t *cursor = json_incref(json_object_get(row, "cursor"));
+    json_t *outbox = json_incref(json_object_get(row, "outbox"));
     json_decref(row);
     json_t *h;
     CHECK(reader_secrets(live.hq, NULL, NULL, &h, NULL) == 0 && h);
@@ -1260,7 +1262,8 @@ static void test_storage_doc_status_cursor_is_what_shop_list_says(void)
     bool ok = st && json_array_size(json_object_get(h, "status")) == 1 && json_is_integer(cursor) &&
               json_integer_value(cursor) > 0 && json_equal(json_object_get(st, "cursor"), cursor) &&
               json_is_false(json_object_get(st, "connected")) &&
-              json_integer_value(json_object_get(st, "last_seen")) > 0;
+              json_integer_value(json_object_get(st, "last_seen")) > 0 && json_is_integer(outbox) &&
+              json_equal(json_object_get(st, "outbox"), outbox);
     if (!ok) {
         char *s = json_dumps(json_object_get(h, "status"), JSON_COMPACT);
         fprintf(stderr, "  status %s, shop list's cursor %lld\n", s ? s : "",
@@ -1268,6 +1271,7 @@ static void test_storage_doc_status_cursor_is_what_shop_list_says(void)
         free(s);
     }
     json_decref(cursor);
+    json_decref(outbox);
     json_decref(h);
     CHECK(ok);
 }

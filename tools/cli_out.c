@@ -16,8 +16,8 @@
 
 /* A table cell is shortened past this many characters: a list is for scanning, get shows all. */
 #define CELL_CHARS_MAX 60u
-/* Columns in one table: the widest is shop list (8). */
-#define TABLE_COLS_MAX 10u
+/* Columns in one table: the widest is shop list (11). */
+#define TABLE_COLS_MAX 12u
 
 int cs_cli_print_json(const json_t *v)
 {
@@ -335,10 +335,10 @@ static char *last_seen_text(const json_t *v)
 int cs_cli_print_shops_table(const json_t *shops)
 {
     static const char *const keys[] = {"id",  "name",   "role",      "switch", "cursor",
-                                       "lag", "lag_ms", "connected", "linked"};
-    const char *headers[] = {"id",  "name",   "role",   "switch", "cursor",
-                             "lag", "lag_ms", "online", "linked", "last_seen"};
-    enum { NCOLS = 10 };
+                                       "lag", "lag_ms", "connected", "outbox", "linked"};
+    const char *headers[] = {"id",     "name",   "role",   "switch", "cursor",   "lag",
+                             "lag_ms", "online", "outbox", "linked", "last_seen"};
+    enum { NCOLS = 11 };
     cs_cli_table *t = cs_cli_table_new(NCOLS, headers);
     if (!t)
         return cs_cli_fail(CS_NO_MEMORY, NULL);

@@ -1,10 +1,11 @@
 /*
  * cmd_status.c: `chainsync status`, the network at a glance for a person or a monitoring check.
  * At a head office: the head of the log, how many linked branches are connected, the branch
- * furthest behind, whether serve runs (the figures are what serve records once a second, the
- * same as `shop list`). At a branch: its head office and address, whether a node is connected,
- * its cursor, last sync point, lag behind the head office's head as the node last saw it,
- * outbox depth and the last connection failure (what the node records, net/link.c).
+ * furthest behind, the outbox backlog (writes the branches have queued, as they last reported:
+ * the total and the branch with the most), whether serve runs (the figures are what serve records
+ * once a second, the same as `shop list`). At a branch: its head office and address, whether a node
+ * is connected, its cursor, last sync point, lag behind the head office's head as the node last saw
+ * it, outbox depth and the last connection failure (what the node records, net/link.c).
  *
  * The exit code is the check: 0 in step, CS_CLI_EXIT_LAGGING (5) when a branch (or this
  * branch) is more than --max-lag events behind, the usual codes (1-4) when status itself
@@ -39,6 +40,11 @@ typedef struct head_view {
     unsigned branches, connected, seen;
     const json_t *worst; /* the linked branch furthest behind, NULL when none */
     uint64_t worst_lag;
+    /* The outbox backlog seen: shared-record writes (R8) the branches still have queued, as
+     * each last reported (a branch that never reported, e.g. an older one, is not counted). */
+    unsigned outbox_reported;
+    uint64_t outbox_total, outbox_max;
+    const json_t *outbox_largest; /* the reporting branch with the most queued, NULL when none */
 } head_view;
 
 static head_view head_look(const json_t *shops, uint64_t head_seq)
@@ -60,6 +66,16 @@ static head_view head_look(const json_t *shops, uint64_t head_seq)
             v.worst = row;
             v.worst_lag = l;
         }
+        const json_t *ob = json_object_get(row, "outbox");
+        if (json_is_integer(ob)) {
+            uint64_t n = (uint64_t)json_integer_value(ob);
+            v.outbox_reported++;
+            v.outbox_total += n;
+            if (!v.outbox_largest || n > v.outbox_max) {
+                v.outbox_largest = row;
+                v.outbox_max = n;
+            }
+        }
     }
     return v;
 }
@@ -76,12 +92,18 @@ static int head_print(const cs_shop_info *self, const head_view *v, bool serving
                               json_object_get(w, "lag_ms"), "connected",
                               json_object_get(w, "connected"), "last_seen",
                               json_object_get(w, "last_seen"));
-        return cs_cli_print_json_new(
-            json_pack("{s:s,s:I,s:s,s:I,s:b,s:I,s:I,s:I,s:o*,s:I,s:b}", "role", "head", "shop",
-                      (json_int_t)self->id, "name", self->name, "head_seq", (json_int_t)v->head_seq,
-                      "serving", serving, "branches", (json_int_t)v->branches, "connected",
-                      (json_int_t)v->connected, "seen", (json_int_t)v->seen, "most_lagging", worst,
-                      "max_lag", (json_int_t)max_lag, "in_step", ok));
+        const json_t *ol = v->outbox_largest;
+        json_t *largest = json_null();
+        if (ol)
+            largest = json_pack("{s:O,s:O,s:I}", "id", json_object_get(ol, "id"), "name",
+                                json_object_get(ol, "name"), "outbox", (json_int_t)v->outbox_max);
+        return cs_cli_print_json_new(json_pack(
+            "{s:s,s:I,s:s,s:I,s:b,s:I,s:I,s:I,s:o*,s:{s:I,s:I,s:o*},s:I,s:b}", "role", "head",
+            "shop", (json_int_t)self->id, "name", self->name, "head_seq", (json_int_t)v->head_seq,
+            "serving", serving, "branches", (json_int_t)v->branches, "connected",
+            (json_int_t)v->connected, "seen", (json_int_t)v->seen, "most_lagging", worst, "outbox",
+            "total", (json_int_t)v->outbox_total, "reported", (json_int_t)v->outbox_reported,
+            "largest", largest, "max_lag", (json_int_t)max_lag, "in_step", ok));
     }
     printf("head office \"%s\" (shop %llu)\n", self->name, (unsigned long long)self->id);
     printf("  head:        event %llu\n", (unsigned long long)v->head_seq);
@@ -100,6 +122,14 @@ static int head_print(const cs_shop_info *self, const head_view *v, bool serving
                json_is_true(json_object_get(w, "connected")) ? "connected" : "not connected",
                seen ? seen : "never");
     }
+    printf("  outbox:      %llu writes queued at branches (%u of %u reported)",
+           (unsigned long long)v->outbox_total, v->outbox_reported, v->branches);
+    if (v->outbox_largest && v->outbox_max > 0)
+        printf(", most at \"%s\" (shop %llu): %llu",
+               json_string_value(json_object_get(v->outbox_largest, "name")),
+               (unsigned long long)row_u64(v->outbox_largest, "id"),
+               (unsigned long long)v->outbox_max);
+    printf("\n");
     printf("  state:       %s (--max-lag %llu)\n", ok ? "in step" : "LAGGING",
            (unsigned long long)max_lag);
     return CS_CLI_GO;
