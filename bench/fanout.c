@@ -24,6 +24,7 @@
  * Usage: bench/fanout [--events N] [--items M] [--branches K,K,...] [--procs P] [--rate R]
  *                     [--seconds S] [--json FILE] [--quick]
  * Defaults: N 100,000, M 10,000, K 1,10,100,1000, P 2, R 10,000, S 5. --quick: ctest's smoke run.
+ * CS_BENCH_KEEP=1 keeps the scratch directory (serve.log, every branch) and names it.
  */
 #include "bench/bench_net.h"
 #include "bench/ceil_fanout.h"
@@ -827,7 +828,10 @@ int main(int argc, char **argv)
     }
     if (json)
         fclose(json);
-    cs_bench_rm_tree(b.net.root);
+    if (getenv("CS_BENCH_KEEP")) /* for looking into a failed run: serve.log, the branches */
+        fprintf(stderr, "fanout: kept %s\n", b.net.root);
+    else
+        cs_bench_rm_tree(b.net.root);
     free(b.net.shops);
     free(b.tmpl);
     free(b.run);

@@ -76,6 +76,7 @@ typedef struct cs_node {
     uint8_t inflight_req[CS_REQUEST_ID_BYTES];
     unsigned attempt;
     uint64_t opened_ms, last_rx_ms, last_tx_ms;
+    uint64_t last_tick_ms; /* when node_tick last ran (its lateness shows a busy loop) */
     uint64_t progress_from, progress_total;
     bool progress_line; /* a progress line without its newline is on the terminal */
     bool state_ok;      /* record_state may write: the directory holds this branch's link */
@@ -981,6 +982,13 @@ static void node_tick(uv_timer_t *t)
 {
     node *n = t->data;
     uint64_t now = cs__net_now_ms();
+    /* Silence is the head office's only for the time this loop was listening: a tick that
+     * comes late (the loop was busy applying, for this node or the others sharing it) gives no
+     * evidence about the connection, so the wait restarts from the previous tick. */
+    if (n->last_tick_ms && now - n->last_tick_ms > 4 * NODE_TICK_MS &&
+        n->last_rx_ms < n->last_tick_ms)
+        n->last_rx_ms = n->last_tick_ms;
+    n->last_tick_ms = now;
     uint64_t limit = n->o->timeout_ms ? n->o->timeout_ms : CS_NET_HANDSHAKE_MS;
     if (n->state >= N_CONNECTING && n->state < N_STREAMING && now - n->opened_ms > limit)
         node_drop(n, CS_NETWORK, false, "no answer from the head office at %s within %llu ms",

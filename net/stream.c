@@ -70,6 +70,9 @@ static void write_done(uv_write_t *req, int status)
     if (c->paused_ms && c->queued < CS_NET_SENDQ_BYTES_LOW) {
         c->paused_ms = 0;
         cs__server_pump_one(c->srv, c);
+    } else if (c->paused_ms) {
+        /* Stuck means nothing drains: a branch that reads slowly (a long catch-up) moves on. */
+        c->paused_ms = cs__net_now_ms();
     }
 }
 
