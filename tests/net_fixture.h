@@ -1,0 +1,67 @@
+/*
+ * net_fixture.h: the pieces of a live network that the tests with real processes on 127.0.0.1
+ * share: starting `chainsync serve` with a ready file and reading the address it bound, and a
+ * head office's head and a branch's state read from their directories by this process, as any
+ * reader beside `serve` and `branch follow` would. It owns no process: the caller keeps the pid
+ * it is given and stops it by pid (tests/run.h cs_run_stop). Each test keeps its own checks.
+ */
+#ifndef CS_TEST_NET_FIXTURE_H
+#define CS_TEST_NET_FIXTURE_H
+
+#include "engine/engine.h"
+#include "projections/projection.h"
+#include "tests/run.h"
+
+/* Starts `chainsync serve --data hq --listen 127.0.0.1:PORT --ready-file ready` (port NULL or
+ * "" = 0, any free port; a restart passes the port it had) with its output appended to log (NULL
+ * = dropped), and waits up to wait_ms for the ready file. *pid is set as soon as it is spawned,
+ * so the caller stops it whatever happens; addr gets the bound HOST:PORT. */
+static inline bool cs_fix_serve_start(pid_t *pid, const char *hq, const char *port,
+                                      const char *ready, const char *log, char *addr,
+                                      size_t addr_len, uint64_t wait_ms)
+{
+    char listen[64];
+    snprintf(listen, sizeof(listen), "127.0.0.1:%s", port && port[0] ? port : "0");
+    unlink(ready); /* a restart must not read the old one */
+    const char *args[] = {"serve", "--data", hq, "--listen", listen, "--ready-file", ready, NULL};
+    *pid = cs_run_spawn(args, log);
+    return *pid > 0 && cs_run_ready_line(ready, addr, addr_len, wait_ms);
+}
+
+/* The port of a HOST:PORT address, into port (for restarting serve where branches look). */
+static inline void cs_fix_port_of(const char *addr, char *port, size_t port_len)
+{
+    const char *colon = strrchr(addr, ':');
+    snprintf(port, port_len, "%s", colon ? colon + 1 : "");
+}
+
+/* The head of the log in dir (0 when it cannot be read). */
+static inline uint64_t cs_fix_head_seq(const char *dir)
+{
+    cs_engine *e = NULL;
+    cs_log_reader *r = NULL;
+    uint64_t head = 0;
+    if (cs_engine_open(dir, NULL, &e) == CS_OK && cs_log_reader_open(cs_engine_log(e), &r) == CS_OK)
+        cs_log_reader_head(r, &head);
+    cs_log_reader_close(r);
+    cs_engine_close(e);
+    return head;
+}
+
+/* The branch's state in dir (zeros when it cannot be read). */
+static inline cs_branch_state cs_fix_branch_state(const char *dir)
+{
+    cs_branch *b = NULL;
+    cs_branch_state st = {0};
+    if (cs_branch_open(dir, NULL, &b) == CS_OK && cs_branch_state_get(b, &st) != CS_OK)
+        memset(&st, 0, sizeof(st));
+    cs_branch_close(b);
+    return st;
+}
+
+static inline uint64_t cs_fix_branch_cursor(const char *dir)
+{
+    return cs_fix_branch_state(dir).cursor;
+}
+
+#endif
