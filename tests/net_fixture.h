@@ -12,6 +12,24 @@
 #include "projections/projection.h"
 #include "tests/run.h"
 
+#include <jansson.h>
+
+/* Runs a command whose --json-out is one object (cs_run_code, loud) and returns its field key as
+ * an integer (0 when it failed or has none). */
+static inline uint64_t cs_fix_cmd_u64(const char *input, const char *key, const char *const *args,
+                                      uint64_t deadline_ms)
+{
+    char *out = NULL;
+    uint64_t v = 0;
+    if (cs_run_code(input, args, &out, NULL, deadline_ms, true) == 0) {
+        json_t *j = json_loads(out, JSON_DISABLE_EOF_CHECK, NULL);
+        v = (uint64_t)json_integer_value(json_object_get(j, key));
+        json_decref(j);
+    }
+    free(out);
+    return v;
+}
+
 /* Starts `chainsync serve --data hq --listen 127.0.0.1:PORT --ready-file ready` (port NULL or
  * "" = 0, any free port; a restart passes the port it had) with its output appended to log (NULL
  * = dropped), and waits up to wait_ms for the ready file. *pid is set as soon as it is spawned,
