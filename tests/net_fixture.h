@@ -12,7 +12,10 @@
 #include "projections/projection.h"
 #include "tests/run.h"
 
+#include <arpa/inet.h>
 #include <jansson.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 /* Runs a command whose --json-out is one object (cs_run_code, loud) and returns its field key as
  * an integer (0 when it failed or has none). */
@@ -51,6 +54,22 @@ static inline void cs_fix_port_of(const char *addr, char *port, size_t port_len)
 {
     const char *colon = strrchr(addr, ':');
     snprintf(port, port_len, "%s", colon ? colon + 1 : "");
+}
+
+/* A port free on 127.0.0.1 now (bound to 0, read, closed; 0 when none), for a program that
+ * cannot report the port it bound (stunnel, Prometheus). */
+static inline unsigned cs_fix_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    unsigned port = 0;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
 }
 
 /* The head of the log in dir (0 when it cannot be read). */
