@@ -43,8 +43,6 @@ static void *pool_mem[POOL_MAX];
 static unsigned pool_nmem;
 static json_t *pool_json[POOL_MAX];
 static unsigned pool_njson;
-#define TMPDIRS_MAX 8
-static char *tmpdirs[TMPDIRS_MAX];
 
 /* Keeps p until the end of the test; returns it (NULL when p is NULL or the pool is full). */
 static void *keep(void *p)
@@ -72,17 +70,6 @@ static json_t *keep_json(json_t *o)
     return o;
 }
 
-static char *tmpdir_new(void)
-{
-    for (unsigned i = 0; i < TMPDIRS_MAX; i++) {
-        if (tmpdirs[i])
-            continue;
-        tmpdirs[i] = cs_test_tmpdir("cli-branch");
-        return tmpdirs[i];
-    }
-    return NULL;
-}
-
 static void pool_release(void)
 {
     for (unsigned i = 0; i < pool_nmem; i++)
@@ -91,13 +78,7 @@ static void pool_release(void)
     for (unsigned i = 0; i < pool_njson; i++)
         json_decref(pool_json[i]);
     pool_njson = 0;
-    for (unsigned i = 0; i < TMPDIRS_MAX; i++) {
-        if (!tmpdirs[i])
-            continue;
-        cs_test_rmtree(tmpdirs[i]);
-        free(tmpdirs[i]);
-        tmpdirs[i] = NULL;
-    }
+    cs_test_tmpdirs_cleanup();
 }
 
 /* Runs one test and releases what it left behind. */
@@ -319,7 +300,7 @@ static bool branch_add(net *n, const char *name, char *id_out)
 static bool net_open(net *n, unsigned nbranches)
 {
     memset(n, 0, sizeof(*n));
-    n->dir = tmpdir_new();
+    n->dir = cs_test_tmpdir_kept("cli-branch");
     if (!n->dir || nbranches > BRANCHES_MAX)
         return false;
     snprintf(n->hq, sizeof(n->hq), "%s/hq", n->dir);
