@@ -33,6 +33,24 @@ static inline uint64_t cs_fix_cmd_u64(const char *input, const char *key, const 
     return v;
 }
 
+/* Adds shops B1..Bn to the network at hq, each with password on stdin (`shop add
+ * --password-stdin`), their ids into shops[0..n-1]. False at the first that fails. */
+static inline bool cs_fix_shops_add(const char *hq, unsigned n, const char *password,
+                                    uint64_t *shops, uint64_t deadline_ms)
+{
+    char input[128];
+    snprintf(input, sizeof(input), "%s\n", password);
+    for (unsigned i = 0; i < n; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "B%u", i + 1);
+        const char *add[] = {"shop",       "add", "--data", hq, "--name", name, "--password-stdin",
+                             "--json-out", NULL};
+        if (!(shops[i] = cs_fix_cmd_u64(input, "id", add, deadline_ms)))
+            return false;
+    }
+    return true;
+}
+
 /* Starts `chainsync serve --data hq --listen 127.0.0.1:PORT --ready-file ready` (port NULL or
  * "" = 0, any free port; a restart passes the port it had) with its output appended to log (NULL
  * = dropped), and waits up to wait_ms for the ready file. *pid is set as soon as it is spawned,

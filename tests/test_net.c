@@ -185,16 +185,10 @@ static bool net_make(net *n, unsigned nbranches, uint64_t *service)
     const char *create[] = {"network", "create", "--data", n->hq, "--name", "Pets", NULL};
     if (cmd(NULL, NULL, init) != 0 || cmd(NULL, NULL, create) != 0)
         return false;
-    for (unsigned i = 0; i < nbranches; i++) {
-        char name[16];
-        snprintf(name, sizeof(name), "B%u", i + 1);
-        const char *add[] = {
-            "shop", "add", "--data", n->hq, "--name", name, "--password-stdin", "--json-out", NULL};
-        n->shops[i] = cmd_u64(PASSWORD "\n", "id", add);
+    if (!cs_fix_shops_add(n->hq, nbranches, PASSWORD, n->shops, CMD_MS))
+        return false;
+    for (unsigned i = 0; i < nbranches; i++)
         snprintf(n->dir[i], sizeof(n->dir[i]), "%s/b%u", n->root, i + 1);
-        if (!n->shops[i])
-            return false;
-    }
     char json[256];
     uint64_t cat = put_json(n->hq, "service_category", NULL, "{\"name\":\"Grooming\"}");
     snprintf(json, sizeof(json),

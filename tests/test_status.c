@@ -90,16 +90,10 @@ static bool net_make(net *n)
     const char *create[] = {"network", "create", "--data", n->hq, "--name", "Pets", NULL};
     if (cmd(NULL, NULL, init) != 0 || cmd(NULL, NULL, create) != 0 || !put_category(n->hq, "G"))
         return false;
-    for (unsigned i = 0; i < 2; i++) {
-        char name[8];
-        snprintf(name, sizeof(name), "B%u", i + 1);
-        const char *add[] = {
-            "shop", "add", "--data", n->hq, "--name", name, "--password-stdin", "--json-out", NULL};
-        n->shops[i] = cmd_u64(PASSWORD "\n", "id", add);
+    if (!cs_fix_shops_add(n->hq, 2, PASSWORD, n->shops, CMD_MS))
+        return false;
+    for (unsigned i = 0; i < 2; i++)
         snprintf(n->dir[i], sizeof(n->dir[i]), "%s/b%u", n->root, i + 1);
-        if (!n->shops[i])
-            return false;
-    }
     if (!serve_start(n))
         return false;
     for (unsigned i = 0; i < 2; i++) {
