@@ -232,6 +232,20 @@ static inline int cs_run_code(const char *input, const char *const *args, char *
     return code;
 }
 
+/* True when the command r ran exited want_exit with stderr starting `error: <code>: ` (SPEC
+ * section 6: the stable code of a refusal); says what came instead when not. */
+static inline bool cs_run_refused(const cs_run_result *r, const char *code, int want_exit)
+{
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "error: %s: ", code);
+    if (r->exit_code != want_exit || strncmp(r->err, prefix, strlen(prefix)) != 0) {
+        fprintf(stderr, "  wanted exit %d and `%s`; got exit %d, stderr: %s", want_exit, prefix,
+                r->exit_code, r->err);
+        return false;
+    }
+    return true;
+}
+
 /* Starts `chainsync args...` in the background with stdin from /dev/null and stdout and stderr
  * appended to log_path (NULL = /dev/null). Returns the pid, or -1. The caller stops it with
  * cs_run_stop (every test reaps what it starts, by pid). */

@@ -44,17 +44,6 @@ static bool run(run_result *r, const char *input, const char *const *args)
 #define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 /* True when stderr starts with `error: <code>: ` and the exit code is want_exit. */
-static bool refused(const run_result *r, const char *code, int want_exit)
-{
-    char prefix[64];
-    snprintf(prefix, sizeof(prefix), "error: %s: ", code);
-    if (r->exit_code != want_exit || strncmp(r->err, prefix, strlen(prefix)) != 0) {
-        fprintf(stderr, "  exit %d, stderr: %s", r->exit_code, r->err);
-        return false;
-    }
-    return true;
-}
-
 /* A data directory initialised as a single store, or as a head office when head. */
 static char *store_new(bool head)
 {
@@ -149,7 +138,7 @@ static void test_spec7_init_prints_shop_id(void)
     cs_run_free(&r);
     /* A second init is refused: the store keeps its identity. */
     CHECK(run(&r, NULL, ARGS("init", "--data", dir, "--name", "Other")));
-    CHECK(refused(&r, "forbidden", 2));
+    CHECK(cs_run_refused(&r, "forbidden", 2));
     cs_run_free(&r);
     /* Human output names the id too. */
     char *dir2 = cs_test_tmpdir_kept("cli");
@@ -230,13 +219,13 @@ static void test_spec7_password_stdin_refuses_empty(void)
     CHECK(before);
     run_result r;
     CHECK(run(&r, "\n", ARGS("shop", "add", "--data", dir, "--name", "X", "--password-stdin")));
-    CHECK(refused(&r, "invalid_input", 2));
+    CHECK(cs_run_refused(&r, "invalid_input", 2));
     cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("shop", "add", "--data", dir, "--name", "X", "--password-stdin")));
-    CHECK(refused(&r, "invalid_input", 2));
+    CHECK(cs_run_refused(&r, "invalid_input", 2));
     cs_run_free(&r);
     CHECK(run(&r, "pw-long-enough\n", ARGS("shop", "add", "--data", dir, "--name", "X")));
-    CHECK(refused(&r, "usage", 1));
+    CHECK(cs_run_refused(&r, "usage", 1));
     cs_run_free(&r);
     char *after = log_text(dir);
     CHECK(after && strcmp(before, after) == 0);
@@ -348,10 +337,10 @@ static void test_spec6_unknown_type(void)
     CHECK(dir);
     run_result r;
     CHECK(run(&r, NULL, ARGS("put", "hamster", "--data", dir, "--json", "{\"name\":\"x\"}")));
-    CHECK(refused(&r, "unknown_type", 2));
+    CHECK(cs_run_refused(&r, "unknown_type", 2));
     cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("list", "hamster", "--data", dir)));
-    CHECK(refused(&r, "unknown_type", 2));
+    CHECK(cs_run_refused(&r, "unknown_type", 2));
     cs_run_free(&r);
     cs_test_tmpdir_free(dir);
 }
@@ -377,7 +366,7 @@ static void test_spec6_invalid_input_shapes(void)
     run_result r;
     for (unsigned i = 0; i < sizeof(inputs) / sizeof(inputs[0]); i++) {
         CHECK(run(&r, inputs[i], ARGS("put", "service", "--data", dir)));
-        CHECK(refused(&r, "invalid_input", 2));
+        CHECK(cs_run_refused(&r, "invalid_input", 2));
         cs_run_free(&r);
     }
     CHECK(run(&r, "{\"name\":\"x\",}", ARGS("put", "service", "--data", dir)));
@@ -402,7 +391,7 @@ static void test_spec6_oversize_string_is_invalid_input(void)
         CHECK(run(&r, json, ARGS("put", "petcare_category", "--data", dir)));
         CHECK(r.exit_code == want[i]);
         if (want[i])
-            CHECK(refused(&r, "invalid_input", 2));
+            CHECK(cs_run_refused(&r, "invalid_input", 2));
         cs_run_free(&r);
     }
     cs_test_tmpdir_free(dir);
@@ -416,7 +405,7 @@ static void test_spec6_dangling_reference(void)
     CHECK(dir);
     run_result r;
     CHECK(run(&r, service_json(js, "999999", "Bath"), ARGS("put", "service", "--data", dir)));
-    CHECK(refused(&r, "dangling_reference", 2));
+    CHECK(cs_run_refused(&r, "dangling_reference", 2));
     cs_run_free(&r);
     cs_test_tmpdir_free(dir);
 }
@@ -434,10 +423,10 @@ static void test_spec6_expect_version_mismatch_is_version_conflict(void)
     run_result r;
     CHECK(run(&r, "{\"name\":\"Cats\"}",
               ARGS("put", "species", sid, "--expect-version", "2", "--data", dir)));
-    CHECK(refused(&r, "version_conflict", 2));
+    CHECK(cs_run_refused(&r, "version_conflict", 2));
     cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("del", "species", sid, "--expect-version", "9", "--data", dir)));
-    CHECK(refused(&r, "version_conflict", 2));
+    CHECK(cs_run_refused(&r, "version_conflict", 2));
     cs_run_free(&r);
     json_t *o = get_json(dir, "species", sid);
     CHECK(o && json_integer_value(json_object_get(o, "version")) == 1);
@@ -453,13 +442,13 @@ static void test_r10_network_command_on_single_store_is_not_in_network(void)
     CHECK(dir);
     run_result r;
     CHECK(run(&r, NULL, ARGS("network", "mode", "continuous", "--data", dir)));
-    CHECK(refused(&r, "not_in_network", 2));
+    CHECK(cs_run_refused(&r, "not_in_network", 2));
     cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("sync", "--data", dir)));
-    CHECK(refused(&r, "not_in_network", 2));
+    CHECK(cs_run_refused(&r, "not_in_network", 2));
     cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("network", "types", "--data", dir)));
-    CHECK(refused(&r, "not_in_network", 2));
+    CHECK(cs_run_refused(&r, "not_in_network", 2));
     cs_run_free(&r);
     cs_test_tmpdir_free(dir);
 }
@@ -470,7 +459,7 @@ static void test_spec7_missing_data_is_usage_error(void)
 {
     run_result r;
     CHECK(run(&r, NULL, ARGS("list", "service")));
-    CHECK(refused(&r, "usage", 1));
+    CHECK(cs_run_refused(&r, "usage", 1));
     CHECK(strstr(r.err, "--help"));
     cs_run_free(&r);
     char *dir = store_new(false);
@@ -506,7 +495,7 @@ static void test_spec6_usage_errors_exit_1(void)
     run_result r;
     for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         CHECK(run(&r, NULL, cases[i]));
-        CHECK(refused(&r, "usage", 1));
+        CHECK(cs_run_refused(&r, "usage", 1));
         CHECK(strstr(r.err, "--help"));
         CHECK(r.out_len == 0); /* usage text goes to stderr: stdout carries only results */
         cs_run_free(&r);
@@ -523,7 +512,7 @@ static void test_spec7_command_on_missing_store_creates_nothing(void)
     snprintf(sub, sizeof(sub), "%s/none", dir);
     run_result r;
     CHECK(run(&r, NULL, ARGS("list", "service", "--data", sub)));
-    CHECK(refused(&r, "not_found", 2));
+    CHECK(cs_run_refused(&r, "not_found", 2));
     cs_run_free(&r);
     struct stat st;
     CHECK(stat(sub, &st) != 0);
@@ -627,13 +616,13 @@ static void test_issue12_hostile_input_refused_and_log_unchanged(void)
         CHECK(run(&r, cases[i].input, ARGS("put", cases[i].type, "--data", dir)));
         if (!strstr(r.err, cases[i].says))
             fprintf(stderr, "  case %u: %s", i, r.err);
-        CHECK(refused(&r, "invalid_input", 2) && strstr(r.err, cases[i].says));
+        CHECK(cs_run_refused(&r, "invalid_input", 2) && strstr(r.err, cases[i].says));
         cs_run_free(&r);
     }
     free(deep);
     CHECK(run(&r, "password123\n",
               ARGS("shop", "add", "--data", dir, "--name", "Caf\xc3", "--password-stdin")));
-    CHECK(refused(&r, "invalid_input", 2) && strstr(r.err, "must be UTF-8"));
+    CHECK(cs_run_refused(&r, "invalid_input", 2) && strstr(r.err, "must be UTF-8"));
     cs_run_free(&r);
     char *after = log_text(dir);
     CHECK(after);
@@ -783,10 +772,10 @@ static void test_issue12_kept_reference_to_archived_item_accepted(void)
     char *before = log_text(dir);
     CHECK(before);
     CHECK(run(&r, service_json(js, cat, "New"), ARGS("put", "service", "--data", dir)));
-    bool new_refused = refused(&r, "dangling_reference", 2);
+    bool new_refused = cs_run_refused(&r, "dangling_reference", 2);
     cs_run_free(&r);
     CHECK(run(&r, service_json(js, cat, "Trim"), ARGS("put", "service", id2, "--data", dir)));
-    bool moved_refused = refused(&r, "dangling_reference", 2);
+    bool moved_refused = cs_run_refused(&r, "dangling_reference", 2);
     cs_run_free(&r);
     char *after = log_text(dir);
     bool same = after && strcmp(before, after) == 0;

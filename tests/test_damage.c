@@ -62,18 +62,6 @@ static bool ended_cleanly(const run_result *r)
     return nl && assertion && assertion < nl && strncmp(nl + 1, "error: corrupt: ", 16) == 0;
 }
 
-static bool refused(const run_result *r, const char *code, int want_exit)
-{
-    char prefix[64];
-    snprintf(prefix, sizeof(prefix), "error: %s: ", code);
-    if (r->exit_code != want_exit || strncmp(r->err, prefix, strlen(prefix)) != 0) {
-        fprintf(stderr, "  wanted exit %d and `%s`; got exit %d: %s", want_exit, prefix,
-                r->exit_code, r->err);
-        return false;
-    }
-    return true;
-}
-
 /* The "id" of a --json-out result, as text. */
 static bool id_of(const char *json, char *out, size_t len)
 {
@@ -195,14 +183,14 @@ static void test_issue12_truncated_store_is_corrupt(void)
         run_result r;
         CHECK(cmds[i][1] ? run(&r, NULL, ARGS(cmds[i][0], cmds[i][1], "--data", dir))
                          : run(&r, NULL, ARGS(cmds[i][0], "--data", dir)));
-        bool good = refused(&r, "corrupt", 3) && strstr(r.err, "cut short");
+        bool good = cs_run_refused(&r, "corrupt", 3) && strstr(r.err, "cut short");
         cs_run_free(&r);
         CHECK(good);
     }
     /* init must not take such a directory over either. */
     run_result r;
     CHECK(run(&r, NULL, ARGS("init", "--data", dir, "--name", "Again")));
-    bool good = refused(&r, "corrupt", 3);
+    bool good = cs_run_refused(&r, "corrupt", 3);
     cs_run_free(&r);
     CHECK(good);
 }
@@ -298,13 +286,14 @@ static void test_issue12_damaged_self_is_corrupt(void)
         uint8_t *bytes = cs_damage_file(dir, &len);
         CHECK(bytes);
         run_result r;
-        bool good = run(&r, NULL, ARGS("shop", "list", "--data", dir)) && refused(&r, "corrupt", 3);
+        bool good =
+            run(&r, NULL, ARGS("shop", "list", "--data", dir)) && cs_run_refused(&r, "corrupt", 3);
         cs_run_free(&r);
         good = good && run(&r, NULL, ARGS("list", "service", "--data", dir)) &&
-               refused(&r, "corrupt", 3);
+               cs_run_refused(&r, "corrupt", 3);
         cs_run_free(&r);
         good = good && run(&r, NULL, ARGS("init", "--data", dir, "--name", "Again")) &&
-               refused(&r, "corrupt", 3);
+               cs_run_refused(&r, "corrupt", 3);
         cs_run_free(&r);
         good = good && cs_damage_file_same(dir, bytes, len);
         free(bytes);
@@ -332,7 +321,7 @@ static void test_issue12_damaged_net_record_is_corrupt(void)
         CHECK(strcmp(cmds[i][0], "shop") == 0
                   ? run(&r, NULL, ARGS("shop", "switch", f.shop, "on", "--data", dir))
                   : run(&r, NULL, ARGS(cmds[i][0], cmds[i][1], "--data", dir)));
-        bool good = refused(&r, "corrupt", 3);
+        bool good = cs_run_refused(&r, "corrupt", 3);
         if (!good)
             fprintf(stderr, "  `%s %s`\n", cmds[i][0], cmds[i][1] ? cmds[i][1] : "");
         cs_run_free(&r);
@@ -363,7 +352,7 @@ static void test_issue12_export_refuses_unsafe_targets(void)
     for (size_t i = 0; good && i < sizeof(bad) / sizeof(bad[0]); i++) {
         run_result r;
         good = run(&r, NULL, ARGS("log", "export", "--data", f.hq, "--from", "1", "--out", bad[i]));
-        good = good && refused(&r, "invalid_input", 2);
+        good = good && cs_run_refused(&r, "invalid_input", 2);
         if (!good)
             fprintf(stderr, "  --out %s\n", bad[i]);
         cs_run_free(&r);
