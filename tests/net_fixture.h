@@ -1,9 +1,11 @@
 /*
  * net_fixture.h: the pieces of a live network that the tests with real processes on 127.0.0.1
- * share: starting `chainsync serve` with a ready file and reading the address it bound, and a
- * head office's head and a branch's state read from their directories by this process, as any
- * reader beside `serve` and `branch follow` would. It owns no process: the caller keeps the pid
- * it is given and stops it by pid (tests/run.h cs_run_stop). Each test keeps its own checks.
+ * share: a command's --json-out field, adding the shops B1..Bn, starting `chainsync serve` with
+ * a ready file and reading the address it bound, a free port for a program that cannot report
+ * its own, and a head office's head and a branch's state read from their directories by this
+ * process, as any reader beside `serve` and `branch follow` would. It owns no process: the
+ * caller keeps the pid it is given and stops it by pid (tests/run.h cs_run_stop). Each test
+ * keeps its own checks and its own bounds (every wait here takes the caller's).
  */
 #ifndef CS_TEST_NET_FIXTURE_H
 #define CS_TEST_NET_FIXTURE_H

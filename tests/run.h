@@ -1,8 +1,10 @@
 /*
  * run.h: running the real `chainsync` binary from a test (path in $CS_BIN, set by
- * tests/CMakeLists.txt): arguments as an array, input on stdin, stdout and stderr captured as
- * strings, the exit code, and a deadline after which the child is killed and reaped, so a hung
- * command fails its test instead of the suite.
+ * tests/CMakeLists.txt), or any other program a test drives (cs_run_prog): arguments as an
+ * array, input on stdin, stdout and stderr captured as strings, the exit code, and a deadline
+ * after which the child is killed and reaped, so a hung command fails its test instead of the
+ * suite. Also: background processes stopped by pid, waiting for a ready file, and the check
+ * that a command was refused with a given code (SPEC section 6).
  */
 #ifndef CS_TEST_RUN_H
 #define CS_TEST_RUN_H
