@@ -1908,6 +1908,9 @@ static void test_log_refuses_field_strings_not_utf8_and_bad_timestamps(void)
         CHECK(k ? err == CS_OK : err == CS_CORRUPT);
     }
     cs_event_decoder_free(dec);
+    cs_log_close(log);
+    cs_test_rmtree(dir);
+    free(dir);
 }
 
 /* SPEC 6 (UTF-8, RFC 3629 table 3-7): each lead byte's range of the next byte is exact: the
