@@ -80,4 +80,44 @@ static inline char *cs_test_tmpdir(const char *tag)
     return d ? strdup(d) : NULL;
 }
 
+/* The temporary directories a test program made with cs_test_tmpdir_kept: removed by
+ * cs_test_tmpdirs_cleanup after each test, also when a failed CHECK returned early. One list a
+ * program (a static inside a static inline function: each test file has its own). */
+#define CS_TEST_TMPDIRS_MAX 64
+static inline char **cs_test_tmpdirs(void)
+{
+    static char *dirs[CS_TEST_TMPDIRS_MAX];
+    return dirs;
+}
+
+/* cs_test_tmpdir, remembered for cs_test_tmpdirs_cleanup (NULL when the list is full). */
+static inline char *cs_test_tmpdir_kept(const char *tag)
+{
+    char **dirs = cs_test_tmpdirs();
+    for (unsigned i = 0; i < CS_TEST_TMPDIRS_MAX; i++)
+        if (!dirs[i])
+            return dirs[i] = cs_test_tmpdir(tag);
+    return NULL;
+}
+
+/* Removes dir (made by cs_test_tmpdir_kept) and forgets it. */
+static inline void cs_test_tmpdir_free(char *dir)
+{
+    char **dirs = cs_test_tmpdirs();
+    if (!dir)
+        return;
+    for (unsigned i = 0; i < CS_TEST_TMPDIRS_MAX; i++)
+        if (dirs[i] == dir)
+            dirs[i] = NULL;
+    cs_test_rmtree(dir);
+    free(dir);
+}
+
+static inline void cs_test_tmpdirs_cleanup(void)
+{
+    char **dirs = cs_test_tmpdirs();
+    for (unsigned i = 0; i < CS_TEST_TMPDIRS_MAX; i++)
+        cs_test_tmpdir_free(dirs[i]);
+}
+
 #endif

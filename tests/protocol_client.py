@@ -408,6 +408,14 @@ class Stream:
         while not done():
             self.on_frame(*self.conn.recv())
 
+    def frames_until(self, deadline):
+        """Handles every frame that arrives before time.monotonic() reaches deadline (the
+        head office must not close the connection meanwhile)."""
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.conn.sock], [], [], deadline - time.monotonic())
+            if r:
+                self.on_frame(*self.conn.recv())
+
 
 def run_stream(args, password, summary):
     conn = Conn(args.hostport, args.timeout)
@@ -458,10 +466,7 @@ def run_writes(args, st, summary):
         # Give a (wrong) second append the time to arrive: a PING round.
         deadline = time.monotonic() + 0.5
         st.conn.send(PING, {"time": int(time.time() * 1000)})
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([st.conn.sock], [], [], deadline - time.monotonic())
-            if r:
-                st.on_frame(*st.conn.recv())
+        st.frames_until(deadline)
         summary["write"]["events_in_stream"] = st.seen.get(("put", "customer", rid), 0)
 
 
@@ -473,10 +478,7 @@ def run_report_outbox(args, st, summary):
     st.conn.send(PING, {"time": int(time.time() * 1000), "outbox": args.report_outbox})
     st.conn.send(PING, {"time": int(time.time() * 1000)})
     deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([st.conn.sock], [], [], deadline - time.monotonic())
-        if r:
-            st.on_frame(*st.conn.recv())
+    st.frames_until(deadline)
     summary["outbox_reported"] = args.report_outbox
 
 
@@ -492,10 +494,7 @@ def run_write_entry(args, st, summary):
     summary["write_entry"]["result"] = st.writes[0]
     deadline = time.monotonic() + 0.5
     st.conn.send(PING, {"time": int(time.time() * 1000)})
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([st.conn.sock], [], [], deadline - time.monotonic())
-        if r:
-            st.on_frame(*st.conn.recv())
+    st.frames_until(deadline)
     summary["write_entry"]["seq_after"] = st.seq
 
 

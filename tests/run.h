@@ -1,8 +1,10 @@
 /*
  * run.h: running the real `chainsync` binary from a test (path in $CS_BIN, set by
- * tests/CMakeLists.txt): arguments as an array, input on stdin, stdout and stderr captured as
- * strings, the exit code, and a deadline after which the child is killed and reaped, so a hung
- * command fails its test instead of the suite.
+ * tests/CMakeLists.txt), or any other program a test drives (cs_run_prog): arguments as an
+ * array, input on stdin, stdout and stderr captured as strings, the exit code, and a deadline
+ * after which the child is killed and reaped, so a hung command fails its test instead of the
+ * suite. Also: background processes stopped by pid, waiting for a ready file, and the check
+ * that a command was refused with a given code (SPEC section 6).
  */
 #ifndef CS_TEST_RUN_H
 #define CS_TEST_RUN_H
@@ -66,27 +68,32 @@ static inline bool cs_run_sink_read(int fd, cs_run_sink *s)
     return true;
 }
 
-/* In the child: wires the pipes, sets or unsets CHAINSYNC_DATA, executes $CS_BIN args. */
-static inline void cs_run_child(const char *const *args, int in_fd, int out_fd, int err_fd,
-                                const char *data_env)
+/* In the child: wires the pipes and executes argv (argv[0] a path, or a name found on PATH). */
+static inline void cs_run_child_exec(const char *const *argv, int in_fd, int out_fd, int err_fd)
 {
     dup2(in_fd, 0);
     dup2(out_fd, 1);
     dup2(err_fd, 2);
+    if (argv[0])
+        execvp(argv[0], (char *const *)argv);
+    _exit(127);
+}
+
+/* In the child: wires the pipes, sets or unsets CHAINSYNC_DATA, executes $CS_BIN args. */
+static inline void cs_run_child(const char *const *args, int in_fd, int out_fd, int err_fd,
+                                const char *data_env)
+{
     if (data_env)
         setenv("CHAINSYNC_DATA", data_env, 1);
     else
         unsetenv("CHAINSYNC_DATA");
-    const char *bin = getenv("CS_BIN");
-    char *argv[CS_RUN_ARGS_MAX + 2];
-    argv[0] = (char *)bin;
+    const char *argv[CS_RUN_ARGS_MAX + 2];
+    argv[0] = getenv("CS_BIN");
     size_t i = 0;
     for (; args[i] && i < CS_RUN_ARGS_MAX; i++)
-        argv[i + 1] = (char *)args[i];
+        argv[i + 1] = args[i];
     argv[i + 1] = NULL;
-    if (bin)
-        execv(bin, argv);
-    _exit(127);
+    cs_run_child_exec(argv, in_fd, out_fd, err_fd);
 }
 
 /* Waits for pid until the deadline, killing and reaping it past that. */
@@ -135,11 +142,13 @@ static inline void cs_run_close(int *fds, int n)
         close(fds[i]);
 }
 
-/* Runs `chainsync args...` (args NULL-terminated) with input on stdin (NULL = none) and
- * CHAINSYNC_DATA set to data_env (NULL = unset), for at most deadline_ms. False when the child
- * could not be started or fed; r's strings are set whenever true is returned. */
-static inline bool cs_run(cs_run_result *r, const char *input, const char *data_env,
-                          const char *const *args, uint64_t deadline_ms)
+/* Runs a child with input on stdin (NULL = none) for at most deadline_ms, capturing its output:
+ * `chainsync args...` (CHAINSYNC_DATA set to data_env, NULL = unset) when chainsync, else the
+ * program args[0] itself (a path, or a name on PATH) with args as its argv and the environment
+ * left alone. False when the child could not be started or fed; r's strings are set whenever
+ * true is returned. */
+static inline bool cs_run_any(cs_run_result *r, const char *input, bool chainsync,
+                              const char *data_env, const char *const *args, uint64_t deadline_ms)
 {
     memset(r, 0, sizeof(*r));
     r->exit_code = -1;
@@ -161,7 +170,9 @@ static inline bool cs_run(cs_run_result *r, const char *input, const char *data_
     }
     if (pid == 0) {
         close(p[1]), close(p[2]), close(p[4]);
-        cs_run_child(args, p[0], p[3], p[5], data_env);
+        if (chainsync)
+            cs_run_child(args, p[0], p[3], p[5], data_env);
+        cs_run_child_exec(args, p[0], p[3], p[5]);
     }
     close(p[0]), close(p[3]), close(p[5]);
     /* Inputs here are far below a pipe's buffer, so writing all first cannot deadlock. A child
@@ -178,6 +189,63 @@ static inline bool cs_run(cs_run_result *r, const char *input, const char *data_
     r->out_len = o.len;
     r->err = e.buf ? e.buf : strdup("");
     return wrote && r->out && r->err;
+}
+
+/* Runs `chainsync args...` (args NULL-terminated) with input on stdin (NULL = none) and
+ * CHAINSYNC_DATA set to data_env (NULL = unset), for at most deadline_ms. False when the child
+ * could not be started or fed; r's strings are set whenever true is returned. */
+static inline bool cs_run(cs_run_result *r, const char *input, const char *data_env,
+                          const char *const *args, uint64_t deadline_ms)
+{
+    return cs_run_any(r, input, true, data_env, args, deadline_ms);
+}
+
+/* Runs any program like cs_run runs chainsync: argv[0] a path or a name found on PATH. */
+static inline bool cs_run_prog(cs_run_result *r, const char *input, const char *const *argv,
+                               uint64_t deadline_ms)
+{
+    return cs_run_any(r, input, false, NULL, argv, deadline_ms);
+}
+
+static inline void cs_run_free(cs_run_result *r)
+{
+    free(r->out);
+    free(r->err);
+    memset(r, 0, sizeof(*r));
+}
+
+/* `chainsync args...` with input, for at most deadline_ms: the exit code (-1 when it could not
+ * run or was killed). *out and *err (each NULL = dropped) get stdout and stderr, owned by the
+ * caller. With loud, a non-zero exit copies its stderr to ours, so a failing check says why. */
+static inline int cs_run_code(const char *input, const char *const *args, char **out, char **err,
+                              uint64_t deadline_ms, bool loud)
+{
+    cs_run_result r;
+    bool ok = cs_run(&r, input, NULL, args, deadline_ms);
+    int code = ok ? r.exit_code : -1;
+    if (loud && code != 0)
+        fprintf(stderr, "  chainsync %s %s exited %d: %s", args[0], args[1] ? args[1] : "", code,
+                r.err ? r.err : "");
+    if (out)
+        *out = r.out, r.out = NULL;
+    if (err)
+        *err = r.err, r.err = NULL;
+    cs_run_free(&r);
+    return code;
+}
+
+/* True when the command r ran exited want_exit with stderr starting `error: <code>: ` (SPEC
+ * section 6: the stable code of a refusal); says what came instead when not. */
+static inline bool cs_run_refused(const cs_run_result *r, const char *code, int want_exit)
+{
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "error: %s: ", code);
+    if (r->exit_code != want_exit || strncmp(r->err, prefix, strlen(prefix)) != 0) {
+        fprintf(stderr, "  wanted exit %d and `%s`; got exit %d, stderr: %s", want_exit, prefix,
+                r->exit_code, r->err);
+        return false;
+    }
+    return true;
 }
 
 /* Starts `chainsync args...` in the background with stdin from /dev/null and stdout and stderr
@@ -212,6 +280,25 @@ static inline void cs_run_sleep_ms(unsigned ms)
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
+}
+
+/* Waits up to deadline_ms for the file at path to hold a whole first line (a ready file that
+ * `serve` or `--http-ready-file` writes once listening) and copies it to out without its line
+ * end. False when no whole line came in time. */
+static inline bool cs_run_ready_line(const char *path, char *out, size_t len, uint64_t deadline_ms)
+{
+    for (uint64_t end = cs_run_now_ms() + deadline_ms; cs_run_now_ms() < end; cs_run_sleep_ms(10)) {
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        bool ok = fgets(out, (int)len, f) && strchr(out, '\n');
+        fclose(f);
+        if (ok) {
+            out[strcspn(out, "\r\n")] = '\0';
+            return true;
+        }
+    }
+    return false;
 }
 
 #endif

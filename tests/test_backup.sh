@@ -8,28 +8,8 @@
 # "N passed, N failed"; every process it starts is stopped by pid.
 set -u
 BIN=${CS_BIN:?CS_BIN is set by tests/CMakeLists.txt}
-passed=0 failed=0 skipped=0
-scratch=$(mktemp -d /tmp/cs-test-backup-XXXXXX)
-cleanup() {
-    local p
-    for p in $(cat "$scratch/pids" 2>/dev/null); do kill -TERM "$p" 2>/dev/null; done
-    sleep 0.2
-    for p in $(cat "$scratch/pids" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
-    rm -rf "$scratch"
-}
-trap cleanup EXIT
-
-run() {
-    local out
-    if out=$("$1" 2>&1); then
-        echo "PASS $1"; passed=$((passed + 1))
-    elif [ $? -eq 77 ]; then
-        echo "SKIP $1: $out"; skipped=$((skipped + 1))
-    else
-        printf '%s\n' "$out" | sed 's/^/  /'; echo "FAIL $1"; failed=$((failed + 1))
-    fi
-}
-fail() { echo "$*"; return 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cs_lib_init backup
 
 stop() { # stop PID: SIGTERM, then wait (bounded, 10 s) until it is gone; it may not be our child
     local pid=$1 i
@@ -42,22 +22,8 @@ stop() { # stop PID: SIGTERM, then wait (bounded, 10 s) until it is gone; it may
     return 1
 }
 
-serve() { # serve DIR READY LOG: starts serve in the background, waits for READY
-    "$BIN" serve --data "$1" --listen 127.0.0.1:0 --ready-file "$2" >"$3" 2>&1 &
-    echo $! >>"$scratch/pids"
-    echo $! >"$2.pid"
-    local i
-    for ((i = 0; i < 300; i++)); do [ -s "$2" ] && return 0; sleep 0.05; done
-    return 1
-}
-
 join() { # join DIR SHOP ADDR
     echo 'branch-secret-1' | "$BIN" branch join --data "$1" --head "$3" --shop "$2" --password-stdin >/dev/null
-}
-
-add_shop() {
-    echo 'branch-secret-1' | "$BIN" shop add --data "$1" --name "$2" --password-stdin --json-out |
-        sed 's/.*"id":\([0-9]*\).*/\1/'
 }
 
 head_seq() {

@@ -26,47 +26,7 @@
 /* A CLI command is one short LMDB transaction; a minute means it is stuck. */
 #define RUN_DEADLINE_MS 60000
 
-/* Temporary directories made by this run; whatever a failed CHECK left is removed at exit. */
-#define TMPDIRS_MAX 64
-static char *tmpdirs[TMPDIRS_MAX];
-
-static char *tmpdir_new(void)
-{
-    for (unsigned i = 0; i < TMPDIRS_MAX; i++) {
-        if (tmpdirs[i])
-            continue;
-        tmpdirs[i] = cs_test_tmpdir("cli");
-        return tmpdirs[i];
-    }
-    return NULL;
-}
-
-/* Removes dir and forgets it. */
-static void store_free(char *dir)
-{
-    for (unsigned i = 0; dir && i < TMPDIRS_MAX; i++)
-        if (tmpdirs[i] == dir)
-            tmpdirs[i] = NULL;
-    if (!dir)
-        return;
-    cs_test_rmtree(dir);
-    free(dir);
-}
-
-static void tmpdirs_cleanup(void)
-{
-    for (unsigned i = 0; i < TMPDIRS_MAX; i++)
-        store_free(tmpdirs[i]);
-}
-
 typedef cs_run_result run_result;
-
-static void run_free(run_result *r)
-{
-    free(r->out);
-    free(r->err);
-    memset(r, 0, sizeof(*r));
-}
 
 /* Runs chainsync with args (NULL-terminated) and input on stdin (NULL = empty). With env_data,
  * CHAINSYNC_DATA is set to data; else it is unset. */
@@ -84,33 +44,22 @@ static bool run(run_result *r, const char *input, const char *const *args)
 #define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 /* True when stderr starts with `error: <code>: ` and the exit code is want_exit. */
-static bool refused(const run_result *r, const char *code, int want_exit)
-{
-    char prefix[64];
-    snprintf(prefix, sizeof(prefix), "error: %s: ", code);
-    if (r->exit_code != want_exit || strncmp(r->err, prefix, strlen(prefix)) != 0) {
-        fprintf(stderr, "  exit %d, stderr: %s", r->exit_code, r->err);
-        return false;
-    }
-    return true;
-}
-
 /* A data directory initialised as a single store, or as a head office when head. */
 static char *store_new(bool head)
 {
-    char *dir = tmpdir_new();
+    char *dir = cs_test_tmpdir_kept("cli");
     if (!dir)
         return NULL;
     run_result r;
     bool ok = run(&r, NULL, ARGS("init", "--data", dir, "--name", "Pets HQ")) && r.exit_code == 0;
-    run_free(&r);
+    cs_run_free(&r);
     if (ok && head)
         ok = run(&r, NULL, ARGS("network", "create", "--data", dir, "--name", "Pets Chain")) &&
              r.exit_code == 0;
     if (head)
-        run_free(&r);
+        cs_run_free(&r);
     if (!ok) {
-        store_free(dir);
+        cs_test_tmpdir_free(dir);
         return NULL;
     }
     return dir;
@@ -132,7 +81,7 @@ static uint64_t write_id(const char *input, const char *const *args, uint64_t *v
     } else {
         fprintf(stderr, "  write failed: exit %d: %s", r.exit_code, r.err);
     }
-    run_free(&r);
+    cs_run_free(&r);
     return id;
 }
 
@@ -167,7 +116,7 @@ static char *log_text(const char *dir)
         text = r.out;
         r.out = NULL;
     }
-    run_free(&r);
+    cs_run_free(&r);
     return text;
 }
 
@@ -176,7 +125,7 @@ static char *log_text(const char *dir)
 /* SPEC 7 `init`: a single store; prints its shop id (human and --json-out). */
 static void test_spec7_init_prints_shop_id(void)
 {
-    char *dir = tmpdir_new();
+    char *dir = cs_test_tmpdir_kept("cli");
     CHECK(dir);
     run_result r;
     CHECK(run(&r, NULL, ARGS("init", "--data", dir, "--name", "Pets HQ", "--json-out")));
@@ -186,19 +135,19 @@ static void test_spec7_init_prints_shop_id(void)
     CHECK(json_integer_value(json_object_get(o, "id")) > 0);
     CHECK(strcmp(json_string_value(json_object_get(o, "role")), "single") == 0);
     json_decref(o);
-    run_free(&r);
+    cs_run_free(&r);
     /* A second init is refused: the store keeps its identity. */
     CHECK(run(&r, NULL, ARGS("init", "--data", dir, "--name", "Other")));
-    CHECK(refused(&r, "forbidden", 2));
-    run_free(&r);
+    CHECK(cs_run_refused(&r, "forbidden", 2));
+    cs_run_free(&r);
     /* Human output names the id too. */
-    char *dir2 = tmpdir_new();
+    char *dir2 = cs_test_tmpdir_kept("cli");
     CHECK(dir2);
     CHECK(run(&r, NULL, ARGS("init", "--data", dir2, "--name", "Second")));
     CHECK(r.exit_code == 0 && strstr(r.out, "shop id "));
-    run_free(&r);
-    store_free(dir2);
-    store_free(dir);
+    cs_run_free(&r);
+    cs_test_tmpdir_free(dir2);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 7 `network create` (R10): a single store becomes the head office. */
@@ -212,14 +161,14 @@ static void test_spec7_network_create_makes_head_office(void)
     json_t *o = json_loads(r.out, 0, NULL);
     CHECK(o && strcmp(json_string_value(json_object_get(o, "role")), "head") == 0);
     json_decref(o);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("shop", "list", "--data", dir, "--json-out")));
     CHECK(r.exit_code == 0);
     o = json_loads(r.out, JSON_DISABLE_EOF_CHECK, NULL);
     CHECK(o && strcmp(json_string_value(json_object_get(o, "role")), "head") == 0);
     json_decref(o);
-    run_free(&r);
-    store_free(dir);
+    cs_run_free(&r);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 7 `shop list`: one object per shop with id, name, role, switch, cursor, lag, last_seen;
@@ -237,7 +186,7 @@ static void test_spec7_shop_add_and_list_shapes(void)
     json_int_t branch_id = json_integer_value(json_object_get(added, "id"));
     json_decref(added);
     CHECK(branch_id > 0);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("shop", "list", "--data", dir, "--json-out")));
     CHECK(r.exit_code == 0);
     int lines = 0, branches = 0;
@@ -257,8 +206,8 @@ static void test_spec7_shop_add_and_list_shapes(void)
         json_decref(o);
     }
     CHECK(lines == 2 && branches == 1);
-    run_free(&r);
-    store_free(dir);
+    cs_run_free(&r);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 7 --password-stdin: an empty line is refused, nothing is added. */
@@ -270,19 +219,19 @@ static void test_spec7_password_stdin_refuses_empty(void)
     CHECK(before);
     run_result r;
     CHECK(run(&r, "\n", ARGS("shop", "add", "--data", dir, "--name", "X", "--password-stdin")));
-    CHECK(refused(&r, "invalid_input", 2));
-    run_free(&r);
+    CHECK(cs_run_refused(&r, "invalid_input", 2));
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("shop", "add", "--data", dir, "--name", "X", "--password-stdin")));
-    CHECK(refused(&r, "invalid_input", 2));
-    run_free(&r);
+    CHECK(cs_run_refused(&r, "invalid_input", 2));
+    cs_run_free(&r);
     CHECK(run(&r, "pw-long-enough\n", ARGS("shop", "add", "--data", dir, "--name", "X")));
-    CHECK(refused(&r, "usage", 1));
-    run_free(&r);
+    CHECK(cs_run_refused(&r, "usage", 1));
+    cs_run_free(&r);
     char *after = log_text(dir);
     CHECK(after && strcmp(before, after) == 0);
     free(before);
     free(after);
-    store_free(dir);
+    cs_test_tmpdir_free(dir);
 }
 
 /* ---- SPEC 7: items ----------------------------------------------------------------------- */
@@ -294,7 +243,7 @@ static json_t *get_json(const char *dir, const char *type, const char *id)
     json_t *o = NULL;
     if (run(&r, NULL, ARGS("get", type, id, "--data", dir, "--json-out")) && r.exit_code == 0)
         o = json_loads(r.out, 0, NULL);
-    run_free(&r);
+    cs_run_free(&r);
     return o;
 }
 
@@ -340,19 +289,19 @@ static void test_spec7_put_get_list_del_round_trip(void)
     o = json_loads(r.out, 0, NULL);
     CHECK(o && strcmp(json_string_value(json_object_get(o, "name")), "Bath & Brush") == 0);
     json_decref(o);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(write_id(NULL, ARGS("del", "service", sid, "--data", dir, "--json-out"), &v) == id);
     CHECK(v == 3);
     CHECK(run(&r, NULL, ARGS("list", "service", "--data", dir, "--json-out")));
     CHECK(r.exit_code == 0 && r.out_len == 0);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("list", "service", "--archived", "--data", dir, "--json-out")));
     CHECK(r.exit_code == 0 && count_lines(r.out) == 1);
-    run_free(&r);
+    cs_run_free(&r);
     o = get_json(dir, "service", sid);
     CHECK(o && json_is_true(json_object_get(o, "archived")));
     json_decref(o);
-    store_free(dir);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 7 human output: put prints "created TYPE ID version V at seq S", get prints field
@@ -367,16 +316,16 @@ static void test_spec7_human_output_shapes(void)
     CHECK(strstr(r.out, " version 1 at seq "));
     char id[32];
     CHECK(sscanf(r.out, "created species %31s", id) == 1);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("get", "species", id, "--data", dir)));
     CHECK(r.exit_code == 0 && strstr(r.out, "name:") && strstr(r.out, "Dogs"));
     CHECK(strstr(r.out, "archived:") && strstr(r.out, "origin:"));
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("list", "species", "--data", dir)));
     CHECK(r.exit_code == 0 && strncmp(r.out, "id ", 3) == 0 && strstr(r.out, "Dogs"));
     CHECK(strstr(r.out, "archived") && strstr(r.out, "origin"));
-    run_free(&r);
-    store_free(dir);
+    cs_run_free(&r);
+    cs_test_tmpdir_free(dir);
 }
 
 /* ---- SPEC 6: refusals -------------------------------------------------------------------- */
@@ -388,12 +337,12 @@ static void test_spec6_unknown_type(void)
     CHECK(dir);
     run_result r;
     CHECK(run(&r, NULL, ARGS("put", "hamster", "--data", dir, "--json", "{\"name\":\"x\"}")));
-    CHECK(refused(&r, "unknown_type", 2));
-    run_free(&r);
+    CHECK(cs_run_refused(&r, "unknown_type", 2));
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("list", "hamster", "--data", dir)));
-    CHECK(refused(&r, "unknown_type", 2));
-    run_free(&r);
-    store_free(dir);
+    CHECK(cs_run_refused(&r, "unknown_type", 2));
+    cs_run_free(&r);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 6 invalid_input: unknown field, missing required field, wrong kind, malformed JSON,
@@ -417,13 +366,13 @@ static void test_spec6_invalid_input_shapes(void)
     run_result r;
     for (unsigned i = 0; i < sizeof(inputs) / sizeof(inputs[0]); i++) {
         CHECK(run(&r, inputs[i], ARGS("put", "service", "--data", dir)));
-        CHECK(refused(&r, "invalid_input", 2));
-        run_free(&r);
+        CHECK(cs_run_refused(&r, "invalid_input", 2));
+        cs_run_free(&r);
     }
     CHECK(run(&r, "{\"name\":\"x\",}", ARGS("put", "service", "--data", dir)));
     CHECK(strstr(r.err, "malformed JSON at line 1 column "));
-    run_free(&r);
-    store_free(dir);
+    cs_run_free(&r);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 6 invalid_input, limits: a name is 1..120 bytes: 120 is accepted, 121 refused, 0 refused. */
@@ -442,10 +391,10 @@ static void test_spec6_oversize_string_is_invalid_input(void)
         CHECK(run(&r, json, ARGS("put", "petcare_category", "--data", dir)));
         CHECK(r.exit_code == want[i]);
         if (want[i])
-            CHECK(refused(&r, "invalid_input", 2));
-        run_free(&r);
+            CHECK(cs_run_refused(&r, "invalid_input", 2));
+        cs_run_free(&r);
     }
-    store_free(dir);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 6 dangling_reference: a reference to an item that does not exist. */
@@ -456,9 +405,9 @@ static void test_spec6_dangling_reference(void)
     CHECK(dir);
     run_result r;
     CHECK(run(&r, service_json(js, "999999", "Bath"), ARGS("put", "service", "--data", dir)));
-    CHECK(refused(&r, "dangling_reference", 2));
-    run_free(&r);
-    store_free(dir);
+    CHECK(cs_run_refused(&r, "dangling_reference", 2));
+    cs_run_free(&r);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 6 / R8 version_conflict: --expect-version that does not match, on put and del. */
@@ -474,16 +423,16 @@ static void test_spec6_expect_version_mismatch_is_version_conflict(void)
     run_result r;
     CHECK(run(&r, "{\"name\":\"Cats\"}",
               ARGS("put", "species", sid, "--expect-version", "2", "--data", dir)));
-    CHECK(refused(&r, "version_conflict", 2));
-    run_free(&r);
+    CHECK(cs_run_refused(&r, "version_conflict", 2));
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("del", "species", sid, "--expect-version", "9", "--data", dir)));
-    CHECK(refused(&r, "version_conflict", 2));
-    run_free(&r);
+    CHECK(cs_run_refused(&r, "version_conflict", 2));
+    cs_run_free(&r);
     json_t *o = get_json(dir, "species", sid);
     CHECK(o && json_integer_value(json_object_get(o, "version")) == 1);
     CHECK(strcmp(json_string_value(json_object_get(o, "name")), "Dogs") == 0);
     json_decref(o);
-    store_free(dir);
+    cs_test_tmpdir_free(dir);
 }
 
 /* R10/R11 not_in_network: a single store may only create a network. */
@@ -493,15 +442,15 @@ static void test_r10_network_command_on_single_store_is_not_in_network(void)
     CHECK(dir);
     run_result r;
     CHECK(run(&r, NULL, ARGS("network", "mode", "continuous", "--data", dir)));
-    CHECK(refused(&r, "not_in_network", 2));
-    run_free(&r);
+    CHECK(cs_run_refused(&r, "not_in_network", 2));
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("sync", "--data", dir)));
-    CHECK(refused(&r, "not_in_network", 2));
-    run_free(&r);
+    CHECK(cs_run_refused(&r, "not_in_network", 2));
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("network", "types", "--data", dir)));
-    CHECK(refused(&r, "not_in_network", 2));
-    run_free(&r);
-    store_free(dir);
+    CHECK(cs_run_refused(&r, "not_in_network", 2));
+    cs_run_free(&r);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 7 --data: missing both --data and $CHAINSYNC_DATA is a usage error (exit 1); the
@@ -510,15 +459,15 @@ static void test_spec7_missing_data_is_usage_error(void)
 {
     run_result r;
     CHECK(run(&r, NULL, ARGS("list", "service")));
-    CHECK(refused(&r, "usage", 1));
+    CHECK(cs_run_refused(&r, "usage", 1));
     CHECK(strstr(r.err, "--help"));
-    run_free(&r);
+    cs_run_free(&r);
     char *dir = store_new(false);
     CHECK(dir);
     CHECK(run_env(&r, NULL, true, dir, ARGS("list", "service")));
     CHECK(r.exit_code == 0);
-    run_free(&r);
-    store_free(dir);
+    cs_run_free(&r);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 6 exit 1: unknown command, missing argument, bad option, garbage numbers. */
@@ -546,28 +495,28 @@ static void test_spec6_usage_errors_exit_1(void)
     run_result r;
     for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         CHECK(run(&r, NULL, cases[i]));
-        CHECK(refused(&r, "usage", 1));
+        CHECK(cs_run_refused(&r, "usage", 1));
         CHECK(strstr(r.err, "--help"));
         CHECK(r.out_len == 0); /* usage text goes to stderr: stdout carries only results */
-        run_free(&r);
+        cs_run_free(&r);
     }
-    store_free(dir);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 7: a command on a directory that holds no store is refused and creates nothing. */
 static void test_spec7_command_on_missing_store_creates_nothing(void)
 {
-    char *dir = tmpdir_new();
+    char *dir = cs_test_tmpdir_kept("cli");
     CHECK(dir);
     char sub[512];
     snprintf(sub, sizeof(sub), "%s/none", dir);
     run_result r;
     CHECK(run(&r, NULL, ARGS("list", "service", "--data", sub)));
-    CHECK(refused(&r, "not_found", 2));
-    run_free(&r);
+    CHECK(cs_run_refused(&r, "not_found", 2));
+    cs_run_free(&r);
     struct stat st;
     CHECK(stat(sub, &st) != 0);
-    store_free(dir);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 6 "Bad input changes nothing": every refused command leaves `chainsync log` output
@@ -610,7 +559,7 @@ static void test_spec6_refused_command_leaves_log_unchanged(void)
             fprintf(stderr, "  case %u accepted\n", i);
         CHECK(r.exit_code == 1 || r.exit_code == 2);
         CHECK(strncmp(r.err, "error: ", 7) == 0);
-        run_free(&r);
+        cs_run_free(&r);
         char *after = log_text(dir);
         CHECK(after);
         bool same = strcmp(before, after) == 0;
@@ -618,7 +567,7 @@ static void test_spec6_refused_command_leaves_log_unchanged(void)
         CHECK(same);
     }
     free(before);
-    store_free(dir);
+    cs_test_tmpdir_free(dir);
 }
 
 /* Issue 12 (hostile input), SPEC 6: JSON to `put` nested far deeper than any item (100,000
@@ -667,21 +616,21 @@ static void test_issue12_hostile_input_refused_and_log_unchanged(void)
         CHECK(run(&r, cases[i].input, ARGS("put", cases[i].type, "--data", dir)));
         if (!strstr(r.err, cases[i].says))
             fprintf(stderr, "  case %u: %s", i, r.err);
-        CHECK(refused(&r, "invalid_input", 2) && strstr(r.err, cases[i].says));
-        run_free(&r);
+        CHECK(cs_run_refused(&r, "invalid_input", 2) && strstr(r.err, cases[i].says));
+        cs_run_free(&r);
     }
     free(deep);
     CHECK(run(&r, "password123\n",
               ARGS("shop", "add", "--data", dir, "--name", "Caf\xc3", "--password-stdin")));
-    CHECK(refused(&r, "invalid_input", 2) && strstr(r.err, "must be UTF-8"));
-    run_free(&r);
+    CHECK(cs_run_refused(&r, "invalid_input", 2) && strstr(r.err, "must be UTF-8"));
+    cs_run_free(&r);
     char *after = log_text(dir);
     CHECK(after);
     bool same = strcmp(before, after) == 0;
     free(after);
     free(before);
     CHECK(same);
-    store_free(dir);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 7 `log`: events as JSON lines in sequence order; --from and --limit select a range. */
@@ -706,24 +655,25 @@ static void test_spec7_log_prints_json_lines(void)
         json_decref(o);
     }
     CHECK(n >= 3);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("log", "--from", "2", "--limit", "1", "--data", dir)));
     CHECK(r.exit_code == 0 && count_lines(r.out) == 1);
     json_t *o = json_loads(r.out, 0, NULL);
     CHECK(o && json_integer_value(json_object_get(o, "seq")) == 2);
     json_decref(o);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(run(&r, NULL, ARGS("log", "--from", "1000", "--data", dir)));
     CHECK(r.exit_code == 0 && r.out_len == 0);
-    run_free(&r);
-    store_free(dir);
+    cs_run_free(&r);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 7 `log export --json-out`: one JSON object whose "out" is the path exactly as given, even
  * when it holds a quote and a backslash (it was once printed into the JSON unescaped). */
 static void test_spec7_log_export_json_out_escapes_the_path(void)
 {
-    char *dir = store_new(true), *odir = tmpdir_new(); /* never inside the data directory */
+    char *dir = store_new(true),
+         *odir = cs_test_tmpdir_kept("cli"); /* never inside the data directory */
     CHECK(dir && odir);
     char out[512];
     snprintf(out, sizeof(out), "%s/exp\"ort\\1.seg", odir);
@@ -731,7 +681,7 @@ static void test_spec7_log_export_json_out_escapes_the_path(void)
     CHECK(run(&r, NULL, ARGS("log", "export", "--data", dir, "--out", out, "--json-out")));
     CHECK(r.exit_code == 0 && count_lines(r.out) == 1);
     json_t *o = json_loads(r.out, 0, NULL);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(o);
     bool same = json_is_string(json_object_get(o, "out")) &&
                 strcmp(json_string_value(json_object_get(o, "out")), out) == 0;
@@ -740,8 +690,8 @@ static void test_spec7_log_export_json_out_escapes_the_path(void)
     json_decref(o);
     CHECK(same && counts);
     CHECK(access(out, R_OK) == 0);
-    store_free(dir);
-    store_free(odir);
+    cs_test_tmpdir_free(dir);
+    cs_test_tmpdir_free(odir);
 }
 
 /* SPEC 7 --actor: recorded in the events the command causes. */
@@ -757,8 +707,8 @@ static void test_spec7_actor_is_recorded(void)
     json_t *o = json_loads(r.out, JSON_DISABLE_EOF_CHECK, NULL);
     CHECK(o && strcmp(json_string_value(json_object_get(o, "actor")), "ana") == 0);
     json_decref(o);
-    run_free(&r);
-    store_free(dir);
+    cs_run_free(&r);
+    cs_test_tmpdir_free(dir);
 }
 
 /* SPEC 7: `chainsync --help` lists every command; each command's --help has an example. */
@@ -777,7 +727,7 @@ static void test_spec7_help_lists_every_command(void)
     CHECK(r.exit_code == 0);
     char *overview = r.out;
     r.out = NULL;
-    run_free(&r);
+    cs_run_free(&r);
     for (unsigned i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         char want[64];
         snprintf(want, sizeof(want), "  %s%s%s", cmds[i][0], cmds[i][1] ? " " : "",
@@ -789,7 +739,7 @@ static void test_spec7_help_lists_every_command(void)
         bool ok = cmds[i][1] ? run(&r, NULL, ARGS(cmds[i][0], cmds[i][1], "--help"))
                              : run(&r, NULL, ARGS(cmds[i][0], "--help"));
         ok = ok && r.exit_code == 0 && strstr(r.out, "Example") && strstr(r.out, "usage: ");
-        run_free(&r);
+        cs_run_free(&r);
         if (!ok)
             free(overview);
         CHECK(ok);
@@ -813,7 +763,7 @@ static void test_issue12_kept_reference_to_archived_item_accepted(void)
     CHECK(sid && oid);
     run_result r;
     CHECK(run(&r, NULL, ARGS("del", "service_category", cat, "--data", dir)) && r.exit_code == 0);
-    run_free(&r);
+    cs_run_free(&r);
     char id[32], id2[32];
     snprintf(id, sizeof(id), "%llu", (unsigned long long)sid);
     snprintf(id2, sizeof(id2), "%llu", (unsigned long long)oid);
@@ -822,17 +772,17 @@ static void test_issue12_kept_reference_to_archived_item_accepted(void)
     char *before = log_text(dir);
     CHECK(before);
     CHECK(run(&r, service_json(js, cat, "New"), ARGS("put", "service", "--data", dir)));
-    bool new_refused = refused(&r, "dangling_reference", 2);
-    run_free(&r);
+    bool new_refused = cs_run_refused(&r, "dangling_reference", 2);
+    cs_run_free(&r);
     CHECK(run(&r, service_json(js, cat, "Trim"), ARGS("put", "service", id2, "--data", dir)));
-    bool moved_refused = refused(&r, "dangling_reference", 2);
-    run_free(&r);
+    bool moved_refused = cs_run_refused(&r, "dangling_reference", 2);
+    cs_run_free(&r);
     char *after = log_text(dir);
     bool same = after && strcmp(before, after) == 0;
     free(before);
     free(after);
     CHECK(new_refused && moved_refused && same);
-    store_free(dir);
+    cs_test_tmpdir_free(dir);
 }
 
 int main(void)
@@ -864,6 +814,6 @@ int main(void)
     RUN(test_spec7_actor_is_recorded);
     RUN(test_spec7_help_lists_every_command);
     RUN(test_issue12_kept_reference_to_archived_item_accepted);
-    tmpdirs_cleanup();
+    cs_test_tmpdirs_cleanup();
     return cs_test_finish();
 }

@@ -43,8 +43,6 @@ static void *pool_mem[POOL_MAX];
 static unsigned pool_nmem;
 static json_t *pool_json[POOL_MAX];
 static unsigned pool_njson;
-#define TMPDIRS_MAX 8
-static char *tmpdirs[TMPDIRS_MAX];
 
 /* Keeps p until the end of the test; returns it (NULL when p is NULL or the pool is full). */
 static void *keep(void *p)
@@ -72,17 +70,6 @@ static json_t *keep_json(json_t *o)
     return o;
 }
 
-static char *tmpdir_new(void)
-{
-    for (unsigned i = 0; i < TMPDIRS_MAX; i++) {
-        if (tmpdirs[i])
-            continue;
-        tmpdirs[i] = cs_test_tmpdir("cli-branch");
-        return tmpdirs[i];
-    }
-    return NULL;
-}
-
 static void pool_release(void)
 {
     for (unsigned i = 0; i < pool_nmem; i++)
@@ -91,13 +78,7 @@ static void pool_release(void)
     for (unsigned i = 0; i < pool_njson; i++)
         json_decref(pool_json[i]);
     pool_njson = 0;
-    for (unsigned i = 0; i < TMPDIRS_MAX; i++) {
-        if (!tmpdirs[i])
-            continue;
-        cs_test_rmtree(tmpdirs[i]);
-        free(tmpdirs[i]);
-        tmpdirs[i] = NULL;
-    }
+    cs_test_tmpdirs_cleanup();
 }
 
 /* Runs one test and releases what it left behind. */
@@ -133,19 +114,6 @@ static bool ok(run_result *r, const char *input, const char *const *args)
     fprintf(stderr, "  `%s %s ...` exited %d: %s", args[0], args[1] ? args[1] : "", r->exit_code,
             r->err);
     return false;
-}
-
-/* True when the command exited want_exit with stderr starting `error: <code>: `. */
-static bool refused(const run_result *r, const char *code, int want_exit)
-{
-    char prefix[64];
-    snprintf(prefix, sizeof(prefix), "error: %s: ", code);
-    if (r->exit_code != want_exit || strncmp(r->err, prefix, strlen(prefix)) != 0) {
-        fprintf(stderr, "  wanted exit %d and `%s`; got exit %d, stderr: %s", want_exit, prefix,
-                r->exit_code, r->err);
-        return false;
-    }
-    return true;
 }
 
 /* ---- JSON -------------------------------------------------------------------------------- */
@@ -319,7 +287,7 @@ static bool branch_add(net *n, const char *name, char *id_out)
 static bool net_open(net *n, unsigned nbranches)
 {
     memset(n, 0, sizeof(*n));
-    n->dir = tmpdir_new();
+    n->dir = cs_test_tmpdir_kept("cli-branch");
     if (!n->dir || nbranches > BRANCHES_MAX)
         return false;
     snprintf(n->hq, sizeof(n->hq), "%s/hq", n->dir);
@@ -649,18 +617,18 @@ static void test_r1_branch_cannot_write_copies(void)
              bcat);
     run_result r;
     CHECK(run(&r, NULL, ARGS("put", "service", bath_copy, "--data", b, "--json", js)));
-    CHECK(refused(&r, "read_only_copy", 2));
+    CHECK(cs_run_refused(&r, "read_only_copy", 2));
     CHECK(run(&r, NULL, ARGS("del", "service", bath_copy, "--data", b)));
-    CHECK(refused(&r, "read_only_copy", 2));
+    CHECK(cs_run_refused(&r, "read_only_copy", 2));
     json_t *after = get_json(b, "service", bath_copy);
     CHECK(after && json_equal(bath, after));
     CHECK(run(&r, NULL,
               ARGS("put", "advanced_setting", "--data", b, "--json",
                    "{\"key\":\"max_discount\",\"value\":\"10\"}")));
-    CHECK(refused(&r, "forbidden", 2));
+    CHECK(cs_run_refused(&r, "forbidden", 2));
     CHECK(run(&r, "a-new-password-1\n",
               ARGS("shop", "password", n.shop[0], "--data", b, "--password-stdin")));
-    CHECK(refused(&r, "forbidden", 2));
+    CHECK(cs_run_refused(&r, "forbidden", 2));
     json_t *settings = list_json(b, "advanced_setting", false);
     CHECK(settings && json_array_size(settings) == 0);
 }
@@ -695,7 +663,7 @@ static void test_r13_unlink_detaches_copies(void)
     CHECK(strcmp(jstr(got, "name"), "Bath") == 0 && price_of(got) == 3000);
     /* Nothing more comes from the network. */
     CHECK(import_run(&n, 0, &r));
-    CHECK(refused(&r, "not_in_network", 2));
+    CHECK(cs_run_refused(&r, "not_in_network", 2));
     /* A local item now: the former branch may change it. */
     char bcat[ID_BYTES];
     id_text(jint(got, "category"), bcat);
@@ -782,7 +750,7 @@ static void test_import_refuses_gap_after_cursor(void)
     char *before = catalog_text(b);
     CHECK(before);
     CHECK(import_run(&n, 0, &r));
-    CHECK(refused(&r, "invalid_input", 2));
+    CHECK(cs_run_refused(&r, "invalid_input", 2));
     char *after = catalog_text(b);
     CHECK(after && strcmp(before, after) == 0);
     CHECK(copy_price(b, n.bath) == 3000);
@@ -803,7 +771,7 @@ static void test_import_refuses_gap_on_fresh_branch(void)
     CHECK(before);
     run_result r;
     CHECK(import_run(&n, 0, &r));
-    CHECK(refused(&r, "invalid_input", 2));
+    CHECK(cs_run_refused(&r, "invalid_input", 2));
     char *after = catalog_text(b);
     CHECK(after);
     /* A refused import must not leave a bound (or any) store behind: the directory would then
@@ -840,7 +808,7 @@ static void test_import_refuses_corrupt_file(void)
     CHECK(before);
     run_result r;
     CHECK(import_run(&n, 0, &r));
-    CHECK(refused(&r, "corrupt", 3));
+    CHECK(cs_run_refused(&r, "corrupt", 3));
     char *after = catalog_text(b);
     CHECK(after && strcmp(before, after) == 0);
     CHECK(copy_price(b, n.bath) == 3000);
@@ -862,7 +830,7 @@ static void test_issue12_import_empty_file_refused_nothing_left(void)
     close(fd);
     run_result r;
     CHECK(import_run(&n, 0, &r));
-    CHECK(refused(&r, "invalid_input", 2));
+    CHECK(cs_run_refused(&r, "invalid_input", 2));
     CHECK(access(n.bdir[0], F_OK) != 0);
 }
 
@@ -883,7 +851,7 @@ static void test_issue12_import_magic_then_garbage_is_corrupt(void)
     CHECK(written);
     run_result r;
     CHECK(import_run(&n, 0, &r));
-    CHECK(refused(&r, "corrupt", 3));
+    CHECK(cs_run_refused(&r, "corrupt", 3));
     CHECK(access(n.bdir[0], F_OK) != 0);
 }
 
@@ -896,12 +864,12 @@ static void test_issue12_import_shop_not_a_branch_refused(void)
     CHECK(export_all(&n));
     run_result r;
     CHECK(run(&r, NULL, ARGS("branch", "import", n.seg, "--data", n.bdir[0], "--shop", "12345")));
-    CHECK(refused(&r, "not_in_network", 2));
+    CHECK(cs_run_refused(&r, "not_in_network", 2));
     CHECK(access(n.bdir[0], F_OK) != 0);
     /* The head office's own id is no branch either. */
     CHECK(
         run(&r, NULL, ARGS("branch", "import", n.seg, "--data", n.bdir[0], "--shop", n.head_shop)));
-    CHECK(refused(&r, "not_in_network", 2));
+    CHECK(cs_run_refused(&r, "not_in_network", 2));
     CHECK(access(n.bdir[0], F_OK) != 0);
     /* The right shop still imports. */
     CHECK(carry(&n, 0));
@@ -921,12 +889,12 @@ static void test_issue12_refused_import_and_verify_change_nothing(void)
     CHECK(dbs && bytes && strstr(dbs, "events") && !strstr(dbs, "branch"));
     run_result r;
     CHECK(run(&r, NULL, ARGS("branch", "import", n.seg, "--data", n.hq, "--shop", n.shop[0])));
-    CHECK(refused(&r, "forbidden", 2));
+    CHECK(cs_run_refused(&r, "forbidden", 2));
     char *dbs2 = keep(cs_damage_dbs(n.hq));
     CHECK(dbs2 && strcmp(dbs, dbs2) == 0);
     CHECK(cs_damage_file_same(n.hq, bytes, len));
     CHECK(run(&r, NULL, ARGS("audit", "verify", "--data", n.hq, "--branch", n.hq)));
-    CHECK(refused(&r, "invalid_input", 2));
+    CHECK(cs_run_refused(&r, "invalid_input", 2));
     dbs2 = keep(cs_damage_dbs(n.hq));
     CHECK(dbs2 && strcmp(dbs, dbs2) == 0 && !strstr(dbs2, "ckpt"));
     CHECK(cs_damage_file_same(n.hq, bytes, len));
@@ -965,13 +933,13 @@ static void test_r1_copied_advanced_setting_is_read_only_copy(void)
     CHECK(run(&r, NULL,
               ARGS("put", "advanced_setting", cid, "--data", b, "--json",
                    "{\"key\":\"max_discount\",\"value\":\"90\"}")));
-    CHECK(refused(&r, "read_only_copy", 2));
+    CHECK(cs_run_refused(&r, "read_only_copy", 2));
     CHECK(run(&r, NULL, ARGS("del", "advanced_setting", cid, "--data", b)));
-    CHECK(refused(&r, "read_only_copy", 2));
+    CHECK(cs_run_refused(&r, "read_only_copy", 2));
     CHECK(run(&r, NULL,
               ARGS("put", "advanced_setting", "--data", b, "--json",
                    "{\"key\":\"other\",\"value\":\"1\"}")));
-    CHECK(refused(&r, "forbidden", 2));
+    CHECK(cs_run_refused(&r, "forbidden", 2));
     json_t *after = get_json(b, "advanced_setting", cid);
     CHECK(after && json_equal(copy, after));
 }
@@ -1007,7 +975,7 @@ static void test_issue12_detached_item_keeps_unsynced_reference(void)
              n.cat);
     run_result r;
     CHECK(run(&r, NULL, ARGS("put", "service", "--data", b, "--json", js)));
-    CHECK(refused(&r, "dangling_reference", 2));
+    CHECK(cs_run_refused(&r, "dangling_reference", 2));
 }
 
 /* R10 (a directory is one shop): `branch import --shop OTHER` into a directory that is already
@@ -1028,7 +996,7 @@ static void test_import_refuses_rebinding_a_branch_directory(void)
     for (int round = 0; round < 2; round++) {
         CHECK(run(&r, NULL,
                   ARGS("branch", "import", n.seg, "--data", b, "--shop", n.shop[1], "--json-out")));
-        CHECK(refused(&r, "invalid_input", 2));
+        CHECK(cs_run_refused(&r, "invalid_input", 2));
         CHECK(strstr(r.err, n.shop[0]) != NULL); /* names what the directory is */
         char *after = catalog_text(b);
         CHECK(after && strcmp(before, after) == 0);
@@ -1053,7 +1021,7 @@ static void test_import_into_head_office_is_forbidden(void)
     CHECK(log_before && before);
     CHECK(run(&r, NULL,
               ARGS("branch", "import", n.seg, "--data", n.hq, "--shop", n.shop[0], "--json-out")));
-    CHECK(refused(&r, "forbidden", 2));
+    CHECK(cs_run_refused(&r, "forbidden", 2));
     char *after = catalog_text(n.hq);
     CHECK(after && strcmp(before, after) == 0);
     CHECK(ok(&r, NULL, ARGS("log", "--data", n.hq)));

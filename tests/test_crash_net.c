@@ -18,6 +18,7 @@
  * are bounded; the temporary directory is removed.
  */
 #include "tests/harness.h"
+#include "tests/net_fixture.h"
 #include "tests/run.h"
 
 #include <fcntl.h>
@@ -58,40 +59,16 @@ static uint64_t rng(void) /* splitmix64 */
 
 static int cs(const char *input, const char *const *args, char **out)
 {
-    cs_run_result r;
-    bool ok = cs_run(&r, input, NULL, args, WAIT_MS);
-    int code = ok ? r.exit_code : -1;
-    if (code != 0)
-        fprintf(stderr, "  chainsync %s %s exited %d: %s", args[0], args[1], code, r.err);
-    if (out)
-        *out = r.out, r.out = NULL;
-    free(r.out);
-    free(r.err);
-    return code;
+    return cs_run_code(input, args, out, NULL, WAIT_MS, true);
 }
 
 static bool serve_start(cnet *n)
 {
-    char listen[64];
-    snprintf(listen, sizeof(listen), "127.0.0.1:%s", n->port[0] ? n->port : "0");
-    unlink(n->ready);
-    n->serve = cs_run_spawn(
-        ARGS("serve", "--data", n->hq, "--listen", listen, "--ready-file", n->ready), n->serve_log);
-    uint64_t deadline = cs_run_now_ms() + WAIT_MS;
-    while (n->serve > 0 && cs_run_now_ms() < deadline) {
-        FILE *f = fopen(n->ready, "r");
-        if (f) {
-            bool ok = fgets(n->addr, sizeof(n->addr), f) && strchr(n->addr, '\n');
-            fclose(f);
-            if (ok) {
-                n->addr[strcspn(n->addr, "\n")] = '\0';
-                snprintf(n->port, sizeof(n->port), "%s", strrchr(n->addr, ':') + 1);
-                return true;
-            }
-        }
-        cs_run_sleep_ms(10);
-    }
-    return false;
+    if (!cs_fix_serve_start(&n->serve, n->hq, n->port, n->ready, n->serve_log, n->addr,
+                            sizeof(n->addr), WAIT_MS))
+        return false;
+    cs_fix_port_of(n->addr, n->port, sizeof(n->port)); /* a restart listens there again */
+    return true;
 }
 
 static void follow_start(cnet *n)

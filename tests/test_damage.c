@@ -21,41 +21,13 @@
 #define PAGE_BYTES 4096
 #define SCRIBBLE_ROUNDS 12 /* damaged copies per store; each runs every command below */
 
-#define TMPDIRS_MAX 8
-static char *tmpdirs[TMPDIRS_MAX];
-
-static char *tmpdir_new(void)
-{
-    for (unsigned i = 0; i < TMPDIRS_MAX; i++)
-        if (!tmpdirs[i])
-            return tmpdirs[i] = cs_test_tmpdir("damage");
-    return NULL;
-}
-
-static void tmpdirs_cleanup(void)
-{
-    for (unsigned i = 0; i < TMPDIRS_MAX; i++) {
-        if (tmpdirs[i])
-            cs_test_rmtree(tmpdirs[i]);
-        free(tmpdirs[i]);
-        tmpdirs[i] = NULL;
-    }
-}
-
 #define TEST(fn)                                                                                   \
     do {                                                                                           \
         RUN(fn);                                                                                   \
-        tmpdirs_cleanup();                                                                         \
+        cs_test_tmpdirs_cleanup();                                                                 \
     } while (0)
 
 typedef cs_run_result run_result;
-
-static void run_free(run_result *r)
-{
-    free(r->out);
-    free(r->err);
-    memset(r, 0, sizeof(*r));
-}
 
 static bool run(run_result *r, const char *input, const char *const *args)
 {
@@ -70,7 +42,7 @@ static bool ok(const char *input, const char *const *args, char *out, size_t out
         fprintf(stderr, "  `%s %s` exited %d: %s", args[0], args[1], r.exit_code, r.err);
     if (good && out)
         snprintf(out, out_len, "%s", r.out);
-    run_free(&r);
+    cs_run_free(&r);
     return good;
 }
 
@@ -88,18 +60,6 @@ static bool ended_cleanly(const run_result *r)
     const char *nl = strchr(r->err, '\n');
     const char *assertion = strstr(r->err, "Assertion '");
     return nl && assertion && assertion < nl && strncmp(nl + 1, "error: corrupt: ", 16) == 0;
-}
-
-static bool refused(const run_result *r, const char *code, int want_exit)
-{
-    char prefix[64];
-    snprintf(prefix, sizeof(prefix), "error: %s: ", code);
-    if (r->exit_code != want_exit || strncmp(r->err, prefix, strlen(prefix)) != 0) {
-        fprintf(stderr, "  wanted exit %d and `%s`; got exit %d: %s", want_exit, prefix,
-                r->exit_code, r->err);
-        return false;
-    }
-    return true;
 }
 
 /* The "id" of a --json-out result, as text. */
@@ -122,7 +82,7 @@ typedef struct fixture {
 static bool fixture_open(fixture *f)
 {
     memset(f, 0, sizeof(*f));
-    if (!(f->root = tmpdir_new()))
+    if (!(f->root = cs_test_tmpdir_kept("damage")))
         return false;
     snprintf(f->hq, sizeof(f->hq), "%s/hq", f->root);
     snprintf(f->branch, sizeof(f->branch), "%s/b", f->root);
@@ -196,7 +156,7 @@ static bool commands_end_cleanly(const char *dir, const char *what, unsigned *re
                     cmds[i][0], cmds[i][1] ? cmds[i][1] : "", r.exit_code, r.err);
         if (r.exit_code != 0)
             (*refusals)++;
-        run_free(&r);
+        cs_run_free(&r);
         if (!clean)
             return false;
     }
@@ -223,15 +183,15 @@ static void test_issue12_truncated_store_is_corrupt(void)
         run_result r;
         CHECK(cmds[i][1] ? run(&r, NULL, ARGS(cmds[i][0], cmds[i][1], "--data", dir))
                          : run(&r, NULL, ARGS(cmds[i][0], "--data", dir)));
-        bool good = refused(&r, "corrupt", 3) && strstr(r.err, "cut short");
-        run_free(&r);
+        bool good = cs_run_refused(&r, "corrupt", 3) && strstr(r.err, "cut short");
+        cs_run_free(&r);
         CHECK(good);
     }
     /* init must not take such a directory over either. */
     run_result r;
     CHECK(run(&r, NULL, ARGS("init", "--data", dir, "--name", "Again")));
-    bool good = refused(&r, "corrupt", 3);
-    run_free(&r);
+    bool good = cs_run_refused(&r, "corrupt", 3);
+    cs_run_free(&r);
     CHECK(good);
 }
 
@@ -300,7 +260,7 @@ static void test_issue12_verify_with_damaged_branch_ends_cleanly(void)
             good = false;
         }
         if (good)
-            run_free(&r);
+            cs_run_free(&r);
         cs_test_rmtree(dir);
     }
     bool same = cs_damage_file_same(f.hq, hq_bytes, hq_len);
@@ -326,14 +286,15 @@ static void test_issue12_damaged_self_is_corrupt(void)
         uint8_t *bytes = cs_damage_file(dir, &len);
         CHECK(bytes);
         run_result r;
-        bool good = run(&r, NULL, ARGS("shop", "list", "--data", dir)) && refused(&r, "corrupt", 3);
-        run_free(&r);
+        bool good =
+            run(&r, NULL, ARGS("shop", "list", "--data", dir)) && cs_run_refused(&r, "corrupt", 3);
+        cs_run_free(&r);
         good = good && run(&r, NULL, ARGS("list", "service", "--data", dir)) &&
-               refused(&r, "corrupt", 3);
-        run_free(&r);
+               cs_run_refused(&r, "corrupt", 3);
+        cs_run_free(&r);
         good = good && run(&r, NULL, ARGS("init", "--data", dir, "--name", "Again")) &&
-               refused(&r, "corrupt", 3);
-        run_free(&r);
+               cs_run_refused(&r, "corrupt", 3);
+        cs_run_free(&r);
         good = good && cs_damage_file_same(dir, bytes, len);
         free(bytes);
         if (!good)
@@ -360,10 +321,10 @@ static void test_issue12_damaged_net_record_is_corrupt(void)
         CHECK(strcmp(cmds[i][0], "shop") == 0
                   ? run(&r, NULL, ARGS("shop", "switch", f.shop, "on", "--data", dir))
                   : run(&r, NULL, ARGS(cmds[i][0], cmds[i][1], "--data", dir)));
-        bool good = refused(&r, "corrupt", 3);
+        bool good = cs_run_refused(&r, "corrupt", 3);
         if (!good)
             fprintf(stderr, "  `%s %s`\n", cmds[i][0], cmds[i][1] ? cmds[i][1] : "");
-        run_free(&r);
+        cs_run_free(&r);
         CHECK(good);
     }
 }
@@ -391,10 +352,10 @@ static void test_issue12_export_refuses_unsafe_targets(void)
     for (size_t i = 0; good && i < sizeof(bad) / sizeof(bad[0]); i++) {
         run_result r;
         good = run(&r, NULL, ARGS("log", "export", "--data", f.hq, "--from", "1", "--out", bad[i]));
-        good = good && refused(&r, "invalid_input", 2);
+        good = good && cs_run_refused(&r, "invalid_input", 2);
         if (!good)
             fprintf(stderr, "  --out %s\n", bad[i]);
-        run_free(&r);
+        cs_run_free(&r);
     }
     struct stat st;
     good = good && cs_damage_file_same(f.hq, bytes, len) && access(beside, F_OK) != 0 &&

@@ -24,6 +24,7 @@
  */
 #include "log/log.h"
 #include "tests/harness.h"
+#include "tests/net_fixture.h"
 #include "tests/run.h"
 
 #include <msgpack.h>
@@ -127,16 +128,7 @@ static bool ballast_fill(uint64_t left)
 
 static int cs(const char *input, const char *const *args, char **out, char **err)
 {
-    cs_run_result r;
-    bool ok = cs_run(&r, input, NULL, args, WAIT_MS);
-    int code = ok ? r.exit_code : -1;
-    if (out)
-        *out = r.out, r.out = NULL;
-    if (err)
-        *err = r.err, r.err = NULL;
-    free(r.out);
-    free(r.err);
-    return code;
+    return cs_run_code(input, args, out, err, WAIT_MS, false);
 }
 
 static long log_count(const char *dir, const char *needle)
@@ -211,27 +203,6 @@ static void test_disk_full_append_storage_full_valid_log_recovers(void)
     cs_test_rmtree(hq);
 }
 
-static bool serve_start(const char *hq, const char *ready, char *addr, size_t addr_len, pid_t *pid)
-{
-    unlink(ready);
-    *pid = cs_run_spawn(
-        ARGS("serve", "--data", hq, "--listen", "127.0.0.1:0", "--ready-file", ready), NULL);
-    uint64_t deadline = cs_run_now_ms() + WAIT_MS;
-    while (*pid > 0 && cs_run_now_ms() < deadline) {
-        FILE *f = fopen(ready, "r");
-        if (f) {
-            bool ok = fgets(addr, (int)addr_len, f) && strchr(addr, '\n');
-            fclose(f);
-            if (ok) {
-                addr[strcspn(addr, "\n")] = '\0';
-                return true;
-            }
-        }
-        cs_run_sleep_ms(10);
-    }
-    return false;
-}
-
 /* SPEC 4/6, issue 12: a branch applying a catch-up on a full disk: storage_full, the branch
  * still equals the audit's replay at its cursor, and it catches up once space returns. */
 static void test_disk_full_apply_storage_full_branch_valid_recovers(void)
@@ -255,7 +226,7 @@ static void test_disk_full_apply_storage_full_branch_valid_recovers(void)
     snprintf(shop, sizeof(shop), "%llu", id);
     pid_t serve = 0;
     bool ok =
-        serve_start(hq, ready, addr, sizeof(addr), &serve) &&
+        cs_fix_serve_start(&serve, hq, NULL, ready, NULL, addr, sizeof(addr), WAIT_MS) &&
         cs(PASSWORD "\n",
            ARGS("branch", "join", "--data", br, "--head", addr, "--shop", shop, "--password-stdin"),
            NULL, NULL) == 0;

@@ -23,6 +23,7 @@
  * temporary directory is removed. CS_LONG=1 writes for longer (LONG_WRITE_MS).
  */
 #include "tests/harness.h"
+#include "tests/net_fixture.h"
 #include "tests/run.h"
 
 #include "projections/projection.h"
@@ -306,38 +307,16 @@ typedef struct fnet {
 
 static int cs(const char *input, const char *const *args, char **out)
 {
-    cs_run_result r;
-    bool ok = cs_run(&r, input, NULL, args, WAIT_MS);
-    int code = ok ? r.exit_code : -1;
-    if (out)
-        *out = r.out, r.out = NULL;
-    free(r.out);
-    free(r.err);
-    return code;
+    return cs_run_code(input, args, out, NULL, WAIT_MS, false);
 }
 
 static bool serve_start(fnet *n)
 {
-    char listen[64];
-    snprintf(listen, sizeof(listen), "127.0.0.1:%s", n->port[0] ? n->port : "0");
-    unlink(n->ready);
-    n->serve = cs_run_spawn(
-        ARGS("serve", "--data", n->hq, "--listen", listen, "--ready-file", n->ready), n->serve_log);
-    uint64_t deadline = cs_run_now_ms() + WAIT_MS;
-    while (n->serve > 0 && cs_run_now_ms() < deadline) {
-        FILE *f = fopen(n->ready, "r");
-        if (f) {
-            bool ok = fgets(n->addr, sizeof(n->addr), f) && strchr(n->addr, '\n');
-            fclose(f);
-            if (ok) {
-                n->addr[strcspn(n->addr, "\n")] = '\0';
-                snprintf(n->port, sizeof(n->port), "%s", strrchr(n->addr, ':') + 1);
-                return true;
-            }
-        }
-        cs_run_sleep_ms(10);
-    }
-    return false;
+    if (!cs_fix_serve_start(&n->serve, n->hq, n->port, n->ready, n->serve_log, n->addr,
+                            sizeof(n->addr), WAIT_MS))
+        return false;
+    cs_fix_port_of(n->addr, n->port, sizeof(n->port)); /* a restart listens there again */
+    return true;
 }
 
 static bool proxy_start(fnet *n)
@@ -369,16 +348,6 @@ static uint64_t head_seq(const char *dir)
             head = strtoull(p + 7, NULL, 10);
     free(out);
     return head;
-}
-
-static uint64_t branch_cursor(const char *dir)
-{
-    cs_branch *b = NULL;
-    cs_branch_state st = {0};
-    if (cs_branch_open(dir, NULL, &b) == CS_OK)
-        cs_branch_state_get(b, &st);
-    cs_branch_close(b);
-    return st.cursor;
 }
 
 static bool fnet_make(fnet *n)
@@ -510,7 +479,7 @@ static void test_faults_cuts_stalls_half_open_restart_all_catch_up(void)
     while (ok && !caught_up && cs_run_now_ms() < deadline) {
         caught_up = true;
         for (unsigned i = 0; i < BRANCHES && caught_up; i++)
-            caught_up = branch_cursor(n.dir[i]) >= head_seq(n.hq);
+            caught_up = cs_fix_branch_cursor(n.dir[i]) >= head_seq(n.hq);
         if (!caught_up)
             cs_run_sleep_ms(100);
     }

@@ -11,6 +11,7 @@
  */
 #include "projections/projection.h"
 #include "harness.h"
+#include "net_fixture.h"
 #include "run.h"
 
 #include <jansson.h>
@@ -57,32 +58,13 @@ static void live_del(net *n)
 
 static int cmd(const char *input, char **out, const char *const *args)
 {
-    cs_run_result r;
-    if (!cs_run(&r, input, NULL, args, CMD_MS))
-        return -1;
-    if (r.exit_code != 0 && r.err[0])
-        fprintf(stderr, "  (%s %s: exit %d: %s)\n", args[0], args[1] ? args[1] : "", r.exit_code,
-                r.err);
-    if (out)
-        *out = r.out;
-    else
-        free(r.out);
-    free(r.err);
-    return r.exit_code;
+    return cs_run_code(input, args, out, NULL, CMD_MS, true);
 }
 
 /* Runs a command whose --json-out is one object and returns field `key` as an integer. */
 static uint64_t cmd_u64(const char *input, const char *key, const char *const *args)
 {
-    char *out = NULL;
-    uint64_t v = 0;
-    if (cmd(input, &out, args) == 0) {
-        json_t *j = json_loads(out, JSON_DISABLE_EOF_CHECK, NULL);
-        v = (uint64_t)json_integer_value(json_object_get(j, key));
-        json_decref(j);
-    }
-    free(out);
-    return v;
+    return cs_fix_cmd_u64(input, key, args, CMD_MS);
 }
 
 static int cmd_err(const char *const *args, const char *input, const char *want)
@@ -99,46 +81,17 @@ static int cmd_err(const char *const *args, const char *input, const char *want)
     return rc;
 }
 
-static uint64_t head_seq(const char *dir)
-{
-    cs_engine *e = NULL;
-    cs_log_reader *r = NULL;
-    uint64_t head = 0;
-    if (cs_engine_open(dir, NULL, &e) == CS_OK && cs_log_reader_open(cs_engine_log(e), &r) == CS_OK)
-        cs_log_reader_head(r, &head);
-    cs_log_reader_close(r);
-    cs_engine_close(e);
-    return head;
-}
-
-/* The branch's state, read from its directory by this process as any reader would (zeros when
- * it cannot be read). */
-static cs_branch_state branch_state(const char *dir)
-{
-    cs_branch *b = NULL;
-    cs_branch_state st = {0};
-    if (cs_branch_open(dir, NULL, &b) == CS_OK)
-        cs_branch_state_get(b, &st);
-    cs_branch_close(b);
-    return st;
-}
-
-static uint64_t branch_cursor(const char *dir)
-{
-    return branch_state(dir).cursor;
-}
-
 /* Waits until the branch's cursor reaches `seq`. */
 static bool wait_cursor(const char *dir, uint64_t seq)
 {
     uint64_t deadline = cs_run_now_ms() + WAIT_MS;
     while (cs_run_now_ms() < deadline) {
-        if (branch_cursor(dir) >= seq)
+        if (cs_fix_branch_cursor(dir) >= seq)
             return true;
         cs_run_sleep_ms(50);
     }
     fprintf(stderr, "  %s stayed at %llu, wanted %llu\n", dir,
-            (unsigned long long)branch_cursor(dir), (unsigned long long)seq);
+            (unsigned long long)cs_fix_branch_cursor(dir), (unsigned long long)seq);
     return false;
 }
 
@@ -232,16 +185,10 @@ static bool net_make(net *n, unsigned nbranches, uint64_t *service)
     const char *create[] = {"network", "create", "--data", n->hq, "--name", "Pets", NULL};
     if (cmd(NULL, NULL, init) != 0 || cmd(NULL, NULL, create) != 0)
         return false;
-    for (unsigned i = 0; i < nbranches; i++) {
-        char name[16];
-        snprintf(name, sizeof(name), "B%u", i + 1);
-        const char *add[] = {
-            "shop", "add", "--data", n->hq, "--name", name, "--password-stdin", "--json-out", NULL};
-        n->shops[i] = cmd_u64(PASSWORD "\n", "id", add);
+    if (!cs_fix_shops_add(n->hq, nbranches, PASSWORD, n->shops, CMD_MS))
+        return false;
+    for (unsigned i = 0; i < nbranches; i++)
         snprintf(n->dir[i], sizeof(n->dir[i]), "%s/b%u", n->root, i + 1);
-        if (!n->shops[i])
-            return false;
-    }
     char json[256];
     uint64_t cat = put_json(n->hq, "service_category", NULL, "{\"name\":\"Grooming\"}");
     snprintf(json, sizeof(json),
@@ -254,25 +201,10 @@ static bool net_make(net *n, unsigned nbranches, uint64_t *service)
 
 static bool serve_start(net *n, const char *port)
 {
-    char listen[64], ready[300];
-    snprintf(listen, sizeof(listen), "127.0.0.1:%s", port ? port : "0");
+    char ready[300];
     snprintf(ready, sizeof(ready), "%s/ready", n->root);
-    unlink(ready);
-    const char *args[] = {"serve", "--data",       n->hq, "--listen",
-                          listen,  "--ready-file", ready, NULL};
-    n->serve = cs_run_spawn(args, n->serve_log);
-    uint64_t deadline = cs_run_now_ms() + WAIT_MS;
-    while (n->serve > 0 && cs_run_now_ms() < deadline) {
-        FILE *f = fopen(ready, "r");
-        if (f) {
-            bool ok = fgets(n->addr, sizeof(n->addr), f) != NULL;
-            fclose(f);
-            n->addr[strcspn(n->addr, "\n")] = '\0';
-            return ok;
-        }
-        cs_run_sleep_ms(20);
-    }
-    return false;
+    return cs_fix_serve_start(&n->serve, n->hq, port, ready, n->serve_log, n->addr, sizeof(n->addr),
+                              WAIT_MS);
 }
 
 /* `branch join` for branch i: its exit code, or with want (a code's name) the exit code only
@@ -382,14 +314,14 @@ static void test_r5_three_followers_change_at_sync_point_and_equal_audit_replay(
              "\"small\",\"price_cents\":4500}]}",
              (unsigned long long)(service - 1));
     CHECK(put_json(n.hq, "service", sid, json) == service);
-    uint64_t head = head_seq(n.hq);
+    uint64_t head = cs_fix_head_seq(n.hq);
     for (unsigned i = 0; i < 2; i++) { /* the event arrived, the copy waits for the sync point */
         CHECK(wait_cursor(n.dir[i], head));
         CHECK(item_int(n.dir[i], "service", copy_of(n.dir[i], "service", service), "price_table") ==
               3000);
     }
     CHECK(sync_all(n.hq));
-    head = head_seq(n.hq);
+    head = cs_fix_head_seq(n.hq);
     for (unsigned i = 0; i < 3; i++)
         CHECK(wait_cursor(n.dir[i], head));
     for (unsigned i = 0; i < 2; i++)
@@ -403,7 +335,7 @@ static void test_r5_three_followers_change_at_sync_point_and_equal_audit_replay(
     CHECK(wait_item(n.dir[0], "customer", ana, "version", 1));
     CHECK(wait_item(n.dir[2], "customer", ana, "version", 1));
     CHECK(item_int(n.dir[0], "service_category", local, "version") == 1); /* R3: untouched */
-    head = head_seq(n.hq);
+    head = cs_fix_head_seq(n.hq);
     for (unsigned i = 0; i < 3; i++) {
         CHECK(wait_cursor(n.dir[i], head));
         CHECK(cs_run_stop(n.follow[i], SIGTERM, 5000) == 0); /* a clean stop exits 0 */
@@ -429,7 +361,7 @@ static void test_net_branch_killed_mid_stream_resumes_without_gap_or_repeat(void
     cs_engine_close(e);
     CHECK_OK(err);
     CHECK(sync_all(n.hq));
-    uint64_t head = head_seq(n.hq);
+    uint64_t head = cs_fix_head_seq(n.hq);
     CHECK(serve_start(&n, NULL));
     CHECK(join(&n, 0, PASSWORD) == 0);
     /* join took everything; add more so that follow has a stream to be killed in */
@@ -445,23 +377,23 @@ static void test_net_branch_killed_mid_stream_resumes_without_gap_or_repeat(void
     }
     cs_engine_close(e);
     CHECK_OK(err);
-    uint64_t total = head_seq(n.hq);
+    uint64_t total = cs_fix_head_seq(n.hq);
     int mid_stream = 0; /* kills that landed with part of the stream applied */
     uint64_t prev = head;
     for (int round = 0; round < 3; round++) {
         follow_start(&n, 0);
         uint64_t deadline = cs_run_now_ms() + WAIT_MS, at;
-        while ((at = branch_cursor(n.dir[0])) <= prev && cs_run_now_ms() < deadline)
+        while ((at = cs_fix_branch_cursor(n.dir[0])) <= prev && cs_run_now_ms() < deadline)
             cs_run_sleep_ms(1); /* killed as soon as a transaction more has landed */
         cs_run_stop(n.follow[0], SIGKILL, 5000);
         n.follow[0] = 0;
-        at = branch_cursor(n.dir[0]);
+        at = cs_fix_branch_cursor(n.dir[0]);
         mid_stream += at > head && at < total;
         prev = at;
     }
     CHECK(mid_stream > 0);
     CHECK(sync_all(n.hq));
-    head = head_seq(n.hq);
+    head = cs_fix_head_seq(n.hq);
     follow_start(&n, 0);
     CHECK(wait_cursor(n.dir[0], head));
     CHECK(cs_run_stop(n.follow[0], SIGTERM, 5000) == 0);
@@ -497,7 +429,7 @@ static void test_net_server_killed_branches_reconnect_and_catch_up(void)
     CHECK(cat != 0);
     CHECK(sync_all(n.hq));
     CHECK(serve_start(&n, port));
-    uint64_t head = head_seq(n.hq);
+    uint64_t head = cs_fix_head_seq(n.hq);
     for (unsigned i = 0; i < 2; i++) {
         CHECK(wait_cursor(n.dir[i], head));
         CHECK(copy_of(n.dir[i], "service_category", cat) != 0);
@@ -654,7 +586,7 @@ static void test_net_branch_refuses_another_networks_head_office(void)
     CHECK(serve_start(&a, NULL));
     CHECK(serve_start(&b, NULL));
     CHECK(join(&a, 0, PASSWORD) == 0);
-    uint64_t before = branch_cursor(a.dir[0]);
+    uint64_t before = cs_fix_branch_cursor(a.dir[0]);
     const char *args[] = {"branch", "pull", "--data", a.dir[0], "--head", b.addr, NULL};
     cs_run_result r;
     CHECK(cs_run(&r, NULL, NULL, args, CMD_MS));
@@ -662,7 +594,7 @@ static void test_net_branch_refuses_another_networks_head_office(void)
     free(r.out);
     free(r.err);
     CHECK(refused);
-    CHECK(branch_cursor(a.dir[0]) == before);
+    CHECK(cs_fix_branch_cursor(a.dir[0]) == before);
     net_free(&a);
     net_free(&b);
 }
@@ -732,14 +664,14 @@ static void test_net_branch_skips_optional_frames(void)
     int proxy_code = cs_run_reap(proxy, cs_run_now_ms() + WAIT_MS); /* ends with the connection */
     CHECK(code == 0);
     CHECK(proxy_code == 0);
-    CHECK(branch_cursor(n.dir[0]) == head_seq(n.hq));
+    CHECK(cs_fix_branch_cursor(n.dir[0]) == cs_fix_head_seq(n.hq));
     CHECK(log_has(log_path, "injected ") && !log_has(log_path, "injected 0\n"));
     net_free(&n);
 }
 
 static bool branch_unlinked(const char *dir)
 {
-    return branch_state(dir).unlinked;
+    return cs_fix_branch_state(dir).unlinked;
 }
 
 /* R13 over the network: a branch that was offline when the head office unlinked it learns of
@@ -858,7 +790,7 @@ static void test_net_follower_detects_frozen_head_office_and_recovers(void)
     CHECK(detected);
     CHECK(cat != 0);
     CHECK(sync_all(n.hq));
-    CHECK(wait_cursor(n.dir[0], head_seq(n.hq)));
+    CHECK(wait_cursor(n.dir[0], cs_fix_head_seq(n.hq)));
     net_free(&n);
 }
 

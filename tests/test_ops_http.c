@@ -11,6 +11,7 @@
  * LAG events appended after B2 stopped, so B2 lags by exactly LAG events and B1 by none.
  */
 #include "harness.h"
+#include "net_fixture.h"
 #include "run.h"
 
 #include <arpa/inet.h>
@@ -36,39 +37,6 @@ typedef struct fixture {
 static fixture fx;
 
 /* ---- running programs -------------------------------------------------------------------- */
-
-/* Runs argv (argv[0] found on PATH) with input on stdin; out and err captured. */
-static bool prog(cs_run_result *r, const char *input, const char *const *argv, uint64_t ms)
-{
-    memset(r, 0, sizeof(*r));
-    r->exit_code = -1;
-    int p[6];
-    if (pipe(p) || pipe(p + 2) || pipe(p + 4))
-        return false;
-    pid_t pid = fork();
-    if (pid < 0)
-        return false;
-    if (pid == 0) {
-        dup2(p[0], 0), dup2(p[3], 1), dup2(p[5], 2);
-        for (int i = 0; i < 6; i++)
-            close(p[i]);
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(p[0]), close(p[3]), close(p[5]);
-    size_t len = input ? strlen(input) : 0;
-    bool wrote = len == 0 || write(p[1], input, len) == (ssize_t)len || errno == EPIPE;
-    close(p[1]);
-    uint64_t deadline = cs_run_now_ms() + ms;
-    cs_run_sink o = {0}, e = {0};
-    cs_run_drain(p[2], p[4], &o, &e, deadline);
-    close(p[2]), close(p[4]);
-    r->exit_code = cs_run_reap(pid, deadline);
-    r->out = o.buf ? o.buf : strdup("");
-    r->out_len = o.len;
-    r->err = e.buf ? e.buf : strdup("");
-    return wrote && r->out && r->err;
-}
 
 /* Starts argv (from PATH) in the background: stdout to out_log (NULL: /dev/null), stderr
  * appended to err_log. */
@@ -97,37 +65,15 @@ static pid_t chainsync_spawn(const char *const *args, const char *log)
     return argv[0] ? prog_spawn(argv, NULL, log) : -1;
 }
 
-static void run_free(cs_run_result *r)
-{
-    free(r->out);
-    free(r->err);
-}
-
 /* `chainsync args`: exit code; *out (NULL = dropped) gets stdout. */
 static int cmd(const char *input, char **out, const char *const *args)
 {
-    cs_run_result r;
-    if (!cs_run(&r, input, NULL, args, CMD_MS))
-        return -1;
-    if (r.exit_code != 0)
-        fprintf(stderr, "  chainsync %s exited %d: %s", args[0], r.exit_code, r.err);
-    if (out)
-        *out = r.out, r.out = NULL;
-    run_free(&r);
-    return r.exit_code;
+    return cs_run_code(input, args, out, NULL, CMD_MS, true);
 }
 
 static uint64_t cmd_id(const char *input, const char *const *args)
 {
-    char *out = NULL;
-    uint64_t id = 0;
-    if (cmd(input, &out, args) == 0) {
-        json_t *o = json_loads(out, 0, NULL);
-        id = (uint64_t)json_integer_value(json_object_get(o, "id"));
-        json_decref(o);
-    }
-    free(out);
-    return id;
+    return cs_fix_cmd_u64(input, "id", args, CMD_MS);
 }
 
 /* A GET (or POST) through Python's urllib: the HTTP status and the body. */
@@ -144,7 +90,7 @@ static int http(const char *method, const char *url, char **body)
     const char *argv[] = {"python3", "-c", HTTP_PY, url, method, NULL};
     cs_run_result r;
     *body = NULL;
-    if (!prog(&r, NULL, argv, 10000))
+    if (!cs_run_prog(&r, NULL, argv, 10000))
         return -1;
     int code = r.exit_code == 0 ? atoi(r.out) : -1;
     char *nl = strchr(r.out, '\n');
@@ -152,7 +98,7 @@ static int http(const char *method, const char *url, char **body)
         *body = strdup(nl + 1);
     if (code < 0)
         fprintf(stderr, "  GET %s: %s", url, r.err);
-    run_free(&r);
+    cs_run_free(&r);
     return code;
 }
 
@@ -161,36 +107,6 @@ static int get(const char *hostport, const char *path, char **body)
     char url[256];
     snprintf(url, sizeof(url), "http://%s%s", hostport, path);
     return http("GET", url, body);
-}
-
-/* Waits for FILE to hold a line; copies it to out. */
-static bool ready_line(const char *file, char *out, size_t len)
-{
-    for (uint64_t end = cs_run_now_ms() + WAIT_MS; cs_run_now_ms() < end; cs_run_sleep_ms(20)) {
-        FILE *f = fopen(file, "r");
-        if (!f)
-            continue;
-        bool ok = fgets(out, (int)len, f) != NULL;
-        fclose(f);
-        out[strcspn(out, "\n")] = '\0';
-        return ok;
-    }
-    return false;
-}
-
-/* A port nobody listens on now, for Prometheus (which cannot report a port 0 listener). */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof(a);
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &alen) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
 }
 
 /* ---- the fixture ------------------------------------------------------------------------- */
@@ -221,8 +137,8 @@ static bool serve_start(void)
                        "--ready-file", ready,          "--http", "0",        "--http-ready-file",
                        hready,         "--log-format", "json",   NULL};
     fx.serve = chainsync_spawn(a, fx.serve_log);
-    return fx.serve > 0 && ready_line(ready, fx.addr, sizeof(fx.addr)) &&
-           ready_line(hready, fx.http, sizeof(fx.http));
+    return fx.serve > 0 && cs_run_ready_line(ready, fx.addr, sizeof(fx.addr), WAIT_MS) &&
+           cs_run_ready_line(hready, fx.http, sizeof(fx.http), WAIT_MS);
 }
 
 static bool follow_start(void)
@@ -233,7 +149,7 @@ static bool follow_start(void)
         "branch", "follow",       "--data", fx.b1, "--metrics", "127.0.0.1:0", "--http-ready-file",
         hready,   "--log-format", "json",   NULL};
     fx.follow = chainsync_spawn(a, fx.follow_log);
-    return fx.follow > 0 && ready_line(hready, fx.b1_http, sizeof(fx.b1_http));
+    return fx.follow > 0 && cs_run_ready_line(hready, fx.b1_http, sizeof(fx.b1_http), WAIT_MS);
 }
 
 static bool fixture_start(void)
@@ -315,10 +231,10 @@ static bool promtool_accepts(const char *doc)
 {
     const char *argv[] = {"promtool", "check", "metrics", NULL};
     cs_run_result r;
-    bool ok = prog(&r, doc, argv, 20000) && r.exit_code == 0;
+    bool ok = cs_run_prog(&r, doc, argv, 20000) && r.exit_code == 0;
     if (!ok)
         fprintf(stderr, "  promtool check metrics: %s%s", r.out, r.err);
-    run_free(&r);
+    cs_run_free(&r);
     return ok;
 }
 
@@ -385,7 +301,7 @@ static void prometheus_scrapes_the_branch_lag(void)
              fx.http);
     FILE *f = fopen(cfg, "w");
     CHECK(f && fputs(conf, f) >= 0 && fclose(f) == 0);
-    int port = free_port();
+    int port = (int)cs_fix_free_port(); /* Prometheus cannot report a port 0 listener */
     CHECK(port > 0);
     snprintf(listen, sizeof(listen), "--web.listen-address=127.0.0.1:%d", port);
     char cfg_opt[400], data_opt[400];
@@ -424,7 +340,7 @@ static void shops_page_shows_the_lag_in_chromium(void)
                           "--disable-gpu", profile,      "--virtual-time-budget=4000",
                           "--dump-dom",    url,          NULL};
     cs_run_result r;
-    CHECK(prog(&r, NULL, dump, 60000));
+    CHECK(cs_run_prog(&r, NULL, dump, 60000));
     char row2[64], want2[64], row1[64];
     snprintf(row2, sizeof(row2), "<tr id=\"shop-%llu\"", (unsigned long long)fx.shop2);
     snprintf(row1, sizeof(row1), "<tr id=\"shop-%llu\"", (unsigned long long)fx.shop1);
@@ -437,7 +353,7 @@ static void shops_page_shows_the_lag_in_chromium(void)
               strstr(r.out, "Hillside B2") && strstr(r.out, "<canvas");
     if (!ok)
         fprintf(stderr, "  chromium exited %d; DOM: %.2000s\n", r.exit_code, r.out);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(ok);
     const char *snap[] = {"chromium",
                           "--headless",
@@ -450,8 +366,8 @@ static void shops_page_shows_the_lag_in_chromium(void)
                           shot_opt,
                           url,
                           NULL};
-    CHECK(prog(&r, NULL, snap, 60000) && r.exit_code == 0);
-    run_free(&r);
+    CHECK(cs_run_prog(&r, NULL, snap, 60000) && r.exit_code == 0);
+    cs_run_free(&r);
     struct stat st;
     CHECK(stat(shot, &st) == 0 && st.st_size > 1000);
     char *shops = NULL;
@@ -513,17 +429,17 @@ static void logs_name_the_events_that_matter(void)
                          "--shop", s,      "--password-stdin", NULL};
     cs_run_result r;
     CHECK(cs_run(&r, "wrong-password-9\n", NULL, bad, CMD_MS));
-    run_free(&r);
+    cs_run_free(&r);
     /* a pull at --log-level error says nothing on standard error when all goes well */
     const char *quiet[] = {"branch", "pull", "--data", fx.b2, "--log-level", "error", NULL};
     CHECK(cs_run(&r, NULL, NULL, quiet, CMD_MS));
     bool quiet_ok = r.exit_code == 0 && r.err[0] == '\0';
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(quiet_ok);
     const char *worse[] = {"branch", "follow", "--data", fx.b2, "--log-level", "chatty", NULL};
     CHECK(cs_run(&r, NULL, NULL, worse, CMD_MS));
     bool usage = r.exit_code == 1 && strstr(r.err, "--log-level") != NULL;
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(usage);
     uint64_t end = cs_run_now_ms() + WAIT_MS;
     while (!log_has(fx.serve_log, "drop", fx.shop2, NULL) && cs_run_now_ms() < end)

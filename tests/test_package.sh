@@ -9,27 +9,9 @@
 set -u
 BIN=${CS_BIN:?CS_BIN is set by tests/CMakeLists.txt}
 BUILD=${CS_BUILD:?CS_BUILD is set by tests/CMakeLists.txt}
-passed=0 failed=0 skipped=0
-scratch=$(mktemp -d /tmp/cs-test-package-XXXXXX)
-# Tests run in subshells: the pids of what they start go to a file, which the exit trap reads.
-cleanup() {
-    local p
-    for p in $(cat "$scratch/pids" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
-    rm -rf "$scratch"
-}
-trap cleanup EXIT
-
-run() { # run NAME: PASS when the function NAME returns 0
-    local out
-    if out=$("$1" 2>&1); then
-        echo "PASS $1"; passed=$((passed + 1))
-    elif [ $? -eq 77 ]; then
-        echo "SKIP $1: $out"; skipped=$((skipped + 1))
-    else
-        printf '%s\n' "$out" | sed 's/^/  /'; echo "FAIL $1"; failed=$((failed + 1))
-    fi
-}
-fail() { echo "$*"; return 1; }
+CLEANUP_TERM=0 # the exit trap only SIGKILLs what is left (a test stops what it checks)
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cs_lib_init package
 
 # The command groups: the two-word commands of `chainsync --help` (the synopsis is the first 52
 # columns after the indent; a second word in lower case is a subcommand, not an argument).
@@ -79,12 +61,6 @@ test_units_verify() {
     grep -q '^u chainsync ' "$inst/lib/sysusers.d/chainsync.conf" || fail "sysusers: no user"
 }
 
-wait_file() { # wait_file PATH: up to 15 s
-    local i
-    for ((i = 0; i < 300; i++)); do [ -s "$1" ] && return 0; sleep 0.05; done
-    return 1
-}
-
 # The units stop serve and follow with SIGTERM and restart them only on failure: a stop must
 # exit 0.
 test_sigterm_clean_stop() {
@@ -92,12 +68,12 @@ test_sigterm_clean_stop() {
     "$cs" init --data "$hq" --name HQ >/dev/null && "$cs" network create --data "$hq" --name N >/dev/null ||
         fail "cannot make a head office" || return 1
     local shop
-    shop=$(echo 'branch-secret-1' | "$cs" shop add --data "$hq" --name B1 --password-stdin --json-out |
-        sed 's/.*"id":\([0-9]*\).*/\1/')
-    "$cs" serve --data "$hq" --listen 127.0.0.1:0 --ready-file "$scratch/ready" >"$scratch/serve.log" 2>&1 &
-    local serve=$!
-    echo "$serve" >>"$scratch/pids"
-    wait_file "$scratch/ready" || fail "serve did not start: $(cat "$scratch/serve.log")" || return 1
+    shop=$(add_shop "$hq" B1 "$cs")
+    local serve
+    serve "$hq" "$scratch/ready" "$scratch/serve.log" "$cs"
+    rc=$?
+    serve=$(cat "$scratch/ready.pid")
+    [ "$rc" -eq 0 ] || fail "serve did not start: $(cat "$scratch/serve.log")" || return 1
     echo 'branch-secret-1' | "$cs" branch join --data "$b" --head "$(cat "$scratch/ready")" \
         --shop "$shop" --password-stdin >/dev/null || fail "join failed" || return 1
     "$cs" branch follow --data "$b" >"$scratch/follow.log" 2>&1 &

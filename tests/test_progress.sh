@@ -7,28 +7,8 @@
 # the serve it starts is stopped by pid.
 set -u
 BIN=${CS_BIN:?CS_BIN is set by tests/CMakeLists.txt}
-passed=0 failed=0 skipped=0
-scratch=$(mktemp -d /tmp/cs-test-progress-XXXXXX)
-cleanup() {
-    local p
-    for p in $(cat "$scratch/pids" 2>/dev/null); do kill -TERM "$p" 2>/dev/null; done
-    sleep 0.2
-    for p in $(cat "$scratch/pids" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
-    rm -rf "$scratch"
-}
-trap cleanup EXIT
-
-run() {
-    local out
-    if out=$("$1" 2>&1); then
-        echo "PASS $1"; passed=$((passed + 1))
-    elif [ $? -eq 77 ]; then
-        echo "SKIP $1: $out"; skipped=$((skipped + 1))
-    else
-        printf '%s\n' "$out" | sed 's/^/  /'; echo "FAIL $1"; failed=$((failed + 1))
-    fi
-}
-fail() { echo "$*"; return 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cs_lib_init progress
 
 # on_tty OUT CMD...: runs CMD with a pty as its terminal (stdin, stdout, stderr); the terminal's
 # output goes to OUT. Returns CMD's exit code.
@@ -48,8 +28,7 @@ setup() {
     for ((i = 1; i <= 60; i++)); do
         "$BIN" put service_category --data "$hq" --json "{\"name\":\"c$i\"}" >/dev/null || return 1
     done
-    echo 'branch-secret-1' | "$BIN" shop add --data "$hq" --name B1 --password-stdin --json-out |
-        sed 's/.*"id":\([0-9]*\).*/\1/' >"$scratch/shop"
+    add_shop "$hq" B1 >"$scratch/shop"
     "$BIN" sync --data "$hq" >/dev/null
 }
 
@@ -79,11 +58,8 @@ test_tty_audit() {
 
 test_tty_join_and_pull() {
     command -v script >/dev/null || { echo "script (bsdutils) missing"; return 77; }
-    "$BIN" serve --data "$hq" --listen 127.0.0.1:0 --ready-file "$scratch/ready" >"$scratch/serve.log" 2>&1 &
-    echo $! >>"$scratch/pids"
     local i
-    for ((i = 0; i < 300; i++)); do [ -s "$scratch/ready" ] && break; sleep 0.05; done
-    [ -s "$scratch/ready" ] || fail "serve did not start" || return 1
+    serve "$hq" "$scratch/ready" "$scratch/serve.log" || fail "serve did not start" || return 1
     echo 'branch-secret-1' >"$scratch/pw"
     on_tty "$scratch/join.tty" bash -c '"$0" branch join --data "$1" --head "$2" --shop "$3" --password-stdin <"$4"' \
         "$BIN" "$scratch/b1" "$(cat "$scratch/ready")" "$(cat "$scratch/shop")" "$scratch/pw" ||

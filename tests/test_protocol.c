@@ -32,56 +32,6 @@ static char shop_id[32]; /* the branch's shop id, decimal */
 static pid_t serve_pid = -1;
 static char client_py[1024], reader_py[1024];
 
-/* Runs any program (argv[0] a path) like cs_run runs chainsync. */
-static bool run_prog(cs_run_result *r, const char *input, const char *const *argv,
-                     uint64_t deadline_ms)
-{
-    memset(r, 0, sizeof(*r));
-    r->exit_code = -1;
-    int in[2], out[2], err[2];
-    if (pipe(in))
-        return false;
-    if (pipe(out)) {
-        close(in[0]), close(in[1]);
-        return false;
-    }
-    if (pipe(err)) {
-        close(in[0]), close(in[1]), close(out[0]), close(out[1]);
-        return false;
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(in[0]), close(in[1]), close(out[0]), close(out[1]), close(err[0]), close(err[1]);
-        return false;
-    }
-    if (pid == 0) {
-        dup2(in[0], 0), dup2(out[1], 1), dup2(err[1], 2);
-        close(in[1]), close(out[0]), close(err[0]);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(in[0]), close(out[1]), close(err[1]);
-    size_t len = input ? strlen(input) : 0;
-    bool wrote = len == 0 || write(in[1], input, len) == (ssize_t)len || errno == EPIPE;
-    close(in[1]);
-    uint64_t deadline = cs_run_now_ms() + deadline_ms;
-    cs_run_sink o = {0}, e = {0};
-    cs_run_drain(out[0], err[0], &o, &e, deadline);
-    close(out[0]), close(err[0]);
-    r->exit_code = cs_run_reap(pid, deadline);
-    r->out = o.buf ? o.buf : strdup("");
-    r->out_len = o.len;
-    r->err = e.buf ? e.buf : strdup("");
-    return wrote && r->out && r->err;
-}
-
-static void run_free(cs_run_result *r)
-{
-    free(r->out);
-    free(r->err);
-    memset(r, 0, sizeof(*r));
-}
-
 /* `chainsync args...` on the head office (args after the command words get --data DIR). */
 static bool cs(cs_run_result *r, const char *input, const char *const *args)
 {
@@ -100,7 +50,7 @@ static json_t *client(const char *const *extra, int *exit_code)
         argv[n++] = extra[i];
     argv[n] = NULL;
     cs_run_result r;
-    if (!run_prog(&r, PASSWORD "\n", argv, CLIENT_MS))
+    if (!cs_run_prog(&r, PASSWORD "\n", argv, CLIENT_MS))
         return NULL;
     if (exit_code)
         *exit_code = r.exit_code;
@@ -108,7 +58,7 @@ static json_t *client(const char *const *extra, int *exit_code)
     json_t *o = json_loads(r.out, 0, &je);
     if (!o || r.exit_code != 0)
         fprintf(stderr, "  protocol_client.py exited %d: %s%s", r.exit_code, r.out, r.err);
-    run_free(&r);
+    cs_run_free(&r);
     return o;
 }
 
@@ -144,7 +94,7 @@ static bool read_log(log_view *v, long at, const char *id)
     cs_run_result r;
     const char *args[] = {"log", "--data", hq, NULL};
     if (!cs(&r, NULL, args)) {
-        run_free(&r);
+        cs_run_free(&r);
         return false;
     }
     char needle[96];
@@ -163,11 +113,11 @@ static bool read_log(log_view *v, long at, const char *id)
             v->customer_puts++;
         line = nl ? nl + 1 : NULL;
     }
-    run_free(&r);
+    cs_run_free(&r);
     const char *argv[] = {PYTHON, reader_py, "--json", hq, NULL};
-    if (!run_prog(&r, NULL, argv, CMD_MS) || r.exit_code != 0) {
+    if (!cs_run_prog(&r, NULL, argv, CMD_MS) || r.exit_code != 0) {
         fprintf(stderr, "  storage_reader.py exited %d: %s", r.exit_code, r.err);
-        run_free(&r);
+        cs_run_free(&r);
         return false;
     }
     long n = 0;
@@ -186,7 +136,7 @@ static bool read_log(log_view *v, long at, const char *id)
         }
         line = nl ? nl + 1 : NULL;
     }
-    run_free(&r);
+    cs_run_free(&r);
     return n == v->events;
 }
 
@@ -267,18 +217,18 @@ static bool make_head_office(void)
     const char *add[] = {"shop",       "add", "--data", hq, "--name", "B1", "--password-stdin",
                          "--json-out", NULL};
     bool ok = cs(&r, NULL, init);
-    run_free(&r);
+    cs_run_free(&r);
     ok = ok && cs(&r, NULL, net);
-    run_free(&r);
+    cs_run_free(&r);
     if (!ok)
         return false;
     if (!cs(&r, PASSWORD "\n", add)) {
-        run_free(&r);
+        cs_run_free(&r);
         return false;
     }
     json_error_t je;
     json_t *o = json_loads(r.out, 0, &je);
-    run_free(&r);
+    cs_run_free(&r);
     if (!json_is_integer(json_object_get(o, "id"))) {
         json_decref(o);
         return false;
@@ -291,11 +241,11 @@ static bool make_head_office(void)
         snprintf(js, sizeof(js), "{\"name\":\"%s\"}", names[i]);
         const char *put[] = {"put", "service_category", "--data", hq, "--json", js, NULL};
         ok = cs(&r, NULL, put);
-        run_free(&r);
+        cs_run_free(&r);
     }
     const char *sync[] = {"sync", "--data", hq, NULL};
     ok = ok && cs(&r, NULL, sync);
-    run_free(&r);
+    cs_run_free(&r);
     return ok && start_serve();
 }
 
@@ -393,7 +343,7 @@ static void test_protocol_refusal_unknown_shop_is_not_in_network_after_proof(voi
     snprintf(other, sizeof(other), "%llu", strtoull(shop_id, NULL, 10) + 7777u);
     const char *argv[] = {PYTHON, client_py, hostport, "--shop", other, "--password-stdin", NULL};
     cs_run_result r;
-    CHECK(run_prog(&r, PASSWORD "\n", argv, CLIENT_MS));
+    CHECK(cs_run_prog(&r, PASSWORD "\n", argv, CLIENT_MS));
     json_error_t je;
     json_t *o = json_loads(r.out, 0, &je);
     bool ok = r.exit_code == 0 && o && json_object_get(o, "challenge") &&
@@ -402,7 +352,7 @@ static void test_protocol_refusal_unknown_shop_is_not_in_network_after_proof(voi
     if (!ok)
         fprintf(stderr, "  %s%s", r.out, r.err);
     json_decref(o);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(ok);
 }
 
@@ -472,7 +422,7 @@ static json_t *shop_row(void)
             else
                 json_decref(o);
         }
-    run_free(&r);
+    cs_run_free(&r);
     return row;
 }
 
@@ -506,7 +456,7 @@ static void test_protocol_outbox_in_ping_and_ack_is_the_backlog_at_head(void)
     const char *st[] = {"status", "--data", hq, "--json-out", "--max-lag", "1000000", NULL};
     CHECK(cs(&r, NULL, st));
     json_t *j = json_loads(r.out, 0, NULL);
-    run_free(&r);
+    cs_run_free(&r);
     const json_t *ob = json_object_get(j, "outbox");
     ok = jint(ob, "total", NULL) == 5 && jint(ob, "reported", NULL) == 1 &&
          jint(json_object_get(ob, "largest"), "id", NULL) == strtoll(shop_id, NULL, 10) &&
@@ -581,7 +531,7 @@ static void test_protocol_real_branch_cursor_equals_doc_client_last_seq(void)
     const char *join[] = {"branch", "join",   "--data", branch_dir,         "--head",
                           hostport, "--shop", shop_id,  "--password-stdin", NULL};
     bool ok = cs(&r, PASSWORD "\n", join);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(ok);
     const char *pull[] = {"branch", "pull", "--data", branch_dir, "--json-out", NULL};
     CHECK(cs(&r, NULL, pull));
@@ -589,7 +539,7 @@ static void test_protocol_real_branch_cursor_equals_doc_client_last_seq(void)
     json_t *b = json_loads(r.out, 0, &je);
     if (!b)
         fprintf(stderr, "  branch pull printed: %s\n", r.out);
-    run_free(&r);
+    cs_run_free(&r);
     CHECK(b);
     json_int_t cursor = jint(b, "cursor", NULL);
     json_decref(b);
@@ -616,13 +566,13 @@ static bool find_scripts(void)
     }
     cs_run_result r;
     const char *argv[] = {PYTHON, "-c", "import msgpack, nacl.pwhash, xxhash, lmdb", NULL};
-    bool ok = run_prog(&r, NULL, argv, CMD_MS) && r.exit_code == 0;
+    bool ok = cs_run_prog(&r, NULL, argv, CMD_MS) && r.exit_code == 0;
     if (!ok)
         fprintf(stderr,
                 "  %s cannot import msgpack, nacl, xxhash and lmdb (%s): install python3-msgpack "
                 "python3-nacl python3-xxhash python3-lmdb (tools/setup.sh does)\n",
                 PYTHON, r.err ? r.err : "");
-    run_free(&r);
+    cs_run_free(&r);
     return ok;
 }
 

@@ -15,6 +15,7 @@
  * Needs /usr/bin/python3 with python3-msgpack, python3-nacl, python3-xxhash (tools/setup.sh).
  */
 #include "tests/harness.h"
+#include "tests/net_fixture.h"
 #include "tests/run.h"
 
 #include "engine/engine.h"
@@ -41,83 +42,16 @@ static char client_py[1024];
 
 /* ---- processes ---------------------------------------------------------------------------- */
 
-static bool run_prog(cs_run_result *r, const char *input, const char *const *argv,
-                     uint64_t deadline_ms)
-{
-    memset(r, 0, sizeof(*r));
-    r->exit_code = -1;
-    int p[6];
-    if (pipe(p))
-        return false;
-    if (pipe(p + 2) || pipe(p + 4)) {
-        close(p[0]), close(p[1]);
-        return false;
-    }
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(p[0], 0), dup2(p[3], 1), dup2(p[5], 2);
-        close(p[1]), close(p[2]), close(p[4]);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(p[0]), close(p[3]), close(p[5]);
-    size_t len = input ? strlen(input) : 0;
-    bool wrote = pid > 0 && (len == 0 || write(p[1], input, len) == (ssize_t)len);
-    close(p[1]);
-    uint64_t deadline = cs_run_now_ms() + deadline_ms;
-    cs_run_sink o = {0}, e = {0};
-    if (pid > 0)
-        cs_run_drain(p[2], p[4], &o, &e, deadline);
-    close(p[2]), close(p[4]);
-    r->exit_code = pid > 0 ? cs_run_reap(pid, deadline) : -1;
-    r->out = o.buf ? o.buf : strdup("");
-    r->err = e.buf ? e.buf : strdup("");
-    return wrote && r->out && r->err;
-}
-
-static void run_free(cs_run_result *r)
-{
-    free(r->out);
-    free(r->err);
-    memset(r, 0, sizeof(*r));
-}
-
 /* `chainsync args` with input; the exit code (-1 when it could not run). */
 static int cs(const char *input, const char *const *args, char **out, char **err)
 {
-    cs_run_result r;
-    bool ok = cs_run(&r, input, NULL, args, CMD_MS);
-    int code = ok ? r.exit_code : -1;
-    if (out)
-        *out = r.out, r.out = NULL;
-    if (err)
-        *err = r.err, r.err = NULL;
-    run_free(&r);
-    return code;
+    return cs_run_code(input, args, out, err, CMD_MS, false);
 }
 
 static bool start_serve(void)
 {
-    unlink(ready_file);
-    serve_pid = cs_run_spawn(
-        ARGS("serve", "--data", hq, "--listen", "127.0.0.1:0", "--ready-file", ready_file),
-        serve_log);
-    uint64_t deadline = cs_run_now_ms() + READY_MS;
-    while (serve_pid > 0 && cs_run_now_ms() < deadline) {
-        FILE *f = fopen(ready_file, "r");
-        if (f) {
-            char buf[128] = "";
-            bool got = fgets(buf, sizeof(buf), f) && strchr(buf, '\n');
-            fclose(f);
-            if (got) {
-                buf[strcspn(buf, "\r\n")] = '\0';
-                snprintf(hostport, sizeof(hostport), "%s", buf);
-                return true;
-            }
-        }
-        cs_run_sleep_ms(20);
-    }
-    return false;
+    return cs_fix_serve_start(&serve_pid, hq, NULL, ready_file, serve_log, hostport,
+                              sizeof(hostport), READY_MS);
 }
 
 /* The doc client as shop `shop` with `password` on stdin and extra arguments; its summary. */
@@ -133,14 +67,14 @@ static json_t *client(const char *shop, const char *password, const char *const 
     snprintf(in, sizeof(in), "%s\n", password);
     cs_run_result r;
     uint64_t t0 = cs_run_now_ms();
-    bool ok = run_prog(&r, in, argv, CMD_MS);
+    bool ok = cs_run_prog(&r, in, argv, CMD_MS);
     if (took_ms)
         *took_ms = cs_run_now_ms() - t0;
     json_error_t je;
     json_t *o = ok ? json_loads(r.out, 0, &je) : NULL;
     if (!o || r.exit_code != 0)
         fprintf(stderr, "  protocol_client.py exited %d: %s%s", r.exit_code, r.out, r.err);
-    run_free(&r);
+    cs_run_free(&r);
     return o;
 }
 

@@ -7,6 +7,7 @@
  * Every process started is stopped and reaped by pid; every wait is bounded.
  */
 #include "harness.h"
+#include "net_fixture.h"
 #include "run.h"
 
 #include <jansson.h>
@@ -29,31 +30,12 @@ static net the_net; /* stopped and removed by main after the tests, whatever the
 /* Exit code; stdout into *out (may be NULL). */
 static int cmd(const char *input, char **out, const char *const *args)
 {
-    cs_run_result r;
-    if (!cs_run(&r, input, NULL, args, CMD_MS))
-        return -1;
-    if (r.exit_code != 0 && r.err[0])
-        fprintf(stderr, "  (%s %s: exit %d: %s)\n", args[0], args[1] ? args[1] : "", r.exit_code,
-                r.err);
-    if (out)
-        *out = r.out;
-    else
-        free(r.out);
-    free(r.err);
-    return r.exit_code;
+    return cs_run_code(input, args, out, NULL, CMD_MS, true);
 }
 
 static uint64_t cmd_u64(const char *input, const char *key, const char *const *args)
 {
-    char *out = NULL;
-    uint64_t v = 0;
-    if (cmd(input, &out, args) == 0) {
-        json_t *j = json_loads(out, JSON_DISABLE_EOF_CHECK, NULL);
-        v = (uint64_t)json_integer_value(json_object_get(j, key));
-        json_decref(j);
-    }
-    free(out);
-    return v;
+    return cs_fix_cmd_u64(input, key, args, CMD_MS);
 }
 
 /* `status --json-out` of dir with --max-lag max: the object (or NULL) and the exit code. */
@@ -93,21 +75,8 @@ static bool serve_start(net *n)
     char ready[300], log[300];
     snprintf(ready, sizeof(ready), "%s/ready", n->root);
     snprintf(log, sizeof(log), "%s/serve.log", n->root);
-    const char *args[] = {"serve",       "--data",       n->hq, "--listen",
-                          "127.0.0.1:0", "--ready-file", ready, NULL};
-    unlink(ready);
-    n->serve = cs_run_spawn(args, log);
-    for (uint64_t deadline = cs_run_now_ms() + WAIT_MS; n->serve > 0 && cs_run_now_ms() < deadline;
-         cs_run_sleep_ms(20)) {
-        FILE *f = fopen(ready, "r");
-        if (f) {
-            bool ok = fgets(n->addr, sizeof(n->addr), f) != NULL;
-            fclose(f);
-            n->addr[strcspn(n->addr, "\n")] = '\0';
-            return ok;
-        }
-    }
-    return false;
+    return cs_fix_serve_start(&n->serve, n->hq, NULL, ready, log, n->addr, sizeof(n->addr),
+                              WAIT_MS);
 }
 
 /* A head office with two branches, both joined; serve running. */
@@ -121,16 +90,10 @@ static bool net_make(net *n)
     const char *create[] = {"network", "create", "--data", n->hq, "--name", "Pets", NULL};
     if (cmd(NULL, NULL, init) != 0 || cmd(NULL, NULL, create) != 0 || !put_category(n->hq, "G"))
         return false;
-    for (unsigned i = 0; i < 2; i++) {
-        char name[8];
-        snprintf(name, sizeof(name), "B%u", i + 1);
-        const char *add[] = {
-            "shop", "add", "--data", n->hq, "--name", name, "--password-stdin", "--json-out", NULL};
-        n->shops[i] = cmd_u64(PASSWORD "\n", "id", add);
+    if (!cs_fix_shops_add(n->hq, 2, PASSWORD, n->shops, CMD_MS))
+        return false;
+    for (unsigned i = 0; i < 2; i++)
         snprintf(n->dir[i], sizeof(n->dir[i]), "%s/b%u", n->root, i + 1);
-        if (!n->shops[i])
-            return false;
-    }
     if (!serve_start(n))
         return false;
     for (unsigned i = 0; i < 2; i++) {

@@ -16,6 +16,7 @@
  * which is what keeps the quick K small. Every child is reaped; waits are bounded.
  */
 #include "tests/harness.h"
+#include "tests/net_fixture.h"
 #include "tests/run.h"
 
 #include "engine/engine.h"
@@ -173,61 +174,16 @@ static bool workers_end(storm *s, bool stop, uint64_t deadline_ms)
 
 static int cs(const char *input, const char *const *args)
 {
-    cs_run_result r;
-    bool ok = cs_run(&r, input, NULL, args, WAIT_MS);
-    int code = ok ? r.exit_code : -1;
-    if (code != 0)
-        fprintf(stderr, "  chainsync %s %s exited %d: %s", args[0], args[1], code, r.err);
-    free(r.out);
-    free(r.err);
-    return code;
+    return cs_run_code(input, args, NULL, NULL, WAIT_MS, true);
 }
 
 static bool serve_start(storm *s)
 {
-    char listen[64];
-    snprintf(listen, sizeof(listen), "127.0.0.1:%s", s->port[0] ? s->port : "0");
-    unlink(s->ready);
-    s->serve = cs_run_spawn(
-        ARGS("serve", "--data", s->hq, "--listen", listen, "--ready-file", s->ready), s->serve_log);
-    uint64_t deadline = cs_run_now_ms() + WAIT_MS;
-    while (s->serve > 0 && cs_run_now_ms() < deadline) {
-        FILE *f = fopen(s->ready, "r");
-        if (f) {
-            bool ok = fgets(s->addr, sizeof(s->addr), f) && strchr(s->addr, '\n');
-            fclose(f);
-            if (ok) {
-                s->addr[strcspn(s->addr, "\n")] = '\0';
-                snprintf(s->port, sizeof(s->port), "%s", strrchr(s->addr, ':') + 1);
-                return true;
-            }
-        }
-        cs_run_sleep_ms(10);
-    }
-    return false;
-}
-
-static uint64_t hq_head(const storm *s)
-{
-    cs_engine *e = NULL;
-    cs_log_reader *r = NULL;
-    uint64_t head = 0;
-    if (cs_engine_open(s->hq, NULL, &e) == CS_OK &&
-        cs_log_reader_open(cs_engine_log(e), &r) == CS_OK)
-        cs_log_reader_head(r, &head);
-    cs_log_reader_close(r);
-    cs_engine_close(e);
-    return head;
-}
-
-static uint64_t cursor_of(const char *dir)
-{
-    cs_branch *b = NULL;
-    cs_branch_state st = {0};
-    if (cs_branch_open(dir, NULL, &b) == CS_OK)
-        cs_branch_state_get(b, &st);
-    cs_branch_close(b);
-    return st.cursor;
+    if (!cs_fix_serve_start(&s->serve, s->hq, s->port, s->ready, s->serve_log, s->addr,
+                            sizeof(s->addr), WAIT_MS))
+        return false;
+    cs_fix_port_of(s->addr, s->port, sizeof(s->port)); /* a restart listens there again */
+    return true;
 }
 
 /* Appends n catalog items and a sync point at the head office (so every branch applies). */
@@ -320,10 +276,10 @@ static void test_storm_all_reconnect_at_once_catch_up_server_answers_others(void
             worst_pull = cs_run_now_ms() - p0;
         if (round < 4)
             CHECK(hq_write(&the_storm, round, 2)); /* the log grows during the storm too */
-        uint64_t head = hq_head(&the_storm);
+        uint64_t head = cs_fix_head_seq(the_storm.hq);
         caught_up = head > 0;
         for (unsigned i = 0; i < the_storm.k && caught_up; i++)
-            caught_up = cursor_of(the_storm.dirs[i]) >= head;
+            caught_up = cs_fix_branch_cursor(the_storm.dirs[i]) >= head;
     }
     fprintf(stderr,
             "  all %u caught up %llu ms after the restart; %u of %u pulls outside the storm "

@@ -13,6 +13,7 @@
  * starts (stunnel cannot report a port it chose); every child is stopped by pid and reaped.
  */
 #include "tests/harness.h"
+#include "tests/net_fixture.h"
 #include "tests/run.h"
 
 #include <arpa/inet.h>
@@ -55,31 +56,7 @@ static int run_quiet(const char *const *argv)
 
 static int cs(const char *input, const char *const *args, char **out)
 {
-    cs_run_result r;
-    bool ok = cs_run(&r, input, NULL, args, WAIT_MS);
-    int code = ok ? r.exit_code : -1;
-    if (code != 0 && !out)
-        fprintf(stderr, "  chainsync %s %s exited %d: %s", args[0], args[1], code, r.err);
-    if (out)
-        *out = r.out, r.out = NULL;
-    free(r.out);
-    free(r.err);
-    return code;
-}
-
-/* A port free on 127.0.0.1 now (bound to 0, read, closed). */
-static unsigned free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    unsigned port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
+    return cs_run_code(input, args, out, NULL, WAIT_MS, !out);
 }
 
 static bool port_open(unsigned port)
@@ -114,22 +91,7 @@ static bool serve_start(const char *hq, char *addr, size_t len)
     char ready[400], log[400];
     snprintf(ready, sizeof(ready), "%s/ready", root);
     snprintf(log, sizeof(log), "%s/serve.log", root);
-    pids[0] = cs_run_spawn(
-        ARGS("serve", "--data", hq, "--listen", "127.0.0.1:0", "--ready-file", ready), log);
-    uint64_t deadline = cs_run_now_ms() + WAIT_MS;
-    while (pids[0] > 0 && cs_run_now_ms() < deadline) {
-        FILE *f = fopen(ready, "r");
-        if (f) {
-            bool ok = fgets(addr, (int)len, f) && strchr(addr, '\n');
-            fclose(f);
-            if (ok) {
-                addr[strcspn(addr, "\n")] = '\0';
-                return true;
-            }
-        }
-        cs_run_sleep_ms(10);
-    }
-    return false;
+    return cs_fix_serve_start(&pids[0], hq, NULL, ready, log, addr, len, WAIT_MS);
 }
 
 /* One stunnel from the configuration `conf` (written to ROOT/name.conf). */
@@ -175,7 +137,7 @@ static void test_tls_branch_through_stunnel_catches_up(void)
     CHECK(cs(NULL, ARGS("put", "service_category", "--data", hq, "--json", "{\"name\":\"Before\"}"),
              NULL) == 0);
     CHECK(serve_start(hq, addr, sizeof(addr)));
-    unsigned tls_port = free_port(), local_port = free_port();
+    unsigned tls_port = cs_fix_free_port(), local_port = cs_fix_free_port();
     CHECK(tls_port && local_port && tls_port != local_port);
     snprintf(conf, sizeof(conf),
              "foreground = yes\npid =\n\n[chainsync]\naccept = 127.0.0.1:%u\nconnect = %s\n"
@@ -215,7 +177,7 @@ static void test_tls_branch_through_stunnel_catches_up(void)
     CHECK(rc == 4);
     /* A branch-side stunnel that expects another head office's name refuses this certificate:
      * the join cannot even start. */
-    unsigned wrong_port = free_port();
+    unsigned wrong_port = cs_fix_free_port();
     snprintf(conf, sizeof(conf),
              "foreground = yes\npid =\n\n[chainsync]\nclient = yes\naccept = 127.0.0.1:%u\n"
              "connect = 127.0.0.1:%u\nverifyChain = yes\nCAfile = %s\n"
