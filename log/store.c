@@ -37,6 +37,29 @@
 
 /* ---- open / close ------------------------------------------------------------------------ */
 
+static bool format_ours(const MDB_val *v)
+{
+    return v->mv_size == 4 && cs_be32_get(v->mv_data) == CS__LOG_FORMAT_VERSION;
+}
+
+/* Ends the transaction that opened the databases: committed when rc is 0, else aborted; a
+ * stored format that is not ours is corrupt. */
+static cs_err finish_open(cs_log *log, MDB_txn *txn, int rc, bool foreign, const char *what)
+{
+    if (foreign) {
+        mdb_txn_abort(txn);
+        return cs__log_fail(log, CS_CORRUPT,
+                            "data directory has an unknown log format" CS_CORRUPT_AT);
+    }
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (rc)
+        return cs__log_fail(log, cs__mdb_err(rc), "%s: %s", what, mdb_strerror(rc));
+    return CS_OK;
+}
+
 /* CS_LOG_READ_ONLY: the log's databases must be there already; a read transaction, committed
  * so that its handles stay open (LMDB), creates and writes nothing. */
 static cs_err open_dbis_read_only(cs_log *log)
@@ -55,18 +78,7 @@ static cs_err open_dbis_read_only(cs_log *log)
     }
     MDB_val k = {6, "format"}, v;
     rc = mdb_get(txn, log->meta, &k, &v);
-    if (rc == 0 && (v.mv_size != 4 || cs_be32_get(v.mv_data) != CS__LOG_FORMAT_VERSION)) {
-        mdb_txn_abort(txn);
-        return cs__log_fail(log, CS_CORRUPT,
-                            "data directory has an unknown log format" CS_CORRUPT_AT);
-    }
-    if (rc == 0)
-        rc = mdb_txn_commit(txn);
-    else
-        mdb_txn_abort(txn);
-    if (rc)
-        return cs__log_fail(log, cs__mdb_err(rc), "read the log's format: %s", mdb_strerror(rc));
-    return CS_OK;
+    return finish_open(log, txn, rc, rc == 0 && !format_ours(&v), "read the log's format");
 }
 
 static cs_err open_dbis(cs_log *log)
@@ -102,18 +114,9 @@ static cs_err open_dbis(cs_log *log)
         v.mv_size = 4;
         v.mv_data = fmt;
         rc = mdb_put(txn, log->meta, &k, &v, 0);
-    } else if (rc == 0 && (v.mv_size != 4 || cs_be32_get(v.mv_data) != CS__LOG_FORMAT_VERSION)) {
-        mdb_txn_abort(txn);
-        return cs__log_fail(log, CS_CORRUPT,
-                            "data directory has an unknown log format" CS_CORRUPT_AT);
+        return finish_open(log, txn, rc, false, "initialise");
     }
-    if (rc == 0)
-        rc = mdb_txn_commit(txn);
-    else
-        mdb_txn_abort(txn);
-    if (rc)
-        return cs__log_fail(log, cs__mdb_err(rc), "initialise: %s", mdb_strerror(rc));
-    return CS_OK;
+    return finish_open(log, txn, rc, rc == 0 && !format_ours(&v), "initialise");
 }
 
 /* LMDB trusts its file: a data.mdb cut shorter than the pages its meta page says are in use
