@@ -253,11 +253,19 @@ static void metrics_pass_promtool_and_tell_the_lag(void)
               strstr(hq, "name=\"Harbour \\\"B1\\\"\"") != NULL;
     free(hq);
     CHECK(ok);
-    CHECK(get(fx.b1_http, "/metrics", &b1) == 200);
-    ok = promtool_accepts(b1) && sample(b1, "chainsync_branch_connected", fx.shop1) == 1 &&
-         sample(b1, "chainsync_branch_cursor", fx.shop1) >= 1 + LAG &&
-         sample(b1, "chainsync_outbox_entries", fx.shop1) == 0 &&
-         strstr(b1, "\nchainsync_events_applied_total ") != NULL;
+    /* The follower renders its page once a second: wait (bounded) for the figures to arrive. */
+    ok = false;
+    for (uint64_t end = cs_run_now_ms() + WAIT_MS; !ok && cs_run_now_ms() < end;
+         cs_run_sleep_ms(200)) {
+        free(b1);
+        b1 = NULL;
+        ok = get(fx.b1_http, "/metrics", &b1) == 200 &&
+             sample(b1, "chainsync_branch_connected", fx.shop1) == 1 &&
+             sample(b1, "chainsync_branch_cursor", fx.shop1) >= 1 + LAG &&
+             sample(b1, "chainsync_outbox_entries", fx.shop1) == 0 &&
+             strstr(b1, "\nchainsync_events_applied_total ") != NULL;
+    }
+    ok = ok && promtool_accepts(b1);
     free(b1);
     CHECK(ok);
     char *none = NULL;
