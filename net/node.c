@@ -983,11 +983,12 @@ static void node_tick(uv_timer_t *t)
     node *n = t->data;
     uint64_t now = cs__net_now_ms();
     /* Silence is the head office's only for the time this loop was listening: a tick that
-     * comes late (the loop was busy applying, for this node or the others sharing it) gives no
-     * evidence about the connection, so the wait restarts from the previous tick. */
+     * comes late (the loop was busy applying, for this node or the others sharing it) runs
+     * before the loop's next reads, so it knows nothing about the connection: the wait starts
+     * again (a head office that is really gone is found once the loop keeps time again). */
     if (n->last_tick_ms && now - n->last_tick_ms > 4 * NODE_TICK_MS &&
-        n->last_rx_ms < n->last_tick_ms)
-        n->last_rx_ms = n->last_tick_ms;
+        n->last_rx_ms < now - NODE_TICK_MS)
+        n->last_rx_ms = now - NODE_TICK_MS;
     n->last_tick_ms = now;
     uint64_t limit = n->o->timeout_ms ? n->o->timeout_ms : CS_NET_HANDSHAKE_MS;
     if (n->state >= N_CONNECTING && n->state < N_STREAMING && now - n->opened_ms > limit)
