@@ -182,13 +182,15 @@ static cs_err check_start(cs_branch *b, const cs_segment_view *v)
     return CS_OK;
 }
 
-/* A put or delete of a synced type: what apply_catalog takes as bytes. */
-static bool catalog_event(const cs_event_view *ev)
+/* The synced type of a put or delete (*del says which), what apply_catalog takes as bytes;
+ * NULL for any other event. */
+static const cs_type *catalog_type(const cs_event_view *ev, bool *del)
 {
     cs_kind kind = cs_kind_parse(ev->kind);
     const cs_type *t =
         kind == CS_KIND_PUT || kind == CS_KIND_DELETE ? cs_schema_find_str(ev->type) : NULL;
-    return t && t->cls == CS_CLASS_SYNCED;
+    *del = kind == CS_KIND_DELETE;
+    return t && t->cls == CS_CLASS_SYNCED ? t : NULL;
 }
 
 static cs_err apply_record(cs_branch *b, cs_log_txn *txn, const cs_log_record *rec)
@@ -199,15 +201,22 @@ static cs_err apply_record(cs_branch *b, cs_log_txn *txn, const cs_log_record *r
     cs_event_view ev;
     /* Fields stay bytes for catalog puts and deletes (nearly every event); anything else reads
      * its fields, so it is decoded again, whole. */
+    bool del = false;
+    const cs_type *t = NULL;
     cs_err err = cs_event_decode_lazy(b->dec, rec->event, rec->event_len, &ev);
-    if (err == CS_OK && !catalog_event(&ev))
+    if (err == CS_OK && !(t = catalog_type(&ev, &del)))
         err = cs_event_decode(b->dec, rec->event, rec->event_len, &ev);
     if (err == CS_NO_MEMORY)
         return err;
     if (err != CS_OK || ev.seq != rec->seq)
         return cs__branch_fail(b, CS_CORRUPT, "event %llu does not decode",
                                (unsigned long long)rec->seq);
-    err = cs__branch_apply_event(b, txn, &ev);
+    /* A catalog event goes straight to apply_catalog: its kind and type are parsed once (what
+     * cs__branch_apply_event would do with it, a single store ignoring it included). */
+    if (t)
+        err = b->st.unlinked ? CS_OK : apply_catalog(b, txn, &ev, t, del);
+    else
+        err = cs__branch_apply_event(b, txn, &ev);
     b->st.cursor = rec->seq;
     b->st.chain = rec->chain;
     cs_assert(err != CS_OK || cs__bstate_invariants_hold(&b->st));
