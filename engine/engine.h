@@ -100,6 +100,12 @@ typedef enum cs_type_code {
 _Static_assert(CS_TYPE_SYNCED_CODE_MAX < 64, "a cs_type_set holds every synced type code");
 _Static_assert(CS_TYPE_ADVANCED_SETTING <= CS_TYPE_SYNCED_CODE_MAX, "synced codes fit the set");
 
+/* The version of schema.c's table this build writes (issue 14, "A format that outlives
+ * versions"): events and snapshots name it, and a reader that meets a newer one than it knows
+ * stops with protocol_mismatch naming it instead of dropping fields. What changed between
+ * versions is recorded beside the table in schema.c. */
+#define CS_SCHEMA_VERSION 1u
+
 typedef enum cs_type_class {
     CS_CLASS_SYNCED, /* head-office catalog, mirrored to branches as copies */
     CS_CLASS_SHARED, /* one record network-wide, written at any shop (R8) */
