@@ -138,8 +138,9 @@ static void stop_all_nodes(uv_timer_t *t)
  * stop_after_ms), then writes one line per node ("done_ms bytes result") and, for follow, the
  * two histograms, to fd. */
 /* Joins run in waves: each node derives its keys with argon2id on the loop's thread, and a
- * wave must finish its handshakes within the server's 10 s limit. */
-#define JOIN_WAVE 24u
+ * wave must finish its handshakes within the server's 10 s limit, also on a loaded machine. */
+#define JOIN_WAVE 8u
+#define TURN_BUDGET_MS 25u
 
 /* Joins dirs [from, to) as shops[from..to) in this process, JOIN_WAVE at a time. */
 static int worker_join(char dirs[][320], const uint64_t *shops, unsigned from, unsigned to,
@@ -197,6 +198,10 @@ static int worker_run(char dirs[][320], unsigned from, unsigned to, const cs_nod
         return 1;
     w->o = *o;
     w->n = to - from;
+    /* The nodes of this loop share TURN_BUDGET_MS of applying per iteration (net.h). */
+    cs_node_turns *turns = NULL;
+    if (cs_node_turns_new(TURN_BUDGET_MS, &turns) != CS_OK)
+        return 1;
     w->nodes = calloc(w->n, sizeof(wnode));
     if (o->mode == CS_NODE_FOLLOW && cs_event_decoder_new(&w->dec) != CS_OK)
         return 1;
@@ -206,8 +211,11 @@ static int worker_run(char dirs[][320], unsigned from, unsigned to, const cs_nod
         snprintf(wn->dir, sizeof(wn->dir), "%s", dirs[from + i]);
         char msg[320];
         cs_node_options *no = malloc(sizeof(*no));
+        if (!no)
+            return 1;
         *no = *o;
         no->hook_arg = wn;
+        no->turns = turns;
         if (cs_branch_open(wn->dir, NULL, &wn->b) != CS_OK ||
             cs_node_start(&w->loop, wn->b, wn->dir, no, node_done, wn, &wn->n, msg, sizeof(msg)) !=
                 CS_OK) {
@@ -234,6 +242,7 @@ static int worker_run(char dirs[][320], unsigned from, unsigned to, const cs_nod
     fclose(out);
     for (unsigned i = 0; i < w->n; i++)
         cs_branch_close(w->nodes[i].b);
+    cs_node_turns_free(turns);
     return 0;
 }
 

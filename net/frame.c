@@ -164,25 +164,56 @@ void cs__rx_free(cs__rx *rx)
 {
     free(rx->buf);
     rx->buf = NULL;
-    rx->len = rx->cap = 0;
+    rx->start = rx->len = rx->cap = 0;
+}
+
+/* Room for n more bytes after the unread ones: the unread bytes move to the front first (they
+ * are at most one frame and a read), and the buffer grows only to what is needed, doubling. */
+static cs_err rx_room(cs__rx *rx, size_t n)
+{
+    if (rx->start + rx->len + n <= rx->cap)
+        return CS_OK;
+    if (rx->start > 0) {
+        memmove(rx->buf, rx->buf + rx->start, rx->len);
+        rx->start = 0;
+        if (rx->len + n <= rx->cap)
+            return CS_OK;
+    }
+    size_t cap = rx->cap ? rx->cap : 256;
+    while (cap < rx->len + n)
+        cap *= 2;
+    uint8_t *nb = realloc(rx->buf, cap);
+    if (!nb)
+        return CS_NO_MEMORY;
+    rx->buf = nb;
+    rx->cap = cap;
+    return CS_OK;
 }
 
 cs_err cs__rx_feed(cs__rx *rx, const uint8_t *p, size_t n)
 {
-    if (rx->len + n > rx->cap) {
-        /* Grow to what is needed, not more: an idle connection keeps no large buffer. */
-        size_t cap = rx->cap ? rx->cap : 256;
-        while (cap < rx->len + n)
-            cap *= 2;
-        uint8_t *nb = realloc(rx->buf, cap);
-        if (!nb)
-            return CS_NO_MEMORY;
-        rx->buf = nb;
-        rx->cap = cap;
-    }
-    memcpy(rx->buf + rx->len, p, n);
+    cs_err err = rx_room(rx, n);
+    if (err != CS_OK)
+        return err;
+    memcpy(rx->buf + rx->start + rx->len, p, n);
     rx->len += n;
     return CS_OK;
+}
+
+cs_err cs__rx_space(cs__rx *rx, size_t want, uint8_t **p, size_t *avail)
+{
+    cs_err err = rx_room(rx, want);
+    if (err != CS_OK)
+        return err;
+    *p = rx->buf + rx->start + rx->len;
+    *avail = rx->cap - rx->start - rx->len;
+    return CS_OK;
+}
+
+void cs__rx_commit(cs__rx *rx, size_t n)
+{
+    cs_assert(rx->start + rx->len + n <= rx->cap);
+    rx->len += n;
 }
 
 cs_err cs__rx_frame_at(cs__rx *rx, size_t off, unsigned *type, const uint8_t **body,
@@ -190,7 +221,7 @@ cs_err cs__rx_frame_at(cs__rx *rx, size_t off, unsigned *type, const uint8_t **b
 {
     if (rx->len < off + 4)
         return CS_NOT_FOUND;
-    const uint8_t *p = rx->buf + off;
+    const uint8_t *p = rx->buf + rx->start + off;
     uint32_t flen = cs_be32_get(p);
     if (flen == 0 || flen > rx->max_bytes) {
         snprintf(msg, msg_len, "a frame of %u bytes (the limit is %zu)", flen, rx->max_bytes);
@@ -210,12 +241,18 @@ cs_err cs__rx_frame(cs__rx *rx, unsigned *type, const uint8_t **body, size_t *bo
     return cs__rx_frame_at(rx, 0, type, body, body_len, msg, msg_len);
 }
 
+/* Consuming moves no bytes (a read buffer of many frames is not shifted once per frame); an
+ * emptied buffer starts again at its front, and one grown past keep_bytes for a big frame is
+ * given back, so an idle connection keeps no large buffer. */
 void cs__rx_consume_bytes(cs__rx *rx, size_t n)
 {
     cs_assert(n <= rx->len);
-    memmove(rx->buf, rx->buf + n, rx->len - n);
+    rx->start += n;
     rx->len -= n;
-    if (rx->len == 0 && rx->cap > 4096) { /* a big frame is done: give its memory back */
+    if (rx->len > 0)
+        return;
+    rx->start = 0;
+    if (rx->cap > (rx->keep_bytes ? rx->keep_bytes : CS__RX_KEEP_BYTES)) {
         free(rx->buf);
         rx->buf = NULL;
         rx->cap = 0;
@@ -225,7 +262,7 @@ void cs__rx_consume_bytes(cs__rx *rx, size_t n)
 void cs__rx_consume(cs__rx *rx)
 {
     cs_assert(rx->len >= 4);
-    cs__rx_consume_bytes(rx, 4 + (size_t)cs_be32_get(rx->buf));
+    cs__rx_consume_bytes(rx, 4 + (size_t)cs_be32_get(rx->buf + rx->start));
 }
 
 /* ---- control bodies ---------------------------------------------------------------------- */

@@ -130,6 +130,14 @@ typedef enum cs_node_mode {
     CS_NODE_FOLLOW, /* stay connected, apply live, reconnect with backoff */
 } cs_node_mode;
 
+/* Nodes that share one loop take turns applying (docs/design.md, "Taking turns"): in each loop
+ * iteration they apply transactions for at most budget_ms between them (at least one), so that
+ * one branch's catch-up never holds up the others' reads, heartbeats and handshakes past the
+ * protocol's limits. One per loop, shared through cs_node_options.turns; freed after the nodes. */
+typedef struct cs_node_turns cs_node_turns;
+cs_err cs_node_turns_new(unsigned budget_ms, cs_node_turns **out); /* CS_NO_MEMORY */
+void cs_node_turns_free(cs_node_turns *t);
+
 typedef struct cs_node_options {
     cs_node_mode mode;
     const char *head;     /* JOIN: "HOST:PORT"; others: NULL = the stored one */
@@ -154,6 +162,7 @@ typedef struct cs_node_options {
     cs_net_log_format log_format; /* human or JSON lines */
     const char *http;             /* "HOST:PORT" of /metrics; NULL = none */
     const char *http_ready_file;  /* when not NULL, the HTTP listener's "HOST:PORT\n" */
+    cs_node_turns *turns;         /* shared by the nodes of one loop; NULL = alone on it */
 } cs_node_options;
 
 typedef struct cs_node cs_node;

@@ -50,24 +50,33 @@ cs__buf *cs__frame_from_msgpack(unsigned type, const msgpack_sbuffer *sb);
 /* ERROR {code, message}. */
 cs__buf *cs__frame_error(cs_err code, const char *message);
 
-/* Assembles frames from a byte stream. The buffer grows only to the frame being read, never
- * past max_bytes, which is checked from the 4-byte length before anything is allocated. */
+/* Assembles frames from a byte stream. The buffer grows only to the frame being read (and one
+ * read, cs__rx_space), never past max_bytes, which is checked from the 4-byte length before
+ * anything is allocated. */
+#define CS__RX_KEEP_BYTES 4096u
 typedef struct cs__rx {
-    uint8_t *buf; /* owned */
-    size_t len, cap;
+    uint8_t *buf; /* owned; the unread bytes are buf[start, start + len) */
+    size_t start, len, cap;
     size_t max_bytes;
+    size_t keep_bytes; /* capacity kept when the buffer empties; 0: CS__RX_KEEP_BYTES */
 } cs__rx;
 
 void cs__rx_free(cs__rx *rx);
 /* Appends received bytes. Errors: CS_NO_MEMORY. */
 cs_err cs__rx_feed(cs__rx *rx, const uint8_t *p, size_t n);
+/* Room for a read straight into the buffer: *p (borrowed until the next call on rx) has *avail
+ * >= want bytes; cs__rx_commit(rx, n) then appends the n of them that were filled. Errors:
+ * CS_NO_MEMORY. */
+cs_err cs__rx_space(cs__rx *rx, size_t want, uint8_t **p, size_t *avail);
+void cs__rx_commit(cs__rx *rx, size_t n);
 /* The next whole frame, if any: *type, *body and *body_len (borrowed until cs__rx_consume).
  * Returns CS_NOT_FOUND when more bytes are needed; CS_INVALID_INPUT for a length of 0 or over
  * max_bytes (msg says which). */
 cs_err cs__rx_frame(cs__rx *rx, unsigned *type, const uint8_t **body, size_t *body_len, char *msg,
                     size_t msg_len);
 void cs__rx_consume(cs__rx *rx); /* drops the frame cs__rx_frame returned */
-/* The frame starting `off` bytes into the buffer (off: the end of frames already looked at). */
+/* The frame starting `off` bytes into the unread ones (off: the end of frames already looked
+ * at). */
 cs_err cs__rx_frame_at(cs__rx *rx, size_t off, unsigned *type, const uint8_t **body,
                        size_t *body_len, char *msg, size_t msg_len);
 /* Drops the first n bytes (whole frames). */

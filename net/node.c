@@ -23,6 +23,7 @@
 #include "net/net_int.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -52,6 +53,12 @@ typedef struct cs_node {
     uv_check_t check; /* frames are handled after the loop's reads, so segments that arrived
                        * together are applied in one transaction (node_process) */
     bool check_on;
+    uv_idle_t spin; /* active while whole frames wait for this node's next turn: the loop
+                     * then polls without sleeping (node_process, "Taking turns") */
+    bool spin_on;
+    bool rx_paused;      /* reads stopped: the receive buffer holds enough for the next turns */
+    unsigned batch_max;  /* segments per transaction, adapted to how long turns wait */
+    uint64_t yielded_ms; /* when this node last gave its turn up with frames left; 0 = none */
     cs_node_done_fn done_cb;
     void *done_arg;
     bool finished;         /* done_cb was called */
@@ -98,7 +105,6 @@ typedef struct cs_node {
     double rate; /* events applied per second over the last interval */
     uint64_t bytes_received, segments_received, events_applied, reconnects;
     uint64_t drops[CS_ERR_COUNT], refusals[CS_ERR_COUNT];
-    uint8_t rbuf[64 * 1024];
 } node;
 
 static void node_log(node *n, cs_net_log_level level, const char *event, cs_err code,
@@ -145,6 +151,8 @@ static void node_finish(node *n)
     uv_timer_stop(&n->retry);
     uv_check_stop(&n->check);
     n->check_on = false;
+    uv_idle_stop(&n->spin);
+    n->spin_on = false;
     if (n->watching)
         uv_fs_event_stop(&n->watch);
     if (n->done_cb)
@@ -162,6 +170,10 @@ static void on_closed(uv_handle_t *h)
     n->state = N_IDLE;
     record_state(n, false);
     cs__rx_free(&n->rx);
+    n->rx_paused = false;
+    n->yielded_ms = 0;
+    uv_idle_stop(&n->spin);
+    n->spin_on = false;
     n->write_inflight = false; /* unanswered: sent again, with the same req, next time */
     if (n->done || n->o->mode != CS_NODE_FOLLOW) {
         node_finish(n);
@@ -742,7 +754,7 @@ static void apply_batch(node *n)
     const uint8_t *body;
     size_t len;
     char m[160];
-    while (k < BATCH_SEGMENTS_MAX && off < BATCH_BYTES_MAX &&
+    while (k < n->batch_max && off < BATCH_BYTES_MAX &&
            cs__rx_frame_at(&n->rx, off, &type, &body, &len, m, sizeof(m)) == CS_OK &&
            type == CS__F_SEGMENT) {
         if (!bin_body(body, len, &segs[k], &lens[k])) {
@@ -766,20 +778,146 @@ static void apply_batch(node *n)
     segment_applied(n);
 }
 
+/* Taking turns (docs/design.md). Nodes may share one loop (bench/fanout runs 500 on each), and
+ * a loop iteration that applies everything every node has received lasts longer than the
+ * protocol's silence and stuck limits (CS_NET_DEAD_MS, CS_NET_STUCK_MS, the handshake's): the
+ * head office drops them all. So a node applies one transaction per turn and, with whole frames
+ * left, keeps its check handle and an idle handle active (the loop then polls without sleeping
+ * and comes back; libuv runs the check handles restarted last first, so the nodes that waited
+ * go first next time). With cs_node_turns the nodes of a loop also share a budget of applying
+ * time per iteration. Without one, a node's transaction size follows how long its turns wait,
+ * halving while the others make it wait over TURN_WAIT_HIGH_MS and doubling back below
+ * TURN_WAIT_LOW_MS (alone on its loop, as `branch follow` is, it waits for no one and grows to
+ * BATCH_SEGMENTS_MAX). Reads stop while the buffer holds more than the next turns need (the head
+ * office's queue for this branch then waits, bounded, instead of this process's memory). */
+#define TURN_WAIT_HIGH_MS 1000u
+#define TURNS_BATCH_SEGMENTS                                                                       \
+    4u /* with turns: the loop stays short whatever the batch, and 4                               \
+        * segments keep a commit per 4,096 events with 1,000 nodes'                                \
+        * buffers at a few MiB each */
+#define TURN_WAIT_LOW_MS 200u
+#define RX_PAUSE_BYTES_PER_SEGMENT (512u * 1024u)
+
+struct cs_node_turns {
+    uint64_t budget_ns;
+    uint64_t iteration; /* uv_now of the iteration spent_ns counts (constant in one check phase) */
+    uint64_t spent_ns;
+};
+
+cs_err cs_node_turns_new(unsigned budget_ms, cs_node_turns **out)
+{
+    cs_node_turns *t = calloc(1, sizeof(*t));
+    if (!t)
+        return CS_NO_MEMORY;
+    t->budget_ns = (uint64_t)budget_ms * 1000000u;
+    *out = t;
+    return CS_OK;
+}
+
+void cs_node_turns_free(cs_node_turns *t)
+{
+    free(t);
+}
+
+/* Whether this loop iteration still has time for a transaction of this node's. */
+static bool turn_free(node *n)
+{
+    cs_node_turns *t = n->o->turns;
+    if (!t)
+        return true;
+    uint64_t now = uv_now(n->loop);
+    if (t->iteration != now) {
+        t->iteration = now;
+        t->spent_ns = 0;
+    }
+    return t->spent_ns < t->budget_ns;
+}
+
+static void turn_spent(node *n, uint64_t since_ns)
+{
+    if (n->o->turns)
+        n->o->turns->spent_ns += uv_hrtime() - since_ns;
+}
+
+static size_t rx_pause_bytes(const node *n)
+{
+    return (size_t)(n->batch_max + 1) * RX_PAUSE_BYTES_PER_SEGMENT;
+}
+
+static void adapt_batch(node *n, uint64_t now)
+{
+    if (n->o->turns) { /* the loop is kept short by the budget, not by smaller transactions */
+        n->batch_max = TURNS_BATCH_SEGMENTS;
+        return;
+    }
+    if (!n->yielded_ms)
+        return;
+    uint64_t waited = now - n->yielded_ms;
+    n->yielded_ms = 0;
+    if (waited > TURN_WAIT_HIGH_MS && n->batch_max > 1)
+        n->batch_max /= 2;
+    else if (waited < TURN_WAIT_LOW_MS && n->batch_max < BATCH_SEGMENTS_MAX)
+        n->batch_max *= 2;
+}
+
+static void node_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+static void node_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void node_process(uv_check_t *h);
+
+static void on_spin(uv_idle_t *h)
+{
+    (void)h; /* its being active is the point: poll does not block */
+}
+
+/* After a turn: come back next iteration while whole frames wait, read again once the buffer
+ * has room. */
+static void turn_end(node *n, bool more)
+{
+    if (n->state == N_CLOSING || n->state == N_IDLE)
+        return;
+    if (more) {
+        n->yielded_ms = cs__net_now_ms();
+        if (!n->check_on && uv_check_start(&n->check, node_process) == 0)
+            n->check_on = true;
+        if (!n->spin_on && uv_idle_start(&n->spin, on_spin) == 0)
+            n->spin_on = true;
+    } else if (n->spin_on) {
+        uv_idle_stop(&n->spin);
+        n->spin_on = false;
+    }
+    if (n->rx_paused && (!more || n->rx.len < rx_pause_bytes(n))) { /* !more: a frame is
+                                                                     * still coming in */
+        int rc = uv_read_start((uv_stream_t *)&n->tcp, node_alloc, node_read);
+        if (rc < 0) {
+            node_drop(n, CS_NETWORK, false, "cannot read: %s", uv_strerror(rc));
+            return;
+        }
+        n->rx_paused = false;
+        n->last_rx_ms = cs__net_now_ms(); /* the silence was ours */
+    }
+}
+
 static void node_process(uv_check_t *h)
 {
     node *n = h->data;
     uv_check_stop(h);
     n->check_on = false;
+    adapt_batch(n, cs__net_now_ms());
     unsigned type;
     const uint8_t *body;
     size_t len;
     char m[160];
     cs_err err = CS_OK;
+    bool applied = false;
     while (n->state != N_CLOSING && n->state != N_IDLE &&
            (err = cs__rx_frame(&n->rx, &type, &body, &len, m, sizeof(m))) == CS_OK) {
         if (type == CS__F_SEGMENT && n->state == N_STREAMING && !n->o->receive_only) {
+            if (applied || !turn_free(n))
+                break; /* one transaction per turn, while the loop's budget lasts */
+            uint64_t t0 = uv_hrtime();
             apply_batch(n);
+            turn_spent(n, t0);
+            applied = true;
             continue;
         }
         on_frame(n, type, body, len);
@@ -788,13 +926,25 @@ static void node_process(uv_check_t *h)
     }
     if (err == CS_INVALID_INPUT)
         node_drop(n, CS_INVALID_INPUT, true, "%s", m);
+    turn_end(n, err == CS_OK);
 }
+
+/* Reads land straight in the frame buffer, NODE_READ_BYTES at a time (a catch-up is megabytes of
+ * segments: one copy and a quarter of the reads fewer than through a separate read buffer). */
+#define NODE_READ_BYTES (256u * 1024u)
+#define NODE_RX_KEEP_BYTES (2u * 1024u * 1024u)
 
 static void node_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
     node *n = h->data;
-    *buf = uv_buf_init((char *)n->rbuf, sizeof(n->rbuf));
+    uint8_t *p;
+    size_t avail;
+    if (cs__rx_space(&n->rx, NODE_READ_BYTES, &p, &avail) != CS_OK) {
+        *buf = uv_buf_init(NULL, 0); /* node_read gets UV_ENOBUFS */
+        return;
+    }
+    *buf = uv_buf_init((char *)p, avail > UINT_MAX ? UINT_MAX : (unsigned)avail);
 }
 
 static void node_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
@@ -803,18 +953,18 @@ static void node_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     (void)buf;
     if (nread < 0) {
         node_drop(n, CS_NETWORK, false, "%s",
-                  nread == UV_EOF ? "the head office closed the connection"
-                                  : uv_strerror((int)nread));
+                  nread == UV_EOF       ? "the head office closed the connection"
+                  : nread == UV_ENOBUFS ? "out of memory"
+                                        : uv_strerror((int)nread));
         return;
     }
     if (nread == 0 || n->state == N_CLOSING)
         return;
     n->last_rx_ms = cs__net_now_ms();
     n->bytes_received += (uint64_t)nread;
-    if (cs__rx_feed(&n->rx, n->rbuf, (size_t)nread) != CS_OK) {
-        node_drop(n, CS_NETWORK, false, "out of memory");
-        return;
-    }
+    cs__rx_commit(&n->rx, (size_t)nread); /* node_alloc's room, filled */
+    if (!n->rx_paused && n->rx.len >= rx_pause_bytes(n) && uv_read_stop(st) == 0)
+        n->rx_paused = true;
     if (!n->check_on && uv_check_start(&n->check, node_process) == 0)
         n->check_on = true;
 }
@@ -871,6 +1021,7 @@ static void node_connect(node *n)
     n->tcp.data = n;
     n->creq.data = n;
     n->rx.max_bytes = CS_NET_FRAME_BYTES_MAX;
+    n->rx.keep_bytes = NODE_RX_KEEP_BYTES;
     n->state = N_CONNECTING;
     n->opened_ms = cs__net_now_ms();
     rc = uv_tcp_connect(&n->creq, &n->tcp, (struct sockaddr *)&n->addr, on_connected);
@@ -990,6 +1141,8 @@ static void node_tick(uv_timer_t *t)
         n->last_rx_ms < now - NODE_TICK_MS)
         n->last_rx_ms = now - NODE_TICK_MS;
     n->last_tick_ms = now;
+    if (n->rx_paused)
+        n->last_rx_ms = now; /* reads stopped by us (turn_end): the head office is not silent */
     uint64_t limit = n->o->timeout_ms ? n->o->timeout_ms : CS_NET_HANDSHAKE_MS;
     if (n->state >= N_CONNECTING && n->state < N_STREAMING && now - n->opened_ms > limit)
         node_drop(n, CS_NETWORK, false, "no answer from the head office at %s within %llu ms",
@@ -1050,6 +1203,7 @@ void cs_node_free(cs_node *n)
     uv_close((uv_handle_t *)&n->tick, handle_closed);
     uv_close((uv_handle_t *)&n->retry, handle_closed);
     uv_close((uv_handle_t *)&n->check, handle_closed);
+    uv_close((uv_handle_t *)&n->spin, handle_closed);
     if (n->watching)
         uv_close((uv_handle_t *)&n->watch, handle_closed);
 }
@@ -1078,6 +1232,10 @@ static int node_handles(node *n, const char *dir)
     }
     if (rc == 0 && (rc = uv_check_init(n->loop, &n->check)) == 0) {
         n->check.data = n;
+        n->handles_open++;
+    }
+    if (rc == 0 && (rc = uv_idle_init(n->loop, &n->spin)) == 0) {
+        n->spin.data = n;
         n->handles_open++;
     }
     if (rc == 0)
@@ -1151,6 +1309,7 @@ cs_err cs_node_start(uv_loop_t *loop, cs_branch *b, const char *dir, const cs_no
     n->b = b;
     n->e = cs_branch_engine(b);
     n->o = o;
+    n->batch_max = 1; /* doubles each turn that waits for no one (adapt_batch) */
     n->state_ok = o->mode != CS_NODE_JOIN; /* a join has a link only once WELCOME came */
     n->out = o->log ? o->log : stderr;
     n->done_cb = done;

@@ -72,7 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cs_err err;
         while ((err = cs__rx_frame(&rx, &type, &body, &len, msg, sizeof(msg))) == CS_OK) {
             FUZZ_ASSERT(len + 1 <= rx.max_bytes);
-            FUZZ_ASSERT(body >= rx.buf + 5 && body + len <= rx.buf + rx.len);
+            FUZZ_ASSERT(body >= rx.buf + rx.start + 5 && body + len <= rx.buf + rx.start + rx.len);
             read_body(type, body, len);
             cs__rx_consume(&rx);
         }
