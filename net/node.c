@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #define NODE_TICK_MS 250u
+#define NODE_PAUSED_READ_MS (CS_NET_STUCK_MS / 3)
 
 typedef enum node_state {
     N_IDLE,
@@ -57,6 +58,7 @@ typedef struct cs_node {
                      * then polls without sleeping (node_process, "Taking turns") */
     bool spin_on;
     bool rx_paused;      /* reads stopped: the receive buffer holds enough for the next turns */
+    uint64_t paused_ms;  /* when they stopped (node_tick reads a little anyway, later) */
     unsigned batch_max;  /* segments per transaction, adapted to how long turns wait */
     uint64_t yielded_ms; /* when this node last gave its turn up with frames left; 0 = none */
     cs_node_done_fn done_cb;
@@ -869,6 +871,17 @@ static void on_spin(uv_idle_t *h)
     (void)h; /* its being active is the point: poll does not block */
 }
 
+static void read_again(node *n)
+{
+    int rc = uv_read_start((uv_stream_t *)&n->tcp, node_alloc, node_read);
+    if (rc < 0) {
+        node_drop(n, CS_NETWORK, false, "cannot read: %s", uv_strerror(rc));
+        return;
+    }
+    n->rx_paused = false;
+    n->last_rx_ms = cs__net_now_ms(); /* the silence was ours */
+}
+
 /* After a turn: come back next iteration while whole frames wait, read again once the buffer
  * has room. */
 static void turn_end(node *n, bool more)
@@ -885,16 +898,9 @@ static void turn_end(node *n, bool more)
         uv_idle_stop(&n->spin);
         n->spin_on = false;
     }
-    if (n->rx_paused && (!more || n->rx.len < rx_pause_bytes(n))) { /* !more: a frame is
-                                                                     * still coming in */
-        int rc = uv_read_start((uv_stream_t *)&n->tcp, node_alloc, node_read);
-        if (rc < 0) {
-            node_drop(n, CS_NETWORK, false, "cannot read: %s", uv_strerror(rc));
-            return;
-        }
-        n->rx_paused = false;
-        n->last_rx_ms = cs__net_now_ms(); /* the silence was ours */
-    }
+    if (n->rx_paused && (!more || n->rx.len < rx_pause_bytes(n))) /* !more: a frame is
+                                                                   * still coming in */
+        read_again(n);
 }
 
 static void node_process(uv_check_t *h)
@@ -963,8 +969,10 @@ static void node_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     n->last_rx_ms = cs__net_now_ms();
     n->bytes_received += (uint64_t)nread;
     cs__rx_commit(&n->rx, (size_t)nread); /* node_alloc's room, filled */
-    if (!n->rx_paused && n->rx.len >= rx_pause_bytes(n) && uv_read_stop(st) == 0)
+    if (!n->rx_paused && n->rx.len >= rx_pause_bytes(n) && uv_read_stop(st) == 0) {
         n->rx_paused = true;
+        n->paused_ms = n->last_rx_ms;
+    }
     if (!n->check_on && uv_check_start(&n->check, node_process) == 0)
         n->check_on = true;
 }
@@ -1143,6 +1151,11 @@ static void node_tick(uv_timer_t *t)
     n->last_tick_ms = now;
     if (n->rx_paused)
         n->last_rx_ms = now; /* reads stopped by us (turn_end): the head office is not silent */
+    /* A branch whose turns come seldom (many on a loop) still reads a little every
+     * NODE_PAUSED_READ_MS: the head office drops a connection whose queue does not drain for
+     * CS_NET_STUCK_MS, and this one is slow, not stuck (one read, then node_read pauses again). */
+    if (n->rx_paused && n->state == N_STREAMING && now - n->paused_ms >= NODE_PAUSED_READ_MS)
+        read_again(n);
     uint64_t limit = n->o->timeout_ms ? n->o->timeout_ms : CS_NET_HANDSHAKE_MS;
     if (n->state >= N_CONNECTING && n->state < N_STREAMING && now - n->opened_ms > limit)
         node_drop(n, CS_NETWORK, false, "no answer from the head office at %s within %llu ms",
