@@ -508,9 +508,11 @@ cs_err cs_engine_replay_digest(cs_engine *e, const char *scratch_dir, uint64_t *
     }
     if (err == CS_OK)
         err = cs_engine_digest(rc.dst, out);
-    else
+    else /* the scratch engine's sentence first: it names the event apply refused */
         cs__fail(e, err, "replay stopped: %s",
-                 rc.r ? cs_log_reader_errmsg(rc.r) : cs_log_errmsg(e->log));
+                 rc.dst->errmsg[0] ? rc.dst->errmsg
+                 : rc.r            ? cs_log_reader_errmsg(rc.r)
+                                   : cs_log_errmsg(e->log));
     cs_event_decoder_free(rc.dec);
     cs_log_reader_close(rc.r);
     cs_engine_close(rc.dst);

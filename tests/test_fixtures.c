@@ -334,5 +334,6 @@ int main(void)
 {
     RUN(test_fixture_v1_head_office_replays_to_the_same_state);
     RUN(test_fixture_v1_branches_replay_to_the_same_state);
+    cs_test_tmpdirs_cleanup();
     return cs_test_finish();
 }
