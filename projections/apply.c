@@ -24,8 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The item joins the batch with this event's state (the mirror is written once, at the end
- * of the transaction: cs__batch_write) and waits for a sync point. */
 /* The fields of an item event as this build's schema reads them (cs_schema_upgrade): the
  * event's own bytes, or (an old event that a change of the table rewrites) new bytes that the
  * batch owns until its reset. */
@@ -58,6 +56,8 @@ static cs_err current_fields(cs_branch *b, const cs_event_view *ev, const cs_typ
     return CS_OK;
 }
 
+/* The item joins the batch with this event's state (the mirror is written once, at the end
+ * of the transaction: cs__batch_write) and waits for a sync point. */
 static cs_err apply_catalog(cs_branch *b, cs_log_txn *txn, const cs_event_view *ev,
                             const cs_type *t, bool del)
 {
