@@ -7,7 +7,12 @@
  *   init, network, put, delete, shop_add, shop_switch, shop_unlink, shop_password,
  *   network_types, network_mode, network_whatsapp, shop_whatsapp, sync.
  * Apply trusts what it reads: commands validated it before it was logged, and the log's
- * checksums and chain guard it since. An event apply cannot understand is CS_CORRUPT.
+ * checksums and chain guard it since. An event of a newer schema version than this build's is
+ * CS_PROTOCOL_MISMATCH (a newer build wrote it: this one must not guess, docs/design.md "Schema
+ * versions"); an item written under an older version is read through the change table
+ * (cs_schema_upgrade). Any other event apply cannot understand, an unknown kind included, is
+ * CS_CORRUPT: every kind a version may write is known to that version's build (the branch
+ * projection decides the same).
  */
 #include "engine/engine_int.h"
 
@@ -127,6 +132,10 @@ static cs_err put_record(cs_engine *e, cs_log_txn *txn, const cs_type *t, uint64
     return err;
 }
 
+static cs_err apply_item_fields(cs_engine *e, cs_log_txn *txn, const cs_type *t,
+                                const cs_event_view *ev, bool del, cs_item *hdr_in,
+                                const uint8_t *fields, size_t fields_len);
+
 static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev, bool del)
 {
     const cs_type *t = cs_schema_find_str(ev->type);
@@ -135,8 +144,38 @@ static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev,
                         (unsigned long long)ev->seq);
     cs_assert(ev->fields_bytes != NULL); /* cs_event_decode and cs__emit both set them */
     cs_item hdr = {.version = ev->version};
+    const uint8_t *fields = ev->fields_bytes;
+    size_t fields_len = ev->fields_len;
+    uint8_t *upgraded = NULL; /* owned: the fields read under this build's schema, when needed */
+    if (!del && ev->schema < CS_SCHEMA_VERSION) {
+        char why[CS__ERRMSG_BYTES];
+        size_t upgraded_len;
+        cs_err err = cs_schema_upgrade(t, ev->schema, fields, fields_len, &upgraded, &upgraded_len,
+                                       why, sizeof(why));
+        if (err != CS_OK)
+            return cs__fail(e, err == CS_NO_MEMORY ? err : CS_CORRUPT,
+                            "event %llu: its %s of schema version %llu does not read under "
+                            "version %u: %s",
+                            (unsigned long long)ev->seq, t->name, (unsigned long long)ev->schema,
+                            CS_SCHEMA_VERSION, why);
+        if (upgraded) {
+            fields = upgraded;
+            fields_len = upgraded_len;
+        }
+    }
+    cs_err err = apply_item_fields(e, txn, t, ev, del, &hdr, fields, fields_len);
+    free(upgraded);
+    return err;
+}
+
+/* apply_item with the fields as this build reads them. */
+static cs_err apply_item_fields(cs_engine *e, cs_log_txn *txn, const cs_type *t,
+                                const cs_event_view *ev, bool del, cs_item *hdr_in,
+                                const uint8_t *fields, size_t fields_len)
+{
+    cs_item hdr = *hdr_in;
     if (!del && ev->version <= 1)
-        return put_record(e, txn, t, ev->id, &hdr, ev->fields_bytes, ev->fields_len);
+        return put_record(e, txn, t, ev->id, &hdr, fields, fields_len);
     cs_item old;
     uint8_t kb[9];
     cs_item_key(kb, t, ev->id);
@@ -154,7 +193,7 @@ static cs_err apply_item(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev,
     memcpy(hdr.detached, old.detached, sizeof(hdr.detached));
     hdr.archived = del;
     return del ? put_record(e, txn, t, ev->id, &hdr, old.fields_bytes, old.fields_len)
-               : put_record(e, txn, t, ev->id, &hdr, ev->fields_bytes, ev->fields_len);
+               : put_record(e, txn, t, ev->id, &hdr, fields, fields_len);
 }
 
 /* Updates the shop the event names (its id), or for a sync with id 0 every linked shop. */
@@ -264,6 +303,9 @@ static cs_err apply_json(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev,
 
 cs_err cs__apply(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev)
 {
+    char why[CS__ERRMSG_BYTES];
+    if (cs_schema_check_version(ev->seq, ev->schema, why, sizeof(why)) != CS_OK)
+        return cs__fail(e, CS_PROTOCOL_MISMATCH, "%s", why);
     cs_kind kind = cs_kind_parse(ev->kind);
     switch (kind) {
     case CS_KIND_PUT:
@@ -287,8 +329,11 @@ cs_err cs__apply(cs_engine *e, cs_log_txn *txn, const cs_event_view *ev)
     case CS_KIND_UNKNOWN:
         break;
     }
-    return cs__fail(e, CS_CORRUPT, "event %llu: unknown kind '%.*s'", (unsigned long long)ev->seq,
-                    (int)ev->kind.len, ev->kind.ptr);
+    return cs__fail(e, CS_CORRUPT,
+                    "event %llu: unknown kind '%.*s' in an event of schema version %llu, which "
+                    "defines no such kind",
+                    (unsigned long long)ev->seq, (int)ev->kind.len, ev->kind.ptr,
+                    (unsigned long long)ev->schema);
 }
 
 cs_err cs__emit(cs_engine *e, cs_log_txn *txn, const cs_event *evs, size_t n, uint64_t *last_seq)
@@ -305,7 +350,9 @@ cs_err cs__emit(cs_engine *e, cs_log_txn *txn, const cs_event *evs, size_t n, ui
                            .version = evs[i].version,
                            .actor = evs[i].actor,
                            .kind = evs[i].kind,
-                           .type = evs[i].type};
+                           .type = evs[i].type,
+                           .schema = evs[i].schema ? evs[i].schema : 1};
+        cs_assert(v.schema == CS_SCHEMA_VERSION); /* the engine writes only its own version */
         const uint8_t *f = evs[i].fields ? evs[i].fields : &empty_map;
         size_t flen = evs[i].fields ? evs[i].fields_len : 1, off = 0;
         v.fields_bytes = f;
@@ -461,9 +508,11 @@ cs_err cs_engine_replay_digest(cs_engine *e, const char *scratch_dir, uint64_t *
     }
     if (err == CS_OK)
         err = cs_engine_digest(rc.dst, out);
-    else
+    else /* the scratch engine's sentence first: it names the event apply refused */
         cs__fail(e, err, "replay stopped: %s",
-                 rc.r ? cs_log_reader_errmsg(rc.r) : cs_log_errmsg(e->log));
+                 rc.dst->errmsg[0] ? rc.dst->errmsg
+                 : rc.r            ? cs_log_reader_errmsg(rc.r)
+                                   : cs_log_errmsg(e->log));
     cs_event_decoder_free(rc.dec);
     cs_log_reader_close(rc.r);
     cs_engine_close(rc.dst);

@@ -104,7 +104,37 @@ _Static_assert(CS_TYPE_ADVANCED_SETTING <= CS_TYPE_SYNCED_CODE_MAX, "synced code
  * versions"): events and snapshots name it, and a reader that meets a newer one than it knows
  * stops with protocol_mismatch naming it instead of dropping fields. What changed between
  * versions is recorded beside the table in schema.c. */
-#define CS_SCHEMA_VERSION 1u
+#define CS_SCHEMA_VERSION 2u
+
+/* What changed between two schema versions, one entry per change (schema.c's change table,
+ * docs/design.md "Schema versions"). The table is data: reading an item written under an older
+ * version (cs_schema_upgrade) applies the entries after that version, in order. */
+typedef enum cs_schema_change_kind {
+    CS_SCHEMA_FIELD_ADDED,   /* type.field is new; items written before read as `dflt` */
+    CS_SCHEMA_FIELD_RENAMED, /* type.from is called type.field from this version on */
+    CS_SCHEMA_TYPE_ADDED,    /* the type is new: older builds refuse its events (they are newer) */
+    CS_SCHEMA_KIND_ADDED,    /* the event kind `type` is new: the same */
+} cs_schema_change_kind;
+
+typedef struct cs_schema_change {
+    uint32_t version; /* the first version that has the change */
+    cs_schema_change_kind what;
+    const char *type;  /* the item type (CS_SCHEMA_KIND_ADDED: the event kind) */
+    const char *field; /* FIELD_ADDED: the new field; FIELD_RENAMED: its new name; else NULL */
+    const char *from;  /* FIELD_RENAMED: the old name; else NULL */
+    const char *dflt;  /* FIELD_ADDED: JSON text of the value an older item reads as, or NULL:
+                        * an optional field an older item simply does not have */
+} cs_schema_change;
+
+/* The change table of this build, oldest first. Borrowed, static. */
+const cs_schema_change *cs_schema_changes(unsigned *count_out);
+
+/* Can this build read an event written with schema version `version`? CS_OK for 1 to
+ * CS_SCHEMA_VERSION; CS_PROTOCOL_MISMATCH for a newer one, with msg (NUL-terminated, at most
+ * msg_len bytes) naming event `seq`, its version and the version a build needs to read it.
+ * Never "apply what we understand": an older reader cannot know what a newer change means
+ * (docs/design.md "Schema versions"), so it stops and drops nothing. */
+cs_err cs_schema_check_version(uint64_t seq, uint64_t version, char *msg, size_t msg_len);
 
 typedef enum cs_type_class {
     CS_CLASS_SYNCED, /* head-office catalog, mirrored to branches as copies */
@@ -152,6 +182,19 @@ const cs_type *cs_schema_find(const char *name);
 /* The same for a name that is not NUL-terminated (an event's `type`). */
 const cs_type *cs_schema_find_str(cs_str name);
 const cs_type *cs_schema_by_code(uint8_t code);
+
+/* The fields of an item of type t written under schema version `from`, read under version
+ * `to` of the given change table: renames applied and defaults filled, then validated and
+ * packed canonically (cs_schema_from_json). When no change between the two versions touches
+ * t's fields the bytes are already right: *out is NULL and nothing is allocated. Otherwise *out
+ * is owned by the caller (free()). Errors: CS_INVALID_INPUT with msg (the old fields do not
+ * validate under the new schema), CS_CORRUPT (fields not a msgpack map), CS_NO_MEMORY. */
+cs_err cs_schema_upgrade_with(const cs_schema_change *changes, unsigned nchanges, uint32_t to,
+                              const cs_type *t, uint64_t from, const uint8_t *fields, size_t len,
+                              uint8_t **out, size_t *out_len, char *msg, size_t msg_len);
+/* The same with this build's table, to CS_SCHEMA_VERSION: what both apply paths call. */
+cs_err cs_schema_upgrade(const cs_type *t, uint64_t from, const uint8_t *fields, size_t len,
+                         uint8_t **out, size_t *out_len, char *msg, size_t msg_len);
 
 /* A set of synced types (a network's synced set, R7), by code: bit `code` of a uint64_t, which
  * CS_TYPE_SYNCED_CODE_MAX keeps in range. A value; the empty set is {0}. */

@@ -355,7 +355,8 @@ cs_err cs__write_item(cs_log_txn *txn, write_ctx *w)
                    .kind = cs_kind_str(w->del ? CS_KIND_DELETE : CS_KIND_PUT),
                    .type = {w->t->name, strlen(w->t->name)},
                    .fields = w->fields,
-                   .fields_len = w->fields_len};
+                   .fields_len = w->fields_len,
+                   .schema = CS_SCHEMA_VERSION};
     return cs__emit(e, txn, &ev, 1, &w->res.seq);
 }
 

@@ -97,7 +97,8 @@ static cs_err emit_sync(net_cmd *c, cs_log_txn *txn)
                    .actor = {e->actor, strlen(e->actor)},
                    .kind = cs_kind_str(CS_KIND_SYNC),
                    .fields = empty_map,
-                   .fields_len = sizeof(empty_map)};
+                   .fields_len = sizeof(empty_map),
+                   .schema = CS_SCHEMA_VERSION};
     return cs__emit(e, txn, &ev, 1, &c->seq);
 }
 
@@ -125,7 +126,8 @@ static cs_err net_fn(cs_log_txn *txn, void *ctx)
                    .actor = {e->actor, strlen(e->actor)},
                    .kind = cs_kind_str(c->kind),
                    .fields = (const uint8_t *)p.sb.data,
-                   .fields_len = p.sb.size};
+                   .fields_len = p.sb.size,
+                   .schema = CS_SCHEMA_VERSION};
     err = p.failed ? CS_NO_MEMORY : cs__emit(e, txn, &ev, 1, &c->seq);
     cs__pack_destroy(&p);
     bool continuous = false;

@@ -95,11 +95,12 @@ cs_err cs_engine_list(cs_engine *e, const char *type, bool archived, json_t **ou
 cs_err cs_engine_event_json(const cs_event_view *ev, json_t **out)
 {
     json_t *fields = cs__json_from_msgpack(&ev->fields);
-    json_t *j = json_pack("{s:I,s:I,s:s%,s:I,s:s%,s:s%,s:I,s:I,s:o}", "seq", (json_int_t)ev->seq,
-                          "time", (json_int_t)ev->time_ms, "actor", ev->actor.ptr, ev->actor.len,
-                          "shop", (json_int_t)ev->shop, "kind", ev->kind.ptr, ev->kind.len, "type",
-                          ev->type.ptr, ev->type.len, "id", (json_int_t)ev->id, "version",
-                          (json_int_t)ev->version, "fields", fields);
+    json_t *j =
+        json_pack("{s:I,s:I,s:s%,s:I,s:s%,s:s%,s:I,s:I,s:I,s:o}", "seq", (json_int_t)ev->seq,
+                  "time", (json_int_t)ev->time_ms, "actor", ev->actor.ptr, ev->actor.len, "shop",
+                  (json_int_t)ev->shop, "kind", ev->kind.ptr, ev->kind.len, "type", ev->type.ptr,
+                  ev->type.len, "id", (json_int_t)ev->id, "version", (json_int_t)ev->version,
+                  "schema", (json_int_t)ev->schema, "fields", fields);
     if (!j)
         return CS_NO_MEMORY;
     *out = j;

@@ -11,6 +11,7 @@
  */
 #include "engine/engine_int.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define NAME_MAX_BYTES 120
@@ -119,6 +120,7 @@ static const cs_field service[] = {
     F_REF("category", true, "service_category"),
     F_TEXT("description"),
     F_INT("duration_min", false, 0, 10080),
+    F_INT("buffer_min", false, 0, 1440), /* version 2: minutes kept free after it */
     F_OBJS("price_table", true, 1, price_tier),
     F_BOOL("active"),
 };
@@ -249,4 +251,36 @@ const cs_type *cs_schema_by_code(uint8_t code)
         if (types[i].code == code)
             return &types[i];
     return NULL;
+}
+
+/* ---- versions ---------------------------------------------------------------------------- */
+
+/* Every change since version 1, oldest first (docs/design.md "Schema versions"). A change to
+ * the table above gets an entry here and CS_SCHEMA_VERSION one more; test_engine checks that the
+ * entries name fields the table has and that the last one is CS_SCHEMA_VERSION's. Never edit an
+ * entry once released: logs written before it are read through it.
+ *   2: service.buffer_min, the minutes kept free after the service before the next booking
+ *      (cleaning, drying). Optional with no default: an older service has none, which is what
+ *      "not set" already meant, so items written by version 1 keep their bytes (and digests). */
+static const cs_schema_change changes[] = {
+    {2, CS_SCHEMA_FIELD_ADDED, "service", "buffer_min", NULL, NULL},
+};
+_Static_assert(CS_SCHEMA_VERSION == 2u, "a new schema version needs its entries in `changes`");
+
+const cs_schema_change *cs_schema_changes(unsigned *count_out)
+{
+    *count_out = COUNT(changes);
+    return changes;
+}
+
+cs_err cs_schema_check_version(uint64_t seq, uint64_t version, char *msg, size_t msg_len)
+{
+    if (version >= 1 && version <= CS_SCHEMA_VERSION)
+        return CS_OK;
+    snprintf(msg, msg_len,
+             "event %llu was written with schema version %llu, and this build reads versions 1 "
+             "to %u: it needs chainsync with schema version %llu or later",
+             (unsigned long long)seq, (unsigned long long)version, CS_SCHEMA_VERSION,
+             (unsigned long long)version);
+    return CS_PROTOCOL_MISMATCH;
 }

@@ -324,8 +324,9 @@ cs_err cs_msgpack_check(const uint8_t *buf, size_t len, unsigned depth_max, size
 
 /* The envelope without its strings and fields: map header, the nine keys with their fixstr
  * headers (48 bytes), five uint64 at most 9 bytes each, three string headers at most 2 bytes
- * each (the strings are <= CS_EVENT_STR_BYTES_MAX, so str 8 at most). */
-#define ENVELOPE_BYTES_MAX (1u + 48u + 5u * 9u + 3u * 2u)
+ * each (the strings are <= CS_EVENT_STR_BYTES_MAX, so str 8 at most), and the optional
+ * `schema` key (7 bytes) with its uint32 (5 bytes at most). */
+#define ENVELOPE_BYTES_MAX (1u + 48u + 5u * 9u + 3u * 2u + 7u + 5u)
 _Static_assert(CS_EVENT_STR_BYTES_MAX <= 255, "event strings fit a str8 header");
 
 typedef struct enc_buf {
@@ -373,7 +374,10 @@ static cs_err enc_reserve(uint8_t **buf, size_t *cap, size_t need)
  * msgpack-c's pack calls cannot fail here: enc_write never does. */
 static void encode_envelope(msgpack_packer *pk, const cs_event *ev, uint64_t seq, uint64_t time_ms)
 {
-    msgpack_pack_map(pk, 9);
+    /* Version 1 is the absence of `schema`: every event written before the key existed reads
+     * as what it is, and a version-1 event costs no byte more than it did. */
+    bool schema = ev->schema > 1;
+    msgpack_pack_map(pk, schema ? 10 : 9);
     PACK_KEY(pk, "seq");
     msgpack_pack_uint64(pk, seq);
     PACK_KEY(pk, "time");
@@ -390,6 +394,10 @@ static void encode_envelope(msgpack_packer *pk, const cs_event *ev, uint64_t seq
     msgpack_pack_uint64(pk, ev->id);
     PACK_KEY(pk, "version");
     msgpack_pack_uint64(pk, ev->version);
+    if (schema) {
+        PACK_KEY(pk, "schema");
+        msgpack_pack_uint32(pk, ev->schema);
+    }
     PACK_KEY(pk, "fields");
 }
 
@@ -486,7 +494,7 @@ void cs_event_decoder_free(cs_event_decoder *dec)
     free(dec);
 }
 
-/* Which of the event's nine keys k is: its bit in the "seen" mask (0..8), or -1. By length
+/* Which of the event's ten keys k is: its bit in the "seen" mask (0..9), or -1. By length
  * first: this runs for every key of every event a branch applies. */
 static int key_index(const msgpack_object *k)
 {
@@ -507,7 +515,7 @@ static int key_index(const msgpack_object *k)
     case 5:
         return memcmp(p, "actor", 5) == 0 ? 5 : -1;
     case 6:
-        return memcmp(p, "fields", 6) == 0 ? 8 : -1;
+        return memcmp(p, "fields", 6) == 0 ? 8 : memcmp(p, "schema", 6) == 0 ? 9 : -1;
     case 7:
         return memcmp(p, "version", 7) == 0 ? 4 : -1;
     }
@@ -515,6 +523,8 @@ static int key_index(const msgpack_object *k)
 }
 
 #define KEY_FIELDS 8
+#define KEY_SCHEMA 9 /* optional: absent means schema version 1 */
+#define KEYS_REQUIRED 0x1ffu
 
 /* Stores one known key's value; returns the bit it sets in the "seen" mask, 0 when unknown. */
 static unsigned decode_key(const msgpack_object_kv *kv, int idx, cs_event_view *ev, bool *bad)
@@ -527,6 +537,11 @@ static unsigned decode_key(const msgpack_object_kv *kv, int idx, cs_event_view *
         if (kv->val.type != MSGPACK_OBJECT_POSITIVE_INTEGER)
             *bad = true;
         *u64_dst[idx] = kv->val.via.u64;
+    } else if (idx == KEY_SCHEMA) {
+        /* A positive integer: 0 names no version (version 1 is written by leaving it out). */
+        if (kv->val.type != MSGPACK_OBJECT_POSITIVE_INTEGER || kv->val.via.u64 == 0)
+            *bad = true;
+        ev->schema = kv->val.via.u64;
     } else if (idx < KEY_FIELDS) {
         if (kv->val.type != MSGPACK_OBJECT_STR)
             *bad = true;
@@ -590,6 +605,7 @@ static cs_err decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, bool
     msgpack_zone_clear(&dec->zone);
     cs_event_view ev;
     memset(&ev, 0, sizeof(ev));
+    ev.schema = 1;
     unsigned seen = 0;
     bool bad = false;
     size_t off = hdr;
@@ -615,7 +631,7 @@ static cs_err decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, bool
     }
     if (bad)
         return decode_corrupt(dec, CS_CORRUPT_AT); /* a known key of the wrong type */
-    if (seen != 0x1ffu)
+    if ((seen & KEYS_REQUIRED) != KEYS_REQUIRED)
         return decode_corrupt(dec, CS_CORRUPT_AT); /* a key missing */
     if (off != len)
         return decode_corrupt(dec, CS_CORRUPT_AT); /* bytes after the map */

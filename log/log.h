@@ -200,6 +200,9 @@ typedef struct cs_event {
     cs_str type;      /* the item's type name, or empty */
     const uint8_t *fields; /* one msgpack map (the item's full fields); NULL = empty map */
     size_t fields_len;
+    /* The version of the engine's schema the event was written with (issue 14; the log only
+     * carries it): 0 and 1 both mean version 1, which is left out of the bytes. */
+    uint32_t schema;
 } cs_event;
 
 /* A decoded event. Strings point into the bytes given to cs_event_decode; `fields` lives in
@@ -217,6 +220,7 @@ typedef struct cs_event_view {
     msgpack_object fields;       /* MSGPACK_OBJECT_MAP */
     const uint8_t *fields_bytes; /* the same map as it is encoded in the event: borrowed */
     size_t fields_len;
+    uint64_t schema; /* the schema version it was written with, >= 1: 1 when the key is absent */
 } cs_event_view;
 
 typedef struct cs_event_decoder cs_event_decoder;
@@ -226,7 +230,9 @@ cs_err cs_event_decoder_new(cs_event_decoder **out);
 void cs_event_decoder_free(cs_event_decoder *dec); /* accepts NULL */
 
 /* Decodes one event. Errors: CS_CORRUPT (not msgpack, a container longer than the input,
- * too deep, a missing or wrongly-typed key, trailing bytes), CS_NO_MEMORY. */
+ * too deep, a missing or wrongly-typed key, a `schema` that is not a positive integer, trailing
+ * bytes), CS_NO_MEMORY. A schema version newer than the reader knows is not the log's concern:
+ * the engine and the projection refuse it (protocol_mismatch). */
 cs_err cs_event_decode(cs_event_decoder *dec, const uint8_t *buf, size_t len, cs_event_view *out);
 /* The same checks, but `fields` is left undecoded: out->fields is an empty map (nil when the
  * value is not a map, which cs_event_decode refuses: so is it here) and only fields_bytes /

@@ -11,13 +11,50 @@
  *   shop_switch of this branch     -> the switch (R6)
  *   sync for all or this branch    -> a sync point, when linked and switched on (R5b, R5c, R6)
  *   shop_unlink of this branch     -> copies detached, the branch a single store (R13)
- *   anything else                  -> nothing but the cursor (an unknown kind too)
+ *   any other kind the engine has  -> nothing but the cursor
+ * An event of a newer schema version than this build's stops the apply with protocol_mismatch
+ * naming the version it needs, and an unknown kind in an event of a version this build knows
+ * is corrupt, as at the head office (engine/apply.c): nothing is skipped silently and nothing
+ * of the transaction is written (docs/design.md, "Schema versions"). Items written under an
+ * older version are read through the schema's change table (cs_schema_upgrade).
  * The cursor and the chain value at the cursor are saved in the same transaction.
  */
 #include "projections/projection_int.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+/* The fields of an item event as this build's schema reads them (cs_schema_upgrade): the
+ * event's own bytes, or (an old event that a change of the table rewrites) new bytes that the
+ * batch owns until its reset. */
+static cs_err current_fields(cs_branch *b, const cs_event_view *ev, const cs_type *t,
+                             const uint8_t **fields, size_t *len)
+{
+    *fields = ev->fields_bytes;
+    *len = ev->fields_len;
+    if (ev->schema >= CS_SCHEMA_VERSION)
+        return CS_OK;
+    uint8_t *up;
+    size_t up_len;
+    char why[160];
+    cs_err err = cs_schema_upgrade(t, ev->schema, ev->fields_bytes, ev->fields_len, &up, &up_len,
+                                   why, sizeof(why));
+    if (err == CS_NO_MEMORY)
+        return err;
+    if (err != CS_OK)
+        return cs__branch_fail(b, CS_CORRUPT,
+                               "event %llu: its %s of schema version %llu does not read under "
+                               "version %u: %s",
+                               (unsigned long long)ev->seq, t->name, (unsigned long long)ev->schema,
+                               CS_SCHEMA_VERSION, why);
+    if (!up)
+        return CS_OK;
+    if ((err = cs__batch_own(&b->batch, up)) != CS_OK)
+        return err;
+    *fields = up;
+    *len = up_len;
+    return CS_OK;
+}
 
 /* The item joins the batch with this event's state (the mirror is written once, at the end
  * of the transaction: cs__batch_write) and waits for a sync point. */
@@ -29,12 +66,16 @@ static cs_err apply_catalog(cs_branch *b, cs_log_txn *txn, const cs_event_view *
     cs__batch *bt = &b->batch;
     uint32_t i;
     cs_assert(ev->fields_bytes != NULL); /* every decode sets them */
-    cs_err err = cs__batch_get(bt, kb, &i);
+    const uint8_t *fields;
+    size_t len;
+    cs_err err = current_fields(b, ev, t, &fields, &len);
+    if (err == CS_OK)
+        err = cs__batch_get(bt, kb, &i);
     if (err != CS_OK)
         return err;
     cs__bitem *it = &bt->items[i];
-    it->latest = (cs__istate){
-        .fields = ev->fields_bytes, .len = ev->fields_len, .version = ev->version, .archived = del};
+    it->latest =
+        (cs__istate){.fields = fields, .len = len, .version = ev->version, .archived = del};
     it->flags |= CS__BI_LATEST;
     if ((err = cs__batch_mark_dirty(bt, i)) == CS_OK && b->st.linked && b->st.sync_on &&
         b->st.continuous && cs_type_set_has(b->st.types_mask, t->code))
@@ -52,6 +93,17 @@ static cs_err apply_item_event(cs_branch *b, cs_log_txn *txn, const cs_event_vie
         return apply_catalog(b, txn, ev, t, del);
     /* R8: shared records are the same record everywhere, applied on arrival. */
     cs_item it = {.version = ev->version, .archived = del, .fields = ev->fields};
+    const uint8_t *fields;
+    size_t len, off = 0;
+    cs_err err = current_fields(b, ev, t, &fields, &len);
+    if (err != CS_OK)
+        return err;
+    if (fields != ev->fields_bytes) { /* read under this build's schema: its object instead */
+        msgpack_zone_clear(&b->zone);
+        if (msgpack_unpack((const char *)fields, len, &off, &b->zone, &it.fields) !=
+            MSGPACK_UNPACK_SUCCESS)
+            return CS_NO_MEMORY; /* cs_schema_upgrade packed it: only memory fails */
+    }
     return cs_item_write(txn, b->items, t, ev->id, &it);
 }
 
@@ -147,10 +199,14 @@ cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view
     case CS_KIND_SHOP_WHATSAPP:
     case CS_KIND_NETWORK_WHATSAPP: /* the head office's state: a branch keeps none of it */
         return CS_OK;
-    case CS_KIND_UNKNOWN: /* as before the enum: nothing but the cursor moves */
-        return CS_OK;
+    case CS_KIND_UNKNOWN: /* apply_record checked the version: this build knows every kind */
+        break;
     }
-    return CS_OK;
+    return cs__branch_fail(b, CS_CORRUPT,
+                           "event %llu: unknown kind '%.*s' in an event of schema version %llu, "
+                           "which defines no such kind",
+                           (unsigned long long)ev->seq, (int)ev->kind.len, ev->kind.ptr,
+                           (unsigned long long)ev->schema);
 }
 
 /* ---- segments ---------------------------------------------------------------------------- */
@@ -211,6 +267,11 @@ static cs_err apply_record(cs_branch *b, cs_log_txn *txn, const cs_log_record *r
     if (err != CS_OK || ev.seq != rec->seq)
         return cs__branch_fail(b, CS_CORRUPT, "event %llu does not decode",
                                (unsigned long long)rec->seq);
+    /* Before anything reads it: a newer version's event may mean what this build cannot tell,
+     * so the branch stops here (the transaction, cursor included, is not written). */
+    char why[CS__BRANCH_ERRMSG_BYTES];
+    if (cs_schema_check_version(ev.seq, ev.schema, why, sizeof(why)) != CS_OK)
+        return cs__branch_fail(b, CS_PROTOCOL_MISMATCH, "%s", why);
     /* A catalog event goes straight to apply_catalog: its kind and type are parsed once (what
      * cs__branch_apply_event would do with it, a single store ignoring it included). */
     if (t)

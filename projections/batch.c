@@ -20,8 +20,33 @@
 
 #define BATCH_SLOTS_MIN 1024u
 
+static void free_owned(cs__batch *bt)
+{
+    for (uint32_t i = 0; i < bt->nowned; i++)
+        free(bt->owned[i]);
+    bt->nowned = 0;
+}
+
+cs_err cs__batch_own(cs__batch *bt, uint8_t *p)
+{
+    if (bt->nowned == bt->owned_cap) {
+        uint32_t cap = bt->owned_cap ? 2 * bt->owned_cap : 16;
+        uint8_t **o = realloc(bt->owned, cap * sizeof(*o));
+        if (!o) {
+            free(p);
+            return CS_NO_MEMORY;
+        }
+        bt->owned = o;
+        bt->owned_cap = cap;
+    }
+    bt->owned[bt->nowned++] = p;
+    return CS_OK;
+}
+
 void cs__batch_free(cs__batch *bt)
 {
+    free_owned(bt);
+    free(bt->owned);
     free(bt->items);
     free(bt->slots);
     free(bt->dirty);
@@ -34,6 +59,7 @@ void cs__batch_reset(cs__batch *bt)
     for (uint32_t i = 0; i < bt->n; i++)
         bt->slots[bt->items[i].slot] = 0;
     bt->n = 0;
+    free_owned(bt);
     bt->ndirty = 0;
     bt->syncs = 0;
     bt->db_loaded = false;

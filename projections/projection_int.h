@@ -87,6 +87,10 @@ typedef struct cs__batch {
     uint32_t scratch_cap;
     uint32_t syncs; /* sync points run in this batch */
     bool db_loaded; /* the `dirty` database's entries are items of the batch */
+    /* Fields read from an older schema version (cs_schema_upgrade) that a cs__istate points at
+     * instead of the segment: each owned, freed with the batch's reset. Rare (old logs). */
+    uint8_t **owned;
+    uint32_t nowned, owned_cap;
 } cs__batch;
 
 void cs__batch_free(cs__batch *bt);
@@ -98,6 +102,9 @@ cs_err cs__batch_get(cs__batch *bt, const uint8_t key[9], uint32_t *idx_out);
 uint32_t cs__batch_find(const cs__batch *bt, const uint8_t key[9]);
 /* Puts the item on the dirty list (once). Errors: CS_NO_MEMORY. */
 cs_err cs__batch_mark_dirty(cs__batch *bt, uint32_t idx);
+/* Hands p (malloc'd) to the batch, which frees it at its next reset; on CS_NO_MEMORY p is
+ * freed at once. */
+cs_err cs__batch_own(cs__batch *bt, uint8_t *p);
 /* Room for n indices in bt->scratch. Errors: CS_NO_MEMORY. */
 cs_err cs__batch_scratch(cs__batch *bt, size_t n);
 

@@ -140,12 +140,16 @@ def decode_event(raw):
         elif k == "fields":
             if not isinstance(v, Map):
                 raise Corrupt("fields is not a map")
+        elif k == "schema":  # optional: absent is schema version 1
+            if type(v) is not int or v < 1:
+                raise Corrupt("schema is not a positive integer")
         else:
             continue
         ev[k] = v
     missing = [k for k in U64_KEYS + STR_KEYS + ("fields",) if k not in ev]
     if missing:
         raise Corrupt("missing key %s" % ", ".join(missing))
+    ev.setdefault("schema", 1)
     return ev
 
 
@@ -238,7 +242,7 @@ def walk(txn, events, emit):
             raise
         if emit:
             out = {k: to_json(ev[k]) for k in ("seq", "time", "shop", "actor", "kind", "type",
-                                               "id", "version", "fields")}
+                                               "id", "version", "schema", "fields")}
             out["checksum"] = "%016x" % sum_
             out["chain"] = "%016x" % chain_
             sys.stdout.write(json.dumps(out, separators=(",", ":"), ensure_ascii=False,
