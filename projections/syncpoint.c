@@ -323,6 +323,19 @@ cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq)
     return err;
 }
 
+cs_err cs__sync_event(cs_branch *b, cs_log_txn *txn, uint64_t target, uint64_t seq,
+                      cs__sync_cover *cover)
+{
+    const cs__bstate *st = &b->st;
+    cs__sync_cover c = target != 0 && target != st->shop ? CS__SYNC_OTHER_SHOP
+                       : !st->linked || st->unlinked     ? CS__SYNC_NOT_LINKED
+                       : !st->sync_on                    ? CS__SYNC_SWITCH_OFF
+                                                         : CS__SYNC_COVERED;
+    if (cover)
+        *cover = c;
+    return c == CS__SYNC_COVERED ? cs__sync_point(b, txn, seq) : CS_OK;
+}
+
 /* The dirty set after the batch: an entry still waiting is put, one that came from the
  * database and was written is deleted (all at once when none waits). */
 static cs_err write_dirty(cs_branch *b, cs_log_txn *txn, const cs__bitem *it, bool dropped)
