@@ -47,6 +47,7 @@ typedef struct pv_ctx {
     uint64_t shop;
     pv_entry *v;
     size_t n, cap;
+    MDB_txn *m;  /* the scratch's write transaction, while preview_fn runs */
     json_t *out; /* the branch's preview object (owned until handed over) */
     bool done;   /* the transaction did its work: its abort is the plan, not a failure */
     msgpack_zone zone;
@@ -123,50 +124,31 @@ static cs_err copy_json(pv_ctx *c, MDB_txn *m, const uint8_t key[9], const MDB_v
     return err;
 }
 
-/* Before the sync point: every dirty entry, with its copy as it stands. */
-static cs_err collect_before(pv_ctx *c, MDB_txn *m)
+/* Before the sync point: one dirty entry, with its copy as it stands. */
+static cs_err collect_one(const uint8_t key[9], void *ctx)
 {
-    MDB_cursor *cur;
-    if (mdb_cursor_open(m, c->b->dirty, &cur))
-        return CS_IO;
-    MDB_val k, v;
-    cs_err err = CS_OK;
-    int rc;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && err == CS_OK;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 9) {
-            err = CS_CORRUPT;
-            break;
-        }
-        if (c->n == c->cap) {
-            size_t cap = c->cap ? c->cap * 2 : 64;
-            pv_entry *nv = realloc(c->v, cap * sizeof(*nv));
-            if (!nv) {
-                err = CS_NO_MEMORY;
-                break;
-            }
-            c->v = nv, c->cap = cap;
-        }
-        pv_entry *e = &c->v[c->n++];
-        memset(e, 0, sizeof(*e));
-        memcpy(e->key, k.mv_data, 9);
-        MDB_val rec;
-        bool has;
-        if ((err = copy_get(c->b, m, e->key, &rec, &has)) != CS_OK || !has)
-            continue;
-        /* Copied: the sync point's writes in this transaction may reuse the page. */
-        if (!(e->rec = malloc(rec.mv_size ? rec.mv_size : 1))) {
-            err = CS_NO_MEMORY;
-            break;
-        }
-        memcpy(e->rec, rec.mv_data, rec.mv_size);
-        e->rec_len = rec.mv_size;
-        err = copy_json(c, m, e->key, &rec, &e->item, &e->raw);
+    pv_ctx *c = ctx;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 64;
+        pv_entry *nv = realloc(c->v, cap * sizeof(*nv));
+        if (!nv)
+            return CS_NO_MEMORY;
+        c->v = nv, c->cap = cap;
     }
-    mdb_cursor_close(cur);
-    if (err == CS_OK && rc != MDB_NOTFOUND)
-        err = CS_IO;
-    return err;
+    pv_entry *e = &c->v[c->n++];
+    memset(e, 0, sizeof(*e));
+    memcpy(e->key, key, 9);
+    MDB_val rec;
+    bool has;
+    cs_err err = copy_get(c->b, c->m, e->key, &rec, &has);
+    if (err != CS_OK || !has)
+        return err;
+    /* Copied: the sync point's writes in this transaction may reuse the page. */
+    if (!(e->rec = malloc(rec.mv_size ? rec.mv_size : 1)))
+        return CS_NO_MEMORY;
+    memcpy(e->rec, rec.mv_data, rec.mv_size);
+    e->rec_len = rec.mv_size;
+    return copy_json(c, c->m, e->key, &rec, &e->item, &e->raw);
 }
 
 static json_t *ju64(uint64_t v)
@@ -310,10 +292,11 @@ static cs_err preview_fn(cs_log_txn *txn, void *ctx)
     cs_branch *b = c->b;
     MDB_txn *m = cs_log_txn_mdb(txn);
     pv_clear(c); /* a retry after the map grew starts again */
+    c->m = m;
     cs__batch_reset(&b->batch);
     cs_err err = cs__state_load(b, m, &b->st);
     if (err == CS_OK)
-        err = collect_before(c, m);
+        err = cs__dirty_walk(b, m, collect_one, c);
     cs__sync_cover cover = CS__SYNC_COVERED;
     if (err == CS_OK)
         err = cs__sync_event(b, txn, c->shop, b->st.cursor + 1, &cover);

@@ -170,6 +170,11 @@ typedef enum cs__sync_cover {
  * the decision. Errors: as cs__sync_point. */
 cs_err cs__sync_event(cs_branch *b, cs_log_txn *txn, uint64_t target, uint64_t seq,
                       cs__sync_cover *cover);
+/* Calls fn with every key of the `dirty` database in key order (the key is a copy, valid
+ * during the call), stopping at fn's first error. Errors: CS_CORRUPT (a key that is not 9
+ * bytes), CS_IO, fn's. */
+typedef cs_err (*cs__dirty_fn)(const uint8_t key[9], void *ctx);
+cs_err cs__dirty_walk(cs_branch *b, MDB_txn *m, cs__dirty_fn fn, void *ctx);
 /* Writes what the batch holds: each touched item's mirror entry, each copy its sync points
  * changed, the dirty set; then resets the batch (syncpoint.c). */
 cs_err cs__batch_write(cs_branch *b, cs_log_txn *txn);
