@@ -613,7 +613,10 @@ static void test_issue14_sync_dry_run_cli(void)
     char *hq = cs_test_tmpdir_kept("pv-cli-hq"), *single = cs_test_tmpdir_kept("pv-cli-one");
     char *out = NULL, cat[32], svc[32], b1[32], b2[32], json[512];
     CHECK(hq && single);
-    CHECK(run_ok(NULL, ARGS("init", "--data", hq, "--name", "HQ"), NULL));
+    char head_id[32];
+    CHECK(run_ok(NULL, ARGS("init", "--data", hq, "--name", "HQ", "--json-out"), &out));
+    snprintf(head_id, sizeof(head_id), "%" PRIu64, out_id(out));
+    free(out);
     CHECK(run_ok(NULL, ARGS("network", "create", "--data", hq, "--name", "Pets"), NULL));
     CHECK(run_ok(NULL, ARGS("init", "--data", single, "--name", "Alone"), NULL));
     CHECK(run_ok(
@@ -692,6 +695,11 @@ static void test_issue14_sync_dry_run_cli(void)
     bool refused = cs_run_refused(&r, "not_in_network", 2) && r.out[0] == '\0';
     cs_run_free(&r);
     CHECK(refused);
+    CHECK(cs_run(&r, NULL, NULL, ARGS("sync", "--dry-run", "--shop", head_id, "--data", hq),
+                 RUN_DEADLINE_MS));
+    refused = cs_run_refused(&r, "not_in_network", 2); /* the head office is no branch */
+    cs_run_free(&r);
+    CHECK(refused);
     CHECK(cs_run(&r, NULL, NULL, ARGS("sync", "--dry-run", "--data", single), RUN_DEADLINE_MS));
     refused = cs_run_refused(&r, "not_in_network", 2);
     cs_run_free(&r);
@@ -708,6 +716,18 @@ static void test_issue14_sync_dry_run_cli(void)
     refused = cs_run_refused(&r, "forbidden", 2);
     cs_run_free(&r);
     CHECK(refused);
+
+    /* An unlinked shop is a single store now: no sync point covers it (R13). */
+    CHECK(run_ok(NULL, ARGS("shop", "unlink", b1, "--data", hq), NULL));
+    CHECK(cs_run(&r, NULL, NULL, ARGS("sync", "--dry-run", "--shop", b1, "--data", hq),
+                 RUN_DEADLINE_MS));
+    refused = cs_run_refused(&r, "not_in_network", 2);
+    cs_run_free(&r);
+    CHECK(refused);
+    CHECK(run_ok(NULL, ARGS("sync", "--dry-run", "--json-out", "--data", hq), &out));
+    bool only_beach = strchr(out, '\n') == out + strlen(out) - 1 && strstr(out, "\"Beach\"");
+    free(out);
+    CHECK(only_beach);
 }
 
 int main(void)
