@@ -117,8 +117,14 @@ static cs_err print_fn(const json_t *p, void *ctx)
 {
     print_ctx *pc = ctx;
     pc->branches++;
-    if (cs_cli_g.json_out)
-        return cs_cli_print_json(p) == CS_CLI_GO ? CS_OK : CS_IO;
+    if (cs_cli_g.json_out) { /* one line per branch; the one error line is printed after */
+        char *s = json_dumps(p, JSON_COMPACT);
+        if (!s)
+            return CS_NO_MEMORY;
+        puts(s);
+        free(s);
+        return ferror(stdout) ? CS_IO : CS_OK;
+    }
     if (!pc->header_done) {
         printf("sync preview as of event %" PRIu64
                ": what a sync point made now would do (nothing is written)\n",
