@@ -185,9 +185,7 @@ cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view
         }
         return CS_OK;
     case CS_KIND_SYNC:
-        if ((ev->id == 0 || mine) && st->linked && st->sync_on)
-            return cs__sync_point(b, txn, ev->seq);
-        return CS_OK;
+        return cs__sync_event(b, txn, ev->id, ev->seq, NULL);
     case CS_KIND_SHOP_UNLINK: {
         if (!mine)
             return CS_OK;

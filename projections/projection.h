@@ -123,8 +123,9 @@ typedef struct cs_audit cs_audit;
 cs_err cs_audit_open(cs_engine *e, cs_audit **out);
 /* Flags of cs_audit_open_flags. CS_AUDIT_READ_ONLY: the audit writes nothing in the audited
  * directory (not even its own databases, which it opens only when they exist): for
- * cs_audit_verify, which must never change the store it checks. Only cs_audit_verify may be
- * called on such a handle. */
+ * cs_audit_verify, which must never change the store it checks, and the sync preview. Only
+ * cs_audit_verify, cs_audit_branch_at and cs_audit_sync_preview may be called on such a
+ * handle. */
 #define CS_AUDIT_READ_ONLY 0x1u
 cs_err cs_audit_open_flags(cs_engine *e, unsigned flags, cs_audit **out);
 void cs_audit_close(cs_audit *a); /* accepts NULL */
@@ -214,6 +215,33 @@ cs_err cs_audit_state_json(cs_audit_state *s, const char *type, json_t **out);
  * CS_NOT_FOUND (no version in this log; the errmsg says when the item is a copy whose history
  * is the head office's), CS_CORRUPT, storage errors. */
 cs_err cs_audit_history(cs_audit *a, const char *type, uint64_t id, json_t **out);
+
+/* ==== sync preview (projections/preview.c; docs/design.md "Sync preview") ================== */
+
+/* Called once per branch with its preview (borrowed until fn returns); an error stops the
+ * preview and is returned. */
+typedef cs_err (*cs_sync_preview_fn)(const json_t *branch, void *ctx);
+
+/* Issue 14: what the next sync point (`sync`, or `sync --shop SHOP` when shop != 0) would do to
+ * each linked branch, as of the log's head (*seq_out, may be NULL), without writing anything in
+ * the audited directory (a CS_AUDIT_READ_ONLY handle will do). Each branch is rebuilt by the
+ * replay of cs_audit_branch_at and the sync point is run on that scratch branch by the code that
+ * applies a `sync` event, in a transaction that is aborted: the preview is what the sync then
+ * does, when nothing else is written in between. Costs one replay of the log per branch. fn gets
+ * one object per branch, in shop-list order:
+ *   {"shop","name","seq","covered","skip","waiting","create","update","archive",
+ *    "skipped_types","unchanged"}
+ * skip: null, or "switch_off" (R6: nothing of the branch changes); waiting: its mirror entries
+ * changed since its last sync point; create: [{"type","id","version","origin_version",
+ * "archived","item"}]; update and archive: [{"type","id","version":{"old","new"},
+ * "origin_version":{"old","new"},"archived"?:{"old","new"},"changes":[{"field","op","old"?,
+ * "new"?} or {"field","op":"relinked","value"}]}]; skipped_types: [{"type","items","reason":
+ * "type_not_synced"}] (R7: they wait for the type to be synced again); unchanged: entries whose
+ * copy would stay as it is. Items under head-office ids, references translated back to them.
+ * Errors: CS_FORBIDDEN (a branch directory), CS_NOT_IN_NETWORK (a single store; shop is not a
+ * linked branch), CS_CORRUPT, storage errors, fn's errors. */
+cs_err cs_audit_sync_preview(cs_audit *a, uint64_t shop, cs_sync_preview_fn fn, void *ctx,
+                             uint64_t *seq_out);
 
 /* Verifies the directory: every checksum and the whole hash chain (naming the first bad
  * sequence), that its state equals a replay of its log (naming each differing item), that its

@@ -162,6 +162,26 @@ cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view
  * to the mirror's state (R2, R4, R7). Entries the batch touched are only noted (their copy is
  * written by cs__batch_write); the others, dirty since an earlier transaction, are written. */
 cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq);
+
+/* Whether a `sync` event covers this branch, and why not (R5b, R5c, R6). */
+typedef enum cs__sync_cover {
+    CS__SYNC_COVERED,    /* a sync point runs */
+    CS__SYNC_OTHER_SHOP, /* a sync for another branch alone (R5c) */
+    CS__SYNC_NOT_LINKED, /* not (or no longer) linked: no sync point covers it */
+    CS__SYNC_SWITCH_OFF, /* linked, but its switch is off (R6): its copies stay as they are */
+} cs__sync_cover;
+/* A `sync` event for `target` (0: every branch) at seq, in the apply transaction: decides
+ * whether it covers this branch and, when it does, runs the sync point. apply.c calls it for
+ * every sync event of the log and the sync preview (preview.c) for the sync point that has not
+ * been made yet, so the preview and the sync agree by construction. *cover (may be NULL) gets
+ * the decision. Errors: as cs__sync_point. */
+cs_err cs__sync_event(cs_branch *b, cs_log_txn *txn, uint64_t target, uint64_t seq,
+                      cs__sync_cover *cover);
+/* Calls fn with every key of the `dirty` database in key order (the key is a copy, valid
+ * during the call), stopping at fn's first error. Errors: CS_CORRUPT (a key that is not 9
+ * bytes), CS_IO, fn's. */
+typedef cs_err (*cs__dirty_fn)(const uint8_t key[9], void *ctx);
+cs_err cs__dirty_walk(cs_branch *b, MDB_txn *m, cs__dirty_fn fn, void *ctx);
 /* Writes what the batch holds: each touched item's mirror entry, each copy its sync points
  * changed, the dirty set; then resets the batch (syncpoint.c). */
 cs_err cs__batch_write(cs_branch *b, cs_log_txn *txn);

@@ -142,11 +142,8 @@ static cs_err write_copy(cs_branch *b, cs_log_txn *txn, remap_ctx *rctx, const c
                        b->flds.size);
 }
 
-/* The dirty set of earlier transactions joins the batch, once per batch: a sync point covers
- * all of it (R6: what waited while the switch was off; R7: types put back). */
-static cs_err load_dirty(cs_branch *b, MDB_txn *m)
+cs_err cs__dirty_walk(cs_branch *b, MDB_txn *m, cs__dirty_fn fn, void *ctx)
 {
-    cs__batch *bt = &b->batch;
     MDB_cursor *cur;
     if (mdb_cursor_open(m, b->dirty, &cur))
         return CS_IO;
@@ -155,23 +152,40 @@ static cs_err load_dirty(cs_branch *b, MDB_txn *m)
     int rc;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && err == CS_OK;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        uint32_t i;
         if (k.mv_size != 9) {
             err = cs__branch_fail(b, CS_CORRUPT, "a dirty entry has a key of %zu bytes", k.mv_size);
             break;
         }
-        if ((err = cs__batch_get(bt, k.mv_data, &i)) == CS_OK) {
-            bt->items[i].flags |= CS__BI_FROM_DB;
-            err = cs__batch_mark_dirty(bt, i);
-        }
+        uint8_t key[9]; /* a copy: fn may write in the transaction, and k points into a page */
+        memcpy(key, k.mv_data, 9);
+        err = fn(key, ctx);
     }
     mdb_cursor_close(cur);
     if (err != CS_OK)
         return err;
-    if (rc != MDB_NOTFOUND)
-        return CS_IO;
-    bt->db_loaded = true;
-    return CS_OK;
+    return rc == MDB_NOTFOUND ? CS_OK : CS_IO;
+}
+
+static cs_err load_one(const uint8_t key[9], void *ctx)
+{
+    cs__batch *bt = ctx;
+    uint32_t i;
+    cs_err err = cs__batch_get(bt, key, &i);
+    if (err == CS_OK) {
+        bt->items[i].flags |= CS__BI_FROM_DB;
+        err = cs__batch_mark_dirty(bt, i);
+    }
+    return err;
+}
+
+/* The dirty set of earlier transactions joins the batch, once per batch: a sync point covers
+ * all of it (R6: what waited while the switch was off; R7: types put back). */
+static cs_err load_dirty(cs_branch *b, MDB_txn *m)
+{
+    cs_err err = cs__dirty_walk(b, m, load_one, &b->batch);
+    if (err == CS_OK)
+        b->batch.db_loaded = true;
+    return err;
 }
 
 /* The order LMDB keeps the dirty set in (bytes, as its default comparison), so copy ids go to
@@ -321,6 +335,19 @@ cs_err cs__sync_point(cs_branch *b, cs_log_txn *txn, uint64_t seq)
         b->st.sync_seq = seq;
     }
     return err;
+}
+
+cs_err cs__sync_event(cs_branch *b, cs_log_txn *txn, uint64_t target, uint64_t seq,
+                      cs__sync_cover *cover)
+{
+    const cs__bstate *st = &b->st;
+    cs__sync_cover c = target != 0 && target != st->shop ? CS__SYNC_OTHER_SHOP
+                       : !st->linked || st->unlinked     ? CS__SYNC_NOT_LINKED
+                       : !st->sync_on                    ? CS__SYNC_SWITCH_OFF
+                                                         : CS__SYNC_COVERED;
+    if (cover)
+        *cover = c;
+    return c == CS__SYNC_COVERED ? cs__sync_point(b, txn, seq) : CS_OK;
 }
 
 /* The dirty set after the batch: an entry still waiting is put, one that came from the

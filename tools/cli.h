@@ -195,6 +195,8 @@ int cs_cmd_shop_unlink(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_shop_whatsapp(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_whatsapp_resolve(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_sync(const cs_cli_cmd *cmd, int argc, char **argv);
+/* cmd_preview.c: `sync --dry-run` on data directory dir, for every branch or shop (!= 0). */
+int cs_cmd_sync_preview(const char *dir, uint64_t shop);
 int cs_cmd_put(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_get(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_list(const cs_cli_cmd *cmd, int argc, char **argv);

@@ -1,6 +1,7 @@
 /*
  * cmd_network.c: the commands that shape a store and its network: init (R10), network create,
- * types, mode and whatsapp (R7, R11, R12), whatsapp resolve (R12) and sync (R5b, R5c). The
+ * types, mode and whatsapp (R7, R11, R12), whatsapp resolve (R12) and sync (R5b, R5c; its
+ * --dry-run preview is in cmd_preview.c). The
  * shop commands are in cmd_shop.c. Role rules (a single store may only create a network, a
  * branch may run none of these) are the engine's: the program only reports its refusals.
  */
@@ -247,13 +248,20 @@ int cs_cmd_whatsapp_resolve(const cs_cli_cmd *cmd, int argc, char **argv)
 int cs_cmd_sync(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     const char *shop_text = NULL;
-    const cs_cli_opt opts[] = {{"shop", true, &shop_text, NULL}};
+    bool dry_run = false;
+    const cs_cli_opt opts[] = {{"shop", true, &shop_text, NULL},
+                               {"dry-run", false, NULL, &dry_run}};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
     uint64_t shop = 0, seq = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, opts, 1, 0, 0, pos, &npos);
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 2, 0, 0, pos, &npos);
     if (rc == CS_CLI_GO && shop_text)
         rc = cs_cli_parse_id(cmd, "--shop", shop_text, &shop);
+    if (rc == CS_CLI_GO && dry_run) { /* issue 14: the preview writes nothing (cmd_preview.c) */
+        const char *dir = NULL;
+        rc = cs_cli_data_dir(cmd, &dir);
+        return rc == CS_CLI_GO ? cs_cmd_sync_preview(dir, shop) : rc;
+    }
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
         rc = open_for(cmd, true, &e);

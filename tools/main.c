@@ -156,12 +156,17 @@ static const cs_cli_cmd commands[] = {
      "Example:\n  chainsync del service 4294967298\n",
      NULL},
     {"sync", NULL, cs_cmd_sync, "make a sync point for every branch, or for one",
-     "sync [--shop SHOP]",
+     "sync [--shop SHOP] [--dry-run]",
      "Makes a sync point (R5b, R5c): every branch whose switch is on (or only SHOP) is to be\n"
      "brought to the head office's catalog as of this log position. Prints the position.\n"
      "Head office only.\n\n"
-     "Options:\n  --shop SHOP    only this branch\n\n"
-     "Example:\n  chainsync sync --shop 8589934592\n",
+     "With --dry-run, writes nothing and says per branch what that sync point would do: the\n"
+     "copies it would create, update (each changed field, old -> new) and archive, and what it\n"
+     "would skip (a branch whose switch is off, types that are not synced). Each branch is\n"
+     "rebuilt by a replay of the log, so it takes a while on a long log; --shop previews one.\n\n"
+     "Options:\n  --shop SHOP    only this branch\n"
+     "  --dry-run      preview the sync point; change nothing\n\n"
+     "Examples:\n  chainsync sync --shop 8589934592\n  chainsync sync --dry-run --json-out\n",
      NULL},
     {"log", NULL, cs_cmd_log, "print the event log as JSON lines", "log [--from N] [--limit K]",
      "Prints the events of the log in order, one JSON object per line:\n"
