@@ -284,6 +284,7 @@ typedef struct cs__conn {
     bool caught_up_due;
     size_t queued;      /* bytes handed to uv_write and not yet written */
     uint64_t paused_ms; /* when the queue passed the high-water mark; 0 = not paused */
+    size_t wq_seen;     /* libuv's write queue at the last tick: partial writes are drain too */
     uint64_t opened_ms, last_rx_ms, last_tx_ms, closing_ms;
     uint64_t last_alive_ms; /* when the peer last took bytes we wrote (a write completed) */
     bool status_dirty;

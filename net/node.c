@@ -1160,7 +1160,8 @@ static void node_tick(uv_timer_t *t)
     if (n->state >= N_CONNECTING && n->state < N_STREAMING && now - n->opened_ms > limit)
         node_drop(n, CS_NETWORK, false, "no answer from the head office at %s within %llu ms",
                   n->link.head, (unsigned long long)limit);
-    else if (n->state == N_STREAMING && now - n->last_rx_ms > CS_NET_DEAD_MS)
+    else if (n->state == N_STREAMING &&
+             now > n->last_rx_ms + CS_NET_DEAD_MS) /* read_again: may be > now */
         node_drop(n, CS_NETWORK, false, "nothing from the head office for %llu ms",
                   (unsigned long long)(now - n->last_rx_ms));
     else if (n->state == N_STREAMING && now - n->last_tx_ms >= CS_NET_HEARTBEAT_MS)

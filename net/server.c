@@ -631,6 +631,18 @@ static void send_ping(cs__server *s, cs__conn *c, uint64_t now)
     }
 }
 
+/* Stuck: a send queue that has not drained for stuck_ms. Drain is a write that completed
+ * (stream.c) or libuv's own queue getting shorter: a branch reading slowly (many on one loop,
+ * net/node.c "Taking turns") moves a segment's write forward in pieces before it completes. */
+static bool conn_stuck(cs__server *s, cs__conn *c, uint64_t now)
+{
+    size_t wq = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (wq < c->wq_seen)
+        c->paused_ms = now;
+    c->wq_seen = wq;
+    return now - c->paused_ms > s->stuck_ms;
+}
+
 static void conn_tick(cs__server *s, cs__conn *c, uint64_t now)
 {
     char m[160];
@@ -646,7 +658,7 @@ static void conn_tick(cs__server *s, cs__conn *c, uint64_t now)
         snprintf(m, sizeof(m), "nothing received nor read for %llu ms",
                  (unsigned long long)(now - c->last_rx_ms));
         cs__conn_close(c, CS_NETWORK, m, false);
-    } else if (c->paused_ms && now - c->paused_ms > s->stuck_ms) {
+    } else if (c->paused_ms && conn_stuck(s, c, now)) {
         snprintf(m, sizeof(m), "%zu bytes unread for %llu ms", c->queued,
                  (unsigned long long)(now - c->paused_ms));
         cs__conn_close(c, CS_NETWORK, m, true);
