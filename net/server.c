@@ -771,8 +771,9 @@ static cs_err server_load(cs__server *s, char *errmsg, size_t len)
     if ((err = cs_log_reader_open(s->log, &r)) != CS_OK)
         return server_fail(errmsg, len, err, "cannot read the log: %s", cs_log_errmsg(s->log));
     err = cs_log_reader_head(r, &s->head);
-    if (err == CS_OK)
-        err = cs__log_chain_at(r, 1, &s->log_id);
+    cs_log_start start;
+    if (err == CS_OK && (err = cs_log_reader_start(r, &start)) == CS_OK)
+        s->log_id = start.log_id; /* event 1's chain, kept by a cut (log/cut.c) */
     cs_log_reader_close(r);
     if (err != CS_OK)
         return server_fail(errmsg, len, err, "cannot read the log's first event");
