@@ -274,8 +274,9 @@ static cs_err check_cursor(cs__server *s, uint64_t cursor, uint64_t chain, char 
                  "the branch follows",
                  (unsigned long long)cursor, (unsigned long long)head);
         err = CS_CORRUPT;
-    } else if (err == CS_OK && (err = cs__log_chain_at(r, cursor, &have)) == CS_OK &&
-               have != chain) {
+    } else if (err == CS_OK && (err = cs__log_chain_at(r, cursor, &have)) == CS_NOT_FOUND) {
+        err = CS_OK; /* cut from the log (log compact): a snapshot follows (bootstrap.c) */
+    } else if (err == CS_OK && have != chain) {
         snprintf(m, mlen, "event %llu differs from the one the branch applied: the log diverged",
                  (unsigned long long)cursor);
         err = CS_CORRUPT;
@@ -309,10 +310,16 @@ static void conn_on_start(cs__conn *c, const cs__body *b)
         cs__conn_close(c, err, m, false);
         return;
     }
+    bool boot = false;
+    uint64_t boot_seq = 0;
+    if ((err = cs__boot_start(c, cursor, &boot, &boot_seq, m, sizeof(m))) != CS_OK) {
+        cs__conn_close(c, err, m, false);
+        return;
+    }
     replace_older(s, c);
     c->state = CS__C_STREAMING;
     c->acked = cursor;
-    c->send_next = cursor + 1;
+    c->send_next = (boot ? boot_seq : cursor) + 1; /* after a snapshot, from its position */
     c->caught_up_seq = s->head;
     c->caught_up_due = true;
     c->status_dirty = true;
