@@ -47,8 +47,7 @@ cs_err cs__start_get(MDB_txn *txn, cs_log *log, cs_log_start *out)
 {
     cs_err err = start_read(txn, log->meta, out);
     if (err == CS_CORRUPT)
-        return cs__log_fail(log, CS_CORRUPT,
-                            "the log's start record is malformed" CS_CORRUPT_AT);
+        return cs__log_fail(log, CS_CORRUPT, "the log's start record is malformed" CS_CORRUPT_AT);
     if (err != CS_OK || out->cut)
         return err;
     /* Uncut: the log id is event 1's chain, read from the record itself. */
@@ -122,10 +121,10 @@ cs_err cs_log_txn_cut(cs_log_txn *txn, uint64_t before)
     cs_be64_put(kb, before - 1);
     k = (MDB_val){8, kb};
     if ((rc = mdb_get(m, log->events, &k, &v)) != 0)
-        return rc == MDB_NOTFOUND ? cs__log_fail(log, CS_CORRUPT,
-                                                 "event %llu is missing" CS_CORRUPT_AT,
-                                                 (unsigned long long)(before - 1))
-                                  : cs__mdb_err(rc);
+        return rc == MDB_NOTFOUND
+                   ? cs__log_fail(log, CS_CORRUPT, "event %llu is missing" CS_CORRUPT_AT,
+                                  (unsigned long long)(before - 1))
+                   : cs__mdb_err(rc);
     cs_log_record rec;
     const char *why;
     if (cs__record_parse(before - 1, v.mv_data, v.mv_size, &rec, &why) != CS_OK)
@@ -182,8 +181,8 @@ static cs_err trim_fn(cs_log_txn *txn, void *ctx)
     uint64_t last_time = 0;
     bool dropped = false;
     unsigned n = 0;
-    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0 && v.mv_size == 8 &&
-           k.mv_size == 8 && cs_be64_get(v.mv_data) < st.seq && n < CS_LOG_TRIM_EVENTS_MAX) {
+    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0 && v.mv_size == 8 && k.mv_size == 8 &&
+           cs_be64_get(v.mv_data) < st.seq && n < CS_LOG_TRIM_EVENTS_MAX) {
         last_time = cs_be64_get(k.mv_data);
         dropped = true;
         n++;

@@ -106,8 +106,8 @@ bool cs__boot_pump(cs__conn *c)
     cs__boot_tx *t = c->boot;
     while (t && c->state == CS__C_STREAMING && c->queued < CS_NET_SENDQ_BYTES_HIGH &&
            t->off < t->len) {
-        size_t n = t->len - t->off < CS__SNAPSHOT_CHUNK_BYTES ? t->len - t->off
-                                                               : CS__SNAPSHOT_CHUNK_BYTES;
+        size_t n =
+            t->len - t->off < CS__SNAPSHOT_CHUNK_BYTES ? t->len - t->off : CS__SNAPSHOT_CHUNK_BYTES;
         cs__pk p;
         cs__pk_init(&p, 3);
         cs__pk_uint(&p, "index", t->index);
@@ -147,8 +147,8 @@ static cs_err rx_begin(cs__boot_rx *rx, const cs__body *b, char *m, size_t mlen)
     if (bytes < CS_SNAPSHOT_HEADER_BYTES || bytes > CS_SNAPSHOT_BYTES_MAX ||
         chunks != (bytes + CS__SNAPSHOT_CHUNK_BYTES - 1) / CS__SNAPSHOT_CHUNK_BYTES) {
         snprintf(m, mlen, "SNAPSHOT of %llu bytes in %llu chunks: at most %u MiB, in chunks of %u",
-                 (unsigned long long)bytes, (unsigned long long)chunks,
-                 CS_SNAPSHOT_BYTES_MAX >> 20, CS__SNAPSHOT_CHUNK_BYTES);
+                 (unsigned long long)bytes, (unsigned long long)chunks, CS_SNAPSHOT_BYTES_MAX >> 20,
+                 CS__SNAPSHOT_CHUNK_BYTES);
         return CS_INVALID_INPUT;
     }
     if (!(rx->buf = malloc(bytes)))
@@ -196,8 +196,8 @@ cs_err cs__boot_rx_frame(cs__boot_rx *rx, unsigned type, const cs__body *b, cs_b
     if (type == CS__F_SNAPSHOT_CHUNK)
         return rx_chunk(rx, b, m, mlen);
     uint64_t seq;
-    if (!rx->active || !cs__body_uint(b, "seq", &seq) || seq != rx->seq ||
-        rx->len != rx->bytes || rx->next != rx->chunks) {
+    if (!rx->active || !cs__body_uint(b, "seq", &seq) || seq != rx->seq || rx->len != rx->bytes ||
+        rx->next != rx->chunks) {
         snprintf(m, mlen, "SNAPSHOT_END before the whole snapshot arrived");
         cs__boot_rx_free(rx);
         return CS_INVALID_INPUT;
@@ -207,8 +207,9 @@ cs_err cs__boot_rx_frame(cs__boot_rx *rx, unsigned type, const cs__body *b, cs_b
     if (err == CS_OK && at != seq)
         err = CS_CORRUPT;
     if (err != CS_OK)
-        snprintf(m, mlen, "%s", cs_branch_errmsg(br)[0] ? cs_branch_errmsg(br)
-                                                         : "the snapshot is not at its position");
+        snprintf(m, mlen, "%s",
+                 cs_branch_errmsg(br)[0] ? cs_branch_errmsg(br)
+                                         : "the snapshot is not at its position");
     cs__boot_rx_free(rx);
     *applied = err == CS_OK;
     return err;

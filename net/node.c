@@ -164,7 +164,7 @@ static void on_closed(uv_handle_t *h)
     record_state(n, false);
     cs__rx_free(&n->rx);
     cs__boot_rx_free(&n->boot); /* a part cut short is asked for again, whole */
-    n->write_inflight = false; /* unanswered: sent again, with the same req, next time */
+    n->write_inflight = false;  /* unanswered: sent again, with the same req, next time */
     if (n->done || n->o->mode != CS_NODE_FOLLOW) {
         node_finish(n);
         return;
@@ -681,16 +681,12 @@ static void on_snapshot(node *n, unsigned type, const cs__body *b)
 
 static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
 {
-    static const uint8_t allowed[] = {[CS__F_CHALLENGE] = 1 << N_HELLO_SENT,
-                                      [CS__F_WELCOME] = 1 << N_PROOF_SENT,
-                                      [CS__F_CAUGHT_UP] = 1 << N_STREAMING,
-                                      [CS__F_SEGMENT] = 1 << N_STREAMING,
-                                      [CS__F_PING] = 1 << N_STREAMING,
-                                      [CS__F_WRITE_RESULT] = 1 << N_STREAMING,
-                                      [CS__F_SNAPSHOT] = 1 << N_STREAMING,
-                                      [CS__F_SNAPSHOT_CHUNK] = 1 << N_STREAMING,
-                                      [CS__F_SNAPSHOT_END] = 1 << N_STREAMING,
-                                      [CS__F_ERROR] = 0xff};
+    static const uint8_t allowed[] = {
+        [CS__F_CHALLENGE] = 1 << N_HELLO_SENT,   [CS__F_WELCOME] = 1 << N_PROOF_SENT,
+        [CS__F_CAUGHT_UP] = 1 << N_STREAMING,    [CS__F_SEGMENT] = 1 << N_STREAMING,
+        [CS__F_PING] = 1 << N_STREAMING,         [CS__F_WRITE_RESULT] = 1 << N_STREAMING,
+        [CS__F_SNAPSHOT] = 1 << N_STREAMING,     [CS__F_SNAPSHOT_CHUNK] = 1 << N_STREAMING,
+        [CS__F_SNAPSHOT_END] = 1 << N_STREAMING, [CS__F_ERROR] = 0xff};
     if (type >= sizeof(allowed) || !allowed[type]) {
         if (type >= CS__F_OPTIONAL)
             return;

@@ -236,8 +236,10 @@ static void pump(cs__server *s, cs_log_reader *r, cs__conn *c)
     cs_log_start start;
     if (c->state == CS__C_STREAMING && cs_log_reader_start(r, &start) == CS_OK &&
         c->send_next < start.seq) { /* cut under a live connection: reconnect for a snapshot */
-        cs__conn_close(c, CS_NETWORK, "the head office's log was cut past this branch's cursor: "
-                                      "reconnect to be sent its snapshot", false);
+        cs__conn_close(c, CS_NETWORK,
+                       "the head office's log was cut past this branch's cursor: "
+                       "reconnect to be sent its snapshot",
+                       false);
         return;
     }
     while (c->state == CS__C_STREAMING && c->send_next <= s->head &&

@@ -259,8 +259,7 @@ static cs_err history_none(cs_audit *a, const cs_type *t, uint64_t id)
                               "version and who made it; its state as of event %llu is in the "
                               "snapshot (chainsync audit as-of --seq %llu %s)",
                               t->name, (unsigned long long)id, (unsigned long long)base.start,
-                              (unsigned long long)base.seq, (unsigned long long)base.seq,
-                              t->name);
+                              (unsigned long long)base.seq, (unsigned long long)base.seq, t->name);
     return cs__audit_fail(a, CS_NOT_FOUND, "%s %llu has no version in this log", t->name,
                           (unsigned long long)id);
 }

@@ -292,17 +292,17 @@ static cs_err boot_put(uint8_t db, const MDB_val *k, const MDB_val *v, void *ctx
     MDB_val kk = *k, vv = *v, old;
     switch (db) {
     case SN_ITEMS: {
-        const cs_type *t = k->mv_size == 9 ? cs_schema_by_code(((const uint8_t *)k->mv_data)[0])
-                                           : NULL;
+        const cs_type *t =
+            k->mv_size == 9 ? cs_schema_by_code(((const uint8_t *)k->mv_data)[0]) : NULL;
         if (t && t->cls == CS_CLASS_SYNCED && mdb_get(m, b->items, &kk, &old) == 0) {
             cs_item it;
             msgpack_zone_clear(&b->zone);
             if (cs_item_parse_header(&old, &b->zone, &it) == CS_OK && !it.has_origin)
-                return cs__branch_fail(b, CS_INVALID_INPUT,
-                                       "local %s %llu holds an id the snapshot gives a copy: "
-                                       "unlink this branch and join it again",
-                                       t->name,
-                                       (unsigned long long)cs_be64_get((const uint8_t *)k->mv_data + 1));
+                return cs__branch_fail(
+                    b, CS_INVALID_INPUT,
+                    "local %s %llu holds an id the snapshot gives a copy: "
+                    "unlink this branch and join it again",
+                    t->name, (unsigned long long)cs_be64_get((const uint8_t *)k->mv_data + 1));
         }
         return cs_log_txn_put(c->txn, b->items, &kk, &vv, 0);
     }
@@ -489,7 +489,7 @@ cs_err cs__audit_base_load(cs_audit *a, cs_audit_state *s, uint64_t shop)
 
 /* ---- compaction --------------------------------------------------------------------------- */
 
-#define COMPACT_PARTS_MAX 4096u /* base, ANY and the branches behind: one per shop */
+#define COMPACT_PARTS_MAX 4096u /* base, ANY and one per linked branch */
 
 typedef struct part {
     uint64_t shop;
@@ -535,8 +535,9 @@ static cs_err part_encode(compact_ctx *c, cs_audit_state *s, uint64_t shop)
     }
     cs_log_read_end(log, t);
     if (err == CS_OK) {
-        buf_finish(&p->buf, &(cs_snapshot_info){
-                                .seq = c->seq, .chain = c->chain, .time_ms = c->time_ms, .shop = shop});
+        buf_finish(&p->buf,
+                   &(cs_snapshot_info){
+                       .seq = c->seq, .chain = c->chain, .time_ms = c->time_ms, .shop = shop});
         c->n++;
     } else {
         buf_free(&p->buf);
@@ -602,9 +603,10 @@ static cs_err cut_fn(cs_log_txn *txn, void *ctx)
     return err;
 }
 
-/* The branches linked at the snapshot's position (its `network` records) and their cursors
- * as the server last recorded them (`status`; none = 0): those below seq are behind the cut. */
-static cs_err compact_stranded(compact_ctx *c, cs_audit_state *base, json_t *out)
+/* The branches linked at the snapshot's position (its `network` records) into `linked`, and
+ * into `out` those whose cursor as the server last recorded it (`status`; none: never
+ * connected) is below seq: the branches behind the cut. */
+static cs_err compact_stranded(compact_ctx *c, cs_audit_state *base, json_t *linked, json_t *out)
 {
     cs_log *log = cs_engine_log(base->e);
     MDB_txn *t;
@@ -623,6 +625,7 @@ static cs_err compact_stranded(compact_ctx *c, cs_audit_state *base, json_t *out
         json_t *j = json_loadb(v.mv_data, v.mv_size, 0, NULL);
         uint64_t shop = cs_be64_get((const uint8_t *)k.mv_data + 5);
         if (j && json_is_true(json_object_get(j, "linked"))) {
+            json_array_append_new(linked, json_integer((json_int_t)shop));
             cs_shop_status st;
             cs_err e2 = cs_engine_shop_status_get(c->a->e, shop, &st);
             bool seen = e2 == CS_OK;
@@ -630,11 +633,10 @@ static cs_err compact_stranded(compact_ctx *c, cs_audit_state *base, json_t *out
                 err = e2;
             else if (!seen || st.cursor < c->seq)
                 json_array_append_new(
-                    out, json_pack("{s:I,s:O,s:o}", "shop", (json_int_t)shop, "name",
-                                   json_object_get(j, "name") ? json_object_get(j, "name")
-                                                              : json_null(),
-                                   "cursor", seen ? json_integer((json_int_t)st.cursor)
-                                                  : json_null()));
+                    out,
+                    json_pack("{s:I,s:O,s:o}", "shop", (json_int_t)shop, "name",
+                              json_object_get(j, "name") ? json_object_get(j, "name") : json_null(),
+                              "cursor", seen ? json_integer((json_int_t)st.cursor) : json_null()));
         }
         json_decref(j);
     }
@@ -664,8 +666,10 @@ static void stranded_names(const json_t *arr, char *buf, size_t len)
     }
 }
 
-/* Builds every part: the base, ANY, and one per branch behind. */
-static cs_err compact_build(compact_ctx *c, cs_audit_state *base, const json_t *stranded)
+/* Builds every part: the base, ANY, and one per branch linked at the snapshot's position
+ * (not only those behind: a branch that loses its directory later joins again from its own
+ * part, since the ANY part does not know it was linked). */
+static cs_err compact_build(compact_ctx *c, cs_audit_state *base, const json_t *linked)
 {
     cs_err err = part_encode(c, base, CS_SNAPSHOT_SHOP_BASE);
     cs_audit_state *s = NULL;
@@ -678,11 +682,11 @@ static cs_err compact_build(compact_ctx *c, cs_audit_state *base, const json_t *
     cs_audit_state_free(s);
     size_t i;
     json_t *x;
-    json_array_foreach(stranded, i, x)
+    json_array_foreach(linked, i, x)
     {
         if (err != CS_OK)
             break;
-        uint64_t shop = (uint64_t)json_integer_value(json_object_get(x, "shop"));
+        uint64_t shop = (uint64_t)json_integer_value(x);
         s = NULL;
         if ((err = cs_audit_branch_at(c->a, c->seq, shop, &s)) == CS_OK)
             err = part_encode(c, s, shop);
@@ -721,14 +725,17 @@ cs_err cs_audit_compact(cs_audit *a, uint64_t before, bool force, cs_compact_res
     if ((err = cs__audit_log_point(a, c.seq, &head, &c.chain, &c.time_ms)) != CS_OK)
         return err;
     cs_audit_state *bs = NULL;
+    json_t *linked = json_array();
     out->stranded = json_array();
-    if (!out->stranded)
+    if (!out->stranded || !linked) {
+        json_decref(linked);
         return CS_NO_MEMORY;
+    }
     if ((err = cs_audit_state_at(a, c.seq, NULL, CS_AUDIT_NO_EXTEND, &bs)) == CS_OK)
-        err = compact_stranded(&c, bs, out->stranded);
-    size_t ns = json_array_size(out->stranded);
-    if (err == CS_OK && ns + 2 > COMPACT_PARTS_MAX)
-        err = cs__audit_fail(a, CS_INVALID_INPUT, "%zu branches behind the cut: at most %u", ns,
+        err = compact_stranded(&c, bs, linked, out->stranded);
+    size_t ns = json_array_size(out->stranded), nl = json_array_size(linked);
+    if (err == CS_OK && nl + 2 > COMPACT_PARTS_MAX)
+        err = cs__audit_fail(a, CS_INVALID_INPUT, "%zu linked branches: at most %u", nl,
                              COMPACT_PARTS_MAX - 2);
     if (err == CS_OK && ns > 0 && !force) {
         char names[400];
@@ -739,11 +746,12 @@ cs_err cs_audit_compact(cs_audit *a, uint64_t before, bool force, cs_compact_res
                              "bootstraps them from the snapshot",
                              (unsigned long long)before, ns, ns == 1 ? "" : "es", names);
     }
-    if (err == CS_OK && !(c.parts = calloc(ns + 2, sizeof(*c.parts))))
+    if (err == CS_OK && !(c.parts = calloc(nl + 2, sizeof(*c.parts))))
         err = CS_NO_MEMORY;
     if (err == CS_OK)
-        err = compact_build(&c, bs, out->stranded);
+        err = compact_build(&c, bs, linked);
     cs_audit_state_free(bs);
+    json_decref(linked);
     if (err == CS_OK && (err = cs_log_dbi_open(a->log, "snapshot", 0, &c.snap)) == CS_OK &&
         (err = cs_log_write(a->log, store_fn, &c)) != CS_OK)
         cs__audit_fail(a, err, "cannot store the snapshot: %s", cs_log_errmsg(a->log));
@@ -752,8 +760,9 @@ cs_err cs_audit_compact(cs_audit *a, uint64_t before, bool force, cs_compact_res
     if (err == CS_OK && (err = cs_log_write(a->log, cut_fn, &c)) != CS_OK && !a->errmsg[0])
         cs__audit_fail(a, err, "cannot record the cut: %s", cs_log_errmsg(a->log));
     if (err == CS_OK && (err = cs_log_trim(a->log, &out->deleted)) != CS_OK)
-        cs__audit_fail(a, err, "the cut is recorded; deleting the events before it stopped (run "
-                               "the same log compact again to finish): %s",
+        cs__audit_fail(a, err,
+                       "the cut is recorded; deleting the events before it stopped (run "
+                       "the same log compact again to finish): %s",
                        cs_log_errmsg(a->log));
     for (size_t i = 0; i < c.n; i++) {
         out->bytes += c.parts[i].buf.len;

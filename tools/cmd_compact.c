@@ -18,10 +18,9 @@ static int compact_print(const cs_compact_result *r)
 {
     if (cs_cli_g.json_out) {
         json_t *o = json_pack("{s:I,s:I,s:I,s:I,s:I,s:O}", "before", (json_int_t)r->before,
-                              "snapshot_seq", (json_int_t)r->seq, "deleted",
-                              (json_int_t)r->deleted, "parts", (json_int_t)r->parts, "bytes",
-                              (json_int_t)r->bytes, "stranded",
-                              r->stranded ? r->stranded : json_array());
+                              "snapshot_seq", (json_int_t)r->seq, "deleted", (json_int_t)r->deleted,
+                              "parts", (json_int_t)r->parts, "bytes", (json_int_t)r->bytes,
+                              "stranded", r->stranded ? r->stranded : json_array());
         return cs_cli_print_json_new(o);
     }
     printf("the log now starts at event %" PRIu64 "; snapshot at event %" PRIu64 " (%" PRIu64
