@@ -73,6 +73,17 @@ cs_err cs__boot_start(cs__conn *c, uint64_t cursor, bool *needed, uint64_t *seq_
         err = cs_snapshot_parse(t->buf, t->len, &in);
     if (err == CS_OK && in.seq + 1 < st.seq)
         err = CS_CORRUPT;
+    if (err == CS_OK && !c->linked && in.shop == CS_SNAPSHOT_SHOP_ANY) {
+        /* Unlinked before the cut and offline since: its unlink event is gone, and the part
+         * for new branches would make it a branch again. It stays as it is (R13 by hand). */
+        snprintf(m, mlen,
+                 "shop %llu was unlinked before the log was cut at event %llu: it cannot "
+                 "receive its unlink any more; its copies stay as they are",
+                 (unsigned long long)c->shop, (unsigned long long)st.seq);
+        free(t->buf);
+        free(t);
+        return CS_NOT_IN_NETWORK;
+    }
     if (err != CS_OK) {
         snprintf(m, mlen,
                  "the branch is at event %llu but the log starts at %llu and its snapshot %s",
