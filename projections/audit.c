@@ -589,12 +589,16 @@ static cs_err ckpt_extend(cs_audit *a, uint64_t every_req, bool rebuild, cs_audi
     if (head - last >= every)
         err = ckpt_build(a, every, last, head, &built);
     uint64_t now_last = err == CS_OK && built ? head / every * every : last;
-    if (info) /* after a cut the first checkpoints (below the snapshot) do not exist */
-        *info = (cs_audit_ckpt_info){.every = every,
-                                     .last = now_last,
-                                     .count = now_last / every,
-                                     .built = built,
-                                     .head = head};
+    cs__audit_base_info base = {0};
+    if (info && err == CS_OK)
+        err = cs__audit_base(a, &base);
+    if (info) /* after a cut the first checkpoints (up to the snapshot) do not exist */
+        *info = (cs_audit_ckpt_info){
+            .every = every,
+            .last = now_last,
+            .count = now_last > base.seq ? now_last / every - base.seq / every : 0,
+            .built = built,
+            .head = head};
     return err;
 }
 
