@@ -211,6 +211,25 @@ static bool audit_verify(net *n, const char *branch_dir)
     return cmd(NULL, NULL, args) == 0;
 }
 
+/* tests/storage_reader.py (written from docs/storage.md alone) verifies the cut log from its
+ * start, the time index included, and says where it starts. */
+static bool doc_reader_ok(const char *hq, uint64_t start)
+{
+    const char *src = getenv("CS_SRC");
+    char script[400], want[64];
+    snprintf(script, sizeof(script), "%s/tests/storage_reader.py", src ? src : "..");
+    snprintf(want, sizeof(want), "(cut before %llu)", (unsigned long long)start);
+    const char *argv[] = {"/usr/bin/python3", script, "--times", hq, NULL};
+    cs_run_result r;
+    if (!cs_run_prog(&r, NULL, argv, CMD_MS))
+        return false;
+    bool ok = r.exit_code == 0 && strncmp(r.out, "ok ", 3) == 0 && strstr(r.out, want);
+    if (!ok)
+        fprintf(stderr, "  storage_reader.py: exit %d: %s%s", r.exit_code, r.out, r.err);
+    cs_run_free(&r);
+    return ok;
+}
+
 static uint64_t branch_digest(const char *dir)
 {
     cs_branch *b = NULL;
@@ -298,6 +317,7 @@ static void test_retention_cut_refused_then_forced_and_every_branch_equals_uncut
     CHECK(log_first(n.hq) == before);
     CHECK(cs_fix_head_seq(n.hq) == head);
     CHECK(audit_verify(&n, NULL));
+    CHECK(doc_reader_ok(n.hq, before));
 
     /* The audit before the start: refused, saying so; from the snapshot on: answered. */
     const char *asof_old[] = {"audit", "as-of", "--data", n.hq, "--seq", "2", NULL};
