@@ -23,6 +23,12 @@ static int compact_print(const cs_compact_result *r)
                               "stranded", r->stranded ? r->stranded : json_array());
         return cs_cli_print_json_new(o);
     }
+    if (r->parts == 0) { /* cut already: only the deletion was (re)run */
+        printf("the log already starts at event %" PRIu64 "; %" PRIu64
+               " events below it deleted now\n",
+               r->before, r->deleted);
+        return 0;
+    }
     printf("the log now starts at event %" PRIu64 "; snapshot at event %" PRIu64 " (%" PRIu64
            " parts, %" PRIu64 " bytes); %" PRIu64 " events deleted\n",
            r->before, r->seq, r->parts, r->bytes, r->deleted);
