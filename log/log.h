@@ -328,6 +328,33 @@ cs_err cs_log_txn_del(cs_log_txn *txn, MDB_dbi dbi, MDB_val *key);
 /* The sequence the next appended event will get (head + 1 before any append in this txn). */
 uint64_t cs_log_txn_next_seq(cs_log_txn *txn);
 
+/* ---- retention (cut.c; docs/design.md "Retention and snapshots") ---------------------- */
+
+/* Where the log starts. A log that was never cut starts at 1; after a cut it starts at `seq`
+ * and the events before it are gone, but the chain continues from `chain_before` (the chain of
+ * event seq - 1) and `log_id` (the chain of event 1, the log's name in the handshake) is kept. */
+typedef struct cs_log_start {
+    uint64_t seq;          /* the first sequence the log holds */
+    uint64_t chain_before; /* the chain of event seq - 1 (0 when seq is 1) */
+    uint64_t log_id;       /* the chain of event 1; 0 for an empty log */
+    bool cut;              /* a cut was recorded (seq >= 2) */
+} cs_log_start;
+
+/* Events deleted per transaction by cs_log_trim: small enough that another process's write
+ * waits for one such transaction only briefly, large enough to amortise the commit. */
+#define CS_LOG_TRIM_EVENTS_MAX 10000u
+
+/* Inside cs_log_write: records that the log now starts at `before` (the caller has made sure a
+ * snapshot of the state at before - 1 exists). Nothing is deleted yet: cs_log_trim does that,
+ * afterwards. A cut at the current start changes nothing. Errors: CS_INVALID_INPUT (before < 2,
+ * past the head, or below the current start), CS_CORRUPT, CS_IO. */
+cs_err cs_log_txn_cut(cs_log_txn *txn, uint64_t before);
+/* Deletes the events below the start (and time-index entries naming only them), in
+ * transactions of at most CS_LOG_TRIM_EVENTS_MAX events, each through cs_log_write so that
+ * other processes read and write beside it. Resumes a trim a crash interrupted. *deleted_out
+ * (may be NULL) gets the events deleted. Errors: as cs_log_write. */
+cs_err cs_log_trim(cs_log *log, uint64_t *deleted_out);
+
 /* Convenience: one cs_log_write that appends the batch. *first_seq_out may be NULL. */
 cs_err cs_log_append(cs_log *log, const cs_event *events, size_t n, uint64_t *first_seq_out);
 
@@ -366,14 +393,20 @@ const char *cs_log_reader_errmsg(const cs_log_reader *r);
 cs_err cs_log_reader_head(cs_log_reader *r, uint64_t *seq_out);
 /* Errors: CS_NOT_FOUND, CS_CORRUPT (bad checksum or record shape; errmsg names seq), CS_IO. */
 cs_err cs_log_reader_get(cs_log_reader *r, uint64_t seq, cs_log_record *out);
-/* Positions the reader so that the next cs_log_reader_next returns the first seq >= from. */
+/* Positions the reader so that the next cs_log_reader_next returns the first seq >= from
+ * (and >= the log's start: a cut log never hands out a record below it). */
 cs_err cs_log_reader_seek(cs_log_reader *r, uint64_t from);
 /* The next record; CS_NOT_FOUND past the end. Also CS_CORRUPT when a record does not verify
  * or the sequence jumps (a lost event). */
 cs_err cs_log_reader_next(cs_log_reader *r, cs_log_record *out);
 /* The first sequence whose time is >= time_ms; CS_NOT_FOUND when every event is older. */
 cs_err cs_log_reader_seq_at_time(cs_log_reader *r, uint64_t time_ms, uint64_t *seq_out);
-/* Walks the whole log: sequences from 1 without gaps, every checksum, the whole chain, and each
+/* Where the log starts, as of the reader's snapshot (never fails today; a cs_err for later). */
+cs_err cs_log_reader_start(cs_log_reader *r, cs_log_start *out);
+/* The chain value at seq: 0 for 0, the start's chain_before for start - 1, the record's chain
+ * otherwise. Errors: CS_NOT_FOUND (cut away, or past the head), CS_CORRUPT, CS_IO. */
+cs_err cs_log_reader_chain_at(cs_log_reader *r, uint64_t seq, uint64_t *chain_out);
+/* Walks the whole log: sequences from its start without gaps, every checksum, the whole chain, and each
  * event's own seq field. CS_OK, or CS_CORRUPT with *bad_seq_out = the first bad sequence. */
 cs_err cs_log_reader_verify(cs_log_reader *r, uint64_t *bad_seq_out);
 

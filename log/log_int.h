@@ -56,12 +56,19 @@ struct cs_log_reader {
     uint64_t prev_chain;
     bool prev_chain_known;
     uint64_t bad_seq; /* the sequence the last CS_CORRUPT was about */
+    cs_log_start start; /* where the log starts in this snapshot (cut.c) */
     char errmsg[CS__ERRMSG_BYTES];
 };
 
 /* meta "head": the last sequence and its chain as of the last commit, 16 bytes BE; what makes
  * a lost tail visible (docs/storage.md, "the meta database"). */
 #define CS__META_HEAD_KEY "head"
+/* meta "start": where a cut log starts (cut.c, docs/storage.md "the meta database"). */
+#define CS__META_START_KEY "start"
+
+/* The log's start as of txn (cut.c): {1, 0, chain of event 1, false} for a log never cut.
+ * Errors: CS_CORRUPT (a malformed record, with errmsg), CS_IO. */
+cs_err cs__start_get(MDB_txn *txn, cs_log *log, cs_log_start *out);
 
 /* Compares the log's last sequence and chain with the recorded head. CS_OK when they agree or
  * no head was recorded; CS_CORRUPT with *bad_seq (the first missing or differing sequence) and

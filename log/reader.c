@@ -79,6 +79,10 @@ cs_err cs_log_reader_open(cs_log *log, cs_log_reader **out)
         return cs__mdb_err(rc);
     }
     r->from = 1;
+    if ((err = cs__start_get(r->txn, log, &r->start)) != CS_OK) {
+        cs_log_reader_close(r);
+        return err;
+    }
     *out = r;
     return CS_OK;
 }
@@ -123,6 +127,10 @@ cs_err cs_log_reader_head(cs_log_reader *r, uint64_t *seq_out)
 
 cs_err cs_log_reader_get(cs_log_reader *r, uint64_t seq, cs_log_record *out)
 {
+    if (seq < r->start.seq)
+        return reader_fail(r, CS_NOT_FOUND,
+                           "event %llu was cut from the log (it starts at %llu: log compact)",
+                           (unsigned long long)seq, (unsigned long long)r->start.seq);
     uint8_t kb[8];
     cs_be64_put(kb, seq);
     MDB_val k = {8, kb}, v;
@@ -143,13 +151,13 @@ cs_err cs_log_reader_get(cs_log_reader *r, uint64_t seq, cs_log_record *out)
 cs_err cs_log_reader_seek(cs_log_reader *r, uint64_t from)
 {
     r->positioned = false;
-    r->from = from ? from : 1;
+    r->from = from > r->start.seq ? from : r->start.seq;
     r->expect_seq = 0;
     r->prev_chain_known = false;
-    if (r->from == 1) {
-        r->prev_chain = 0;
+    if (r->from == r->start.seq) { /* from the start: chained onto what the cut recorded */
+        r->prev_chain = r->start.chain_before;
         r->prev_chain_known = true;
-        r->expect_seq = 1;
+        r->expect_seq = r->from;
         return CS_OK;
     }
     /* Chain the first record onto its predecessor, so a range read verifies from its start. */
@@ -228,7 +236,10 @@ cs_err cs_log_reader_seq_at_time(cs_log_reader *r, uint64_t time_ms, uint64_t *s
         return cs__mdb_err(rc);
     if (v.mv_size != 8)
         return reader_fail(r, CS_CORRUPT, "time index entry is malformed" CS_CORRUPT_AT);
-    *seq_out = cs_be64_get(v.mv_data);
+    /* After a cut an entry may still name an event below the start (a trim under way): every
+     * event from it on has a time >= time_ms, so the first one still there is the start. */
+    uint64_t seq = cs_be64_get(v.mv_data);
+    *seq_out = seq < r->start.seq ? r->start.seq : seq;
     return CS_OK;
 }
 
@@ -238,9 +249,9 @@ cs_err cs_log_reader_verify(cs_log_reader *r, uint64_t *bad_seq_out)
     cs_err err = cs_event_decoder_new(&dec);
     if (err != CS_OK)
         return err;
-    cs_log_reader_seek(r, 1);
+    cs_log_reader_seek(r, r->start.seq);
     cs_log_record rec;
-    uint64_t seq = 0;
+    uint64_t seq = r->start.seq - 1;
     while ((err = cs_log_reader_next(r, &rec)) == CS_OK) {
         seq = rec.seq;
         cs_event_view ev;

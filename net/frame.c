@@ -44,6 +44,12 @@ const char *cs__frame_name(unsigned type)
         return "WRITE";
     case CS__F_WRITE_RESULT:
         return "WRITE_RESULT";
+    case CS__F_SNAPSHOT:
+        return "SNAPSHOT";
+    case CS__F_SNAPSHOT_CHUNK:
+        return "SNAPSHOT_CHUNK";
+    case CS__F_SNAPSHOT_END:
+        return "SNAPSHOT_END";
     case CS__F_ERROR:
         return "ERROR";
     default:

@@ -25,6 +25,9 @@ typedef enum cs__frame_type {
     CS__F_PING = 0x12,
     CS__F_WRITE = 0x20,
     CS__F_WRITE_RESULT = 0x21,
+    CS__F_SNAPSHOT = 0x30,       /* bootstrap.c: a snapshot part follows (retention) */
+    CS__F_SNAPSHOT_CHUNK = 0x31, /* one checksummed piece of it */
+    CS__F_SNAPSHOT_END = 0x32,   /* the part is whole: apply it, segments continue after it */
     CS__F_ERROR = 0x7f,
 } cs__frame_type;
 
@@ -288,6 +291,7 @@ typedef struct cs__conn {
     uint64_t opened_ms, last_rx_ms, last_tx_ms, closing_ms;
     uint64_t last_alive_ms; /* when the peer last took bytes we wrote (a write completed) */
     bool status_dirty;
+    struct cs__boot_tx *boot; /* bootstrap.c: a snapshot part being sent; NULL otherwise */
     uv_shutdown_t shutdown;
     cs__rx rx;
 } cs__conn;
@@ -346,6 +350,39 @@ void cs__server_publish(cs__server *s, uint64_t now);
 void cs__server_pump_all(cs__server *s);
 /* The same for one connection (after its queue drained below the low-water mark). */
 void cs__server_pump_one(cs__server *s, cs__conn *c);
+
+/* ---- bootstrap.c: a branch behind the log's start gets a snapshot part (docs/protocol.md) -- */
+
+/* Bytes of snapshot per SNAPSHOT_CHUNK: well inside a branch's frame limit. */
+#define CS__SNAPSHOT_CHUNK_BYTES (512u * 1024u)
+_Static_assert(CS__SNAPSHOT_CHUNK_BYTES + 64u <= CS_NET_FRAME_BYTES_MAX, "a chunk fits a frame");
+
+/* Server: whether a branch at `cursor` needs a snapshot (its next event was cut), and if so
+ * loads its part and queues SNAPSHOT; *seq_out gets the part's position (the stream goes on
+ * after it). *needed false: stream as usual. Errors (m says why): CS_NOT_FOUND (the log was cut
+ * but holds no snapshot), CS_CORRUPT, CS_NO_MEMORY, CS_IO. */
+cs_err cs__boot_start(cs__conn *c, uint64_t cursor, bool *needed, uint64_t *seq_out, char *m,
+                      size_t mlen);
+/* Server: queues chunks while the send queue is below its high-water mark, then SNAPSHOT_END.
+ * True when the whole part was queued (c->boot is then freed). */
+bool cs__boot_pump(cs__conn *c);
+void cs__boot_free(cs__conn *c); /* accepts a connection with none */
+
+/* Branch: a part being received. Owned buffer, at most CS_SNAPSHOT_BYTES_MAX. */
+typedef struct cs__boot_rx {
+    uint8_t *buf;
+    size_t len, bytes;
+    uint64_t seq;
+    uint32_t chunks, next;
+    bool active;
+} cs__boot_rx;
+
+/* Branch: handle SNAPSHOT, SNAPSHOT_CHUNK and SNAPSHOT_END. END applies the part in one
+ * transaction (cs_branch_bootstrap); *applied is set then. Errors (m says why):
+ * CS_INVALID_INPUT, CS_CORRUPT, CS_PROTOCOL_MISMATCH, CS_NO_MEMORY, the bootstrap's. */
+cs_err cs__boot_rx_frame(cs__boot_rx *rx, unsigned type, const cs__body *b, cs_branch *br,
+                         bool *applied, char *m, size_t mlen);
+void cs__boot_rx_free(cs__boot_rx *rx);
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 

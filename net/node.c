@@ -107,6 +107,7 @@ typedef struct cs_node {
     double rate; /* events applied per second over the last interval */
     uint64_t bytes_received, segments_received, events_applied, reconnects;
     uint64_t drops[CS_ERR_COUNT], refusals[CS_ERR_COUNT];
+    cs__boot_rx boot; /* a snapshot part arriving (bootstrap.c); dropped with the connection */
 } node;
 
 static void node_log(node *n, cs_net_log_level level, const char *event, cs_err code,
@@ -176,7 +177,8 @@ static void on_closed(uv_handle_t *h)
     n->yielded_ms = 0;
     uv_idle_stop(&n->spin);
     n->spin_on = false;
-    n->write_inflight = false; /* unanswered: sent again, with the same req, next time */
+    cs__boot_rx_free(&n->boot); /* a part cut short is asked for again, whole */
+    n->write_inflight = false;  /* unanswered: sent again, with the same req, next time */
     if (n->done || n->o->mode != CS_NODE_FOLLOW) {
         node_finish(n);
         return;
@@ -667,15 +669,38 @@ static void on_write_result(node *n, const cs__body *b)
     check_done(n);
 }
 
+/* Bootstrap (bootstrap.c): the head office cut the events this branch needs next and sends
+ * its snapshot part; once applied, the cursor is the part's and segments continue from it. */
+static void on_snapshot(node *n, unsigned type, const cs__body *b)
+{
+    char m[320];
+    bool applied = false;
+    if (n->o->receive_only) {
+        node_drop(n, CS_PROTOCOL_MISMATCH, true, "a receive-only node cannot apply a snapshot");
+        return;
+    }
+    cs_err err = cs__boot_rx_frame(&n->boot, type, b, n->b, &applied, m, sizeof(m));
+    if (err != CS_OK) {
+        node_drop(n, err, true, "snapshot: %s", m);
+        return;
+    }
+    if (!applied)
+        return;
+    uint64_t before = n->cursor;
+    segment_applied(n); /* the new cursor, acknowledged */
+    node_log(n, CS_NET_LOG_INFO, "bootstrap", CS_OK,
+             "bootstrapped from the head office's snapshot: from event %llu to %llu",
+             (unsigned long long)before, (unsigned long long)n->cursor);
+}
+
 static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
 {
-    static const uint8_t allowed[] = {[CS__F_CHALLENGE] = 1 << N_HELLO_SENT,
-                                      [CS__F_WELCOME] = 1 << N_PROOF_SENT,
-                                      [CS__F_CAUGHT_UP] = 1 << N_STREAMING,
-                                      [CS__F_SEGMENT] = 1 << N_STREAMING,
-                                      [CS__F_PING] = 1 << N_STREAMING,
-                                      [CS__F_WRITE_RESULT] = 1 << N_STREAMING,
-                                      [CS__F_ERROR] = 0xff};
+    static const uint8_t allowed[] = {
+        [CS__F_CHALLENGE] = 1 << N_HELLO_SENT,   [CS__F_WELCOME] = 1 << N_PROOF_SENT,
+        [CS__F_CAUGHT_UP] = 1 << N_STREAMING,    [CS__F_SEGMENT] = 1 << N_STREAMING,
+        [CS__F_PING] = 1 << N_STREAMING,         [CS__F_WRITE_RESULT] = 1 << N_STREAMING,
+        [CS__F_SNAPSHOT] = 1 << N_STREAMING,     [CS__F_SNAPSHOT_CHUNK] = 1 << N_STREAMING,
+        [CS__F_SNAPSHOT_END] = 1 << N_STREAMING, [CS__F_ERROR] = 0xff};
     if (type >= sizeof(allowed) || !allowed[type]) {
         if (type >= CS__F_OPTIONAL)
             return;
@@ -717,6 +742,11 @@ static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
         break;
     case CS__F_WRITE_RESULT:
         on_write_result(n, &b);
+        break;
+    case CS__F_SNAPSHOT:
+    case CS__F_SNAPSHOT_CHUNK:
+    case CS__F_SNAPSHOT_END:
+        on_snapshot(n, type, &b);
         break;
     case CS__F_ERROR: {
         cs__body_str(&b, "code", &code);

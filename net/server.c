@@ -274,8 +274,9 @@ static cs_err check_cursor(cs__server *s, uint64_t cursor, uint64_t chain, char 
                  "the branch follows",
                  (unsigned long long)cursor, (unsigned long long)head);
         err = CS_CORRUPT;
-    } else if (err == CS_OK && (err = cs__log_chain_at(r, cursor, &have)) == CS_OK &&
-               have != chain) {
+    } else if (err == CS_OK && (err = cs__log_chain_at(r, cursor, &have)) == CS_NOT_FOUND) {
+        err = CS_OK; /* cut from the log (log compact): a snapshot follows (bootstrap.c) */
+    } else if (err == CS_OK && have != chain) {
         snprintf(m, mlen, "event %llu differs from the one the branch applied: the log diverged",
                  (unsigned long long)cursor);
         err = CS_CORRUPT;
@@ -309,10 +310,16 @@ static void conn_on_start(cs__conn *c, const cs__body *b)
         cs__conn_close(c, err, m, false);
         return;
     }
+    bool boot = false;
+    uint64_t boot_seq = 0;
+    if ((err = cs__boot_start(c, cursor, &boot, &boot_seq, m, sizeof(m))) != CS_OK) {
+        cs__conn_close(c, err, m, false);
+        return;
+    }
     replace_older(s, c);
     c->state = CS__C_STREAMING;
     c->acked = cursor;
-    c->send_next = cursor + 1;
+    c->send_next = (boot ? boot_seq : cursor) + 1; /* after a snapshot, from its position */
     c->caught_up_seq = s->head;
     c->caught_up_due = true;
     c->status_dirty = true;
@@ -783,8 +790,9 @@ static cs_err server_load(cs__server *s, char *errmsg, size_t len)
     if ((err = cs_log_reader_open(s->log, &r)) != CS_OK)
         return server_fail(errmsg, len, err, "cannot read the log: %s", cs_log_errmsg(s->log));
     err = cs_log_reader_head(r, &s->head);
-    if (err == CS_OK)
-        err = cs__log_chain_at(r, 1, &s->log_id);
+    cs_log_start start;
+    if (err == CS_OK && (err = cs_log_reader_start(r, &start)) == CS_OK)
+        s->log_id = start.log_id; /* event 1's chain, kept by a cut (log/cut.c) */
     cs_log_reader_close(r);
     if (err != CS_OK)
         return server_fail(errmsg, len, err, "cannot read the log's first event");

@@ -134,6 +134,7 @@ void cs__conn_closed(uv_handle_t *h)
         c->next->prev = c->prev;
     s->nconns--;
     cs__rx_free(&c->rx);
+    cs__boot_free(c);
     free(c);
 }
 
@@ -227,6 +228,20 @@ static void send_caught_up(cs__conn *c)
 static void pump(cs__server *s, cs_log_reader *r, cs__conn *c)
 {
     cs_assert(conn_stream_invariants_hold(c));
+    if (c->boot && !cs__boot_pump(c)) { /* the snapshot part goes first (bootstrap.c) */
+        if (c->state == CS__C_STREAMING && c->queued >= CS_NET_SENDQ_BYTES_HIGH && !c->paused_ms)
+            c->paused_ms = cs__net_now_ms();
+        return;
+    }
+    cs_log_start start;
+    if (c->state == CS__C_STREAMING && cs_log_reader_start(r, &start) == CS_OK &&
+        c->send_next < start.seq) { /* cut under a live connection: reconnect for a snapshot */
+        cs__conn_close(c, CS_NETWORK,
+                       "the head office's log was cut past this branch's cursor: "
+                       "reconnect to be sent its snapshot",
+                       false);
+        return;
+    }
     while (c->state == CS__C_STREAMING && c->send_next <= s->head &&
            c->queued < CS_NET_SENDQ_BYTES_HIGH) {
         uint64_t first = c->send_next;

@@ -537,12 +537,20 @@ static cs_err ckpt_build(cs_audit *a, uint64_t every, uint64_t last, uint64_t he
     cs_assert(last % every == 0); /* invariant 2: ckpt_settle checked it or dropped them all */
     cs_assert(head - last >= every);
     cs_audit_state *s = NULL;
-    cs_err err = cs__audit_scratch(a, 0, &s);
-    if (err == CS_OK && last > 0)
+    cs__audit_base_info base;
+    cs_err err = cs__audit_base(a, &base);
+    if (err == CS_OK)
+        err = cs__audit_scratch(a, 0, &s);
+    uint64_t cur = last;
+    if (err == CS_OK && last > 0 && last >= base.seq) {
         err = ckpt_load(a, s, last, NULL);
-    for (uint64_t cur = last; err == CS_OK && head - cur >= every; cur += every) {
+    } else if (err == CS_OK && base.seq > 0) { /* a cut log: from its snapshot (invariant 2 */
+        cur = base.seq;                        /* holds from the first multiple after it) */
+        err = cs__audit_base_load(a, s, 0);
+    }
+    for (; err == CS_OK && head >= (cur / every + 1) * every; cur = (cur / every + 1) * every) {
         cs_log_reader *r = NULL;
-        uint64_t target = cur + every, chain = 0, time_ms = 0, h2;
+        uint64_t target = (cur / every + 1) * every, chain = 0, time_ms = 0, h2;
         err = cs_log_reader_open(a->log, &r);
         if (err == CS_OK)
             err = cs_engine_replay_range(s->e, r, cur + 1, target, NULL);
@@ -580,12 +588,17 @@ static cs_err ckpt_extend(cs_audit *a, uint64_t every_req, bool rebuild, cs_audi
     uint64_t built = 0;
     if (head - last >= every)
         err = ckpt_build(a, every, last, head, &built);
-    if (info)
-        *info = (cs_audit_ckpt_info){.every = every,
-                                     .last = last + built * every,
-                                     .count = (last + built * every) / every,
-                                     .built = built,
-                                     .head = head};
+    uint64_t now_last = err == CS_OK && built ? head / every * every : last;
+    cs__audit_base_info base = {0};
+    if (info && err == CS_OK)
+        err = cs__audit_base(a, &base);
+    if (info) /* after a cut the first checkpoints (up to the snapshot) do not exist */
+        *info = (cs_audit_ckpt_info){
+            .every = every,
+            .last = now_last,
+            .count = now_last > base.seq ? now_last / every - base.seq / every : 0,
+            .built = built,
+            .head = head};
     return err;
 }
 
@@ -627,11 +640,24 @@ cs_err cs_audit_state_at(cs_audit *a, uint64_t seq, const char *type, unsigned f
     if (err == CS_OK && seq > 0 && !(flags & CS_AUDIT_FULL_REPLAY))
         err = ckpt_nearest(a, seq, &cp);
     cs_assert(cp <= seq);
+    cs__audit_base_info base = {0};
+    if (err == CS_OK)
+        err = cs__audit_base(a, &base);
+    if (err == CS_OK && base.seq > seq)
+        err = cs__audit_fail(a, CS_NOT_FOUND,
+                             "events before %llu were cut from this log (log compact): the state "
+                             "as of event %llu can no longer be rebuilt; it can from event %llu on",
+                             (unsigned long long)base.start, (unsigned long long)seq,
+                             (unsigned long long)base.seq);
     cs_audit_state *s = NULL;
     if (err == CS_OK)
         err = cs__audit_scratch(a, 0, &s);
-    if (err == CS_OK && cp > 0)
+    if (err == CS_OK && cp > 0 && cp >= base.seq) {
         err = ckpt_load(a, s, cp, only);
+    } else if (err == CS_OK && base.seq > 0) { /* no checkpoint since the cut: the snapshot */
+        cp = base.seq;
+        err = cs__audit_base_load(a, s, 0);
+    }
     cs_log_reader *r = NULL;
     if (err == CS_OK && seq > cp && (err = cs_log_reader_open(a->log, &r)) == CS_OK) {
         err = cs_engine_replay_range(s->e, r, cp + 1, seq, only);
@@ -665,12 +691,25 @@ static bool shop_known(cs_audit *a, uint64_t shop)
     return known;
 }
 
-/* Feeds events 1..seq to the scratch branch as export-sized segments. */
-static cs_err branch_feed(cs_audit *a, cs_audit_state *s, uint64_t seq)
+/* Feeds events 1..seq to the scratch branch as export-sized segments; after a cut, from the
+ * snapshot's part for this shop (loaded first) on. */
+cs_err cs__audit_branch_feed(cs_audit *a, cs_audit_state *s, uint64_t shop, uint64_t seq)
 {
+    cs__audit_base_info base;
+    cs_err err = cs__audit_base(a, &base);
+    if (err == CS_OK && base.seq > seq)
+        return cs__audit_fail(a, CS_NOT_FOUND,
+                              "events before %llu were cut from this log (log compact): what a "
+                              "branch held at event %llu can no longer be rebuilt; it can from "
+                              "event %llu on",
+                              (unsigned long long)base.start, (unsigned long long)seq,
+                              (unsigned long long)base.seq);
+    if (err == CS_OK && base.seq > 0)
+        err = cs__audit_base_load(a, s, shop);
     cs_log_reader *r = NULL;
-    cs_err err = cs_log_reader_open(a->log, &r);
-    for (uint64_t from = 1; err == CS_OK && from <= seq;) {
+    if (err == CS_OK)
+        err = cs_log_reader_open(a->log, &r);
+    for (uint64_t from = base.seq + 1; err == CS_OK && from <= seq;) {
         uint8_t *seg = NULL;
         size_t len;
         uint64_t last;
@@ -703,7 +742,7 @@ cs_err cs_audit_branch_at(cs_audit *a, uint64_t seq, uint64_t shop, cs_audit_sta
     if (err == CS_OK)
         err = cs__audit_scratch(a, shop, &s);
     if (err == CS_OK)
-        err = branch_feed(a, s, seq);
+        err = cs__audit_branch_feed(a, s, shop, seq);
     if (err != CS_OK) {
         cs_audit_state_free(s);
         return err;

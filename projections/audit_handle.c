@@ -137,9 +137,30 @@ cs_err cs__audit_log_point(cs_audit *a, uint64_t seq, uint64_t *head, uint64_t *
     if (err == CS_OK && seq > *head)
         err = cs__audit_fail(a, CS_NOT_FOUND, "the log has %llu events, there is no event %llu",
                              (unsigned long long)*head, (unsigned long long)seq);
+    cs_log_start start = {.seq = 1};
+    if (err == CS_OK)
+        err = cs_log_reader_start(r, &start);
+    bool at_base = err == CS_OK && seq > 0 && seq + 1 == start.seq;
+    if (err == CS_OK && seq > 0 && seq + 1 < start.seq)
+        err = cs__audit_fail(a, CS_NOT_FOUND,
+                             "events before %llu were cut from this log (log compact): event "
+                             "%llu, and every state and version before event %llu, can no "
+                             "longer be shown; the audit answers from event %llu on",
+                             (unsigned long long)start.seq, (unsigned long long)seq,
+                             (unsigned long long)start.seq - 1, (unsigned long long)start.seq - 1);
     cs_log_record rec;
     cs_event_view ev;
-    if (err == CS_OK && seq > 0) {
+    if (at_base) { /* the snapshot's position: its chain is the log's, its time the snapshot's */
+        cs_log_reader_close(r);
+        r = NULL;
+        cs__audit_base_info base;
+        if ((err = cs__audit_base(a, &base)) == CS_OK) {
+            if (chain)
+                *chain = start.chain_before;
+            if (time_ms)
+                *time_ms = base.seq == seq ? base.time_ms : 0;
+        }
+    } else if (err == CS_OK && seq > 0) {
         err = cs_log_reader_get(r, seq, &rec);
         if (err == CS_OK)
             err = cs_event_decoder_new(&dec);

@@ -108,15 +108,23 @@ cs_err cs__history_extend(cs_audit *a)
     uint64_t seen_chain = cs__audit_meta_get(t, a->meta, "history_chain");
     cs_log_read_end(a->log, t);
     uint64_t head = 0, chain = 0;
-    err = cs__audit_log_point(a, 0, &head, NULL, NULL);
+    cs__audit_base_info base;
+    err = cs__audit_base(a, &base);
+    bool from_cut = err == CS_OK && base.start && seen + 1 < base.start;
+    if (from_cut) { /* a cut log: versions before its start are gone, the index starts there */
+        seen = base.start - 1;
+        seen_chain = 0;
+    }
+    if (err == CS_OK)
+        err = cs__audit_log_point(a, 0, &head, NULL, NULL);
     if (err == CS_OK && seen > head)
         return cs__audit_fail(a, CS_CORRUPT,
                               "the history index has seen %llu events but the log holds %llu: "
                               "the log lost events (run `chainsync audit verify`)",
                               (unsigned long long)seen, (unsigned long long)head);
-    if (err == CS_OK && seen > 0)
+    if (err == CS_OK && seen > 0 && !from_cut)
         err = cs__audit_log_point(a, seen, &head, &chain, NULL);
-    if (err == CS_OK && seen > 0 && chain != seen_chain)
+    if (err == CS_OK && seen > 0 && !from_cut && chain != seen_chain)
         return cs__audit_fail(a, CS_CORRUPT,
                               "the log's event %llu changed after the history index saw it "
                               "(run `chainsync audit verify`)",
@@ -243,6 +251,15 @@ static cs_err history_none(cs_audit *a, const cs_type *t, uint64_t id)
                               "head office's log (chainsync audit history %s %llu --data HEAD)",
                               t->name, (unsigned long long)id, (unsigned long long)origin, t->name,
                               (unsigned long long)origin);
+    cs__audit_base_info base;
+    if (cs__audit_base(a, &base) == CS_OK && base.start)
+        return cs__audit_fail(a, CS_NOT_FOUND,
+                              "%s %llu has no version in this log since event %llu: events "
+                              "before it were cut (log compact), and with them every older "
+                              "version and who made it; its state as of event %llu is in the "
+                              "snapshot (chainsync audit as-of --seq %llu %s)",
+                              t->name, (unsigned long long)id, (unsigned long long)base.start,
+                              (unsigned long long)base.seq, (unsigned long long)base.seq, t->name);
     return cs__audit_fail(a, CS_NOT_FOUND, "%s %llu has no version in this log", t->name,
                           (unsigned long long)id);
 }

@@ -118,4 +118,22 @@ cs_err cs__history_extend(cs_audit *a);
  * op is "added", "changed" or "removed". Errors: CS_NO_MEMORY. */
 cs_err cs__audit_diff(const cs_type *t, const json_t *old, const json_t *new, json_t *changes);
 
+/* ---- snapshot.c: the base a cut log is replayed from -------------------------------------- */
+
+typedef struct cs__audit_base_info {
+    uint64_t start;   /* the log's first event; 0 when it was never cut */
+    uint64_t seq;     /* the snapshot's position (>= start - 1); 0 when never cut */
+    uint64_t chain;   /* the log's chain at seq */
+    uint64_t time_ms; /* event seq's time */
+} cs__audit_base_info;
+
+/* Where replays of this log begin: nothing (all zero) for a log never cut, else its snapshot.
+ * Errors: CS_CORRUPT (a cut log without a snapshot that verifies), storage errors. */
+cs_err cs__audit_base(cs_audit *a, cs__audit_base_info *out);
+/* Loads the snapshot into an empty scratch state: the head office's state for an engine
+ * scratch, the part of `shop` (or the ANY part) for a branch scratch. */
+cs_err cs__audit_base_load(cs_audit *a, cs_audit_state *s, uint64_t shop);
+/* Feeds the log to a scratch branch up to seq: from its snapshot part when the log was cut. */
+cs_err cs__audit_branch_feed(cs_audit *a, cs_audit_state *s, uint64_t shop, uint64_t seq);
+
 #endif

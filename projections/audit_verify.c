@@ -412,8 +412,13 @@ static cs_err replay_with_checkpoints(verify_ctx *vc, json_t *ckpart, cs_audit_s
 {
     cs_audit *a = vc->a;
     uint64_t at = 0, cp = 0, checked = 0;
-    cs_err err = CS_OK;
-    for (;;) {
+    cs__audit_base_info base;
+    cs_err err = cs__audit_base(a, &base);
+    if (err == CS_OK && base.seq > 0) { /* a cut log is replayed from its snapshot */
+        err = cs__audit_base_load(a, s, 0);
+        at = cp = base.seq;
+    }
+    for (; err == CS_OK;) {
         if ((err = ckpt_next(a, cp, &cp)) != CS_OK)
             break;
         uint64_t to = cp == 0 || cp > head ? head : cp;

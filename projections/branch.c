@@ -52,6 +52,8 @@ cs_err cs_branch_open(const char *dir, const cs_log_options *opts, cs_branch **o
         err = cs_log_dbi_open(log, "dirty", 0, &b->dirty);
     if (err == CS_OK)
         err = cs_log_dbi_open(log, "branch", 0, &b->meta);
+    if (err == CS_OK)
+        err = cs_log_dbi_open(log, "local", 0, &b->local);
     if (err != CS_OK) {
         cs_branch_close(b);
         return err;

@@ -256,4 +256,74 @@ cs_err cs_audit_sync_preview(cs_audit *a, uint64_t shop, cs_sync_preview_fn fn, 
  * for a branch_dir that is no branch, or this directory itself) when the checks could not run. */
 cs_err cs_audit_verify(cs_audit *a, const char *branch_dir, json_t **report);
 
+/* ==== retention and snapshots (projections/snapshot.c; docs/design.md "Retention and
+ * snapshots", docs/storage.md "snapshot") ================================================== */
+/*
+ * `log compact --before SEQ` cuts the head office's log below SEQ once a snapshot of the state
+ * at SEQ - 1 was written and verified. A snapshot is a set of parts, each one checksummed blob
+ * (the same bytes on disk and on the wire): the head office's own state (shop
+ * CS_SNAPSHOT_SHOP_BASE: `items` and `network`, what the audit replays from), what a branch
+ * that was not linked at SEQ - 1 holds then (CS_SNAPSHOT_SHOP_ANY: mirror, dirty set, shared
+ * records, sync state), and, for each branch linked then whose cursor was behind, what that
+ * branch holds at SEQ - 1 (its copies, origin index, mirror, dirty set and sync state, as an
+ * uncut replay builds them). A branch bootstrapped from its part then follows from SEQ.
+ */
+
+#define CS_SNAPSHOT_HEADER_BYTES 64u
+/* A part a branch accepts: it is held in memory until its one transaction applies it. */
+#define CS_SNAPSHOT_BYTES_MAX (256u * 1024u * 1024u)
+#define CS_SNAPSHOT_SHOP_BASE 0u
+#define CS_SNAPSHOT_SHOP_ANY UINT64_MAX
+
+/* A part's header, as cs_snapshot_parse read and checked it. */
+typedef struct cs_snapshot_info {
+    uint64_t seq;     /* the state after this event */
+    uint64_t chain;   /* the log's chain at seq */
+    uint64_t time_ms; /* event seq's time */
+    uint64_t shop;    /* CS_SNAPSHOT_SHOP_BASE, CS_SNAPSHOT_SHOP_ANY or a branch */
+    uint64_t digest;  /* of its records, as cs_engine_digest / cs_branch_digest hash them */
+    uint32_t records;
+    uint16_t schema;  /* CS_SCHEMA_VERSION of the writer */
+    size_t bytes;     /* the whole part, header included */
+} cs_snapshot_info;
+
+/* Checks a part: magic, version, schema (a newer one is CS_PROTOCOL_MISMATCH), lengths, the
+ * checksum, every record's shape and order, and the digest over the records. Errors:
+ * CS_CORRUPT (errmsg-free: the sentence is the caller's), CS_PROTOCOL_MISMATCH. */
+cs_err cs_snapshot_parse(const uint8_t *buf, size_t len, cs_snapshot_info *out);
+/* The stored part for `shop` (the CS_SNAPSHOT_SHOP_ANY part when the shop has none of its
+ * own), copied: *out owned by the caller (free()). Must not run inside a transaction. Errors:
+ * CS_NOT_FOUND (no snapshot), CS_CORRUPT, CS_IO, CS_NO_MEMORY. */
+cs_err cs_snapshot_get(cs_log *log, uint64_t shop, uint8_t **out, size_t *len);
+
+/* Replaces the branch's projection state by a part (one transaction: all or nothing): the
+ * origin index, mirror, dirty set and sync state become the part's, its copies and shared
+ * records are written, local items stay, and the cursor moves to the part's seq, from where
+ * segments continue. A part of shop ANY takes this branch's shop id. Nothing happens when the
+ * branch is already at or past the part's seq. Errors: CS_CORRUPT, CS_PROTOCOL_MISMATCH
+ * (cs_snapshot_parse), CS_INVALID_INPUT (another shop's part, or a local item holds an id the
+ * part gives a copy), CS_NOT_IN_NETWORK (not bound), storage errors. */
+cs_err cs_branch_bootstrap(cs_branch *b, const uint8_t *buf, size_t len, uint64_t *seq_out);
+
+/* What cs_audit_compact did or would refuse. */
+typedef struct cs_compact_result {
+    uint64_t before;   /* the log now starts here */
+    uint64_t seq;      /* the snapshot's position: before - 1 */
+    uint64_t deleted;  /* events deleted now (a resumed trim included) */
+    uint64_t parts;    /* parts written: base, ANY and one per branch behind */
+    uint64_t bytes;    /* their size */
+    json_t *stranded;  /* [{"shop","name","cursor"}] branches behind the cut; owned by the caller */
+} cs_compact_result;
+
+/* Compacts the log of the audited head office (or single store): builds the snapshot at
+ * before - 1 by replay, stores it, reads it back and checks every part's checksum and digest
+ * against the replay's, then records the cut and deletes the prefix in short transactions
+ * (other processes keep working beside it). Refuses, before writing anything, when a branch
+ * linked at before - 1 has a cursor below it, unless force (they are then bootstrapped from
+ * their parts). out->stranded is set in both cases. Errors: CS_FORBIDDEN (branches behind, the
+ * sentence names them; or a branch directory), CS_INVALID_INPUT (before out of range),
+ * CS_NOT_FOUND (events before it were already cut: it must be >= the log's start), CS_CORRUPT,
+ * storage errors. */
+cs_err cs_audit_compact(cs_audit *a, uint64_t before, bool force, cs_compact_result *out);
+
 #endif

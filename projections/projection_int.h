@@ -115,6 +115,7 @@ struct cs_branch {
     MDB_dbi dirty;
     MDB_dbi meta;
     MDB_dbi items;         /* the engine's */
+    MDB_dbi local;         /* the engine's: its next_id counter, which a bootstrap moves on */
     cs_event_decoder *dec; /* owned */
     msgpack_zone zone;     /* owned: one item's scratch objects */
     msgpack_sbuffer rec;   /* owned: one item record being written, reused (no malloc per item) */

@@ -568,7 +568,8 @@ def run_probe(args, password, summary):
     nest = lambda n: [nest(n - 1)] if n else 0
     r["hello_nested_16_deep"] = probe_one(args, [raw_frame(HELLO, pk(dict(good, x=nest(15))))])
     r["hello_nested_17_deep"] = probe_one(args, [raw_frame(HELLO, pk(dict(good, x=nest(16))))])
-    r["unknown_mandatory_type"] = probe_one(args, [raw_frame(0x30, pk({}))])
+    # 0x7e: no frame type has it (0x30-0x32 are the snapshot frames since issue 14)
+    r["unknown_mandatory_type"] = probe_one(args, [raw_frame(0x7e, pk({}))])
     r["unknown_optional_type_then_hello"] = probe_one(
         args, [raw_frame(0x90, pk({"x": 1})), raw_frame(HELLO, pk(good))])
     r["unknown_key_ignored"] = probe_one(args, [raw_frame(HELLO, pk(dict(good, later=1)))])

@@ -208,10 +208,26 @@ def check_format(txn, meta):
 LMDB_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError)
 
 
-def walk(txn, events, emit):
-    """Verifies the log; returns (count, [(seq, time)]) or raises Corrupt with .seq set."""
-    expect, prev_chain, times = 1, 0, []
-    cursor = iter(txn.cursor(db=events))
+def log_start(txn, meta):
+    """meta "start" (seq, chain of seq - 1, log id; u64 BE each), written by a cut (`log
+    compact`): where the log starts and the chain it continues. Absent: 1 and 0."""
+    v = txn.get(b"start", db=meta)
+    if v is None:
+        return 1, 0
+    if len(v) != 24 or u64_be(v[:8]) < 2:
+        e = Corrupt("the start record is malformed")
+        e.seq = 1
+        raise e
+    return u64_be(v[:8]), u64_be(v[8:16])
+
+
+def walk(txn, events, emit, start=(1, 0)):
+    """Verifies the log from its start; returns (last seq, [(seq, time)], last chain) or raises
+    Corrupt with .seq set."""
+    expect, prev_chain, times = start[0], start[1], []
+    cur = txn.cursor(db=events)
+    cur.set_range(expect.to_bytes(8, "big"))  # events below a cut's start are being deleted
+    cursor = cur.iternext()
     while True:
         try:
             key, val = next(cursor)
@@ -911,7 +927,8 @@ def main(argv):
     try:
         with env.begin(buffers=False) as txn:  # one snapshot for the whole walk
             check_format(txn, dbs["meta"])
-            n, times, last_chain = walk(txn, dbs["events"], as_json)
+            start = log_start(txn, dbs["meta"])
+            n, times, last_chain = walk(txn, dbs["events"], as_json, start)
             check_head(txn, dbs["meta"], n, last_chain)
             if "--times" in flags:
                 check_times(txn, dbs["times"], times)
@@ -938,7 +955,11 @@ def main(argv):
     finally:
         env.close()
     sys.stdout.flush()
-    status.write("ok %d events\n" % n)
+    if start[0] > 1:
+        status.write("ok %d events, %d to %d (cut before %d)\n" % (n - start[0] + 1, start[0], n,
+                                                                    start[0]))
+    else:
+        status.write("ok %d events\n" % n)
     return 0
 
 

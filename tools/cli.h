@@ -203,6 +203,7 @@ int cs_cmd_list(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_del(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_log(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_log_export(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_log_compact(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_branch_import(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_audit_history(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_audit_as_of(const cs_cli_cmd *cmd, int argc, char **argv);

@@ -186,6 +186,20 @@ static const cs_cli_cmd commands[] = {
      "  --out FILE     where to write the segments (required)\n\n"
      "Example:\n  chainsync log export --data /tmp/hq --from 1 --out /tmp/hq.seg\n",
      NULL},
+    {"log", "compact", cs_cmd_log_compact,
+     "cut the log's prefix after a verified snapshot (retention)",
+     "log compact (--before SEQ | --keep N) [--force]",
+     "Writes a snapshot of the state as of event SEQ - 1 (the head office's, and what every\n"
+     "branch behind the cut holds then), reads it back and checks it against a replay, then\n"
+     "deletes events 1 to SEQ - 1. The log then starts at SEQ; the hash chain continues from\n"
+     "the snapshot. Branches behind the cut (or joining later) are bootstrapped from the\n"
+     "snapshot over the protocol. Refused (forbidden) when a linked branch's cursor is behind\n"
+     "SEQ - 1, naming it, unless --force. Head office or single store only.\n\n"
+     "Options:\n  --before SEQ   the first event to keep (2 to the head)\n"
+     "  --keep N       keep the last N events (a retention policy, run from a timer)\n"
+     "  --force        cut even past linked branches' cursors\n\n"
+     "Example:\n  chainsync log compact --data /tmp/hq --keep 100000\n",
+     NULL},
     {"demo", NULL, cs_cmd_demo, "run the narrated demo: a live network on 127.0.0.1", "demo",
      "Runs tools/demo from the source tree this program was built from: a head office and\n"
      "three branches replicating on 127.0.0.1 (serve, branch join and follow), explained as\n"
