@@ -316,25 +316,29 @@ int cs_cmd_branch_retry(const cs_cli_cmd *cmd, int argc, char **argv)
     int rc = cs_cli_parse(cmd, argc, argv, NULL, 0, 0, 0, pos, &npos);
     if (rc == CS_CLI_GO)
         rc = cs_cli_data_dir(cmd, &dir);
+    cs_engine *e = NULL;
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_open(dir, true, &e);
     if (rc != CS_CLI_GO)
         return rc;
-    if (!store_exists(dir))
-        return cs_cli_fail(CS_NOT_FOUND, "%s holds no branch: run chainsync branch join", dir);
+    cs_shop_info self;
+    cs_err err = cs_engine_self(e, &self);
+    cs_engine_close(e); /* the branch is opened as one, with its projection */
+    if (err != CS_OK)
+        return cs_cli_fail(err, "cannot read what %s is", dir);
+    if (self.role != CS_ROLE_BRANCH)
+        return cs_cli_fail(CS_FORBIDDEN, "%s is not a branch: only a branch holds events", dir);
     cs_branch *b = NULL;
-    cs_err err = cs_branch_open(dir, NULL, &b);
+    err = cs_branch_open(dir, NULL, &b);
     if (err != CS_OK)
         return cs_cli_fail(err, "cannot open the data directory %s", dir);
     cs_branch_state st;
     cs_branch_hold h;
     uint64_t asked = 0;
     bool running = cs_node_running(dir);
-    if ((err = cs_branch_state_get(b, &st)) == CS_OK && !st.linked && !st.unlinked && !st.shop)
-        err = CS_FORBIDDEN;
-    if (err == CS_OK && (err = cs_branch_hold_get(b, &h)) == CS_OK)
+    if ((err = cs_branch_state_get(b, &st)) == CS_OK && (err = cs_branch_hold_get(b, &h)) == CS_OK)
         err = cs_branch_retry_ask(b, &asked);
     cs_branch_close(b);
-    if (err == CS_FORBIDDEN)
-        return cs_cli_fail(err, "%s is not a branch: only a branch holds events", dir);
     if (err != CS_OK)
         return cs_cli_fail(err, "cannot ask %s to try again", dir);
     if (cs_cli_g.json_out) {
