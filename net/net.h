@@ -183,7 +183,8 @@ cs_err cs_node_cursor(const cs_node *n, uint64_t *cursor_out);
  * JOIN/PULL only; FOLLOW retries), CS_AUTH_FAILED, CS_NOT_IN_NETWORK, CS_PROTOCOL_MISMATCH,
  * CS_CORRUPT (the head office's log is not the one this branch follows), CS_INVALID_INPUT (no
  * stored link: run branch join; a bad address), CS_FORBIDDEN (another node runs on this
- * directory), storage errors. */
+ * directory), storage errors. FOLLOW never ends on an error of the apply path (a segment the
+ * projection refuses, storage_full, ...): it holds there and tries again (cs_branch_hold). */
 cs_err cs_node_run(cs_branch *b, const char *dir, const cs_node_options *opts, char *errmsg,
                    size_t errmsg_len);
 
