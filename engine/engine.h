@@ -402,11 +402,12 @@ cs_err cs_engine_network_whatsapp(cs_engine *e, const char *mode, const char *nu
 /* Shops. add links a new branch (a sync point for it, R5a); the password is stored only as the
  * keys derived from it (cs_auth_keys), outside the log (R9). */
 cs_err cs_engine_shop_add(cs_engine *e, const char *name, const char *password, uint64_t *shop_out);
-/* A JSON array of {id,name,role,switch,cursor,lag,lag_ms,last_seen,connected,outbox,linked}:
+/* A JSON array of {id,name,role,switch,cursor,lag,lag_ms,last_seen,connected,outbox,linked,held}:
  * cursor, last_seen (ISO 8601), connected and outbox (the branch's outbox depth as it last
  * reported) from the server's status records, null for a branch never seen (outbox also for one
  * that never reported it); lag = head sequence - cursor, lag_ms = now - time of the first event it
- * lacks (0 when in step). */
+ * lacks (0 when in step); held = null, or {seq,code,message,since} of the event the branch
+ * cannot apply, as it last reported (since ISO 8601). */
 cs_err cs_engine_shop_list(cs_engine *e, json_t **out);
 cs_err cs_engine_shop_switch(cs_engine *e, uint64_t shop, bool on);
 cs_err cs_engine_shop_password(cs_engine *e, uint64_t shop, const char *password);
@@ -487,6 +488,15 @@ typedef struct cs_shop_status {
      * outbox_known false when it never did (a branch older than the `outbox` key). */
     uint64_t outbox;
     bool outbox_known;
+    /* The event the branch holds at: one it cannot apply (docs/design.md, "A branch that never
+     * crash-loops"), as it last reported in PING or ACK. held_seq 0: it applies normally.
+     * held_known false: the connection has not said yet (or the branch is older than the key),
+     * and cs_engine_shop_status_save keeps the figure the record already holds. */
+    bool held_known;
+    uint64_t held_seq;
+    cs_err held_code;       /* why: the apply path's error (storage_full, protocol_mismatch, ...) */
+    uint64_t held_since_ms; /* since when it holds there, ms since the epoch */
+    char held_message[160]; /* the apply path's sentence */
 } cs_shop_status;
 
 /* Writes n statuses in one transaction. Errors: CS_INVALID_INPUT (a shop that is no branch),

@@ -49,7 +49,8 @@ static cs_err status_fill(cs_engine *e, MDB_txn *m, json_t *row)
 {
     int jrc = json_object_set_new(row, "lag_ms", json_null()) |
               json_object_set_new(row, "connected", json_null()) |
-              json_object_set_new(row, "outbox", json_null());
+              json_object_set_new(row, "outbox", json_null()) |
+              json_object_set_new(row, "held", json_null());
     cs_shop_status st;
     cs_err err =
         cs__status_read(e, m, (uint64_t)json_integer_value(json_object_get(row, "id")), &st);
@@ -65,6 +66,14 @@ static cs_err status_fill(cs_engine *e, MDB_txn *m, json_t *row)
            json_object_set_new(row, "connected", json_boolean(st.connected));
     if (st.outbox_known)
         jrc |= json_object_set_new(row, "outbox", json_integer((json_int_t)st.outbox));
+    if (st.held_seq) {
+        char since[CS__ISO8601_BYTES];
+        cs__iso8601_ms(st.held_since_ms, since);
+        jrc |= json_object_set_new(row, "held",
+                                   json_pack("{s:I,s:s,s:s,s:s}", "seq", (json_int_t)st.held_seq,
+                                             "code", cs_err_name(st.held_code), "message",
+                                             st.held_message, "since", since));
+    }
     return jrc ? CS_NO_MEMORY : CS_OK;
 }
 
@@ -113,10 +122,10 @@ static cs_err list_shops(cs_engine *e, MDB_txn *m, json_t *arr)
     cs_err err = cs__net_get(m, e->network, "self", 4, &self);
     if (err != CS_OK)
         return err;
-    json_t *head = json_pack("{s:O,s:O,s:s,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:b}", "id",
+    json_t *head = json_pack("{s:O,s:O,s:s,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:b,s:n}", "id",
                              json_object_get(self, "id"), "name", json_object_get(self, "name"),
                              "role", "head", "switch", "cursor", "lag", "lag_ms", "last_seen",
-                             "connected", "outbox", "linked", 1);
+                             "connected", "outbox", "linked", 1, "held");
     json_decref(self);
     if (!head || json_array_append_new(arr, head))
         return CS_NO_MEMORY;

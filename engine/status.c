@@ -6,10 +6,13 @@
  * not state: it is not logged, not in any digest, and a replay does not rebuild it. serve batches
  * it (one transaction per second of changes), so a lost batch costs a second of display, never
  * correctness: the branch's cursor of record is the branch's own. Layout: docs/storage.md,
- * "status".
+ * "status". It also keeps the event a branch holds at, when it reported one (it cannot apply
+ * it: docs/design.md, "A branch that never crash-loops"): a connection that has not said yet
+ * keeps the record's figure, so a branch retrying (reconnecting) does not flicker to "applying".
  */
 #include "engine/engine_int.h"
 
+#include <stdio.h>
 #include <string.h>
 
 typedef struct status_batch {
@@ -17,6 +20,14 @@ typedef struct status_batch {
     const cs_shop_status *st;
     size_t n;
 } status_batch;
+
+static void held_copy(cs_shop_status *to, const cs_shop_status *from)
+{
+    to->held_seq = from->held_seq;
+    to->held_code = from->held_code;
+    to->held_since_ms = from->held_since_ms;
+    memcpy(to->held_message, from->held_message, sizeof(to->held_message));
+}
 
 static cs_err status_put(cs_log_txn *txn, cs_engine *e, const cs_shop_status *s)
 {
@@ -30,11 +41,22 @@ static cs_err status_put(cs_log_txn *txn, cs_engine *e, const cs_shop_status *s)
     if (err != CS_OK)
         return err;
     json_decref(shop);
+    cs_shop_status kept = *s;
+    if (!s->held_known) { /* this connection has not said: the record's figure stands */
+        cs_shop_status old;
+        kept.held_seq = 0;
+        err = cs__status_read(e, cs_log_txn_mdb(txn), s->shop, &old);
+        if (err == CS_OK)
+            held_copy(&kept, &old);
+        else if (err != CS_NOT_FOUND)
+            return err;
+    }
+    s = &kept;
     cs__pack p;
     cs__pack_init(&p);
     /* `outbox` only when the branch reported it: a record without it (also every record
-     * written before the key existed) reads as unknown. */
-    msgpack_pack_map(&p.pk, s->outbox_known ? 4 : 3);
+     * written before the key existed) reads as unknown. The held keys only while it holds. */
+    msgpack_pack_map(&p.pk, (s->outbox_known ? 4u : 3u) + (s->held_seq ? 4u : 0u));
     msgpack_pack_str_with_body(&p.pk, "cursor", 6);
     msgpack_pack_uint64(&p.pk, s->cursor);
     msgpack_pack_str_with_body(&p.pk, "last_seen", 9);
@@ -47,6 +69,17 @@ static cs_err status_put(cs_log_txn *txn, cs_engine *e, const cs_shop_status *s)
     if (s->outbox_known) {
         msgpack_pack_str_with_body(&p.pk, "outbox", 6);
         msgpack_pack_uint64(&p.pk, s->outbox);
+    }
+    if (s->held_seq) {
+        const char *code = cs_err_name(s->held_code);
+        msgpack_pack_str_with_body(&p.pk, "held", 4);
+        msgpack_pack_uint64(&p.pk, s->held_seq);
+        msgpack_pack_str_with_body(&p.pk, "held_code", 9);
+        msgpack_pack_str_with_body(&p.pk, code, strlen(code));
+        msgpack_pack_str_with_body(&p.pk, "held_since", 10);
+        msgpack_pack_uint64(&p.pk, s->held_since_ms);
+        msgpack_pack_str_with_body(&p.pk, "held_message", 12);
+        msgpack_pack_str_with_body(&p.pk, s->held_message, strlen(s->held_message));
     }
     uint8_t kb[8];
     cs_be64_put(kb, s->shop);
@@ -77,6 +110,21 @@ cs_err cs_engine_shop_status_save(cs_engine *e, const cs_shop_status *st, size_t
     return cs_log_write(e->log, status_fn, &b);
 }
 
+/* The held keys of a status record (present together, docs/storage.md "status"). */
+static cs_err held_read(const msgpack_object *o, cs_shop_status *s)
+{
+    cs_str code, msg;
+    if (!cs__map_u64(o, "held", &s->held_seq) || !cs__map_str(o, "held_code", &code) ||
+        !cs__map_u64(o, "held_since", &s->held_since_ms) || !cs__map_str(o, "held_message", &msg))
+        return CS_CORRUPT;
+    s->held_code = cs_err_from_name(code.ptr, code.len);
+    if (s->held_code == CS_ERR_COUNT)
+        s->held_code = CS_IO; /* a code this version does not know: still held */
+    snprintf(s->held_message, sizeof(s->held_message), "%.*s", (int)msg.len, msg.ptr);
+    s->held_known = true;
+    return CS_OK;
+}
+
 cs_err cs__status_read(cs_engine *e, MDB_txn *m, uint64_t shop, cs_shop_status *out)
 {
     uint8_t kb[8];
@@ -94,6 +142,8 @@ cs_err cs__status_read(cs_engine *e, MDB_txn *m, uint64_t shop, cs_shop_status *
          !c || c->type != MSGPACK_OBJECT_BOOLEAN ||
          (ob && !(s.outbox_known = cs__map_u64(&o, "outbox", &s.outbox)))))
         err = CS_CORRUPT;
+    if (err == CS_OK && cs__map_get(&o, "held"))
+        err = held_read(&o, &s);
     if (err == CS_OK) {
         s.connected = c->via.boolean;
         *out = s;

@@ -289,8 +289,11 @@ static json_t *branch_rows(cs__server *s)
         cs_shop_status st;
         uint64_t id = jint(row, "id");
         if (role && strcmp(role, "branch") == 0 && json_is_true(json_object_get(row, "linked")) &&
-            cs_engine_shop_status_get(s->e, id, &st) == CS_OK)
+            cs_engine_shop_status_get(s->e, id, &st) == CS_OK) {
             json_object_set_new(row, "last_seen_ms", json_integer((json_int_t)st.last_seen_ms));
+            json_object_set_new(row, "held_on", json_boolean(st.held_seq != 0));
+            json_object_set_new(row, "held_seq", json_integer((json_int_t)st.held_seq));
+        }
         json_array_append(rows, row);
     }
     json_decref(all);
@@ -321,6 +324,12 @@ static void publish_metrics(cs__server *s, json_t *branches)
                   "outbox", 1);
     branch_family(&t, branches, "chainsync_branch_switch",
                   "The branch's sync switch (R6): 1 on, 0 off.", "switch", 1);
+    branch_family(&t, branches, "chainsync_branch_held",
+                  "1 while the branch holds at an event it cannot apply, as it last reported.",
+                  "held_on", 1);
+    branch_family(&t, branches, "chainsync_branch_held_sequence",
+                  "The event the branch holds at (0 when none), as it last reported.", "held_seq",
+                  1);
     if (cs__mtext_close(&t, &text, &len) == CS_OK)
         cs__snapshot_publish(s->snap, CS__DOC_METRICS, text, len);
 }

@@ -192,7 +192,8 @@ cs_err cs_node_cursor(const cs_node *n, uint64_t *cursor_out);
  * JOIN/PULL only; FOLLOW retries), CS_AUTH_FAILED, CS_NOT_IN_NETWORK, CS_PROTOCOL_MISMATCH,
  * CS_CORRUPT (the head office's log is not the one this branch follows), CS_INVALID_INPUT (no
  * stored link: run branch join; a bad address), CS_FORBIDDEN (another node runs on this
- * directory), storage errors. */
+ * directory), storage errors. FOLLOW never ends on an error of the apply path (a segment the
+ * projection refuses, storage_full, ...): it holds there and tries again (cs_branch_hold). */
 cs_err cs_node_run(cs_branch *b, const char *dir, const cs_node_options *opts, char *errmsg,
                    size_t errmsg_len);
 
@@ -209,6 +210,28 @@ typedef struct cs_branch_link_status {
 
 /* Errors: CS_CORRUPT, storage errors (no link is not an error: joined = false). */
 cs_err cs_branch_link_status_get(cs_branch *b, cs_branch_link_status *out);
+
+/* An event a following branch cannot apply (docs/design.md, "A branch that never
+ * crash-loops"): the node stops applying there, keeps its connection and reads, reports it
+ * upstream, and tries again with a bounded backoff, at once after a restart, or at once on
+ * cs_branch_retry_ask. What the node last recorded (netlink key "hold"). */
+typedef struct cs_branch_hold {
+    bool held;         /* false: nothing is held (the other fields are zero) */
+    uint64_t seq;      /* the first event not applied (the cursor + 1) */
+    cs_err code;       /* the apply path's error */
+    char message[160]; /* its sentence */
+    uint64_t since_ms; /* when the branch first held at seq, ms since the epoch */
+    uint64_t attempts; /* tries that failed at seq */
+    uint64_t next_ms;  /* when the node tries again by itself */
+} cs_branch_hold;
+
+/* Errors: CS_CORRUPT, storage errors (nothing held is not an error: held = false). */
+cs_err cs_branch_hold_get(cs_branch *b, cs_branch_hold *out);
+/* Asks the node that follows on b's directory (another process, or the next one to start) to
+ * try the held event again now: one durable write (netlink key "retry") that the node sees
+ * through its watch of the directory or its next tick. *asked_out (may be NULL) gets the
+ * request's number. Errors: storage errors (storage_full included). */
+cs_err cs_branch_retry_ask(cs_branch *b, uint64_t *asked_out);
 
 /* Whether a branch node (follow or pull) holds `dir` now: how `put --wait` decides to wait for
  * it or to deliver the outbox itself. */

@@ -159,6 +159,48 @@ cs_err cs__link_save(cs_branch *b, const cs__link *l);
 /* The node's state for `chainsync status` (key "state"; now as contact_ms). */
 cs_err cs__link_state_save(cs_branch *b, bool connected, uint64_t head_seq, const char *last_error);
 
+/* ---- a held event (hold.c; docs/design.md, "A branch that never crash-loops") ---------- */
+
+/* Where a following branch stands with an event it cannot apply. Kept in the node, durably in
+ * netlink key "hold" while on (so status shows it and a restart knows since when). */
+typedef struct cs__hold {
+    bool on;      /* an event is held: segments are not applied until the next try */
+    bool trying;  /* the next segments are applied: a retry (or the start) is under way */
+    uint64_t seq; /* the first event not applied: the committed cursor + 1 */
+    cs_err code;  /* the apply path's error */
+    char message[160];
+    uint64_t since_ms;   /* when it first held at seq */
+    uint64_t attempts;   /* tries that failed at seq, the first one included */
+    uint64_t next_ms;    /* when the backoff tries again */
+    uint64_t retry_seen; /* the `branch retry` counter when the hold began (or was last tried) */
+    uint64_t skipped;    /* segments received and not applied while held (metrics) */
+} cs__hold;
+
+/* Bounded backoff between tries: 1 s doubling to 60 s. */
+#define CS__HOLD_BACKOFF_FIRST_MS 1000u
+#define CS__HOLD_BACKOFF_MAX_MS 60000u
+
+/* The node failed to apply at seq (code, message): h is on, its attempts and backoff move on
+ * (since and attempts carry over when it is the same event again), and the record is written.
+ * The record's write error is returned (the hold stands in memory all the same). */
+cs_err cs__hold_enter(cs_branch *b, cs__hold *h, uint64_t seq, cs_err code, const char *message,
+                      uint64_t now_ms);
+/* The held event went through: h is cleared and the record removed. Errors: storage errors. */
+cs_err cs__hold_leave(cs_branch *b, cs__hold *h);
+/* At a node's start: the record a previous run left (h->on, trying) and the retry counter. */
+cs_err cs__hold_start(cs_branch *b, cs__hold *h);
+/* Whether a held node should try again now: the backoff ran out or `branch retry` was asked. */
+bool cs__hold_due(cs_branch *b, cs__hold *h, uint64_t now_ms, bool *asked);
+/* PING and ACK keys of a branch (docs/protocol.md, "held"): how many, then packs them. */
+unsigned cs__hold_keys(const cs__hold *h);
+void cs__hold_pack(cs__pk *p, const cs__hold *h);
+struct cs__conn;
+/* The server's side: takes the held keys of a PING or ACK into c->held (changed: they differ
+ * from what it held). False (and *why set) for keys of the wrong type. */
+bool cs__hold_take(struct cs__conn *c, const cs__body *b, bool *changed, const char **why);
+/* Copies c's held fields into a status about to be recorded. */
+void cs__hold_status(const struct cs__conn *c, cs_shop_status *st);
+
 /* ---- logs (netlog.c) -------------------------------------------------------------------- */
 
 /* A log's settings, kept in the handle of whoever logs (server, node). */
@@ -294,6 +336,7 @@ typedef struct cs__conn {
     struct cs__boot_tx *boot; /* bootstrap.c: a snapshot part being sent; NULL otherwise */
     uv_shutdown_t shutdown;
     cs__rx rx;
+    cs_shop_status held; /* the held_* fields: the event it holds at, as it last said (hold.c) */
 } cs__conn;
 
 struct cs__server {

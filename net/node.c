@@ -108,6 +108,7 @@ typedef struct cs_node {
     uint64_t bytes_received, segments_received, events_applied, reconnects;
     uint64_t drops[CS_ERR_COUNT], refusals[CS_ERR_COUNT];
     cs__boot_rx boot; /* a snapshot part arriving (bootstrap.c); dropped with the connection */
+    cs__hold hold;    /* follow: the event it cannot apply, if any ("a held event" below) */
 } node;
 
 static void node_log(node *n, cs_net_log_level level, const char *event, cs_err code,
@@ -131,6 +132,8 @@ static void node_log(node *n, cs_net_log_level level, const char *event, cs_err 
 
 static void node_connect(node *n);
 static void record_state(node *n, bool connected);
+static bool node_hold(node *n, cs_err err);
+static void node_hold_check(node *n, uint64_t now);
 
 /* ---- closing and retrying ---------------------------------------------------------------- */
 
@@ -284,13 +287,14 @@ static void send_report(node *n, unsigned type, const char *key, uint64_t v)
     uint64_t depth;
     bool known = cs_engine_outbox_count(n->e, &depth) == CS_OK;
     cs__pk p;
-    cs__pk_init(&p, known ? 2 : 1);
+    cs__pk_init(&p, (known ? 2 : 1) + cs__hold_keys(&n->hold));
     cs__pk_uint(&p, key, v);
     if (known) {
         cs__pk_uint(&p, "outbox", depth);
         n->outbox_told = depth;
         n->outbox_told_known = true;
     }
+    cs__hold_pack(&p, &n->hold); /* the held event, or held 0 (docs/protocol.md, "held") */
     node_send(n, cs__pk_frame(&p, type));
     cs__pk_destroy(&p);
 }
@@ -563,6 +567,7 @@ static void verify_segment(node *n, const uint8_t *seg, size_t len)
 }
 
 static void segment_applied(node *n);
+static void node_resume(node *n);
 
 /* Once per connection: the branch holds everything the head office had when it started. */
 static void log_caught_up(node *n)
@@ -593,7 +598,8 @@ static void on_segment(node *n, const uint8_t *body, size_t len)
     uint64_t applied = 0;
     cs_err err = cs_branch_apply_segment(n->b, seg, seg_len, &applied);
     if (err != CS_OK) {
-        node_drop(n, err, true, "%s", cs_branch_errmsg(n->b));
+        if (!node_hold(n, err))
+            node_drop(n, err, true, "%s", cs_branch_errmsg(n->b));
         return;
     }
     if (n->o->on_segment)
@@ -618,6 +624,8 @@ static void segment_applied(node *n)
         n->head_seq = st.cursor; /* the head office has at least what it sent */
     if (st.cursor >= n->head_seq)
         n->behind_since_ms = 0;
+    if (n->hold.on && n->cursor >= n->hold.seq)
+        node_resume(n);
     if (st.sync_seq > n->sync_seq) {
         n->sync_seq = st.sync_seq;
         node_log(n, CS_NET_LOG_INFO, "sync_point", CS_OK, "sync point at event %llu applied",
@@ -801,7 +809,10 @@ static void apply_batch(node *n)
     uint64_t recv_ms = n->o->on_segment ? cs__net_now_ms() : 0, applied = 0;
     cs_err err = cs_branch_apply_segments(n->b, segs, lens, k, &applied);
     if (err != CS_OK) {
-        node_drop(n, err, true, "%s", cs_branch_errmsg(n->b));
+        if (node_hold(n, err))
+            cs__rx_consume_bytes(&n->rx, off); /* held: these are not applied (see below) */
+        else
+            node_drop(n, err, true, "%s", cs_branch_errmsg(n->b));
         return;
     }
     for (size_t i = 0; n->o->on_segment && i < k; i++)
@@ -948,6 +959,11 @@ static void node_process(uv_check_t *h)
     while (n->state != N_CLOSING && n->state != N_IDLE &&
            (err = cs__rx_frame(&n->rx, &type, &body, &len, m, sizeof(m))) == CS_OK) {
         if (type == CS__F_SEGMENT && n->state == N_STREAMING && !n->o->receive_only) {
+            if (n->hold.on && !n->hold.trying) { /* held: not applied; a try streams again */
+                n->hold.skipped++;
+                cs__rx_consume(&n->rx);
+                continue;
+            }
             if (applied || !turn_free(n))
                 break; /* one transaction per turn, while the loop's budget lasts */
             uint64_t t0 = uv_hrtime();
@@ -1131,6 +1147,11 @@ static void node_publish(node *n, uint64_t now)
                "Events applied per second over the last second.", n->rate);
     node_gauge(&t, n, "chainsync_sync_point_sequence", "The last sync point applied.",
                (double)n->sync_seq);
+    node_gauge(&t, n, "chainsync_branch_held",
+               "1 while the branch holds at an event it cannot apply.", n->hold.on ? 1 : 0);
+    node_gauge(&t, n, "chainsync_branch_held_sequence",
+               "The event the branch holds at (0 when none).",
+               (double)(n->hold.on ? n->hold.seq : 0));
     node_counter(&t, "chainsync_events_applied_total", "Events applied by this node.",
                  n->events_applied);
     node_counter(&t, "chainsync_segments_received_total", "Log segments received.",
@@ -1139,6 +1160,9 @@ static void node_publish(node *n, uint64_t now)
                  n->bytes_received);
     node_counter(&t, "chainsync_reconnects_total", "Reconnection attempts scheduled.",
                  n->reconnects);
+    node_counter(&t, "chainsync_hold_segments_skipped_total",
+                 "Segments received while held, not applied (streamed again on the next try).",
+                 n->hold.skipped);
     node_by_code(&t, "chainsync_drops_total", "reason", "Streaming connections lost, by reason.",
                  n->drops);
     node_by_code(&t, "chainsync_handshake_refusals_total", "code",
@@ -1163,6 +1187,80 @@ static cs_err node_http(node *n)
     if (err == CS_OK)
         node_log(n, CS_NET_LOG_INFO, "listen", CS_OK, "HTTP on %s: /metrics", bound);
     return err;
+}
+
+/* ---- a held event (docs/design.md, "A branch that never crash-loops"; net/hold.c) ------- */
+
+/* Follow: the apply path refused a transaction of segments (whatever the code). Instead of a
+ * drop that a final code makes an exit (and a supervisor a crash-loop) or a retry a spin, the
+ * node holds: its cursor stays where the last commit left it, nothing after is applied, the
+ * connection and the heartbeats go on, the head office hears of it in the next PING (sent
+ * now), and a try follows after a backoff or on `branch retry`. Join and pull end as before. */
+static bool node_hold(node *n, cs_err err)
+{
+    if (n->o->mode != CS_NODE_FOLLOW)
+        return false;
+    bool again = n->hold.on;
+    uint64_t now = cs__net_now_ms();
+    /* the projection's sentence, else the storage's (storage_full is the log's to explain) */
+    const char *why = cs_branch_errmsg(n->b);
+    if (!why[0])
+        why = cs_log_errmsg(cs_engine_log(n->e));
+    char m[160];
+    cs_errmsg_format(m, sizeof(m), err, "%s", why[0] ? why : "the branch cannot apply it");
+    cs_err rec = cs__hold_enter(n->b, &n->hold, n->cursor + 1, err, m, now);
+    node_log(n, again ? CS_NET_LOG_WARN : CS_NET_LOG_ERROR, "held", err,
+             "holding at event %llu, which cannot be applied (try %llu; next in %llu ms or on "
+             "branch retry): %s: %s",
+             (unsigned long long)n->hold.seq, (unsigned long long)n->hold.attempts,
+             (unsigned long long)(n->hold.next_ms - now), cs_err_name(err), n->hold.message);
+    if (rec != CS_OK)
+        node_log(n, CS_NET_LOG_WARN, "hold_not_recorded", rec,
+                 "cannot record the held event for status: %s", cs_err_name(rec));
+    if (n->state == N_STREAMING)
+        send_report(n, CS__F_PING, "time", now);
+    return true;
+}
+
+/* The held event went through (a try after the cause went away). */
+static void node_resume(node *n)
+{
+    uint64_t seq = n->hold.seq, tries = n->hold.attempts;
+    cs_err err = cs__hold_leave(n->b, &n->hold);
+    node_log(n, CS_NET_LOG_INFO, "resumed", CS_OK,
+             "event %llu applied after %llu failed tries: applying again", (unsigned long long)seq,
+             (unsigned long long)tries);
+    if (err != CS_OK)
+        node_log(n, CS_NET_LOG_WARN, "hold_not_recorded", err,
+                 "cannot remove the held event's record: %s", cs_err_name(err));
+}
+
+/* A try streams again from the durable cursor: the segments that came while held were not
+ * kept, so the connection is closed (no error) and made again at once. */
+static void node_hold_check(node *n, uint64_t now)
+{
+    bool asked;
+    if (!n->hold.on || n->finished || !cs__hold_due(n->b, &n->hold, now, &asked))
+        return;
+    n->hold.trying = true;
+    node_log(n, CS_NET_LOG_INFO, "retry", CS_OK, "trying event %llu again (%s)",
+             (unsigned long long)n->hold.seq, asked ? "branch retry" : "backoff");
+    n->attempt = 0; /* the reconnect comes within CS_NET_BACKOFF_BASE_MS */
+    if (n->state > N_IDLE && n->state < N_CLOSING)
+        node_drop(n, CS_OK, false, "%s", "trying the held event again");
+}
+
+/* What a previous run left: held at start means a try at once (an upgrade may have fixed it). */
+static void node_hold_start(node *n)
+{
+    cs_err err = cs__hold_start(n->b, &n->hold);
+    if (err != CS_OK)
+        node_log(n, CS_NET_LOG_WARN, "hold_not_recorded", err,
+                 "cannot read the held event's record: %s", cs_err_name(err));
+    else if (n->hold.on)
+        node_log(n, CS_NET_LOG_INFO, "retry", CS_OK,
+                 "held at event %llu since the last run (%s): trying it again",
+                 (unsigned long long)n->hold.seq, cs_err_name(n->hold.code));
 }
 
 /* ---- timers, watch, signals -------------------------------------------------------------- */
@@ -1200,6 +1298,7 @@ static void node_tick(uv_timer_t *t)
         report_outbox(n); /* a write queued that the watch did not see */
         send_outbox(n);   /* the safety net behind the watch */
     }
+    node_hold_check(n, now);
     if (n->snap && now - n->last_metrics_ms >= CS_NET_METRICS_EVERY_MS)
         node_publish(n, now);
 }
@@ -1211,6 +1310,7 @@ static void node_watch(uv_fs_event_t *h, const char *file, int events, int statu
     if (status == 0) {
         report_outbox(h->data); /* a write was queued (or the directory changed otherwise) */
         send_outbox(h->data);
+        node_hold_check(h->data, cs__net_now_ms()); /* `branch retry` writes the directory */
     }
 }
 
@@ -1363,6 +1463,8 @@ cs_err cs_node_start(uv_loop_t *loop, cs_branch *b, const char *dir, const cs_no
     if (err == CS_OK)
         node_log(n, CS_NET_LOG_INFO, "start", CS_OK, "starting on %s, head office at %s", dir,
                  n->link.head);
+    if (err == CS_OK && o->mode == CS_NODE_FOLLOW && !o->receive_only)
+        node_hold_start(n);
     if (err == CS_OK && o->http)
         err = node_http(n);
     if (err == CS_OK && node_handles(n, dir) != 0) {

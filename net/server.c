@@ -351,6 +351,29 @@ static bool conn_take_outbox(cs__conn *c, const cs__body *b)
     return true;
 }
 
+/* PING and ACK may also carry `held`, the event the branch cannot apply (hold.c): a change
+ * is logged and recorded with the next status flush. */
+static bool conn_take_report(cs__conn *c, const cs__body *b)
+{
+    bool changed;
+    const char *why = "";
+    if (!conn_take_outbox(c, b))
+        return false;
+    if (!cs__hold_take(c, b, &changed, &why)) {
+        cs__conn_close(c, CS_INVALID_INPUT, why, false);
+        return false;
+    }
+    if (!changed)
+        return true;
+    c->status_dirty = true;
+    if (c->held.held_seq)
+        cs__server_log(c->srv, CS_NET_LOG_WARN, "branch_held", c->shop, c->held.held_code,
+                       "shop %llu holds at event %llu: %s: %s", (unsigned long long)c->shop,
+                       (unsigned long long)c->held.held_seq, cs_err_name(c->held.held_code),
+                       c->held.held_message);
+    return true;
+}
+
 static void conn_on_ack(cs__conn *c, const cs__body *b)
 {
     uint64_t cursor;
@@ -358,7 +381,7 @@ static void conn_on_ack(cs__conn *c, const cs__body *b)
         cs__conn_close(c, CS_INVALID_INPUT, "ACK of an event never sent", false);
         return;
     }
-    if (!conn_take_outbox(c, b))
+    if (!conn_take_report(c, b))
         return;
     if (cursor > c->acked) {
         c->acked = cursor;
@@ -479,7 +502,7 @@ static void conn_on_frame(cs__conn *c, unsigned type, const uint8_t *body, size_
     } else if (type == CS__F_ACK) {
         conn_on_ack(c, &b);
     } else if (type == CS__F_PING) {
-        conn_take_outbox(c, &b);
+        conn_take_report(c, &b);
     } else if (type == CS__F_ERROR) {
         cs_str code = {"", 0}, msg = {"", 0};
         cs__body_str(&b, "code", &code);
@@ -604,13 +627,15 @@ static void flush_status(cs__server *s)
     for (size_t i = 0; i < s->ngone; i++)
         st[k++] = s->gone[i];
     for (cs__conn *c = s->conns; c; c = c->next)
-        if (c->state == CS__C_STREAMING && c->status_dirty)
-            st[k++] = (cs_shop_status){.shop = c->shop,
-                                       .cursor = c->acked,
-                                       .last_seen_ms = c->last_rx_ms,
-                                       .connected = true,
-                                       .outbox = c->outbox,
-                                       .outbox_known = c->outbox_known};
+        if (c->state == CS__C_STREAMING && c->status_dirty) {
+            st[k] = (cs_shop_status){.shop = c->shop,
+                                     .cursor = c->acked,
+                                     .last_seen_ms = c->last_rx_ms,
+                                     .connected = true,
+                                     .outbox = c->outbox,
+                                     .outbox_known = c->outbox_known};
+            cs__hold_status(c, &st[k++]);
+        }
     cs_err err = cs_engine_shop_status_save(s->e, st, k);
     free(st);
     if (err != CS_OK) {

@@ -120,6 +120,7 @@ static void remember_gone(cs__server *s, const cs__conn *c)
                                            .connected = false,
                                            .outbox = c->outbox,
                                            .outbox_known = c->outbox_known};
+    cs__hold_status(c, &s->gone[s->ngone - 1]);
 }
 
 void cs__conn_closed(uv_handle_t *h)

@@ -27,6 +27,9 @@
 /* `chainsync status`: a branch is more than --max-lag events behind (docs/cli.md). Beyond SPEC
  * 6's 0-4 so that a monitoring check tells "lagging" from "status itself failed". */
 #define CS_CLI_EXIT_LAGGING 5
+/* `chainsync status`: a branch holds at an event it cannot apply (docs/design.md, "A branch
+ * that never crash-loops"): waiting does not fix it, so it outranks LAGGING. */
+#define CS_CLI_EXIT_HELD 6
 /* A handler's "keep going" value from cs_cli_parse: every exit code is >= 0. */
 #define CS_CLI_GO (-1)
 /* Extra options one command may declare (put has the most: --json, --expect-version). */
@@ -216,6 +219,7 @@ int cs_cmd_demo(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_branch_follow(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_branch_pull(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_branch_retry(const cs_cli_cmd *cmd, int argc, char **argv);
 /* put --wait on a branch: delivers the outbox (a pull, unless a node runs on dir) and waits up
  * to timeout_ms for the head office's answer to write w. Returns CS_CLI_GO when it was accepted,
  * or the exit code after printing the refusal or the time-out. */

@@ -332,13 +332,26 @@ static char *last_seen_text(const json_t *v)
     return strdup(buf);
 }
 
+/* held as text: "SEQ CODE" (the event the branch cannot apply and why), "-" when none. */
+static char *held_text(const json_t *h)
+{
+    if (!json_is_object(h))
+        return strdup("-");
+    char buf[96];
+    snprintf(buf, sizeof(buf), "%lld %s", (long long)json_integer_value(json_object_get(h, "seq")),
+             json_string_value(json_object_get(h, "code"))
+                 ? json_string_value(json_object_get(h, "code"))
+                 : "?");
+    return strdup(buf);
+}
+
 int cs_cli_print_shops_table(const json_t *shops)
 {
     static const char *const keys[] = {"id",  "name",   "role",      "switch", "cursor",
                                        "lag", "lag_ms", "connected", "outbox", "linked"};
-    const char *headers[] = {"id",     "name",   "role",   "switch", "cursor",   "lag",
-                             "lag_ms", "online", "outbox", "linked", "last_seen"};
-    enum { NCOLS = 11 };
+    const char *headers[] = {"id",     "name",   "role",   "switch", "cursor",    "lag",
+                             "lag_ms", "online", "outbox", "linked", "last_seen", "held"};
+    enum { NCOLS = 12 };
     cs_cli_table *t = cs_cli_table_new(NCOLS, headers);
     if (!t)
         return cs_cli_fail(CS_NO_MEMORY, NULL);
@@ -348,7 +361,7 @@ int cs_cli_print_shops_table(const json_t *shops)
     json_array_foreach((json_t *)shops, i, shop)
     {
         char *cells[NCOLS] = {NULL};
-        for (unsigned c = 0; c + 1 < NCOLS; c++) {
+        for (unsigned c = 0; c + 2 < NCOLS; c++) {
             const json_t *v = json_object_get(shop, keys[c]);
             if (strcmp(keys[c], "switch") == 0 && json_is_boolean(v))
                 cells[c] = strdup(json_is_true(v) ? "on" : "off");
@@ -359,8 +372,10 @@ int cs_cli_print_shops_table(const json_t *shops)
                 cells[c] = v && !json_is_null(v) ? cs_cli_value_text(v) : strdup("-");
             ok = ok && cells[c];
         }
-        cells[NCOLS - 1] = last_seen_text(json_object_get(shop, "last_seen"));
-        ok = ok && cells[NCOLS - 1] && cs_cli_table_add(t, (const char *const *)cells);
+        cells[NCOLS - 2] = last_seen_text(json_object_get(shop, "last_seen"));
+        cells[NCOLS - 1] = held_text(json_object_get(shop, "held"));
+        ok = ok && cells[NCOLS - 2] && cells[NCOLS - 1] &&
+             cs_cli_table_add(t, (const char *const *)cells);
         for (unsigned c = 0; c < NCOLS; c++)
             free(cells[c]);
     }

@@ -304,3 +304,57 @@ int cs_cli_put_wait(const char *dir, const cs_write_result *w, unsigned timeout_
         sleep_ms(50);
     }
 }
+
+/* `branch retry`: asks the node following on this directory (in another process) to try the
+ * held event again now; one durable write the node sees through its watch or its next tick
+ * (net/hold.c). Without a running node, the next follow tries at once anyway. */
+int cs_cmd_branch_retry(const cs_cli_cmd *cmd, int argc, char **argv)
+{
+    const char *dir = NULL;
+    char *pos[CS_CLI_POS_MAX];
+    unsigned npos = 0;
+    int rc = cs_cli_parse(cmd, argc, argv, NULL, 0, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_data_dir(cmd, &dir);
+    cs_engine *e = NULL;
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_open(dir, true, &e);
+    if (rc != CS_CLI_GO)
+        return rc;
+    cs_shop_info self;
+    cs_err err = cs_engine_self(e, &self);
+    cs_engine_close(e); /* the branch is opened as one, with its projection */
+    if (err != CS_OK)
+        return cs_cli_fail(err, "cannot read what %s is", dir);
+    if (self.role != CS_ROLE_BRANCH)
+        return cs_cli_fail(CS_FORBIDDEN, "%s is not a branch: only a branch holds events", dir);
+    cs_branch *b = NULL;
+    err = cs_branch_open(dir, NULL, &b);
+    if (err != CS_OK)
+        return cs_cli_fail(err, "cannot open the data directory %s", dir);
+    cs_branch_state st;
+    cs_branch_hold h;
+    uint64_t asked = 0;
+    bool running = cs_node_running(dir);
+    if ((err = cs_branch_state_get(b, &st)) == CS_OK && (err = cs_branch_hold_get(b, &h)) == CS_OK)
+        err = cs_branch_retry_ask(b, &asked);
+    cs_branch_close(b);
+    if (err != CS_OK)
+        return cs_cli_fail(err, "cannot ask %s to try again", dir);
+    if (cs_cli_g.json_out) {
+        printf("{\"shop\":%llu,\"asked\":%llu,\"held\":%s,\"seq\":%llu,\"node_running\":%s}\n",
+               (unsigned long long)st.shop, (unsigned long long)asked, h.held ? "true" : "false",
+               (unsigned long long)h.seq, running ? "true" : "false");
+        return 0;
+    }
+    if (h.held)
+        printf("branch %llu holds at event %llu (%s: %s): retry asked\n",
+               (unsigned long long)st.shop, (unsigned long long)h.seq, cs_err_name(h.code),
+               h.message);
+    else
+        printf("branch %llu holds no event as recorded: retry asked all the same\n",
+               (unsigned long long)st.shop);
+    printf("%s\n", running ? "branch follow runs on this directory: it tries within a second"
+                           : "no branch follow runs on this directory: the next one tries at once");
+    return 0;
+}

@@ -8,8 +8,10 @@
  * it, outbox depth and the last connection failure (what the node records, net/link.c).
  *
  * The exit code is the check: 0 in step, CS_CLI_EXIT_LAGGING (5) when a branch (or this
- * branch) is more than --max-lag events behind, the usual codes (1-4) when status itself
- * fails. It only reads: it never creates nor changes a directory.
+ * branch) is more than --max-lag events behind, CS_CLI_EXIT_HELD (6) when one holds at an
+ * event it cannot apply (docs/design.md, "A branch that never crash-loops"; it outranks 5:
+ * waiting will not fix it), the usual codes (1-4) when status itself fails. It only reads: it
+ * never creates nor changes a directory.
  */
 #include "net/net.h"
 #include "tools/cli.h"
@@ -45,11 +47,12 @@ typedef struct head_view {
     unsigned outbox_reported;
     uint64_t outbox_total, outbox_max;
     const json_t *outbox_largest; /* the reporting branch with the most queued, NULL when none */
+    json_t *held; /* [{id,name,seq,code,message,since}] of the branches that hold (owned) */
 } head_view;
 
 static head_view head_look(const json_t *shops, uint64_t head_seq)
 {
-    head_view v = {.head_seq = head_seq};
+    head_view v = {.head_seq = head_seq, .held = json_array()};
     size_t i;
     const json_t *row;
     json_array_foreach(shops, i, row)
@@ -65,6 +68,14 @@ static head_view head_look(const json_t *shops, uint64_t head_seq)
         if (!v.worst || l > v.worst_lag) {
             v.worst = row;
             v.worst_lag = l;
+        }
+        const json_t *h = json_object_get(row, "held");
+        if (json_is_object(h) && v.held) {
+            json_t *one = json_deep_copy(h);
+            if (one && json_object_set(one, "id", json_object_get(row, "id")) == 0 &&
+                json_object_set(one, "name", json_object_get(row, "name")) == 0)
+                json_array_append(v.held, one);
+            json_decref(one);
         }
         const json_t *ob = json_object_get(row, "outbox");
         if (json_is_integer(ob)) {
@@ -98,12 +109,12 @@ static int head_print(const cs_shop_info *self, const head_view *v, bool serving
             largest = json_pack("{s:O,s:O,s:I}", "id", json_object_get(ol, "id"), "name",
                                 json_object_get(ol, "name"), "outbox", (json_int_t)v->outbox_max);
         return cs_cli_print_json_new(json_pack(
-            "{s:s,s:I,s:s,s:I,s:b,s:I,s:I,s:I,s:o*,s:{s:I,s:I,s:o*},s:I,s:b}", "role", "head",
+            "{s:s,s:I,s:s,s:I,s:b,s:I,s:I,s:I,s:o*,s:{s:I,s:I,s:o*},s:I,s:b,s:O*}", "role", "head",
             "shop", (json_int_t)self->id, "name", self->name, "head_seq", (json_int_t)v->head_seq,
             "serving", serving, "branches", (json_int_t)v->branches, "connected",
             (json_int_t)v->connected, "seen", (json_int_t)v->seen, "most_lagging", worst, "outbox",
             "total", (json_int_t)v->outbox_total, "reported", (json_int_t)v->outbox_reported,
-            "largest", largest, "max_lag", (json_int_t)max_lag, "in_step", ok));
+            "largest", largest, "max_lag", (json_int_t)max_lag, "in_step", ok, "held", v->held));
     }
     printf("head office \"%s\" (shop %llu)\n", self->name, (unsigned long long)self->id);
     printf("  head:        event %llu\n", (unsigned long long)v->head_seq);
@@ -130,7 +141,20 @@ static int head_print(const cs_shop_info *self, const head_view *v, bool serving
                (unsigned long long)row_u64(v->outbox_largest, "id"),
                (unsigned long long)v->outbox_max);
     printf("\n");
-    printf("  state:       %s (--max-lag %llu)\n", ok ? "in step" : "LAGGING",
+    size_t i;
+    const json_t *h;
+    printf("  held:        %zu branches hold at an event they cannot apply\n",
+           json_array_size(v->held));
+    json_array_foreach(v->held, i, h) printf(
+        "               \"%s\" (shop %llu) at event %llu since %s: %s: %s\n",
+        json_string_value(json_object_get(h, "name")), (unsigned long long)row_u64(h, "id"),
+        (unsigned long long)row_u64(h, "seq"), json_string_value(json_object_get(h, "since")),
+        json_string_value(json_object_get(h, "code")),
+        json_string_value(json_object_get(h, "message")));
+    printf("  state:       %s (--max-lag %llu)\n",
+           json_array_size(v->held) ? "HELD"
+           : ok                     ? "in step"
+                                    : "LAGGING",
            (unsigned long long)max_lag);
     return CS_CLI_GO;
 }
@@ -153,8 +177,10 @@ static int status_head(cs_engine *e, const char *dir, const cs_shop_info *self, 
     head_view v = head_look(shops, head_seq);
     bool ok = v.worst_lag <= max_lag;
     int rc = head_print(self, &v, cs_server_running(dir), max_lag, ok);
+    bool held = json_array_size(v.held) > 0;
+    json_decref(v.held);
     json_decref(shops);
-    return rc != CS_CLI_GO ? rc : ok ? 0 : CS_CLI_EXIT_LAGGING;
+    return rc != CS_CLI_GO ? rc : held ? CS_CLI_EXIT_HELD : ok ? 0 : CS_CLI_EXIT_LAGGING;
 }
 
 /* ---- a branch ---------------------------------------------------------------------------- */
@@ -162,6 +188,7 @@ static int status_head(cs_engine *e, const char *dir, const cs_shop_info *self, 
 typedef struct branch_view {
     cs_branch_state st;
     cs_branch_link_status link;
+    cs_branch_hold hold;
     bool running;
     size_t outbox, rejected;
     uint64_t lag;
@@ -170,17 +197,24 @@ typedef struct branch_view {
 static int branch_print(const cs_shop_info *self, const branch_view *v, uint64_t max_lag, bool ok)
 {
     bool connected = v->running && v->link.connected;
-    char when[32];
+    char when[32], since[32], next[32];
     iso_ms(v->link.contact_ms, when, sizeof(when));
+    iso_ms(v->hold.since_ms, since, sizeof(since));
+    iso_ms(v->hold.next_ms, next, sizeof(next));
+    const cs_branch_hold *h = &v->hold;
     if (cs_cli_g.json_out)
         return cs_cli_print_json_new(json_pack(
-            "{s:s,s:I,s:s,s:I,s:s,s:b,s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:s,s:s,s:I,s:b}", "role",
+            "{s:s,s:I,s:s,s:I,s:s,s:b,s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:s,s:s,s:I,s:b,s:o}", "role",
             "branch", "shop", (json_int_t)v->st.shop, "name", self->name, "head_office",
             (json_int_t)v->st.head, "head", v->link.head, "node_running", v->running, "connected",
             connected, "cursor", (json_int_t)v->st.cursor, "sync_seq", (json_int_t)v->st.sync_seq,
             "head_seq", (json_int_t)v->link.head_seq, "lag", (json_int_t)v->lag, "outbox",
             (json_int_t)v->outbox, "rejected", (json_int_t)v->rejected, "last_contact", when,
-            "last_error", v->link.last_error, "max_lag", (json_int_t)max_lag, "in_step", ok));
+            "last_error", v->link.last_error, "max_lag", (json_int_t)max_lag, "in_step", ok, "held",
+            h->held ? json_pack("{s:I,s:s,s:s,s:s,s:I,s:s}", "seq", (json_int_t)h->seq, "code",
+                                cs_err_name(h->code), "message", h->message, "since", since,
+                                "attempts", (json_int_t)h->attempts, "next_try", next)
+                    : json_null()));
     printf("branch \"%s\" (shop %llu)\n", self->name, (unsigned long long)v->st.shop);
     printf("  head office: shop %llu at %s\n", (unsigned long long)v->st.head,
            v->link.joined ? v->link.head : "(no stored address: imported only)");
@@ -195,7 +229,17 @@ static int branch_print(const cs_shop_info *self, const branch_view *v, uint64_t
            (unsigned long long)v->lag, (unsigned long long)v->link.head_seq);
     printf("  outbox:      %zu waiting, %zu refused\n", v->outbox, v->rejected);
     printf("  last error:  %s\n", v->link.last_error[0] ? v->link.last_error : "none");
-    printf("  state:       %s (--max-lag %llu)\n", ok ? "in step" : "LAGGING",
+    if (h->held)
+        printf("  held:        at event %llu since %s (%llu tries, next %s or on branch retry): "
+               "%s: %s\n",
+               (unsigned long long)h->seq, since, (unsigned long long)h->attempts, next,
+               cs_err_name(h->code), h->message);
+    else
+        printf("  held:        none\n");
+    printf("  state:       %s (--max-lag %llu)\n",
+           h->held ? "HELD"
+           : ok    ? "in step"
+                   : "LAGGING",
            (unsigned long long)max_lag);
     return CS_CLI_GO;
 }
@@ -210,6 +254,7 @@ static int status_branch(const char *dir, const cs_shop_info *self, uint64_t max
     json_t *ob = NULL, *rej = NULL;
     if ((err = cs_branch_state_get(b, &v.st)) == CS_OK &&
         (err = cs_branch_link_status_get(b, &v.link)) == CS_OK &&
+        (err = cs_branch_hold_get(b, &v.hold)) == CS_OK &&
         (err = cs_engine_outbox(cs_branch_engine(b), &ob)) == CS_OK)
         err = cs_engine_rejected(cs_branch_engine(b), &rej);
     int rc = CS_CLI_GO;
@@ -221,7 +266,9 @@ static int status_branch(const char *dir, const cs_shop_info *self, uint64_t max
         v.lag = v.link.head_seq > v.st.cursor ? v.link.head_seq - v.st.cursor : 0;
         bool ok = v.lag <= max_lag;
         rc = branch_print(self, &v, max_lag, ok);
-        if (rc == CS_CLI_GO && !ok)
+        if (rc == CS_CLI_GO && v.hold.held)
+            rc = CS_CLI_EXIT_HELD;
+        else if (rc == CS_CLI_GO && !ok)
             rc = CS_CLI_EXIT_LAGGING;
     }
     json_decref(ob);

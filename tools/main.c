@@ -278,6 +278,17 @@ static const cs_cli_cmd commands[] = {
      "  --log-format FORMAT  human (default) or json\n\n"
      "Example:\n  chainsync branch pull --data /srv/b1\n",
      NULL},
+    {"branch", "retry", cs_cmd_branch_retry, "try the event a following branch holds at again, now",
+     "branch retry",
+     "A following branch that cannot apply an event (storage_full, an unknown schema version,\n"
+     "any error of the apply path) does not exit nor skip it: it holds there, keeps serving\n"
+     "reads and its connection, reports the event to the head office (shop list, status,\n"
+     "metrics) and tries again by itself after 1 s, 2 s, ... up to 60 s, and at once when it\n"
+     "restarts. `branch retry` asks the `branch follow` running on this directory (another\n"
+     "process) to try now, e.g. once space was freed: one durable write the node sees within a\n"
+     "second. Without a running follow it is harmless: the next one tries at once. Branch only.\n\n"
+     "Example:\n  chainsync branch retry --data /srv/b1\n",
+     NULL},
     {"branch", "import", cs_cmd_branch_import, "apply an exported file to a branch directory",
      "branch import FILE --data DIR --shop ID",
      "Applies the segments of FILE (from `chainsync log export`) to the branch directory DIR,\n"
