@@ -6,7 +6,8 @@
 #     head office's serve --nats while it publishes; everything catches up, every branch equal to
 #     what the audit replays for it (audit verify --branch), and the stream read back
 #     (tests/nats_stream_check) holds every event once, in order, no gap, no duplicate;
-#   - a branch's shared-record write (R8) reaches the head office over NATS exactly once;
+#   - a branch's shared-record write (R8) reaches the head office over NATS exactly once, and an
+#     unlink (R13) reaches the branch like any event;
 #   - wrong credentials, and credentials aimed at another network's stream, are refused;
 #   - a stream that lost its first segments stops a new branch with corrupt (a gap).
 # Ports are picked free at run time, JetStream stores live in the scratch directory, and every
@@ -237,6 +238,22 @@ json.dump(c, open(sys.argv[3],"w"))' "$scratch/b2.creds" "$scratch/x1.creds" "$s
         { cat "$scratch/x.out"; fail "exit $rc"; }
 }
 
+# R13 over NATS: an unlink is an event of the log; the following branch applies it and stops
+# with not_in_network, a single store now.
+test_unlink_over_nats() {
+    local pid i
+    pid=$(cat "$scratch/f2.pid")
+    kill -0 "$pid" 2>/dev/null || fail "b2's follower is not running" || return 1
+    "$BIN" shop unlink "$(cat "$scratch/shop2")" --data "$hq" >/dev/null || return 1
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && fail "b2's follower still runs after the unlink" && return 1
+    grep -q "not_in_network.*unlinked this branch" "$scratch/f2.log" ||
+        { tail -n 3 "$scratch/f2.log"; fail "no unlink in b2's log"; }
+}
+
 # A gap: the stream no longer holds the first events (an operator purged it); a new branch
 # stops with corrupt and a sentence naming the gap, applying nothing (a plain JetStream server).
 test_gap_stops_with_corrupt() {
@@ -279,6 +296,7 @@ run test_kill_mid_stream_catch_up
 run test_write_over_nats_exactly_once
 run test_wrong_credentials_refused
 run test_other_network_refused
+run test_unlink_over_nats
 run test_gap_stops_with_corrupt
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
