@@ -7,6 +7,7 @@
 #include "net/net.h"
 #include "tools/cli.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,16 +63,26 @@ static int net_opts_check(const cs_cli_cmd *cmd, net_opts *no)
 int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     block_stop_signals();
-    const char *listen = NULL, *stuck_s = NULL, *ready = NULL, *dir = NULL;
+    const char *listen = NULL, *stuck_s = NULL, *ready = NULL, *dir = NULL, *replicas_s = NULL;
     net_opts no = {0};
-    const cs_cli_opt opts[] = {{"listen", true, &listen, NULL},
-                               {"stuck-ms", true, &stuck_s, NULL},
-                               {"ready-file", true, &ready, NULL},
-                               NET_OPTS(no)};
+    cs_nats_options nats = {0};
+    const cs_cli_opt opts[] = {
+        {"listen", true, &listen, NULL},           {"stuck-ms", true, &stuck_s, NULL},
+        {"ready-file", true, &ready, NULL},        {"nats", true, &nats.url, NULL},
+        {"nats-creds", true, &nats.creds, NULL},   {"nats-replicas", true, &replicas_s, NULL},
+        {"nats-domain", true, &nats.domain, NULL}, NET_OPTS(no)};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
-    uint64_t stuck = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, opts, 3 + NET_OPTS_COUNT, 0, 0, pos, &npos);
+    uint64_t stuck = 0, replicas = 0;
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 7 + NET_OPTS_COUNT, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO && (nats.creds || replicas_s || nats.domain) && !nats.url)
+        rc =
+            cs_cli_usage(cmd, "--nats-creds, --nats-replicas and --nats-domain go with --nats URL");
+    if (rc == CS_CLI_GO && replicas_s &&
+        (rc = cs_cli_parse_id(cmd, "--nats-replicas", replicas_s, &replicas)) == CS_CLI_GO &&
+        replicas > 5)
+        rc = cs_cli_usage(cmd, "--nats-replicas is 1 to 5 (JetStream's limit)");
+    nats.replicas = (unsigned)replicas;
     if (rc == CS_CLI_GO)
         rc = net_opts_check(cmd, &no);
     if (rc == CS_CLI_GO && !listen)
@@ -91,7 +102,8 @@ int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv)
                            .log_level = no.level,
                            .log_format = no.format,
                            .http = no.http,
-                           .http_ready_file = no.http_ready};
+                           .http_ready_file = no.http_ready,
+                           .nats = nats.url ? &nats : NULL};
     char msg[320] = "";
     cs_err err = cs_server_run(e, dir, &o, msg, sizeof(msg));
     cs_engine_close(e);
@@ -163,25 +175,33 @@ int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     const char *head = NULL, *shop_s = NULL, *dir = NULL;
     bool pw_stdin = false;
+    cs_nats_options nats = {0};
     const cs_cli_opt opts[] = {{"head", true, &head, NULL},
                                {"shop", true, &shop_s, NULL},
-                               {"password-stdin", false, NULL, &pw_stdin}};
+                               {"password-stdin", false, NULL, &pw_stdin},
+                               {"nats", true, &nats.url, NULL},
+                               {"nats-creds", true, &nats.creds, NULL},
+                               {"nats-domain", true, &nats.domain, NULL}};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
     uint64_t shop = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, opts, 3, 0, 0, pos, &npos);
-    if (rc == CS_CLI_GO && !head)
-        rc = cs_cli_usage(cmd, "--head HOST:PORT is required");
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 6, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO && !head == !nats.url)
+        rc = cs_cli_usage(cmd, "give --head HOST:PORT (TCP) or --nats URL (JetStream)");
+    if (rc == CS_CLI_GO && nats.url && !nats.creds)
+        rc = cs_cli_usage(cmd, "--nats needs --nats-creds FILE (from shop nats-credentials)");
+    if (rc == CS_CLI_GO && (nats.creds || nats.domain) && !nats.url)
+        rc = cs_cli_usage(cmd, "--nats-creds and --nats-domain go with --nats URL");
     if (rc == CS_CLI_GO && !shop_s)
         rc = cs_cli_usage(cmd, "--shop ID is required (the id `shop add` printed)");
     if (rc == CS_CLI_GO)
         rc = cs_cli_parse_id(cmd, "--shop", shop_s, &shop);
-    if (rc == CS_CLI_GO && !pw_stdin)
+    if (rc == CS_CLI_GO && head && !pw_stdin)
         rc = cs_cli_usage(cmd, "--password-stdin is required: the password is read from stdin");
     if (rc == CS_CLI_GO)
         rc = cs_cli_data_dir(cmd, &dir);
-    char password[CS_CLI_PASSWORD_BYTES_MAX + 2];
-    if (rc == CS_CLI_GO)
+    char password[CS_CLI_PASSWORD_BYTES_MAX + 2] = "";
+    if (rc == CS_CLI_GO && head) /* over NATS the credentials file authenticates */
         rc = cs_cli_read_password(password, sizeof(password));
     if (rc != CS_CLI_GO)
         return rc;
@@ -191,7 +211,8 @@ int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv)
                          .shop = shop,
                          .password = password,
                          .progress = cs_cli_progress_start(&pr, "applied", "events", false),
-                         .record_state = true};
+                         .record_state = true,
+                         .nats = nats.url ? &nats : NULL};
     cs_cli_created fresh = cs_cli_created_before(dir);
     rc = run_node(dir, &o, &fresh, true);
     memset(password, 0, sizeof(password));
@@ -203,14 +224,23 @@ static int follow_or_pull(const cs_cli_cmd *cmd, int argc, char **argv, cs_node_
     block_stop_signals();
     const char *head = NULL, *dir = NULL;
     net_opts no = {0};
-    const cs_cli_opt opts[] = {{"head", true, &head, NULL}, NET_OPTS(no)};
+    cs_nats_options nats = {0};
+    const cs_cli_opt opts[] = {{"head", true, &head, NULL},
+                               {"nats", true, &nats.url, NULL},
+                               {"nats-creds", true, &nats.creds, NULL},
+                               {"nats-domain", true, &nats.domain, NULL},
+                               NET_OPTS(no)};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
     /* pull exits once in step: logs yes, a metrics listener no */
-    unsigned nopts = mode == CS_NODE_FOLLOW ? 1 + NET_OPTS_COUNT : 3;
+    unsigned nopts = mode == CS_NODE_FOLLOW ? 4 + NET_OPTS_COUNT : 6;
     int rc = cs_cli_parse(cmd, argc, argv, opts, nopts, 0, 0, pos, &npos);
     if (rc == CS_CLI_GO)
         rc = net_opts_check(cmd, &no);
+    if (rc == CS_CLI_GO && head && (nats.url || nats.creds || nats.domain))
+        rc = cs_cli_usage(cmd, "--head (TCP) and --nats (JetStream) exclude each other");
+    if (rc == CS_CLI_GO && (nats.creds || nats.domain) && !nats.url)
+        rc = cs_cli_usage(cmd, "--nats-creds and --nats-domain go with --nats URL");
     if (rc == CS_CLI_GO)
         rc = cs_cli_data_dir(cmd, &dir);
     if (rc != CS_CLI_GO)
@@ -225,7 +255,8 @@ static int follow_or_pull(const cs_cli_cmd *cmd, int argc, char **argv, cs_node_
                          .log_level = no.level,
                          .log_format = no.format,
                          .http = no.http,
-                         .http_ready_file = no.http_ready};
+                         .http_ready_file = no.http_ready,
+                         .nats = nats.url ? &nats : NULL};
     return run_node(dir, &o, NULL, true);
 }
 
@@ -357,4 +388,60 @@ int cs_cmd_branch_retry(const cs_cli_cmd *cmd, int argc, char **argv)
     printf("%s\n", running ? "branch follow runs on this directory: it tries within a second"
                            : "no branch follow runs on this directory: the next one tries at once");
     return 0;
+}
+
+/* ---- shop nats-credentials (the NATS transport's per-branch users) ------------------------ */
+
+int cs_cmd_shop_nats_credentials(const cs_cli_cmd *cmd, int argc, char **argv)
+{
+    const char *out = NULL, *dir = NULL;
+    const cs_cli_opt opts[] = {{"out", true, &out, NULL}};
+    char *pos[CS_CLI_POS_MAX];
+    unsigned npos = 0;
+    uint64_t shop = 0;
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 1, 1, 1, pos, &npos);
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_parse_id(cmd, "SHOP", pos[0], &shop);
+    if (rc == CS_CLI_GO && !out)
+        rc = cs_cli_usage(cmd, "--out FILE is required (the credentials file for the shop)");
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_data_dir(cmd, &dir);
+    cs_engine *e = NULL;
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_open(dir, true, &e);
+    if (rc != CS_CLI_GO)
+        return rc;
+    char *creds = NULL, *conf = NULL, msg[320] = "";
+    cs_err err = cs_nats_credentials(e, shop, &creds, &conf, msg, sizeof(msg));
+    cs_engine_close(e);
+    if (err != CS_OK)
+        return cs_cli_fail(err, "%s", msg);
+    /* Written beside, then renamed: readable by its owner only, like any password file. */
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", out);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    size_t len = strlen(creds);
+    bool ok = fd >= 0 && write(fd, creds, len) == (ssize_t)len && write(fd, "\n", 1) == 1 &&
+              fsync(fd) == 0;
+    ok = fd >= 0 && close(fd) == 0 && ok && rename(tmp, out) == 0;
+    if (!ok)
+        unlink(tmp);
+    explicit_bzero(creds, len);
+    free(creds);
+    if (!ok) {
+        explicit_bzero(conf, strlen(conf));
+        free(conf);
+        return cs_cli_fail(CS_IO, "cannot write %s", out);
+    }
+    if (cs_cli_g.json_out) {
+        json_t *o =
+            json_pack("{s:I,s:s,s:s}", "shop", (json_int_t)shop, "creds", out, "server_conf", conf);
+        rc = o ? cs_cli_print_json(o) : cs_cli_fail(CS_NO_MEMORY, NULL);
+        json_decref(o);
+    } else {
+        fputs(conf, stdout);
+    }
+    explicit_bzero(conf, strlen(conf));
+    free(conf);
+    return rc;
 }
