@@ -22,13 +22,16 @@
  * same size to 16 replicas (bench/peer_redis.h). Each figure is printed with its ratio.
  *
  * Usage: bench/fanout [--events N] [--items M] [--branches K,K,...] [--procs P] [--rate R]
- *                     [--seconds S] [--json FILE] [--quick]
+ *                     [--seconds S] [--json FILE] [--quick] [--via tcp|nats]
  * Defaults: N 100,000, M 10,000, K 1,10,100,1000, P 2, R 10,000, S 5. --quick: ctest's smoke run.
+ * --via nats adds, under each TCP row, the same run through NATS JetStream (bench/fanout_nats.h;
+ * exit 77 when nats-server cannot start). --via tcp, the default, prints only the TCP rows.
  * CS_BENCH_KEEP=1 keeps the scratch directory (serve.log, every branch) and names it.
  */
 #include "bench/bench_net.h"
 #include "bench/ceil_fanout.h"
 #include "bench/ceil_lmdb.h"
+#include "bench/fanout_nats.h"
 #include "bench/peer_redis.h"
 #include "net/net.h"
 
@@ -46,7 +49,7 @@ typedef struct opts {
     unsigned ks[KS_MAX], nks, kmax;
     unsigned procs, rate, seconds;
     const char *json;
-    bool quick;
+    bool quick, via_nats; /* --via nats: bench/fanout_nats.h's rows under each TCP row */
 } opts;
 
 /* Wall clock in ms: events carry the head office's wall clock, and workers are processes. */
@@ -677,15 +680,12 @@ static bool parse(int argc, char **argv, opts *o)
 {
     *o = (opts){.events = 100000, .items = 10000, .procs = 2, .rate = 10000, .seconds = 5};
     parse_ks("1,10,100,1000", o);
-    static const struct option lo[] = {{"events", required_argument, NULL, 'n'},
-                                       {"items", required_argument, NULL, 'm'},
-                                       {"branches", required_argument, NULL, 'k'},
-                                       {"procs", required_argument, NULL, 'p'},
-                                       {"rate", required_argument, NULL, 'r'},
-                                       {"seconds", required_argument, NULL, 's'},
-                                       {"json", required_argument, NULL, 'j'},
-                                       {"quick", no_argument, NULL, 'q'},
-                                       {0}};
+    static const struct option lo[] = {
+        {"events", required_argument, NULL, 'n'},   {"items", required_argument, NULL, 'm'},
+        {"branches", required_argument, NULL, 'k'}, {"procs", required_argument, NULL, 'p'},
+        {"rate", required_argument, NULL, 'r'},     {"seconds", required_argument, NULL, 's'},
+        {"json", required_argument, NULL, 'j'},     {"quick", no_argument, NULL, 'q'},
+        {"via", required_argument, NULL, 'v'},      {0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         if (c == 'n')
@@ -702,6 +702,8 @@ static bool parse(int argc, char **argv, opts *o)
             o->seconds = (unsigned)strtoul(optarg, NULL, 10);
         else if (c == 'j')
             o->json = optarg;
+        else if (c == 'v' && (strcmp(optarg, "tcp") == 0 || strcmp(optarg, "nats") == 0))
+            o->via_nats = strcmp(optarg, "nats") == 0;
         else if (c == 'q') {
             o->quick = true;
             o->events = 3000, o->items = 300, o->rate = 1000, o->seconds = 1;
@@ -744,7 +746,7 @@ int main(int argc, char **argv)
     opts o;
     if (!parse(argc, argv, &o)) {
         fprintf(stderr, "usage: fanout [--events N] [--items M] [--branches K,K,...] [--procs P] "
-                        "[--rate R] [--seconds S] [--json FILE] [--quick]\n");
+                        "[--rate R] [--seconds S] [--json FILE] [--quick] [--via tcp|nats]\n");
         return 1;
     }
     cs_bench_set_bin(argv[0]);
@@ -773,6 +775,15 @@ int main(int argc, char **argv)
            "set up in %.0f s\n",
            (unsigned long long)n, (unsigned long long)o.items, b.event_bytes, o.procs,
            cs_bench_now_s() - t0);
+    cs_fn fn;
+    char nwhy[512];
+    if (o.via_nats && !cs_fn_setup(&fn, b.net.root, b.net.hq, b.start_cursor + 1, o.procs, o.rate,
+                                   o.seconds, nwhy, sizeof(nwhy))) {
+        fprintf(stderr, "fanout: --via nats: skipped: %s\n", nwhy);
+        cs_fn_teardown(&fn);
+        cs_bench_rm_tree(b.net.root);
+        return 77;
+    }
     char raw[400];
     snprintf(raw, sizeof(raw), "%s/raw-lmdb", b.net.root);
     mkdir(raw, 0700);
@@ -825,7 +836,17 @@ int main(int argc, char **argv)
         print_row(&r3, json);
         if (!hq_save(&b, true))
             return 1;
+        if (o.via_nats) { /* the same runs through JetStream, each under its TCP row's figures */
+            cs_fn_receive_only(&fn, k, r1.agg_eps, json);
+            if (copy_templates(&b, k))
+                cs_fn_catch_up(&fn, k, b.run, r2.agg_eps, json);
+            cs_fn_live(&fn, k, b.run, r3.ok ? r3.recv_p99 : 0, json);
+            if (!hq_save(&b, true))
+                return 1;
+        }
     }
+    if (o.via_nats)
+        cs_fn_teardown(&fn);
     if (json)
         fclose(json);
     if (getenv("CS_BENCH_KEEP")) /* for looking into a failed run: serve.log, the branches */

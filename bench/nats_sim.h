@@ -419,6 +419,39 @@ static inline bool cs_ns_publisher_wait(pid_t pid, int fd, uint64_t deadline_ms,
     return cs_run_reap(pid, cs_run_now_ms() + deadline_ms) == 0 && ok && r->ok;
 }
 
+/* ---- the head office's appends ---------------------------------------------------------- */
+
+/* The head office's appends, in a child: `rate` events/s in batches every 10 ms for `secs`;
+ * writes how many it appended to fd. */
+static inline void cs_ns_appender(const char *hq, unsigned rate, unsigned secs, int fd)
+{
+    cs_engine *e = NULL;
+    if (cs_engine_open(hq, NULL, &e) != CS_OK)
+        _exit(1);
+    unsigned per = rate / 100 ? rate / 100 : 1;
+    json_t *arr = json_array();
+    for (unsigned i = 0; i < per; i++)
+        json_array_append_new(
+            arr, json_pack("{s:s,s:s}", "name", "Bath and grooming, large dogs", "description",
+                           "Full bath with hypoallergenic shampoo, drying, brushing, nail "
+                           "clipping and ear cleaning; about 90 minutes."));
+    uint64_t t0 = cs_run_now_ms(), sent = 0;
+    for (unsigned tick = 0; tick < secs * 100; tick++) {
+        if (cs_engine_put_many(e, "service_category", arr, NULL) != CS_OK)
+            _exit(1);
+        sent += per;
+        uint64_t due = t0 + (tick + 1) * 10, now = cs_run_now_ms();
+        if (due > now)
+            cs_run_sleep_ms((unsigned)(due - now));
+    }
+    json_decref(arr);
+    cs_engine_close(e);
+    FILE *out = fdopen(fd, "w");
+    fprintf(out, "%llu\n", (unsigned long long)sent);
+    fclose(out);
+    _exit(0);
+}
+
 /* ---- branch subscribers ------------------------------------------------------------------ */
 
 typedef struct cs_ns_sub_opts {
@@ -452,7 +485,7 @@ typedef struct cs__ns_worker {
     cs__ns_sub *subs;
     cs_event_decoder *dec; /* live: each event's time */
     int left;              /* branches not yet at want_last (atomic) */
-    uint64_t hist[CS_NS_HIST_MS + 1];
+    uint64_t hist[CS_NS_HIST_MS + 1], hist_applied[CS_NS_HIST_MS + 1];
 } cs__ns_worker;
 
 /* One segment for one branch: verify (and apply), count, ack once it is verified or durably
@@ -478,13 +511,17 @@ static inline void cs__ns_on_msg(natsConnection *nc, natsSubscription *sub, nats
         rc = rc == CS_NOT_FOUND && last == v.last ? CS_OK : CS_CORRUPT;
         s->prev_known = true;
     }
-    if (rc == CS_OK && w->dec) { /* live: commit (the event's time) to received */
+    if (rc == CS_OK && w->dec) { /* live: commit (the event's time) to received, to applied */
+        uint64_t done = cs_ns_wall_ms();
         cs_segment_open(seg, len, &v);
         cs_event_view ev;
         while (cs_segment_next(&v, &rec) == CS_OK)
             if (cs_event_decode(w->dec, rec.event, rec.event_len, &ev) == CS_OK) {
                 uint64_t d = now > ev.time_ms ? now - ev.time_ms : 0;
+                uint64_t a = done > ev.time_ms ? done - ev.time_ms : 0;
                 __atomic_fetch_add(&w->hist[d < CS_NS_HIST_MS ? d : CS_NS_HIST_MS], 1,
+                                   __ATOMIC_RELAXED);
+                __atomic_fetch_add(&w->hist_applied[a < CS_NS_HIST_MS ? a : CS_NS_HIST_MS], 1,
                                    __ATOMIC_RELAXED);
             }
     }
@@ -524,7 +561,9 @@ static inline bool cs__ns_sub_start(cs__ns_worker *w, unsigned i, natsOptions *n
     so.Config.Durable = name;
     so.Config.AckPolicy = js_AckExplicit;
     so.Config.DeliverPolicy = js_DeliverAll;
-    so.Config.MaxAckPending = 1024;
+    /* 16 segments unacknowledged per branch, as many as a TCP node applies in one transaction:
+     * a bound on what the server sends ahead and the worker buffers (16 MiB at most). */
+    so.Config.MaxAckPending = 16;
     so.ManualAck = true;
     jsErrCode je = 0;
     natsStatus st = natsConnection_Connect(&s->nc, nopts);
@@ -590,8 +629,9 @@ static inline int cs_ns_sub_worker(const cs_ns_sub_opts *o, int fd)
     }
     if (w->dec)
         for (unsigned i = 0; i <= CS_NS_HIST_MS; i++)
-            if (w->hist[i])
-                fprintf(out, "h %u %llu\n", i, (unsigned long long)w->hist[i]);
+            if (w->hist[i] || w->hist_applied[i])
+                fprintf(out, "h %u %llu %llu\n", i, (unsigned long long)w->hist[i],
+                        (unsigned long long)w->hist_applied[i]);
     fclose(out);
     natsOptions_Destroy(nopts);
     return 0;
@@ -601,8 +641,8 @@ static inline int cs_ns_sub_worker(const cs_ns_sub_opts *o, int fd)
 typedef struct cs_ns_subs_result {
     unsigned k, failed, done;
     uint64_t start_ms, ready_ms, last_ms, bytes;
-    double *catchup_ms; /* per branch, from ready_ms */
-    uint64_t hist[CS_NS_HIST_MS + 1];
+    double *catchup_ms; /* per branch, from start_ms (before connecting, as TCP's) */
+    uint64_t hist[CS_NS_HIST_MS + 1], hist_applied[CS_NS_HIST_MS + 1];
 } cs_ns_subs_result;
 
 typedef struct cs_ns_subs {
@@ -660,14 +700,15 @@ static inline bool cs_ns_subs_wait(cs_ns_subs *ss, cs_ns_subs_result *r)
     bool ok = true;
     for (unsigned i = 0; i < ss->p; i++) {
         char line[128];
-        unsigned long long a, b;
+        unsigned long long a, b, c;
         unsigned h;
         int code;
         while (ss->ins[i] && fgets(line, sizeof(line), ss->ins[i])) {
-            if (sscanf(line, "h %u %llu", &h, &b) == 2 && h <= CS_NS_HIST_MS)
+            if (sscanf(line, "h %u %llu %llu", &h, &b, &c) == 3 && h <= CS_NS_HIST_MS) {
                 r->hist[h] += b;
-            else if (sscanf(line, "%llu %llu %d", &a, &b, &code) == 3 && idx < r->k) {
-                r->catchup_ms[idx++] = a > r->ready_ms ? (double)(a - r->ready_ms) : 0;
+                r->hist_applied[h] += c;
+            } else if (sscanf(line, "%llu %llu %d", &a, &b, &code) == 3 && idx < r->k) {
+                r->catchup_ms[idx++] = a > r->start_ms ? (double)(a - r->start_ms) : 0;
                 if (a > r->last_ms)
                     r->last_ms = a;
                 r->bytes += b;
@@ -719,6 +760,30 @@ static inline double cs_ns_hist_pct(const uint64_t *h, double q)
         if ((acc += h[i]) > 0 && acc >= (uint64_t)(q * (double)total))
             return i;
     return CS_NS_HIST_MS;
+}
+
+static inline double cs_ns_hist_max(const uint64_t *h)
+{
+    for (unsigned i = CS_NS_HIST_MS + 1; i-- > 0;)
+        if (h[i])
+            return i;
+    return 0;
+}
+
+/* The head of hq's log and the chain value of event `seq` there (0 for seq 0). */
+static inline bool cs_ns_hq_at(const char *hq, uint64_t seq, uint64_t *head, uint64_t *chain)
+{
+    cs_engine *e = NULL;
+    cs_log_reader *r = NULL;
+    cs_log_record rec = {0};
+    bool ok = cs_engine_open(hq, NULL, &e) == CS_OK &&
+              cs_log_reader_open(cs_engine_log(e), &r) == CS_OK &&
+              cs_log_reader_head(r, head) == CS_OK &&
+              (seq == 0 || cs_log_reader_get(r, seq, &rec) == CS_OK);
+    *chain = rec.chain;
+    cs_log_reader_close(r);
+    cs_engine_close(e);
+    return ok;
 }
 
 static inline uint64_t cs_ns_hist_count(const uint64_t *h)

@@ -40,37 +40,6 @@ typedef struct env {
     cs_ns_srv hub, leaf;
 } env;
 
-/* The head office's appends, in a child: `rate` events/s in batches every 10 ms for `secs`;
- * writes how many it appended to fd. */
-static void appender(const char *hq, unsigned rate, unsigned secs, int fd)
-{
-    cs_engine *e = NULL;
-    if (cs_engine_open(hq, NULL, &e) != CS_OK)
-        _exit(1);
-    unsigned per = rate / 100 ? rate / 100 : 1;
-    json_t *arr = json_array();
-    for (unsigned i = 0; i < per; i++)
-        json_array_append_new(
-            arr, json_pack("{s:s,s:s}", "name", "Bath and grooming, large dogs", "description",
-                           "Full bath with hypoallergenic shampoo, drying, brushing, nail "
-                           "clipping and ear cleaning; about 90 minutes."));
-    uint64_t t0 = cs_run_now_ms(), sent = 0;
-    for (unsigned tick = 0; tick < secs * 100; tick++) {
-        if (cs_engine_put_many(e, "service_category", arr, NULL) != CS_OK)
-            _exit(1);
-        sent += per;
-        uint64_t due = t0 + (tick + 1) * 10, now = cs_run_now_ms();
-        if (due > now)
-            cs_run_sleep_ms((unsigned)(due - now));
-    }
-    json_decref(arr);
-    cs_engine_close(e);
-    FILE *out = fdopen(fd, "w");
-    fprintf(out, "%llu\n", (unsigned long long)sent);
-    fclose(out);
-    _exit(0);
-}
-
 static uint64_t hq_head(const char *hq)
 {
     cs_engine *e = NULL;
@@ -137,7 +106,7 @@ static row run_k(env *v, unsigned k, bool on_mirror, unsigned idx)
     pid_t ap = fork();
     if (ap == 0) {
         close(afd[0]);
-        appender(v->hq, v->o.rate, v->o.seconds, afd[1]);
+        cs_ns_appender(v->hq, v->o.rate, v->o.seconds, afd[1]);
     }
     close(afd[1]);
     pid_t pp = cs_ns_publisher_start(v->hub.url, v->hq, subject, head + 1,
