@@ -208,7 +208,7 @@ static inline void cs_fn_live(cs_fn *f, unsigned k, char (*dirs)[320], double tc
         pid_t ap = ok ? fork() : -1;
         if (ap == 0) {
             close(afd[0]);
-            cs_ns_appender(f->hq, f->rate, f->seconds, afd[1]);
+            cs_ns_appender(f->hq, f->rate, 100, f->seconds, afd[1]); /* fanout's: every 10 ms */
         }
         if (ok)
             close(afd[1]);

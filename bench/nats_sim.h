@@ -23,6 +23,7 @@
 #include "tests/run.h"
 
 #include <nats/nats.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -30,6 +31,7 @@
 
 #define CS_NS_HIST_MS 10000u /* latency histogram: 1 ms buckets up to 10 s */
 #define CS_NS_WAIT_MS 15000u /* a server's start, a stream's creation, a mirror's sync */
+#define CS_NS_BATCH 16u      /* segments applied in one transaction, as net/node.c's catch-up */
 
 /* ---- servers ----------------------------------------------------------------------------- */
 
@@ -423,12 +425,13 @@ static inline bool cs_ns_publisher_wait(pid_t pid, int fd, uint64_t deadline_ms,
 
 /* The head office's appends, in a child: `rate` events/s in batches every 10 ms for `secs`;
  * writes how many it appended to fd. */
-static inline void cs_ns_appender(const char *hq, unsigned rate, unsigned secs, int fd)
+static inline void cs_ns_appender(const char *hq, unsigned rate, unsigned commits, unsigned secs,
+                                  int fd)
 {
     cs_engine *e = NULL;
     if (cs_engine_open(hq, NULL, &e) != CS_OK)
         _exit(1);
-    unsigned per = rate / 100 ? rate / 100 : 1;
+    unsigned per = rate / commits ? rate / commits : 1, tick_ms = 1000u / commits;
     json_t *arr = json_array();
     for (unsigned i = 0; i < per; i++)
         json_array_append_new(
@@ -436,11 +439,11 @@ static inline void cs_ns_appender(const char *hq, unsigned rate, unsigned secs, 
                            "Full bath with hypoallergenic shampoo, drying, brushing, nail "
                            "clipping and ear cleaning; about 90 minutes."));
     uint64_t t0 = cs_run_now_ms(), sent = 0;
-    for (unsigned tick = 0; tick < secs * 100; tick++) {
+    for (unsigned tick = 0; tick < secs * commits; tick++) {
         if (cs_engine_put_many(e, "service_category", arr, NULL) != CS_OK)
             _exit(1);
         sent += per;
-        uint64_t due = t0 + (tick + 1) * 10, now = cs_run_now_ms();
+        uint64_t due = t0 + (uint64_t)(tick + 1) * tick_ms, now = cs_run_now_ms();
         if (due > now)
             cs_run_sleep_ms((unsigned)(due - now));
     }
@@ -476,55 +479,54 @@ typedef struct cs__ns_sub {
     cs_branch *b;
     uint64_t next_seq, prev_chain, done_ms, bytes;
     bool prev_known;
-    int result; /* 0 while going or done, else a cs_err or -1 */
+    int result;                  /* 0 while going or done, else a cs_err or -1 */
+    natsMsg *batch[CS_NS_BATCH]; /* applying: messages held for one transaction */
+    uint64_t recv_ms[CS_NS_BATCH];
+    unsigned nbatch;
     struct cs__ns_worker *w;
 } cs__ns_sub;
 
 typedef struct cs__ns_worker {
     const cs_ns_sub_opts *o;
     cs__ns_sub *subs;
-    cs_event_decoder *dec; /* live: each event's time */
-    int left;              /* branches not yet at want_last (atomic) */
+    cs_event_decoder *dec;    /* live: each event's time; one for the worker, so ... */
+    pthread_mutex_t dec_lock; /* ... held while it decodes (two delivery threads share it) */
+    int left;                 /* branches not yet at want_last (atomic) */
     uint64_t hist[CS_NS_HIST_MS + 1], hist_applied[CS_NS_HIST_MS + 1];
 } cs__ns_worker;
 
-/* One segment for one branch: verify (and apply), count, ack once it is verified or durably
- * applied; on the last wanted sequence the branch is done. Runs on libnats' delivery thread. */
-static inline void cs__ns_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *arg)
+/* Live: each event's commit (its time) to received (recv_ms) and to now (applied or verified). */
+static inline void cs__ns_latency(cs__ns_worker *w, const uint8_t *seg, size_t len,
+                                  uint64_t recv_ms)
 {
-    (void)nc, (void)sub;
-    cs__ns_sub *s = arg;
+    uint64_t done = cs_ns_wall_ms();
+    cs_segment_view v;
+    cs_log_record rec;
+    cs_event_view ev;
+    if (cs_segment_open(seg, len, &v) != CS_OK)
+        return;
+    pthread_mutex_lock(&w->dec_lock);
+    while (cs_segment_next(&v, &rec) == CS_OK)
+        if (cs_event_decode(w->dec, rec.event, rec.event_len, &ev) == CS_OK) {
+            uint64_t d = recv_ms > ev.time_ms ? recv_ms - ev.time_ms : 0;
+            uint64_t a = done > ev.time_ms ? done - ev.time_ms : 0;
+            __atomic_fetch_add(&w->hist[d < CS_NS_HIST_MS ? d : CS_NS_HIST_MS], 1,
+                               __ATOMIC_RELAXED);
+            __atomic_fetch_add(&w->hist_applied[a < CS_NS_HIST_MS ? a : CS_NS_HIST_MS], 1,
+                               __ATOMIC_RELAXED);
+        }
+    pthread_mutex_unlock(&w->dec_lock);
+}
+
+/* After a message was verified or durably applied (rc CS_OK) or refused: the branch's figures,
+ * its ack (only for what is done), and the branch's end at the last wanted sequence. */
+static inline void cs__ns_settle(cs__ns_sub *s, natsMsg *m, uint64_t recv_ms, uint64_t last, int rc)
+{
     cs__ns_worker *w = s->w;
     const uint8_t *seg = (const uint8_t *)natsMsg_GetData(m);
     size_t len = (size_t)natsMsg_GetDataLength(m);
-    uint64_t now = cs_ns_wall_ms(), last = 0;
-    cs_segment_view v;
-    cs_log_record rec;
-    int rc = cs_segment_open(seg, len, &v);
-    if (rc == CS_OK && s->b) {
-        rc = cs_branch_apply_segment(s->b, seg, len, NULL);
-        last = v.last;
-    } else if (rc == CS_OK) {
-        v.prev_chain = s->prev_chain, v.prev_chain_known = s->prev_known;
-        while ((rc = cs_segment_next(&v, &rec)) == CS_OK)
-            s->prev_chain = rec.chain, last = rec.seq;
-        rc = rc == CS_NOT_FOUND && last == v.last ? CS_OK : CS_CORRUPT;
-        s->prev_known = true;
-    }
-    if (rc == CS_OK && w->dec) { /* live: commit (the event's time) to received, to applied */
-        uint64_t done = cs_ns_wall_ms();
-        cs_segment_open(seg, len, &v);
-        cs_event_view ev;
-        while (cs_segment_next(&v, &rec) == CS_OK)
-            if (cs_event_decode(w->dec, rec.event, rec.event_len, &ev) == CS_OK) {
-                uint64_t d = now > ev.time_ms ? now - ev.time_ms : 0;
-                uint64_t a = done > ev.time_ms ? done - ev.time_ms : 0;
-                __atomic_fetch_add(&w->hist[d < CS_NS_HIST_MS ? d : CS_NS_HIST_MS], 1,
-                                   __ATOMIC_RELAXED);
-                __atomic_fetch_add(&w->hist_applied[a < CS_NS_HIST_MS ? a : CS_NS_HIST_MS], 1,
-                                   __ATOMIC_RELAXED);
-            }
-    }
+    if (rc == CS_OK && w->dec)
+        cs__ns_latency(w, seg, len, recv_ms);
     if (rc != CS_OK && !s->result) {
         s->result = rc;
         __atomic_fetch_sub(&w->left, 1, __ATOMIC_SEQ_CST);
@@ -537,6 +539,63 @@ static inline void cs__ns_on_msg(natsConnection *nc, natsSubscription *sub, nats
         }
     }
     natsMsg_Destroy(m);
+}
+
+/* An applying branch: messages that arrive together are applied together, up to
+ * CS_NS_BATCH in one transaction (cs_branch_apply_segments), as a TCP node applies the segments
+ * one read brought: the message is held while more are queued for this subscription, and the
+ * batch is applied (and each message acked) when none is queued or the batch is full. */
+static inline void cs__ns_on_apply(cs__ns_sub *s, natsSubscription *sub, natsMsg *m)
+{
+    s->batch[s->nbatch] = m;
+    s->recv_ms[s->nbatch++] = cs_ns_wall_ms();
+    int pending = 0;
+    if (natsSubscription_GetPending(sub, &pending, NULL) == NATS_OK && pending > 0 &&
+        s->nbatch < CS_NS_BATCH)
+        return;
+    const uint8_t *segs[CS_NS_BATCH];
+    size_t lens[CS_NS_BATCH];
+    uint64_t last = 0;
+    int rc = CS_OK;
+    for (unsigned i = 0; i < s->nbatch && rc == CS_OK; i++) {
+        cs_segment_view v;
+        segs[i] = (const uint8_t *)natsMsg_GetData(s->batch[i]);
+        lens[i] = (size_t)natsMsg_GetDataLength(s->batch[i]);
+        rc = cs_segment_open(segs[i], lens[i], &v);
+        last = v.last;
+    }
+    if (rc == CS_OK)
+        rc = cs_branch_apply_segments(s->b, segs, lens, s->nbatch, NULL);
+    for (unsigned i = 0; i < s->nbatch; i++)
+        cs__ns_settle(s, s->batch[i], s->recv_ms[i], i + 1 == s->nbatch ? last : 0, rc);
+    s->nbatch = 0;
+}
+
+/* One segment for one branch: verify (receive only) or apply (batched), ack once it is verified
+ * or durably applied; at the last wanted sequence the branch is done. Runs on libnats' delivery
+ * thread, one message of a subscription at a time. */
+static inline void cs__ns_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *arg)
+{
+    (void)nc;
+    cs__ns_sub *s = arg;
+    if (s->b) {
+        cs__ns_on_apply(s, sub, m);
+        return;
+    }
+    const uint8_t *seg = (const uint8_t *)natsMsg_GetData(m);
+    size_t len = (size_t)natsMsg_GetDataLength(m);
+    uint64_t now = cs_ns_wall_ms(), last = 0;
+    cs_segment_view v;
+    cs_log_record rec;
+    int rc = cs_segment_open(seg, len, &v);
+    if (rc == CS_OK) {
+        v.prev_chain = s->prev_chain, v.prev_chain_known = s->prev_known;
+        while ((rc = cs_segment_next(&v, &rec)) == CS_OK)
+            s->prev_chain = rec.chain, last = rec.seq;
+        rc = rc == CS_NOT_FOUND && last == v.last ? CS_OK : CS_CORRUPT;
+        s->prev_known = true;
+    }
+    cs__ns_settle(s, m, now, last, rc);
 }
 
 /* Connects branch i and creates its durable consumer (explicit acks, from the stream's first
@@ -598,6 +657,8 @@ static inline int cs_ns_sub_worker(const cs_ns_sub_opts *o, int fd)
         natsOptions_SetMaxPendingMsgs(nopts, 65536) != NATS_OK)
         return 1;
     w->o = o;
+    if (pthread_mutex_init(&w->dec_lock, NULL) != 0)
+        return 1;
     w->subs = calloc(o->to - o->from, sizeof(cs__ns_sub));
     w->left = (int)(o->to - o->from);
     if (!w->subs || (o->stop_ms && cs_event_decoder_new(&w->dec) != CS_OK))
