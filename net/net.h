@@ -98,6 +98,40 @@ cs_err cs_net_log_format_parse(const char *s, cs_net_log_format *out);
 #define CS_NET_HISTORY_STEP_MS 10000u
 #define CS_NET_HISTORY_SAMPLES 360u
 
+/* ---- the NATS JetStream transport (nats_*.c; docs/design.md "NATS transport") ---------- */
+
+/* Contract (stable; docs/protocol.md "NATS" is the wire side):
+ * - serve with nats set publishes every committed segment once, in order, to the JetStream
+ *   stream CS_<network> (subject cs.<network>.log; <network> = the log id as 16 lower-case hex
+ *   digits), one message per segment holding the segment's bytes exactly as streamed over TCP,
+ *   with headers Cs-First, Cs-Last (its sequences) and Cs-Chain (the chain value of its last
+ *   event, hex). Each publish expects the stream's last sequence to be the one it read back, so
+ *   two publishers or a lost acknowledgement cannot duplicate or reorder a segment; after a
+ *   crash it resumes after the Cs-Last of the stream's last message. It also answers the
+ *   branches' writes (R8) on cs.<network>.write.<shop> through cs_engine_remote_write.
+ * - a node with nats set consumes through the durable push consumer shop-<id> of that stream,
+ *   applies with cs_branch_apply_segment(s), acknowledges only after the transaction committed,
+ *   skips what its cursor already holds, and stops with CS_CORRUPT at a gap. Its outbox goes to
+ *   cs.<network>.write.<shop> (answers on cs.<network>.reply.<shop>), one entry at a time.
+ * - credentials: a JSON file {network, shop, user, password} from cs_nats_credentials; the
+ *   head office adds the user it prints to nats-server's configuration. */
+typedef struct cs_nats_options {
+    const char *url;   /* "nats://HOST:PORT[,nats://HOST:PORT...]"; NULL = no NATS */
+    const char *creds; /* a credentials file (cs_nats_credentials); NULL = connect without a user
+                        * (a branch then needs the ones its join stored) */
+    unsigned replicas; /* serve: the stream's replicas when it creates it (0 = 1) */
+} cs_nats_options;
+
+/* At the head office e: a fresh NATS user for shop (a branch, or the head office itself for
+ * serve's own user), with a random password. *creds_json gets the credentials file's text (give
+ * it to the branch), *server_conf a nats-server `authorization { users = [...] }` entry with
+ * the permissions that let it read only its network's stream and its own consumer and publish
+ * only its own write subject (both malloc'd, the caller frees). Nothing is stored: running it
+ * again makes another password (replace the entry in nats-server's configuration). Errors:
+ * CS_FORBIDDEN (not a head office), CS_NOT_FOUND (no such shop), CS_NO_MEMORY, storage errors. */
+cs_err cs_nats_credentials(cs_engine *e, uint64_t shop, char **creds_json, char **server_conf,
+                           char *errmsg, size_t errmsg_len);
+
 /* ---- the head office's server ------------------------------------------------------------ */
 
 typedef struct cs_server_options {
@@ -109,6 +143,7 @@ typedef struct cs_server_options {
     cs_net_log_format log_format; /* human or JSON lines */
     const char *http;            /* "HOST:PORT" of /metrics, /api/shops and the page; NULL = none */
     const char *http_ready_file; /* when not NULL, the HTTP listener's "HOST:PORT\n" */
+    const cs_nats_options *nats; /* publish to JetStream too (above); NULL = TCP only */
 } cs_server_options;
 
 /* Serves the head office whose directory `dir` e has open until SIGINT or SIGTERM, then closes
@@ -154,6 +189,9 @@ typedef struct cs_node_options {
     cs_net_log_format log_format; /* human or JSON lines */
     const char *http;             /* "HOST:PORT" of /metrics; NULL = none */
     const char *http_ready_file;  /* when not NULL, the HTTP listener's "HOST:PORT\n" */
+    /* Consume from JetStream instead of TCP (above); NULL = TCP, or NATS when the stored link
+     * is a NATS one (a join with nats stores it). head is then unused. */
+    const cs_nats_options *nats;
 } cs_node_options;
 
 typedef struct cs_node cs_node;

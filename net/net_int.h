@@ -315,7 +315,8 @@ struct cs__server {
     uint64_t drops[CS_ERR_COUNT + 1];    /* streaming connections closed, by code; [CS_OK]: */
     uint64_t refusals[CS_ERR_COUNT + 1]; /* closed by the branch. Handshakes refused, by code */
     cs__login_fail login_fails[CS__LOGIN_FAIL_ADDRS];
-    uint8_t rbuf[64 * 1024]; /* every read lands here first: libuv reads one stream at a time */
+    struct cs__natspub *nats; /* serve --nats: the JetStream publisher (nats_pub.c); NULL = none */
+    uint8_t rbuf[64 * 1024];  /* every read lands here first: libuv reads one stream at a time */
 };
 
 /* stream.c. Queues a frame (takes a new reference of b). */

@@ -14,7 +14,7 @@
  * process commits; a safety timer re-reads the head every CS_NET_SAFETY_MS, so a missed
  * notification delays an event, never loses it.
  */
-#include "net/net_int.h"
+#include "net/nats_int.h"
 
 #include <sodium.h>
 #include <stdarg.h>
@@ -677,6 +677,7 @@ static void on_tick(uv_timer_t *t)
         s->last_safety_ms = now;
         cs__server_pump_all(s);
     }
+    cs__natspub_tick(s, s->nats, now);
     if (s->stopping)
         on_tick_stopping(s);
 }
@@ -733,6 +734,8 @@ static void on_signal(uv_signal_t *sig, int signum)
     uv_close((uv_handle_t *)&s->recheck, NULL);
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
+    cs__natspub_stop(s->nats); /* what it published is in the stream; it resumes from there */
+    s->nats = NULL;
     /* The tick goes on until the last connection is gone (on_tick closes it then). */
 }
 
@@ -903,6 +906,9 @@ cs_err cs_server_run(cs_engine *e, const char *dir, const cs_server_options *o, 
     cs__server_log(s, CS_NET_LOG_INFO, "start", 0, CS_OK, "starting on %s", dir);
     cs_err err = server_load(s, errmsg, errmsg_len);
     s->head_at_start = s->head;
+    if (err == CS_OK && o->nats && o->nats->url) /* before the signals are unblocked: libnats's
+                                                  * threads keep them blocked */
+        err = cs__natspub_start(s, o->nats, &s->nats, errmsg, errmsg_len);
     if (err == CS_OK && o->http) /* before server_handles unblocks the signals: its thread
                                   * keeps them blocked, so a stop always reaches the loop */
         err = server_http(s, o, errmsg, errmsg_len);
@@ -910,8 +916,11 @@ cs_err cs_server_run(cs_engine *e, const char *dir, const cs_server_options *o, 
         err = server_handles(s, dir, errmsg, errmsg_len);
     if (err == CS_OK)
         err = server_listen(s, o, errmsg, errmsg_len);
-    if (err != CS_OK)
+    if (err != CS_OK) {
+        cs__natspub_stop(s->nats);
+        s->nats = NULL;
         uv_walk(loop, close_all, NULL);
+    }
     uv_run(loop, UV_RUN_DEFAULT);
     if (err == CS_OK)
         cs__server_log(s, CS_NET_LOG_INFO, "stop", 0, CS_OK, "stopped");

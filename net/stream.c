@@ -19,7 +19,7 @@
  * else is referenced by some queue, and each queue is bounded by 2. So the server's memory is at
  * most the cache plus the distinct segments the queues reference, never a copy per branch.
  */
-#include "net/net_int.h"
+#include "net/nats_int.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -284,6 +284,7 @@ void cs__server_pump_all(cs__server *s)
         if (c->state == CS__C_STREAMING && !c->paused_ms)
             pump(s, r, c);
     }
+    cs__natspub_pump(s, s->nats, r); /* serve --nats: the same segments to JetStream */
     cs_log_reader_close(r);
 }
 

@@ -30,7 +30,7 @@
 /* A handler's "keep going" value from cs_cli_parse: every exit code is >= 0. */
 #define CS_CLI_GO (-1)
 /* Extra options one command may declare (put has the most: --json, --expect-version). */
-#define CS_CLI_OPTS_MAX 8u
+#define CS_CLI_OPTS_MAX 12u
 /* Positional arguments one command may take (put TYPE ID). */
 #define CS_CLI_POS_MAX 4u
 /* What --password-stdin accepts: a passphrase, not a file. */
@@ -193,6 +193,7 @@ int cs_cmd_shop_switch(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_shop_password(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_shop_unlink(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_shop_whatsapp(const cs_cli_cmd *cmd, int argc, char **argv);
+int cs_cmd_shop_nats_credentials(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_whatsapp_resolve(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_sync(const cs_cli_cmd *cmd, int argc, char **argv);
 int cs_cmd_put(const cs_cli_cmd *cmd, int argc, char **argv);

@@ -7,6 +7,7 @@
 #include "net/net.h"
 #include "tools/cli.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,16 +63,27 @@ static int net_opts_check(const cs_cli_cmd *cmd, net_opts *no)
 int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     block_stop_signals();
-    const char *listen = NULL, *stuck_s = NULL, *ready = NULL, *dir = NULL;
+    const char *listen = NULL, *stuck_s = NULL, *ready = NULL, *dir = NULL, *replicas_s = NULL;
     net_opts no = {0};
+    cs_nats_options nats = {0};
     const cs_cli_opt opts[] = {{"listen", true, &listen, NULL},
                                {"stuck-ms", true, &stuck_s, NULL},
                                {"ready-file", true, &ready, NULL},
+                               {"nats", true, &nats.url, NULL},
+                               {"nats-creds", true, &nats.creds, NULL},
+                               {"nats-replicas", true, &replicas_s, NULL},
                                NET_OPTS(no)};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
-    uint64_t stuck = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, opts, 3 + NET_OPTS_COUNT, 0, 0, pos, &npos);
+    uint64_t stuck = 0, replicas = 0;
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 6 + NET_OPTS_COUNT, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO && (nats.creds || replicas_s) && !nats.url)
+        rc = cs_cli_usage(cmd, "--nats-creds and --nats-replicas go with --nats URL");
+    if (rc == CS_CLI_GO && replicas_s &&
+        (rc = cs_cli_parse_id(cmd, "--nats-replicas", replicas_s, &replicas)) == CS_CLI_GO &&
+        replicas > 5)
+        rc = cs_cli_usage(cmd, "--nats-replicas is 1 to 5 (JetStream's limit)");
+    nats.replicas = (unsigned)replicas;
     if (rc == CS_CLI_GO)
         rc = net_opts_check(cmd, &no);
     if (rc == CS_CLI_GO && !listen)
@@ -91,7 +103,8 @@ int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv)
                            .log_level = no.level,
                            .log_format = no.format,
                            .http = no.http,
-                           .http_ready_file = no.http_ready};
+                           .http_ready_file = no.http_ready,
+                           .nats = nats.url ? &nats : NULL};
     char msg[320] = "";
     cs_err err = cs_server_run(e, dir, &o, msg, sizeof(msg));
     cs_engine_close(e);
@@ -303,4 +316,60 @@ int cs_cli_put_wait(const char *dir, const cs_write_result *w, unsigned timeout_
                                timeout_ms);
         sleep_ms(50);
     }
+}
+
+/* ---- shop nats-credentials (the NATS transport's per-branch users) ------------------------ */
+
+int cs_cmd_shop_nats_credentials(const cs_cli_cmd *cmd, int argc, char **argv)
+{
+    const char *out = NULL, *dir = NULL;
+    const cs_cli_opt opts[] = {{"out", true, &out, NULL}};
+    char *pos[CS_CLI_POS_MAX];
+    unsigned npos = 0;
+    uint64_t shop = 0;
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 1, 1, 1, pos, &npos);
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_parse_id(cmd, "SHOP", pos[0], &shop);
+    if (rc == CS_CLI_GO && !out)
+        rc = cs_cli_usage(cmd, "--out FILE is required (the credentials file for the shop)");
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_data_dir(cmd, &dir);
+    cs_engine *e = NULL;
+    if (rc == CS_CLI_GO)
+        rc = cs_cli_open(dir, true, &e);
+    if (rc != CS_CLI_GO)
+        return rc;
+    char *creds = NULL, *conf = NULL, msg[320] = "";
+    cs_err err = cs_nats_credentials(e, shop, &creds, &conf, msg, sizeof(msg));
+    cs_engine_close(e);
+    if (err != CS_OK)
+        return cs_cli_fail(err, "%s", msg);
+    /* Written beside, then renamed: readable by its owner only, like any password file. */
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", out);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    size_t len = strlen(creds);
+    bool ok = fd >= 0 && write(fd, creds, len) == (ssize_t)len && write(fd, "\n", 1) == 1 &&
+              fsync(fd) == 0;
+    ok = fd >= 0 && close(fd) == 0 && ok && rename(tmp, out) == 0;
+    if (!ok)
+        unlink(tmp);
+    explicit_bzero(creds, len);
+    free(creds);
+    if (!ok) {
+        explicit_bzero(conf, strlen(conf));
+        free(conf);
+        return cs_cli_fail(CS_IO, "cannot write %s", out);
+    }
+    if (cs_cli_g.json_out) {
+        json_t *o =
+            json_pack("{s:I,s:s,s:s}", "shop", (json_int_t)shop, "creds", out, "server_conf", conf);
+        rc = o ? cs_cli_print_json(o) : cs_cli_fail(CS_NO_MEMORY, NULL);
+        json_decref(o);
+    } else {
+        fputs(conf, stdout);
+    }
+    explicit_bzero(conf, strlen(conf));
+    free(conf);
+    return rc;
 }

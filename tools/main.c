@@ -107,6 +107,17 @@ static const cs_cli_cmd commands[] = {
      "Sets the WhatsApp number SHOP answers with in individual mode (R12). Head office only.\n\n"
      "Example:\n  chainsync shop whatsapp 8589934592 +5511988880000\n",
      NULL},
+    {"shop", "nats-credentials", cs_cmd_shop_nats_credentials,
+     "make a shop's NATS user for the JetStream transport", "shop nats-credentials SHOP --out FILE",
+     "Makes a NATS user with a fresh random password for SHOP (a branch, or the head office's\n"
+     "own id for serve --nats), writes its credentials file FILE (JSON, mode 0600: give it to\n"
+     "the branch for branch join --nats-creds) and prints the entry to add to nats-server's\n"
+     "authorization { users = [...] } list: a branch may read only its network's stream through\n"
+     "its own consumer and publish only its own writes. Nothing is stored; running it again\n"
+     "makes a new password (replace the entry). Head office only.\n\n"
+     "Options:\n  --out FILE   where to write the credentials file (required)\n\n"
+     "Example:\n  chainsync shop nats-credentials 8589934592 --out b1.creds >> users.conf\n",
+     NULL},
     {"whatsapp", "resolve", cs_cmd_whatsapp_resolve,
      "print the WhatsApp number a shop answers with", "whatsapp resolve SHOP",
      "Prints the number SHOP answers with: the head office's in shared mode, its own in\n"
@@ -203,7 +214,8 @@ static const cs_cli_cmd commands[] = {
      NULL},
     {"serve", NULL, cs_cmd_serve, "serve the network: stream the log to every branch over TCP",
      "serve --listen HOST:PORT [--stuck-ms MS] [--ready-file FILE] [--http HOST:PORT]\n"
-     "      [--http-ready-file FILE] [--log-level LEVEL] [--log-format human|json]",
+     "      [--http-ready-file FILE] [--log-level LEVEL] [--log-format human|json]\n"
+     "      [--nats URL [--nats-creds FILE] [--nats-replicas N]]",
      "Runs the head office's server in the foreground: branches connect, authenticate with a\n"
      "challenge-response (no password on the wire), receive the log from their cursor and then\n"
      "live, and send their shared-record writes (R8). One log line per event that matters\n"
@@ -218,7 +230,12 @@ static const cs_cli_cmd commands[] = {
      "  --metrics HOST:PORT  the same listener as --http\n"
      "  --http-ready-file FILE  write the HTTP listener's HOST:PORT there once listening\n"
      "  --log-level LEVEL    error, warn, info (default) or debug\n"
-     "  --log-format FORMAT  human (default) or json (one JSON object per line)\n\n"
+     "  --log-format FORMAT  human (default) or json (one JSON object per line)\n"
+     "  --nats URL           also publish each committed segment once to the network's\n"
+     "                       JetStream stream there (nats://HOST:PORT, comma-separated for a\n"
+     "                       cluster) and answer branches' writes sent over NATS\n"
+     "  --nats-creds FILE    the head office's NATS user (shop nats-credentials SELF)\n"
+     "  --nats-replicas N    replicas of the stream when serve creates it (default 1)\n\n"
      "Example:\n  chainsync serve --data /srv/hq --listen 0.0.0.0:7400 --http 127.0.0.1:9400\n",
      NULL},
     {"branch", "join", cs_cmd_branch_join, "join a network as a branch and take its catalog",

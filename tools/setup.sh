@@ -4,8 +4,7 @@
 CS_PACKAGES="build-essential cmake pkg-config liblmdb-dev libmsgpack-dev libuv1-dev
 libxxhash-dev libsodium-dev libjansson-dev libmicrohttpd-dev python3 python3-lmdb python3-msgpack
 python3-nacl python3-xxhash prometheus chromium systemd help2man dpkg-dev bsdutils lmdb-utils clang
-libclang-rt-14-dev e2fsprogs mount stunnel4 openssl
-nats-server libnats-dev"
+libclang-rt-14-dev e2fsprogs mount stunnel4 openssl nats-server libnats-dev"
 
 cs_install_missing() {
     local missing=() p
