@@ -267,8 +267,8 @@ static inline bool cs_ns_stream(const char *url, const char *stream, const char 
     return cs__ns_forked(cs__ns_stream_do, &a);
 }
 
-/* The last sequence a stream holds (0 when empty or on error). */
-static inline uint64_t cs_ns_stream_last(const char *url, const char *stream)
+/* The last sequence a stream holds and its bytes (0 when empty or on error). */
+static inline uint64_t cs_ns_stream_last(const char *url, const char *stream, uint64_t *bytes)
 {
     natsConnection *nc = NULL;
     jsCtx *js = NULL;
@@ -277,12 +277,45 @@ static inline uint64_t cs_ns_stream_last(const char *url, const char *stream)
     uint64_t last = 0;
     if (natsConnection_ConnectTo(&nc, url) == NATS_OK &&
         natsConnection_JetStream(&js, nc, NULL) == NATS_OK &&
-        js_GetStreamInfo(&si, js, stream, NULL, &je) == NATS_OK)
+        js_GetStreamInfo(&si, js, stream, NULL, &je) == NATS_OK) {
         last = si->State.LastSeq;
+        if (bytes)
+            *bytes = si->State.Bytes;
+    }
     jsStreamInfo_Destroy(si);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
     return last;
+}
+
+typedef struct cs__ns_state_args {
+    const char *url, *stream;
+    int fd;
+} cs__ns_state_args;
+
+static inline bool cs__ns_state_do(void *arg)
+{
+    const cs__ns_state_args *a = arg;
+    uint64_t v[2] = {0, 0};
+    v[0] = cs_ns_stream_last(a->url, a->stream, &v[1]);
+    return write(a->fd, v, sizeof(v)) == (ssize_t)sizeof(v);
+}
+
+/* From the parent: the stream's last sequence and bytes (through a child, see cs__ns_forked). */
+static inline bool cs_ns_stream_state(const char *url, const char *stream, uint64_t *last,
+                                      uint64_t *bytes)
+{
+    int fds[2];
+    uint64_t v[2] = {0, 0};
+    if (pipe(fds) != 0)
+        return false;
+    cs__ns_state_args a = {.url = url, .stream = stream, .fd = fds[1]};
+    bool ok = cs__ns_forked(cs__ns_state_do, &a);
+    close(fds[1]);
+    ok = ok && read(fds[0], v, sizeof(v)) == (ssize_t)sizeof(v);
+    close(fds[0]);
+    *last = v[0], *bytes = v[1];
+    return ok;
 }
 
 static inline bool cs__ns_stream_wait_do(void *arg)
@@ -292,7 +325,7 @@ static inline bool cs__ns_stream_wait_do(void *arg)
     uint64_t last = a->last;
     uint64_t deadline = cs_run_now_ms() + 10 * CS_NS_WAIT_MS;
     while (cs_run_now_ms() < deadline) {
-        if (cs_ns_stream_last(url, stream) >= last)
+        if (cs_ns_stream_last(url, stream, NULL) >= last)
             return true;
         cs_run_sleep_ms(50);
     }
@@ -461,6 +494,7 @@ typedef struct cs_ns_sub_opts {
     const char *url;       /* the branch's nearest server (the leaf node) */
     const char *stream;    /* on that server: the region's mirror */
     const char *subject;   /* the head office's subject (a mirror's messages keep it) */
+    bool deliver_new;      /* from what is published after subscribing, not the stream's start */
     const char *domain;    /* NULL: the connected server's JetStream; else that domain's */
     const char *durable;   /* consumer names: "<durable>-<i>" */
     char (*dirs)[320];     /* apply: the branches' directories; NULL: receive only */
@@ -619,7 +653,7 @@ static inline bool cs__ns_sub_start(cs__ns_worker *w, unsigned i, natsOptions *n
     so.Stream = o->stream;
     so.Config.Durable = name;
     so.Config.AckPolicy = js_AckExplicit;
-    so.Config.DeliverPolicy = js_DeliverAll;
+    so.Config.DeliverPolicy = o->deliver_new ? js_DeliverNew : js_DeliverAll;
     /* 16 segments unacknowledged per branch, as many as a TCP node applies in one transaction:
      * a bound on what the server sends ahead and the worker buffers (16 MiB at most). */
     so.Config.MaxAckPending = 16;
