@@ -229,6 +229,7 @@ static bool parse(int argc, char **argv, opts *o)
     static const struct option lo[] = {{"branches", required_argument, NULL, 'k'},
                                        {"rate", required_argument, NULL, 'r'},
                                        {"seconds", required_argument, NULL, 's'},
+                                       {"commits", required_argument, NULL, 'c'},
                                        {"procs", required_argument, NULL, 'p'},
                                        {"place", required_argument, NULL, 'l'},
                                        {"head", required_argument, NULL, 'h'},
