@@ -20,7 +20,7 @@
  * at most one WRITE is unanswered (so answers need no reordering and a resend after a reconnect
  * is the same entry).
  */
-#include "net/net_int.h"
+#include "net/nats_int.h"
 
 #include <fcntl.h>
 #include <sodium.h>
@@ -99,6 +99,7 @@ typedef struct cs_node {
     uint64_t bytes_received, segments_received, events_applied, reconnects;
     uint64_t drops[CS_ERR_COUNT], refusals[CS_ERR_COUNT];
     uint8_t rbuf[64 * 1024];
+    struct cs__natsnode *nats; /* --nats: the node is the one in nats_sub.c; this one forwards */
 } node;
 
 static void node_log(node *n, cs_net_log_level level, const char *event, cs_err code,
@@ -1019,6 +1020,10 @@ static void node_watch(uv_fs_event_t *h, const char *file, int events, int statu
 
 void cs_node_stop(cs_node *n)
 {
+    if (n->nats) {
+        cs__natsnode_stop(n->nats);
+        return;
+    }
     n->done = true;
     n->result = CS_OK;
     if (n->state == N_IDLE)
@@ -1046,6 +1051,10 @@ void cs_node_free(cs_node *n)
 {
     if (!n)
         return;
+    if (n->nats) {
+        cs__natsnode_free(n->nats, n); /* frees n too */
+        return;
+    }
     cs_assert(n->finished); /* the connection is closed; only the timers and watch remain */
     uv_close((uv_handle_t *)&n->tick, handle_closed);
     uv_close((uv_handle_t *)&n->retry, handle_closed);
@@ -1061,6 +1070,10 @@ const char *cs_node_errmsg(const cs_node *n)
 
 cs_err cs_node_cursor(const cs_node *n, uint64_t *cursor_out)
 {
+    if (n->nats) {
+        *cursor_out = cs__natsnode_cursor(n->nats);
+        return CS_OK;
+    }
     *cursor_out = n->cursor;
     return CS_OK;
 }
@@ -1156,6 +1169,17 @@ cs_err cs_node_start(uv_loop_t *loop, cs_branch *b, const char *dir, const cs_no
     n->done_cb = done;
     n->done_arg = arg;
     cs__netlog_init(&n->nl, n->out, "branch", o->log_level, o->log_format);
+    if (cs__nats_wanted(b, o)) { /* the NATS JetStream transport (nats_sub.c) */
+        cs_err err = cs__natsnode_start(loop, b, dir, o, n, done, arg, n->errmsg, sizeof(n->errmsg),
+                                        &n->nats);
+        if (err != CS_OK) {
+            snprintf(errmsg, errmsg_len, "%s", n->errmsg);
+            free(n);
+            return err;
+        }
+        *out = n;
+        return CS_OK;
+    }
     cs_err err = node_setup(n);
     if (err == CS_OK)
         node_log(n, CS_NET_LOG_INFO, "start", CS_OK, "starting on %s, head office at %s", dir,
@@ -1206,6 +1230,8 @@ static void run_signal(uv_signal_t *s, int signum)
 static void run_done(cs_node *n, cs_err result, void *arg)
 {
     run_ctx *r = arg;
+    if (n->nats)
+        n->cursor = cs__natsnode_cursor(n->nats);
     progress(n, true);
     if (result == CS_OK && n->o->mode == CS_NODE_FOLLOW)
         node_log(n, CS_NET_LOG_INFO, "stop", CS_OK, "stopped at event %llu",

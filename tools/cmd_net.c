@@ -176,25 +176,32 @@ int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv)
 {
     const char *head = NULL, *shop_s = NULL, *dir = NULL;
     bool pw_stdin = false;
+    cs_nats_options nats = {0};
     const cs_cli_opt opts[] = {{"head", true, &head, NULL},
                                {"shop", true, &shop_s, NULL},
-                               {"password-stdin", false, NULL, &pw_stdin}};
+                               {"password-stdin", false, NULL, &pw_stdin},
+                               {"nats", true, &nats.url, NULL},
+                               {"nats-creds", true, &nats.creds, NULL}};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
     uint64_t shop = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, opts, 3, 0, 0, pos, &npos);
-    if (rc == CS_CLI_GO && !head)
-        rc = cs_cli_usage(cmd, "--head HOST:PORT is required");
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 5, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO && !head == !nats.url)
+        rc = cs_cli_usage(cmd, "give --head HOST:PORT (TCP) or --nats URL (JetStream)");
+    if (rc == CS_CLI_GO && nats.url && !nats.creds)
+        rc = cs_cli_usage(cmd, "--nats needs --nats-creds FILE (from shop nats-credentials)");
+    if (rc == CS_CLI_GO && nats.creds && !nats.url)
+        rc = cs_cli_usage(cmd, "--nats-creds goes with --nats URL");
     if (rc == CS_CLI_GO && !shop_s)
         rc = cs_cli_usage(cmd, "--shop ID is required (the id `shop add` printed)");
     if (rc == CS_CLI_GO)
         rc = cs_cli_parse_id(cmd, "--shop", shop_s, &shop);
-    if (rc == CS_CLI_GO && !pw_stdin)
+    if (rc == CS_CLI_GO && head && !pw_stdin)
         rc = cs_cli_usage(cmd, "--password-stdin is required: the password is read from stdin");
     if (rc == CS_CLI_GO)
         rc = cs_cli_data_dir(cmd, &dir);
-    char password[CS_CLI_PASSWORD_BYTES_MAX + 2];
-    if (rc == CS_CLI_GO)
+    char password[CS_CLI_PASSWORD_BYTES_MAX + 2] = "";
+    if (rc == CS_CLI_GO && head) /* over NATS the credentials file authenticates */
         rc = cs_cli_read_password(password, sizeof(password));
     if (rc != CS_CLI_GO)
         return rc;
@@ -204,7 +211,8 @@ int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv)
                          .shop = shop,
                          .password = password,
                          .progress = cs_cli_progress_start(&pr, "applied", "events", false),
-                         .record_state = true};
+                         .record_state = true,
+                         .nats = nats.url ? &nats : NULL};
     cs_cli_created fresh = cs_cli_created_before(dir);
     rc = run_node(dir, &o, &fresh, true);
     memset(password, 0, sizeof(password));
@@ -216,14 +224,22 @@ static int follow_or_pull(const cs_cli_cmd *cmd, int argc, char **argv, cs_node_
     block_stop_signals();
     const char *head = NULL, *dir = NULL;
     net_opts no = {0};
-    const cs_cli_opt opts[] = {{"head", true, &head, NULL}, NET_OPTS(no)};
+    cs_nats_options nats = {0};
+    const cs_cli_opt opts[] = {{"head", true, &head, NULL},
+                               {"nats", true, &nats.url, NULL},
+                               {"nats-creds", true, &nats.creds, NULL},
+                               NET_OPTS(no)};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
     /* pull exits once in step: logs yes, a metrics listener no */
-    unsigned nopts = mode == CS_NODE_FOLLOW ? 1 + NET_OPTS_COUNT : 3;
+    unsigned nopts = mode == CS_NODE_FOLLOW ? 3 + NET_OPTS_COUNT : 5;
     int rc = cs_cli_parse(cmd, argc, argv, opts, nopts, 0, 0, pos, &npos);
     if (rc == CS_CLI_GO)
         rc = net_opts_check(cmd, &no);
+    if (rc == CS_CLI_GO && head && (nats.url || nats.creds))
+        rc = cs_cli_usage(cmd, "--head (TCP) and --nats (JetStream) exclude each other");
+    if (rc == CS_CLI_GO && nats.creds && !nats.url)
+        rc = cs_cli_usage(cmd, "--nats-creds goes with --nats URL");
     if (rc == CS_CLI_GO)
         rc = cs_cli_data_dir(cmd, &dir);
     if (rc != CS_CLI_GO)
@@ -238,7 +254,8 @@ static int follow_or_pull(const cs_cli_cmd *cmd, int argc, char **argv, cs_node_
                          .log_level = no.level,
                          .log_format = no.format,
                          .http = no.http,
-                         .http_ready_file = no.http_ready};
+                         .http_ready_file = no.http_ready,
+                         .nats = nats.url ? &nats : NULL};
     return run_node(dir, &o, NULL, true);
 }
 
