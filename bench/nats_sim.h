@@ -78,12 +78,16 @@ static inline bool cs__ns_log_has(const char *log, const char *what)
     return found;
 }
 
-/* Starts nats-server `name` with JetStream in domain `name`, its store under root. hub_leaf_port
- * 0: a hub, which listens for leaf nodes; else a leaf node whose remote is that port. Ports are
- * the kernel's (-1), read from the log once the server says it is ready (a leaf also waits for
- * its leaf connection). false and why on failure (nats-server missing or not starting). */
+/* What JetStream a server runs: none, its own (no domain), or in a domain named as the server. */
+typedef enum cs_ns_js { CS_NS_JS_NONE, CS_NS_JS, CS_NS_JS_DOMAIN } cs_ns_js;
+
+/* Starts nats-server `name` with JetStream as js says (its store under root).
+ * hub_leaf_port 0: a hub, which listens for leaf nodes; else a leaf node whose remote is that port
+ * (without JetStream of its own, its clients' JetStream requests reach the hub's). Ports are the
+ * kernel's (-1), read from the log once the server says it is ready (a leaf also waits for its leaf
+ * connection). false and why on failure (nats-server missing or not starting). */
 static inline bool cs_ns_start(cs_ns_srv *s, const char *root, const char *name, int hub_leaf_port,
-                               char *why, size_t why_len)
+                               cs_ns_js js, char *why, size_t why_len)
 {
     char conf[320], store[320];
     snprintf(conf, sizeof(conf), "%s/%s.conf", root, name);
@@ -95,10 +99,11 @@ static inline bool cs_ns_start(cs_ns_srv *s, const char *root, const char *name,
         return false;
     }
     /* max_payload: a segment is up to CS_NET_SEGMENT_BYTES_MAX (1 MiB) plus headers. */
-    fprintf(f,
-            "listen: 127.0.0.1:-1\nserver_name: %s\nmax_payload: 8MB\n"
-            "jetstream { store_dir: \"%s\", domain: %s }\n",
-            name, store, name);
+    fprintf(f, "listen: 127.0.0.1:-1\nserver_name: %s\nmax_payload: 8MB\n", name);
+    if (js == CS_NS_JS_DOMAIN)
+        fprintf(f, "jetstream { store_dir: \"%s\", domain: %s }\n", store, name);
+    else if (js == CS_NS_JS)
+        fprintf(f, "jetstream { store_dir: \"%s\" }\n", store);
     if (hub_leaf_port)
         fprintf(f, "leafnodes { remotes [ { url: \"nats-leaf://127.0.0.1:%d\" } ] }\n",
                 hub_leaf_port);

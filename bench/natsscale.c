@@ -226,16 +226,12 @@ static bool parse(int argc, char **argv, opts *o)
     *o =
         (opts){.rate = 1000, .commits = 100, .seconds = 5, .procs = 2, .mirror = true, .hub = true};
     parse_ks("10,100,1000", o);
-    static const struct option lo[] = {{"branches", required_argument, NULL, 'k'},
-                                       {"rate", required_argument, NULL, 'r'},
-                                       {"seconds", required_argument, NULL, 's'},
-                                       {"commits", required_argument, NULL, 'c'},
-                                       {"procs", required_argument, NULL, 'p'},
-                                       {"place", required_argument, NULL, 'l'},
-                                       {"head", required_argument, NULL, 'h'},
-                                       {"json", required_argument, NULL, 'j'},
-                                       {"quick", no_argument, NULL, 'q'},
-                                       {0}};
+    static const struct option lo[] = {
+        {"branches", required_argument, NULL, 'k'}, {"rate", required_argument, NULL, 'r'},
+        {"seconds", required_argument, NULL, 's'},  {"commits", required_argument, NULL, 'c'},
+        {"procs", required_argument, NULL, 'p'},    {"place", required_argument, NULL, 'l'},
+        {"head", required_argument, NULL, 'h'},     {"json", required_argument, NULL, 'j'},
+        {"quick", no_argument, NULL, 'q'},          {0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         if (c == 'k' && !parse_ks(optarg, o))
@@ -278,6 +274,7 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a long run shows each row as it ends */
     cs_bench_set_bin(argv[0]);
     snprintf(v.root, sizeof(v.root), "/tmp/cs-bench-natsscale-XXXXXX");
     if (!mkdtemp(v.root))
@@ -289,8 +286,9 @@ int main(int argc, char **argv)
     bool ok = cs_engine_open(v.hq, NULL, &e) == CS_OK && cs_engine_init(e, "HQ", &self) == CS_OK &&
               cs_engine_network_create(e, "Bench") == CS_OK;
     cs_engine_close(e);
-    if (!ok || !cs_ns_start(&v.hub, v.root, "hub", 0, why, sizeof(why)) ||
-        !cs_ns_start(&v.leaf, v.root, "leaf1", v.hub.leaf_port, why, sizeof(why))) {
+    if (!ok || !cs_ns_start(&v.hub, v.root, "hub", 0, CS_NS_JS_DOMAIN, why, sizeof(why)) ||
+        !cs_ns_start(&v.leaf, v.root, "leaf1", v.hub.leaf_port, CS_NS_JS_DOMAIN, why,
+                     sizeof(why))) {
         fprintf(stderr, "natsscale: %s%s\n", ok ? "skipped: " : "",
                 ok ? why : "cannot make the head office");
         cs_ns_stop(&v.leaf);
