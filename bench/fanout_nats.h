@@ -162,6 +162,21 @@ static inline void cs_fn_consumers_drop(cs_fn *f, const uint64_t *shops, unsigne
     cs__ns_forked(cs__fn_drop_do, &a);
 }
 
+/* How many of dirs[0..k) hold the log up to head (their cursor): a catch-up through NATS counts
+ * only when every branch got all of it, as the TCP one ends at the head. */
+static inline unsigned cs_fn_at_head(char (*dirs)[320], unsigned k, uint64_t head)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < k; i++) {
+        cs_branch *b = NULL;
+        cs_branch_state st = {0};
+        if (cs_branch_open(dirs[i], NULL, &b) == CS_OK && cs_branch_state_get(b, &st) == CS_OK)
+            n += st.cursor >= head;
+        cs_branch_close(b);
+    }
+    return n;
+}
+
 static inline void cs_fn_row_begin(cs_fn *f)
 {
     f->hub0 = cs_ns_cpu_s(f->hub.pid);
