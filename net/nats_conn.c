@@ -81,18 +81,22 @@ static char *server_entry(const cs__nats_names *n, bool head, const char *user, 
                       "      \"$JS.API.STREAM.MSG.GET.%s\"] }\n"
                       "    subscribe: { allow: [\"%s\", \"_INBOX.>\"] } } }\n",
                       user, pw, n->log_subj, n->net, stream, stream, stream, n->write_all);
-    else
-        rc = asprintf(&s,
-                      "{ user: \"%s\", password: \"%s\", permissions: {\n"
-                      "    publish: { allow: [\"%s\", \"$JS.API.INFO\",\n"
-                      "      \"$JS.API.CONSUMER.INFO.%s.%s\", \"$JS.API.CONSUMER.CREATE.%s.%s\",\n"
-                      "      \"$JS.API.CONSUMER.CREATE.%s.%s.>\",\n"
-                      "      \"$JS.API.CONSUMER.DURABLE.CREATE.%s.%s\", \"$JS.ACK.%s.%s.>\",\n"
-                      "      \"$JS.FC.%s.>\"] }\n"
-                      "    subscribe: { allow: [\"%s\", \"%s\", \"%s.>\"] } } }\n",
-                      user, pw, n->write, stream, n->durable, stream, n->durable, stream,
-                      n->durable, stream, n->durable, stream, n->durable, stream, n->deliver,
-                      n->reply, n->inbox);
+    else /* each JetStream API subject twice: without a domain, and $JS.<domain>.API (leaf) */
+        rc = asprintf(
+            &s,
+            "{ user: \"%s\", password: \"%s\", permissions: {\n"
+            "    publish: { allow: [\"%s\",\n"
+            "      \"$JS.API.CONSUMER.INFO.%s.%s\", \"$JS.*.API.CONSUMER.INFO.%s.%s\",\n"
+            "      \"$JS.API.CONSUMER.CREATE.%s.%s\", \"$JS.*.API.CONSUMER.CREATE.%s.%s\",\n"
+            "      \"$JS.API.CONSUMER.CREATE.%s.%s.>\",\n"
+            "      \"$JS.*.API.CONSUMER.CREATE.%s.%s.>\",\n"
+            "      \"$JS.API.CONSUMER.DURABLE.CREATE.%s.%s\",\n"
+            "      \"$JS.*.API.CONSUMER.DURABLE.CREATE.%s.%s\",\n"
+            "      \"$JS.ACK.%s.%s.>\", \"$JS.ACK.*.*.%s.%s.>\"] }\n"
+            "    subscribe: { allow: [\"%s\", \"%s\", \"%s.>\"] } } }\n",
+            user, pw, n->write, stream, n->durable, stream, n->durable, stream, n->durable, stream,
+            n->durable, stream, n->durable, stream, n->durable, stream, n->durable, stream,
+            n->durable, stream, n->durable, stream, n->durable, n->deliver, n->reply, n->inbox);
     return rc < 0 ? NULL : s;
 }
 
@@ -177,13 +181,30 @@ cs_err cs__nats_code(natsStatus s)
     }
 }
 
+/* "a,b,c" into the servers of o (libnats takes a list, not a comma-separated string). */
+static natsStatus set_servers(natsOptions *o, const char *url)
+{
+    char *copy = strdup(url), *save = NULL;
+    const char *list[16];
+    int n = 0;
+    if (!copy)
+        return NATS_NO_MEMORY;
+    for (char *t = strtok_r(copy, ",", &save); t && n < 16; t = strtok_r(NULL, ",", &save))
+        if (*t)
+            list[n++] = t;
+    natsStatus s = n ? natsOptions_SetServers(o, list, n) : NATS_INVALID_ARG;
+    free(copy);
+    return s;
+}
+
 cs_err cs__nats_connect(const char *url, const cs__nats_creds *creds, const char *inbox,
-                        const char *name, natsConnection **nc, jsCtx **js, char *errmsg, size_t len)
+                        const char *domain, const char *name, natsConnection **nc, jsCtx **js,
+                        char *errmsg, size_t len)
 {
     natsOptions *o = NULL;
     natsStatus s = natsOptions_Create(&o);
     if (s == NATS_OK)
-        s = natsOptions_SetURL(o, url);
+        s = set_servers(o, url);
     if (s == NATS_OK && creds)
         s = natsOptions_SetUserInfo(o, creds->user, creds->password);
     if (s == NATS_OK && inbox)
@@ -211,6 +232,7 @@ cs_err cs__nats_connect(const char *url, const cs__nats_creds *creds, const char
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = CS__NATS_WAIT_MS;
+    jo.Domain = domain && *domain ? domain : NULL;
     if ((s = natsConnection_JetStream(js, *nc, &jo)) != NATS_OK) {
         snprintf(errmsg, len, "cannot use JetStream: %s", natsStatus_GetText(s));
         natsConnection_Destroy(*nc);

@@ -62,10 +62,10 @@ cs_err cs__nats_code(natsStatus s);
 
 /* Connects to url (comma-separated servers) as creds (NULL: no user), reconnecting forever in
  * the background; inbox (NULL: libnats's) prefixes every reply subject, so permissions can name
- * them. Errors: CS_NETWORK, CS_AUTH_FAILED, CS_NO_MEMORY; errmsg says why. */
+ * them; domain (NULL: none) is the JetStream domain of the stream's servers. Errors: CS_NETWORK, CS_AUTH_FAILED, CS_NO_MEMORY; errmsg says why. */
 cs_err cs__nats_connect(const char *url, const cs__nats_creds *creds, const char *inbox,
-                        const char *name, natsConnection **nc, jsCtx **js, char *errmsg,
-                        size_t len);
+                        const char *domain, const char *name, natsConnection **nc, jsCtx **js,
+                        char *errmsg, size_t len);
 void cs__nats_disconnect(natsConnection *nc, jsCtx *js); /* accepts NULL */
 
 /* A header's unsigned value in base 10 or 16; false when missing or not a number. */

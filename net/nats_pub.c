@@ -359,8 +359,8 @@ cs_err cs__natspub_start(cs__server *s, const cs_nats_options *o, cs__natspub **
                  o->creds, creds.network, p->n.net);
     }
     if (err == CS_OK)
-        err = cs__nats_connect(o->url, o->creds ? &creds : NULL, NULL, "chainsync serve", &p->nc,
-                               &p->js, errmsg, len);
+        err = cs__nats_connect(o->url, o->creds ? &creds : NULL, NULL, o->domain, "chainsync serve",
+                               &p->nc, &p->js, errmsg, len);
     sodium_memzero(&creds, sizeof(creds));
     if (err == CS_OK)
         err = ensure_stream(p, o, errmsg, len);

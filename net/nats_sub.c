@@ -45,7 +45,8 @@ struct cs__natsnode {
     cs__netlog nl;
     cs__nats_names n;
     cs__nats_creds creds;
-    char url[256]; /* stored as the link's head, which holds 255 bytes */
+    char url[256];   /* stored as the link's head, which holds 255 bytes */
+    char domain[64]; /* the JetStream domain ("" = none) */
     natsConnection *nc;
     jsCtx *js;
     natsSubscription *sub, *rsub;
@@ -86,7 +87,8 @@ static cs_err nlink_dbi(cs_branch *b, MDB_dbi *out)
 }
 
 /* url, network, shop, user, password: what a follow or pull needs to connect again. */
-static cs_err nlink_load(cs_branch *b, char *url, size_t url_len, cs__nats_creds *c)
+static cs_err nlink_load(cs_branch *b, char *url, size_t url_len, char *domain, size_t domain_len,
+                         cs__nats_creds *c)
 {
     MDB_dbi dbi;
     cs_err err = nlink_dbi(b, &dbi);
@@ -111,6 +113,9 @@ static cs_err nlink_load(cs_branch *b, char *url, size_t url_len, cs__nats_creds
             snprintf(url, url_len, "%.*s", (int)u.len, u.ptr);
             snprintf(c->user, sizeof(c->user), "%.*s", (int)user.len, user.ptr);
             snprintf(c->password, sizeof(c->password), "%.*s", (int)pw.len, pw.ptr);
+            cs_str d = {"", 0};
+            cs__body_str(&body, "domain", &d); /* optional: none */
+            snprintf(domain, domain_len, "%.*s", (int)d.len, d.ptr);
         }
         cs__body_free(&body);
     }
@@ -139,8 +144,9 @@ static cs_err nlink_save(cs__natsnode *nn)
     if (err != CS_OK)
         return err;
     cs__pk p;
-    cs__pk_init(&p, 5);
+    cs__pk_init(&p, 6);
     cs__pk_str(&p, "url", nn->url);
+    cs__pk_str(&p, "domain", nn->domain);
     cs__pk_uint(&p, "network", nn->creds.network);
     cs__pk_uint(&p, "shop", nn->creds.shop);
     cs__pk_str(&p, "user", nn->creds.user);
@@ -562,8 +568,8 @@ static cs_err nn_connect(cs__natsnode *nn)
 {
     char name[64];
     snprintf(name, sizeof(name), "chainsync branch %" PRIu64, nn->creds.shop);
-    cs_err err = cs__nats_connect(nn->url, &nn->creds, nn->n.inbox, name, &nn->nc, &nn->js,
-                                  nn->errmsg, nn->errmsg_len);
+    cs_err err = cs__nats_connect(nn->url, &nn->creds, nn->n.inbox, nn->domain, name, &nn->nc,
+                                  &nn->js, nn->errmsg, nn->errmsg_len);
     if (err == CS_OK)
         err = nn_subscribe(nn);
     if (err != CS_OK) {
@@ -666,10 +672,11 @@ static cs_err nn_setup(cs__natsnode *nn)
 {
     const cs_nats_options *no = nn->o->nats;
     cs_err err = CS_OK;
-    char stored_url[256] = "";
+    char stored_url[256] = "", stored_domain[64] = "";
     cs__nats_creds stored = {0};
     bool have_stored = nn->o->mode != CS_NODE_JOIN &&
-                       nlink_load(nn->b, stored_url, sizeof(stored_url), &stored) == CS_OK;
+                       nlink_load(nn->b, stored_url, sizeof(stored_url), stored_domain,
+                                  sizeof(stored_domain), &stored) == CS_OK;
     if (no && no->creds) {
         if ((err = cs__nats_creds_load(no->creds, &nn->creds, nn->errmsg, nn->errmsg_len)))
             return err;
@@ -691,6 +698,13 @@ static cs_err nn_setup(cs__natsnode *nn)
         return CS_INVALID_INPUT;
     }
     snprintf(nn->url, sizeof(nn->url), "%s", url);
+    const char *domain = no && no->domain ? no->domain : stored_domain;
+    if (strlen(domain) >= sizeof(nn->domain)) {
+        snprintf(nn->errmsg, nn->errmsg_len, "--nats-domain is longer than %zu bytes",
+                 sizeof(nn->domain) - 1);
+        return CS_INVALID_INPUT;
+    }
+    snprintf(nn->domain, sizeof(nn->domain), "%s", domain);
     cs__link l;
     cs_branch_state st;
     if (nn->o->mode == CS_NODE_JOIN && nn->creds.shop != nn->o->shop) {
@@ -699,7 +713,10 @@ static cs_err nn_setup(cs__natsnode *nn)
                  nn->o->shop);
         return CS_INVALID_INPUT;
     }
-    if (cs__link_load(nn->b, &l) == CS_OK && l.log_id && l.shop == nn->creds.shop &&
+    /* A branch follows one network: credentials of another are refused before NATS is asked
+     * (a join may bind the directory to another shop, which cs_branch_bind rules on). */
+    if (cs__link_load(nn->b, &l) == CS_OK && l.log_id &&
+        (nn->o->mode != CS_NODE_JOIN || l.shop == nn->creds.shop) &&
         l.log_id != nn->creds.network) {
         snprintf(nn->errmsg, nn->errmsg_len,
                  "this branch follows network %016" PRIx64 ", not %016" PRIx64

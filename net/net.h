@@ -120,6 +120,11 @@ typedef struct cs_nats_options {
     const char *creds; /* a credentials file (cs_nats_credentials); NULL = connect without a user
                         * (a branch then needs the ones its join stored) */
     unsigned replicas; /* serve: the stream's replicas when it creates it (0 = 1) */
+    /* The JetStream domain of the servers holding the stream (jetstream { domain: ... }), for a
+     * client on a leaf node without JetStream of its own: its JetStream API requests go to
+     * $JS.<domain>.API, which leaf nodes carry to the hub. NULL = none (a branch then uses the
+     * one its join stored). */
+    const char *domain;
 } cs_nats_options;
 
 /* At the head office e: a fresh NATS user for shop (a branch, or the head office itself for

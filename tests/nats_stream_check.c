@@ -85,8 +85,13 @@ int main(int argc, char **argv)
     natsConnection *nc = NULL;
     jsCtx *js = NULL;
     natsStatus s = natsOptions_Create(&o);
+    const char *servers[8];
+    int n = 0;
+    for (char *save = NULL, *t = strtok_r(argv[1], ",", &save); t && n < 8;
+         t = strtok_r(NULL, ",", &save))
+        servers[n++] = t;
     if (s == NATS_OK)
-        s = natsOptions_SetURL(o, argv[1]);
+        s = natsOptions_SetServers(o, servers, n);
     if (s == NATS_OK)
         s = natsOptions_SetUserInfo(o, user, pw);
     if (s == NATS_OK)

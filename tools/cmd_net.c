@@ -66,19 +66,18 @@ int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv)
     const char *listen = NULL, *stuck_s = NULL, *ready = NULL, *dir = NULL, *replicas_s = NULL;
     net_opts no = {0};
     cs_nats_options nats = {0};
-    const cs_cli_opt opts[] = {{"listen", true, &listen, NULL},
-                               {"stuck-ms", true, &stuck_s, NULL},
-                               {"ready-file", true, &ready, NULL},
-                               {"nats", true, &nats.url, NULL},
-                               {"nats-creds", true, &nats.creds, NULL},
-                               {"nats-replicas", true, &replicas_s, NULL},
-                               NET_OPTS(no)};
+    const cs_cli_opt opts[] = {
+        {"listen", true, &listen, NULL},           {"stuck-ms", true, &stuck_s, NULL},
+        {"ready-file", true, &ready, NULL},        {"nats", true, &nats.url, NULL},
+        {"nats-creds", true, &nats.creds, NULL},   {"nats-replicas", true, &replicas_s, NULL},
+        {"nats-domain", true, &nats.domain, NULL}, NET_OPTS(no)};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
     uint64_t stuck = 0, replicas = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, opts, 6 + NET_OPTS_COUNT, 0, 0, pos, &npos);
-    if (rc == CS_CLI_GO && (nats.creds || replicas_s) && !nats.url)
-        rc = cs_cli_usage(cmd, "--nats-creds and --nats-replicas go with --nats URL");
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 7 + NET_OPTS_COUNT, 0, 0, pos, &npos);
+    if (rc == CS_CLI_GO && (nats.creds || replicas_s || nats.domain) && !nats.url)
+        rc =
+            cs_cli_usage(cmd, "--nats-creds, --nats-replicas and --nats-domain go with --nats URL");
     if (rc == CS_CLI_GO && replicas_s &&
         (rc = cs_cli_parse_id(cmd, "--nats-replicas", replicas_s, &replicas)) == CS_CLI_GO &&
         replicas > 5)
@@ -181,17 +180,18 @@ int cs_cmd_branch_join(const cs_cli_cmd *cmd, int argc, char **argv)
                                {"shop", true, &shop_s, NULL},
                                {"password-stdin", false, NULL, &pw_stdin},
                                {"nats", true, &nats.url, NULL},
-                               {"nats-creds", true, &nats.creds, NULL}};
+                               {"nats-creds", true, &nats.creds, NULL},
+                               {"nats-domain", true, &nats.domain, NULL}};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
     uint64_t shop = 0;
-    int rc = cs_cli_parse(cmd, argc, argv, opts, 5, 0, 0, pos, &npos);
+    int rc = cs_cli_parse(cmd, argc, argv, opts, 6, 0, 0, pos, &npos);
     if (rc == CS_CLI_GO && !head == !nats.url)
         rc = cs_cli_usage(cmd, "give --head HOST:PORT (TCP) or --nats URL (JetStream)");
     if (rc == CS_CLI_GO && nats.url && !nats.creds)
         rc = cs_cli_usage(cmd, "--nats needs --nats-creds FILE (from shop nats-credentials)");
-    if (rc == CS_CLI_GO && nats.creds && !nats.url)
-        rc = cs_cli_usage(cmd, "--nats-creds goes with --nats URL");
+    if (rc == CS_CLI_GO && (nats.creds || nats.domain) && !nats.url)
+        rc = cs_cli_usage(cmd, "--nats-creds and --nats-domain go with --nats URL");
     if (rc == CS_CLI_GO && !shop_s)
         rc = cs_cli_usage(cmd, "--shop ID is required (the id `shop add` printed)");
     if (rc == CS_CLI_GO)
@@ -228,18 +228,19 @@ static int follow_or_pull(const cs_cli_cmd *cmd, int argc, char **argv, cs_node_
     const cs_cli_opt opts[] = {{"head", true, &head, NULL},
                                {"nats", true, &nats.url, NULL},
                                {"nats-creds", true, &nats.creds, NULL},
+                               {"nats-domain", true, &nats.domain, NULL},
                                NET_OPTS(no)};
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
     /* pull exits once in step: logs yes, a metrics listener no */
-    unsigned nopts = mode == CS_NODE_FOLLOW ? 3 + NET_OPTS_COUNT : 5;
+    unsigned nopts = mode == CS_NODE_FOLLOW ? 4 + NET_OPTS_COUNT : 6;
     int rc = cs_cli_parse(cmd, argc, argv, opts, nopts, 0, 0, pos, &npos);
     if (rc == CS_CLI_GO)
         rc = net_opts_check(cmd, &no);
-    if (rc == CS_CLI_GO && head && (nats.url || nats.creds))
+    if (rc == CS_CLI_GO && head && (nats.url || nats.creds || nats.domain))
         rc = cs_cli_usage(cmd, "--head (TCP) and --nats (JetStream) exclude each other");
-    if (rc == CS_CLI_GO && nats.creds && !nats.url)
-        rc = cs_cli_usage(cmd, "--nats-creds goes with --nats URL");
+    if (rc == CS_CLI_GO && (nats.creds || nats.domain) && !nats.url)
+        rc = cs_cli_usage(cmd, "--nats-creds and --nats-domain go with --nats URL");
     if (rc == CS_CLI_GO)
         rc = cs_cli_data_dir(cmd, &dir);
     if (rc != CS_CLI_GO)
