@@ -25,8 +25,8 @@
  *                     [--seconds S] [--json FILE] [--quick] [--via tcp|nats]
  * Defaults: N 100,000, M 10,000, K 1,10,100,1000, P 2, R 10,000, S 5. --quick: ctest's smoke run.
  * --via nats adds, under each TCP row, the same run through NATS JetStream: serve --nats to a
- * JetStream server, the nodes with their NATS option (bench/fanout_nats.h; exit 77 when
- * nats-server cannot start). --via tcp, the default, prints only the TCP rows.
+ * JetStream hub, the nodes with their NATS option through a leaf node (bench/fanout_nats.h; exit
+ * 77 when nats-server cannot start). --via tcp, the default, prints only the TCP rows.
  * CS_BENCH_KEEP=1 keeps the scratch directory (serve.log, every branch) and names it.
  */
 #include "bench/bench_net.h"
@@ -353,8 +353,8 @@ typedef struct bench {
     char (*run)[320];  /* where a measurement copies them */
     uint64_t start_cursor, head;
     double event_bytes; /* mean stored event size of the N events */
-    struct cs_fn *fn;   /* --via nats, while its rows run: serve publishes to JetStream, and ... */
-    const cs_nats_options *nats; /* ... the nodes consume from it; else NULL */
+    struct cs_fn *fn;   /* --via nats, while its rows run: serve publishes to the hub, and ... */
+    const cs_nats_options *nats; /* ... the nodes consume through the leaf node; else NULL */
 } bench;
 
 static long proc_kib(pid_t pid, const char *field)
@@ -758,7 +758,7 @@ static void ratio_line(const char *what, double ours, double ceil, const char *t
 }
 
 /* --via nats: the same three runs for k through JetStream (bench/fanout_nats.h): serve with
- * --nats to a fresh JetStream server, the nodes consuming from it; each row under the TCP one, with
+ * --nats to a fresh JetStream hub, the nodes through a leaf node; each row under the TCP one, with
  * what nats-server spent and the ratio. The consumers are dropped after the receive-only run (the
  * catch-up starts from the stream's first segment) but kept for the live run, whose branches
  * are the catch-up's, at the head. */

@@ -4,17 +4,15 @@
  * office is the same `chainsync serve` with `--nats HUB` (it publishes each committed segment
  * once to the network's stream), and the branches are the same cs_node with its NATS option
  * (net/nats_sub.c: a durable consumer shop-<id> each, with its own credentials, acknowledged
- * after the commit), connected to the same JetStream server. fanout.c runs its catch_up() and
- * live() again with these options and prints each row under the TCP one with what nats-server
- * spent and the ratio nats / tcp. The branches connect to the hub itself: the node's JetStream
- * requests name no domain, and a leaf node (without JetStream of its own) did not answer them
- * here ("no responders", nats-server 2.9.10); bench/natsscale measures the leaf-node shape with
- * its own consumers.
+ * after the commit), connected to a leaf node (the region's server, without JetStream of its
+ * own), whose leaf connection carries their JetStream requests to the hub's domain "hub"
+ * (--nats-domain). fanout.c runs its catch_up() and live() again with these options and prints
+ * each row under the TCP one with what the two nats-servers spent and the ratio nats / tcp.
  *
- * It owns, per K, a JetStream server (a nats-server process on a kernel-picked port,
- * bench/nats_sim.h; stopped by pid and its store directory removed after the K), the branches'
- * credential files, and the durable consumers, deleted between the rows so that each catch-up
- * starts from the stream's first segment as the TCP catch-up starts from the log.
+ * It owns, per K, a JetStream hub and a leaf node (nats-server processes on kernel-picked ports,
+ * bench/nats_sim.h; stopped by pid and their store directory removed after the K), the
+ * branches' credential files, and the durable consumers, deleted between the rows so that each
+ * catch-up starts from the stream's first segment as the TCP catch-up starts from the log.
  */
 #ifndef CS_BENCH_FANOUT_NATS_H
 #define CS_BENCH_FANOUT_NATS_H
@@ -23,11 +21,11 @@
 
 typedef struct cs_fn {
     char root[300], hq[300];
-    cs_ns_srv hub;
-    cs_nats_options branch, head; /* the branches' and the head office's (both the hub) */
+    cs_ns_srv hub, leaf;
+    cs_nats_options branch, head; /* the branches' (the leaf), the head office's (the hub) */
     char stream[64], subject[64]; /* the network's: net/nats_conn.c's names */
     char creds[320];              /* the branches' credentials, one file each */
-    double hub0;                  /* its CPU at the start of a row */
+    double hub0, leaf0;           /* their CPU at the start of a row */
 } cs_fn;
 
 /* Each branch's NATS credentials (cs_nats_credentials at the head office, as `shop
@@ -52,7 +50,8 @@ static inline bool cs__fn_creds(const char *hq, const char *dir, const uint64_t 
     return ok;
 }
 
-/* Starts the JetStream server in root/nats; writes the k branches' credentials. branch.creds is
+/* Starts the hub (JetStream in domain "hub") and the leaf node in root/nats; writes the k
+ * branches' credentials. branch.creds is
  * then their directory (fanout.c's worker_run names each node's file). */
 static inline bool cs_fn_begin(cs_fn *f, const char *root, const char *hq, const uint64_t *shops,
                                unsigned k, char *why, size_t why_len)
@@ -69,9 +68,11 @@ static inline bool cs_fn_begin(cs_fn *f, const char *root, const char *hq, const
     }
     snprintf(f->stream, sizeof(f->stream), "CS_%016llx", (unsigned long long)network);
     snprintf(f->subject, sizeof(f->subject), "cs.%016llx.log", (unsigned long long)network);
-    if (!cs_ns_start(&f->hub, f->root, "hub", 0, CS_NS_JS, why, why_len))
+    if (!cs_ns_start(&f->hub, f->root, "hub", 0, CS_NS_JS_DOMAIN, why, why_len) ||
+        !cs_ns_start(&f->leaf, f->root, "leaf1", f->hub.leaf_port, CS_NS_JS_NONE, why, why_len))
         return false;
-    f->branch.url = f->hub.url;
+    f->branch.url = f->leaf.url;
+    f->branch.domain = "hub";
     f->head.url = f->hub.url;
     snprintf(f->creds, sizeof(f->creds), "%s/creds", f->root);
     f->branch.creds = f->creds;
@@ -84,6 +85,7 @@ static inline bool cs_fn_begin(cs_fn *f, const char *root, const char *hq, const
 
 static inline void cs_fn_end(cs_fn *f)
 {
+    cs_ns_stop(&f->leaf);
     cs_ns_stop(&f->hub);
     cs_bench_rm_tree(f->root);
 }
@@ -179,24 +181,26 @@ static inline unsigned cs_fn_at_head(char (*dirs)[320], unsigned k, uint64_t hea
 
 static inline void cs_fn_row_begin(cs_fn *f)
 {
-    f->hub0 = cs_ns_cpu_s(f->hub.pid);
+    f->hub0 = cs_ns_cpu_s(f->hub.pid), f->leaf0 = cs_ns_cpu_s(f->leaf.pid);
 }
 
 /* The NATS servers' share of a row, printed under it, and the ratio to the TCP row's figure. */
 static inline void cs_fn_row_end(cs_fn *f, bool ok, const char *what, double nats, double tcp,
                                  unsigned k, const char *mode, FILE *json)
 {
-    double hub = cs_ns_cpu_s(f->hub.pid) - f->hub0;
+    double hub = cs_ns_cpu_s(f->hub.pid) - f->hub0, leaf = cs_ns_cpu_s(f->leaf.pid) - f->leaf0;
     double hub_rss = cs_ns_proc_kib(f->hub.pid, "VmRSS") / 1024.0;
-    printf("        %-44s cpu %.2f s, rss %.0f MiB after the row\n", "nats-server (JetStream)", hub,
-           hub_rss);
+    double leaf_rss = cs_ns_proc_kib(f->leaf.pid, "VmRSS") / 1024.0;
+    printf("        %-44s hub cpu %.2f s rss %.0f MiB, leaf cpu %.2f s rss %.0f MiB\n",
+           "nats-server", hub, hub_rss, leaf, leaf_rss);
     if (ok && nats > 0 && tcp > 0)
         printf("        %-44s %12.0f vs %12.0f  ratio %5.2f\n", what, nats, tcp, nats / tcp);
     if (json)
         fprintf(json,
                 "{\"k\":%u,\"mode\":\"%s\",\"via\":\"nats\",\"nats_over_tcp\":%.3f,"
-                "\"nats_server_cpu_s\":%.3f,\"nats_server_rss_mib\":%.1f}\n",
-                k, mode, ok && tcp > 0 ? nats / tcp : 0, hub, hub_rss);
+                "\"hub_cpu_s\":%.3f,\"hub_rss_mib\":%.1f,\"leaf_cpu_s\":%.3f,"
+                "\"leaf_rss_mib\":%.1f}\n",
+                k, mode, ok && tcp > 0 ? nats / tcp : 0, hub, hub_rss, leaf, leaf_rss);
 }
 
 #endif
