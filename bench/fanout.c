@@ -215,6 +215,8 @@ static int worker_run(char dirs[][320], unsigned from, unsigned to, const cs_nod
         if (o->nats) { /* --via nats: each branch its own credentials, <creds>/<dir's name>.json */
             cs_nats_options *nn = malloc(sizeof(*nn));
             char *path = malloc(400);
+            if (!nn || !path)
+                return 1;
             *nn = *o->nats;
             snprintf(path, 400, "%s/%s.json", o->nats->creds, strrchr(wn->dir, '/') + 1);
             nn->creds = path, no->nats = nn;
