@@ -8,6 +8,10 @@
  *
  *   nats_stream_check URL CREDS STREAM   prints "messages N events L" and exits 0, or names the
  *                                        first message that breaks a promise and exits 1
+ *   nats_stream_check URL - STREAM purge SEQ   removes the messages before stream sequence SEQ
+ *                                        (an operator's purge: what makes a gap for a branch)
+ *
+ * CREDS is a credentials file of `shop nats-credentials`, or "-" for a server without users.
  */
 #include "log/log.h"
 
@@ -71,13 +75,15 @@ static bool check_msg(natsMsg *m, uint64_t sseq, uint64_t *prev_last, uint64_t *
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: nats_stream_check URL CREDS STREAM\n");
+    bool purge = argc == 6 && strcmp(argv[4], "purge") == 0;
+    if (argc != 4 && !purge) {
+        fprintf(stderr, "usage: nats_stream_check URL CREDS|- STREAM [purge SEQ]\n");
         return 2;
     }
-    json_t *cj = json_load_file(argv[2], 0, NULL);
+    json_t *cj = strcmp(argv[2], "-") == 0 ? NULL : json_load_file(argv[2], 0, NULL);
     const char *user = NULL, *pw = NULL;
-    if (!cj || json_unpack(cj, "{s:s,s:s}", "user", &user, "password", &pw) != 0) {
+    if (strcmp(argv[2], "-") != 0 &&
+        (!cj || json_unpack(cj, "{s:s,s:s}", "user", &user, "password", &pw) != 0)) {
         fprintf(stderr, "cannot read %s\n", argv[2]);
         return 2;
     }
@@ -92,12 +98,24 @@ int main(int argc, char **argv)
         servers[n++] = t;
     if (s == NATS_OK)
         s = natsOptions_SetServers(o, servers, n);
-    if (s == NATS_OK)
+    if (s == NATS_OK && user)
         s = natsOptions_SetUserInfo(o, user, pw);
     if (s == NATS_OK)
         s = natsConnection_Connect(&nc, o);
     if (s == NATS_OK)
         s = natsConnection_JetStream(&js, nc, NULL);
+    if (s == NATS_OK && purge) {
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.Stream.Purge.Sequence = strtoull(argv[5], NULL, 10);
+        s = js_PurgeStream(js, argv[3], &jo, NULL);
+        printf("purge before %s: %s\n", argv[5], natsStatus_GetText(s));
+        jsCtx_Destroy(js);
+        natsConnection_Destroy(nc);
+        natsOptions_Destroy(o);
+        nats_Close();
+        return s == NATS_OK ? 0 : 1;
+    }
     jsStreamInfo *si = NULL;
     if (s == NATS_OK)
         s = js_GetStreamInfo(&si, js, argv[3], NULL, NULL);

@@ -6,8 +6,10 @@
 #     head office's serve --nats while it publishes; everything catches up, every branch equal to
 #     what the audit replays for it (audit verify --branch), and the stream read back
 #     (tests/nats_stream_check) holds every event once, in order, no gap, no duplicate;
-#   - a branch's shared-record write (R8) reaches the head office over NATS exactly once;
-#   - wrong credentials, and credentials aimed at another network's stream, are refused.
+#   - a branch's shared-record write (R8) reaches the head office over NATS exactly once, and an
+#     unlink (R13) reaches the branch like any event;
+#   - wrong credentials, and credentials aimed at another network's stream, are refused;
+#   - a stream that lost its first segments stops a new branch with corrupt (a gap).
 # Ports are picked free at run time, JetStream stores live in the scratch directory, and every
 # process started is killed by pid at exit (lib.sh). Prints PASS/FAIL per test.
 set -u
@@ -236,6 +238,54 @@ json.dump(c, open(sys.argv[3],"w"))' "$scratch/b2.creds" "$scratch/x1.creds" "$s
         { cat "$scratch/x.out"; fail "exit $rc"; }
 }
 
+# R13 over NATS: an unlink is an event of the log; the following branch applies it and stops
+# with not_in_network, a single store now.
+test_unlink_over_nats() {
+    local pid i
+    pid=$(cat "$scratch/f2.pid")
+    kill -0 "$pid" 2>/dev/null || fail "b2's follower is not running" || return 1
+    "$BIN" shop unlink "$(cat "$scratch/shop2")" --data "$hq" >/dev/null || return 1
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && fail "b2's follower still runs after the unlink" && return 1
+    grep -q "not_in_network.*unlinked this branch" "$scratch/f2.log" ||
+        { tail -n 3 "$scratch/f2.log"; fail "no unlink in b2's log"; }
+}
+
+# A gap: the stream no longer holds the first events (an operator purged it); a new branch
+# stops with corrupt and a sentence naming the gap, applying nothing (a plain JetStream server).
+test_gap_stops_with_corrupt() {
+    local hq3=$scratch/hq3 port http i
+    read -r port http <<<"$(free_ports 2)"
+    nats-server -js -a 127.0.0.1 -p "$port" -m "$http" -sd "$scratch/js-gap" >"$scratch/gap-ns.log" 2>&1 &
+    echo $! >>"$scratch/pids"
+    healthy "$http" || fail "nats-server did not come up" || return 1
+    "$BIN" init --data "$hq3" --name HQ >/dev/null && "$BIN" network create --data "$hq3" --name N >/dev/null ||
+        return 1
+    local shop
+    shop=$(add_shop "$hq3" G1)
+    "$BIN" shop nats-credentials "$shop" --data "$hq3" --out "$scratch/g1.creds" >/dev/null || return 1
+    "$BIN" serve --data "$hq3" --listen 127.0.0.1:0 --ready-file "$scratch/ready3" \
+        --nats "nats://127.0.0.1:$port" >"$scratch/serve3.log" 2>&1 &
+    echo $! >>"$scratch/pids"
+    wait_file "$scratch/ready3" || fail "serve did not start" || return 1
+    for i in 1 2 3; do # one segment each: the stream holds 4 messages
+        "$BIN" put service_category --data "$hq3" --json "{\"name\":\"g$i\"}" >/dev/null || return 1
+        sleep 0.3
+    done
+    "$CHECK" "nats://127.0.0.1:$port" - "CS_$(network "$scratch/g1.creds")" | grep -q "^messages 4 " ||
+        fail "the stream does not hold 4 segments" || return 1
+    "$CHECK" "nats://127.0.0.1:$port" - "CS_$(network "$scratch/g1.creds")" purge 3 >/dev/null ||
+        fail "cannot purge" || return 1
+    "$BIN" branch join --data "$scratch/g1" --nats "nats://127.0.0.1:$port" \
+        --nats-creds "$scratch/g1.creds" --shop "$shop" >"$scratch/gap.out" 2>&1
+    local rc=$?
+    [ $rc -ne 0 ] && grep -q "^error: corrupt: gap: the stream's next segment starts at event" "$scratch/gap.out" ||
+        { cat "$scratch/gap.out"; fail "exit $rc"; }
+}
+
 if ! setup >"$scratch/setup.out" 2>&1; then
     sed 's/^/  /' "$scratch/setup.out"
     echo "FAIL setup"
@@ -246,5 +296,7 @@ run test_kill_mid_stream_catch_up
 run test_write_over_nats_exactly_once
 run test_wrong_credentials_refused
 run test_other_network_refused
+run test_unlink_over_nats
+run test_gap_stops_with_corrupt
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -215,7 +215,7 @@ static const cs_cli_cmd commands[] = {
     {"serve", NULL, cs_cmd_serve, "serve the network: stream the log to every branch over TCP",
      "serve --listen HOST:PORT [--stuck-ms MS] [--ready-file FILE] [--http HOST:PORT]\n"
      "      [--http-ready-file FILE] [--log-level LEVEL] [--log-format human|json]\n"
-     "      [--nats URL [--nats-creds FILE] [--nats-replicas N]]",
+     "      [--nats URL [--nats-creds FILE] [--nats-replicas N] [--nats-domain NAME]]",
      "Runs the head office's server in the foreground: branches connect, authenticate with a\n"
      "challenge-response (no password on the wire), receive the log from their cursor and then\n"
      "live, and send their shared-record writes (R8). One log line per event that matters\n"
@@ -235,11 +235,13 @@ static const cs_cli_cmd commands[] = {
      "                       JetStream stream there (nats://HOST:PORT, comma-separated for a\n"
      "                       cluster) and answer branches' writes sent over NATS\n"
      "  --nats-creds FILE    the head office's NATS user (shop nats-credentials SELF)\n"
-     "  --nats-replicas N    replicas of the stream when serve creates it (default 1)\n\n"
+     "  --nats-replicas N    replicas of the stream when serve creates it (default 1)\n"
+     "  --nats-domain NAME   the JetStream domain of those servers, when they have one\n\n"
      "Example:\n  chainsync serve --data /srv/hq --listen 0.0.0.0:7400 --http 127.0.0.1:9400\n",
      NULL},
     {"branch", "join", cs_cmd_branch_join, "join a network as a branch and take its catalog",
-     "branch join --data DIR --head HOST:PORT --shop ID --password-stdin",
+     "branch join --data DIR --head HOST:PORT --shop ID --password-stdin\n"
+     "      | --data DIR --nats URL --nats-creds FILE [--nats-domain NAME] --shop ID",
      "Connects to the head office at HOST:PORT as branch ID (the id `shop add` printed),\n"
      "proves it knows the password read from standard input, and takes the whole catalog\n"
      "(R5a). DIR is created, or a single store there becomes the branch: its own items stay\n"
@@ -247,11 +249,15 @@ static const cs_cli_cmd commands[] = {
      "Exits 0 once in step; 2 when refused (not_in_network); 4 for a wrong password\n"
      "(auth_failed) or when the head office cannot be reached (network_error). A refused\n"
      "join into a new directory leaves no directory behind.\n\n"
+     "With --nats URL it joins through NATS JetStream instead: --nats-creds FILE (from shop\n"
+     "nats-credentials) authenticates it to NATS, no password is read; --nats-domain NAME is\n"
+     "the hub's JetStream domain for a branch on a leaf node. follow and pull then use NATS.\n\n"
      "Example:\n  echo \"$PW\" | chainsync branch join --data /srv/b1 --head hq:7400 --shop 123 "
      "--password-stdin\n",
      NULL},
     {"branch", "follow", cs_cmd_branch_follow, "stay connected to the head office, apply live",
-     "branch follow [--head HOST:PORT] [--metrics HOST:PORT] [--http-ready-file FILE]\n"
+     "branch follow [--head HOST:PORT | --nats URL [--nats-creds FILE] [--nats-domain NAME]]\n"
+     "      [--metrics HOST:PORT] [--http-ready-file FILE]\n"
      "      [--log-level LEVEL] [--log-format human|json]",
      "Connects to the head office this branch joined, catches up and stays connected: events\n"
      "arrive as they are committed, copies change at sync points (R5), shared records at once\n"
@@ -259,6 +265,9 @@ static const cs_cli_cmd commands[] = {
      "breaks. One log line per event that matters on standard error. SIGINT or SIGTERM stops\n"
      "it.\n\n"
      "Options:\n  --head HOST:PORT   connect here instead of the address stored at join\n"
+     "  --nats URL         consume from NATS JetStream here (a branch that joined with --nats\n"
+     "                     does without it); --nats-creds FILE, --nats-domain NAME override\n"
+     "                     what the join stored\n"
      "  --metrics HOST:PORT  serve /metrics (Prometheus) there; a bare PORT binds 127.0.0.1\n"
      "  --http HOST:PORT   the same listener as --metrics\n"
      "  --http-ready-file FILE  write the listener's HOST:PORT there once listening\n"
@@ -267,11 +276,13 @@ static const cs_cli_cmd commands[] = {
      "Example:\n  chainsync branch follow --data /srv/b1\n",
      NULL},
     {"branch", "pull", cs_cmd_branch_pull, "catch up with the head office once, send the outbox",
-     "branch pull [--head HOST:PORT] [--log-level LEVEL] [--log-format human|json]",
+     "branch pull [--head HOST:PORT | --nats URL [--nats-creds FILE] [--nats-domain NAME]]\n"
+     "      [--log-level LEVEL] [--log-format human|json]",
      "Connects once, applies everything up to the head office's head as of connecting, sends\n"
      "the outbox and waits for each answer, then exits 0. Exits 4 when the head office cannot\n"
      "be reached (with the reason).\n\n"
      "Options:\n  --head HOST:PORT   connect here instead of the address stored at join\n"
+     "  --nats URL         pull from NATS JetStream here (see branch follow)\n"
      "  --log-level LEVEL  error, warn, info (default) or debug\n"
      "  --log-format FORMAT  human (default) or json\n\n"
      "Example:\n  chainsync branch pull --data /srv/b1\n",
