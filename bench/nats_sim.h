@@ -1,13 +1,13 @@
 /*
  * nats_sim.h: what the NATS benchmarks share (bench/fanout --via nats, bench/natsscale; issue 15,
  * "Scale, by simulation"): real nats-server processes on 127.0.0.1 (a JetStream "hub" for the
- * head office and a leaf node with its own JetStream domain, the region's server, holding a
- * mirror of the hub's stream), a head-office publisher that publishes the log's segments
- * (log/segment.c's cs_segment_encode, the bytes `serve` sends over TCP) once each to the hub's
- * stream, and branch subscribers, one NATS connection and one durable JetStream consumer per
- * branch, that verify every segment (checksums and the chain) and optionally apply it with
- * cs_branch_apply_segment. Everything NATS goes through the real libnats client (JetStream API);
- * nothing speaks the NATS protocol by hand.
+ * head office and a leaf node, with or without a JetStream domain of its own, the region's
+ * server; the streams and the region's mirror), and for bench/natsscale a head-office publisher
+ * that publishes the log's segments (log/segment.c's cs_segment_encode, the bytes `serve` sends)
+ * once each (--head sim; by default natsscale runs the real serve --nats), an appender, and
+ * receive-only branch subscribers, one NATS connection and one durable JetStream consumer per
+ * branch, that verify every segment (checksums and the chain) and acknowledge it. Everything NATS
+ * goes through the real libnats client (JetStream API); nothing speaks the NATS protocol by hand.
  *
  * It owns the servers' processes (started with ports the kernel picks, read back from their
  * logs; stopped by pid), their config files and store directories (under a root the caller
@@ -31,7 +31,6 @@
 
 #define CS_NS_HIST_MS 10000u /* latency histogram: 1 ms buckets up to 10 s */
 #define CS_NS_WAIT_MS 15000u /* a server's start, a stream's creation, a mirror's sync */
-#define CS_NS_BATCH 16u      /* segments applied in one transaction, as net/node.c's catch-up */
 
 /* ---- servers ----------------------------------------------------------------------------- */
 
@@ -502,7 +501,6 @@ typedef struct cs_ns_sub_opts {
     bool deliver_new;      /* from what is published after subscribing, not the stream's start */
     const char *domain;    /* NULL: the connected server's JetStream; else that domain's */
     const char *durable;   /* consumer names: "<durable>-<i>" */
-    char (*dirs)[320];     /* apply: the branches' directories; NULL: receive only */
     uint64_t want_last;    /* done when this sequence is verified (or applied) */
     uint64_t stop_ms;      /* live: stop at this wall time instead (0: not live) ... */
     const char *stop_file; /* ... or once this file exists (the parent's word: all is sent) */
@@ -515,13 +513,9 @@ typedef struct cs__ns_sub {
     natsConnection *nc;
     jsCtx *js;
     natsSubscription *sub;
-    cs_branch *b;
     uint64_t next_seq, prev_chain, done_ms, bytes;
     bool prev_known;
-    int result;                  /* 0 while going or done, else a cs_err or -1 */
-    natsMsg *batch[CS_NS_BATCH]; /* applying: messages held for one transaction */
-    uint64_t recv_ms[CS_NS_BATCH];
-    unsigned nbatch;
+    int result; /* 0 while going or done, else a cs_err or -1 */
     struct cs__ns_worker *w;
 } cs__ns_sub;
 
@@ -534,7 +528,7 @@ typedef struct cs__ns_worker {
     uint64_t hist[CS_NS_HIST_MS + 1], hist_applied[CS_NS_HIST_MS + 1];
 } cs__ns_worker;
 
-/* Live: each event's commit (its time) to received (recv_ms) and to now (applied or verified). */
+/* Live: each event's commit (its time) to received (recv_ms) and to now (verified). */
 static inline void cs__ns_latency(cs__ns_worker *w, const uint8_t *seg, size_t len,
                                   uint64_t recv_ms)
 {
@@ -557,8 +551,8 @@ static inline void cs__ns_latency(cs__ns_worker *w, const uint8_t *seg, size_t l
     pthread_mutex_unlock(&w->dec_lock);
 }
 
-/* After a message was verified or durably applied (rc CS_OK) or refused: the branch's figures,
- * its ack (only for what is done), and the branch's end at the last wanted sequence. */
+/* After a message was verified (rc CS_OK) or refused: the branch's figures, its ack (only for
+ * what verified), and the branch's end at the last wanted sequence. */
 static inline void cs__ns_settle(cs__ns_sub *s, natsMsg *m, uint64_t recv_ms, uint64_t last, int rc)
 {
     cs__ns_worker *w = s->w;
@@ -580,47 +574,13 @@ static inline void cs__ns_settle(cs__ns_sub *s, natsMsg *m, uint64_t recv_ms, ui
     natsMsg_Destroy(m);
 }
 
-/* An applying branch: messages that arrive together are applied together, up to
- * CS_NS_BATCH in one transaction (cs_branch_apply_segments), as a TCP node applies the segments
- * one read brought: the message is held while more are queued for this subscription, and the
- * batch is applied (and each message acked) when none is queued or the batch is full. */
-static inline void cs__ns_on_apply(cs__ns_sub *s, natsSubscription *sub, natsMsg *m)
-{
-    s->batch[s->nbatch] = m;
-    s->recv_ms[s->nbatch++] = cs_ns_wall_ms();
-    int pending = 0;
-    if (natsSubscription_GetPending(sub, &pending, NULL) == NATS_OK && pending > 0 &&
-        s->nbatch < CS_NS_BATCH)
-        return;
-    const uint8_t *segs[CS_NS_BATCH];
-    size_t lens[CS_NS_BATCH];
-    uint64_t last = 0;
-    int rc = CS_OK;
-    for (unsigned i = 0; i < s->nbatch && rc == CS_OK; i++) {
-        cs_segment_view v;
-        segs[i] = (const uint8_t *)natsMsg_GetData(s->batch[i]);
-        lens[i] = (size_t)natsMsg_GetDataLength(s->batch[i]);
-        rc = cs_segment_open(segs[i], lens[i], &v);
-        last = v.last;
-    }
-    if (rc == CS_OK)
-        rc = cs_branch_apply_segments(s->b, segs, lens, s->nbatch, NULL);
-    for (unsigned i = 0; i < s->nbatch; i++)
-        cs__ns_settle(s, s->batch[i], s->recv_ms[i], i + 1 == s->nbatch ? last : 0, rc);
-    s->nbatch = 0;
-}
-
-/* One segment for one branch: verify (receive only) or apply (batched), ack once it is verified
- * or durably applied; at the last wanted sequence the branch is done. Runs on libnats' delivery
+/* One segment for one branch: verify it (checksums, the chain from the previous segment), ack
+ * it once verified; at the last wanted sequence the branch is done. Runs on libnats' delivery
  * thread, one message of a subscription at a time. */
 static inline void cs__ns_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *arg)
 {
-    (void)nc;
+    (void)nc, (void)sub;
     cs__ns_sub *s = arg;
-    if (s->b) {
-        cs__ns_on_apply(s, sub, m);
-        return;
-    }
     const uint8_t *seg = (const uint8_t *)natsMsg_GetData(m);
     size_t len = (size_t)natsMsg_GetDataLength(m);
     uint64_t now = cs_ns_wall_ms(), last = 0;
@@ -645,8 +605,6 @@ static inline bool cs__ns_sub_start(cs__ns_worker *w, unsigned i, natsOptions *n
     cs__ns_sub *s = &w->subs[i - o->from];
     s->w = w;
     s->prev_chain = o->prev_chain, s->prev_known = o->prev_chain_known;
-    if (o->dirs && cs_branch_open(o->dirs[i], NULL, &s->b) != CS_OK)
-        return false;
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Domain = o->domain;
@@ -721,7 +679,6 @@ static inline int cs_ns_sub_worker(const cs_ns_sub_opts *o, int fd)
         natsSubscription_Destroy(s->sub);
         natsConnection_Destroy(s->nc);
         jsCtx_Destroy(s->js);
-        cs_branch_close(s->b);
         if (!o->stop_ms && !s->done_ms && !s->result)
             s->result = -1; /* not done by the deadline */
         fprintf(out, "%llu %llu %d\n", (unsigned long long)s->done_ms, (unsigned long long)s->bytes,
@@ -860,14 +817,6 @@ static inline double cs_ns_hist_pct(const uint64_t *h, double q)
         if ((acc += h[i]) > 0 && acc >= (uint64_t)(q * (double)total))
             return i;
     return CS_NS_HIST_MS;
-}
-
-static inline double cs_ns_hist_max(const uint64_t *h)
-{
-    for (unsigned i = CS_NS_HIST_MS + 1; i-- > 0;)
-        if (h[i])
-            return i;
-    return 0;
 }
 
 /* The head of hq's log and the chain value of event `seq` there (0 for seq 0). */
