@@ -19,6 +19,7 @@ typedef struct cs_bench_net {
     uint64_t *shops;
     pid_t serve;
     pid_t *follow;
+    const char *nats; /* when set, serve also publishes to JetStream there (--nats URL) */
 } cs_bench_net;
 
 /* A head office with k branches (passwords set: argon2id per branch). */
@@ -42,8 +43,10 @@ static inline bool cs_bench_net_serve(cs_bench_net *r)
 {
     char ready[300];
     snprintf(ready, sizeof(ready), "%s/ready", r->root);
-    const char *args[] = {"serve",       "--data",       r->hq, "--listen",
-                          "127.0.0.1:0", "--ready-file", ready, NULL};
+    const char *args[] = {"serve",        "--data", r->hq,    "--listen", "127.0.0.1:0",
+                          "--ready-file", ready,    "--nats", r->nats,    NULL};
+    if (!r->nats)
+        args[7] = NULL;
     unlink(ready); /* a ready file of an earlier serve would name its port */
     r->serve = cs_run_spawn(args, r->log);
     for (int i = 0; i < 500; i++) {

@@ -22,13 +22,17 @@
  * same size to 16 replicas (bench/peer_redis.h). Each figure is printed with its ratio.
  *
  * Usage: bench/fanout [--events N] [--items M] [--branches K,K,...] [--procs P] [--rate R]
- *                     [--seconds S] [--json FILE] [--quick]
+ *                     [--seconds S] [--json FILE] [--quick] [--via tcp|nats]
  * Defaults: N 100,000, M 10,000, K 1,10,100,1000, P 2, R 10,000, S 5. --quick: ctest's smoke run.
+ * --via nats adds, under each TCP row, the same run through NATS JetStream: serve --nats to a
+ * JetStream hub, the nodes with their NATS option through a leaf node (bench/fanout_nats.h; exit
+ * 77 when nats-server cannot start). --via tcp, the default, prints only the TCP rows.
  * CS_BENCH_KEEP=1 keeps the scratch directory (serve.log, every branch) and names it.
  */
 #include "bench/bench_net.h"
 #include "bench/ceil_fanout.h"
 #include "bench/ceil_lmdb.h"
+#include "bench/fanout_nats.h"
 #include "bench/peer_redis.h"
 #include "net/net.h"
 
@@ -46,7 +50,7 @@ typedef struct opts {
     unsigned ks[KS_MAX], nks, kmax;
     unsigned procs, rate, seconds;
     const char *json;
-    bool quick;
+    bool quick, via_nats; /* --via nats: bench/fanout_nats.h's rows under each TCP row */
 } opts;
 
 /* Wall clock in ms: events carry the head office's wall clock, and workers are processes. */
@@ -216,6 +220,15 @@ static int worker_run(char dirs[][320], unsigned from, unsigned to, const cs_nod
         *no = *o;
         no->hook_arg = wn;
         no->turns = turns;
+        if (o->nats) { /* --via nats: each branch its own credentials, <creds>/<dir's name>.json */
+            cs_nats_options *nn = malloc(sizeof(*nn));
+            char *path = malloc(400);
+            if (!nn || !path)
+                return 1;
+            *nn = *o->nats;
+            snprintf(path, 400, "%s/%s.json", o->nats->creds, strrchr(wn->dir, '/') + 1);
+            nn->creds = path, no->nats = nn;
+        }
         if (cs_branch_open(wn->dir, NULL, &wn->b) != CS_OK ||
             cs_node_start(&w->loop, wn->b, wn->dir, no, node_done, wn, &wn->n, msg, sizeof(msg)) !=
                 CS_OK) {
@@ -351,6 +364,8 @@ typedef struct bench {
     char (*run)[320];  /* where a measurement copies them */
     uint64_t start_cursor, head;
     double event_bytes; /* mean stored event size of the N events */
+    struct cs_fn *fn;   /* --via nats, while its rows run: serve publishes to the hub, and ... */
+    const cs_nats_options *nats; /* ... the nodes consume through the leaf node; else NULL */
 } bench;
 
 static long proc_kib(pid_t pid, const char *field)
@@ -531,9 +546,14 @@ static row catch_up(bench *b, unsigned k, bool receive_only)
     row w = {.k = k, .mode = receive_only ? "receive-only" : "catch-up"};
     if (!copy_templates(b, k) || !cs_bench_net_serve(&b->net))
         return w;
+    if (b->fn && !cs_fn_published(b->fn, b->head)) { /* the whole log in the stream first */
+        stop_serve(b);
+        return w;
+    }
     long base = proc_kib(b->net.serve, "RssAnon");
     cs_node_options o = {.mode = CS_NODE_PULL,
                          .head = b->net.addr,
+                         .nats = b->nats,
                          .log = fopen("/dev/null", "w"),
                          .no_watch = true,
                          .receive_only = receive_only,
@@ -612,6 +632,7 @@ static row live(bench *b, unsigned k)
     close(fds[1]);
     cs_node_options o = {.mode = CS_NODE_FOLLOW,
                          .head = b->net.addr,
+                         .nats = b->nats,
                          .log = fopen("/dev/null", "w"),
                          .no_watch = true,
                          .receive_only = k > 100,
@@ -686,15 +707,12 @@ static bool parse(int argc, char **argv, opts *o)
 {
     *o = (opts){.events = 100000, .items = 10000, .procs = 2, .rate = 10000, .seconds = 5};
     parse_ks("1,10,100,1000", o);
-    static const struct option lo[] = {{"events", required_argument, NULL, 'n'},
-                                       {"items", required_argument, NULL, 'm'},
-                                       {"branches", required_argument, NULL, 'k'},
-                                       {"procs", required_argument, NULL, 'p'},
-                                       {"rate", required_argument, NULL, 'r'},
-                                       {"seconds", required_argument, NULL, 's'},
-                                       {"json", required_argument, NULL, 'j'},
-                                       {"quick", no_argument, NULL, 'q'},
-                                       {0}};
+    static const struct option lo[] = {
+        {"events", required_argument, NULL, 'n'},   {"items", required_argument, NULL, 'm'},
+        {"branches", required_argument, NULL, 'k'}, {"procs", required_argument, NULL, 'p'},
+        {"rate", required_argument, NULL, 'r'},     {"seconds", required_argument, NULL, 's'},
+        {"json", required_argument, NULL, 'j'},     {"quick", no_argument, NULL, 'q'},
+        {"via", required_argument, NULL, 'v'},      {0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         if (c == 'n')
@@ -711,6 +729,8 @@ static bool parse(int argc, char **argv, opts *o)
             o->seconds = (unsigned)strtoul(optarg, NULL, 10);
         else if (c == 'j')
             o->json = optarg;
+        else if (c == 'v' && (strcmp(optarg, "tcp") == 0 || strcmp(optarg, "nats") == 0))
+            o->via_nats = strcmp(optarg, "nats") == 0;
         else if (c == 'q') {
             o->quick = true;
             o->events = 3000, o->items = 300, o->rate = 1000, o->seconds = 1;
@@ -748,12 +768,57 @@ static void ratio_line(const char *what, double ours, double ceil, const char *t
         printf("        %-44s %12.0f vs   (unavailable)  %s\n", what, ours, target);
 }
 
+/* --via nats: the same three runs for k through JetStream (bench/fanout_nats.h): serve with
+ * --nats to a fresh JetStream hub, the nodes through a leaf node; each row under the TCP one, with
+ * what nats-server spent and the ratio. The consumers are dropped after the receive-only run (the
+ * catch-up starts from the stream's first segment) but kept for the live run, whose branches
+ * are the catch-up's, at the head. */
+static bool via_nats(bench *b, unsigned k, const row *t1, const row *t2, const row *t3, FILE *json)
+{
+    cs_fn fn;
+    char why[512];
+    if (!cs_fn_begin(&fn, b->net.root, b->net.hq, b->net.shops, k, why, sizeof(why))) {
+        fprintf(stderr, "fanout: --via nats: %s\n", why);
+        cs_fn_end(&fn);
+        return false;
+    }
+    b->fn = &fn, b->nats = &fn.branch, b->net.nats = fn.head.url;
+    cs_fn_row_begin(&fn);
+    row n1 = catch_up(b, k, true);
+    n1.mode = "receive-only, nats";
+    print_row(&n1, json);
+    cs_fn_row_end(&fn, n1.ok, "nats / tcp (ev/s)", n1.agg_eps, t1->ok ? t1->agg_eps : 0, k, n1.mode,
+                  json);
+    cs_fn_consumers_drop(&fn, b->net.shops, k);
+    cs_fn_row_begin(&fn);
+    row n2 = catch_up(b, k, false);
+    n2.mode = "catch-up, nats";
+    unsigned at_head = n2.ok ? cs_fn_at_head(b->run, k, b->head) : 0;
+    if (n2.ok && at_head != k) {
+        fprintf(stderr, "fanout: --via nats: %u of %u branches short of the head\n", k - at_head,
+                k);
+        n2.ok = false;
+    }
+    print_row(&n2, json);
+    cs_fn_row_end(&fn, n2.ok, "nats / tcp (ev/s)", n2.agg_eps, t2->ok ? t2->agg_eps : 0, k, n2.mode,
+                  json);
+    cs_fn_row_begin(&fn);
+    row n3 = n2.ok ? live(b, k) : (row){.k = k};
+    n3.mode = k <= 100 ? "live, applying, nats" : "live, receive-only, nats";
+    print_row(&n3, json);
+    cs_fn_row_end(&fn, n3.ok, "nats / tcp (received p99, ms)", n3.recv_p99,
+                  t3->ok ? t3->recv_p99 : 0, k, n3.mode, json);
+    b->fn = NULL, b->nats = NULL, b->net.nats = NULL;
+    cs_fn_end(&fn);
+    return hq_save(b, true);
+}
+
 int main(int argc, char **argv)
 {
     opts o;
     if (!parse(argc, argv, &o)) {
         fprintf(stderr, "usage: fanout [--events N] [--items M] [--branches K,K,...] [--procs P] "
-                        "[--rate R] [--seconds S] [--json FILE] [--quick]\n");
+                        "[--rate R] [--seconds S] [--json FILE] [--quick] [--via tcp|nats]\n");
         return 1;
     }
     cs_bench_set_bin(argv[0]);
@@ -782,6 +847,17 @@ int main(int argc, char **argv)
            "set up in %.0f s\n",
            (unsigned long long)n, (unsigned long long)o.items, b.event_bytes, o.procs,
            cs_bench_now_s() - t0);
+    if (o.via_nats) { /* nats-server must start, or there is nothing to compare: a skip */
+        cs_fn probe;
+        char why[512];
+        bool up = cs_fn_begin(&probe, b.net.root, b.net.hq, b.net.shops, 0, why, sizeof(why));
+        cs_fn_end(&probe);
+        if (!up) {
+            fprintf(stderr, "fanout: --via nats: skipped: %s\n", why);
+            cs_bench_rm_tree(b.net.root);
+            return 77;
+        }
+    }
     char raw[400];
     snprintf(raw, sizeof(raw), "%s/raw-lmdb", b.net.root);
     mkdir(raw, 0700);
@@ -833,6 +909,8 @@ int main(int argc, char **argv)
         row r3 = r2.ok ? live(&b, k) : (row){.k = k, .mode = "live"};
         print_row(&r3, json);
         if (!hq_save(&b, true))
+            return 1;
+        if (o.via_nats && !via_nats(&b, k, &r1, &r2, &r3, json))
             return 1;
     }
     if (json)
