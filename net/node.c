@@ -829,16 +829,13 @@ static void apply_batch(node *n)
  * left, keeps its check handle and an idle handle active (the loop then polls without sleeping
  * and comes back; libuv runs the check handles restarted last first, so the nodes that waited
  * go first next time). With cs_node_turns the nodes of a loop also share a budget of applying
- * time per iteration. Without one, a node's transaction size follows how long its turns wait,
+ * time per iteration. A node's transaction size follows how long its turns wait,
  * halving while the others make it wait over TURN_WAIT_HIGH_MS and doubling back below
  * TURN_WAIT_LOW_MS (alone on its loop, as `branch follow` is, it waits for no one and grows to
  * BATCH_SEGMENTS_MAX). Reads stop while the buffer holds more than the next turns need (the head
  * office's queue for this branch then waits, bounded, instead of this process's memory). */
 #define TURN_WAIT_HIGH_MS 1000u
-#define TURNS_BATCH_SEGMENTS                                                                       \
-    4u /* with turns: the loop stays short whatever the batch, and 4                               \
-        * segments keep a commit per 4,096 events with 1,000 nodes'                                \
-        * buffers at a few MiB each */
+#define TURNS_BATCH_SEGMENTS 4u /* with turns, the smallest transaction (adapt_batch) */
 #define TURN_WAIT_LOW_MS 200u
 #define RX_PAUSE_BYTES_PER_SEGMENT (512u * 1024u)
 
@@ -890,15 +887,17 @@ static size_t rx_pause_bytes(const node *n)
 
 static void adapt_batch(node *n, uint64_t now)
 {
-    if (n->o->turns) { /* the loop is kept short by the budget, not by smaller transactions */
-        n->batch_max = TURNS_BATCH_SEGMENTS;
-        return;
-    }
+    /* With turns the budget keeps the loop short, so transactions stay at least
+     * TURNS_BATCH_SEGMENTS (fewer commits); they still shrink to that when turns wait, which
+     * bounds the buffers of 1,000 nodes sharing two loops. */
+    unsigned floor = n->o->turns ? TURNS_BATCH_SEGMENTS : 1;
+    if (n->batch_max < floor)
+        n->batch_max = floor;
     if (!n->yielded_ms)
         return;
     uint64_t waited = now - n->yielded_ms;
     n->yielded_ms = 0;
-    if (waited > TURN_WAIT_HIGH_MS && n->batch_max > 1)
+    if (waited > TURN_WAIT_HIGH_MS && n->batch_max > floor)
         n->batch_max /= 2;
     else if (waited < TURN_WAIT_LOW_MS && n->batch_max < BATCH_SEGMENTS_MAX)
         n->batch_max *= 2;
