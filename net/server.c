@@ -386,6 +386,8 @@ static void conn_on_ack(cs__conn *c, const cs__body *b)
     if (cursor > c->acked) {
         c->acked = cursor;
         c->status_dirty = true;
+        if (c->paused_ms) /* it applied what it was sent: slow, not stuck (conn_stuck) */
+            c->paused_ms = cs__net_now_ms();
     }
 }
 
@@ -663,9 +665,12 @@ static void send_ping(cs__server *s, cs__conn *c, uint64_t now)
     }
 }
 
-/* Stuck: a send queue that has not drained for stuck_ms. Drain is a write that completed
- * (stream.c) or libuv's own queue getting shorter: a branch reading slowly (many on one loop,
- * net/node.c "Taking turns") moves a segment's write forward in pieces before it completes. */
+/* Stuck: a send queue that has not drained for stuck_ms while the branch acknowledged nothing
+ * new. Drain is a write that completed (stream.c) or libuv's own queue getting shorter (a write
+ * moved forward in pieces); an ACK past the last one (conn_on_ack) shows a branch that applies
+ * what it was sent but reads in turns (many on one loop, net/node.c "Taking turns"): the
+ * kernel only wakes a writer once a third of its send buffer is free, which a branch reading a
+ * little at a time may take longer than stuck_ms to free. */
 static bool conn_stuck(cs__server *s, cs__conn *c, uint64_t now)
 {
     size_t wq = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
