@@ -26,94 +26,21 @@
  */
 #include "net/net.h"
 #include "tests/harness.h"
+#include "tests/loopfs.h"
 #include "tests/net_fixture.h"
 #include "tests/run.h"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/mount.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <sys/wait.h>
 
-#define FS_BYTES (8u * 1024u * 1024u)
 #define LEFT_BYTES (192u * 1024u) /* what the ballast leaves: fewer than PUTS customers fit */
 #define PUTS 90u
 #define WAIT_MS 30000u
 #define PASSWORD "hold-password"
 #define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 
-static char root[256], mnt[300], img[300], ballast[320];
-static bool mounted;
-
-/* ---- the small filesystem (as tests/test_disk_full.c) ------------------------------------ */
-
-static int run_tool(const char *const *argv)
-{
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open("/dev/null", O_RDWR);
-        dup2(fd, 0), dup2(fd, 1), dup2(fd, 2);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    return pid < 0 ? -1 : cs_run_reap(pid, cs_run_now_ms() + WAIT_MS);
-}
-
-static const char *fs_mount(void)
-{
-    if (geteuid() != 0)
-        return "needs root";
-    snprintf(mnt, sizeof(mnt), "%s/mnt", root);
-    snprintf(img, sizeof(img), "%s/fs.img", root);
-    snprintf(ballast, sizeof(ballast), "%s/ballast", mnt);
-    if (mkdir(mnt, 0700) != 0)
-        return "cannot make the mount point";
-    int fd = open(img, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    bool made = fd >= 0 && ftruncate(fd, FS_BYTES) == 0;
-    if (fd >= 0)
-        close(fd);
-    if (made && run_tool(ARGS("/usr/sbin/mkfs.ext4", "-q", "-F", img)) == 0 &&
-        run_tool(ARGS("/usr/bin/mount", "-o", "loop", img, mnt)) == 0) {
-        mounted = true;
-        fprintf(stderr, "  an 8 MiB ext4 image, loop-mounted\n");
-        return NULL;
-    }
-    if (mount("tmpfs", mnt, "tmpfs", 0, "size=8m,mode=0700") == 0) {
-        mounted = true;
-        fprintf(stderr, "  a tmpfs of 8 MiB (no loop device)\n");
-        return NULL;
-    }
-    return "neither a loop mount nor a tmpfs mount works here";
-}
-
-static void fs_unmount(void)
-{
-    if (mounted && umount2(mnt, 0) != 0)
-        umount2(mnt, MNT_DETACH);
-    mounted = false;
-}
-
-static bool ballast_fill(uint64_t left)
-{
-    struct statvfs sv;
-    if (statvfs(mnt, &sv) != 0)
-        return false;
-    uint64_t free_bytes = (uint64_t)sv.f_bfree * sv.f_frsize;
-    if (free_bytes <= left)
-        return true;
-    int fd = open(ballast, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0)
-        return false;
-    bool ok = false;
-    for (uint64_t want = free_bytes - left, i = 0; !ok && i < 32 && want > 65536;
-         i++, want -= 65536)
-        ok = posix_fallocate(fd, 0, (off_t)want) == 0;
-    ok = ok && fsync(fd) == 0;
-    close(fd);
-    return ok;
-}
+static char root[256];
+static cs_loopfs fs; /* the branch's small filesystem, under root */
 
 /* ---- commands, HTTP, processes ----------------------------------------------------------- */
 
@@ -350,7 +277,7 @@ static cs_branch_hold hold_of(const char *dir)
  * holds at the first that does not fit. */
 static bool make_hold(net *x, uint64_t *seq)
 {
-    bool ok = ballast_fill(LEFT_BYTES);
+    bool ok = cs_loopfs_fill(&fs, LEFT_BYTES);
     for (unsigned i = 0; ok && i < PUTS; i++)
         ok = put_customer(x->hq, x->puts++);
     if (!ok)
@@ -556,7 +483,7 @@ static void test_hold_refused_event_exact_seq_nothing_after_retry_holds_again(vo
 static void test_hold_storage_full_reported_resumes_no_crash_loop(void)
 {
     net x = {0};
-    bool up = net_start(&x, "full", mnt);
+    bool up = net_start(&x, "full", fs.mnt);
     CHECK(up);
     for (unsigned i = 0; up && i < 3; i++)
         up = put_customer(x.hq, x.puts++);
@@ -568,7 +495,7 @@ static void test_hold_storage_full_reported_resumes_no_crash_loop(void)
     CHECK(held);
     if (held)
         check_while_held(&x, seq);
-    CHECK(held && unlink(ballast) == 0);
+    CHECK(held && unlink(fs.ballast) == 0);
     CHECK(held && in_step(&x, 70000)); /* the backoff is at most 60 s */
     CHECK(held && hq_shows_held(&x, false, NULL, ""));
     CHECK(!hold_of(x.br).held);
@@ -580,7 +507,7 @@ static void test_hold_storage_full_reported_resumes_no_crash_loop(void)
     cs_branch_hold h = {0};
     uint64_t cursor = 0;
     CHECK(held && wait_quiet(&x, 3000, &h, &cursor));
-    CHECK(held && unlink(ballast) == 0);
+    CHECK(held && unlink(fs.ballast) == 0);
     char *out = NULL;
     CHECK(cs(NULL, ARGS("branch", "retry", "--data", x.br), &out) == 0);
     CHECK(out && strstr(out, "retry asked"));
@@ -597,7 +524,7 @@ static void test_hold_storage_full_reported_resumes_no_crash_loop(void)
     cs_branch_hold kept = hold_of(x.br);
     CHECK(kept.held && kept.seq == cs_fix_branch_cursor(x.br) + 1 && kept.since_ms == h.since_ms);
     /* durable: the record outlives the process, and the next one starts from it */
-    CHECK(held && unlink(ballast) == 0);
+    CHECK(held && unlink(fs.ballast) == 0);
     CHECK(follow_start(&x));
     CHECK(in_step(&x, 10000));
     CHECK(!hold_of(x.br).held);
@@ -617,7 +544,7 @@ static void test_hold_storage_full_reported_resumes_no_crash_loop(void)
 
     cs_run_stop(x.follow, SIGTERM, WAIT_MS);
     cs_run_stop(x.serve, SIGTERM, WAIT_MS);
-    unlink(ballast);
+    unlink(fs.ballast);
     cs_test_rmtree(x.br);
 }
 
@@ -632,12 +559,12 @@ int main(void)
     snprintf(root, sizeof(root), "%s", r);
     free(r);
     RUN(test_hold_refused_event_exact_seq_nothing_after_retry_holds_again);
-    const char *why = fs_mount();
+    const char *why = cs_loopfs_mount(&fs, root, WAIT_MS);
     if (why)
         printf("skipped: %s (the storage_full part mounts a small filesystem)\n", why);
     else
         RUN(test_hold_storage_full_reported_resumes_no_crash_loop);
-    fs_unmount();
+    cs_loopfs_unmount(&fs);
     cs_test_rmtree(root);
     return cs_test_finish();
 }
