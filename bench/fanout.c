@@ -368,21 +368,6 @@ typedef struct bench {
     const cs_nats_options *nats; /* ... the nodes consume through the leaf node; else NULL */
 } bench;
 
-static long proc_kib(pid_t pid, const char *field)
-{
-    char path[64], line[256], want[64];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    snprintf(want, sizeof(want), "%s: %%ld kB", field);
-    FILE *f = fopen(path, "r");
-    long kib = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, want, &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kib;
-}
-
 static void stop_serve(bench *b)
 {
     if (b->net.serve > 0)
@@ -550,7 +535,7 @@ static row catch_up(bench *b, unsigned k, bool receive_only)
         stop_serve(b);
         return w;
     }
-    long base = proc_kib(b->net.serve, "RssAnon");
+    long base = cs_run_proc_kib(b->net.serve, "RssAnon");
     cs_node_options o = {.mode = CS_NODE_PULL,
                          .head = b->net.addr,
                          .nats = b->nats,
@@ -560,7 +545,8 @@ static row catch_up(bench *b, unsigned k, bool receive_only)
                          .on_segment = on_seg};
     result r = {0};
     w.ok = run_nodes(b->run, k, b->o.procs, &o, 0, &r);
-    long peak = proc_kib(b->net.serve, "VmHWM"), anon = proc_kib(b->net.serve, "RssAnon");
+    long peak = cs_run_proc_kib(b->net.serve, "VmHWM"),
+         anon = cs_run_proc_kib(b->net.serve, "RssAnon");
     stop_serve(b);
     fclose(o.log);
     uint64_t events = b->head - b->start_cursor;
@@ -581,7 +567,7 @@ static row catch_up(bench *b, unsigned k, bool receive_only)
 static void appender(bench *b, unsigned rate, unsigned secs, long base_kib, unsigned k, int fd)
 {
     cs_run_sleep_ms(2500);
-    long idle = proc_kib(b->net.serve, "RssAnon");
+    long idle = cs_run_proc_kib(b->net.serve, "RssAnon");
     cs_engine *e = NULL;
     if (cs_engine_open(b->net.hq, NULL, &e) != CS_OK)
         _exit(1);
@@ -620,7 +606,7 @@ static row live(bench *b, unsigned k)
     cs_engine_close(e);
     if (!cs_bench_net_serve(&b->net))
         return w;
-    long base = proc_kib(b->net.serve, "RssAnon");
+    long base = cs_run_proc_kib(b->net.serve, "RssAnon");
     int fds[2];
     if (pipe(fds) != 0)
         return w;

@@ -41,13 +41,6 @@ typedef struct cs_ns_srv {
     char log[320];
 } cs_ns_srv;
 
-static inline uint64_t cs_ns_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* The port after `what` in a server's log ("... connections on 127.0.0.1:PORT"), 0 if absent. */
 static inline int cs__ns_log_port(const char *log, const char *what)
 {
@@ -158,36 +151,13 @@ static inline void cs_ns_stop(cs_ns_srv *s)
     s->pid = 0;
 }
 
-/* CPU seconds (user + system) a process has used so far, from /proc/PID/stat. */
+/* CPU seconds (user + system) a process has used so far (0 when it cannot be read). */
 static inline double cs_ns_cpu_s(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-    if (f)
-        fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-    unsigned long long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    uint64_t ticks = 0;
+    if (!cs_run_cpu_ticks(pid, &ticks))
         return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static inline long cs_ns_proc_kib(pid_t pid, const char *field)
-{
-    char path[64], line[256], want[64];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    snprintf(want, sizeof(want), "%s: %%ld kB", field);
-    FILE *f = fopen(path, "r");
-    long kib = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, want, &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kib;
+    return (double)ticks / (double)sysconf(_SC_CLK_TCK);
 }
 
 /* ---- streams ----------------------------------------------------------------------------- */
@@ -408,7 +378,7 @@ static inline void cs__ns_publish(const char *url, const char *hq, const char *s
         cs_log_reader_close(rd); /* short readers: the appender grows the map */
         if (sent && js_PublishAsyncComplete(js, NULL) != NATS_OK)
             ok = false;
-        if (!ok || !stop_ms || cs_ns_wall_ms() >= stop_ms)
+        if (!ok || !stop_ms || cs_run_wall_ms() >= stop_ms)
             break;
         if (!sent)
             cs_run_sleep_ms(2);
@@ -532,7 +502,7 @@ typedef struct cs__ns_worker {
 static inline void cs__ns_latency(cs__ns_worker *w, const uint8_t *seg, size_t len,
                                   uint64_t recv_ms)
 {
-    uint64_t done = cs_ns_wall_ms();
+    uint64_t done = cs_run_wall_ms();
     cs_segment_view v;
     cs_log_record rec;
     cs_event_view ev;
@@ -567,7 +537,7 @@ static inline void cs__ns_settle(cs__ns_sub *s, natsMsg *m, uint64_t recv_ms, ui
         s->bytes += len;
         natsMsg_Ack(m, NULL);
         if (!s->done_ms && !w->o->stop_ms && last >= w->o->want_last) {
-            s->done_ms = cs_ns_wall_ms();
+            s->done_ms = cs_run_wall_ms();
             __atomic_fetch_sub(&w->left, 1, __ATOMIC_SEQ_CST);
         }
     }
@@ -583,7 +553,7 @@ static inline void cs__ns_on_msg(natsConnection *nc, natsSubscription *sub, nats
     cs__ns_sub *s = arg;
     const uint8_t *seg = (const uint8_t *)natsMsg_GetData(m);
     size_t len = (size_t)natsMsg_GetDataLength(m);
-    uint64_t now = cs_ns_wall_ms(), last = 0;
+    uint64_t now = cs_run_wall_ms(), last = 0;
     cs_segment_view v;
     cs_log_record rec;
     int rc = cs_segment_open(seg, len, &v);
@@ -668,8 +638,8 @@ static inline int cs_ns_sub_worker(const cs_ns_sub_opts *o, int fd)
         }
     fprintf(out, "R\n");
     fflush(out);
-    uint64_t deadline = o->stop_ms ? o->stop_ms : cs_ns_wall_ms() + 600000u;
-    while (__atomic_load_n(&w->left, __ATOMIC_SEQ_CST) > 0 && cs_ns_wall_ms() < deadline &&
+    uint64_t deadline = o->stop_ms ? o->stop_ms : cs_run_wall_ms() + 600000u;
+    while (__atomic_load_n(&w->left, __ATOMIC_SEQ_CST) > 0 && cs_run_wall_ms() < deadline &&
            !(o->stop_file && access(o->stop_file, F_OK) == 0))
         cs_run_sleep_ms(5);
     for (unsigned i = o->from; i < o->to; i++) { /* unsubscribe first: no callback after this */
@@ -718,7 +688,7 @@ static inline bool cs_ns_subs_start(cs_ns_subs *ss, const cs_ns_sub_opts *base, 
     memset(r, 0, sizeof(*r));
     r->k = k;
     r->catchup_ms = calloc(k, sizeof(double));
-    r->start_ms = cs_ns_wall_ms();
+    r->start_ms = cs_run_wall_ms();
     for (unsigned i = 0; i < ss->p; i++) {
         int fds[2];
         if (pipe(fds) != 0)
@@ -738,7 +708,7 @@ static inline bool cs_ns_subs_start(cs_ns_subs *ss, const cs_ns_sub_opts *base, 
         char line[16];
         ok = ok && fgets(line, sizeof(line), ss->ins[i]) && line[0] == 'R';
     }
-    r->ready_ms = cs_ns_wall_ms();
+    r->ready_ms = cs_run_wall_ms();
     return ok && r->catchup_ms;
 }
 

@@ -106,29 +106,13 @@ static double metric(const char *doc, const char *prefix)
     return -1;
 }
 
-/* The wall clock in ms since the epoch: what the node's next try time is in. */
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* CPU time (user + system) of pid, in ms. */
+/* CPU time (user + system) of pid, in ms (UINT64_MAX when it cannot be read). */
 static uint64_t cpu_ms(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-    if (f)
-        fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    unsigned long long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    uint64_t ticks = 0;
+    if (!cs_run_cpu_ticks(pid, &ticks))
         return UINT64_MAX;
-    return (ut + st) * 1000ull / (uint64_t)sysconf(_SC_CLK_TCK);
+    return ticks * 1000ull / (uint64_t)sysconf(_SC_CLK_TCK);
 }
 
 static bool alive(pid_t pid)
@@ -312,8 +296,8 @@ static bool wait_quiet(const net *x, uint64_t gap_ms, cs_branch_hold *h, uint64_
         json_t *row = shop_row(x);
         hq_seq = (uint64_t)json_integer_value(json_object_get(json_object_get(row, "held"), "seq"));
         json_decref(row);
-        quiet =
-            h->held && h->next_ms > wall_ms() + gap_ms && h->seq == *cursor + 1 && hq_seq == h->seq;
+        quiet = h->held && h->next_ms > cs_run_wall_ms() + gap_ms && h->seq == *cursor + 1 &&
+                hq_seq == h->seq;
     }
     if (!quiet)
         fprintf(stderr, "  no quiet hold: record %llu, cursor %llu, head office %llu\n",
@@ -333,7 +317,7 @@ static void check_while_held(net *x, uint64_t seq)
     seq = h.seq;
     CHECK(cursor < cs_fix_head_seq(x->hq));
     /* tries bounded by the backoff: try k comes 2^(k-1) - 1 s after the first, at the earliest */
-    uint64_t held_s = (wall_ms() - h.since_ms) / 1000 + 1;
+    uint64_t held_s = (cs_run_wall_ms() - h.since_ms) / 1000 + 1;
     CHECK(h.attempts >= 1 && h.attempts < 40 && (1ull << (h.attempts - 1)) - 1 <= held_s + 1);
     /* no spin, no crash-loop: over 3 s with no try due the follower stays up, uses little CPU,
      * tries nothing and applies nothing */
@@ -512,7 +496,7 @@ static void test_hold_storage_full_reported_resumes_no_crash_loop(void)
     CHECK(cs(NULL, ARGS("branch", "retry", "--data", x.br), &out) == 0);
     CHECK(out && strstr(out, "retry asked"));
     free(out);
-    uint64_t left = h.next_ms > wall_ms() ? h.next_ms - wall_ms() : 0;
+    uint64_t left = h.next_ms > cs_run_wall_ms() ? h.next_ms - cs_run_wall_ms() : 0;
     CHECK(held && in_step(&x, left));
     CHECK(held && count_in(x.follow_log, "branch retry") >= 1);
 
