@@ -146,6 +146,16 @@ cs_err cs__log_chain_at(cs_log_reader *r, uint64_t seq, uint64_t *chain_out);
 
 /* ---- the branch's link (link.c; docs/storage.md, "netlink") ------------------------------ */
 
+/* One record of the branch's `netlink` database (link.c owns the database; hold.c and
+ * nats_sub.c keep their keys in it too). cs__netlink_read calls fn on netlink[key] inside one
+ * read transaction (the value's bytes are the map's only until fn returns) and returns what fn
+ * returns; CS_NOT_FOUND without calling fn when the key is absent. */
+cs_err cs__netlink_read(cs_branch *b, const char *key, cs_err (*fn)(const MDB_val *v, void *arg),
+                        void *arg);
+/* Writes netlink[key] = sb's bytes in one durable write; sb NULL deletes the key (absent is
+ * fine). An sb whose packing ran out of memory (data NULL) is CS_NO_MEMORY. */
+cs_err cs__netlink_write(cs_branch *b, const char *key, const msgpack_sbuffer *sb);
+
 typedef struct cs__link {
     char head[256]; /* HOST:PORT */
     uint64_t shop;
