@@ -101,7 +101,8 @@ static inline char *cs_test_tmpdir_kept(const char *tag)
     return NULL;
 }
 
-/* Removes dir (made by cs_test_tmpdir_kept) and forgets it. */
+/* Removes dir (made by cs_test_tmpdir or cs_test_tmpdir_kept; NULL is fine) and frees it,
+ * forgetting it when it was kept. */
 static inline void cs_test_tmpdir_free(char *dir)
 {
     char **dirs = cs_test_tmpdirs();
