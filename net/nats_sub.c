@@ -253,20 +253,12 @@ static void on_answer(cs__natsnode *nn, natsMsg *m)
 {
     cs__body b;
     const uint8_t *req;
-    cs_str code, msg = {"", 0};
-    cs_remote_answer ans = {0};
+    cs_remote_answer ans;
     if (cs__body_parse(&b, (const uint8_t *)natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)) !=
         CS_OK)
         return; /* not an answer: the write is resent and answered again */
-    bool ok = cs__body_bin(&b, "req", CS_REQUEST_ID_BYTES, &req) &&
-              cs__body_str(&b, "code", &code) && cs__body_uint(&b, "id", &ans.id) &&
-              cs__body_uint(&b, "version", &ans.version) && cs__body_uint(&b, "seq", &ans.seq);
-    cs__body_str(&b, "message", &msg);
+    bool ok = cs__body_write_answer(&b, &req, &ans);
     if (ok && nn->write_inflight && memcmp(req, nn->inflight_req, CS_REQUEST_ID_BYTES) == 0) {
-        ans.code = cs_err_from_name(code.ptr, code.len);
-        if (ans.code == CS_ERR_COUNT)
-            ans.code = CS_INVALID_INPUT;
-        snprintf(ans.message, sizeof(ans.message), "%.*s", (int)msg.len, msg.ptr);
         cs_err err = cs_engine_outbox_done(nn->e, nn->inflight_key, &ans);
         cs__body_free(&b);
         if (err != CS_OK) {

@@ -115,6 +115,14 @@ void cs__pk_key(cs__pk *p, const char *key);
 /* The frame of the packed map (NULL when out of memory). Destroys nothing. */
 cs__buf *cs__pk_frame(cs__pk *p, unsigned type);
 
+/* The body of a write's answer, as `serve` sends it over TCP (WRITE_RESULT) and over NATS (the
+ * reply): req (the request id, CS_REQUEST_ID_BYTES), code, message, id, version, seq.
+ * cs__pk_write_answer initialises p with it (the caller destroys p). cs__body_write_answer
+ * reads one into *ans (*req points into b): false when a field is missing; a code this version
+ * does not know is invalid_input, a missing message is empty. */
+void cs__pk_write_answer(cs__pk *p, const uint8_t *req, const cs_remote_answer *ans);
+bool cs__body_write_answer(const cs__body *b, const uint8_t **req, cs_remote_answer *ans);
+
 /* ---- the segment cache (segcache.c) ------------------------------------------------------ */
 
 /* Encoded SEGMENT frames by first sequence, shared by every connection that streams past them.
