@@ -42,7 +42,6 @@
 
 #define KS_MAX 8u
 #define PROCS_MAX 16u
-#define HIST_MS 10000u           /* latency histogram: 1 ms buckets up to 10 s */
 #define PASSWORD "idle-bench-pw" /* bench_net.h's */
 
 typedef struct opts {
@@ -78,7 +77,7 @@ typedef struct worker {
     cs_node_options o;
     wnode *nodes;
     unsigned n, left;
-    uint64_t hist_recv[HIST_MS + 1], hist_applied[HIST_MS + 1];
+    uint64_t hist_recv[CS_BENCH_HIST_MS + 1], hist_applied[CS_BENCH_HIST_MS + 1];
     msgpack_zone zone;
     cs_event_decoder *dec;
     uv_timer_t stop_timer;
@@ -116,8 +115,8 @@ static void on_seg(void *arg, const uint8_t *seg, size_t len, uint64_t recv_ms)
             continue;
         uint64_t r = recv_ms > ev.time_ms ? recv_ms - ev.time_ms : 0;
         uint64_t a = now > ev.time_ms ? now - ev.time_ms : 0;
-        w->hist_recv[r < HIST_MS ? r : HIST_MS]++;
-        w->hist_applied[a < HIST_MS ? a : HIST_MS]++;
+        w->hist_recv[r < CS_BENCH_HIST_MS ? r : CS_BENCH_HIST_MS]++;
+        w->hist_applied[a < CS_BENCH_HIST_MS ? a : CS_BENCH_HIST_MS]++;
     }
 }
 
@@ -249,7 +248,7 @@ static int worker_run(char dirs[][320], unsigned from, unsigned to, const cs_nod
         fprintf(out, "%llu %llu %d\n", (unsigned long long)w->nodes[i].done_ms,
                 (unsigned long long)w->nodes[i].bytes, (int)w->nodes[i].result);
     if (w->dec)
-        for (unsigned i = 0; i <= HIST_MS; i++)
+        for (unsigned i = 0; i <= CS_BENCH_HIST_MS; i++)
             fprintf(out, "h %u %llu %llu\n", i, (unsigned long long)w->hist_recv[i],
                     (unsigned long long)w->hist_applied[i]);
     fclose(out);
@@ -267,7 +266,7 @@ typedef struct result {
     double *catchup_ms; /* per node */
     uint64_t bytes;
     unsigned failed;
-    uint64_t hist_recv[HIST_MS + 1], hist_applied[HIST_MS + 1];
+    uint64_t hist_recv[CS_BENCH_HIST_MS + 1], hist_applied[CS_BENCH_HIST_MS + 1];
 } result;
 
 static bool gather(FILE *in, result *r, unsigned *idx)
@@ -277,7 +276,7 @@ static bool gather(FILE *in, result *r, unsigned *idx)
         unsigned long long a, b, c;
         unsigned h;
         int code;
-        if (sscanf(line, "h %u %llu %llu", &h, &b, &c) == 3 && h <= HIST_MS) {
+        if (sscanf(line, "h %u %llu %llu", &h, &b, &c) == 3 && h <= CS_BENCH_HIST_MS) {
             r->hist_recv[h] += b;
             r->hist_applied[h] += c;
         } else if (sscanf(line, "%llu %llu %d", &a, &b, &code) == 3) {
@@ -334,25 +333,6 @@ static double pct(double *v, unsigned n, double q)
 {
     qsort(v, n, sizeof(double), cmp_double);
     return v[(size_t)((n - 1) * q)];
-}
-
-static double hist_pct(const uint64_t *h, double q)
-{
-    uint64_t total = 0, acc = 0;
-    for (unsigned i = 0; i <= HIST_MS; i++)
-        total += h[i];
-    for (unsigned i = 0; i <= HIST_MS; i++)
-        if ((acc += h[i]) > 0 && acc >= (uint64_t)(q * (double)total))
-            return i;
-    return HIST_MS;
-}
-
-static double hist_max(const uint64_t *h)
-{
-    for (unsigned i = HIST_MS + 1; i-- > 0;)
-        if (h[i])
-            return i;
-    return 0;
 }
 
 /* ---- the head office and the branch directories ----------------------------------------- */
@@ -632,10 +612,12 @@ static row live(bench *b, unsigned k)
     cs_run_reap(ap, cs_run_now_ms() + 10000);
     stop_serve(b);
     fclose(o.log);
-    w.recv_p50 = hist_pct(r.hist_recv, 0.5), w.recv_p99 = hist_pct(r.hist_recv, 0.99);
-    w.recv_max = hist_max(r.hist_recv);
-    w.appl_p50 = hist_pct(r.hist_applied, 0.5), w.appl_p99 = hist_pct(r.hist_applied, 0.99);
-    w.appl_max = hist_max(r.hist_applied);
+    w.recv_p50 = cs_bench_hist_pct(r.hist_recv, 0.5),
+    w.recv_p99 = cs_bench_hist_pct(r.hist_recv, 0.99);
+    w.recv_max = cs_bench_hist_max(r.hist_recv);
+    w.appl_p50 = cs_bench_hist_pct(r.hist_applied, 0.5),
+    w.appl_p99 = cs_bench_hist_pct(r.hist_applied, 0.99);
+    w.appl_max = cs_bench_hist_max(r.hist_applied);
     free(r.catchup_ms);
     return w;
 }

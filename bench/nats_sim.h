@@ -29,7 +29,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define CS_NS_HIST_MS 10000u /* latency histogram: 1 ms buckets up to 10 s */
 #define CS_NS_WAIT_MS 15000u /* a server's start, a stream's creation, a mirror's sync */
 
 /* ---- servers ----------------------------------------------------------------------------- */
@@ -495,7 +494,7 @@ typedef struct cs__ns_worker {
     cs_event_decoder *dec;    /* live: each event's time; one for the worker, so ... */
     pthread_mutex_t dec_lock; /* ... held while it decodes (two delivery threads share it) */
     int left;                 /* branches not yet at want_last (atomic) */
-    uint64_t hist[CS_NS_HIST_MS + 1], hist_applied[CS_NS_HIST_MS + 1];
+    uint64_t hist[CS_BENCH_HIST_MS + 1], hist_applied[CS_BENCH_HIST_MS + 1];
 } cs__ns_worker;
 
 /* Live: each event's commit (its time) to received (recv_ms) and to now (verified). */
@@ -513,9 +512,9 @@ static inline void cs__ns_latency(cs__ns_worker *w, const uint8_t *seg, size_t l
         if (cs_event_decode(w->dec, rec.event, rec.event_len, &ev) == CS_OK) {
             uint64_t d = recv_ms > ev.time_ms ? recv_ms - ev.time_ms : 0;
             uint64_t a = done > ev.time_ms ? done - ev.time_ms : 0;
-            __atomic_fetch_add(&w->hist[d < CS_NS_HIST_MS ? d : CS_NS_HIST_MS], 1,
+            __atomic_fetch_add(&w->hist[d < CS_BENCH_HIST_MS ? d : CS_BENCH_HIST_MS], 1,
                                __ATOMIC_RELAXED);
-            __atomic_fetch_add(&w->hist_applied[a < CS_NS_HIST_MS ? a : CS_NS_HIST_MS], 1,
+            __atomic_fetch_add(&w->hist_applied[a < CS_BENCH_HIST_MS ? a : CS_BENCH_HIST_MS], 1,
                                __ATOMIC_RELAXED);
         }
     pthread_mutex_unlock(&w->dec_lock);
@@ -655,7 +654,7 @@ static inline int cs_ns_sub_worker(const cs_ns_sub_opts *o, int fd)
                 s->result);
     }
     if (w->dec)
-        for (unsigned i = 0; i <= CS_NS_HIST_MS; i++)
+        for (unsigned i = 0; i <= CS_BENCH_HIST_MS; i++)
             if (w->hist[i] || w->hist_applied[i])
                 fprintf(out, "h %u %llu %llu\n", i, (unsigned long long)w->hist[i],
                         (unsigned long long)w->hist_applied[i]);
@@ -669,7 +668,7 @@ typedef struct cs_ns_subs_result {
     unsigned k, failed, done;
     uint64_t start_ms, ready_ms, last_ms, bytes;
     double *catchup_ms; /* per branch, from start_ms (before connecting, as TCP's) */
-    uint64_t hist[CS_NS_HIST_MS + 1], hist_applied[CS_NS_HIST_MS + 1];
+    uint64_t hist[CS_BENCH_HIST_MS + 1], hist_applied[CS_BENCH_HIST_MS + 1];
 } cs_ns_subs_result;
 
 typedef struct cs_ns_subs {
@@ -731,7 +730,7 @@ static inline bool cs_ns_subs_wait(cs_ns_subs *ss, cs_ns_subs_result *r)
         unsigned h;
         int code;
         while (ss->ins[i] && fgets(line, sizeof(line), ss->ins[i])) {
-            if (sscanf(line, "h %u %llu %llu", &h, &b, &c) == 3 && h <= CS_NS_HIST_MS) {
+            if (sscanf(line, "h %u %llu %llu", &h, &b, &c) == 3 && h <= CS_BENCH_HIST_MS) {
                 r->hist[h] += b;
                 r->hist_applied[h] += c;
             } else if (sscanf(line, "%llu %llu %d", &a, &b, &code) == 3 && idx < r->k) {
@@ -778,17 +777,6 @@ static inline void cs_ns_consumers_delete(const char *url, const char *stream, c
     cs__ns_forked(cs__ns_consumers_delete_do, &a);
 }
 
-static inline double cs_ns_hist_pct(const uint64_t *h, double q)
-{
-    uint64_t total = 0, acc = 0;
-    for (unsigned i = 0; i <= CS_NS_HIST_MS; i++)
-        total += h[i];
-    for (unsigned i = 0; i <= CS_NS_HIST_MS; i++)
-        if ((acc += h[i]) > 0 && acc >= (uint64_t)(q * (double)total))
-            return i;
-    return CS_NS_HIST_MS;
-}
-
 /* The head of hq's log and the chain value of event `seq` there (0 for seq 0). */
 static inline bool cs_ns_hq_at(const char *hq, uint64_t seq, uint64_t *head, uint64_t *chain)
 {
@@ -803,14 +791,6 @@ static inline bool cs_ns_hq_at(const char *hq, uint64_t seq, uint64_t *head, uin
     cs_log_reader_close(r);
     cs_engine_close(e);
     return ok;
-}
-
-static inline uint64_t cs_ns_hist_count(const uint64_t *h)
-{
-    uint64_t total = 0;
-    for (unsigned i = 0; i <= CS_NS_HIST_MS; i++)
-        total += h[i];
-    return total;
 }
 
 #endif

@@ -173,9 +173,9 @@ static row run_k(env *v, unsigned k, bool on_mirror, unsigned idx)
     w.hub_rss_mib = cs_run_proc_kib(v->hub.pid, "VmRSS") / 1024.0;
     w.leaf_rss_mib = cs_run_proc_kib(v->leaf.pid, "VmRSS") / 1024.0;
     w.appended = sent;
-    w.received = cs_ns_hist_count(r.hist);
+    w.received = cs_bench_hist_count(r.hist);
     w.failed = r.failed;
-    w.p50 = cs_ns_hist_pct(r.hist, 0.5), w.p99 = cs_ns_hist_pct(r.hist, 0.99);
+    w.p50 = cs_bench_hist_pct(r.hist, 0.5), w.p99 = cs_bench_hist_pct(r.hist, 0.99);
     w.ok = ok;
     free(r.catchup_ms);
     cs_ns_consumers_delete(on_mirror ? v->leaf.url : v->hub.url, on_mirror ? mirror : stream,
