@@ -27,6 +27,7 @@
  */
 #include "bench/bench_net.h"
 #include "bench/nats_sim.h"
+#include "tests/net_fixture.h"
 
 #include <getopt.h>
 
@@ -70,18 +71,6 @@ static bool serve_start(env *v)
            cs_ns_stream(v->leaf.url, v->mirror, NULL, v->stream, "hub");
 }
 
-static uint64_t hq_head(const char *hq)
-{
-    cs_engine *e = NULL;
-    cs_log_reader *r = NULL;
-    uint64_t head = 0;
-    if (cs_engine_open(hq, NULL, &e) == CS_OK && cs_log_reader_open(cs_engine_log(e), &r) == CS_OK)
-        cs_log_reader_head(r, &head);
-    cs_log_reader_close(r);
-    cs_engine_close(e);
-    return head;
-}
-
 typedef struct row {
     unsigned k;
     const char *place;
@@ -108,7 +97,7 @@ static row run_k(env *v, unsigned k, bool on_mirror, unsigned idx)
     } else if (!cs_ns_stream(v->hub.url, stream, subject, NULL, NULL) ||
                (on_mirror && !cs_ns_stream(v->leaf.url, mirror, NULL, stream, "hub")))
         return w;
-    uint64_t head = hq_head(v->hq);
+    uint64_t head = cs_fix_head_seq(v->hq);
     uint64_t run_ms = (uint64_t)v->o.seconds * 1000u;
     cs_ns_sub_opts so = {.url = v->leaf.url,
                          .stream = on_mirror ? mirror : stream,
