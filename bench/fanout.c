@@ -52,14 +52,6 @@ typedef struct opts {
     bool quick, via_nats; /* --via nats: bench/fanout_nats.h's rows under each TCP row */
 } opts;
 
-/* Wall clock in ms: events carry the head office's wall clock, and workers are processes. */
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* ---- workers: many nodes on one loop ---------------------------------------------------- */
 
 typedef struct wnode {
@@ -86,7 +78,7 @@ typedef struct worker {
 static void node_done(cs_node *n, cs_err result, void *arg)
 {
     wnode *wn = arg;
-    wn->done_ms = now_ms();
+    wn->done_ms = cs_run_wall_ms();
     wn->result = result;
     if (result != CS_OK)
         fprintf(stderr, "fanout: %s: %s: %s\n", wn->dir, cs_err_name(result), cs_node_errmsg(n));
@@ -104,7 +96,7 @@ static void on_seg(void *arg, const uint8_t *seg, size_t len, uint64_t recv_ms)
     wn->bytes += len;
     if (!w->dec)
         return;
-    uint64_t now = now_ms();
+    uint64_t now = cs_run_wall_ms();
     cs_segment_view v;
     cs_log_record rec;
     cs_event_view ev;
@@ -298,7 +290,7 @@ static bool run_nodes(char dirs[][320], unsigned k, unsigned procs, const cs_nod
     unsigned p = procs < k ? procs : k, idx = 0;
     r->k = k;
     r->catchup_ms = calloc(k, sizeof(double));
-    r->start_ms = now_ms();
+    r->start_ms = cs_run_wall_ms();
     for (unsigned i = 0; i < p; i++) {
         int fds[2];
         if (pipe(fds) != 0)
@@ -555,12 +547,12 @@ static void appender(bench *b, unsigned rate, unsigned secs, long base_kib, unsi
     json_t *arr = json_array();
     for (unsigned i = 0; i < per; i++)
         json_array_append_new(arr, json_pack("{s:s}", "name", "A category created live"));
-    uint64_t t0 = now_ms(), sent = 0;
+    uint64_t t0 = cs_run_wall_ms(), sent = 0;
     for (unsigned tick = 0; tick < secs * 100; tick++) {
         if (cs_engine_put_many(e, "service_category", arr, NULL) != CS_OK)
             _exit(1);
         sent += per;
-        uint64_t due = t0 + (tick + 1) * 10, now = now_ms();
+        uint64_t due = t0 + (tick + 1) * 10, now = cs_run_wall_ms();
         if (due > now)
             cs_run_sleep_ms((unsigned)(due - now));
     }
