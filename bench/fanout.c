@@ -42,7 +42,6 @@
 
 #define KS_MAX 8u
 #define PROCS_MAX 16u
-#define HIST_MS 10000u           /* latency histogram: 1 ms buckets up to 10 s */
 #define PASSWORD "idle-bench-pw" /* bench_net.h's */
 
 typedef struct opts {
@@ -52,14 +51,6 @@ typedef struct opts {
     const char *json;
     bool quick, via_nats; /* --via nats: bench/fanout_nats.h's rows under each TCP row */
 } opts;
-
-/* Wall clock in ms: events carry the head office's wall clock, and workers are processes. */
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ---- workers: many nodes on one loop ---------------------------------------------------- */
 
@@ -78,7 +69,7 @@ typedef struct worker {
     cs_node_options o;
     wnode *nodes;
     unsigned n, left;
-    uint64_t hist_recv[HIST_MS + 1], hist_applied[HIST_MS + 1];
+    uint64_t hist_recv[CS_BENCH_HIST_MS + 1], hist_applied[CS_BENCH_HIST_MS + 1];
     msgpack_zone zone;
     cs_event_decoder *dec;
     uv_timer_t stop_timer;
@@ -87,7 +78,7 @@ typedef struct worker {
 static void node_done(cs_node *n, cs_err result, void *arg)
 {
     wnode *wn = arg;
-    wn->done_ms = now_ms();
+    wn->done_ms = cs_run_wall_ms();
     wn->result = result;
     if (result != CS_OK)
         fprintf(stderr, "fanout: %s: %s: %s\n", wn->dir, cs_err_name(result), cs_node_errmsg(n));
@@ -105,7 +96,7 @@ static void on_seg(void *arg, const uint8_t *seg, size_t len, uint64_t recv_ms)
     wn->bytes += len;
     if (!w->dec)
         return;
-    uint64_t now = now_ms();
+    uint64_t now = cs_run_wall_ms();
     cs_segment_view v;
     cs_log_record rec;
     cs_event_view ev;
@@ -116,8 +107,8 @@ static void on_seg(void *arg, const uint8_t *seg, size_t len, uint64_t recv_ms)
             continue;
         uint64_t r = recv_ms > ev.time_ms ? recv_ms - ev.time_ms : 0;
         uint64_t a = now > ev.time_ms ? now - ev.time_ms : 0;
-        w->hist_recv[r < HIST_MS ? r : HIST_MS]++;
-        w->hist_applied[a < HIST_MS ? a : HIST_MS]++;
+        w->hist_recv[r < CS_BENCH_HIST_MS ? r : CS_BENCH_HIST_MS]++;
+        w->hist_applied[a < CS_BENCH_HIST_MS ? a : CS_BENCH_HIST_MS]++;
     }
 }
 
@@ -249,7 +240,7 @@ static int worker_run(char dirs[][320], unsigned from, unsigned to, const cs_nod
         fprintf(out, "%llu %llu %d\n", (unsigned long long)w->nodes[i].done_ms,
                 (unsigned long long)w->nodes[i].bytes, (int)w->nodes[i].result);
     if (w->dec)
-        for (unsigned i = 0; i <= HIST_MS; i++)
+        for (unsigned i = 0; i <= CS_BENCH_HIST_MS; i++)
             fprintf(out, "h %u %llu %llu\n", i, (unsigned long long)w->hist_recv[i],
                     (unsigned long long)w->hist_applied[i]);
     fclose(out);
@@ -267,7 +258,7 @@ typedef struct result {
     double *catchup_ms; /* per node */
     uint64_t bytes;
     unsigned failed;
-    uint64_t hist_recv[HIST_MS + 1], hist_applied[HIST_MS + 1];
+    uint64_t hist_recv[CS_BENCH_HIST_MS + 1], hist_applied[CS_BENCH_HIST_MS + 1];
 } result;
 
 static bool gather(FILE *in, result *r, unsigned *idx)
@@ -277,7 +268,7 @@ static bool gather(FILE *in, result *r, unsigned *idx)
         unsigned long long a, b, c;
         unsigned h;
         int code;
-        if (sscanf(line, "h %u %llu %llu", &h, &b, &c) == 3 && h <= HIST_MS) {
+        if (sscanf(line, "h %u %llu %llu", &h, &b, &c) == 3 && h <= CS_BENCH_HIST_MS) {
             r->hist_recv[h] += b;
             r->hist_applied[h] += c;
         } else if (sscanf(line, "%llu %llu %d", &a, &b, &code) == 3) {
@@ -299,7 +290,7 @@ static bool run_nodes(char dirs[][320], unsigned k, unsigned procs, const cs_nod
     unsigned p = procs < k ? procs : k, idx = 0;
     r->k = k;
     r->catchup_ms = calloc(k, sizeof(double));
-    r->start_ms = now_ms();
+    r->start_ms = cs_run_wall_ms();
     for (unsigned i = 0; i < p; i++) {
         int fds[2];
         if (pipe(fds) != 0)
@@ -336,25 +327,6 @@ static double pct(double *v, unsigned n, double q)
     return v[(size_t)((n - 1) * q)];
 }
 
-static double hist_pct(const uint64_t *h, double q)
-{
-    uint64_t total = 0, acc = 0;
-    for (unsigned i = 0; i <= HIST_MS; i++)
-        total += h[i];
-    for (unsigned i = 0; i <= HIST_MS; i++)
-        if ((acc += h[i]) > 0 && acc >= (uint64_t)(q * (double)total))
-            return i;
-    return HIST_MS;
-}
-
-static double hist_max(const uint64_t *h)
-{
-    for (unsigned i = HIST_MS + 1; i-- > 0;)
-        if (h[i])
-            return i;
-    return 0;
-}
-
 /* ---- the head office and the branch directories ----------------------------------------- */
 
 typedef struct bench {
@@ -367,21 +339,6 @@ typedef struct bench {
     struct cs_fn *fn;   /* --via nats, while its rows run: serve publishes to the hub, and ... */
     const cs_nats_options *nats; /* ... the nodes consume through the leaf node; else NULL */
 } bench;
-
-static long proc_kib(pid_t pid, const char *field)
-{
-    char path[64], line[256], want[64];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    snprintf(want, sizeof(want), "%s: %%ld kB", field);
-    FILE *f = fopen(path, "r");
-    long kib = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, want, &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kib;
-}
 
 static void stop_serve(bench *b)
 {
@@ -550,7 +507,7 @@ static row catch_up(bench *b, unsigned k, bool receive_only)
         stop_serve(b);
         return w;
     }
-    long base = proc_kib(b->net.serve, "RssAnon");
+    long base = cs_run_proc_kib(b->net.serve, "RssAnon");
     cs_node_options o = {.mode = CS_NODE_PULL,
                          .head = b->net.addr,
                          .nats = b->nats,
@@ -560,7 +517,8 @@ static row catch_up(bench *b, unsigned k, bool receive_only)
                          .on_segment = on_seg};
     result r = {0};
     w.ok = run_nodes(b->run, k, b->o.procs, &o, 0, &r);
-    long peak = proc_kib(b->net.serve, "VmHWM"), anon = proc_kib(b->net.serve, "RssAnon");
+    long peak = cs_run_proc_kib(b->net.serve, "VmHWM"),
+         anon = cs_run_proc_kib(b->net.serve, "RssAnon");
     stop_serve(b);
     fclose(o.log);
     uint64_t events = b->head - b->start_cursor;
@@ -581,7 +539,7 @@ static row catch_up(bench *b, unsigned k, bool receive_only)
 static void appender(bench *b, unsigned rate, unsigned secs, long base_kib, unsigned k, int fd)
 {
     cs_run_sleep_ms(2500);
-    long idle = proc_kib(b->net.serve, "RssAnon");
+    long idle = cs_run_proc_kib(b->net.serve, "RssAnon");
     cs_engine *e = NULL;
     if (cs_engine_open(b->net.hq, NULL, &e) != CS_OK)
         _exit(1);
@@ -589,12 +547,12 @@ static void appender(bench *b, unsigned rate, unsigned secs, long base_kib, unsi
     json_t *arr = json_array();
     for (unsigned i = 0; i < per; i++)
         json_array_append_new(arr, json_pack("{s:s}", "name", "A category created live"));
-    uint64_t t0 = now_ms(), sent = 0;
+    uint64_t t0 = cs_run_wall_ms(), sent = 0;
     for (unsigned tick = 0; tick < secs * 100; tick++) {
         if (cs_engine_put_many(e, "service_category", arr, NULL) != CS_OK)
             _exit(1);
         sent += per;
-        uint64_t due = t0 + (tick + 1) * 10, now = now_ms();
+        uint64_t due = t0 + (tick + 1) * 10, now = cs_run_wall_ms();
         if (due > now)
             cs_run_sleep_ms((unsigned)(due - now));
     }
@@ -620,7 +578,7 @@ static row live(bench *b, unsigned k)
     cs_engine_close(e);
     if (!cs_bench_net_serve(&b->net))
         return w;
-    long base = proc_kib(b->net.serve, "RssAnon");
+    long base = cs_run_proc_kib(b->net.serve, "RssAnon");
     int fds[2];
     if (pipe(fds) != 0)
         return w;
@@ -646,10 +604,12 @@ static row live(bench *b, unsigned k)
     cs_run_reap(ap, cs_run_now_ms() + 10000);
     stop_serve(b);
     fclose(o.log);
-    w.recv_p50 = hist_pct(r.hist_recv, 0.5), w.recv_p99 = hist_pct(r.hist_recv, 0.99);
-    w.recv_max = hist_max(r.hist_recv);
-    w.appl_p50 = hist_pct(r.hist_applied, 0.5), w.appl_p99 = hist_pct(r.hist_applied, 0.99);
-    w.appl_max = hist_max(r.hist_applied);
+    w.recv_p50 = cs_bench_hist_pct(r.hist_recv, 0.5),
+    w.recv_p99 = cs_bench_hist_pct(r.hist_recv, 0.99);
+    w.recv_max = cs_bench_hist_max(r.hist_recv);
+    w.appl_p50 = cs_bench_hist_pct(r.hist_applied, 0.5),
+    w.appl_p99 = cs_bench_hist_pct(r.hist_applied, 0.99);
+    w.appl_max = cs_bench_hist_max(r.hist_applied);
     free(r.catchup_ms);
     return w;
 }

@@ -189,8 +189,8 @@ static inline void cs_fn_row_end(cs_fn *f, bool ok, const char *what, double nat
                                  unsigned k, const char *mode, FILE *json)
 {
     double hub = cs_ns_cpu_s(f->hub.pid) - f->hub0, leaf = cs_ns_cpu_s(f->leaf.pid) - f->leaf0;
-    double hub_rss = cs_ns_proc_kib(f->hub.pid, "VmRSS") / 1024.0;
-    double leaf_rss = cs_ns_proc_kib(f->leaf.pid, "VmRSS") / 1024.0;
+    double hub_rss = cs_run_proc_kib(f->hub.pid, "VmRSS") / 1024.0;
+    double leaf_rss = cs_run_proc_kib(f->leaf.pid, "VmRSS") / 1024.0;
     printf("        %-44s hub cpu %.2f s rss %.0f MiB, leaf cpu %.2f s rss %.0f MiB\n",
            "nats-server", hub, hub_rss, leaf, leaf_rss);
     if (ok && nats > 0 && tcp > 0)

@@ -26,20 +26,6 @@
 #define BRANCHES_MAX 2000u
 #define SETTLE_MS 2500u
 
-static long rss_anon_kib(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kib = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, "RssAnon: %ld kB", &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kib;
-}
-
 /* ---- the ceiling: a plain libuv server with K idle connections ------------------------- */
 
 static uv_loop_t ceil_loop;
@@ -105,7 +91,7 @@ static double ceiling_kib(unsigned k)
         return -1;
     close(p[0]);
     cs_run_sleep_ms(300);
-    long before = rss_anon_kib(pid);
+    long before = cs_run_proc_kib(pid, "RssAnon");
     int *fds = calloc(k, sizeof(int));
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
@@ -115,7 +101,7 @@ static double ceiling_kib(unsigned k)
             abort();
     }
     cs_run_sleep_ms(SETTLE_MS);
-    long after = rss_anon_kib(pid);
+    long after = cs_run_proc_kib(pid, "RssAnon");
     for (unsigned i = 0; i < k; i++)
         close(fds[i]);
     free(fds);
@@ -140,7 +126,7 @@ static unsigned authenticated(const cs_bench_net *r)
 
 static double chainsync_kib(cs_bench_net *r, long *before_out, long *after_out)
 {
-    long before = rss_anon_kib(r->serve);
+    long before = cs_run_proc_kib(r->serve, "RssAnon");
     unsigned joined = authenticated(r);
     for (unsigned i = 0; i < r->k; i++) {
         char dir[320];
@@ -153,7 +139,7 @@ static double chainsync_kib(cs_bench_net *r, long *before_out, long *after_out)
     if (authenticated(r) < joined + r->k)
         return -1;
     cs_run_sleep_ms(SETTLE_MS); /* heartbeats and a status flush have run: idle state */
-    long after = rss_anon_kib(r->serve);
+    long after = cs_run_proc_kib(r->serve, "RssAnon");
     *before_out = before;
     *after_out = after;
     return (double)(after - before) / r->k;

@@ -29,7 +29,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define CS_NS_HIST_MS 10000u /* latency histogram: 1 ms buckets up to 10 s */
 #define CS_NS_WAIT_MS 15000u /* a server's start, a stream's creation, a mirror's sync */
 
 /* ---- servers ----------------------------------------------------------------------------- */
@@ -40,13 +39,6 @@ typedef struct cs_ns_srv {
     char url[64];
     char log[320];
 } cs_ns_srv;
-
-static inline uint64_t cs_ns_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* The port after `what` in a server's log ("... connections on 127.0.0.1:PORT"), 0 if absent. */
 static inline int cs__ns_log_port(const char *log, const char *what)
@@ -158,36 +150,13 @@ static inline void cs_ns_stop(cs_ns_srv *s)
     s->pid = 0;
 }
 
-/* CPU seconds (user + system) a process has used so far, from /proc/PID/stat. */
+/* CPU seconds (user + system) a process has used so far (0 when it cannot be read). */
 static inline double cs_ns_cpu_s(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-    if (f)
-        fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-    unsigned long long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    uint64_t ticks = 0;
+    if (!cs_run_cpu_ticks(pid, &ticks))
         return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static inline long cs_ns_proc_kib(pid_t pid, const char *field)
-{
-    char path[64], line[256], want[64];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    snprintf(want, sizeof(want), "%s: %%ld kB", field);
-    FILE *f = fopen(path, "r");
-    long kib = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, want, &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kib;
+    return (double)ticks / (double)sysconf(_SC_CLK_TCK);
 }
 
 /* ---- streams ----------------------------------------------------------------------------- */
@@ -408,7 +377,7 @@ static inline void cs__ns_publish(const char *url, const char *hq, const char *s
         cs_log_reader_close(rd); /* short readers: the appender grows the map */
         if (sent && js_PublishAsyncComplete(js, NULL) != NATS_OK)
             ok = false;
-        if (!ok || !stop_ms || cs_ns_wall_ms() >= stop_ms)
+        if (!ok || !stop_ms || cs_run_wall_ms() >= stop_ms)
             break;
         if (!sent)
             cs_run_sleep_ms(2);
@@ -525,14 +494,14 @@ typedef struct cs__ns_worker {
     cs_event_decoder *dec;    /* live: each event's time; one for the worker, so ... */
     pthread_mutex_t dec_lock; /* ... held while it decodes (two delivery threads share it) */
     int left;                 /* branches not yet at want_last (atomic) */
-    uint64_t hist[CS_NS_HIST_MS + 1], hist_applied[CS_NS_HIST_MS + 1];
+    uint64_t hist[CS_BENCH_HIST_MS + 1], hist_applied[CS_BENCH_HIST_MS + 1];
 } cs__ns_worker;
 
 /* Live: each event's commit (its time) to received (recv_ms) and to now (verified). */
 static inline void cs__ns_latency(cs__ns_worker *w, const uint8_t *seg, size_t len,
                                   uint64_t recv_ms)
 {
-    uint64_t done = cs_ns_wall_ms();
+    uint64_t done = cs_run_wall_ms();
     cs_segment_view v;
     cs_log_record rec;
     cs_event_view ev;
@@ -543,9 +512,9 @@ static inline void cs__ns_latency(cs__ns_worker *w, const uint8_t *seg, size_t l
         if (cs_event_decode(w->dec, rec.event, rec.event_len, &ev) == CS_OK) {
             uint64_t d = recv_ms > ev.time_ms ? recv_ms - ev.time_ms : 0;
             uint64_t a = done > ev.time_ms ? done - ev.time_ms : 0;
-            __atomic_fetch_add(&w->hist[d < CS_NS_HIST_MS ? d : CS_NS_HIST_MS], 1,
+            __atomic_fetch_add(&w->hist[d < CS_BENCH_HIST_MS ? d : CS_BENCH_HIST_MS], 1,
                                __ATOMIC_RELAXED);
-            __atomic_fetch_add(&w->hist_applied[a < CS_NS_HIST_MS ? a : CS_NS_HIST_MS], 1,
+            __atomic_fetch_add(&w->hist_applied[a < CS_BENCH_HIST_MS ? a : CS_BENCH_HIST_MS], 1,
                                __ATOMIC_RELAXED);
         }
     pthread_mutex_unlock(&w->dec_lock);
@@ -567,7 +536,7 @@ static inline void cs__ns_settle(cs__ns_sub *s, natsMsg *m, uint64_t recv_ms, ui
         s->bytes += len;
         natsMsg_Ack(m, NULL);
         if (!s->done_ms && !w->o->stop_ms && last >= w->o->want_last) {
-            s->done_ms = cs_ns_wall_ms();
+            s->done_ms = cs_run_wall_ms();
             __atomic_fetch_sub(&w->left, 1, __ATOMIC_SEQ_CST);
         }
     }
@@ -583,7 +552,7 @@ static inline void cs__ns_on_msg(natsConnection *nc, natsSubscription *sub, nats
     cs__ns_sub *s = arg;
     const uint8_t *seg = (const uint8_t *)natsMsg_GetData(m);
     size_t len = (size_t)natsMsg_GetDataLength(m);
-    uint64_t now = cs_ns_wall_ms(), last = 0;
+    uint64_t now = cs_run_wall_ms(), last = 0;
     cs_segment_view v;
     cs_log_record rec;
     int rc = cs_segment_open(seg, len, &v);
@@ -668,8 +637,8 @@ static inline int cs_ns_sub_worker(const cs_ns_sub_opts *o, int fd)
         }
     fprintf(out, "R\n");
     fflush(out);
-    uint64_t deadline = o->stop_ms ? o->stop_ms : cs_ns_wall_ms() + 600000u;
-    while (__atomic_load_n(&w->left, __ATOMIC_SEQ_CST) > 0 && cs_ns_wall_ms() < deadline &&
+    uint64_t deadline = o->stop_ms ? o->stop_ms : cs_run_wall_ms() + 600000u;
+    while (__atomic_load_n(&w->left, __ATOMIC_SEQ_CST) > 0 && cs_run_wall_ms() < deadline &&
            !(o->stop_file && access(o->stop_file, F_OK) == 0))
         cs_run_sleep_ms(5);
     for (unsigned i = o->from; i < o->to; i++) { /* unsubscribe first: no callback after this */
@@ -685,7 +654,7 @@ static inline int cs_ns_sub_worker(const cs_ns_sub_opts *o, int fd)
                 s->result);
     }
     if (w->dec)
-        for (unsigned i = 0; i <= CS_NS_HIST_MS; i++)
+        for (unsigned i = 0; i <= CS_BENCH_HIST_MS; i++)
             if (w->hist[i] || w->hist_applied[i])
                 fprintf(out, "h %u %llu %llu\n", i, (unsigned long long)w->hist[i],
                         (unsigned long long)w->hist_applied[i]);
@@ -699,7 +668,7 @@ typedef struct cs_ns_subs_result {
     unsigned k, failed, done;
     uint64_t start_ms, ready_ms, last_ms, bytes;
     double *catchup_ms; /* per branch, from start_ms (before connecting, as TCP's) */
-    uint64_t hist[CS_NS_HIST_MS + 1], hist_applied[CS_NS_HIST_MS + 1];
+    uint64_t hist[CS_BENCH_HIST_MS + 1], hist_applied[CS_BENCH_HIST_MS + 1];
 } cs_ns_subs_result;
 
 typedef struct cs_ns_subs {
@@ -718,7 +687,7 @@ static inline bool cs_ns_subs_start(cs_ns_subs *ss, const cs_ns_sub_opts *base, 
     memset(r, 0, sizeof(*r));
     r->k = k;
     r->catchup_ms = calloc(k, sizeof(double));
-    r->start_ms = cs_ns_wall_ms();
+    r->start_ms = cs_run_wall_ms();
     for (unsigned i = 0; i < ss->p; i++) {
         int fds[2];
         if (pipe(fds) != 0)
@@ -738,7 +707,7 @@ static inline bool cs_ns_subs_start(cs_ns_subs *ss, const cs_ns_sub_opts *base, 
         char line[16];
         ok = ok && fgets(line, sizeof(line), ss->ins[i]) && line[0] == 'R';
     }
-    r->ready_ms = cs_ns_wall_ms();
+    r->ready_ms = cs_run_wall_ms();
     return ok && r->catchup_ms;
 }
 
@@ -761,7 +730,7 @@ static inline bool cs_ns_subs_wait(cs_ns_subs *ss, cs_ns_subs_result *r)
         unsigned h;
         int code;
         while (ss->ins[i] && fgets(line, sizeof(line), ss->ins[i])) {
-            if (sscanf(line, "h %u %llu %llu", &h, &b, &c) == 3 && h <= CS_NS_HIST_MS) {
+            if (sscanf(line, "h %u %llu %llu", &h, &b, &c) == 3 && h <= CS_BENCH_HIST_MS) {
                 r->hist[h] += b;
                 r->hist_applied[h] += c;
             } else if (sscanf(line, "%llu %llu %d", &a, &b, &code) == 3 && idx < r->k) {
@@ -808,17 +777,6 @@ static inline void cs_ns_consumers_delete(const char *url, const char *stream, c
     cs__ns_forked(cs__ns_consumers_delete_do, &a);
 }
 
-static inline double cs_ns_hist_pct(const uint64_t *h, double q)
-{
-    uint64_t total = 0, acc = 0;
-    for (unsigned i = 0; i <= CS_NS_HIST_MS; i++)
-        total += h[i];
-    for (unsigned i = 0; i <= CS_NS_HIST_MS; i++)
-        if ((acc += h[i]) > 0 && acc >= (uint64_t)(q * (double)total))
-            return i;
-    return CS_NS_HIST_MS;
-}
-
 /* The head of hq's log and the chain value of event `seq` there (0 for seq 0). */
 static inline bool cs_ns_hq_at(const char *hq, uint64_t seq, uint64_t *head, uint64_t *chain)
 {
@@ -833,14 +791,6 @@ static inline bool cs_ns_hq_at(const char *hq, uint64_t seq, uint64_t *head, uin
     cs_log_reader_close(r);
     cs_engine_close(e);
     return ok;
-}
-
-static inline uint64_t cs_ns_hist_count(const uint64_t *h)
-{
-    uint64_t total = 0;
-    for (unsigned i = 0; i <= CS_NS_HIST_MS; i++)
-        total += h[i];
-    return total;
 }
 
 #endif

@@ -27,6 +27,7 @@
  */
 #include "bench/bench_net.h"
 #include "bench/nats_sim.h"
+#include "tests/net_fixture.h"
 
 #include <getopt.h>
 
@@ -70,18 +71,6 @@ static bool serve_start(env *v)
            cs_ns_stream(v->leaf.url, v->mirror, NULL, v->stream, "hub");
 }
 
-static uint64_t hq_head(const char *hq)
-{
-    cs_engine *e = NULL;
-    cs_log_reader *r = NULL;
-    uint64_t head = 0;
-    if (cs_engine_open(hq, NULL, &e) == CS_OK && cs_log_reader_open(cs_engine_log(e), &r) == CS_OK)
-        cs_log_reader_head(r, &head);
-    cs_log_reader_close(r);
-    cs_engine_close(e);
-    return head;
-}
-
 typedef struct row {
     unsigned k;
     const char *place;
@@ -108,7 +97,7 @@ static row run_k(env *v, unsigned k, bool on_mirror, unsigned idx)
     } else if (!cs_ns_stream(v->hub.url, stream, subject, NULL, NULL) ||
                (on_mirror && !cs_ns_stream(v->leaf.url, mirror, NULL, stream, "hub")))
         return w;
-    uint64_t head = hq_head(v->hq);
+    uint64_t head = cs_fix_head_seq(v->hq);
     uint64_t run_ms = (uint64_t)v->o.seconds * 1000u;
     cs_ns_sub_opts so = {.url = v->leaf.url,
                          .stream = on_mirror ? mirror : stream,
@@ -124,7 +113,7 @@ static row run_k(env *v, unsigned k, bool on_mirror, unsigned idx)
     snprintf(stop_file, sizeof(stop_file), "%s/stop", v->root);
     unlink(stop_file);
     so.stop_file = stop_file;
-    so.stop_ms = cs_ns_wall_ms() + 600000u;
+    so.stop_ms = cs_run_wall_ms() + 600000u;
     cs_ns_subs ss;
     cs_ns_subs_result r;
     if (!cs_ns_subs_start(&ss, &so, k, v->o.procs, &r)) {
@@ -149,7 +138,7 @@ static row run_k(env *v, unsigned k, bool on_mirror, unsigned idx)
     }
     close(afd[1]);
     pid_t pp = v->o.sim ? cs_ns_publisher_start(v->hub.url, v->hq, subject, head + 1,
-                                                cs_ns_wall_ms() + run_ms + 500u, &pfd)
+                                                cs_run_wall_ms() + run_ms + 500u, &pfd)
                         : 0;
     FILE *in = fdopen(afd[0], "r");
     unsigned long long sent = 0;
@@ -163,19 +152,19 @@ static row run_k(env *v, unsigned k, bool on_mirror, unsigned idx)
     if (!v->o.sim) { /* serve's share: its CPU and memory, what its stream grew by */
         ok = cs_ns_stream_state(v->hub.url, stream, &seq1, &bytes1) && ok;
         w.pub.cpu_s = cs_ns_cpu_s(v->serve) - serve0;
-        w.pub.maxrss_kib = cs_ns_proc_kib(v->serve, "VmRSS");
+        w.pub.maxrss_kib = cs_run_proc_kib(v->serve, "VmRSS");
         w.pub.segments = seq1 - seq0, w.pub.out_bytes = bytes1 - bytes0;
     }
     cs_ns_subs_stop(stop_file);
     cs_ns_subs_wait(&ss, &r);
     w.subscribe_s = subscribe_s;
     w.hub_cpu = cs_ns_cpu_s(v->hub.pid) - hub0, w.leaf_cpu = cs_ns_cpu_s(v->leaf.pid) - leaf0;
-    w.hub_rss_mib = cs_ns_proc_kib(v->hub.pid, "VmRSS") / 1024.0;
-    w.leaf_rss_mib = cs_ns_proc_kib(v->leaf.pid, "VmRSS") / 1024.0;
+    w.hub_rss_mib = cs_run_proc_kib(v->hub.pid, "VmRSS") / 1024.0;
+    w.leaf_rss_mib = cs_run_proc_kib(v->leaf.pid, "VmRSS") / 1024.0;
     w.appended = sent;
-    w.received = cs_ns_hist_count(r.hist);
+    w.received = cs_bench_hist_count(r.hist);
     w.failed = r.failed;
-    w.p50 = cs_ns_hist_pct(r.hist, 0.5), w.p99 = cs_ns_hist_pct(r.hist, 0.99);
+    w.p50 = cs_bench_hist_pct(r.hist, 0.5), w.p99 = cs_bench_hist_pct(r.hist, 0.99);
     w.ok = ok;
     free(r.catchup_ms);
     cs_ns_consumers_delete(on_mirror ? v->leaf.url : v->hub.url, on_mirror ? mirror : stream,

@@ -1,7 +1,8 @@
 /*
  * frame.c: the frame codec of docs/protocol.md: shared reference-counted buffers, building a
  * frame from a packed msgpack body, assembling frames from a byte stream with the size limit
- * checked before anything is allocated, and typed reads of a control body.
+ * checked before anything is allocated, typed reads of a control body, and the body of a write's
+ * answer (WRITE_RESULT over TCP, the reply over NATS), packed and read in one place.
  *
  * Invariants of cs__rx: len <= cap <= max_bytes + 4; a frame is handed out only when all of its
  * 4 + length bytes are in buf; nothing is allocated for a frame whose length is over the limit.
@@ -336,6 +337,35 @@ bool cs__body_bin(const cs__body *b, const char *key, size_t len, const uint8_t 
     if (!o || o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != len)
         return false;
     *out = (const uint8_t *)o->via.bin.ptr;
+    return true;
+}
+
+/* ---- a write's answer (docs/protocol.md, WRITE_RESULT; over NATS, the reply) ------------- */
+
+void cs__pk_write_answer(cs__pk *p, const uint8_t *req, const cs_remote_answer *ans)
+{
+    cs__pk_init(p, 6);
+    cs__pk_bin(p, "req", req, CS_REQUEST_ID_BYTES);
+    cs__pk_str(p, "code", cs_err_name(ans->code));
+    cs__pk_str(p, "message", ans->message);
+    cs__pk_uint(p, "id", ans->id);
+    cs__pk_uint(p, "version", ans->version);
+    cs__pk_uint(p, "seq", ans->seq);
+}
+
+bool cs__body_write_answer(const cs__body *b, const uint8_t **req, cs_remote_answer *ans)
+{
+    cs_str code, msg = {"", 0};
+    memset(ans, 0, sizeof(*ans));
+    if (!cs__body_bin(b, "req", CS_REQUEST_ID_BYTES, req) || !cs__body_str(b, "code", &code) ||
+        !cs__body_uint(b, "id", &ans->id) || !cs__body_uint(b, "version", &ans->version) ||
+        !cs__body_uint(b, "seq", &ans->seq))
+        return false;
+    cs__body_str(b, "message", &msg); /* optional: none */
+    ans->code = cs_err_from_name(code.ptr, code.len);
+    if (ans->code == CS_ERR_COUNT)
+        ans->code = CS_INVALID_INPUT; /* a code this version does not know */
+    snprintf(ans->message, sizeof(ans->message), "%.*s", (int)msg.len, msg.ptr);
     return true;
 }
 

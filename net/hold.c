@@ -18,34 +18,11 @@
 #define HOLD_KEY "hold"
 #define RETRY_KEY "retry"
 
-static cs_err hold_dbi(cs_branch *b, MDB_dbi *out)
-{
-    return cs_log_dbi_open(cs_engine_log(cs_branch_engine(b)), "netlink", MDB_CREATE, out);
-}
-
-typedef struct put_ctx {
-    MDB_dbi dbi;
-    const char *key;
-    const msgpack_sbuffer *sb; /* NULL: delete the key */
-    uint64_t counter;          /* RETRY_KEY: the value written */
-} put_ctx;
-
-static cs_err put_fn(cs_log_txn *txn, void *ctx)
-{
-    put_ctx *c = ctx;
-    MDB_val k = {strlen(c->key), (void *)c->key};
-    if (!c->sb) {
-        cs_err err = cs_log_txn_del(txn, c->dbi, &k);
-        return err == CS_NOT_FOUND ? CS_OK : err;
-    }
-    MDB_val v = {c->sb->size, c->sb->data};
-    return cs_log_txn_put(txn, c->dbi, &k, &v, 0);
-}
-
 /* A record read out of its transaction: the body's strings point into copy. */
 typedef struct got {
     cs__body body;
     uint8_t *copy;
+    size_t len;
 } got;
 
 static void got_free(got *g)
@@ -55,44 +32,30 @@ static void got_free(got *g)
     g->copy = NULL;
 }
 
-/* Reads netlink[key] into g (CS_NOT_FOUND when absent); on CS_OK the caller frees it. The bytes
- * are copied first: a msgpack string points into what it was unpacked from, and the map's
- * pages are not the reader's once the transaction ends. */
+/* The bytes are copied first: a msgpack string points into what it was unpacked from, and the
+ * map's pages are not the reader's once the transaction ends. */
+static cs_err copy_fn(const MDB_val *v, void *arg)
+{
+    got *g = arg;
+    if (!(g->copy = malloc(v->mv_size ? v->mv_size : 1)))
+        return CS_NO_MEMORY;
+    memcpy(g->copy, v->mv_data, v->mv_size);
+    g->len = v->mv_size;
+    return CS_OK;
+}
+
+/* Reads netlink[key] into g (CS_NOT_FOUND when absent); on CS_OK the caller frees it. */
 static cs_err get_record(cs_branch *b, const char *key, got *g)
 {
-    MDB_dbi dbi;
-    cs_err err = hold_dbi(b, &dbi);
-    if (err != CS_OK)
-        return err;
-    cs_log *log = cs_engine_log(cs_branch_engine(b));
-    MDB_txn *txn;
-    if ((err = cs_log_read_begin(log, &txn)) != CS_OK)
-        return err;
-    MDB_val k = {strlen(key), (void *)key}, v;
-    int rc = mdb_get(txn, dbi, &k, &v);
-    if (rc == MDB_NOTFOUND)
-        err = CS_NOT_FOUND;
-    else if (rc)
-        err = CS_IO;
-    else if (!(g->copy = malloc(v.mv_size ? v.mv_size : 1)))
-        err = CS_NO_MEMORY;
-    else
-        memcpy(g->copy, v.mv_data, v.mv_size);
-    cs_log_read_end(log, txn);
-    if (err == CS_OK && (err = cs__body_parse(&g->body, g->copy, v.mv_size)) != CS_OK)
+    cs_err err = cs__netlink_read(b, key, copy_fn, g);
+    if (err == CS_OK && (err = cs__body_parse(&g->body, g->copy, g->len)) != CS_OK)
         got_free(g);
-    else if (err != CS_OK)
-        free(g->copy);
     return err == CS_INVALID_INPUT ? CS_CORRUPT : err;
 }
 
 static cs_err put_body(cs_branch *b, const char *key, const cs__pk *p)
 {
-    put_ctx c = {.key = key, .sb = p ? &p->sb : NULL};
-    cs_err err = hold_dbi(b, &c.dbi);
-    if (err == CS_OK && p && !p->sb.data)
-        err = CS_NO_MEMORY;
-    return err == CS_OK ? cs_log_write(cs_engine_log(cs_branch_engine(b)), put_fn, &c) : err;
+    return cs__netlink_write(b, key, p ? &p->sb : NULL);
 }
 
 /* The `branch retry` counter (0 before any request). */

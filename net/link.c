@@ -5,7 +5,9 @@
  * key "link", in the `netlink` database of the branch's directory; never logged, never in a
  * digest (R9: secrets stay out of the log). Beside it, key "state": what the last node that ran
  * with record_state saw (connected, the head office's head, the last connection failure), for
- * `chainsync status`; observation, rewritten at each connection change.
+ * `chainsync status`; observation, rewritten at each connection change. It owns the `netlink`
+ * database itself: reading or writing one record of it (cs__netlink_read/write), which hold.c
+ * (keys "hold", "retry") and nats_sub.c (key "nats") use for theirs.
  */
 #include "net/net_int.h"
 
@@ -16,13 +18,63 @@
 #define LINK_KEY "link"
 #define STATE_KEY "state"
 
-static cs_err link_dbi(cs_branch *b, MDB_dbi *out)
+/* ---- the netlink database: one record read or written ------------------------------------ */
+
+static cs_err netlink_dbi(cs_branch *b, MDB_dbi *out)
 {
     return cs_log_dbi_open(cs_engine_log(cs_branch_engine(b)), "netlink", MDB_CREATE, out);
 }
 
-static cs_err link_parse(const MDB_val *v, cs__link *out)
+cs_err cs__netlink_read(cs_branch *b, const char *key, cs_err (*fn)(const MDB_val *v, void *arg),
+                        void *arg)
 {
+    MDB_dbi dbi;
+    cs_err err = netlink_dbi(b, &dbi);
+    if (err != CS_OK)
+        return err;
+    cs_log *log = cs_engine_log(cs_branch_engine(b));
+    MDB_txn *txn;
+    if ((err = cs_log_read_begin(log, &txn)) != CS_OK)
+        return err;
+    MDB_val k = {strlen(key), (void *)key}, v;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    err = rc == MDB_NOTFOUND ? CS_NOT_FOUND : rc ? CS_IO : fn(&v, arg);
+    cs_log_read_end(log, txn);
+    return err;
+}
+
+typedef struct write_ctx {
+    MDB_dbi dbi;
+    const char *key;
+    const msgpack_sbuffer *sb; /* NULL: delete the key */
+} write_ctx;
+
+static cs_err write_fn(cs_log_txn *txn, void *ctx)
+{
+    write_ctx *c = ctx;
+    MDB_val k = {strlen(c->key), (void *)c->key};
+    if (!c->sb) {
+        cs_err err = cs_log_txn_del(txn, c->dbi, &k);
+        return err == CS_NOT_FOUND ? CS_OK : err;
+    }
+    MDB_val v = {c->sb->size, c->sb->data};
+    return cs_log_txn_put(txn, c->dbi, &k, &v, 0);
+}
+
+cs_err cs__netlink_write(cs_branch *b, const char *key, const msgpack_sbuffer *sb)
+{
+    write_ctx c = {.key = key, .sb = sb};
+    cs_err err = netlink_dbi(b, &c.dbi);
+    if (err == CS_OK && sb && !sb->data)
+        err = CS_NO_MEMORY;
+    return err == CS_OK ? cs_log_write(cs_engine_log(cs_branch_engine(b)), write_fn, &c) : err;
+}
+
+/* ---- the link ----------------------------------------------------------------------------- */
+
+static cs_err link_parse(const MDB_val *v, void *arg)
+{
+    cs__link *out = arg;
     cs__body body;
     cs_err err = cs__body_parse(&body, v->mv_data, v->mv_size);
     cs_str head;
@@ -50,45 +102,11 @@ static cs_err link_parse(const MDB_val *v, cs__link *out)
 
 cs_err cs__link_load(cs_branch *b, cs__link *out)
 {
-    MDB_dbi dbi;
-    cs_err err = link_dbi(b, &dbi);
-    if (err != CS_OK)
-        return err;
-    cs_log *log = cs_engine_log(cs_branch_engine(b));
-    MDB_txn *txn;
-    if ((err = cs_log_read_begin(log, &txn)) != CS_OK)
-        return err;
-    MDB_val k = {sizeof(LINK_KEY) - 1, LINK_KEY}, v;
-    int rc = mdb_get(txn, dbi, &k, &v);
-    if (rc == MDB_NOTFOUND)
-        err = CS_NOT_FOUND;
-    else if (rc)
-        err = CS_IO;
-    else
-        err = link_parse(&v, out);
-    cs_log_read_end(log, txn);
-    return err;
-}
-
-typedef struct save_ctx {
-    MDB_dbi dbi;
-    const char *key;
-    const msgpack_sbuffer *sb;
-} save_ctx;
-
-static cs_err save_fn(cs_log_txn *txn, void *ctx)
-{
-    save_ctx *c = ctx;
-    MDB_val k = {strlen(c->key), (void *)c->key}, v = {c->sb->size, c->sb->data};
-    return cs_log_txn_put(txn, c->dbi, &k, &v, 0);
+    return cs__netlink_read(b, LINK_KEY, link_parse, out);
 }
 
 cs_err cs__link_save(cs_branch *b, const cs__link *l)
 {
-    MDB_dbi dbi;
-    cs_err err = link_dbi(b, &dbi);
-    if (err != CS_OK)
-        return err;
     cs__pk p;
     cs__pk_init(&p, 8);
     cs__pk_str(&p, "head", l->head);
@@ -100,12 +118,10 @@ cs_err cs__link_save(cs_branch *b, const cs__link *l)
     cs__pk_bin(&p, "client_key", l->auth.client_key, CS_AUTH_KEY_BYTES);
     cs__pk_bin(&p, "server_key", l->auth.server_key, CS_AUTH_KEY_BYTES);
     size_t used = 0;
-    if (!p.sb.data || cs_msgpack_check((const uint8_t *)p.sb.data, p.sb.size, 4, &used) != CS_OK ||
-        used != p.sb.size)
-        err = CS_NO_MEMORY;
-    save_ctx c = {.dbi = dbi, .key = LINK_KEY, .sb = &p.sb};
-    if (err == CS_OK)
-        err = cs_log_write(cs_engine_log(cs_branch_engine(b)), save_fn, &c);
+    cs_err err = CS_NO_MEMORY;
+    if (p.sb.data && cs_msgpack_check((const uint8_t *)p.sb.data, p.sb.size, 4, &used) == CS_OK &&
+        used == p.sb.size)
+        err = cs__netlink_write(b, LINK_KEY, &p.sb);
     cs__pk_destroy(&p);
     return err;
 }
@@ -114,24 +130,20 @@ cs_err cs__link_save(cs_branch *b, const cs__link *l)
 
 cs_err cs__link_state_save(cs_branch *b, bool connected, uint64_t head_seq, const char *last_error)
 {
-    MDB_dbi dbi;
-    cs_err err = link_dbi(b, &dbi);
-    if (err != CS_OK)
-        return err;
     cs__pk p;
     cs__pk_init(&p, 4);
     cs__pk_uint(&p, "connected", connected);
     cs__pk_uint(&p, "head_seq", head_seq);
     cs__pk_uint(&p, "contact_ms", cs__net_now_ms());
     cs__pk_str(&p, "last_error", last_error);
-    save_ctx c = {.dbi = dbi, .key = STATE_KEY, .sb = &p.sb};
-    err = p.sb.data ? cs_log_write(cs_engine_log(cs_branch_engine(b)), save_fn, &c) : CS_NO_MEMORY;
+    cs_err err = cs__netlink_write(b, STATE_KEY, &p.sb);
     cs__pk_destroy(&p);
     return err;
 }
 
-static cs_err state_parse(const MDB_val *v, cs_branch_link_status *out)
+static cs_err state_parse(const MDB_val *v, void *arg)
 {
+    cs_branch_link_status *out = arg;
     cs__body body;
     cs_err err = cs__body_parse(&body, v->mv_data, v->mv_size);
     uint64_t connected = 0;
@@ -163,17 +175,9 @@ cs_err cs_branch_link_status_get(cs_branch *b, cs_branch_link_status *out)
     } else if (err != CS_NOT_FOUND) {
         return err;
     }
-    MDB_dbi dbi;
-    if ((err = link_dbi(b, &dbi)) != CS_OK)
-        return err;
-    cs_log *log = cs_engine_log(cs_branch_engine(b));
-    MDB_txn *txn;
-    if ((err = cs_log_read_begin(log, &txn)) != CS_OK)
-        return err;
-    MDB_val k = {sizeof(STATE_KEY) - 1, STATE_KEY}, v;
-    int rc = mdb_get(txn, dbi, &k, &v);
-    err = rc == MDB_NOTFOUND ? CS_OK : rc ? CS_IO : state_parse(&v, &st);
-    cs_log_read_end(log, txn);
+    err = cs__netlink_read(b, STATE_KEY, state_parse, &st);
+    if (err == CS_NOT_FOUND) /* no node has run with record_state yet */
+        err = CS_OK;
     if (err == CS_OK)
         *out = st;
     return err;

@@ -301,13 +301,7 @@ static void answer_write(cs__natspub *p, natsMsg *m)
         return; /* no request id to answer to: the branch resends, and is refused again */
     }
     cs__pk pk;
-    cs__pk_init(&pk, 6);
-    cs__pk_bin(&pk, "req", rid, CS_REQUEST_ID_BYTES);
-    cs__pk_str(&pk, "code", cs_err_name(ans.code));
-    cs__pk_str(&pk, "message", ans.message);
-    cs__pk_uint(&pk, "id", ans.id);
-    cs__pk_uint(&pk, "version", ans.version);
-    cs__pk_uint(&pk, "seq", ans.seq);
+    cs__pk_write_answer(&pk, rid, &ans);
     cs__body_free(&req);
     natsStatus st = pk.sb.data ? natsConnection_Publish(p->nc, reply, pk.sb.data, (int)pk.sb.size)
                                : NATS_NO_MEMORY;

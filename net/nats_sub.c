@@ -81,68 +81,49 @@ static void nn_log(cs__natsnode *nn, cs_net_log_level level, const char *event, 
 
 /* ---- the stored NATS link (netlink, key "nats") ------------------------------------------ */
 
-static cs_err nlink_dbi(cs_branch *b, MDB_dbi *out)
+typedef struct nlink_out {
+    char *url, *domain;
+    size_t url_len, domain_len;
+    cs__nats_creds *c;
+} nlink_out;
+
+static cs_err nlink_parse(const MDB_val *v, void *arg)
 {
-    return cs_log_dbi_open(cs_engine_log(cs_branch_engine(b)), "netlink", MDB_CREATE, out);
+    nlink_out *o = arg;
+    cs__nats_creds *c = o->c;
+    cs__body body;
+    cs_str u, user, pw;
+    cs_err err = cs__body_parse(&body, v->mv_data, v->mv_size);
+    if (err == CS_OK &&
+        !(cs__body_str(&body, "url", &u) && u.len < o->url_len &&
+          cs__body_uint(&body, "network", &c->network) && cs__body_uint(&body, "shop", &c->shop) &&
+          cs__body_str(&body, "user", &user) && user.len < sizeof(c->user) &&
+          cs__body_str(&body, "password", &pw) && pw.len < sizeof(c->password)))
+        err = CS_CORRUPT;
+    if (err == CS_OK) {
+        snprintf(o->url, o->url_len, "%.*s", (int)u.len, u.ptr);
+        snprintf(c->user, sizeof(c->user), "%.*s", (int)user.len, user.ptr);
+        snprintf(c->password, sizeof(c->password), "%.*s", (int)pw.len, pw.ptr);
+        cs_str d = {"", 0};
+        cs__body_str(&body, "domain", &d); /* optional: none */
+        snprintf(o->domain, o->domain_len, "%.*s", (int)d.len, d.ptr);
+    }
+    cs__body_free(&body);
+    return err;
 }
 
 /* url, network, shop, user, password: what a follow or pull needs to connect again. */
 static cs_err nlink_load(cs_branch *b, char *url, size_t url_len, char *domain, size_t domain_len,
                          cs__nats_creds *c)
 {
-    MDB_dbi dbi;
-    cs_err err = nlink_dbi(b, &dbi);
-    cs_log *log = cs_engine_log(cs_branch_engine(b));
-    MDB_txn *txn;
-    if (err != CS_OK || (err = cs_log_read_begin(log, &txn)) != CS_OK)
-        return err;
-    MDB_val k = {sizeof(NATS_KEY) - 1, NATS_KEY}, v;
-    int rc = mdb_get(txn, dbi, &k, &v);
-    err = rc == MDB_NOTFOUND ? CS_NOT_FOUND : rc ? CS_IO : CS_OK;
-    cs__body body;
-    cs_str u, user, pw;
-    if (err == CS_OK) {
-        err = cs__body_parse(&body, v.mv_data, v.mv_size);
-        if (err == CS_OK && !(cs__body_str(&body, "url", &u) && u.len < url_len &&
-                              cs__body_uint(&body, "network", &c->network) &&
-                              cs__body_uint(&body, "shop", &c->shop) &&
-                              cs__body_str(&body, "user", &user) && user.len < sizeof(c->user) &&
-                              cs__body_str(&body, "password", &pw) && pw.len < sizeof(c->password)))
-            err = CS_CORRUPT;
-        if (err == CS_OK) {
-            snprintf(url, url_len, "%.*s", (int)u.len, u.ptr);
-            snprintf(c->user, sizeof(c->user), "%.*s", (int)user.len, user.ptr);
-            snprintf(c->password, sizeof(c->password), "%.*s", (int)pw.len, pw.ptr);
-            cs_str d = {"", 0};
-            cs__body_str(&body, "domain", &d); /* optional: none */
-            snprintf(domain, domain_len, "%.*s", (int)d.len, d.ptr);
-        }
-        cs__body_free(&body);
-    }
-    cs_log_read_end(log, txn);
+    nlink_out o = {url, domain, url_len, domain_len, c};
+    cs_err err = cs__netlink_read(b, NATS_KEY, nlink_parse, &o);
     return err == CS_INVALID_INPUT ? CS_CORRUPT : err;
-}
-
-typedef struct nlink_put {
-    MDB_dbi dbi;
-    const char *key;
-    const msgpack_sbuffer *sb;
-} nlink_put;
-
-static cs_err nlink_put_fn(cs_log_txn *txn, void *arg)
-{
-    nlink_put *p = arg;
-    MDB_val k = {strlen(p->key), (void *)p->key}, v = {p->sb->size, p->sb->data};
-    return cs_log_txn_put(txn, p->dbi, &k, &v, 0);
 }
 
 /* The NATS link, and the link `status` and node.c read (head = the URL; no TCP keys). */
 static cs_err nlink_save(cs__natsnode *nn)
 {
-    MDB_dbi dbi;
-    cs_err err = nlink_dbi(nn->b, &dbi);
-    if (err != CS_OK)
-        return err;
     cs__pk p;
     cs__pk_init(&p, 6);
     cs__pk_str(&p, "url", nn->url);
@@ -151,8 +132,7 @@ static cs_err nlink_save(cs__natsnode *nn)
     cs__pk_uint(&p, "shop", nn->creds.shop);
     cs__pk_str(&p, "user", nn->creds.user);
     cs__pk_str(&p, "password", nn->creds.password);
-    nlink_put put = {.dbi = dbi, .key = NATS_KEY, .sb = &p.sb};
-    err = p.sb.data ? cs_log_write(cs_engine_log(nn->e), nlink_put_fn, &put) : CS_NO_MEMORY;
+    cs_err err = cs__netlink_write(nn->b, NATS_KEY, &p.sb);
     sodium_memzero(p.sb.data, p.sb.size);
     cs__pk_destroy(&p);
     cs__link l = {0};
@@ -273,20 +253,12 @@ static void on_answer(cs__natsnode *nn, natsMsg *m)
 {
     cs__body b;
     const uint8_t *req;
-    cs_str code, msg = {"", 0};
-    cs_remote_answer ans = {0};
+    cs_remote_answer ans;
     if (cs__body_parse(&b, (const uint8_t *)natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)) !=
         CS_OK)
         return; /* not an answer: the write is resent and answered again */
-    bool ok = cs__body_bin(&b, "req", CS_REQUEST_ID_BYTES, &req) &&
-              cs__body_str(&b, "code", &code) && cs__body_uint(&b, "id", &ans.id) &&
-              cs__body_uint(&b, "version", &ans.version) && cs__body_uint(&b, "seq", &ans.seq);
-    cs__body_str(&b, "message", &msg);
+    bool ok = cs__body_write_answer(&b, &req, &ans);
     if (ok && nn->write_inflight && memcmp(req, nn->inflight_req, CS_REQUEST_ID_BYTES) == 0) {
-        ans.code = cs_err_from_name(code.ptr, code.len);
-        if (ans.code == CS_ERR_COUNT)
-            ans.code = CS_INVALID_INPUT;
-        snprintf(ans.message, sizeof(ans.message), "%.*s", (int)msg.len, msg.ptr);
         cs_err err = cs_engine_outbox_done(nn->e, nn->inflight_key, &ans);
         cs__body_free(&b);
         if (err != CS_OK) {

@@ -115,6 +115,14 @@ void cs__pk_key(cs__pk *p, const char *key);
 /* The frame of the packed map (NULL when out of memory). Destroys nothing. */
 cs__buf *cs__pk_frame(cs__pk *p, unsigned type);
 
+/* The body of a write's answer, as `serve` sends it over TCP (WRITE_RESULT) and over NATS (the
+ * reply): req (the request id, CS_REQUEST_ID_BYTES), code, message, id, version, seq.
+ * cs__pk_write_answer initialises p with it (the caller destroys p). cs__body_write_answer
+ * reads one into *ans (*req points into b): false when a field is missing; a code this version
+ * does not know is invalid_input, a missing message is empty. */
+void cs__pk_write_answer(cs__pk *p, const uint8_t *req, const cs_remote_answer *ans);
+bool cs__body_write_answer(const cs__body *b, const uint8_t **req, cs_remote_answer *ans);
+
 /* ---- the segment cache (segcache.c) ------------------------------------------------------ */
 
 /* Encoded SEGMENT frames by first sequence, shared by every connection that streams past them.
@@ -145,6 +153,16 @@ void cs__auth_message(uint8_t out[CS__AUTH_MESSAGE_BYTES], uint64_t shop,
 cs_err cs__log_chain_at(cs_log_reader *r, uint64_t seq, uint64_t *chain_out);
 
 /* ---- the branch's link (link.c; docs/storage.md, "netlink") ------------------------------ */
+
+/* One record of the branch's `netlink` database (link.c owns the database; hold.c and
+ * nats_sub.c keep their keys in it too). cs__netlink_read calls fn on netlink[key] inside one
+ * read transaction (the value's bytes are the map's only until fn returns) and returns what fn
+ * returns; CS_NOT_FOUND without calling fn when the key is absent. */
+cs_err cs__netlink_read(cs_branch *b, const char *key, cs_err (*fn)(const MDB_val *v, void *arg),
+                        void *arg);
+/* Writes netlink[key] = sb's bytes in one durable write; sb NULL deletes the key (absent is
+ * fine). An sb whose packing ran out of memory (data NULL) is CS_NO_MEMORY. */
+cs_err cs__netlink_write(cs_branch *b, const char *key, const msgpack_sbuffer *sb);
 
 typedef struct cs__link {
     char head[256]; /* HOST:PORT */

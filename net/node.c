@@ -647,23 +647,15 @@ static void segment_applied(node *n)
 static void on_write_result(node *n, const cs__body *b)
 {
     const uint8_t *req;
-    cs_str code, msg = {"", 0};
-    cs_remote_answer ans = {0};
-    if (!cs__body_bin(b, "req", CS_REQUEST_ID_BYTES, &req) || !cs__body_str(b, "code", &code) ||
-        !cs__body_uint(b, "id", &ans.id) || !cs__body_uint(b, "version", &ans.version) ||
-        !cs__body_uint(b, "seq", &ans.seq)) {
+    cs_remote_answer ans;
+    if (!cs__body_write_answer(b, &req, &ans)) {
         node_drop(n, CS_INVALID_INPUT, true, "WRITE_RESULT lacks a field");
         return;
     }
-    cs__body_str(b, "message", &msg);
     if (!n->write_inflight || memcmp(req, n->inflight_req, CS_REQUEST_ID_BYTES) != 0) {
         node_drop(n, CS_INVALID_INPUT, true, "WRITE_RESULT for a write not sent");
         return;
     }
-    ans.code = cs_err_from_name(code.ptr, code.len);
-    if (ans.code == CS_ERR_COUNT)
-        ans.code = CS_INVALID_INPUT;
-    snprintf(ans.message, sizeof(ans.message), "%.*s", (int)msg.len, msg.ptr);
     cs_err err = cs_engine_outbox_done(n->e, n->inflight_key, &ans);
     if (err != CS_OK) {
         node_drop(n, err, false, "cannot record the answer: %s", cs_engine_errmsg(n->e));

@@ -411,13 +411,7 @@ static void conn_on_write(cs__conn *c, const uint8_t *body, size_t len)
         return;
     }
     cs__pk p;
-    cs__pk_init(&p, 6);
-    cs__pk_bin(&p, "req", rid, CS_REQUEST_ID_BYTES);
-    cs__pk_str(&p, "code", cs_err_name(ans.code));
-    cs__pk_str(&p, "message", ans.message);
-    cs__pk_uint(&p, "id", ans.id);
-    cs__pk_uint(&p, "version", ans.version);
-    cs__pk_uint(&p, "seq", ans.seq);
+    cs__pk_write_answer(&p, rid, &ans);
     cs__body_free(&req);
     cs__buf *f = cs__pk_frame(&p, CS__F_WRITE_RESULT);
     cs__pk_destroy(&p);

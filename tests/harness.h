@@ -3,12 +3,13 @@
  * function; CHECK stops it at the first failed condition. Each test prints PASS or FAIL with its
  * name (named after the SPEC rule it checks), and the file ends with "N passed, N failed" and
  * exits non-zero when anything failed. Also: temporary data directories that clean up after
- * themselves.
+ * themselves, and a small random generator reproducible from its seed.
  */
 #ifndef CS_TEST_HARNESS_H
 #define CS_TEST_HARNESS_H
 
 #include <ftw.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,7 +101,8 @@ static inline char *cs_test_tmpdir_kept(const char *tag)
     return NULL;
 }
 
-/* Removes dir (made by cs_test_tmpdir_kept) and forgets it. */
+/* Removes dir (made by cs_test_tmpdir or cs_test_tmpdir_kept; NULL is fine) and frees it,
+ * forgetting it when it was kept. */
 static inline void cs_test_tmpdir_free(char *dir)
 {
     char **dirs = cs_test_tmpdirs();
@@ -118,6 +120,26 @@ static inline void cs_test_tmpdirs_cleanup(void)
     char **dirs = cs_test_tmpdirs();
     for (unsigned i = 0; i < CS_TEST_TMPDIRS_MAX; i++)
         cs_test_tmpdir_free(dirs[i]);
+}
+
+/* xorshift64*: a random generator reproducible from its seed (a test's random schedule or
+ * data, the same each run), one state per user. The seed must not be 0. */
+typedef struct cs_test_rng {
+    uint64_t s;
+} cs_test_rng;
+
+static inline uint64_t cs_test_rng_next(cs_test_rng *r)
+{
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 2685821657736338717ull;
+}
+
+/* A number below n (n > 0). */
+static inline unsigned cs_test_rng_below(cs_test_rng *r, unsigned n)
+{
+    return (unsigned)(cs_test_rng_next(r) % n);
 }
 
 #endif

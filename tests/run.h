@@ -3,8 +3,9 @@
  * tests/CMakeLists.txt), or any other program a test drives (cs_run_prog): arguments as an
  * array, input on stdin, stdout and stderr captured as strings, the exit code, and a deadline
  * after which the child is killed and reaped, so a hung command fails its test instead of the
- * suite. Also: background processes stopped by pid, waiting for a ready file, and the check
- * that a command was refused with a given code (SPEC section 6).
+ * suite. Also: background processes stopped by pid, waiting for a ready file, the check that a
+ * command was refused with a given code (SPEC section 6), and what /proc says of a process (its
+ * CPU time, its memory).
  */
 #ifndef CS_TEST_RUN_H
 #define CS_TEST_RUN_H
@@ -36,6 +37,14 @@ static inline uint64_t cs_run_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The wall clock in ms since the epoch: what a process records as a time of day. */
+static inline uint64_t cs_run_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
@@ -299,6 +308,42 @@ static inline bool cs_run_ready_line(const char *path, char *out, size_t len, ui
         }
     }
     return false;
+}
+
+/* CPU time (user + system) pid has used so far, in clock ticks (sysconf(_SC_CLK_TCK) a second),
+ * from /proc/PID/stat. False when it cannot be read. */
+static inline bool cs_run_cpu_ticks(pid_t pid, uint64_t *ticks)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return false;
+    *ticks = ut + st;
+    return true;
+}
+
+/* The line "field: N kB" of /proc/PID/status (VmRSS, VmHWM, RssAnon, ...): N, or -1 when the
+ * process or the line is not there. */
+static inline long cs_run_proc_kib(pid_t pid, const char *field)
+{
+    char path[64], line[256], want[64];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    snprintf(want, sizeof(want), "%s: %%ld kB", field);
+    FILE *f = fopen(path, "r");
+    long kib = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, want, &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib;
 }
 
 #endif

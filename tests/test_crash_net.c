@@ -113,9 +113,7 @@ static void cnet_free(cnet *n)
     cs_run_stop(n->follow, SIGTERM, 10000);
     cs_run_stop(n->serve, SIGTERM, 10000);
     n->follow = n->serve = 0;
-    if (n->root)
-        cs_test_rmtree(n->root);
-    free(n->root);
+    cs_test_tmpdir_free(n->root);
     n->root = NULL;
 }
 

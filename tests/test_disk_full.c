@@ -24,6 +24,7 @@
  */
 #include "log/log.h"
 #include "tests/harness.h"
+#include "tests/loopfs.h"
 #include "tests/net_fixture.h"
 #include "tests/run.h"
 
@@ -31,11 +32,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/mount.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 
-#define FS_BYTES (8u * 1024u * 1024u)
 #define LEFT_APPEND_BYTES (384u * 1024u) /* what the ballast leaves for the append test */
 #define LEFT_APPLY_BYTES (160u * 1024u)
 #define PUTS_MAX 400u
@@ -44,24 +41,10 @@
 #define PASSWORD "disk-full-password"
 #define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 
-static char root[256], mnt[300], img[300], ballast[320];
-static bool mounted;
+static char root[256];
+static cs_loopfs fs; /* the small filesystem, under root */
 
-static int run_tool(const char *const *argv)
-{
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open("/dev/null", O_RDWR);
-        dup2(fd, 0), dup2(fd, 1), dup2(fd, 2);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    return pid < 0 ? -1 : cs_run_reap(pid, cs_run_now_ms() + WAIT_MS);
-}
-
-/* Mounts a small filesystem at mnt: ext4 on a loop device, else tmpfs. NULL when done, else
- * why not. */
+/* Makes root and mounts the small filesystem under it. NULL when done, else why not. */
 static const char *fs_mount(void)
 {
     if (geteuid() != 0)
@@ -71,59 +54,14 @@ static const char *fs_mount(void)
         return "no temporary directory";
     snprintf(root, sizeof(root), "%s", r);
     free(r);
-    snprintf(mnt, sizeof(mnt), "%s/mnt", root);
-    snprintf(img, sizeof(img), "%s/fs.img", root);
-    snprintf(ballast, sizeof(ballast), "%s/ballast", mnt);
-    if (mkdir(mnt, 0700) != 0)
-        return "cannot make the mount point";
-    int fd = open(img, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    bool made = fd >= 0 && ftruncate(fd, FS_BYTES) == 0;
-    if (fd >= 0)
-        close(fd);
-    if (made && run_tool(ARGS("/usr/sbin/mkfs.ext4", "-q", "-F", img)) == 0 &&
-        run_tool(ARGS("/usr/bin/mount", "-o", "loop", img, mnt)) == 0) {
-        mounted = true;
-        fprintf(stderr, "  an 8 MiB ext4 image, loop-mounted\n");
-        return NULL;
-    }
-    if (mount("tmpfs", mnt, "tmpfs", 0, "size=8m,mode=0700") == 0) {
-        mounted = true;
-        fprintf(stderr, "  a tmpfs of 8 MiB (no loop device)\n");
-        return NULL;
-    }
-    return "neither a loop mount nor a tmpfs mount works here";
+    return cs_loopfs_mount(&fs, root, WAIT_MS);
 }
 
 static void fs_unmount(void)
 {
-    if (mounted && umount2(mnt, 0) != 0)
-        umount2(mnt, MNT_DETACH);
-    mounted = false;
+    cs_loopfs_unmount(&fs);
     if (root[0])
         cs_test_rmtree(root);
-}
-
-/* Fills the filesystem with the ballast file until about `left` bytes remain. */
-static bool ballast_fill(uint64_t left)
-{
-    struct statvfs sv;
-    if (statvfs(mnt, &sv) != 0)
-        return false;
-    uint64_t free_bytes = (uint64_t)sv.f_bfree * sv.f_frsize; /* root may use all of it */
-    if (free_bytes <= left)
-        return true;
-    int fd = open(ballast, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0)
-        return false;
-    /* The filesystem's own metadata for the file takes a little of the space: asking for all of
-     * it can fail, so ask for a little less each time. */
-    bool ok = false;
-    for (uint64_t want = free_bytes - left, i = 0; !ok && i < 32 && want > 65536;
-         i++, want -= 65536)
-        ok = posix_fallocate(fd, 0, (off_t)want) == 0;
-    ok = ok && fsync(fd) == 0;
-    close(fd);
-    return ok;
 }
 
 static int cs(const char *input, const char *const *args, char **out, char **err)
@@ -167,9 +105,9 @@ static bool storage_full(int code, const char *err)
 static void test_disk_full_append_storage_full_valid_log_recovers(void)
 {
     char hq[400];
-    snprintf(hq, sizeof(hq), "%s/hq", mnt);
+    snprintf(hq, sizeof(hq), "%s/hq", fs.mnt);
     CHECK(cs(NULL, ARGS("init", "--data", hq, "--name", "HQ"), NULL, NULL) == 0);
-    CHECK(ballast_fill(LEFT_APPEND_BYTES));
+    CHECK(cs_loopfs_fill(&fs, LEFT_APPEND_BYTES));
     unsigned acked = 0;
     char *err = NULL;
     while (acked < PUTS_MAX && put_customer(hq, acked, &err)) {
@@ -196,7 +134,7 @@ static void test_disk_full_append_storage_full_valid_log_recovers(void)
     free(out), free(err);
     err = NULL;
     CHECK(rc == 0);
-    CHECK(unlink(ballast) == 0);
+    CHECK(unlink(fs.ballast) == 0);
     CHECK(put_customer(hq, 10000, NULL));
     CHECK(log_count(hq, "\"type\":\"customer\"") == (long)acked + 1);
     CHECK(cs(NULL, ARGS("audit", "verify", "--data", hq), NULL, NULL) == 0);
@@ -209,7 +147,7 @@ static void test_disk_full_apply_storage_full_branch_valid_recovers(void)
 {
     char hq[300], br[400], ready[300], addr[128] = "";
     snprintf(hq, sizeof(hq), "%s/hq", root); /* the head office has room */
-    snprintf(br, sizeof(br), "%s/b1", mnt);
+    snprintf(br, sizeof(br), "%s/b1", fs.mnt);
     snprintf(ready, sizeof(ready), "%s/ready", root);
     char *out = NULL;
     CHECK(cs(NULL, ARGS("init", "--data", hq, "--name", "HQ"), NULL, NULL) == 0);
@@ -239,7 +177,7 @@ static void test_disk_full_apply_storage_full_branch_valid_recovers(void)
             fprintf(stderr, "  put %u at the head office: %s", i, perr ? perr : "");
         free(perr);
     }
-    ok = ok && ballast_fill(LEFT_APPLY_BYTES);
+    ok = ok && cs_loopfs_fill(&fs, LEFT_APPLY_BYTES);
     if (!ok)
         fprintf(stderr, "  the head office's puts or the ballast failed\n");
     char *err = NULL;
@@ -254,7 +192,7 @@ static void test_disk_full_apply_storage_full_branch_valid_recovers(void)
                 out ? out : "", err ? err : "");
     free(out), free(err);
     out = err = NULL;
-    bool freed = ok && unlink(ballast) == 0;
+    bool freed = ok && unlink(fs.ballast) == 0;
     int pull = freed ? cs(NULL, ARGS("branch", "pull", "--data", br), NULL, NULL) : -1;
     int verify = pull == 0
                      ? cs(NULL, ARGS("audit", "verify", "--data", hq, "--branch", br), NULL, NULL)
@@ -275,8 +213,8 @@ static void test_disk_full_apply_storage_full_branch_valid_recovers(void)
 static void test_disk_full_map_grows_to_filesystem_limit_storage_full(void)
 {
     char dir[400];
-    snprintf(dir, sizeof(dir), "%s/maplog", mnt);
-    int fd = open(ballast, O_WRONLY | O_CREAT | O_TRUNC, 0600); /* 1 MiB to give back later */
+    snprintf(dir, sizeof(dir), "%s/maplog", fs.mnt);
+    int fd = open(fs.ballast, O_WRONLY | O_CREAT | O_TRUNC, 0600); /* 1 MiB to give back later */
     CHECK(fd >= 0);
     bool held = posix_fallocate(fd, 0, 1024 * 1024) == 0;
     close(fd);
@@ -324,7 +262,7 @@ static void test_disk_full_map_grows_to_filesystem_limit_storage_full(void)
         (verr = cs_log_reader_head(r, &head)) == CS_OK)
         verr = cs_log_reader_verify(r, &bad);
     cs_log_reader_close(r);
-    bool resumed = unlink(ballast) == 0 && verr == CS_OK &&
+    bool resumed = unlink(fs.ballast) == 0 && verr == CS_OK &&
                    cs_log_append(log, evs, 16, &first) == CS_OK && first == head + 1;
     cs_log_close(log);
     msgpack_sbuffer_destroy(&sb);

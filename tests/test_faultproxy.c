@@ -403,9 +403,7 @@ static void fnet_free(fnet *n)
         cs_run_stop(n->follow[i], SIGTERM, 10000);
     cs_run_stop(n->proxy, SIGTERM, 10000);
     cs_run_stop(n->serve, SIGTERM, 10000);
-    if (n->root)
-        cs_test_rmtree(n->root);
-    free(n->root);
+    cs_test_tmpdir_free(n->root);
     n->root = NULL;
 }
 

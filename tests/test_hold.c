@@ -26,94 +26,21 @@
  */
 #include "net/net.h"
 #include "tests/harness.h"
+#include "tests/loopfs.h"
 #include "tests/net_fixture.h"
 #include "tests/run.h"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/mount.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <sys/wait.h>
 
-#define FS_BYTES (8u * 1024u * 1024u)
 #define LEFT_BYTES (192u * 1024u) /* what the ballast leaves: fewer than PUTS customers fit */
 #define PUTS 90u
 #define WAIT_MS 30000u
 #define PASSWORD "hold-password"
 #define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 
-static char root[256], mnt[300], img[300], ballast[320];
-static bool mounted;
-
-/* ---- the small filesystem (as tests/test_disk_full.c) ------------------------------------ */
-
-static int run_tool(const char *const *argv)
-{
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open("/dev/null", O_RDWR);
-        dup2(fd, 0), dup2(fd, 1), dup2(fd, 2);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    return pid < 0 ? -1 : cs_run_reap(pid, cs_run_now_ms() + WAIT_MS);
-}
-
-static const char *fs_mount(void)
-{
-    if (geteuid() != 0)
-        return "needs root";
-    snprintf(mnt, sizeof(mnt), "%s/mnt", root);
-    snprintf(img, sizeof(img), "%s/fs.img", root);
-    snprintf(ballast, sizeof(ballast), "%s/ballast", mnt);
-    if (mkdir(mnt, 0700) != 0)
-        return "cannot make the mount point";
-    int fd = open(img, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    bool made = fd >= 0 && ftruncate(fd, FS_BYTES) == 0;
-    if (fd >= 0)
-        close(fd);
-    if (made && run_tool(ARGS("/usr/sbin/mkfs.ext4", "-q", "-F", img)) == 0 &&
-        run_tool(ARGS("/usr/bin/mount", "-o", "loop", img, mnt)) == 0) {
-        mounted = true;
-        fprintf(stderr, "  an 8 MiB ext4 image, loop-mounted\n");
-        return NULL;
-    }
-    if (mount("tmpfs", mnt, "tmpfs", 0, "size=8m,mode=0700") == 0) {
-        mounted = true;
-        fprintf(stderr, "  a tmpfs of 8 MiB (no loop device)\n");
-        return NULL;
-    }
-    return "neither a loop mount nor a tmpfs mount works here";
-}
-
-static void fs_unmount(void)
-{
-    if (mounted && umount2(mnt, 0) != 0)
-        umount2(mnt, MNT_DETACH);
-    mounted = false;
-}
-
-static bool ballast_fill(uint64_t left)
-{
-    struct statvfs sv;
-    if (statvfs(mnt, &sv) != 0)
-        return false;
-    uint64_t free_bytes = (uint64_t)sv.f_bfree * sv.f_frsize;
-    if (free_bytes <= left)
-        return true;
-    int fd = open(ballast, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0)
-        return false;
-    bool ok = false;
-    for (uint64_t want = free_bytes - left, i = 0; !ok && i < 32 && want > 65536;
-         i++, want -= 65536)
-        ok = posix_fallocate(fd, 0, (off_t)want) == 0;
-    ok = ok && fsync(fd) == 0;
-    close(fd);
-    return ok;
-}
+static char root[256];
+static cs_loopfs fs; /* the branch's small filesystem, under root */
 
 /* ---- commands, HTTP, processes ----------------------------------------------------------- */
 
@@ -179,29 +106,13 @@ static double metric(const char *doc, const char *prefix)
     return -1;
 }
 
-/* The wall clock in ms since the epoch: what the node's next try time is in. */
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* CPU time (user + system) of pid, in ms. */
+/* CPU time (user + system) of pid, in ms (UINT64_MAX when it cannot be read). */
 static uint64_t cpu_ms(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-    if (f)
-        fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    unsigned long long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    uint64_t ticks = 0;
+    if (!cs_run_cpu_ticks(pid, &ticks))
         return UINT64_MAX;
-    return (ut + st) * 1000ull / (uint64_t)sysconf(_SC_CLK_TCK);
+    return ticks * 1000ull / (uint64_t)sysconf(_SC_CLK_TCK);
 }
 
 static bool alive(pid_t pid)
@@ -350,7 +261,7 @@ static cs_branch_hold hold_of(const char *dir)
  * holds at the first that does not fit. */
 static bool make_hold(net *x, uint64_t *seq)
 {
-    bool ok = ballast_fill(LEFT_BYTES);
+    bool ok = cs_loopfs_fill(&fs, LEFT_BYTES);
     for (unsigned i = 0; ok && i < PUTS; i++)
         ok = put_customer(x->hq, x->puts++);
     if (!ok)
@@ -385,8 +296,8 @@ static bool wait_quiet(const net *x, uint64_t gap_ms, cs_branch_hold *h, uint64_
         json_t *row = shop_row(x);
         hq_seq = (uint64_t)json_integer_value(json_object_get(json_object_get(row, "held"), "seq"));
         json_decref(row);
-        quiet =
-            h->held && h->next_ms > wall_ms() + gap_ms && h->seq == *cursor + 1 && hq_seq == h->seq;
+        quiet = h->held && h->next_ms > cs_run_wall_ms() + gap_ms && h->seq == *cursor + 1 &&
+                hq_seq == h->seq;
     }
     if (!quiet)
         fprintf(stderr, "  no quiet hold: record %llu, cursor %llu, head office %llu\n",
@@ -406,7 +317,7 @@ static void check_while_held(net *x, uint64_t seq)
     seq = h.seq;
     CHECK(cursor < cs_fix_head_seq(x->hq));
     /* tries bounded by the backoff: try k comes 2^(k-1) - 1 s after the first, at the earliest */
-    uint64_t held_s = (wall_ms() - h.since_ms) / 1000 + 1;
+    uint64_t held_s = (cs_run_wall_ms() - h.since_ms) / 1000 + 1;
     CHECK(h.attempts >= 1 && h.attempts < 40 && (1ull << (h.attempts - 1)) - 1 <= held_s + 1);
     /* no spin, no crash-loop: over 3 s with no try due the follower stays up, uses little CPU,
      * tries nothing and applies nothing */
@@ -556,7 +467,7 @@ static void test_hold_refused_event_exact_seq_nothing_after_retry_holds_again(vo
 static void test_hold_storage_full_reported_resumes_no_crash_loop(void)
 {
     net x = {0};
-    bool up = net_start(&x, "full", mnt);
+    bool up = net_start(&x, "full", fs.mnt);
     CHECK(up);
     for (unsigned i = 0; up && i < 3; i++)
         up = put_customer(x.hq, x.puts++);
@@ -568,7 +479,7 @@ static void test_hold_storage_full_reported_resumes_no_crash_loop(void)
     CHECK(held);
     if (held)
         check_while_held(&x, seq);
-    CHECK(held && unlink(ballast) == 0);
+    CHECK(held && unlink(fs.ballast) == 0);
     CHECK(held && in_step(&x, 70000)); /* the backoff is at most 60 s */
     CHECK(held && hq_shows_held(&x, false, NULL, ""));
     CHECK(!hold_of(x.br).held);
@@ -580,12 +491,12 @@ static void test_hold_storage_full_reported_resumes_no_crash_loop(void)
     cs_branch_hold h = {0};
     uint64_t cursor = 0;
     CHECK(held && wait_quiet(&x, 3000, &h, &cursor));
-    CHECK(held && unlink(ballast) == 0);
+    CHECK(held && unlink(fs.ballast) == 0);
     char *out = NULL;
     CHECK(cs(NULL, ARGS("branch", "retry", "--data", x.br), &out) == 0);
     CHECK(out && strstr(out, "retry asked"));
     free(out);
-    uint64_t left = h.next_ms > wall_ms() ? h.next_ms - wall_ms() : 0;
+    uint64_t left = h.next_ms > cs_run_wall_ms() ? h.next_ms - cs_run_wall_ms() : 0;
     CHECK(held && in_step(&x, left));
     CHECK(held && count_in(x.follow_log, "branch retry") >= 1);
 
@@ -597,7 +508,7 @@ static void test_hold_storage_full_reported_resumes_no_crash_loop(void)
     cs_branch_hold kept = hold_of(x.br);
     CHECK(kept.held && kept.seq == cs_fix_branch_cursor(x.br) + 1 && kept.since_ms == h.since_ms);
     /* durable: the record outlives the process, and the next one starts from it */
-    CHECK(held && unlink(ballast) == 0);
+    CHECK(held && unlink(fs.ballast) == 0);
     CHECK(follow_start(&x));
     CHECK(in_step(&x, 10000));
     CHECK(!hold_of(x.br).held);
@@ -617,7 +528,7 @@ static void test_hold_storage_full_reported_resumes_no_crash_loop(void)
 
     cs_run_stop(x.follow, SIGTERM, WAIT_MS);
     cs_run_stop(x.serve, SIGTERM, WAIT_MS);
-    unlink(ballast);
+    unlink(fs.ballast);
     cs_test_rmtree(x.br);
 }
 
@@ -632,12 +543,12 @@ int main(void)
     snprintf(root, sizeof(root), "%s", r);
     free(r);
     RUN(test_hold_refused_event_exact_seq_nothing_after_retry_holds_again);
-    const char *why = fs_mount();
+    const char *why = cs_loopfs_mount(&fs, root, WAIT_MS);
     if (why)
         printf("skipped: %s (the storage_full part mounts a small filesystem)\n", why);
     else
         RUN(test_hold_storage_full_reported_resumes_no_crash_loop);
-    fs_unmount();
+    cs_loopfs_unmount(&fs);
     cs_test_rmtree(root);
     return cs_test_finish();
 }

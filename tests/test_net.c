@@ -254,10 +254,7 @@ static void net_free(net *n)
         kill(n->serve, SIGCONT); /* a test may have frozen it */
         cs_run_stop(n->serve, SIGTERM, 5000);
     }
-    if (n->root) {
-        cs_test_rmtree(n->root);
-        free(n->root);
-    }
+    cs_test_tmpdir_free(n->root);
     memset(n, 0, sizeof(*n));
 }
 

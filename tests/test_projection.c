@@ -47,23 +47,6 @@ static const cs_log_options nosync_opts = {.flags = CS_LOG_NOSYNC};
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-typedef struct rng {
-    uint64_t s;
-} rng;
-
-static uint64_t rng_next(rng *r) /* xorshift64*: reproducible from its seed */
-{
-    r->s ^= r->s >> 12;
-    r->s ^= r->s << 25;
-    r->s ^= r->s >> 27;
-    return r->s * 2685821657736338717ull;
-}
-
-static unsigned rng_below(rng *r, unsigned n)
-{
-    return (unsigned)(rng_next(r) % n);
-}
-
 static cs_err log_head(cs_log *log, uint64_t *out)
 {
     cs_log_reader *r;
@@ -138,36 +121,37 @@ static uint64_t jid(const json_t *obj, const char *key)
     return (uint64_t)json_integer_value(json_object_get(obj, key));
 }
 
-static json_t *cat_fields(rng *r, unsigned n)
+static json_t *cat_fields(cs_test_rng *r, unsigned n)
 {
     json_t *f = json_pack("{s:o,s:s}", "name", json_sprintf("category %u", n), "description",
-                          rng_below(r, 2) ? "grooming" : "clinic");
-    if (f && rng_below(r, 3) == 0)
-        json_object_set_new(
-            f, "price_table",
-            json_pack("[{s:s,s:i}]", "tier", "small", "price_cents", (int)rng_below(r, 100000)));
+                          cs_test_rng_below(r, 2) ? "grooming" : "clinic");
+    if (f && cs_test_rng_below(r, 3) == 0)
+        json_object_set_new(f, "price_table",
+                            json_pack("[{s:s,s:i}]", "tier", "small", "price_cents",
+                                      (int)cs_test_rng_below(r, 100000)));
     return f;
 }
 
-static json_t *svc_fields(rng *r, unsigned n, uint64_t cat)
+static json_t *svc_fields(cs_test_rng *r, unsigned n, uint64_t cat)
 {
     json_t *f = json_pack("{s:s,s:I,s:[{s:s,s:i}],s:i}", "name", "service", "category",
                           (json_int_t)cat, "price_table", "tier", "standard", "price_cents",
-                          (int)rng_below(r, 900000), "duration_min", (int)rng_below(r, 240));
+                          (int)cs_test_rng_below(r, 900000), "duration_min",
+                          (int)cs_test_rng_below(r, 240));
     if (f)
         json_object_set_new(f, "name", json_sprintf("service %u", n));
-    if (f && rng_below(r, 2))
-        json_object_set_new(f, "active", json_boolean(rng_below(r, 2)));
+    if (f && cs_test_rng_below(r, 2))
+        json_object_set_new(f, "active", json_boolean(cs_test_rng_below(r, 2)));
     return f;
 }
 
-static json_t *combo_fields(rng *r, unsigned n, const uint64_t *svcs, size_t k)
+static json_t *combo_fields(cs_test_rng *r, unsigned n, const uint64_t *svcs, size_t k)
 {
     json_t *list = json_array();
     for (size_t i = 0; list && i < k; i++)
         json_array_append_new(list, json_integer((json_int_t)svcs[i]));
     json_t *f = json_pack("{s:s,s:o,s:i}", "name", "combo", "services", list, "price_cents",
-                          (int)rng_below(r, 500000));
+                          (int)cs_test_rng_below(r, 500000));
     if (f)
         json_object_set_new(f, "name", json_sprintf("combo %u", n));
     return f;
@@ -301,7 +285,7 @@ typedef struct m_branch {
 } m_branch;
 
 typedef struct model {
-    rng r;
+    cs_test_rng r;
     unsigned seed;
     unsigned step;
     const char *op; /* the step's operation, for failure messages */
@@ -755,15 +739,17 @@ static json_t *m_head_fields(model *m, int t, size_t *live)
         return species_fields(n);
     if (t == MT_SVC) {
         size_t k = m_live(m, MT_CAT, live);
-        return k ? svc_fields(&m->r, n, m->items[live[rng_below(&m->r, (unsigned)k)]].id) : NULL;
+        return k ? svc_fields(&m->r, n, m->items[live[cs_test_rng_below(&m->r, (unsigned)k)]].id)
+                 : NULL;
     }
     size_t k = m_live(m, MT_SVC, live);
     if (k < 2)
         return NULL;
     uint64_t ids[M_REFS_MAX];
-    size_t want = 2 + rng_below(&m->r, k - 1 < M_REFS_MAX - 1 ? (unsigned)k - 1 : M_REFS_MAX - 1);
+    size_t want =
+        2 + cs_test_rng_below(&m->r, k - 1 < M_REFS_MAX - 1 ? (unsigned)k - 1 : M_REFS_MAX - 1);
     for (size_t j = 0; j < want; j++) { /* a partial shuffle: distinct services */
-        size_t pick = j + rng_below(&m->r, (unsigned)(k - j));
+        size_t pick = j + cs_test_rng_below(&m->r, (unsigned)(k - j));
         size_t tmp = live[j];
         live[j] = live[pick];
         live[pick] = tmp;
@@ -777,7 +763,7 @@ static bool m_head_item_op(model *m, int t, int op, size_t *live)
 {
     size_t k = m_live(m, t, live);
     if (op > 0 && k > 0) {
-        size_t i = live[rng_below(&m->r, (unsigned)k)];
+        size_t i = live[cs_test_rng_below(&m->r, (unsigned)k)];
         if (op == 2)
             return m_head_delete(m, i);
         json_t *f = m_head_fields(m, t, live);
@@ -890,13 +876,13 @@ static json_t *m_local_fields(model *m, m_branch *B, int t, unsigned n)
         return cat_fields(&m->r, n);
     if (t == MT_SVC) {
         size_t k = branch_live_ids(B, MT_CAT, ids, max);
-        return k ? svc_fields(&m->r, n, ids[rng_below(&m->r, (unsigned)k)]) : NULL;
+        return k ? svc_fields(&m->r, n, ids[cs_test_rng_below(&m->r, (unsigned)k)]) : NULL;
     }
     size_t k = branch_live_ids(B, MT_SVC, ids, max);
     if (k < 2)
         return NULL;
-    size_t a = rng_below(&m->r, (unsigned)k);
-    size_t b = (a + 1 + rng_below(&m->r, (unsigned)k - 1)) % k;
+    size_t a = cs_test_rng_below(&m->r, (unsigned)k);
+    size_t b = (a + 1 + cs_test_rng_below(&m->r, (unsigned)k - 1)) % k;
     uint64_t two[2] = {ids[a], ids[b]};
     return combo_fields(&m->r, n, two, 2);
 }
@@ -904,15 +890,15 @@ static json_t *m_local_fields(model *m, m_branch *B, int t, unsigned n)
 /* Branch-local writes: local items of synced types (R3), shared records (R8), refusals (R1). */
 static bool m_local_op(model *m, m_branch *B)
 {
-    unsigned op = rng_below(&m->r, 6), n = ++m->names;
-    int t = (int)rng_below(&m->r, MT_CATALOG);
+    unsigned op = cs_test_rng_below(&m->r, 6), n = ++m->names;
+    int t = (int)cs_test_rng_below(&m->r, MT_CATALOG);
     if (op == 0)
         return B->unlinked ? true : m_local_copy_refused(m, B, t);
     if (op == 1)
         return m_local_record(m, B, MT_SPECIES, -1, species_fields(n));
     long j = -1; /* op 4, 5: update or delete a live local item of a catalog type */
     if (op >= 4 && B->nlocals > 0) {
-        size_t x = rng_below(&m->r, (unsigned)B->nlocals);
+        size_t x = cs_test_rng_below(&m->r, (unsigned)B->nlocals);
         if (!B->locals[x].archived && B->locals[x].t != MT_SPECIES)
             j = (long)x;
     }
@@ -939,7 +925,7 @@ static m_branch *m_pick_linked(model *m)
     for (int k = 0; k < M_BRANCHES; k++)
         if (m_linked(&m->br[k]))
             pool[n++] = &m->br[k];
-    return n ? pool[rng_below(&m->r, n)] : NULL;
+    return n ? pool[cs_test_rng_below(&m->r, n)] : NULL;
 }
 
 static m_branch *m_pick_added(model *m)
@@ -949,7 +935,7 @@ static m_branch *m_pick_added(model *m)
     for (int k = 0; k < M_BRANCHES; k++)
         if (m->br[k].added)
             pool[n++] = &m->br[k];
-    return n ? pool[rng_below(&m->r, n)] : NULL;
+    return n ? pool[cs_test_rng_below(&m->r, n)] : NULL;
 }
 
 static bool m_sync_op(model *m, bool all)
@@ -997,10 +983,10 @@ static bool m_types_op(model *m)
     const char *names[32];
     size_t n = 0;
     for (int t = 0; t < MT_CATALOG; t++)
-        if ((m->synced[t] = rng_below(&m->r, 3) != 0))
+        if ((m->synced[t] = cs_test_rng_below(&m->r, 3) != 0))
             names[n++] = mt_name[t];
     for (unsigned i = 0; i < count && n < 32; i++)
-        if (all[i].cls == CS_CLASS_SYNCED && all[i].code > 3 && rng_below(&m->r, 2))
+        if (all[i].cls == CS_CLASS_SYNCED && all[i].code > 3 && cs_test_rng_below(&m->r, 2))
             names[n++] = all[i].name;
     if (cs_engine_network_types(m->h.e, names, n, NULL) != CS_OK)
         return M_FAIL(m, "types refused: %s", cs_engine_errmsg(m->h.e));
@@ -1054,7 +1040,7 @@ static bool m_step(model *m, size_t *scratch)
     unsigned total = 0, pick;
     for (int i = 0; i < OP_COUNT; i++)
         total += op_weight[i];
-    pick = rng_below(&m->r, total);
+    pick = cs_test_rng_below(&m->r, total);
     int op = 0;
     while (pick >= op_weight[op])
         pick -= op_weight[op++];
@@ -1206,7 +1192,7 @@ static bool model_run(unsigned seed, unsigned steps)
  * tests follow; it is added here. */
 static bool build_script(head *h, uint64_t *shop)
 {
-    rng r = {42};
+    cs_test_rng r = {42};
     cs_write_result c[3], s[5], cb, sp, w;
     uint64_t other;
     bool ok = true;
@@ -1262,9 +1248,9 @@ static void test_projection_replay_is_deterministic(void)
     uint64_t applied[4] = {0};
     CHECK_OK(feed(bd[0].b, h.e, 0, &applied[0])); /* one segment */
     CHECK_OK(feed(bd[1].b, h.e, 1, &applied[1])); /* one event per segment */
-    rng r = {7};
+    cs_test_rng r = {7};
     for (cs_branch_state st = {0}; st.cursor < head_seq;) { /* reopened between segments */
-        CHECK_OK(feed(bd[2].b, h.e, 1 + rng_below(&r, 5), &applied[2]));
+        CHECK_OK(feed(bd[2].b, h.e, 1 + cs_test_rng_below(&r, 5), &applied[2]));
         cs_branch_close(bd[2].b);
         bd[2].b = NULL;
         CHECK_OK(cs_branch_open(bd[2].dir, &nosync_opts, &bd[2].b));
@@ -1307,7 +1293,7 @@ static int pick_live(const bool *live, int n, unsigned from)
  * but them). Returns the branch's shop through *shop. */
 static bool build_random_history(head *h, uint64_t seed, unsigned ops, unsigned lo, uint64_t *shop)
 {
-    rng r = {seed};
+    cs_test_rng r = {seed};
     enum { N = 12 };
     cs_write_result cat[N], svc[N], w;
     bool cat_live[N], svc_live[N];
@@ -1320,9 +1306,9 @@ static bool build_random_history(head *h, uint64_t seed, unsigned ops, unsigned 
     ok = ok && cs_engine_shop_add(h->e, "Downtown", "branch-password", shop) == CS_OK;
     const char *some[] = {"service", "combo"}, *all[] = {"service_category", "service", "combo"};
     for (unsigned n = 0; ok && n < ops; n++) {
-        unsigned op = lo + rng_below(&r, 100 - lo);
-        int i = pick_live(svc_live, N, rng_below(&r, N)),
-            j = pick_live(cat_live, N, rng_below(&r, N));
+        unsigned op = lo + cs_test_rng_below(&r, 100 - lo);
+        int i = pick_live(svc_live, N, cs_test_rng_below(&r, N)),
+            j = pick_live(cat_live, N, cs_test_rng_below(&r, N));
         int free_svc = -1;
         for (int k = 0; k < N; k++)
             if (!svc_live[k])
@@ -1335,7 +1321,7 @@ static bool build_random_history(head *h, uint64_t seed, unsigned ops, unsigned 
         else if (op < 60)
             ok = put(h->e, "service_category", cat[j].id, cat_fields(&r, 100 + n), &w);
         else if (op < 66 && i >= 0) {
-            int k = pick_live(svc_live, N, rng_below(&r, N));
+            int k = pick_live(svc_live, N, cs_test_rng_below(&r, N));
             uint64_t two[2] = {svc[i].id, svc[k].id};
             ok = put(h->e, "combo", 0, combo_fields(&r, n, two, 2), &w);
         } else if (op < 70 && i >= 0) {
@@ -1348,12 +1334,12 @@ static bool build_random_history(head *h, uint64_t seed, unsigned ops, unsigned 
             ok = put(h->e, "service", 0, svc_fields(&r, 200 + n, cat[j].id), &svc[free_svc]);
             svc_live[free_svc] = ok;
         } else if (op < 86)
-            ok = cs_engine_sync(h->e, rng_below(&r, 2) ? 0 : *shop, NULL) == CS_OK;
+            ok = cs_engine_sync(h->e, cs_test_rng_below(&r, 2) ? 0 : *shop, NULL) == CS_OK;
         else if (op < 90) {
             on = !on;
             ok = cs_engine_shop_switch(h->e, *shop, on) == CS_OK;
         } else if (op < 95) {
-            bool few = rng_below(&r, 2);
+            bool few = cs_test_rng_below(&r, 2);
             ok = cs_engine_network_types(h->e, few ? some : all, few ? 2 : 3, NULL) == CS_OK;
         } else if (op < 98) {
             continuous = !continuous;
@@ -1409,10 +1395,10 @@ static void test_projection_batches_equal_event_by_event(void)
         CHECK_OK(feed(bd[1].b, h.e, 0, NULL)); /* as few segments as fit */
         cs_log_reader *r = NULL;
         CHECK_OK(cs_log_reader_open(cs_engine_log(h.e), &r));
-        rng cut = {seed * 977};
+        cs_test_rng cut = {seed * 977};
         for (uint64_t s = 1; s <= head_seq;) /* random segments, 1 to 8 per transaction */
-            CHECK_OK(feed_batch(bd[2].b, r, s, head_seq, 1 + rng_below(&cut, 300),
-                                1 + rng_below(&cut, 8), &s));
+            CHECK_OK(feed_batch(bd[2].b, r, s, head_seq, 1 + cs_test_rng_below(&cut, 300),
+                                1 + cs_test_rng_below(&cut, 8), &s));
         cs_log_reader_close(r);
         for (int i = 0; i < 3; i++) {
             CHECK(digest_of(bd[i].b, &d[i]));
@@ -1472,7 +1458,7 @@ static void test_projection_reimport_is_idempotent_and_refusals_change_nothing(v
     CHECK(applied == 0 && digest_of(bd.b, &d2) && d2 == d1);
 
     /* New events at the head office: 5 puts after the cursor. */
-    rng r = {3};
+    cs_test_rng r = {3};
     for (int i = 0; i < 5; i++)
         CHECK(put(h.e, "service_category", 0, cat_fields(&r, 100u + (unsigned)i), NULL));
     cs_log_reader *rd;
@@ -1546,7 +1532,7 @@ static void test_projection_reimport_from_log_diverged_at_cursor_is_refused(void
     CHECK_OK(feed(bd.b, h.e, 0, &applied));
     CHECK_OK(log_head(cs_engine_log(h.e), &head_seq));
     CHECK(applied == head_seq && digest_of(bd.b, &d1));
-    rng r = {5};
+    cs_test_rng r = {5};
     for (int i = 0; i < 3; i++)
         CHECK(put(other.e, "service_category", 0, cat_fields(&r, 300u + (unsigned)i), NULL));
     cs_log_reader *rd;
@@ -1679,7 +1665,7 @@ static void test_r6_sync_while_switched_off_keeps_sync_seq(void)
     cs_branch_state st0, st;
     CHECK_OK(cs_branch_state_get(bd.b, &st0));
     CHECK(st0.linked && st0.sync_seq > 0);
-    rng r = {6};
+    cs_test_rng r = {6};
     cs_write_result cat;
     CHECK(put(h.e, "service_category", 0, cat_fields(&r, 1), &cat));
     CHECK_OK(cs_engine_sync(h.e, 0, NULL));
@@ -1715,7 +1701,7 @@ static void test_r2_version_only_change_moves_copy_origin_version(void)
     CHECK_OK(cs_engine_network_types(h.e, types, 1, NULL));
     CHECK_OK(cs_engine_shop_add(h.e, "Downtown", "branch-password", &shop));
     CHECK(bdir_open(&bd, "proj-r2v-b", shop));
-    rng r = {8};
+    cs_test_rng r = {8};
     cs_write_result cat, again;
     CHECK(put(h.e, "service_category", 0, cat_fields(&r, 1), &cat));
     CHECK_OK(cs_engine_sync(h.e, 0, NULL));
@@ -1755,7 +1741,7 @@ static void test_single_store_joining_keeps_its_items_local(void)
     char *dir = cs_test_tmpdir("proj-r10-s");
     CHECK(dir != NULL);
     cs_engine *e;
-    rng r = {10};
+    cs_test_rng r = {10};
     cs_write_result cat, svc, sp;
     CHECK_OK(cs_engine_open(dir, &nosync_opts, &e));
     bool ok = cs_engine_init(e, "Corner shop", &store) == CS_OK &&

@@ -37,23 +37,6 @@ _Static_assert(CRASH_EVENTS / CRASH_SEGMENT_EVENTS + 8 <= CRASH_SEGMENTS_MAX, "s
 
 static const cs_log_options nosync_opts = {.flags = CS_LOG_NOSYNC};
 
-typedef struct rng {
-    uint64_t s;
-} rng;
-
-static uint64_t rng_next(rng *r)
-{
-    r->s ^= r->s >> 12;
-    r->s ^= r->s << 25;
-    r->s ^= r->s >> 27;
-    return r->s * 2685821657736338717ull;
-}
-
-static unsigned rng_below(rng *r, unsigned n)
-{
-    return (unsigned)(rng_next(r) % n);
-}
-
 static uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -97,7 +80,7 @@ static json_t *svc(unsigned n, uint64_t cat, unsigned price)
 
 /* Bulk service creates with updates, deletes, combos, species, sync points, the switch, the
  * synced types and both modes mixed in, until the log holds CRASH_EVENTS events. */
-static bool build_head(cs_engine *h, uint64_t shop, rng *r)
+static bool build_head(cs_engine *h, uint64_t shop, cs_test_rng *r)
 {
     uint64_t cats[64], svcs[4096], head = 0;
     size_t ncat = 0, nsvc = 0;
@@ -106,7 +89,7 @@ static bool build_head(cs_engine *h, uint64_t shop, rng *r)
     const char *some[] = {"service", "combo"}, *every[] = {"service_category", "service", "combo"};
     cs_write_result w;
     while (head < CRASH_EVENTS) {
-        unsigned op = ncat < 3 ? 0 : rng_below(r, 100);
+        unsigned op = ncat < 3 ? 0 : cs_test_rng_below(r, 100);
         bool ok = true;
         if (op < 4 && ncat < 64) {
             ok = put(h, "service_category", 0, json_pack("{s:o}", "name", json_sprintf("c%u", n++)),
@@ -114,25 +97,28 @@ static bool build_head(cs_engine *h, uint64_t shop, rng *r)
             cats[ncat++] = w.id;
         } else if (op < 50 && nsvc + 40 <= 4096) {
             json_t *batch = json_array();
-            unsigned k = 10 + rng_below(r, 30);
+            unsigned k = 10 + cs_test_rng_below(r, 30);
             for (unsigned i = 0; i < k; i++)
-                json_array_append_new(batch, svc(n++, cats[rng_below(r, (unsigned)ncat)], i));
+                json_array_append_new(batch,
+                                      svc(n++, cats[cs_test_rng_below(r, (unsigned)ncat)], i));
             cs_write_result res[40];
             ok = cs_engine_put_many(h, "service", batch, res) == CS_OK;
             json_decref(batch);
             for (unsigned i = 0; ok && i < k; i++)
                 svcs[nsvc++] = res[i].id;
         } else if (op < 85 && nsvc > 0) { /* an update; refused (not_found) when deleted */
-            size_t i = rng_below(r, (unsigned)nsvc);
-            json_t *f = svc(n++, cats[rng_below(r, (unsigned)ncat)], rng_below(r, 1000));
+            size_t i = cs_test_rng_below(r, (unsigned)nsvc);
+            json_t *f =
+                svc(n++, cats[cs_test_rng_below(r, (unsigned)ncat)], cs_test_rng_below(r, 1000));
             cs_err err = cs_engine_put(h, "service", svcs[i], f, 0, NULL);
             json_decref(f);
             ok = err == CS_OK || err == CS_NOT_FOUND;
         } else if (op < 89 && nsvc > 0) {
-            cs_err err = cs_engine_del(h, "service", svcs[rng_below(r, (unsigned)nsvc)], 0, NULL);
+            cs_err err =
+                cs_engine_del(h, "service", svcs[cs_test_rng_below(r, (unsigned)nsvc)], 0, NULL);
             ok = err == CS_OK || err == CS_NOT_FOUND;
         } else if (op < 92) {
-            ok = cs_engine_sync(h, rng_below(r, 2) ? 0 : shop, NULL) == CS_OK;
+            ok = cs_engine_sync(h, cs_test_rng_below(r, 2) ? 0 : shop, NULL) == CS_OK;
         } else if (op < 94) {
             ok = put(h, "species", 0, json_pack("{s:o}", "name", json_sprintf("s%u", n++)), NULL);
         } else if (op < 96) {
@@ -320,7 +306,7 @@ static bool child_start(crash *c)
 /* When to kill the next child: within its startup or the next two segments it will apply
  * (their durable time as the reference measured it), so most kills land inside a segment's
  * transaction, some inside its commit, some before anything happens. */
-static uint64_t kill_time(const crash *c, rng *r, uint64_t cursor)
+static uint64_t kill_time(const crash *c, cs_test_rng *r, uint64_t cursor)
 {
     size_t k = 0;
     while (k < c->nseg && c->seg_last[k] <= cursor)
@@ -328,10 +314,10 @@ static uint64_t kill_time(const crash *c, rng *r, uint64_t cursor)
     uint64_t span = c->open_ns;
     for (size_t j = k; j < k + 2 && j < c->nseg; j++)
         span += 2 * c->seg_ns[j]; /* a child runs slower than the warm reference did */
-    return 1 + rng_next(r) % span;
+    return 1 + cs_test_rng_next(r) % span;
 }
 
-static bool crash_rounds(crash *c, rng *r)
+static bool crash_rounds(crash *c, cs_test_rng *r)
 {
     unsigned kills = 0, rounds = 0, mid = 0;
     uint64_t cursor = 0, last = c->seg_last[c->nseg - 1];
@@ -373,7 +359,7 @@ static bool crash_rounds(crash *c, rng *r)
     return false;
 }
 
-static bool crash_setup(crash *c, rng *r)
+static bool crash_setup(crash *c, cs_test_rng *r)
 {
     c->head_dir = cs_test_tmpdir("proj-crash-h");
     c->ref_dir = cs_test_tmpdir("proj-crash-r");
@@ -416,7 +402,7 @@ static void test_projection_apply_survives_kill_9(void)
 {
     crash *c = calloc(1, sizeof(*c));
     CHECK(c != NULL);
-    rng r = {20240611};
+    cs_test_rng r = {20240611};
     bool ok = crash_setup(c, &r);
     uint64_t total_ns = 0;
     for (size_t k = 0; k < c->nseg; k++)

@@ -34,23 +34,6 @@ static const cs_log_options nosync_opts = {.flags = CS_LOG_NOSYNC};
 #define BRANCHES 3
 #define N_ITEMS 10
 
-typedef struct rng {
-    uint64_t s;
-} rng;
-
-static uint64_t rng_next(rng *r) /* xorshift64*: reproducible from its seed */
-{
-    r->s ^= r->s >> 12;
-    r->s ^= r->s << 25;
-    r->s ^= r->s >> 27;
-    return r->s * 2685821657736338717ull;
-}
-
-static unsigned rng_below(rng *r, unsigned n)
-{
-    return (unsigned)(rng_next(r) % n);
-}
-
 /* Applies the head office's events after the branch's cursor, as one segment at a time. */
 static cs_err feed(cs_branch *b, cs_engine *h)
 {
@@ -350,31 +333,31 @@ static bool put(cs_engine *e, const char *type, uint64_t id, json_t *fields, uin
     return err == CS_OK;
 }
 
-static json_t *cat_fields(rng *r, unsigned n)
+static json_t *cat_fields(cs_test_rng *r, unsigned n)
 {
     json_t *f = json_pack("{s:o,s:s}", "name", json_sprintf("category %u", n), "description",
-                          rng_below(r, 2) ? "grooming" : "clinic");
-    if (f && rng_below(r, 3) == 0)
-        json_object_set_new(
-            f, "price_table",
-            json_pack("[{s:s,s:i}]", "tier", "small", "price_cents", (int)rng_below(r, 100000)));
+                          cs_test_rng_below(r, 2) ? "grooming" : "clinic");
+    if (f && cs_test_rng_below(r, 3) == 0)
+        json_object_set_new(f, "price_table",
+                            json_pack("[{s:s,s:i}]", "tier", "small", "price_cents",
+                                      (int)cs_test_rng_below(r, 100000)));
     return f;
 }
 
-static json_t *svc_fields(rng *r, unsigned n, uint64_t cat)
+static json_t *svc_fields(cs_test_rng *r, unsigned n, uint64_t cat)
 {
-    json_t *f =
-        json_pack("{s:o,s:I,s:[{s:s,s:i}],s:i}", "name", json_sprintf("service %u", n), "category",
-                  (json_int_t)cat, "price_table", "tier", "standard", "price_cents",
-                  (int)rng_below(r, 4) * 1000, "duration_min", (int)rng_below(r, 3) * 30);
-    if (f && rng_below(r, 2))
-        json_object_set_new(f, "active", json_boolean(rng_below(r, 2)));
+    json_t *f = json_pack("{s:o,s:I,s:[{s:s,s:i}],s:i}", "name", json_sprintf("service %u", n),
+                          "category", (json_int_t)cat, "price_table", "tier", "standard",
+                          "price_cents", (int)cs_test_rng_below(r, 4) * 1000, "duration_min",
+                          (int)cs_test_rng_below(r, 3) * 30);
+    if (f && cs_test_rng_below(r, 2))
+        json_object_set_new(f, "active", json_boolean(cs_test_rng_below(r, 2)));
     return f;
 }
 
-static int pick(const bool *live, rng *r)
+static int pick(const bool *live, cs_test_rng *r)
 {
-    unsigned from = rng_below(r, N_ITEMS);
+    unsigned from = cs_test_rng_below(r, N_ITEMS);
     for (unsigned k = 0; k < N_ITEMS; k++)
         if (live[(from + k) % N_ITEMS])
             return (int)((from + k) % N_ITEMS);
@@ -382,9 +365,9 @@ static int pick(const bool *live, rng *r)
 }
 
 /* One random head-office command (never a sync: the test makes those itself). */
-static bool step(world *w, rng *r)
+static bool step(world *w, cs_test_rng *r)
 {
-    unsigned op = rng_below(r, 100), n = w->made++;
+    unsigned op = cs_test_rng_below(r, 100), n = w->made++;
     int i = pick(w->svc_live, r), j = pick(w->cat_live, r);
     if (j < 0) {
         w->cat_live[0] = true;
@@ -398,7 +381,7 @@ static bool step(world *w, rng *r)
         int k = pick(w->svc_live, r);
         json_t *f = json_pack("{s:o,s:[I,I],s:i}", "name", json_sprintf("combo %u", n), "services",
                               (json_int_t)w->svc[i], (json_int_t)w->svc[k], "price_cents",
-                              (int)rng_below(r, 50000));
+                              (int)cs_test_rng_below(r, 50000));
         return put(w->h, "combo", 0, f, NULL);
     }
     if (op < 61 && i >= 0) {
@@ -422,7 +405,7 @@ static bool step(world *w, rng *r)
         return put(w->h, "service", 0, svc_fields(r, n, w->cat[j]), &w->svc[k]);
     }
     if (op < 84) {
-        int k = (int)rng_below(r, BRANCHES);
+        int k = (int)cs_test_rng_below(r, BRANCHES);
         w->on[k] = !w->on[k];
         return cs_engine_shop_switch(w->h, w->shop[k], w->on[k]) == CS_OK;
     }
@@ -430,11 +413,12 @@ static bool step(world *w, rng *r)
         const char *names[NSYNCED];
         size_t nn = 0;
         for (int t = 0; t < NSYNCED; t++)
-            if ((w->type_synced[t] = rng_below(r, 3) != 0))
+            if ((w->type_synced[t] = cs_test_rng_below(r, 3) != 0))
                 names[nn++] = synced[t];
         return cs_engine_network_types(w->h, names, nn, NULL) == CS_OK;
     }
-    bool cont = rng_below(r, 4) == 0; /* mostly on-trigger: the sync points the preview is for */
+    bool cont =
+        cs_test_rng_below(r, 4) == 0; /* mostly on-trigger: the sync points the preview is for */
     return cs_engine_network_mode(w->h, cont ? "continuous" : "on-trigger", NULL) == CS_OK;
 }
 
@@ -445,7 +429,7 @@ static bool world_open(world *w)
     bool ok = w->hdir && cs_engine_open(w->hdir, &nosync_opts, &w->h) == CS_OK &&
               cs_engine_init(w->h, "Head office", &w->shop[0]) == CS_OK &&
               cs_engine_network_create(w->h, "Pet chain") == CS_OK;
-    rng r = {7};
+    cs_test_rng r = {7};
     for (int i = 0; ok && i < N_ITEMS; i++) {
         ok = put(w->h, "service_category", 0, cat_fields(&r, (unsigned)i), &w->cat[i]) &&
              put(w->h, "service", 0, svc_fields(&r, (unsigned)i, w->cat[i]), &w->svc[i]);
@@ -510,14 +494,14 @@ static cs_err collect_fn(const json_t *p, void *ctx)
 }
 
 /* One round: preview (all branches or one), sync the same way, compare on every branch. */
-static bool round_agrees(world *w, rng *r, unsigned *events)
+static bool round_agrees(world *w, cs_test_rng *r, unsigned *events)
 {
     json_t *before[BRANCHES] = {0}, *after[BRANCHES] = {0}, *raw_b[BRANCHES] = {0},
            *raw_a[BRANCHES] = {0};
     bool ok = true;
     for (int k = 0; ok && k < BRANCHES; k++)
         ok = feed(w->b[k], w->h) == CS_OK && (before[k] = catalog(w->b[k], &raw_b[k])) != NULL;
-    int one = rng_below(r, 3) == 0 ? (int)rng_below(r, BRANCHES) : -1;
+    int one = cs_test_rng_below(r, 3) == 0 ? (int)cs_test_rng_below(r, BRANCHES) : -1;
     uint64_t target = one < 0 ? 0 : w->shop[one], seq = 0, head_before = 0, head_after = 0;
     collected c = {json_object(), 0};
     cs_audit *a = NULL;
@@ -570,11 +554,11 @@ static void test_issue14_preview_equals_sync_on_random_histories(void)
     unsigned changes = 0, rounds = 0;
     for (uint64_t seed = 1; seed <= 4; seed++) {
         world w;
-        rng r = {seed * 7919};
+        cs_test_rng r = {seed * 7919};
         bool ok = world_open(&w);
         for (unsigned n = 0; ok && n < 300; n++) {
             ok = step(&w, &r);
-            if (ok && rng_below(&r, 12) == 0) {
+            if (ok && cs_test_rng_below(&r, 12) == 0) {
                 ok = round_agrees(&w, &r, &changes);
                 rounds++;
                 if (!ok)

@@ -267,6 +267,17 @@ int cs_cli_open(const char *dir, bool must_exist, cs_engine **out)
     return cli_open(dir, must_exist, NULL, out);
 }
 
+int cs_cli_open_data(const cs_cli_cmd *cmd, bool must_exist, const char **dir_out, cs_engine **out)
+{
+    const char *dir = NULL;
+    int rc = cs_cli_data_dir(cmd, &dir);
+    if (rc != CS_CLI_GO)
+        return rc;
+    if (dir_out)
+        *dir_out = dir;
+    return cs_cli_open(dir, must_exist, out);
+}
+
 int cs_cli_open_read_only(const char *dir, cs_engine **out)
 {
     const cs_log_options opts = {.flags = CS_LOG_READ_ONLY};

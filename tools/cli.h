@@ -101,6 +101,9 @@ int cs_cli_data_dir(const cs_cli_cmd *cmd, const char **dir_out);
  * that holds no chainsync store or an uninitialised one, without creating anything. Returns
  * CS_CLI_GO with *out set (close with cs_engine_close), or the exit code after printing. */
 int cs_cli_open(const char *dir, bool must_exist, cs_engine **out);
+/* The data directory (cs_cli_data_dir), then the engine on it (cs_cli_open): how most commands
+ * begin. *dir_out (NULL = not wanted) gets the directory. Same returns as cs_cli_open. */
+int cs_cli_open_data(const cs_cli_cmd *cmd, bool must_exist, const char **dir_out, cs_engine **out);
 /* As cs_cli_open with must_exist, but read-only (CS_LOG_READ_ONLY): nothing in dir is created
  * or written, which `audit verify` needs of the store it checks. */
 int cs_cli_open_read_only(const char *dir, cs_engine **out);

@@ -60,9 +60,7 @@ int cs_cmd_log_compact(const cs_cli_cmd *cmd, int argc, char **argv)
     cs_engine *e = NULL;
     cs_audit *a = NULL;
     if (rc == CS_CLI_GO)
-        rc = cs_cli_data_dir(cmd, &dir);
-    if (rc == CS_CLI_GO)
-        rc = cs_cli_open(dir, true, &e);
+        rc = cs_cli_open_data(cmd, true, &dir, &e);
     if (rc != CS_CLI_GO)
         return rc;
     cs_err err = cs_audit_open(e, &a);

@@ -89,11 +89,9 @@ int cs_cmd_serve(const cs_cli_cmd *cmd, int argc, char **argv)
         rc = cs_cli_usage(cmd, "--listen HOST:PORT is required");
     if (rc == CS_CLI_GO && stuck_s)
         rc = cs_cli_parse_id(cmd, "--stuck-ms", stuck_s, &stuck);
-    if (rc == CS_CLI_GO)
-        rc = cs_cli_data_dir(cmd, &dir);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = cs_cli_open(dir, true, &e);
+        rc = cs_cli_open_data(cmd, true, &dir, &e);
     if (rc != CS_CLI_GO)
         return rc;
     cs_server_options o = {.listen = listen,
@@ -345,11 +343,9 @@ int cs_cmd_branch_retry(const cs_cli_cmd *cmd, int argc, char **argv)
     char *pos[CS_CLI_POS_MAX];
     unsigned npos = 0;
     int rc = cs_cli_parse(cmd, argc, argv, NULL, 0, 0, 0, pos, &npos);
-    if (rc == CS_CLI_GO)
-        rc = cs_cli_data_dir(cmd, &dir);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = cs_cli_open(dir, true, &e);
+        rc = cs_cli_open_data(cmd, true, &dir, &e);
     if (rc != CS_CLI_GO)
         return rc;
     cs_shop_info self;
@@ -404,11 +400,9 @@ int cs_cmd_shop_nats_credentials(const cs_cli_cmd *cmd, int argc, char **argv)
         rc = cs_cli_parse_id(cmd, "SHOP", pos[0], &shop);
     if (rc == CS_CLI_GO && !out)
         rc = cs_cli_usage(cmd, "--out FILE is required (the credentials file for the shop)");
-    if (rc == CS_CLI_GO)
-        rc = cs_cli_data_dir(cmd, &dir);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = cs_cli_open(dir, true, &e);
+        rc = cs_cli_open_data(cmd, true, &dir, &e);
     if (rc != CS_CLI_GO)
         return rc;
     char *creds = NULL, *conf = NULL, msg[320] = "";

@@ -15,16 +15,6 @@
 /* Types one --set may name: the whole schema, with room for duplicates to reach the engine. */
 #define TYPES_SET_MAX 64u
 
-/* Parses, checks the data directory and opens the engine (must_exist unless init). */
-static int open_for(const cs_cli_cmd *cmd, bool must_exist, cs_engine **e)
-{
-    const char *dir = NULL;
-    int rc = cs_cli_data_dir(cmd, &dir);
-    if (rc != CS_CLI_GO)
-        return rc;
-    return cs_cli_open(dir, must_exist, e);
-}
-
 /* init and network create: a required --name, no positionals, then the engine (which must
  * exist unless must_exist is false). */
 static int parse_named(const cs_cli_cmd *cmd, int argc, char **argv, bool must_exist,
@@ -37,7 +27,7 @@ static int parse_named(const cs_cli_cmd *cmd, int argc, char **argv, bool must_e
     if (rc == CS_CLI_GO && !*name)
         rc = cs_cli_usage(cmd, "%s needs --name NAME", cmd->subname ? "network create" : "init");
     if (rc == CS_CLI_GO)
-        rc = open_for(cmd, must_exist, e);
+        rc = cs_cli_open_data(cmd, must_exist, NULL, e);
     return rc;
 }
 
@@ -146,7 +136,7 @@ int cs_cmd_network_types(const cs_cli_cmd *cmd, int argc, char **argv)
         rc = types_split(cmd, copy, names, &n);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = open_for(cmd, true, &e);
+        rc = cs_cli_open_data(cmd, true, NULL, &e);
     if (rc == CS_CLI_GO) {
         json_t *out = NULL;
         cs_err err = cs_engine_network_types(e, set ? names : NULL, n, &out);
@@ -168,7 +158,7 @@ int cs_cmd_network_mode(const cs_cli_cmd *cmd, int argc, char **argv)
         rc = cs_cli_usage(cmd, "the mode is on-trigger or continuous, not '%s'", pos[0]);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = open_for(cmd, true, &e);
+        rc = cs_cli_open_data(cmd, true, NULL, &e);
     if (rc != CS_CLI_GO)
         return rc;
     const char *mode = NULL;
@@ -208,7 +198,7 @@ int cs_cmd_network_whatsapp(const cs_cli_cmd *cmd, int argc, char **argv)
         rc = cs_cli_usage(cmd, "the whatsapp mode is shared or individual, not '%s'", pos[0]);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = open_for(cmd, true, &e);
+        rc = cs_cli_open_data(cmd, true, NULL, &e);
     if (rc != CS_CLI_GO)
         return rc;
     json_t *out = NULL;
@@ -226,7 +216,7 @@ int cs_cmd_whatsapp_resolve(const cs_cli_cmd *cmd, int argc, char **argv)
     int rc = cs_cli_parse_shop_args(cmd, argc, argv, 1, pos, &shop);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = open_for(cmd, true, &e);
+        rc = cs_cli_open_data(cmd, true, NULL, &e);
     if (rc != CS_CLI_GO)
         return rc;
     char *number = NULL;
@@ -264,7 +254,7 @@ int cs_cmd_sync(const cs_cli_cmd *cmd, int argc, char **argv)
     }
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = open_for(cmd, true, &e);
+        rc = cs_cli_open_data(cmd, true, NULL, &e);
     if (rc != CS_CLI_GO)
         return rc;
     cs_err err = cs_engine_sync(e, shop, &seq);

@@ -14,16 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Data directory, then the engine; the store must exist. */
-static int shop_open(const cs_cli_cmd *cmd, cs_engine **e)
-{
-    const char *dir = NULL;
-    int rc = cs_cli_data_dir(cmd, &dir);
-    if (rc != CS_CLI_GO)
-        return rc;
-    return cs_cli_open(dir, true, e);
-}
-
 /* Prints {"shop":id, key:value} (JSON; value is transferred) or the human sentence. */
 static int shop_done(uint64_t shop, const char *key, json_t *value, const char *sentence)
 {
@@ -89,7 +79,7 @@ int cs_cmd_shop_list(const cs_cli_cmd *cmd, int argc, char **argv)
     cs_engine *e = NULL;
     int rc = cs_cli_parse(cmd, argc, argv, NULL, 0, 0, 0, pos, &npos);
     if (rc == CS_CLI_GO)
-        rc = shop_open(cmd, &e);
+        rc = cs_cli_open_data(cmd, true, NULL, &e);
     if (rc != CS_CLI_GO)
         return rc;
     json_t *shops = NULL;
@@ -122,7 +112,7 @@ int cs_cmd_shop_switch(const cs_cli_cmd *cmd, int argc, char **argv)
         rc = cs_cli_usage(cmd, "the switch is on or off, not '%s'", pos[1]);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = shop_open(cmd, &e);
+        rc = cs_cli_open_data(cmd, true, NULL, &e);
     if (rc != CS_CLI_GO)
         return rc;
     cs_err err = cs_engine_shop_switch(e, shop, on);
@@ -178,7 +168,7 @@ int cs_cmd_shop_unlink(const cs_cli_cmd *cmd, int argc, char **argv)
     int rc = cs_cli_parse_shop_args(cmd, argc, argv, 1, pos, &shop);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = shop_open(cmd, &e);
+        rc = cs_cli_open_data(cmd, true, NULL, &e);
     if (rc != CS_CLI_GO)
         return rc;
     cs_err err = cs_engine_shop_unlink(e, shop);
@@ -198,7 +188,7 @@ int cs_cmd_shop_whatsapp(const cs_cli_cmd *cmd, int argc, char **argv)
     int rc = cs_cli_parse_shop_args(cmd, argc, argv, 2, pos, &shop);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = shop_open(cmd, &e);
+        rc = cs_cli_open_data(cmd, true, NULL, &e);
     if (rc != CS_CLI_GO)
         return rc;
     cs_err err = cs_engine_shop_whatsapp(e, shop, pos[1]);

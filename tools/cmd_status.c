@@ -287,11 +287,9 @@ int cs_cmd_status(const cs_cli_cmd *cmd, int argc, char **argv)
     int rc = cs_cli_parse(cmd, argc, argv, opts, 1, 0, 0, pos, &npos);
     if (rc == CS_CLI_GO && max_s && !cs_cli_parse_u64(max_s, &max_lag))
         rc = cs_cli_usage(cmd, "--max-lag wants a number of events, not '%s'", max_s);
-    if (rc == CS_CLI_GO)
-        rc = cs_cli_data_dir(cmd, &dir);
     cs_engine *e = NULL;
     if (rc == CS_CLI_GO)
-        rc = cs_cli_open(dir, true, &e);
+        rc = cs_cli_open_data(cmd, true, &dir, &e);
     if (rc != CS_CLI_GO)
         return rc;
     cs_shop_info self;
