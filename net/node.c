@@ -827,7 +827,6 @@ static void apply_batch(node *n)
  * BATCH_SEGMENTS_MAX). Reads stop while the buffer holds more than the next turns need (the head
  * office's queue for this branch then waits, bounded, instead of this process's memory). */
 #define TURN_WAIT_HIGH_MS 1000u
-#define TURNS_BATCH_SEGMENTS 4u /* with turns, the smallest transaction (adapt_batch) */
 #define TURN_WAIT_LOW_MS 200u
 #define RX_PAUSE_BYTES_PER_SEGMENT (512u * 1024u)
 
@@ -879,17 +878,15 @@ static size_t rx_pause_bytes(const node *n)
 
 static void adapt_batch(node *n, uint64_t now)
 {
-    /* With turns the budget keeps the loop short, so transactions stay at least
-     * TURNS_BATCH_SEGMENTS (fewer commits); they still shrink to that when turns wait, which
-     * bounds the buffers of 1,000 nodes sharing two loops. */
-    unsigned floor = n->o->turns ? TURNS_BATCH_SEGMENTS : 1;
-    if (n->batch_max < floor)
-        n->batch_max = floor;
+    /* Transactions shrink to one segment when turns wait: with 500 nodes on a loop a round of
+     * turns is 500 transactions long, and each branch acknowledges only once per round; four
+     * segments a turn made rounds of over 15 s on a loaded machine, and the head office took
+     * the slowest branch for a stuck one (conn_stuck). */
     if (!n->yielded_ms)
         return;
     uint64_t waited = now - n->yielded_ms;
     n->yielded_ms = 0;
-    if (waited > TURN_WAIT_HIGH_MS && n->batch_max > floor)
+    if (waited > TURN_WAIT_HIGH_MS && n->batch_max > 1)
         n->batch_max /= 2;
     else if (waited < TURN_WAIT_LOW_MS && n->batch_max < BATCH_SEGMENTS_MAX)
         n->batch_max *= 2;
