@@ -61,6 +61,8 @@ typedef struct cs_node {
     uint64_t paused_ms;  /* when they stopped (node_tick reads a little anyway, later) */
     unsigned batch_max;  /* segments per transaction, adapted to how long turns wait */
     uint64_t yielded_ms; /* when this node last gave its turn up with frames left; 0 = none */
+    struct cs_node *turn_next; /* the next node waiting in o->turns' queue */
+    bool turn_queued;
     cs_node_done_fn done_cb;
     void *done_arg;
     bool finished;         /* done_cb was called */
@@ -132,6 +134,7 @@ static void node_log(node *n, cs_net_log_level level, const char *event, cs_err 
 }
 
 static void node_connect(node *n);
+static void turns_remove(cs_node_turns *t, node *n);
 static void record_state(node *n, bool connected);
 static bool node_hold(node *n, cs_err err);
 static void node_hold_check(node *n, uint64_t now);
@@ -179,6 +182,7 @@ static void on_closed(uv_handle_t *h)
     cs__rx_free(&n->rx);
     n->rx_paused = false;
     n->yielded_ms = 0;
+    turns_remove(n->o->turns, n);
     uv_idle_stop(&n->spin);
     n->spin_on = false;
     cs__boot_rx_free(&n->boot); /* a part cut short is asked for again, whole */
@@ -830,10 +834,14 @@ static void apply_batch(node *n)
 #define TURN_WAIT_LOW_MS 200u
 #define RX_PAUSE_BYTES_PER_SEGMENT (512u * 1024u)
 
+/* The nodes waiting to apply, first come first served: libuv runs the check handles restarted
+ * last first, which alternates some nodes and leaves others waiting for many rounds (a branch
+ * then acknowledges nothing for 15 s and the head office drops it as stuck). */
 struct cs_node_turns {
     uint64_t budget_ns;
     uint64_t iteration; /* uv_now of the iteration spent_ns counts (constant in one check phase) */
     uint64_t spent_ns;
+    node *head, *tail; /* borrowed: a node leaves the queue when its connection closes */
 };
 
 cs_err cs_node_turns_new(unsigned budget_ms, cs_node_turns **out)
@@ -851,24 +859,31 @@ void cs_node_turns_free(cs_node_turns *t)
     free(t);
 }
 
-/* Whether this loop iteration still has time for a transaction of this node's. */
-static bool turn_free(node *n)
+static void turns_enqueue(cs_node_turns *t, node *n)
 {
-    cs_node_turns *t = n->o->turns;
-    if (!t)
-        return true;
-    uint64_t now = uv_now(n->loop);
-    if (t->iteration != now) {
-        t->iteration = now;
-        t->spent_ns = 0;
-    }
-    return t->spent_ns < t->budget_ns;
+    if (n->turn_queued)
+        return;
+    n->turn_queued = true;
+    n->turn_next = NULL;
+    if (t->tail)
+        t->tail->turn_next = n;
+    else
+        t->head = n;
+    t->tail = n;
 }
 
-static void turn_spent(node *n, uint64_t since_ns)
+static void turns_remove(cs_node_turns *t, node *n)
 {
-    if (n->o->turns)
-        n->o->turns->spent_ns += uv_hrtime() - since_ns;
+    if (!t || !n->turn_queued)
+        return;
+    node **pp = &t->head, *prev = NULL;
+    while (*pp && *pp != n)
+        prev = *pp, pp = &(*pp)->turn_next;
+    if (*pp)
+        *pp = n->turn_next;
+    if (t->tail == n)
+        t->tail = prev;
+    n->turn_queued = false;
 }
 
 static size_t rx_pause_bytes(const node *n)
@@ -933,12 +948,51 @@ static void turn_end(node *n, bool more)
         read_again(n);
 }
 
+static bool segment_due(node *n)
+{
+    unsigned type;
+    const uint8_t *body;
+    size_t len;
+    char m[160];
+    return n->state == N_STREAMING &&
+           cs__rx_frame(&n->rx, &type, &body, &len, m, sizeof(m)) == CS_OK && type == CS__F_SEGMENT;
+}
+
+/* Applies one transaction for each node at the front of the queue while the iteration's budget
+ * lasts; a node with more segments goes to the back. Run from whichever node's check comes
+ * first in the iteration. */
+static void turns_serve(cs_node_turns *t, uv_loop_t *loop)
+{
+    if (t->iteration != uv_now(loop)) {
+        t->iteration = uv_now(loop);
+        t->spent_ns = 0;
+    }
+    while (t->head && t->spent_ns < t->budget_ns) {
+        node *n = t->head;
+        t->head = n->turn_next;
+        if (!t->head)
+            t->tail = NULL;
+        n->turn_queued = false;
+        if (!segment_due(n))
+            continue;
+        adapt_batch(n, cs__net_now_ms());
+        uint64_t t0 = uv_hrtime();
+        apply_batch(n);
+        t->spent_ns += uv_hrtime() - t0;
+        if (segment_due(n))
+            turns_enqueue(t, n);
+        turn_end(n, n->turn_queued);
+    }
+}
+
 static void node_process(uv_check_t *h)
 {
     node *n = h->data;
     uv_check_stop(h);
     n->check_on = false;
-    adapt_batch(n, cs__net_now_ms());
+    cs_node_turns *turns = n->o->turns;
+    if (!turns)
+        adapt_batch(n, cs__net_now_ms());
     unsigned type;
     const uint8_t *body;
     size_t len;
@@ -953,11 +1007,13 @@ static void node_process(uv_check_t *h)
                 cs__rx_consume(&n->rx);
                 continue;
             }
-            if (applied || !turn_free(n))
-                break; /* one transaction per turn, while the loop's budget lasts */
-            uint64_t t0 = uv_hrtime();
+            if (turns) { /* wait in line (turns_serve) */
+                turns_enqueue(turns, n);
+                break;
+            }
+            if (applied)
+                break; /* one transaction per turn */
             apply_batch(n);
-            turn_spent(n, t0);
             applied = true;
             continue;
         }
@@ -967,7 +1023,9 @@ static void node_process(uv_check_t *h)
     }
     if (err == CS_INVALID_INPUT)
         node_drop(n, CS_INVALID_INPUT, true, "%s", m);
-    turn_end(n, err == CS_OK);
+    if (turns)
+        turns_serve(turns, n->loop);
+    turn_end(n, err == CS_OK || n->turn_queued);
 }
 
 /* Reads land straight in the frame buffer, NODE_READ_BYTES at a time (a catch-up is megabytes of
