@@ -832,6 +832,7 @@ static void apply_batch(node *n)
  * office's queue for this branch then waits, bounded, instead of this process's memory). */
 #define TURN_WAIT_HIGH_MS 1000u
 #define TURN_WAIT_LOW_MS 200u
+#define TURNS_BATCH_SEGMENTS 4u /* with turns, the smallest transaction (adapt_batch) */
 #define RX_PAUSE_BYTES_PER_SEGMENT (512u * 1024u)
 
 /* The nodes waiting to apply, first come first served: libuv runs the check handles restarted
@@ -893,15 +894,18 @@ static size_t rx_pause_bytes(const node *n)
 
 static void adapt_batch(node *n, uint64_t now)
 {
-    /* Transactions shrink to one segment when turns wait: with 500 nodes on a loop a round of
-     * turns is 500 transactions long, and each branch acknowledges only once per round; four
-     * segments a turn made rounds of over 15 s on a loaded machine, and the head office took
-     * the slowest branch for a stuck one (conn_stuck). */
+    /* With turns the budget keeps the loop short and the queue keeps every branch's turn
+     * coming, so transactions stay at least TURNS_BATCH_SEGMENTS: one segment a transaction
+     * quadrupled the durable commits of 1,000 environments, and the kernel's writeback then
+     * stalled a worker's loop for over 10 s. */
+    unsigned floor = n->o->turns ? TURNS_BATCH_SEGMENTS : 1;
+    if (n->batch_max < floor)
+        n->batch_max = floor;
     if (!n->yielded_ms)
         return;
     uint64_t waited = now - n->yielded_ms;
     n->yielded_ms = 0;
-    if (waited > TURN_WAIT_HIGH_MS && n->batch_max > 1)
+    if (waited > TURN_WAIT_HIGH_MS && n->batch_max > floor)
         n->batch_max /= 2;
     else if (waited < TURN_WAIT_LOW_MS && n->batch_max < BATCH_SEGMENTS_MAX)
         n->batch_max *= 2;
