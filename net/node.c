@@ -938,7 +938,8 @@ static void turn_end(node *n, bool more)
     if (n->state == N_CLOSING || n->state == N_IDLE)
         return;
     if (more) {
-        n->yielded_ms = cs__net_now_ms();
+        if (!n->yielded_ms) /* since it last applied, not since its last check callback */
+            n->yielded_ms = cs__net_now_ms();
         if (!n->check_on && uv_check_start(&n->check, node_process) == 0)
             n->check_on = true;
         if (!n->spin_on && uv_idle_start(&n->spin, on_spin) == 0)
