@@ -23,10 +23,12 @@
  *
  * Usage: bench/fanout [--events N] [--items M] [--branches K,K,...] [--procs P] [--rate R]
  *                     [--seconds S] [--json FILE] [--quick] [--via tcp|nats]
+ *                     [--modes receive-only,catch-up,live]
  * Defaults: N 100,000, M 10,000, K 1,10,100,1000, P 2, R 10,000, S 5. --quick: ctest's smoke run.
  * --via nats adds, under each TCP row, the same run through NATS JetStream: serve --nats to a
  * JetStream hub, the nodes with their NATS option through a leaf node (bench/fanout_nats.h; exit
  * 77 when nats-server cannot start). --via tcp, the default, prints only the TCP rows.
+ * --modes runs only those modes (live runs the catch-up first: it follows from the head).
  * CS_BENCH_KEEP=1 keeps the scratch directory (serve.log, every branch) and names it.
  */
 #include "bench/bench_net.h"
@@ -50,7 +52,12 @@ typedef struct opts {
     unsigned procs, rate, seconds;
     const char *json;
     bool quick, via_nats; /* --via nats: bench/fanout_nats.h's rows under each TCP row */
+    unsigned modes;       /* --modes: MODE_* bits, all by default */
 } opts;
+
+#define MODE_RECEIVE 1u
+#define MODE_CATCH_UP 2u
+#define MODE_LIVE 4u
 
 /* ---- workers: many nodes on one loop ---------------------------------------------------- */
 
@@ -59,7 +66,7 @@ typedef struct wnode {
     cs_node *n;
     char dir[320];
     uint64_t done_ms;
-    uint64_t bytes;
+    uint64_t bytes, reconnects;
     cs_err result;
     struct worker *w;
 } wnode;
@@ -73,12 +80,30 @@ typedef struct worker {
     msgpack_zone zone;
     cs_event_decoder *dec;
     uv_timer_t stop_timer;
+    /* catch-up: the nodes follow (they reconnect after a drop, as `branch follow` does) and
+     * at_head stops each once its cursor reaches target */
+    uint64_t target;
+    uv_timer_t at_head;
+    /* how late the loop comes back to a 100 ms timer: the longest gap, and how many over 1 s */
+    uv_timer_t lag;
+    uint64_t lag_last_ms, lag_max_ms, lag_over_1s;
 } worker;
 
 static void node_done(cs_node *n, cs_err result, void *arg)
 {
     wnode *wn = arg;
-    wn->done_ms = cs_run_wall_ms();
+    cs_node_counters c;
+    cs_node_counters_get(n, &c);
+    wn->reconnects = c.reconnects;
+    if (!wn->done_ms) /* at_head set it when the cursor reached the head */
+        wn->done_ms = cs_run_wall_ms();
+    uint64_t cur = 0;
+    if (result == CS_OK && wn->w->target &&
+        (cs_node_cursor(n, &cur) != CS_OK || cur < wn->w->target)) {
+        fprintf(stderr, "fanout: %s: stopped at event %llu of %llu (the mode's time limit)\n",
+                wn->dir, (unsigned long long)cur, (unsigned long long)wn->w->target);
+        result = CS_NETWORK;
+    }
     wn->result = result;
     if (result != CS_OK)
         fprintf(stderr, "fanout: %s: %s: %s\n", wn->dir, cs_err_name(result), cs_node_errmsg(n));
@@ -127,6 +152,33 @@ static void stop_all_nodes(uv_timer_t *t)
     for (unsigned i = 0; i < w->n; i++)
         if (w->nodes[i].n)
             cs_node_stop(w->nodes[i].n);
+}
+
+/* Every 10 ms: a node whose cursor reached the head is done (the time is taken here, so a
+ * catch-up's figures are within one loop iteration of the commit that reached it). */
+static void at_head(uv_timer_t *t)
+{
+    worker *w = t->data;
+    uint64_t now = cs_run_wall_ms(), cur = 0;
+    for (unsigned i = 0; i < w->n; i++) {
+        wnode *wn = &w->nodes[i];
+        if (wn->n && !wn->done_ms && cs_node_cursor(wn->n, &cur) == CS_OK && cur >= w->target) {
+            wn->done_ms = now;
+            cs_node_stop(wn->n);
+        }
+    }
+    if (!w->left)
+        uv_timer_stop(t);
+}
+
+static void loop_lag(uv_timer_t *t)
+{
+    worker *w = t->data;
+    uint64_t now = cs_run_now_ms(), gap = now - w->lag_last_ms;
+    w->lag_last_ms = now;
+    if (gap > w->lag_max_ms)
+        w->lag_max_ms = gap;
+    w->lag_over_1s += gap > 1000;
 }
 
 /* Runs nodes [from, to) of dirs in this process until they are done (or, for follow, until
@@ -185,7 +237,7 @@ static int worker_join(char dirs[][320], const uint64_t *shops, unsigned from, u
 }
 
 static int worker_run(char dirs[][320], unsigned from, unsigned to, const cs_node_options *o,
-                      uint64_t stop_after_ms, int fd)
+                      uint64_t stop_after_ms, uint64_t target, int fd)
 {
     raise_fd_limit();
     worker *w = calloc(1, sizeof(*w));
@@ -228,6 +280,18 @@ static int worker_run(char dirs[][320], unsigned from, unsigned to, const cs_nod
         }
         w->left++;
     }
+    w->target = target;
+    if (target) {
+        uv_timer_init(&w->loop, &w->at_head);
+        w->at_head.data = w;
+        uv_timer_start(&w->at_head, at_head, 10, 10);
+        uv_unref((uv_handle_t *)&w->at_head);
+    }
+    uv_timer_init(&w->loop, &w->lag);
+    w->lag.data = w;
+    w->lag_last_ms = cs_run_now_ms();
+    uv_timer_start(&w->lag, loop_lag, 100, 100);
+    uv_unref((uv_handle_t *)&w->lag);
     if (stop_after_ms) {
         uv_timer_init(&w->loop, &w->stop_timer);
         w->stop_timer.data = w;
@@ -237,8 +301,11 @@ static int worker_run(char dirs[][320], unsigned from, unsigned to, const cs_nod
     uv_run(&w->loop, UV_RUN_DEFAULT);
     FILE *out = fdopen(fd, "w");
     for (unsigned i = 0; i < w->n; i++)
-        fprintf(out, "%llu %llu %d\n", (unsigned long long)w->nodes[i].done_ms,
-                (unsigned long long)w->nodes[i].bytes, (int)w->nodes[i].result);
+        fprintf(out, "%llu %llu %d %llu\n", (unsigned long long)w->nodes[i].done_ms,
+                (unsigned long long)w->nodes[i].bytes, (int)w->nodes[i].result,
+                (unsigned long long)w->nodes[i].reconnects);
+    fprintf(out, "w %llu %llu\n", (unsigned long long)w->lag_max_ms,
+            (unsigned long long)w->lag_over_1s);
     if (w->dec)
         for (unsigned i = 0; i <= CS_BENCH_HIST_MS; i++)
             fprintf(out, "h %u %llu %llu\n", i, (unsigned long long)w->hist_recv[i],
@@ -256,8 +323,9 @@ typedef struct result {
     unsigned k;
     uint64_t start_ms, last_ms;
     double *catchup_ms; /* per node */
-    uint64_t bytes;
+    uint64_t bytes, reconnects;
     unsigned failed;
+    uint64_t lag_max_ms, lag_over_1s; /* of the worker loops (loop_lag) */
     uint64_t hist_recv[CS_BENCH_HIST_MS + 1], hist_applied[CS_BENCH_HIST_MS + 1];
 } result;
 
@@ -265,13 +333,17 @@ static bool gather(FILE *in, result *r, unsigned *idx)
 {
     char line[128];
     while (fgets(line, sizeof(line), in)) {
-        unsigned long long a, b, c;
+        unsigned long long a, b, c, d;
         unsigned h;
         int code;
         if (sscanf(line, "h %u %llu %llu", &h, &b, &c) == 3 && h <= CS_BENCH_HIST_MS) {
             r->hist_recv[h] += b;
             r->hist_applied[h] += c;
-        } else if (sscanf(line, "%llu %llu %d", &a, &b, &code) == 3) {
+        } else if (sscanf(line, "w %llu %llu", &b, &c) == 2) {
+            r->lag_max_ms = b > r->lag_max_ms ? b : r->lag_max_ms;
+            r->lag_over_1s += c;
+        } else if (sscanf(line, "%llu %llu %d %llu", &a, &b, &code, &d) == 4) {
+            r->reconnects += d;
             r->catchup_ms[(*idx)++] = a > r->start_ms ? (double)(a - r->start_ms) : 0;
             if (a > r->last_ms)
                 r->last_ms = a;
@@ -283,7 +355,7 @@ static bool gather(FILE *in, result *r, unsigned *idx)
 }
 
 static bool run_nodes(char dirs[][320], unsigned k, unsigned procs, const cs_node_options *o,
-                      uint64_t stop_after_ms, result *r)
+                      uint64_t stop_after_ms, uint64_t target, result *r)
 {
     pid_t pids[PROCS_MAX];
     FILE *ins[PROCS_MAX];
@@ -299,7 +371,7 @@ static bool run_nodes(char dirs[][320], unsigned k, unsigned procs, const cs_nod
         pids[i] = fork();
         if (pids[i] == 0) {
             close(fds[0]);
-            _exit(worker_run(dirs, from, to, o, stop_after_ms, fds[1]));
+            _exit(worker_run(dirs, from, to, o, stop_after_ms, target, fds[1]));
         }
         close(fds[1]);
         ins[i] = fdopen(fds[0], "r");
@@ -494,8 +566,13 @@ typedef struct row {
     const char *mode;
     double secs, agg_eps, mbps, p50_ms, p99_ms, peak_mib, per_branch_kib, disk_kib;
     double recv_p50, recv_p99, recv_max, appl_p50, appl_p99, appl_max, idle_kib;
+    uint64_t reconnects, lag_max_ms, lag_over_1s; /* result's */
+    uint64_t missing; /* live: deliveries that did not come within the run */
     bool ok;
 } row;
+
+/* A catch-up whose branches are not all at the head by then has failed. */
+#define CATCH_UP_LIMIT_MS (20u * 60u * 1000u)
 
 /* catch-up (receive_only false) or receive-only, for k branches from the templates. */
 static row catch_up(bench *b, unsigned k, bool receive_only)
@@ -508,7 +585,11 @@ static row catch_up(bench *b, unsigned k, bool receive_only)
         return w;
     }
     long base = cs_run_proc_kib(b->net.serve, "RssAnon");
-    cs_node_options o = {.mode = CS_NODE_PULL,
+    /* Over TCP the nodes follow, so that one the head office drops (SPEC 5: a slow branch is
+     * "dropped and left to reconnect") reconnects and resumes from its cursor as a deployed
+     * branch does, and at_head ends each at the head; the row counts the reconnections. A NATS
+     * pull already ends when its consumer has nothing pending. */
+    cs_node_options o = {.mode = b->nats ? CS_NODE_PULL : CS_NODE_FOLLOW,
                          .head = b->net.addr,
                          .nats = b->nats,
                          .log = fopen("/dev/null", "w"),
@@ -516,7 +597,9 @@ static row catch_up(bench *b, unsigned k, bool receive_only)
                          .receive_only = receive_only,
                          .on_segment = on_seg};
     result r = {0};
-    w.ok = run_nodes(b->run, k, b->o.procs, &o, 0, &r);
+    w.ok = run_nodes(b->run, k, b->o.procs, &o, b->nats ? 0 : CATCH_UP_LIMIT_MS,
+                     b->nats ? 0 : b->head, &r);
+    w.reconnects = r.reconnects, w.lag_max_ms = r.lag_max_ms, w.lag_over_1s = r.lag_over_1s;
     long peak = cs_run_proc_kib(b->net.serve, "VmHWM"),
          anon = cs_run_proc_kib(b->net.serve, "RssAnon");
     stop_serve(b);
@@ -534,6 +617,13 @@ static row catch_up(bench *b, unsigned k, bool receive_only)
     return w;
 }
 
+#define LIVE_DRAIN_MS 30000u
+
+static unsigned live_per_tick(unsigned rate) /* events appended every 10 ms */
+{
+    return rate / 100 ? rate / 100 : 1;
+}
+
 /* The appender of the live mode, in a child process: it waits for the followers to settle,
  * reports the server's idle memory, then appends at `rate` for `secs` in batches every 10 ms. */
 static void appender(bench *b, unsigned rate, unsigned secs, long base_kib, unsigned k, int fd)
@@ -543,7 +633,7 @@ static void appender(bench *b, unsigned rate, unsigned secs, long base_kib, unsi
     cs_engine *e = NULL;
     if (cs_engine_open(b->net.hq, NULL, &e) != CS_OK)
         _exit(1);
-    unsigned per = rate / 100 ? rate / 100 : 1;
+    unsigned per = live_per_tick(rate);
     json_t *arr = json_array();
     for (unsigned i = 0; i < per; i++)
         json_array_append_new(arr, json_pack("{s:s}", "name", "A category created live"));
@@ -570,14 +660,24 @@ static row live(bench *b, unsigned k)
 {
     row w = {.k = k, .mode = k <= 100 ? "live, applying" : "live, receive-only"};
     cs_engine *e = NULL;
+    cs_log_reader *lr = NULL;
+    uint64_t mode_head = 0;
     if (cs_engine_open(b->net.hq, NULL, &e) != CS_OK ||
-        cs_engine_network_mode(e, "continuous", NULL) != CS_OK) {
+        cs_engine_network_mode(e, "continuous", NULL) != CS_OK ||
+        cs_log_reader_open(cs_engine_log(e), &lr) != CS_OK ||
+        cs_log_reader_head(lr, &mode_head) != CS_OK) {
+        cs_log_reader_close(lr);
         cs_engine_close(e);
         return w;
     }
+    cs_log_reader_close(lr);
     cs_engine_close(e);
     if (!cs_bench_net_serve(&b->net))
         return w;
+    /* Where the appender's events end (one event per category, LIVE_PER_TICK a tick): each
+     * branch runs until it holds them all, or LIVE_DRAIN_MS after the last, so that a branch
+     * that falls behind counts its late events (as 10 s or more) rather than dropping them. */
+    uint64_t target = mode_head + (uint64_t)live_per_tick(b->o.rate) * b->o.seconds * 100;
     long base = cs_run_proc_kib(b->net.serve, "RssAnon");
     int fds[2];
     if (pipe(fds) != 0)
@@ -596,7 +696,14 @@ static row live(bench *b, unsigned k)
                          .receive_only = k > 100,
                          .on_segment = on_seg};
     result r = {0};
-    run_nodes(b->run, k, b->o.procs, &o, 2500 + b->o.seconds * 1000 + 2500, &r);
+    run_nodes(b->run, k, b->o.procs, &o, 2500 + b->o.seconds * 1000 + LIVE_DRAIN_MS, target, &r);
+    /* Deliveries that never came within the run: 10 s or more late (the bucket's meaning). */
+    uint64_t expected = (target - b->head) * k, got = cs_bench_hist_count(r.hist_recv);
+    w.missing = expected > got ? expected - got : 0;
+    r.hist_recv[CS_BENCH_HIST_MS] += w.missing;
+    got = cs_bench_hist_count(r.hist_applied);
+    r.hist_applied[CS_BENCH_HIST_MS] += expected > got ? expected - got : 0;
+    w.reconnects = r.reconnects, w.lag_max_ms = r.lag_max_ms, w.lag_over_1s = r.lag_over_1s;
     FILE *in = fdopen(fds[0], "r");
     w.ok = in && fscanf(in, "%lf", &w.idle_kib) == 1;
     if (in)
@@ -616,10 +723,20 @@ static row live(bench *b, unsigned k)
 
 /* ---- output ------------------------------------------------------------------------------ */
 
+/* Under a row: what a reader needs to trust it (a dropped branch that reconnected, a worker
+ * loop that went long without serving its branches). */
+static void print_loops(const row *w)
+{
+    printf("%6s  %-20s  reconnections %llu; worker loops: longest gap %llu ms, %llu over 1 s\n", "",
+           "", (unsigned long long)w->reconnects, (unsigned long long)w->lag_max_ms,
+           (unsigned long long)w->lag_over_1s);
+}
+
 static void print_row(const row *w, FILE *json)
 {
     if (!w->ok) {
         printf("%6u  %-20s  failed (see stderr)\n", w->k, w->mode);
+        print_loops(w);
         return;
     }
     if (w->recv_p99 > 0 || w->idle_kib != 0) {
@@ -628,22 +745,30 @@ static void print_row(const row *w, FILE *json)
         if (w->k <= 100)
             printf("  applied %.0f/%.0f/%.0f ms", w->appl_p50, w->appl_p99, w->appl_max);
         printf("  idle %.1f KiB/branch\n", w->idle_kib);
+        if (w->missing)
+            printf("%6s  %-20s  %llu deliveries not made within %u s of the last append: counted "
+                   "as 10 s or more\n",
+                   "", "", (unsigned long long)w->missing, LIVE_DRAIN_MS / 1000);
     } else {
         printf("%6u  %-20s  %8.2f s %12.0f ev/s %8.1f MB/s  p50/p99 %.0f/%.0f ms  serve peak "
                "%.0f MiB, %.1f KiB/branch  disk %.0f KiB/branch\n",
                w->k, w->mode, w->secs, w->agg_eps, w->mbps, w->p50_ms, w->p99_ms, w->peak_mib,
                w->per_branch_kib, w->disk_kib);
     }
+    print_loops(w);
     if (json)
         fprintf(json,
                 "{\"k\":%u,\"mode\":\"%s\",\"secs\":%.3f,\"events_per_s\":%.0f,\"mb_per_s\":%.2f,"
                 "\"p50_ms\":%.1f,\"p99_ms\":%.1f,\"serve_peak_mib\":%.1f,\"kib_per_branch\":%.2f,"
                 "\"disk_kib_per_branch\":%.0f,\"recv_p50_ms\":%.0f,\"recv_p99_ms\":%.0f,"
                 "\"recv_max_ms\":%.0f,\"applied_p50_ms\":%.0f,\"applied_p99_ms\":%.0f,"
-                "\"applied_max_ms\":%.0f,\"idle_kib_per_branch\":%.2f}\n",
+                "\"applied_max_ms\":%.0f,\"idle_kib_per_branch\":%.2f,\"reconnects\":%llu,"
+                "\"loop_gap_max_ms\":%llu,\"loop_gaps_over_1s\":%llu,\"live_missing\":%llu}\n",
                 w->k, w->mode, w->secs, w->agg_eps, w->mbps, w->p50_ms, w->p99_ms, w->peak_mib,
                 w->per_branch_kib, w->disk_kib, w->recv_p50, w->recv_p99, w->recv_max, w->appl_p50,
-                w->appl_p99, w->appl_max, w->idle_kib);
+                w->appl_p99, w->appl_max, w->idle_kib, (unsigned long long)w->reconnects,
+                (unsigned long long)w->lag_max_ms, (unsigned long long)w->lag_over_1s,
+                (unsigned long long)w->missing);
 }
 
 static bool parse_ks(const char *s, opts *o)
@@ -663,16 +788,45 @@ static bool parse_ks(const char *s, opts *o)
     return o->nks > 0;
 }
 
+/* "receive-only,catch-up,live" or a part of it (live needs catch-up: it follows from there). */
+static bool parse_modes(const char *s, opts *o)
+{
+    o->modes = 0;
+    char buf[128];
+    snprintf(buf, sizeof(buf), "%s", s);
+    for (char *save = NULL, *m = strtok_r(buf, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
+        if (strcmp(m, "receive-only") == 0)
+            o->modes |= MODE_RECEIVE;
+        else if (strcmp(m, "catch-up") == 0)
+            o->modes |= MODE_CATCH_UP;
+        else if (strcmp(m, "live") == 0)
+            o->modes |= MODE_LIVE | MODE_CATCH_UP;
+        else
+            return false;
+    }
+    return o->modes != 0;
+}
+
 static bool parse(int argc, char **argv, opts *o)
 {
-    *o = (opts){.events = 100000, .items = 10000, .procs = 2, .rate = 10000, .seconds = 5};
+    *o = (opts){.events = 100000,
+                .items = 10000,
+                .procs = 2,
+                .rate = 10000,
+                .seconds = 5,
+                .modes = MODE_RECEIVE | MODE_CATCH_UP | MODE_LIVE};
     parse_ks("1,10,100,1000", o);
-    static const struct option lo[] = {
-        {"events", required_argument, NULL, 'n'},   {"items", required_argument, NULL, 'm'},
-        {"branches", required_argument, NULL, 'k'}, {"procs", required_argument, NULL, 'p'},
-        {"rate", required_argument, NULL, 'r'},     {"seconds", required_argument, NULL, 's'},
-        {"json", required_argument, NULL, 'j'},     {"quick", no_argument, NULL, 'q'},
-        {"via", required_argument, NULL, 'v'},      {0}};
+    static const struct option lo[] = {{"events", required_argument, NULL, 'n'},
+                                       {"items", required_argument, NULL, 'm'},
+                                       {"branches", required_argument, NULL, 'k'},
+                                       {"procs", required_argument, NULL, 'p'},
+                                       {"rate", required_argument, NULL, 'r'},
+                                       {"seconds", required_argument, NULL, 's'},
+                                       {"json", required_argument, NULL, 'j'},
+                                       {"quick", no_argument, NULL, 'q'},
+                                       {"via", required_argument, NULL, 'v'},
+                                       {"modes", required_argument, NULL, 'o'},
+                                       {0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         if (c == 'n')
@@ -689,13 +843,15 @@ static bool parse(int argc, char **argv, opts *o)
             o->seconds = (unsigned)strtoul(optarg, NULL, 10);
         else if (c == 'j')
             o->json = optarg;
+        else if (c == 'o' && !parse_modes(optarg, o))
+            return false;
         else if (c == 'v' && (strcmp(optarg, "tcp") == 0 || strcmp(optarg, "nats") == 0))
             o->via_nats = strcmp(optarg, "nats") == 0;
         else if (c == 'q') {
             o->quick = true;
             o->events = 3000, o->items = 300, o->rate = 1000, o->seconds = 1;
             parse_ks("1,3", o);
-        } else if (c != 'k')
+        } else if (c != 'k' && c != 'o')
             return false;
     }
     return o->events > 0 && o->items > 0 && o->procs >= 1 && o->procs <= PROCS_MAX && o->rate > 0 &&
@@ -778,7 +934,8 @@ int main(int argc, char **argv)
     opts o;
     if (!parse(argc, argv, &o)) {
         fprintf(stderr, "usage: fanout [--events N] [--items M] [--branches K,K,...] [--procs P] "
-                        "[--rate R] [--seconds S] [--json FILE] [--quick] [--via tcp|nats]\n");
+                        "[--rate R] [--seconds S] [--json FILE] [--quick] [--via tcp|nats]\n"
+                        "              [--modes receive-only,catch-up,live]\n");
         return 1;
     }
     cs_bench_set_bin(argv[0]);
@@ -851,25 +1008,36 @@ int main(int argc, char **argv)
         if (json && have_redis)
             fprintf(json, "{\"k\":%u,\"mode\":\"redis-16\",\"events_per_s\":%.0f}\n", k,
                     redis.events_per_s);
-        row r1 = catch_up(&b, k, true);
-        print_row(&r1, json);
+        row r1 = {.k = k, .mode = "receive-only"}, r2 = {.k = k, .mode = "catch-up"},
+            r3 = {.k = k, .mode = "live"};
+        if (o.modes & MODE_RECEIVE) {
+            r1 = catch_up(&b, k, true);
+            print_row(&r1, json);
+        }
         r1.agg_eps = r1.ok ? r1.agg_eps : 0;
-        ratio_line("receive-only / raw libuv fan-out (ev/s)", r1.agg_eps,
-                   have_fan ? fr.events_per_s : 0, "SPEC 8: >= 0.5");
-        row r2 = catch_up(&b, k, false);
-        print_row(&r2, json);
-        r2.agg_eps = r2.ok ? r2.agg_eps : 0;
-        r2.p50_ms = r2.ok ? r2.p50_ms : 0;
-        ratio_line("catch-up / Redis to 16 replicas (ev/s)", r2.agg_eps,
-                   have_redis ? redis.events_per_s : 0, "SPEC 8: >= 2");
-        ratio_line("catch-up, all branches / raw LMDB, one writer", r2.agg_eps, lmdb,
-                   "apply: >= 0.5 (SPEC 8)");
-        if (!hq_save(&b, false))
-            return 1;
-        row r3 = r2.ok ? live(&b, k) : (row){.k = k, .mode = "live"};
-        print_row(&r3, json);
-        if (!hq_save(&b, true))
-            return 1;
+        if (o.modes & MODE_RECEIVE)
+            ratio_line("receive-only / raw libuv fan-out (ev/s)", r1.agg_eps,
+                       have_fan ? fr.events_per_s : 0, "SPEC 8: >= 0.5");
+        if (o.modes & MODE_CATCH_UP) {
+            r2 = catch_up(&b, k, false);
+            print_row(&r2, json);
+            r2.agg_eps = r2.ok ? r2.agg_eps : 0;
+            r2.p50_ms = r2.ok ? r2.p50_ms : 0;
+            ratio_line("catch-up / Redis to 16 replicas (ev/s)", r2.agg_eps,
+                       have_redis ? redis.events_per_s : 0, "SPEC 8: >= 2");
+            ratio_line("catch-up, all branches / raw LMDB, one writer", r2.agg_eps, lmdb,
+                       "apply: >= 0.5 (SPEC 8)");
+        }
+        if (o.modes & MODE_LIVE) {
+            if (!hq_save(&b, false))
+                return 1;
+            if (r2.ok)
+                r3 = live(&b, k);
+            print_row(&r3, json);
+            if (!hq_save(&b, true))
+                return 1;
+        }
+        fflush(stdout); /* a run of many minutes shows each K as it ends, also into a file */
         if (o.via_nats && !via_nats(&b, k, &r1, &r2, &r3, json))
             return 1;
     }

@@ -227,6 +227,13 @@ void cs_node_free(cs_node *n);
 const char *cs_node_errmsg(const cs_node *n); /* borrowed until the next callback */
 /* The last sequence applied (or verified, receive_only). */
 cs_err cs_node_cursor(const cs_node *n, uint64_t *cursor_out);
+/* What a TCP node has counted since it started (the figures of its --metrics page): for
+ * benchmarks. A NATS node counts none of them yet (all 0). */
+typedef struct cs_node_counters {
+    uint64_t bytes_received, segments_received, events_applied;
+    uint64_t reconnects; /* reconnections scheduled after a lost connection (FOLLOW) */
+} cs_node_counters;
+void cs_node_counters_get(const cs_node *n, cs_node_counters *out);
 
 /* Runs a branch node on the branch directory `dir` that b has open (borrowed). JOIN binds the
  * directory to opts->shop (R10: a single store becomes the branch). Returns CS_OK when a join

@@ -378,6 +378,9 @@ struct cs__server {
     cs_shop_status *gone; /* statuses of closed connections, written at the next flush */
     size_t ngone, gone_cap;
     uint64_t last_flush_ms, last_safety_ms;
+    /* on_tick's lateness: when the loop last came back from a long absence (a commit held up
+     * by the disk, say), the limits' clocks restart there (server.c, conn_tick) */
+    uint64_t last_tick_ms, back_ms;
     bool stopping;
     cs__netlog nl;
     /* metrics (metrics.c renders them from these once a second when --http is given) */

@@ -1417,6 +1417,14 @@ const char *cs_node_errmsg(const cs_node *n)
     return n->errmsg;
 }
 
+void cs_node_counters_get(const cs_node *n, cs_node_counters *out)
+{
+    *out = (cs_node_counters){.bytes_received = n->bytes_received,
+                              .segments_received = n->segments_received,
+                              .events_applied = n->events_applied,
+                              .reconnects = n->reconnects};
+}
+
 cs_err cs_node_cursor(const cs_node *n, uint64_t *cursor_out)
 {
     if (n->nats) {

@@ -632,8 +632,13 @@ static void flush_status(cs__server *s)
                                      .outbox_known = c->outbox_known};
             cs__hold_status(c, &st[k++]);
         }
+    uint64_t t0 = cs__net_now_ms();
     cs_err err = cs_engine_shop_status_save(s->e, st, k);
+    uint64_t took = cs__net_now_ms() - t0;
     free(st);
+    if (took > CS_NET_STATUS_FLUSH_MS) /* the disk is slow: what held the loop up, in the log */
+        cs__server_log(s, CS_NET_LOG_WARN, "slow_status", 0, CS_OK,
+                       "recording %zu branch statuses took %llu ms", k, (unsigned long long)took);
     if (err != CS_OK) {
         cs__server_log(s, CS_NET_LOG_ERROR, "status", 0, err,
                        "cannot record branch statuses: %s: %s", cs_err_name(err),
@@ -659,6 +664,11 @@ static void send_ping(cs__server *s, cs__conn *c, uint64_t now)
     }
 }
 
+static uint64_t max_ms(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
 /* Stuck: a send queue that has not drained for stuck_ms while the branch acknowledged nothing
  * new. Drain is a write that completed (stream.c) or libuv's own queue getting shorter (a write
  * moved forward in pieces); an ACK past the last one (conn_on_ack) shows a branch that applies
@@ -671,9 +681,12 @@ static bool conn_stuck(cs__server *s, cs__conn *c, uint64_t now)
     if (wq < c->wq_seen)
         c->paused_ms = now;
     c->wq_seen = wq;
-    return now - c->paused_ms > s->stuck_ms;
+    return now - max_ms(c->paused_ms, s->back_ms) > s->stuck_ms;
 }
 
+/* The limits count only time this loop was there to see: a tick that comes late (the loop was
+ * held up, by a commit waiting for the disk, say) runs before this iteration's reads, so what
+ * the branches sent meanwhile is not seen yet; their clocks restart at s->back_ms. */
 static void conn_tick(cs__server *s, cs__conn *c, uint64_t now)
 {
     char m[160];
@@ -682,10 +695,10 @@ static void conn_tick(cs__server *s, cs__conn *c, uint64_t now)
             cs__conn_close(c, CS_OK, "", true);
     } else if (c->state == CS__C_PROOF && c->challenge_due_ms && now >= c->challenge_due_ms) {
         send_challenge(c);
-    } else if (c->state != CS__C_STREAMING && now - c->opened_ms > CS_NET_HANDSHAKE_MS) {
+    } else if (c->state != CS__C_STREAMING &&
+               now - max_ms(c->opened_ms, s->back_ms) > CS_NET_HANDSHAKE_MS) {
         cs__conn_close(c, CS_INVALID_INPUT, "handshake took too long", false);
-    } else if (now - (c->last_rx_ms > c->last_alive_ms ? c->last_rx_ms : c->last_alive_ms) >
-               CS_NET_DEAD_MS) {
+    } else if (now - max_ms(max_ms(c->last_rx_ms, c->last_alive_ms), s->back_ms) > CS_NET_DEAD_MS) {
         snprintf(m, sizeof(m), "nothing received nor read for %llu ms",
                  (unsigned long long)(now - c->last_rx_ms));
         cs__conn_close(c, CS_NETWORK, m, false);
@@ -704,6 +717,14 @@ static void on_tick(uv_timer_t *t)
 {
     cs__server *s = t->data;
     uint64_t now = cs__net_now_ms();
+    if (s->last_tick_ms && now - s->last_tick_ms > 4 * TICK_MS) {
+        s->back_ms = now;
+        cs__server_log(s, CS_NET_LOG_WARN, "late", 0, CS_OK,
+                       "the loop was held up for %llu ms: the branches' silence and stuck "
+                       "limits count from now",
+                       (unsigned long long)(now - s->last_tick_ms));
+    }
+    s->last_tick_ms = now;
     for (cs__conn *c = s->conns, *next; c; c = next) {
         next = c->next;
         conn_tick(s, c, now);
