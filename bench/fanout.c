@@ -109,6 +109,10 @@ static void node_done(cs_node *n, cs_err result, void *arg)
         fprintf(stderr, "fanout: %s: %s: %s\n", wn->dir, cs_err_name(result), cs_node_errmsg(n));
     cs_node_free(n);
     wn->n = NULL;
+    /* As `branch pull` exits once at the head: its environment's memory (LMDB keeps the pages
+     * of its largest transaction for the next one) goes back before the others are done. */
+    cs_branch_close(wn->b);
+    wn->b = NULL;
     wn->w->left--;
 }
 

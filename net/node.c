@@ -63,6 +63,11 @@ typedef struct cs_node {
     uint64_t yielded_ms; /* when this node last gave its turn up with frames left; 0 = none */
     struct cs_node *turn_next; /* the next node waiting in o->turns' queue */
     bool turn_queued;
+    bool slot;                 /* holds one of o->turns' catch-up slots ("Taking turns") */
+    bool slot_queued;          /* waits for one, in o->turns' slot queue */
+    struct cs_node *slot_next; /* the next node in that queue */
+    uint64_t slot_ms;          /* when it took the slot or last applied with it */
+    uint64_t slot_wait_ms;     /* when it began to wait for one */
     cs_node_done_fn done_cb;
     void *done_arg;
     bool finished;         /* done_cb was called */
@@ -135,6 +140,7 @@ static void node_log(node *n, cs_net_log_level level, const char *event, cs_err 
 
 static void node_connect(node *n);
 static void turns_remove(cs_node_turns *t, node *n);
+static void slot_release(node *n);
 static void record_state(node *n, bool connected);
 static bool node_hold(node *n, cs_err err);
 static void node_hold_check(node *n, uint64_t now);
@@ -183,6 +189,7 @@ static void on_closed(uv_handle_t *h)
     n->rx_paused = false;
     n->yielded_ms = 0;
     turns_remove(n->o->turns, n);
+    slot_release(n);
     uv_idle_stop(&n->spin);
     n->spin_on = false;
     cs__boot_rx_free(&n->boot); /* a part cut short is asked for again, whole */
@@ -292,8 +299,10 @@ static void send_report(node *n, unsigned type, const char *key, uint64_t v)
     uint64_t depth;
     bool known = cs_engine_outbox_count(n->e, &depth) == CS_OK;
     cs__pk p;
-    cs__pk_init(&p, (known ? 2 : 1) + cs__hold_keys(&n->hold));
+    cs__pk_init(&p, (known ? 2 : 1) + (n->slot_queued ? 1 : 0) + cs__hold_keys(&n->hold));
     cs__pk_uint(&p, key, v);
+    if (n->slot_queued) /* reads nothing until its turn: slow, not stuck (docs/protocol.md) */
+        cs__pk_uint(&p, "waiting", cs__net_now_ms() - n->slot_wait_ms);
     if (known) {
         cs__pk_uint(&p, "outbox", depth);
         n->outbox_told = depth;
@@ -740,6 +749,7 @@ static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
     case CS__F_CAUGHT_UP:
         if (cs__body_uint(&b, "seq", &n->target)) {
             n->caught_up = true;
+            slot_release(n); /* in step: its turns are the in-step nodes' (node_process) */
             log_caught_up(n);
             report_outbox(n); /* START was taken: the first report of an in-step branch */
             check_done(n);
@@ -777,21 +787,26 @@ static void on_frame(node *n, unsigned type, const uint8_t *body, size_t len)
 /* ---- the connection ---------------------------------------------------------------------- */
 
 /* Segments applied per transaction, and bytes: bounded by the projection's own limit and by
- * what the receive buffer holds in one loop iteration. */
+ * what the receive buffer holds in one loop iteration. A node holding a catch-up slot (below)
+ * applies up to SLOT_SEGMENTS_MAX / SLOT_BATCH_BYTES at once. */
 #define BATCH_SEGMENTS_MAX 16u
 #define BATCH_BYTES_MAX (8u * 1024u * 1024u)
+#define SLOT_SEGMENTS_MAX CS_BRANCH_SEGMENTS_PER_TXN_MAX
+#define SLOT_BATCH_BYTES (32u * 1024u * 1024u)
 
 /* The SEGMENT frames at the front of the buffer, as many as are complete (at least the first):
  * applied in one transaction, acknowledged once. */
 static void apply_batch(node *n)
 {
-    const uint8_t *segs[BATCH_SEGMENTS_MAX];
-    size_t lens[BATCH_SEGMENTS_MAX], off = 0, k = 0;
+    const uint8_t *segs[SLOT_SEGMENTS_MAX];
+    size_t lens[SLOT_SEGMENTS_MAX], off = 0, k = 0;
+    size_t kmax = n->slot ? SLOT_SEGMENTS_MAX : n->batch_max;
+    size_t bmax = n->slot ? SLOT_BATCH_BYTES : BATCH_BYTES_MAX;
     unsigned type;
     const uint8_t *body;
     size_t len;
     char m[160];
-    while (k < n->batch_max && off < BATCH_BYTES_MAX &&
+    while (k < kmax && off < bmax &&
            cs__rx_frame_at(&n->rx, off, &type, &body, &len, m, sizeof(m)) == CS_OK &&
            type == CS__F_SEGMENT) {
         if (!bin_body(body, len, &segs[k], &lens[k])) {
@@ -805,6 +820,7 @@ static void apply_batch(node *n)
     n->segments_received += k;
     uint64_t recv_ms = n->o->on_segment ? cs__net_now_ms() : 0, applied = 0;
     cs_err err = cs_branch_apply_segments(n->b, segs, lens, k, &applied);
+    n->slot_ms = cs__net_now_ms();
     if (err != CS_OK) {
         if (node_hold(n, err))
             cs__rx_consume_bytes(&n->rx, off); /* held: these are not applied (see below) */
@@ -823,17 +839,29 @@ static void apply_batch(node *n)
  * protocol's silence and stuck limits (CS_NET_DEAD_MS, CS_NET_STUCK_MS, the handshake's): the
  * head office drops them all. So a node applies one transaction per turn and, with whole frames
  * left, keeps its check handle and an idle handle active (the loop then polls without sleeping
- * and comes back; libuv runs the check handles restarted last first, so the nodes that waited
- * go first next time). With cs_node_turns the nodes of a loop also share a budget of applying
- * time per iteration. A node's transaction size follows how long its turns wait,
- * halving while the others make it wait over TURN_WAIT_HIGH_MS and doubling back below
- * TURN_WAIT_LOW_MS (alone on its loop, as `branch follow` is, it waits for no one and grows to
- * BATCH_SEGMENTS_MAX). Reads stop while the buffer holds more than the next turns need (the head
- * office's queue for this branch then waits, bounded, instead of this process's memory). */
+ * and comes back). With cs_node_turns the nodes of a loop also share a budget of applying time
+ * per iteration, served first come first served, and catching up takes a slot:
+ *
+ * - Catch-up slots. An apply transaction writes every page of the items it touches, and a
+ *   catch-up of random edits touches most of the catalog in every transaction: 500 branches
+ *   each applying its catch-up four segments at a time wrote eight times their size (100
+ *   branches: 11 GB for 1.4 GB of databases). So at most TURNS_SLOTS nodes of a loop catch up
+ *   at once, each in transactions of up to SLOT_SEGMENTS_MAX segments (a whole default catch-up
+ *   in one), applied once that much is in or the stream pauses (CAUGHT_UP, or SLOT_HOLD_MS
+ *   without a transaction). The others wait in line with one frame read and their reads
+ *   stopped, and say so in their PINGs ("waiting"), so the head office counts them as slow, not
+ *   stuck. A node gives its slot up when it is in step (CAUGHT_UP) or its connection closes.
+ * - In step, a node's transaction size follows how long its turns wait, halving while the
+ *   others make it wait over TURN_WAIT_HIGH_MS and doubling back below TURN_WAIT_LOW_MS (alone
+ *   on its loop, as `branch follow` is, it waits for no one and grows to BATCH_SEGMENTS_MAX).
+ *   Reads stop while the buffer holds more than the next turns need (the head office's queue
+ *   for this branch then waits, bounded, instead of this process's memory). */
 #define TURN_WAIT_HIGH_MS 1000u
 #define TURN_WAIT_LOW_MS 200u
-#define TURNS_BATCH_SEGMENTS 4u /* with turns, the smallest transaction (adapt_batch) */
 #define RX_PAUSE_BYTES_PER_SEGMENT (512u * 1024u)
+#define TURNS_SLOTS 2u
+#define SLOT_HOLD_MS 2000u
+#define SLOT_WAIT_PAUSE_BYTES (CS_NET_FRAME_BYTES_MAX + 4u) /* one whole frame, at least */
 
 /* The nodes waiting to apply, first come first served: libuv runs the check handles restarted
  * last first, which alternates some nodes and leaves others waiting for many rounds (a branch
@@ -842,7 +870,9 @@ struct cs_node_turns {
     uint64_t budget_ns;
     uint64_t iteration; /* uv_now of the iteration spent_ns counts (constant in one check phase) */
     uint64_t spent_ns;
-    node *head, *tail; /* borrowed: a node leaves the queue when its connection closes */
+    node *head, *tail;           /* borrowed: a node leaves the queue when its connection closes */
+    unsigned slots_free;         /* catch-up slots nobody holds */
+    node *wait_head, *wait_tail; /* borrowed: the nodes waiting for a slot, first come first */
 };
 
 cs_err cs_node_turns_new(unsigned budget_ms, cs_node_turns **out)
@@ -851,6 +881,7 @@ cs_err cs_node_turns_new(unsigned budget_ms, cs_node_turns **out)
     if (!t)
         return CS_NO_MEMORY;
     t->budget_ns = (uint64_t)budget_ms * 1000000u;
+    t->slots_free = TURNS_SLOTS;
     *out = t;
     return CS_OK;
 }
@@ -887,25 +918,126 @@ static void turns_remove(cs_node_turns *t, node *n)
     n->turn_queued = false;
 }
 
+/* Applying a catch-up: with turns, only while holding a slot. */
+static bool catching_up(const node *n)
+{
+    return n->o->turns && !n->o->receive_only && n->state == N_STREAMING && !n->caught_up;
+}
+
 static size_t rx_pause_bytes(const node *n)
 {
+    if (catching_up(n))
+        return n->slot ? SLOT_BATCH_BYTES + CS_NET_FRAME_BYTES_MAX : SLOT_WAIT_PAUSE_BYTES;
     return (size_t)(n->batch_max + 1) * RX_PAUSE_BYTES_PER_SEGMENT;
+}
+
+static void read_again(node *n);
+static void node_process(uv_check_t *h);
+
+static void slot_grant(cs_node_turns *t)
+{
+    while (t->slots_free && t->wait_head) {
+        node *n = t->wait_head;
+        t->wait_head = n->slot_next;
+        if (!t->wait_head)
+            t->wait_tail = NULL;
+        n->slot_queued = false;
+        if (!catching_up(n))
+            continue;
+        t->slots_free--;
+        n->slot = true;
+        n->slot_ms = cs__net_now_ms();
+        if (n->rx_paused)
+            read_again(n);
+        if (!n->check_on && uv_check_start(&n->check, node_process) == 0)
+            n->check_on = true;
+    }
+}
+
+/* True when n holds a slot; else it takes a free one or waits in line for one. */
+static bool slot_take(node *n)
+{
+    cs_node_turns *t = n->o->turns;
+    if (n->slot)
+        return true;
+    if (!n->slot_queued && t->slots_free && !t->wait_head) {
+        t->slots_free--;
+        n->slot = true;
+        n->slot_ms = cs__net_now_ms();
+        return true;
+    }
+    if (!n->slot_queued) {
+        n->slot_queued = true;
+        n->slot_next = NULL;
+        n->slot_wait_ms = cs__net_now_ms();
+        if (t->wait_tail)
+            t->wait_tail->slot_next = n;
+        else
+            t->wait_head = n;
+        t->wait_tail = n;
+    }
+    return false;
+}
+
+static void slot_release(node *n)
+{
+    cs_node_turns *t = n->o->turns;
+    if (!t)
+        return;
+    if (n->slot_queued) {
+        node **pp = &t->wait_head, *prev = NULL;
+        while (*pp && *pp != n)
+            prev = *pp, pp = &(*pp)->slot_next;
+        if (*pp)
+            *pp = n->slot_next;
+        if (t->wait_tail == n)
+            t->wait_tail = prev;
+        n->slot_queued = false;
+    }
+    if (n->slot) {
+        n->slot = false;
+        t->slots_free++;
+        slot_grant(t);
+    }
+}
+
+/* A slot's transaction is due once a full one is in, the stream paused (a frame other than a
+ * SEGMENT follows them, CAUGHT_UP say), or SLOT_HOLD_MS passed without one. */
+static bool slot_due(node *n)
+{
+    size_t off = 0, k = 0, len;
+    unsigned type;
+    const uint8_t *body;
+    char m[160];
+    while (k < SLOT_SEGMENTS_MAX && off < SLOT_BATCH_BYTES) {
+        cs_err err = cs__rx_frame_at(&n->rx, off, &type, &body, &len, m, sizeof(m));
+        if (err == CS_NOT_FOUND)
+            return k > 0 && cs__net_now_ms() - n->slot_ms >= SLOT_HOLD_MS;
+        if (err != CS_OK || type != CS__F_SEGMENT)
+            return k > 0;
+        off += CS_NET_FRAME_HEADER_BYTES + len;
+        k++;
+    }
+    return true;
+}
+
+/* Whether n may apply in this turn: in step, or catching up with a slot and a transaction due. */
+static bool turn_due(node *n)
+{
+    if (!catching_up(n))
+        return true;
+    return slot_take(n) && slot_due(n);
 }
 
 static void adapt_batch(node *n, uint64_t now)
 {
-    /* With turns the budget keeps the loop short and the queue keeps every branch's turn
-     * coming, so transactions stay at least TURNS_BATCH_SEGMENTS: one segment a transaction
-     * quadrupled the durable commits of 1,000 environments, and the kernel's writeback then
-     * stalled a worker's loop for over 10 s. */
-    unsigned floor = n->o->turns ? TURNS_BATCH_SEGMENTS : 1;
-    if (n->batch_max < floor)
-        n->batch_max = floor;
+    if (n->batch_max < 1)
+        n->batch_max = 1;
     if (!n->yielded_ms)
         return;
     uint64_t waited = now - n->yielded_ms;
     n->yielded_ms = 0;
-    if (waited > TURN_WAIT_HIGH_MS && n->batch_max > floor)
+    if (waited > TURN_WAIT_HIGH_MS && n->batch_max > 1)
         n->batch_max /= 2;
     else if (waited < TURN_WAIT_LOW_MS && n->batch_max < BATCH_SEGMENTS_MAX)
         n->batch_max *= 2;
@@ -931,6 +1063,15 @@ static void read_again(node *n)
     n->last_rx_ms = cs__net_now_ms(); /* the silence was ours */
 }
 
+static bool frame_whole(node *n)
+{
+    unsigned type;
+    const uint8_t *body;
+    size_t len;
+    char m[160];
+    return cs__rx_frame(&n->rx, &type, &body, &len, m, sizeof(m)) != CS_NOT_FOUND;
+}
+
 /* After a turn: come back next iteration while whole frames wait, read again once the buffer
  * has room. */
 static void turn_end(node *n, bool more)
@@ -948,8 +1089,7 @@ static void turn_end(node *n, bool more)
         uv_idle_stop(&n->spin);
         n->spin_on = false;
     }
-    if (n->rx_paused && (!more || n->rx.len < rx_pause_bytes(n))) /* !more: a frame is
-                                                                   * still coming in */
+    if (n->rx_paused && (n->rx.len < rx_pause_bytes(n) || !frame_whole(n)))
         read_again(n);
 }
 
@@ -978,13 +1118,13 @@ static void turns_serve(cs_node_turns *t, uv_loop_t *loop)
         if (!t->head)
             t->tail = NULL;
         n->turn_queued = false;
-        if (!segment_due(n))
+        if (!segment_due(n) || !turn_due(n))
             continue;
         adapt_batch(n, cs__net_now_ms());
         uint64_t t0 = uv_hrtime();
         apply_batch(n);
         t->spent_ns += uv_hrtime() - t0;
-        if (segment_due(n))
+        if (segment_due(n) && turn_due(n))
             turns_enqueue(t, n);
         turn_end(n, n->turn_queued);
     }
@@ -1012,8 +1152,9 @@ static void node_process(uv_check_t *h)
                 cs__rx_consume(&n->rx);
                 continue;
             }
-            if (turns) { /* wait in line (turns_serve) */
-                turns_enqueue(turns, n);
+            if (turns) { /* wait in line (turns_serve); catching up, for a slot first */
+                if (turn_due(n))
+                    turns_enqueue(turns, n);
                 break;
             }
             if (applied)
@@ -1030,7 +1171,7 @@ static void node_process(uv_check_t *h)
         node_drop(n, CS_INVALID_INPUT, true, "%s", m);
     if (turns)
         turns_serve(turns, n->loop);
-    turn_end(n, err == CS_OK || n->turn_queued);
+    turn_end(n, turns ? n->turn_queued : err == CS_OK);
 }
 
 /* Reads land straight in the frame buffer, NODE_READ_BYTES at a time (a catch-up is megabytes of
@@ -1333,9 +1474,14 @@ static void node_tick(uv_timer_t *t)
         n->last_rx_ms = now; /* reads stopped by us (turn_end): the head office is not silent */
     /* A branch whose turns come seldom (many on a loop) still reads a little every
      * NODE_PAUSED_READ_MS: the head office drops a connection whose queue does not drain for
-     * CS_NET_STUCK_MS, and this one is slow, not stuck (one read, then node_read pauses again). */
-    if (n->rx_paused && n->state == N_STREAMING && now - n->paused_ms >= NODE_PAUSED_READ_MS)
+     * CS_NET_STUCK_MS, and this one is slow, not stuck (one read, then node_read pauses again).
+     * One waiting for a catch-up slot says so in its PINGs instead ("Taking turns"). */
+    if (n->rx_paused && n->state == N_STREAMING && !n->slot_queued &&
+        now - n->paused_ms >= NODE_PAUSED_READ_MS)
         read_again(n);
+    if (n->slot && !n->check_on && segment_due(n) && slot_due(n) && /* SLOT_HOLD_MS passed */
+        uv_check_start(&n->check, node_process) == 0)
+        n->check_on = true;
     uint64_t limit = n->o->timeout_ms ? n->o->timeout_ms : CS_NET_HANDSHAKE_MS;
     if (n->state >= N_CONNECTING && n->state < N_STREAMING && now - n->opened_ms > limit)
         node_drop(n, CS_NETWORK, false, "no answer from the head office at %s within %llu ms",

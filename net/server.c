@@ -498,7 +498,9 @@ static void conn_on_frame(cs__conn *c, unsigned type, const uint8_t *body, size_
     } else if (type == CS__F_ACK) {
         conn_on_ack(c, &b);
     } else if (type == CS__F_PING) {
-        conn_take_report(c, &b);
+        uint64_t waited;
+        if (conn_take_report(c, &b) && c->paused_ms && cs__body_uint(&b, "waiting", &waited))
+            c->paused_ms = cs__net_now_ms(); /* waits its turn to apply: slow, not stuck */
     } else if (type == CS__F_ERROR) {
         cs_str code = {"", 0}, msg = {"", 0};
         cs__body_str(&b, "code", &code);

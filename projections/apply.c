@@ -209,9 +209,7 @@ cs_err cs__branch_apply_event(cs_branch *b, cs_log_txn *txn, const cs_event_view
 
 /* ---- segments ---------------------------------------------------------------------------- */
 
-/* Segments applied in one transaction: one is the common case; a catch-up hands over every
- * segment that arrived together, so one durable commit covers them all. */
-#define SEGMENTS_PER_TXN_MAX 64u
+#define SEGMENTS_PER_TXN_MAX CS_BRANCH_SEGMENTS_PER_TXN_MAX
 
 typedef struct seg_ctx {
     cs_branch *b;

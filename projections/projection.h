@@ -58,9 +58,11 @@ cs_err cs_branch_state_get(cs_branch *b, cs_branch_state *out);
  * from the one this branch follows), CS_INVALID_INPUT (a gap before the segment),
  * CS_NOT_IN_NETWORK (not bound), storage errors. Nothing changes on error. */
 cs_err cs_branch_apply_segment(cs_branch *b, const uint8_t *seg, size_t len, uint64_t *applied_out);
-/* The same for n consecutive segments (1..64) in ONE transaction: one durable commit for a
- * catch-up's worth of segments that arrived together. All or nothing. Errors: as above,
+/* The same for n consecutive segments (1..CS_BRANCH_SEGMENTS_PER_TXN_MAX) in ONE transaction:
+ * one durable commit for a catch-up's worth of segments that arrived together (a default
+ * catch-up of 100 segments in one: net/node.c's slots). All or nothing. Errors: as above,
  * CS_INVALID_INPUT for n out of range. */
+#define CS_BRANCH_SEGMENTS_PER_TXN_MAX 128u
 cs_err cs_branch_apply_segments(cs_branch *b, const uint8_t *const *segs, const size_t *lens,
                                 size_t n, uint64_t *applied_out);
 
@@ -283,8 +285,8 @@ typedef struct cs_snapshot_info {
     uint64_t shop;    /* CS_SNAPSHOT_SHOP_BASE, CS_SNAPSHOT_SHOP_ANY or a branch */
     uint64_t digest;  /* of its records, as cs_engine_digest / cs_branch_digest hash them */
     uint32_t records;
-    uint16_t schema;  /* CS_SCHEMA_VERSION of the writer */
-    size_t bytes;     /* the whole part, header included */
+    uint16_t schema; /* CS_SCHEMA_VERSION of the writer */
+    size_t bytes;    /* the whole part, header included */
 } cs_snapshot_info;
 
 /* Checks a part: magic, version, schema (a newer one is CS_PROTOCOL_MISMATCH), lengths, the
@@ -307,12 +309,12 @@ cs_err cs_branch_bootstrap(cs_branch *b, const uint8_t *buf, size_t len, uint64_
 
 /* What cs_audit_compact did or would refuse. */
 typedef struct cs_compact_result {
-    uint64_t before;   /* the log now starts here */
-    uint64_t seq;      /* the snapshot's position: before - 1 */
-    uint64_t deleted;  /* events deleted now (a resumed trim included) */
-    uint64_t parts;    /* parts written: base, ANY and one per branch behind */
-    uint64_t bytes;    /* their size */
-    json_t *stranded;  /* [{"shop","name","cursor"}] branches behind the cut; owned by the caller */
+    uint64_t before;  /* the log now starts here */
+    uint64_t seq;     /* the snapshot's position: before - 1 */
+    uint64_t deleted; /* events deleted now (a resumed trim included) */
+    uint64_t parts;   /* parts written: base, ANY and one per branch behind */
+    uint64_t bytes;   /* their size */
+    json_t *stranded; /* [{"shop","name","cursor"}] branches behind the cut; owned by the caller */
 } cs_compact_result;
 
 /* Compacts the log of the audited head office (or single store): builds the snapshot at
