@@ -35,6 +35,8 @@
 /* Per branch: queue no more than this; resume below LOW (docs/protocol.md, "backpressure"). */
 #define CS_NET_SENDQ_BYTES_HIGH (2u * 1024u * 1024u)
 #define CS_NET_SENDQ_BYTES_LOW (512u * 1024u)
+/* Unsent bytes a connection's socket may hold in the kernel (TCP_NOTSENT_LOWAT, server.c). */
+#define CS_NET_NOTSENT_BYTES (256 * 1024)
 /* Encoded segments the server keeps for sharing: the bound of its memory beside the queues. */
 #define CS_NET_CACHE_BYTES_MAX (32u * 1024u * 1024u)
 #define CS_NET_CACHE_ENTRIES_MAX 256u

@@ -1177,6 +1177,7 @@ static void node_process(uv_check_t *h)
 /* Reads land straight in the frame buffer, NODE_READ_BYTES at a time (a catch-up is megabytes of
  * segments: one copy and a quarter of the reads fewer than through a separate read buffer). */
 #define NODE_READ_BYTES (256u * 1024u)
+#define NODE_TURNS_RCVBUF_BYTES (512 * 1024) /* SO_RCVBUF with turns (the kernel doubles it) */
 #define NODE_RX_KEEP_BYTES (2u * 1024u * 1024u)
 
 static void node_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -1257,7 +1258,17 @@ static void node_connect(node *n)
 {
     if (n->done)
         return;
-    int rc = uv_tcp_init(n->loop, &n->tcp);
+    int rc = uv_tcp_init_ex(n->loop, &n->tcp, n->addr.ss_family);
+    if (rc == 0 && n->o->turns) {
+        /* Many branches in one process ("Taking turns"): the kernel's receive buffer of each
+         * is bounded, set before connecting so the window scale fits it. Autotuned, the waiting
+         * branches' buffers grew to 7 MB each, 1,000 of them pushed TCP into memory pressure,
+         * and the kernel dropped segments and backed its retransmissions off to minutes. */
+        int v = NODE_TURNS_RCVBUF_BYTES;
+        rc = uv_recv_buffer_size((uv_handle_t *)&n->tcp, &v);
+        if (rc < 0)
+            uv_close((uv_handle_t *)&n->tcp, NULL);
+    }
     if (rc < 0) {
         n->done = true;
         n->result = CS_NETWORK;

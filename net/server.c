@@ -16,6 +16,8 @@
  */
 #include "net/nats_int.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -555,6 +557,22 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 
 /* ---- accepting --------------------------------------------------------------------------- */
 
+/* The kernel keeps at most CS_NET_NOTSENT_BYTES of a connection's unsent bytes; the rest of its
+ * queue stays in libuv's, as references to the shared segments. Without it each socket's send
+ * buffer grew to megabytes of copies: with 1,000 branches, gigabytes of kernel memory and TCP
+ * under memory pressure. Best effort: a kernel without the option keeps its own buffer. */
+static void limit_unsent(cs__conn *c)
+{
+#ifdef TCP_NOTSENT_LOWAT
+    uv_os_fd_t fd;
+    int v = CS_NET_NOTSENT_BYTES;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &v, sizeof(v));
+#else
+    (void)c;
+#endif
+}
+
 static void peer_name(cs__conn *c)
 {
     struct sockaddr_storage ss;
@@ -597,6 +615,7 @@ static void on_connection(uv_stream_t *l, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    limit_unsent(c);
     peer_name(c);
     c->opened_ms = c->last_rx_ms = c->last_tx_ms = cs__net_now_ms();
     s->connections_total++;
