@@ -1126,7 +1126,9 @@ static void turns_serve(cs_node_turns *t, uv_loop_t *loop)
         t->spent_ns += uv_hrtime() - t0;
         if (segment_due(n) && turn_due(n))
             turns_enqueue(t, n);
-        turn_end(n, n->turn_queued);
+        /* Other frames after the batch (CAUGHT_UP, say) are node_process's, next iteration:
+         * nothing else would run it before the next read, which may be a heartbeat away. */
+        turn_end(n, n->turn_queued || (frame_whole(n) && !segment_due(n)));
     }
 }
 
