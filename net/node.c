@@ -24,6 +24,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -44,6 +45,12 @@ typedef enum node_state {
     N_CLOSING,
 } node_state;
 
+/* A node's place in one of cs_node_turns' first-come queues (node_fifo below). */
+typedef struct node_link {
+    struct cs_node *next;
+    bool queued;
+} node_link;
+
 typedef struct cs_node {
     uv_loop_t *loop; /* borrowed: the caller's, or cs_node_run's own */
     uv_tcp_t tcp;
@@ -57,17 +64,15 @@ typedef struct cs_node {
     uv_idle_t spin; /* active while whole frames wait for this node's next turn: the loop
                      * then polls without sleeping (node_process, "Taking turns") */
     bool spin_on;
-    bool rx_paused;      /* reads stopped: the receive buffer holds enough for the next turns */
-    uint64_t paused_ms;  /* when they stopped (node_tick reads a little anyway, later) */
-    unsigned batch_max;  /* segments per transaction, adapted to how long turns wait */
-    uint64_t yielded_ms; /* when this node last gave its turn up with frames left; 0 = none */
-    struct cs_node *turn_next; /* the next node waiting in o->turns' queue */
-    bool turn_queued;
-    bool slot;                 /* holds one of o->turns' catch-up slots ("Taking turns") */
-    bool slot_queued;          /* waits for one, in o->turns' slot queue */
-    struct cs_node *slot_next; /* the next node in that queue */
-    uint64_t slot_ms;          /* when it took the slot or last applied with it */
-    uint64_t slot_wait_ms;     /* when it began to wait for one */
+    bool rx_paused;        /* reads stopped: the receive buffer holds enough for the next turns */
+    uint64_t paused_ms;    /* when they stopped (node_tick reads a little anyway, later) */
+    unsigned batch_max;    /* segments per transaction, adapted to how long turns wait */
+    uint64_t yielded_ms;   /* when this node last gave its turn up with frames left; 0 = none */
+    node_link turn;        /* in o->turns' queue of nodes waiting to apply */
+    bool slot;             /* holds one of o->turns' catch-up slots ("Taking turns") */
+    node_link slot_wait;   /* in o->turns' line for a slot */
+    uint64_t slot_ms;      /* when it took the slot or last applied with it */
+    uint64_t slot_wait_ms; /* when it began to wait for one */
     cs_node_done_fn done_cb;
     void *done_arg;
     bool finished;         /* done_cb was called */
@@ -299,9 +304,9 @@ static void send_report(node *n, unsigned type, const char *key, uint64_t v)
     uint64_t depth;
     bool known = cs_engine_outbox_count(n->e, &depth) == CS_OK;
     cs__pk p;
-    cs__pk_init(&p, (known ? 2 : 1) + (n->slot_queued ? 1 : 0) + cs__hold_keys(&n->hold));
+    cs__pk_init(&p, (known ? 2 : 1) + (n->slot_wait.queued ? 1 : 0) + cs__hold_keys(&n->hold));
     cs__pk_uint(&p, key, v);
-    if (n->slot_queued) /* reads nothing until its turn: slow, not stuck (docs/protocol.md) */
+    if (n->slot_wait.queued) /* reads nothing until its turn: slow, not stuck (docs/protocol.md) */
         cs__pk_uint(&p, "waiting", cs__net_now_ms() - n->slot_wait_ms);
     if (known) {
         cs__pk_uint(&p, "outbox", depth);
@@ -863,16 +868,69 @@ static void apply_batch(node *n)
 #define SLOT_HOLD_MS 2000u
 #define SLOT_WAIT_PAUSE_BYTES (CS_NET_FRAME_BYTES_MAX + 4u) /* one whole frame, at least */
 
-/* The nodes waiting to apply, first come first served: libuv runs the check handles restarted
- * last first, which alternates some nodes and leaves others waiting for many rounds (a branch
- * then acknowledges nothing for 15 s and the head office drops it as stuck). */
+/* A first-come queue of nodes through the node_link at offset `link` of each. */
+typedef struct node_fifo {
+    node *head, *tail; /* borrowed: a node leaves when its connection closes */
+    size_t link;
+} node_fifo;
+
+static node_link *link_of(const node_fifo *q, node *n)
+{
+    return (node_link *)((char *)n + q->link);
+}
+
+static void fifo_push(node_fifo *q, node *n)
+{
+    node_link *l = link_of(q, n);
+    if (l->queued)
+        return;
+    l->queued = true;
+    l->next = NULL;
+    if (q->tail)
+        link_of(q, q->tail)->next = n;
+    else
+        q->head = n;
+    q->tail = n;
+}
+
+static node *fifo_pop(node_fifo *q)
+{
+    node *n = q->head;
+    if (!n)
+        return NULL;
+    node_link *l = link_of(q, n);
+    q->head = l->next;
+    if (!q->head)
+        q->tail = NULL;
+    l->queued = false;
+    return n;
+}
+
+static void fifo_remove(node_fifo *q, node *n)
+{
+    node_link *l = link_of(q, n);
+    if (!l->queued)
+        return;
+    node **pp = &q->head, *prev = NULL;
+    while (*pp && *pp != n)
+        prev = *pp, pp = &link_of(q, *pp)->next;
+    if (*pp)
+        *pp = l->next;
+    if (q->tail == n)
+        q->tail = prev;
+    l->queued = false;
+}
+
+/* The nodes waiting to apply are served first come first served: libuv runs the check handles
+ * restarted last first, which alternates some nodes and leaves others waiting for many rounds
+ * (a branch then acknowledges nothing for 15 s and the head office drops it as stuck). */
 struct cs_node_turns {
     uint64_t budget_ns;
     uint64_t iteration; /* uv_now of the iteration spent_ns counts (constant in one check phase) */
     uint64_t spent_ns;
-    node *head, *tail;           /* borrowed: a node leaves the queue when its connection closes */
-    unsigned slots_free;         /* catch-up slots nobody holds */
-    node *wait_head, *wait_tail; /* borrowed: the nodes waiting for a slot, first come first */
+    node_fifo due;       /* the nodes waiting to apply */
+    unsigned slots_free; /* catch-up slots nobody holds */
+    node_fifo wait;      /* the nodes waiting for a slot */
 };
 
 cs_err cs_node_turns_new(unsigned budget_ms, cs_node_turns **out)
@@ -882,6 +940,8 @@ cs_err cs_node_turns_new(unsigned budget_ms, cs_node_turns **out)
         return CS_NO_MEMORY;
     t->budget_ns = (uint64_t)budget_ms * 1000000u;
     t->slots_free = TURNS_SLOTS;
+    t->due.link = offsetof(node, turn);
+    t->wait.link = offsetof(node, slot_wait);
     *out = t;
     return CS_OK;
 }
@@ -891,31 +951,10 @@ void cs_node_turns_free(cs_node_turns *t)
     free(t);
 }
 
-static void turns_enqueue(cs_node_turns *t, node *n)
-{
-    if (n->turn_queued)
-        return;
-    n->turn_queued = true;
-    n->turn_next = NULL;
-    if (t->tail)
-        t->tail->turn_next = n;
-    else
-        t->head = n;
-    t->tail = n;
-}
-
 static void turns_remove(cs_node_turns *t, node *n)
 {
-    if (!t || !n->turn_queued)
-        return;
-    node **pp = &t->head, *prev = NULL;
-    while (*pp && *pp != n)
-        prev = *pp, pp = &(*pp)->turn_next;
-    if (*pp)
-        *pp = n->turn_next;
-    if (t->tail == n)
-        t->tail = prev;
-    n->turn_queued = false;
+    if (t)
+        fifo_remove(&t->due, n);
 }
 
 /* Applying a catch-up: with turns, only while holding a slot. */
@@ -936,12 +975,8 @@ static void node_process(uv_check_t *h);
 
 static void slot_grant(cs_node_turns *t)
 {
-    while (t->slots_free && t->wait_head) {
-        node *n = t->wait_head;
-        t->wait_head = n->slot_next;
-        if (!t->wait_head)
-            t->wait_tail = NULL;
-        n->slot_queued = false;
+    node *n;
+    while (t->slots_free && (n = fifo_pop(&t->wait))) {
         if (!catching_up(n))
             continue;
         t->slots_free--;
@@ -960,21 +995,15 @@ static bool slot_take(node *n)
     cs_node_turns *t = n->o->turns;
     if (n->slot)
         return true;
-    if (!n->slot_queued && t->slots_free && !t->wait_head) {
+    if (!n->slot_wait.queued && t->slots_free && !t->wait.head) {
         t->slots_free--;
         n->slot = true;
         n->slot_ms = cs__net_now_ms();
         return true;
     }
-    if (!n->slot_queued) {
-        n->slot_queued = true;
-        n->slot_next = NULL;
+    if (!n->slot_wait.queued) {
         n->slot_wait_ms = cs__net_now_ms();
-        if (t->wait_tail)
-            t->wait_tail->slot_next = n;
-        else
-            t->wait_head = n;
-        t->wait_tail = n;
+        fifo_push(&t->wait, n);
     }
     return false;
 }
@@ -984,16 +1013,7 @@ static void slot_release(node *n)
     cs_node_turns *t = n->o->turns;
     if (!t)
         return;
-    if (n->slot_queued) {
-        node **pp = &t->wait_head, *prev = NULL;
-        while (*pp && *pp != n)
-            prev = *pp, pp = &(*pp)->slot_next;
-        if (*pp)
-            *pp = n->slot_next;
-        if (t->wait_tail == n)
-            t->wait_tail = prev;
-        n->slot_queued = false;
-    }
+    fifo_remove(&t->wait, n);
     if (n->slot) {
         n->slot = false;
         t->slots_free++;
@@ -1112,12 +1132,8 @@ static void turns_serve(cs_node_turns *t, uv_loop_t *loop)
         t->iteration = uv_now(loop);
         t->spent_ns = 0;
     }
-    while (t->head && t->spent_ns < t->budget_ns) {
-        node *n = t->head;
-        t->head = n->turn_next;
-        if (!t->head)
-            t->tail = NULL;
-        n->turn_queued = false;
+    node *n;
+    while (t->spent_ns < t->budget_ns && (n = fifo_pop(&t->due))) {
         if (!segment_due(n) || !turn_due(n))
             continue;
         adapt_batch(n, cs__net_now_ms());
@@ -1125,10 +1141,10 @@ static void turns_serve(cs_node_turns *t, uv_loop_t *loop)
         apply_batch(n);
         t->spent_ns += uv_hrtime() - t0;
         if (segment_due(n) && turn_due(n))
-            turns_enqueue(t, n);
+            fifo_push(&t->due, n);
         /* Other frames after the batch (CAUGHT_UP, say) are node_process's, next iteration:
          * nothing else would run it before the next read, which may be a heartbeat away. */
-        turn_end(n, n->turn_queued || (frame_whole(n) && !segment_due(n)));
+        turn_end(n, n->turn.queued || (frame_whole(n) && !segment_due(n)));
     }
 }
 
@@ -1156,7 +1172,7 @@ static void node_process(uv_check_t *h)
             }
             if (turns) { /* wait in line (turns_serve); catching up, for a slot first */
                 if (turn_due(n))
-                    turns_enqueue(turns, n);
+                    fifo_push(&turns->due, n);
                 break;
             }
             if (applied)
@@ -1173,7 +1189,7 @@ static void node_process(uv_check_t *h)
         node_drop(n, CS_INVALID_INPUT, true, "%s", m);
     if (turns)
         turns_serve(turns, n->loop);
-    turn_end(n, turns ? n->turn_queued : err == CS_OK);
+    turn_end(n, turns ? n->turn.queued : err == CS_OK);
 }
 
 /* Reads land straight in the frame buffer, NODE_READ_BYTES at a time (a catch-up is megabytes of
@@ -1489,7 +1505,7 @@ static void node_tick(uv_timer_t *t)
      * NODE_PAUSED_READ_MS: the head office drops a connection whose queue does not drain for
      * CS_NET_STUCK_MS, and this one is slow, not stuck (one read, then node_read pauses again).
      * One waiting for a catch-up slot says so in its PINGs instead ("Taking turns"). */
-    if (n->rx_paused && n->state == N_STREAMING && !n->slot_queued &&
+    if (n->rx_paused && n->state == N_STREAMING && !n->slot_wait.queued &&
         now - n->paused_ms >= NODE_PAUSED_READ_MS)
         read_again(n);
     if (n->slot && !n->check_on && segment_due(n) && slot_due(n) && /* SLOT_HOLD_MS passed */
